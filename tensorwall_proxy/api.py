@@ -1,0 +1,222 @@
+"""The HTTP surface: /v1/chat/completions, /v1/embeddings, /v1/models, /healthz, /readyz.
+
+Owns what a caller sees before the relay takes over: the request id, the gateway key, reading
+the body as JSON whatever its Content-Type says (``curl -d`` sends form encoding), validating the
+fields the gateway itself depends on, and turning every error into OpenAI's error shape. It never
+talks to an upstream: that is relay.py's job.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+
+from . import relay
+from .auth import FORWARDED_HEADERS, GatewayKeys, caller_key
+from .errors import GatewayError, UpstreamError, bad_request
+from .providers import ChatRequest, EmbeddingsRequest
+
+log = logging.getLogger("tensorwall_proxy")
+
+GATEWAY: Final = web.AppKey("gateway", relay.Gateway)
+KEYS: Final = web.AppKey("gateway_keys", GatewayKeys)
+
+REQUEST_ID: Final = "request_id"
+JSON: Final = "application/json"
+_ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+_FORWARDED: Final = tuple({name for names in FORWARDED_HEADERS.values() for name in names})
+# Paths that answer without a gateway key (bind or firewall them like any metrics port).
+_OPEN_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
+MAX_MODEL_NAME: Final = 256
+
+
+def error_response(error: GatewayError, request_id: str) -> web.Response:
+    """The OpenAI-shaped response for an error, with the headers DESIGN §7 asks for."""
+    headers = error.headers()
+    headers["Content-Type"] = JSON
+    headers["x-request-id"] = request_id
+    if isinstance(error, UpstreamError) and error.provider:
+        headers["x-tensorwall-provider"] = error.provider
+    return web.Response(status=error.status, body=error.body(), headers=headers)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, gateway key, and OpenAI's error shape for everything that goes wrong."""
+    request_id = relay.new_request_id(request.headers.get("x-request-id"))
+    request[REQUEST_ID] = request_id
+    try:
+        if request.path not in _OPEN_PATHS:
+            request.app[KEYS].check(request.headers.get("X-API-Key"))
+        return await handler(request)
+    except GatewayError as exc:
+        return error_response(exc, request_id)
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[GATEWAY].table.config.server.max_body_bytes
+        return error_response(GatewayError(413, f"Request body is larger than {limit} bytes.",
+                                           code="request_too_large"), request_id)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = {404: f"Unknown path {request.path!r}.",
+                   405: f"Method {request.method} is not allowed on {request.path!r}."}.get(exc.status, exc.reason)
+        return error_response(GatewayError(exc.status, message, code="not_found" if exc.status == 404 else None),
+                              request_id)
+    except (ConnectionResetError, OSError):
+        raise  # the client went away; there is nobody to answer
+    except Exception:
+        # A bug of ours. The traceback holds no keys: credentials travel only in Secret.
+        log.exception("unhandled error serving %s %s (request %s)", request.method, request.path, request_id)
+        return error_response(GatewayError(500, "Internal gateway error.", type="server_error",
+                                           code="internal_error"), request_id)
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object, whatever Content-Type says; 400 for anything else."""
+    raw = await request.read()
+    if not raw:
+        raise bad_request("The request body is empty; send a JSON object.", code="invalid_json")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def _check_model(body: Mapping[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("'model' is required and must be a non-empty string.", param="model")
+    if len(model) > MAX_MODEL_NAME or not model.isprintable():
+        raise bad_request(f"'model' must be at most {MAX_MODEL_NAME} printable characters.", param="model",
+                          code="invalid_model")
+    return model
+
+
+def _check_type(body: Mapping[str, Any], name: str, types: type | tuple[type, ...], what: str) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    # JSON true is a Python int too: a boolean passes only where a boolean is asked for.
+    ok = isinstance(value, bool) if types is bool else isinstance(value, types) and not isinstance(value, bool)
+    if not ok:
+        raise bad_request(f"'{name}' must be {what}.", param=name)
+
+
+def parse_chat(body: dict[str, Any], headers: Mapping[str, str]) -> ChatRequest:
+    """Validate what the gateway itself relies on; the upstream validates the rest."""
+    _check_model(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("'messages' is required and must be a non-empty array.", param="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise bad_request(f"'messages[{i}]' must be an object.", param=f"messages[{i}]")
+        role = message.get("role")
+        if role not in _ROLES:
+            raise bad_request(f"'messages[{i}].role' must be one of {', '.join(sorted(_ROLES))}.",
+                              param=f"messages[{i}].role")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise bad_request(f"'messages[{i}].content' must be a string or an array of parts.",
+                              param=f"messages[{i}].content")
+    _check_type(body, "stream", bool, "a boolean")
+    _check_type(body, "stream_options", dict, "an object")
+    _check_type(body, "tools", list, "an array")
+    _check_type(body, "n", int, "an integer")
+    _check_type(body, "max_tokens", int, "an integer")
+    _check_type(body, "max_completion_tokens", int, "an integer")
+    _check_type(body, "temperature", (int, float), "a number")
+    _check_type(body, "top_p", (int, float), "a number")
+    n = body.get("n")
+    if n is not None and n < 1:
+        raise bad_request("'n' must be at least 1.", param="n")
+    stream = body.get("stream") is True
+    options = body.get("stream_options")
+    if options is not None and not stream:
+        raise bad_request("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
+    wants_usage = bool(options and options.get("include_usage") is True)
+    forwarded = {name: headers[name] for name in _FORWARDED if name in headers}
+    return ChatRequest(body, stream, wants_usage, forwarded)
+
+
+def parse_embeddings(body: dict[str, Any]) -> EmbeddingsRequest:
+    """Validate an embeddings body: model, input, encoding_format."""
+    _check_model(body)
+    value = body.get("input")
+    if value is None or value == "" or value == []:
+        raise bad_request("'input' is required: a string, an array of strings or of token arrays.", param="input")
+    if not isinstance(value, str | list):
+        raise bad_request("'input' must be a string or an array.", param="input")
+    encoding = body.get("encoding_format")
+    if encoding is not None and encoding not in ("float", "base64"):
+        raise bad_request("'encoding_format' must be 'float' or 'base64'.", param="encoding_format")
+    _check_type(body, "dimensions", int, "an integer")
+    return EmbeddingsRequest(body, encoding == "base64")
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """POST /v1/chat/completions"""
+    gateway = request.app[GATEWAY]
+    req = parse_chat(await read_json(request), request.headers)
+    return await relay.chat(gateway, request, req, caller_key(request.headers.get("Authorization")),
+                            request[REQUEST_ID])
+
+
+async def create_embeddings(request: web.Request) -> web.StreamResponse:
+    """POST /v1/embeddings"""
+    gateway = request.app[GATEWAY]
+    req = parse_embeddings(await read_json(request))
+    return await relay.embeddings(gateway, req, caller_key(request.headers.get("Authorization")),
+                                  request[REQUEST_ID])
+
+
+async def list_models(request: web.Request) -> web.StreamResponse:
+    """GET /v1/models: route names, then <provider>/<model> for every provider's `models:`."""
+    body = request.app[GATEWAY].table.models_body
+    return web.Response(body=body, headers={"Content-Type": JSON, "x-request-id": request[REQUEST_ID]})
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    """GET /healthz: the process serves requests."""
+    return web.Response(body=b'{"status":"ok"}', headers={"Content-Type": JSON})
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    """GET /readyz: configuration loaded and not draining."""
+    if request.app[GATEWAY].ready:
+        return web.Response(body=b'{"status":"ready"}', headers={"Content-Type": JSON})
+    return web.Response(status=503, body=b'{"status":"not ready"}', headers={"Content-Type": JSON})
+
+
+def models_body(table_routes: Mapping[str, tuple[str, ...]], provider_models: Mapping[str, tuple[str, ...]],
+                created: int) -> bytes:
+    """The /v1/models list, built once per table: ``{route: (first provider,)}`` and provider model lists."""
+    data = [{"id": name, "object": "model", "created": created, "owned_by": owners[0]}
+            for name, owners in table_routes.items()]
+    seen = {item["id"] for item in data}
+    for provider, models in provider_models.items():
+        for model in models:
+            model_id = f"{provider}/{model}"
+            if model_id not in seen:
+                seen.add(model_id)
+                data.append({"id": model_id, "object": "model", "created": created, "owned_by": provider})
+    return orjson.dumps({"object": "list", "data": data})
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the HTTP surface on an application."""
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/embeddings", create_embeddings)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)

@@ -1,0 +1,45 @@
+"""Builds the aiohttp Application: routes, the middleware, and the cleanup context that owns the session.
+
+Shared resources live in the application's lifecycle (aiohttp ``cleanup_ctx``), never in module
+globals: the upstream ``ClientSession`` is created when the app starts and closed when it stops.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from . import api, upstream
+from .auth import GatewayKeys
+from .config import Config
+from .relay import Gateway, Table
+from .router import LLMRouter
+
+
+def build_table(config: Config) -> Table:
+    """The request-facing view of a configuration: router and the /v1/models body."""
+    router = LLMRouter.from_config(config)
+    routes = {name: (route.endpoints[0].provider,) for name, route in config.routes.items() if route.endpoints}
+    provider_models = {name: p.models for name, p in config.providers.items() if p.models}
+    return Table(config, router, api.models_body(routes, provider_models, int(time.time())))
+
+
+async def _session_context(app: web.Application) -> AsyncIterator[None]:
+    gateway = app[api.GATEWAY]
+    gateway.session = upstream.create_session()
+    gateway.ready = True
+    yield
+    gateway.ready = False
+    await gateway.session.close()
+
+
+def build_app(config: Config) -> web.Application:
+    """The gateway as an aiohttp Application for one configuration."""
+    app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[api.gateway_middleware])
+    app[api.GATEWAY] = Gateway(build_table(config))
+    app[api.KEYS] = GatewayKeys(config.gateway_keys)
+    app.cleanup_ctx.append(_session_context)
+    api.add_routes(app)
+    return app

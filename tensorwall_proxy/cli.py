@@ -1,0 +1,161 @@
+"""The command line: ``serve``, ``check``, ``route MODEL`` and ``hash-key``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import secrets
+import sys
+from collections.abc import Sequence
+
+from .auth import NO_CREDENTIAL, credential_for, uses_caller_key
+from .config import Config, default_config_path, key_digest, load_config, route_warnings
+from .errors import ConfigError, GatewayError
+from .providers import ChatRequest, provider_for
+from .router import LLMRouter
+
+
+def _load(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: {len(exc.errors)} error(s):", file=sys.stderr)
+        for error in exc.errors:
+            print(f"  {error}", file=sys.stderr)
+        return None
+
+
+def _carries_caller_key(config: Config) -> list[str]:
+    return route_warnings(config, lambda provider, endpoint: uses_caller_key(provider, endpoint.api_key))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .lifecycle import UnsafeBind, check_bind, serve
+
+    config = _load(args.config)
+    if config is None:
+        return 1
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    for warning in _carries_caller_key(config):
+        logging.getLogger("tensorwall_proxy").warning("%s", warning)
+    try:
+        check_bind(config, host, args.no_gateway_key)
+    except UnsafeBind as exc:
+        print(f"tensorwall-proxy: {exc}", file=sys.stderr)
+        return 1
+    serve(config, host, port)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    for warning in _carries_caller_key(config):
+        print(f"warning: {warning}")
+    print(f"{args.config}: ok ({len(config.routes)} routes, {len(config.providers)} providers, "
+          f"gateway auth {'on' if config.gateway_keys else 'off'})")
+    return 0
+
+
+def describe_route(config: Config, model: str) -> list[str]:
+    """Lines saying which endpoints would serve ``model``, in fallback order, and where each call goes."""
+    router = LLMRouter.from_config(config)
+    route = router.resolve(model)
+    kind = "exact route" if route.name in config.routes else f"matched {route.label!r}"
+    lines = [f"model:     {model}", f"route:     {route.label} ({kind}, strategy {route.strategy})"]
+    ordered = sorted(range(len(route.endpoints)),
+                     key=lambda i: (route.endpoints[i].priority, -route.endpoints[i].weight, i))
+    if len(route.endpoints) > 1:
+        first = "all endpoints" if route.strategy == "weighted" else "the lowest priority number"
+        lines.append(f"first attempt: picked by weight among {first}; then the fallback order below")
+    lines.append("endpoints (fallback order):")
+    probe = ChatRequest({"model": model, "messages": [{"role": "user", "content": ""}]})
+    for rank, i in enumerate(ordered, 1):
+        endpoint = route.endpoints[i]
+        provider = config.providers[endpoint.provider]
+        upstream_model = endpoint.model or model
+        credential = credential_for(provider, endpoint.api_key, None)
+        carries = {None: "the caller's key", "server": "api_key from the config", "ambient": "ambient credentials",
+                   "none": "no credential"}[credential.kind if credential else None]
+        if provider.unconfigured:
+            where = provider.unconfigured
+        else:
+            try:
+                call = provider_for(provider.type).build_request(probe, provider, upstream_model, NO_CREDENTIAL)
+                where = f"{call.method} {call.url}"
+            except GatewayError as exc:
+                where = f"unavailable: {exc.message}"
+        lines.append(f"  {rank}. provider={provider.name} (type {provider.type}) model={upstream_model} "
+                     f"weight={endpoint.weight} priority={endpoint.priority}")
+        lines.append(f"     {where}")
+        lines.append(f"     credential: {carries}")
+    lines.append(f"attempts per request: at most {config.retries.attempts}")
+    return lines
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    try:
+        lines = describe_route(config, args.model)
+    except GatewayError as exc:
+        print(f"tensorwall-proxy: {exc.message}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_hash_key(args: argparse.Namespace) -> int:
+    if args.key is None:
+        key = "tw_" + secrets.token_urlsafe(32)
+        print(f"key:    {key}")
+        print(f"digest: {key_digest(key)}")
+        print("Give the key to the caller (X-API-Key); put only the digest under gateway_keys.")
+        return 0
+    key = sys.stdin.readline().strip() if args.key == "-" else args.key
+    if not key:
+        print("tensorwall-proxy: empty key", file=sys.stderr)
+        return 1
+    print(key_digest(key))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``tensorwall-proxy``."""
+    parser = argparse.ArgumentParser(prog="tensorwall-proxy",
+                                     description="One OpenAI-compatible base URL in front of nine LLM providers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    config_help = "YAML route table (default: $TENSORWALL_CONFIG, then config/tensorwall.yaml)"
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", default=default_config_path(), help=config_help)
+    serve.add_argument("--host", help="bind address (default: server.host)")
+    serve.add_argument("--port", type=int, help="port (default: server.port)")
+    serve.add_argument("--no-gateway-key", action="store_true",
+                       help="allow serving with gateway_keys: [] on a non-loopback address")
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check", help="validate a config: exit 0, or 1 with every error")
+    check.add_argument("--config", default=default_config_path(), help=config_help)
+    check.set_defaults(func=cmd_check)
+
+    route = sub.add_parser("route", help="show which endpoints would serve a model (sends nothing)")
+    route.add_argument("model")
+    route.add_argument("--config", default=default_config_path(), help=config_help)
+    route.set_defaults(func=cmd_route)
+
+    hash_key = sub.add_parser("hash-key", help="make a new gateway key and its digest, or digest a given key")
+    hash_key.add_argument("key", nargs="?", help="the key to digest, or - to read it from stdin")
+    hash_key.set_defaults(func=cmd_hash_key)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tensorwall-proxy`` console script."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code

@@ -1,0 +1,703 @@
+"""The YAML route table → frozen dataclasses, validated, with every error named by its YAML path.
+
+Owns: the schema (server, gateway_keys, providers, routes, rules, timeouts, retries), the nine
+default providers and how the YAML merges over them, ``${VAR}`` / ``${VAR:-default}`` /
+``${file:PATH}`` interpolation, and ``Secret``, the masked type credentials travel in.
+
+It never opens a socket, and it collects every problem before raising one ``ConfigError``,
+so ``tensorwall-proxy check`` can print them all at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import yaml
+from yarl import URL
+
+from .errors import ConfigError
+
+ProviderType = Literal["openai", "anthropic", "azure", "vertex", "groq", "mistral", "bedrock", "ollama", "lmstudio"]
+PROVIDER_TYPES: Final[tuple[ProviderType, ...]] = (
+    "openai", "anthropic", "azure", "vertex", "groq", "mistral", "bedrock", "ollama", "lmstudio",
+)
+AuthMode = Literal["forward", "ambient", "none"]
+Strategy = Literal["weighted", "priority"]
+
+# The nine providers that exist whatever the YAML says; a YAML entry of the same name merges over
+# its default key by key. Values go through the same interpolation as the YAML's own.
+DEFAULT_PROVIDERS: Final[dict[str, dict[str, Any]]] = {
+    "openai": {"base_url": "${OPENAI_API_URL:-https://api.openai.com/v1}"},
+    "anthropic": {
+        "base_url": "${ANTHROPIC_API_URL:-https://api.anthropic.com/v1}",
+        "version": "2023-06-01",
+        "default_max_tokens": 4096,
+    },
+    "azure": {
+        "endpoint": "${AZURE_OPENAI_ENDPOINT:-}",
+        "api_version": "${AZURE_OPENAI_API_VERSION:-2024-10-21}",
+    },
+    "vertex": {
+        "project": "${GOOGLE_CLOUD_PROJECT:-}",
+        "location": "${VERTEX_AI_LOCATION:-us-central1}",
+        "base_url": "${VERTEX_API_URL:-}",
+    },
+    "groq": {"base_url": "${GROQ_API_URL:-https://api.groq.com/openai/v1}"},
+    "mistral": {"base_url": "${MISTRAL_API_URL:-https://api.mistral.ai/v1}"},
+    "bedrock": {"region": "${AWS_REGION:-us-east-1}", "base_url": "${BEDROCK_API_URL:-}"},
+    "ollama": {"base_url": "${OLLAMA_API_URL:-http://localhost:11434}"},
+    "lmstudio": {"base_url": "${LMSTUDIO_API_URL:-http://localhost:1234/v1}"},
+}
+
+# What a provider of a type gets when it is not named like the default one (`azure-eu: {type: azure}`):
+# the type's fixed defaults, without the default provider's own environment variables.
+TYPE_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
+    "anthropic": {"version": "2023-06-01", "default_max_tokens": 4096},
+    "azure": {"api_version": "2024-10-21"},
+    "vertex": {"location": "us-central1"},
+    "bedrock": {"region": "${AWS_REGION:-us-east-1}"},
+}
+
+# Settings without which a provider cannot be called, with the variable that sets them by default.
+# Such a provider still loads; a request routed to it gets 503 provider_not_configured.
+REQUIRED_SETTINGS: Final[dict[str, tuple[str, str]]] = {
+    "azure": ("endpoint", "AZURE_OPENAI_ENDPOINT"),
+    "vertex": ("project", "GOOGLE_CLOUD_PROJECT"),
+    "openai": ("base_url", "OPENAI_API_URL"),
+    "anthropic": ("base_url", "ANTHROPIC_API_URL"),
+    "groq": ("base_url", "GROQ_API_URL"),
+    "mistral": ("base_url", "MISTRAL_API_URL"),
+    "ollama": ("base_url", "OLLAMA_API_URL"),
+    "lmstudio": ("base_url", "LMSTUDIO_API_URL"),
+    "bedrock": ("region", "AWS_REGION"),
+}
+
+_COMMON_KEYS: Final = frozenset({"type", "auth", "api_key", "models"})
+_TYPE_KEYS: Final[dict[str, frozenset[str]]] = {
+    "openai": frozenset({"base_url"}),
+    "groq": frozenset({"base_url"}),
+    "mistral": frozenset({"base_url"}),
+    "lmstudio": frozenset({"base_url"}),
+    "ollama": frozenset({"base_url"}),
+    "anthropic": frozenset({"base_url", "version", "default_max_tokens"}),
+    "azure": frozenset({"endpoint", "api_version"}),
+    "vertex": frozenset({"project", "location", "base_url"}),
+    "bedrock": frozenset(
+        {"region", "base_url", "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "profile"}
+    ),
+}
+_AMBIENT_TYPES: Final = frozenset({"vertex", "bedrock"})
+
+SHA256_PREFIX: Final = "sha256:"
+_DIGEST_RE: Final = re.compile(r"sha256:[0-9a-fA-F]{64}")
+_INTERP_RE: Final = re.compile(r"\$\{([^}]*)\}")
+_ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A provider name is the prefix of `<provider>/<model>`, so it can hold no '/'.
+_PROVIDER_NAME_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+class Secret:
+    """A credential. Its repr and str are masked so no log line or traceback can show it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The credential itself, for the one header that carries it."""
+        return self._value
+
+    def digest(self) -> str:
+        """``sha256:`` + hex digest: what health state and logs may keep instead of the key."""
+        return key_digest(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('****')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def key_digest(key: str) -> str:
+    """``sha256:`` + the lowercase hex SHA-256 of the key's UTF-8 bytes (DESIGN §6)."""
+    return SHA256_PREFIX + hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 32 * 1024 * 1024
+    drain_seconds: float = 60.0
+    shutdown_delay_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    # Why these defaults: a long reasoning model may think for minutes before its first token, and
+    # a non-streamed call only gets headers when generation ends, so `total` must cover a whole answer.
+    connect: float = 10.0
+    first_byte: float = 120.0
+    idle: float = 120.0
+    total: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Retries:
+    attempts: int = 3
+    cooldown_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    name: str
+    type: ProviderType
+    auth: AuthMode = "forward"
+    api_key: Secret | None = None
+    models: tuple[str, ...] = ()
+    base_url: str = ""
+    endpoint: str = ""
+    api_version: str = ""
+    version: str = ""
+    default_max_tokens: int | None = None
+    project: str = ""
+    location: str = ""
+    region: str = ""
+    aws_access_key_id: Secret | None = None
+    aws_secret_access_key: Secret | None = None
+    aws_session_token: Secret | None = None
+    profile: str = ""
+    # Why a request routed here cannot be sent (a required setting is empty), or None.
+    unconfigured: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointConfig:
+    provider: str
+    model: str | None = None
+    weight: int = 1
+    priority: int = 0
+    api_key: Secret | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    name: str
+    endpoints: tuple[EndpointConfig, ...]
+    strategy: Strategy = "weighted"
+    timeouts: Timeouts | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RuleConfig:
+    match: str
+    provider: str
+    strip: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig
+    gateway_keys: tuple[str, ...]  # sha256 digests; empty = gateway auth off
+    providers: Mapping[str, ProviderConfig]
+    routes: Mapping[str, RouteConfig]
+    rules: tuple[RuleConfig, ...] | None  # None: the built-in pattern table
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    retries: Retries = field(default_factory=Retries)
+    source: str = "<memory>"
+
+
+class _Errors:
+    """Collects problems so the whole file is reported at once."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append(f"{path}: {message}" if path else message)
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+# --- interpolation -------------------------------------------------------------------------------
+
+
+def _interpolate(value: Any, path: str, env: Mapping[str, str], errors: _Errors, base_dir: Path) -> Any:
+    """Replace ${VAR}, ${VAR:-default} and ${file:PATH} in every string of a YAML tree."""
+    if isinstance(value, str):
+        if "${" not in value:
+            return value
+
+        def substitute(match: re.Match[str]) -> str:
+            expr = match.group(1)
+            if expr.startswith("file:"):
+                file_path = Path(os.path.expanduser(expr[5:]))
+                if not file_path.is_absolute():
+                    file_path = base_dir / file_path
+                try:
+                    content = file_path.read_text(encoding="utf-8").strip()
+                except OSError as exc:
+                    errors.add(path, f"cannot read {file_path}: {exc.strerror or exc}")
+                    return ""
+                if not content:
+                    errors.add(path, f"file {file_path} is empty")
+                return content
+            name, sep, default = expr.partition(":-")
+            if not _ENV_NAME_RE.fullmatch(name):
+                errors.add(path, f"'${{{expr}}}' is not a valid variable reference")
+                return ""
+            if name in env:
+                return env[name]
+            if sep:
+                return default
+            errors.add(path, f"environment variable {name} is not set (use ${{{name}:-}} for an empty default)")
+            return ""
+
+        return _INTERP_RE.sub(substitute, value)
+    if isinstance(value, dict):
+        return {k: _interpolate(v, _join(path, str(k)), env, errors, base_dir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, _join(path, i), env, errors, base_dir) for i, v in enumerate(value)]
+    return value
+
+
+# --- typed readers ------------------------------------------------------------------------------
+
+
+def _check_keys(raw: Mapping[str, Any], allowed: frozenset[str], path: str, errors: _Errors) -> None:
+    for key in raw:
+        if key not in allowed:
+            hint = ", ".join(sorted(allowed))
+            errors.add(_join(path, str(key)), f"unknown key (expected one of: {hint})")
+
+
+def _number(raw: Any, path: str, errors: _Errors, default: float, *, minimum: float = 0.0,
+            positive: bool = False) -> float:
+    if raw is None:
+        return default
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        errors.add(path, f"expected a number, got {type(raw).__name__}")
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        errors.add(path, f"expected a number, got {raw!r}")
+        return default
+    if positive and value <= 0:
+        errors.add(path, f"must be greater than 0, got {raw!r}")
+        return default
+    if value < minimum:
+        errors.add(path, f"must be at least {minimum:g}, got {raw!r}")
+        return default
+    return value
+
+
+def _integer(raw: Any, path: str, errors: _Errors, default: int, *, minimum: int = 0,
+             maximum: int | None = None) -> int:
+    if raw is None:
+        return default
+    value: int
+    if isinstance(raw, bool):
+        errors.add(path, "expected an integer, got a boolean")
+        return default
+    if isinstance(raw, int):
+        value = raw
+    elif isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
+        value = int(raw)
+    else:
+        errors.add(path, f"expected an integer, got {raw!r}")
+        return default
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        errors.add(path, f"must be {bound}, got {value}")
+        return default
+    return value
+
+
+def _string(raw: Any, path: str, errors: _Errors, default: str = "") -> str:
+    if raw is None:
+        return default
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        errors.add(path, f"expected a string, got {type(raw).__name__}")
+        return default
+    return str(raw)
+
+
+def _mapping(raw: Any, path: str, errors: _Errors) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        errors.add(path, f"expected a mapping, got {type(raw).__name__}")
+        return {}
+    return {str(k): v for k, v in raw.items()}
+
+
+def _secret(raw: Any, path: str, errors: _Errors) -> Secret | None:
+    if raw is None:
+        return None
+    value = _string(raw, path, errors)
+    if not value:
+        errors.add(path, "is empty (an unset ${VAR:-} default?); remove the key to send no credential")
+        return None
+    return Secret(value)
+
+
+def _http_url(raw: str, path: str, errors: _Errors) -> str:
+    """A base URL, validated, without its trailing slash (a path prefix in it is kept)."""
+    if not raw:
+        return ""
+    url = URL(raw)
+    if url.scheme not in ("http", "https") or not url.host:
+        errors.add(path, f"expected an http(s) URL, got {raw!r}")
+        return ""
+    if url.query_string or url.fragment:
+        errors.add(path, f"a base URL takes no query or fragment, got {raw!r}")
+        return ""
+    # Normalised once (percent-encoding included) so requests can build on it without re-parsing.
+    return str(url).rstrip("/")
+
+
+def _api_version(raw: str, path: str, errors: _Errors) -> str:
+    # It lands in a query string: dates, letters and dashes only.
+    if raw and not re.fullmatch(r"[0-9A-Za-z.-]+", raw):
+        errors.add(path, f"expected an api-version like 2024-10-21, got {raw!r}")
+        return ""
+    return raw
+
+
+# --- sections -----------------------------------------------------------------------------------
+
+
+def _read_server(raw: Any, errors: _Errors) -> ServerConfig:
+    data = _mapping(raw, "server", errors)
+    _check_keys(data, frozenset(ServerConfig.__slots__), "server", errors)
+    d = ServerConfig()
+    return ServerConfig(
+        host=_string(data.get("host"), "server.host", errors, d.host) or d.host,
+        port=_integer(data.get("port"), "server.port", errors, d.port, minimum=0, maximum=65535),
+        max_body_bytes=_integer(data.get("max_body_bytes"), "server.max_body_bytes", errors, d.max_body_bytes,
+                                minimum=1024),
+        drain_seconds=_number(data.get("drain_seconds"), "server.drain_seconds", errors, d.drain_seconds),
+        shutdown_delay_seconds=_number(data.get("shutdown_delay_seconds"), "server.shutdown_delay_seconds",
+                                       errors, d.shutdown_delay_seconds),
+    )
+
+
+def _read_timeouts(raw: Any, path: str, errors: _Errors, base: Timeouts) -> Timeouts:
+    data = _mapping(raw, path, errors)
+    _check_keys(data, frozenset(Timeouts.__slots__), path, errors)
+
+    def one(key: str) -> float:
+        return _number(data.get(key), _join(path, key), errors, getattr(base, key), positive=True)
+
+    return Timeouts(connect=one("connect"), first_byte=one("first_byte"), idle=one("idle"), total=one("total"))
+
+
+def _read_retries(raw: Any, errors: _Errors) -> Retries:
+    data = _mapping(raw, "retries", errors)
+    _check_keys(data, frozenset(Retries.__slots__), "retries", errors)
+    d = Retries()
+    return Retries(
+        attempts=_integer(data.get("attempts"), "retries.attempts", errors, d.attempts, minimum=1, maximum=20),
+        cooldown_seconds=_number(data.get("cooldown_seconds"), "retries.cooldown_seconds", errors,
+                                 d.cooldown_seconds),
+    )
+
+
+def _read_gateway_keys(raw: Any, present: bool, errors: _Errors) -> tuple[str, ...]:
+    if not present:
+        errors.add("gateway_keys", "missing: list the accepted X-API-Key values, or write `gateway_keys: []` "
+                                   "to turn gateway auth off")
+        return ()
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list):
+        errors.add("gateway_keys", f"expected a list, got {type(raw).__name__}")
+        return ()
+    digests: list[str] = []
+    for i, item in enumerate(raw):
+        path = _join("gateway_keys", i)
+        value = _string(item, path, errors)
+        if not value:
+            errors.add(path, "is empty (an unset ${VAR:-} default?); an empty key never turns auth off")
+        elif value.startswith(SHA256_PREFIX):
+            if not _DIGEST_RE.fullmatch(value):
+                errors.add(path, "a digest is `sha256:` followed by 64 hex digits (see `tensorwall-proxy hash-key`)")
+            else:
+                digests.append(value.lower())
+        else:
+            digests.append(key_digest(value))
+    return tuple(digests)
+
+
+def _read_provider(name: str, raw: Mapping[str, Any], errors: _Errors) -> ProviderConfig | None:
+    path = _join("providers", name)
+    ptype = raw.get("type", name if name in DEFAULT_PROVIDERS else None)
+    if ptype is None:
+        errors.add(path, f"a provider not named like one of the nine types needs `type` ({', '.join(PROVIDER_TYPES)})")
+        return None
+    if ptype not in PROVIDER_TYPES:
+        errors.add(_join(path, "type"), f"unknown provider type {ptype!r} (expected one of: {', '.join(PROVIDER_TYPES)})")
+        return None
+    _check_keys(raw, _COMMON_KEYS | _TYPE_KEYS[ptype], path, errors)
+
+    default_auth: AuthMode = "none" if ptype == "ollama" else "forward"
+    auth = _string(raw.get("auth"), _join(path, "auth"), errors, default_auth) or default_auth
+    if auth not in ("forward", "ambient", "none"):
+        errors.add(_join(path, "auth"), f"expected forward, ambient or none, got {auth!r}")
+        auth = default_auth
+    if auth == "ambient" and ptype not in _AMBIENT_TYPES:
+        errors.add(_join(path, "auth"), "ambient credentials exist only for vertex and bedrock providers")
+        auth = default_auth
+
+    models_raw = raw.get("models") or []
+    models: list[str] = []
+    if not isinstance(models_raw, list):
+        errors.add(_join(path, "models"), "expected a list of model ids")
+    else:
+        for i, m in enumerate(models_raw):
+            model = _string(m, _join(_join(path, "models"), i), errors)
+            if model:
+                models.append(model)
+
+    def text(key: str) -> str:
+        return _string(raw.get(key), _join(path, key), errors).strip()
+
+    base_url = _http_url(text("base_url"), _join(path, "base_url"), errors)
+    endpoint = _http_url(text("endpoint"), _join(path, "endpoint"), errors)
+    default_max_tokens = None
+    if raw.get("default_max_tokens") is not None:
+        default_max_tokens = _integer(raw.get("default_max_tokens"), _join(path, "default_max_tokens"),
+                                      errors, 4096, minimum=1)
+    provider = ProviderConfig(
+        name=name,
+        type=ptype,
+        auth=auth,  # type: ignore[arg-type]  # checked against the three modes above
+        api_key=_secret(raw.get("api_key"), _join(path, "api_key"), errors),
+        models=tuple(models),
+        base_url=base_url,
+        endpoint=endpoint,
+        api_version=_api_version(text("api_version"), _join(path, "api_version"), errors),
+        version=text("version"),
+        default_max_tokens=default_max_tokens,
+        project=text("project"),
+        location=text("location"),
+        region=text("region"),
+        aws_access_key_id=_secret(raw.get("aws_access_key_id"), _join(path, "aws_access_key_id"), errors),
+        aws_secret_access_key=_secret(raw.get("aws_secret_access_key"), _join(path, "aws_secret_access_key"),
+                                      errors),
+        aws_session_token=_secret(raw.get("aws_session_token"), _join(path, "aws_session_token"), errors),
+        profile=text("profile"),
+    )
+    setting, env_var = REQUIRED_SETTINGS[ptype]
+    if not getattr(provider, setting):
+        # Where to set it: a default provider reads its environment variable; another only its YAML.
+        hint = f"set {env_var} or {_join(path, setting)}" if name == ptype else f"set {_join(path, setting)}"
+        provider = replace(provider, unconfigured=f"provider '{name}' is not configured: {setting} is empty ({hint})")
+    return provider
+
+
+def _read_providers(raw: Any, defaults: Mapping[str, dict[str, Any]], errors: _Errors,
+                    env: Mapping[str, str] | None = None) -> dict[str, ProviderConfig]:
+    data = _mapping(raw, "providers", errors)
+    merged: dict[str, dict[str, Any]] = {name: dict(values) for name, values in defaults.items()}
+    for name, values in data.items():
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            errors.add(_join("providers", name), f"expected a mapping, got {type(values).__name__}")
+            continue
+        if not _PROVIDER_NAME_RE.fullmatch(name):
+            errors.add(_join("providers", name), "a provider name takes letters, digits, '_', '-' and '.'")
+            continue
+        if name in DEFAULT_PROVIDERS and values.get("type", name) == name:
+            merged[name].update(values)
+        else:
+            type_defaults = _interpolate(TYPE_DEFAULTS.get(str(values.get("type")), {}), _join("providers", name),
+                                         os.environ if env is None else env, errors, Path.cwd())
+            merged[name] = {**type_defaults, **values}
+    providers: dict[str, ProviderConfig] = {}
+    for name, values in merged.items():
+        provider = _read_provider(name, values, errors)
+        if provider is not None:
+            providers[name] = provider
+    return providers
+
+
+def _read_endpoint(raw: Any, path: str, providers: Mapping[str, ProviderConfig],
+                   errors: _Errors) -> EndpointConfig | None:
+    data = _mapping(raw, path, errors)
+    _check_keys(data, frozenset(EndpointConfig.__slots__), path, errors)
+    provider = _string(data.get("provider"), _join(path, "provider"), errors)
+    if not provider:
+        errors.add(_join(path, "provider"), "required")
+        return None
+    if provider not in providers:
+        errors.add(_join(path, "provider"), f"unknown provider {provider!r}")
+        return None
+    model = _string(data.get("model"), _join(path, "model"), errors) or None
+    return EndpointConfig(
+        provider=provider,
+        model=model,
+        weight=_integer(data.get("weight"), _join(path, "weight"), errors, 1, minimum=0),
+        priority=_integer(data.get("priority"), _join(path, "priority"), errors, 0, minimum=0),
+        api_key=_secret(data.get("api_key"), _join(path, "api_key"), errors),
+    )
+
+
+def _read_routes(raw: Any, providers: Mapping[str, ProviderConfig], base: Timeouts,
+                 errors: _Errors) -> dict[str, RouteConfig]:
+    data = _mapping(raw, "routes", errors)
+    routes: dict[str, RouteConfig] = {}
+    for name, value in data.items():
+        path = _join("routes", name)
+        route = _mapping(value, path, errors)
+        _check_keys(route, frozenset({"strategy", "endpoints", "timeouts"}), path, errors)
+        strategy = _string(route.get("strategy"), _join(path, "strategy"), errors, "weighted")
+        if strategy not in ("weighted", "priority"):
+            errors.add(_join(path, "strategy"), f"expected weighted or priority, got {strategy!r}")
+            strategy = "weighted"
+        raw_endpoints = route.get("endpoints")
+        if not isinstance(raw_endpoints, list) or not raw_endpoints:
+            errors.add(_join(path, "endpoints"), "expected a non-empty list of endpoints")
+            continue
+        endpoints = [
+            _read_endpoint(item, _join(_join(path, "endpoints"), i), providers, errors)
+            for i, item in enumerate(raw_endpoints)
+        ]
+        timeouts = None
+        if route.get("timeouts") is not None:
+            timeouts = _read_timeouts(route["timeouts"], _join(path, "timeouts"), errors, base)
+        routes[name] = RouteConfig(
+            name=name,
+            endpoints=tuple(e for e in endpoints if e is not None),
+            strategy=strategy,  # type: ignore[arg-type]  # checked above
+            timeouts=timeouts,
+        )
+    return routes
+
+
+def _read_rules(raw: Any, present: bool, providers: Mapping[str, ProviderConfig],
+                errors: _Errors) -> tuple[RuleConfig, ...] | None:
+    if not present:
+        return None
+    if not isinstance(raw, list):
+        errors.add("rules", f"expected a list, got {type(raw).__name__}")
+        return None
+    rules: list[RuleConfig] = []
+    for i, item in enumerate(raw):
+        path = _join("rules", i)
+        data = _mapping(item, path, errors)
+        _check_keys(data, frozenset(RuleConfig.__slots__), path, errors)
+        match = _string(data.get("match"), _join(path, "match"), errors)
+        provider = _string(data.get("provider"), _join(path, "provider"), errors)
+        if not match:
+            errors.add(_join(path, "match"), "required")
+            continue
+        if provider not in providers:
+            errors.add(_join(path, "provider"), f"unknown provider {provider!r}" if provider else "required")
+            continue
+        rules.append(RuleConfig(match=match, provider=provider,
+                                strip=_string(data.get("strip"), _join(path, "strip"), errors)))
+    return tuple(rules)
+
+
+_TOP_KEYS: Final = frozenset({"server", "gateway_keys", "providers", "routes", "rules", "timeouts", "retries"})
+
+
+def parse_config(text: str, *, env: Mapping[str, str] | None = None, source: str = "<memory>",
+                 base_dir: Path | None = None) -> Config:
+    """Parse and validate YAML text. Raises ConfigError listing every problem with its YAML path."""
+    errors = _Errors()
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{source}: not valid YAML: {exc}"]) from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError([f"{source}: the top level must be a mapping"])
+    environ = os.environ if env is None else env
+    base = base_dir or Path.cwd()
+    _check_keys(loaded, _TOP_KEYS, "", errors)
+    # Defaults are interpolated too, and under their own YAML path, so a bad ${...} there is named.
+    raw = _interpolate(loaded, "", environ, errors, base)
+    defaults = {name: _interpolate(values, _join("providers", name), environ, errors, base)
+                for name, values in DEFAULT_PROVIDERS.items()}
+
+    server = _read_server(raw.get("server"), errors)
+    gateway_keys = _read_gateway_keys(raw.get("gateway_keys"), "gateway_keys" in raw, errors)
+    providers = _read_providers(raw.get("providers"), defaults, errors, environ)
+    timeouts = _read_timeouts(raw.get("timeouts"), "timeouts", errors, Timeouts())
+    retries = _read_retries(raw.get("retries"), errors)
+    routes = _read_routes(raw.get("routes"), providers, timeouts, errors)
+    rules = _read_rules(raw.get("rules"), "rules" in raw, providers, errors)
+    if errors.items:
+        raise ConfigError(errors.items)
+    return Config(server=server, gateway_keys=gateway_keys, providers=providers, routes=routes, rules=rules,
+                  timeouts=timeouts, retries=retries, source=source)
+
+
+def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a YAML file (relative ``${file:...}`` paths resolve next to it)."""
+    file_path = Path(path)
+    try:
+        text = file_path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{file_path}: cannot read: {exc.strerror or exc}"]) from None
+    return parse_config(text, env=env, source=str(file_path), base_dir=file_path.parent)
+
+
+def default_config_path(env: Mapping[str, str] | None = None) -> str:
+    """``$TENSORWALL_CONFIG``, else ``config/tensorwall.yaml``."""
+    environ = os.environ if env is None else env
+    return environ.get("TENSORWALL_CONFIG") or "config/tensorwall.yaml"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address is loopback only (the one place auth-off may listen)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def route_warnings(config: Config, carries_caller_key: Callable[[ProviderConfig, EndpointConfig], bool]) -> list[str]:
+    """Routes whose fallbacks can never be tried with the caller's key (DESIGN §6).
+
+    The caller's key reaches one provider type per request, so in a route whose endpoints forward
+    the caller's key to two or more types, an attempt on one type leaves the others without a key.
+    """
+    warnings: list[str] = []
+    for route in config.routes.values():
+        types = sorted({
+            config.providers[e.provider].type
+            for e in route.endpoints
+            if carries_caller_key(config.providers[e.provider], e)
+        })
+        if len(types) > 1:
+            warnings.append(
+                f"routes.{route.name}: endpoints of types {', '.join(types)} all use the caller's key, "
+                "which reaches one provider type per request; give the others an api_key, or they are "
+                "skipped as fallbacks"
+            )
+    return warnings

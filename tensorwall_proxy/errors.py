@@ -1,0 +1,194 @@
+"""One error tree for the whole gateway: HTTP status, OpenAI error body, and whether it may be retried.
+
+Every failure a caller can see is a ``GatewayError``; nothing else is turned into a response.
+The tree::
+
+    GatewayError                      status, OpenAI type/code/param, x-should-retry
+    ├── ConfigError                   the YAML is wrong (never reaches a caller: startup/reload)
+    ├── UnsupportedField              a translator cannot express a field for one endpoint (400
+    │                                 only when no endpoint of the route can serve the request)
+    └── UpstreamError                 an attempt failed; ``kind`` decides fallback and health
+          kinds: connect | timeout | rate_limited | overloaded | server | auth | bad_request
+
+This module is a leaf: it imports nothing of the gateway and does no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import orjson
+
+FailureKind = Literal["connect", "timeout", "rate_limited", "overloaded", "server", "auth", "bad_request"]
+
+# Failures that say nothing about the request itself: another endpoint (or later, the same one)
+# may well succeed, so the relay falls back on them and they count against the endpoint's health.
+FALLBACK_KINDS: frozenset[FailureKind] = frozenset({"connect", "timeout", "rate_limited", "overloaded", "server"})
+
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class GatewayError(Exception):
+    """An error the caller receives in OpenAI's shape ``{"error": {message, type, param, code}}``."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        type: str | None = None,
+        retry_after: float | None = None,
+        should_retry: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.type = type or _TYPE_BY_STATUS.get(status, "api_error" if status < 500 else "server_error")
+        self.retry_after = retry_after
+        # None: let the client decide. False: a retry can never help (the request itself is wrong).
+        self.should_retry = should_retry if should_retry is not None else (
+            False if 400 <= status < 500 and status not in (408, 409, 429) else None
+        )
+
+    def body(self) -> bytes:
+        """The OpenAI error body."""
+        return orjson.dumps(
+            {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        )
+
+    def headers(self) -> dict[str, str]:
+        """Headers the error response carries besides the content type."""
+        headers: dict[str, str] = {}
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(max(1, round(self.retry_after)))
+        if self.should_retry is False:
+            headers["x-should-retry"] = "false"
+        return headers
+
+
+class ConfigError(GatewayError):
+    """The configuration is invalid. ``errors`` holds every problem, each led by its YAML path."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__(500, "; ".join(errors), code="config_error")
+        self.errors = errors
+
+
+class UnsupportedField(GatewayError):
+    """A field that one endpoint's provider cannot honour without changing the result's count or shape."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(400, message, param=param, code="unsupported_parameter")
+
+
+class UpstreamError(GatewayError):
+    """One attempt failed. ``kind`` is what retry, fallback and cooldown look at, whatever the provider."""
+
+    def __init__(
+        self,
+        kind: FailureKind,
+        status: int,
+        message: str,
+        *,
+        provider: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        type: str | None = None,
+        retry_after: float | None = None,
+        reached_upstream: bool = True,
+    ) -> None:
+        super().__init__(status, message, code=code, param=param, type=type, retry_after=retry_after)
+        self.kind: FailureKind = kind
+        self.provider = provider
+        # False only when the request provably never left this process (refused, DNS, TLS, pool
+        # wait): only then may the same endpoint be tried again without risking a double charge.
+        self.reached_upstream = reached_upstream
+
+    @property
+    def falls_back(self) -> bool:
+        """Whether another endpoint may be tried after this failure."""
+        return self.kind in FALLBACK_KINDS
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> GatewayError:
+    """A 400 about the caller's request."""
+    return GatewayError(400, message, param=param, code=code)
+
+
+def kind_for_status(status: int) -> FailureKind:
+    """The failure kind an upstream HTTP status stands for, before any provider-specific reading."""
+    if status == 429:
+        return "rate_limited"
+    if status in (401, 403):
+        return "auth"
+    if status == 408:
+        return "timeout"
+    if status in (503, 529):
+        return "overloaded"
+    if status >= 500:
+        return "server"
+    return "bad_request"
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """Seconds an upstream asked us to wait: ``retry-after-ms`` first (finer), then ``retry-after``.
+
+    Only the delta-seconds form of Retry-After is read; an HTTP date is rare from these APIs and
+    falls back to the configured cooldown.
+    """
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            value = float(raw_ms) / 1000.0
+            if value >= 0:
+                return value
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if raw:
+        try:
+            value = float(raw)
+            if value >= 0:
+                return value
+        except ValueError:
+            pass
+    return None
+
+
+def openai_error_fields(body: Any) -> tuple[str | None, str | None, str | None, str | None]:
+    """(message, type, param, code) from an upstream error body in OpenAI's nested shape or Mistral's flat one."""
+    if isinstance(body, dict):
+        inner = body.get("error")
+        if isinstance(inner, dict):
+            body = inner
+        elif isinstance(inner, str):
+            return inner, None, None, None
+        elif isinstance(body.get("detail"), list):
+            # FastAPI-style validation failure (Mistral's 422): name the first offending field.
+            first = body["detail"][0] if body["detail"] else {}
+            if isinstance(first, dict):
+                loc = first.get("loc") or []
+                param = ".".join(str(part) for part in loc if part != "body") or None
+                return f"{first.get('msg', 'invalid request')}: {param}", "invalid_request_error", param, None
+        message = body.get("message")
+        code = body.get("code")
+        return (
+            message if isinstance(message, str) else None,
+            body.get("type") if isinstance(body.get("type"), str) else None,
+            body.get("param") if isinstance(body.get("param"), str) else None,
+            str(code) if code is not None else None,
+        )
+    return None, None, None, None

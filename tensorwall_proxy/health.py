@@ -1,0 +1,109 @@
+"""Per-(endpoint, credential) health: the 429 cooldown and, later, ejection after repeated failures.
+
+Pure: no I/O, no sleeping, no aiohttp; time comes from an injectable clock so tests step it by hand.
+
+Health is keyed by (provider, upstream model, credential digest). When an attempt carried the
+caller's own key the digest is that key's, so one tenant's exhausted key never cools an endpoint
+for everyone else; a server-side credential has digest ``None`` and cools the endpoint itself
+(DESIGN §5). Only digests are kept, never keys.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+HealthKey = tuple[str, str, str | None]  # (provider name, upstream model, credential digest or None)
+BlockReason = Literal["cooling", "ejected"]
+
+# A Retry-After of an hour from a misbehaving upstream must not take an endpoint away for an hour.
+MAX_COOLDOWN_SECONDS = 300.0
+# Entries are pruned once the book holds this many, so callers' digests cannot grow it without bound.
+_PRUNE_AT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """Why and until when (clock time) an endpoint is skipped."""
+
+    until: float
+    reason: BlockReason
+
+
+@dataclass(slots=True)
+class _State:
+    cooling_until: float = 0.0
+    failures: int = 0
+
+
+class HealthBook:
+    """The health of every (endpoint, credential) pair this process has tried."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 max_cooldown: float = MAX_COOLDOWN_SECONDS) -> None:
+        self._clock = clock
+        self._max_cooldown = max_cooldown
+        self._states: dict[HealthKey, _State] = {}
+
+    def now(self) -> float:
+        """The book's clock."""
+        return self._clock()
+
+    def cool(self, key: HealthKey, seconds: float) -> float:
+        """Cool a pair down after a 429 for ``seconds`` (capped); returns the seconds applied."""
+        seconds = min(max(seconds, 0.0), self._max_cooldown)
+        state = self._state(key)
+        state.cooling_until = max(state.cooling_until, self._clock() + seconds)
+        return seconds
+
+    def succeeded(self, key: HealthKey) -> None:
+        """An attempt on the pair succeeded: consecutive failures start again from zero."""
+        state = self._states.get(key)
+        if state is not None:
+            state.failures = 0
+
+    def failed(self, key: HealthKey) -> None:
+        """An attempt failed with a 5xx, a timeout or a connect error."""
+        self._state(key).failures += 1
+
+    def block(self, key: HealthKey) -> Block | None:
+        """The pair's block, or None while it is healthy."""
+        state = self._states.get(key)
+        if state is None:
+            return None
+        if state.cooling_until > self._clock():
+            return Block(state.cooling_until, "cooling")
+        return None
+
+    def status(self, key: HealthKey) -> Literal["healthy", "cooling", "ejected"]:
+        """healthy / cooling / ejected, for metrics and `route`."""
+        block = self.block(key)
+        return "healthy" if block is None else block.reason
+
+    def _state(self, key: HealthKey) -> _State:
+        state = self._states.get(key)
+        if state is None:
+            if len(self._states) >= _PRUNE_AT:
+                self._prune()
+            state = self._states[key] = _State()
+        return state
+
+    def _prune(self) -> None:
+        now = self._clock()
+        for key in [k for k, s in self._states.items() if s.cooling_until <= now and s.failures == 0]:
+            del self._states[key]
+
+
+def when_all_blocked(blocks: Sequence[Block]) -> tuple[int | None, float]:
+    """What to do when no endpoint is healthy (DESIGN §5).
+
+    Returns ``(index, wait)``: every endpoint cooling from a 429 → ``(None, shortest remaining
+    cooldown)``, and the caller gets a 429 at once; some ejected for failures → the index of the
+    one whose ejection ends first, which is tried anyway.
+    """
+    ejected = [(b.until, i) for i, b in enumerate(blocks) if b.reason == "ejected"]
+    if ejected:
+        return min(ejected)[1], 0.0
+    return None, min(b.until for b in blocks)

@@ -1,0 +1,153 @@
+"""The provider contract (DESIGN §3) and the registry of the nine provider types.
+
+A provider type is one module of plain functions over plain data: build the upstream call from
+an OpenAI request, turn the upstream's answer (whole, or event by event) back into OpenAI's shape,
+and classify its errors so retry, fallback and cooldown never depend on the provider. Modules
+here do no I/O and import no aiohttp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from yarl import URL
+
+from ..auth import Credential
+from ..config import ProviderConfig
+from ..errors import GatewayError, UpstreamError
+from ..sse import SseEvent
+
+# Handles for the Python API of llm-providers.md: `RouteEndpoint(provider=openai_provider, ...)`.
+openai_provider: Final = "openai"
+anthropic_provider: Final = "anthropic"
+azure_openai_provider: Final = "azure"
+vertex_provider: Final = "vertex"
+groq_provider: Final = "groq"
+mistral_provider: Final = "mistral"
+bedrock_provider: Final = "bedrock"
+ollama_provider: Final = "ollama"
+lmstudio_provider: Final = "lmstudio"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """A validated ``/v1/chat/completions`` body. Translators copy it; they never mutate ``body``."""
+
+    body: Mapping[str, Any]
+    stream: bool = False
+    wants_usage: bool = False  # the caller set stream_options.include_usage
+    # Caller headers that may cross to an upstream (auth.FORWARDED_HEADERS), already filtered.
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingsRequest:
+    """A validated ``/v1/embeddings`` body."""
+
+    body: Mapping[str, Any]
+    base64: bool = False  # the caller asked for encoding_format: base64 (the openai SDK's default)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamCall:
+    """Everything the transport needs for one attempt; the credential is already in ``headers``."""
+
+    method: str
+    url: URL
+    headers: Mapping[str, str]
+    body: bytes
+    stream: bool = False
+
+
+class StreamDecoder(Protocol):
+    """Fed upstream events one by one; returns encoded OpenAI SSE events for the client.
+
+    ``visible`` turns true once something the client must see has been produced (content, a tool
+    call, a finish_reason): that is the commit point, and the relay holds everything until then.
+    ``done`` turns true when the upstream signalled the end; ``usage`` holds the provider's counts.
+    """
+
+    visible: bool
+    done: bool
+    usage: Mapping[str, Any] | None
+
+    def feed(self, event: SseEvent) -> list[bytes]:
+        """Encoded events to send for one upstream event; raises UpstreamError for an in-band error."""
+        ...
+
+    def close(self) -> list[bytes]:
+        """At upstream end of stream: trailing events, or UpstreamError if the stream was cut short."""
+        ...
+
+
+class Provider(Protocol):
+    """One wire format. Every method is pure."""
+
+    def build_request(self, req: ChatRequest, provider: ProviderConfig, model: str,
+                      credential: Credential) -> UpstreamCall:
+        """The upstream call for a chat request; raises UnsupportedField for what it cannot express."""
+        ...
+
+    def parse_response(self, req: ChatRequest, provider: ProviderConfig, body: bytes) -> bytes:
+        """A successful non-streamed upstream body → the OpenAI ``chat.completion`` body."""
+        ...
+
+    def stream_decoder(self, req: ChatRequest, provider: ProviderConfig) -> StreamDecoder:
+        """A fresh decoder for one streamed attempt."""
+        ...
+
+    def classify_error(self, provider: ProviderConfig, status: int, headers: Mapping[str, str],
+                       body: bytes) -> UpstreamError:
+        """An upstream error response → the gateway's error, with the kind fallback looks at."""
+        ...
+
+    def build_embeddings_request(self, req: EmbeddingsRequest, provider: ProviderConfig, model: str,
+                                 credential: Credential) -> UpstreamCall:
+        """The upstream call for embeddings; 400 where the provider type has none."""
+        ...
+
+    def parse_embeddings_response(self, req: EmbeddingsRequest, provider: ProviderConfig, body: bytes) -> bytes:
+        """A successful upstream embeddings body → OpenAI's list, in the caller's encoding."""
+        ...
+
+
+_SEGMENT_SAFE: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def path_segment(value: str, what: str) -> str:
+    """A model id or deployment name as one percent-encoded URL path segment.
+
+    Never trusted as URL material: control characters and the dot segments ``.``/``..`` are
+    refused outright (400); everything outside RFC 3986's unreserved set is percent-encoded, so
+    ``/``, ``?``, ``#`` and ``:`` cannot change the path, query or fragment.
+    """
+    if not value or len(value) > 512:
+        raise GatewayError(400, f"Invalid {what}: must be 1 to 512 characters.", param="model",
+                           code="invalid_model")
+    if value in (".", "..") or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise GatewayError(400, f"Invalid {what} {value!r}.", param="model", code="invalid_model")
+    if all(c in _SEGMENT_SAFE for c in value):
+        return value
+    return "".join(c if c in _SEGMENT_SAFE else "".join(f"%{b:02X}" for b in c.encode("utf-8")) for c in value)
+
+
+def _registry() -> dict[str, Provider]:
+    from . import azure, openai
+
+    registry: dict[str, Provider] = {name: openai.OpenAICompatible(name) for name in openai.WIRE}
+    registry["azure"] = azure.Azure()
+    return registry
+
+
+PROVIDERS: Final[dict[str, Provider]] = _registry()
+
+
+def provider_for(type_: str) -> Provider:
+    """The implementation of a provider type; 501 for a type this build cannot translate yet."""
+    provider = PROVIDERS.get(type_)
+    if provider is None:
+        raise GatewayError(501, f"Provider type '{type_}' is not available in this version of tensorwall-proxy.",
+                           type="server_error", code="provider_not_implemented", should_retry=False)
+    return provider

@@ -1,0 +1,82 @@
+"""Azure OpenAI: the deployment URL, the ``api-key`` header and the ``api-version`` rules.
+
+Azure speaks OpenAI's wire format at ``{endpoint}/openai/deployments/{deployment}/...?api-version=``,
+where the deployment is the endpoint's upstream model id (percent-encoded, never trusted as URL
+material). The body keeps the caller's ``model`` (Azure routes by deployment and ignores it).
+``stream_options`` exists only from api-version 2024-10-21: with an older configured version it is
+removed, and usage cannot be asked for. The filter-only first chunk of an Azure stream holds no
+content, so the passthrough decoder holds it with the commit point.
+
+Pure: no I/O, no aiohttp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+import orjson
+
+from ..auth import Credential
+from ..config import ProviderConfig
+from ..errors import UpstreamError
+from . import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
+from .openai import (
+    USER_AGENT,
+    WIRE,
+    PassthroughStream,
+    adapt_chat_body,
+    classify_openai_error,
+    upstream_url,
+)
+
+# The first GA api-version that accepts stream_options (and seed); see wire-formats §3.
+STREAM_OPTIONS_SINCE: Final = "2024-10-21"
+
+
+def accepts_stream_options(api_version: str) -> bool:
+    """Whether an api-version takes ``stream_options`` (versions are dates, compared as text)."""
+    return api_version[:10] >= STREAM_OPTIONS_SINCE
+
+
+def _headers(credential: Credential) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+    if credential.secret is not None:
+        headers["api-key"] = credential.secret.reveal()
+    return headers
+
+
+class Azure:
+    """The Provider for Azure OpenAI deployments."""
+
+    type = "azure"
+
+    def _url(self, provider: ProviderConfig, deployment: str, operation: str) -> str:
+        segment = path_segment(deployment, "Azure deployment name")
+        return f"/openai/deployments/{segment}/{operation}?api-version={provider.api_version}"
+
+    def build_request(self, req: ChatRequest, provider: ProviderConfig, model: str,
+                      credential: Credential) -> UpstreamCall:
+        body = adapt_chat_body(req, WIRE["openai"], self.type,
+                               asks_usage=accepts_stream_options(provider.api_version))
+        url = upstream_url(provider.endpoint, self._url(provider, model, "chat/completions"))
+        return UpstreamCall("POST", url, _headers(credential), orjson.dumps(body), req.stream)
+
+    def parse_response(self, req: ChatRequest, provider: ProviderConfig, body: bytes) -> bytes:
+        return body
+
+    def stream_decoder(self, req: ChatRequest, provider: ProviderConfig) -> PassthroughStream:
+        asks = accepts_stream_options(provider.api_version)
+        return PassthroughStream(provider.name, hide_usage=asks and not req.wants_usage, split_usage=False)
+
+    def classify_error(self, provider: ProviderConfig, status: int, headers: Mapping[str, str],
+                       body: bytes) -> UpstreamError:
+        return classify_openai_error(provider, status, headers, body)
+
+    def build_embeddings_request(self, req: EmbeddingsRequest, provider: ProviderConfig, model: str,
+                                 credential: Credential) -> UpstreamCall:
+        url = upstream_url(provider.endpoint, self._url(provider, model, "embeddings"))
+        return UpstreamCall("POST", url, _headers(credential), orjson.dumps(dict(req.body)))
+
+    def parse_embeddings_response(self, req: EmbeddingsRequest, provider: ProviderConfig, body: bytes) -> bytes:
+        return body

@@ -1,0 +1,86 @@
+"""The tool call id codec (DESIGN §7): one id the client keeps, a deterministic short id per upstream.
+
+Two jobs:
+
+* ``for_upstream(client_id, style)``: the id an upstream accepts. An id already valid for the
+  style passes unchanged; any other is replaced by a hash of it in the style's alphabet and
+  length, so an assistant ``tool_calls[].id`` and the later ``tool_call_id`` that names it map
+  to the same upstream id on every turn and across providers.
+* ``attach(id, state)`` / ``detach(client_id)``: provider state that must come back on the next
+  turn (Gemini's ``thoughtSignature``, a thinking block) travels inside the id the client keeps,
+  after a marker, base64url-encoded. The client treats the id as opaque, so it returns intact.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Final, Literal
+
+IdStyle = Literal["openai", "anthropic", "bedrock", "mistral"]
+
+_ALNUM: Final = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# The marker between an id and the state carried with it. "~" is outside every upstream alphabet,
+# so a carried id can never be mistaken for a plain valid one.
+STATE_MARKER: Final = "~tw1~"
+
+
+@dataclass(frozen=True, slots=True)
+class _Style:
+    valid: re.Pattern[str]
+    prefix: str
+    length: int  # length of the hash part
+    alphabet: str
+
+
+_STYLES: Final[dict[IdStyle, _Style]] = {
+    # OpenAI, Azure, Groq and the other OpenAI-compatible servers: at most 40 of [A-Za-z0-9_-].
+    "openai": _Style(re.compile(r"[A-Za-z0-9_-]{1,40}"), "call_", 24, _ALNUM),
+    "anthropic": _Style(re.compile(r"[A-Za-z0-9_-]{1,64}"), "toolu_", 24, _ALNUM),
+    "bedrock": _Style(re.compile(r"[A-Za-z0-9_.:-]{1,64}"), "tooluse_", 22, _ALNUM),
+    # Mistral: exactly nine alphanumerics, nothing else.
+    "mistral": _Style(re.compile(r"[A-Za-z0-9]{9}"), "", 9, _ALNUM),
+}
+
+
+def _hash_chars(text: str, length: int, alphabet: str) -> str:
+    number = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest(), "big")
+    chars = []
+    for _ in range(length):
+        number, rem = divmod(number, len(alphabet))
+        chars.append(alphabet[rem])
+    return "".join(chars)
+
+
+def for_upstream(client_id: str, style: IdStyle) -> str:
+    """The id to send to an upstream of ``style`` for the id the client holds (deterministic)."""
+    base, _ = detach(client_id)
+    spec = _STYLES[style]
+    if spec.valid.fullmatch(base):
+        return base
+    # Hash the whole client id, not just its base, so two ids that differ only in carried state
+    # never collide upstream.
+    return spec.prefix + _hash_chars(client_id, spec.length, spec.alphabet)
+
+
+def attach(tool_id: str, state: bytes) -> str:
+    """A client-facing id that carries ``state`` back to us on the next turn."""
+    if not state:
+        return tool_id
+    return tool_id + STATE_MARKER + base64.urlsafe_b64encode(state).rstrip(b"=").decode("ascii")
+
+
+def detach(client_id: str) -> tuple[str, bytes | None]:
+    """``(id, state)`` from a client-facing id; state is None when the id carries none or is mangled."""
+    base, marker, encoded = client_id.partition(STATE_MARKER)
+    if not marker:
+        return client_id, None
+    try:
+        state = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+    except (ValueError, TypeError):
+        return base, None
+    return base, state

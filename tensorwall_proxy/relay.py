@@ -1,0 +1,340 @@
+"""One request's journey: plan → attempts → translate → send → commit → stream → account.
+
+This is the only module that knows all the others, and the only retry loop in the gateway: the
+attempts go through the route's endpoints in the router's order, at most ``retries.attempts`` in
+all, and fall back on connect errors, timeouts before the commit point, 408, 429 and 5xx.
+
+The commit point (DESIGN §1): status and headers are held until the upstream has produced
+something the client must see. Before it, any failure may still fall back to the next endpoint;
+after it, a failure becomes one ``data: {"error": ...}`` event and the stream ends without
+``[DONE]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+import aiohttp
+from aiohttp import web
+
+from . import upstream
+from .auth import Credential, credential_for, missing_provider_key
+from .config import Config, ProviderConfig, Secret, Timeouts
+from .errors import GatewayError, UnsupportedField, UpstreamError
+from .health import HealthBook, HealthKey, when_all_blocked
+from .providers import ChatRequest, EmbeddingsRequest, Provider, UpstreamCall, provider_for
+from .router import LLMRouter, Route, RouteEndpoint
+from .sse import SseDecoder, SseError, encode
+
+JSON: Final = "application/json"
+# Upstream response headers worth passing to the caller (rate-limit state helps client back-off).
+_PASSED_PREFIX: Final = "x-ratelimit-"
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """Everything a request reads from the configuration, swapped whole on reload."""
+
+    config: Config
+    router: LLMRouter
+    models_body: bytes
+
+
+@dataclass(slots=True)
+class Gateway:
+    """Process-wide state: the current table, endpoint health, the upstream session."""
+
+    table: Table
+    health: HealthBook = field(default_factory=HealthBook)
+    session: aiohttp.ClientSession | None = None
+    ready: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One endpoint of the plan with the provider behind it and the credential it will carry."""
+
+    endpoint: RouteEndpoint
+    provider: ProviderConfig
+    credential: Credential
+    health_key: HealthKey
+
+    @property
+    def model(self) -> str:
+        # The router fills every endpoint's model in; a RouteEndpoint without one never gets here.
+        return self.endpoint.model or ""
+
+
+def new_request_id(given: str | None) -> str:
+    """The caller's ``x-request-id`` when it is sane, else a new one."""
+    if given and len(given) <= 128 and given.isprintable() and given.isascii():
+        return given
+    return "req_" + secrets.token_hex(12)
+
+
+def plan(table: Table, gateway: Gateway, route: Route, caller: Secret | None) -> list[Attempt]:
+    """The attempts for one request in order, before the attempt cap and the one-type rule.
+
+    Endpoints that cannot be tried at all (provider not configured, no credential) are left out;
+    when that leaves none, the reason is the error. Unhealthy endpoints are skipped while any is
+    healthy; when none is, DESIGN §5 decides (429 at once, or the first ejection to end).
+    """
+    usable: list[Attempt] = []
+    reason: GatewayError | None = None
+    for endpoint in route.endpoints:
+        provider = table.config.providers[endpoint.provider]
+        if provider.unconfigured is not None:
+            reason = reason or GatewayError(503, provider.unconfigured, code="provider_not_configured",
+                                            type="server_error", should_retry=False)
+            continue
+        credential = credential_for(provider, endpoint.api_key, caller)
+        if credential is None:
+            reason = reason or missing_provider_key(provider.name)
+            continue
+        key: HealthKey = (provider.name, endpoint.model or route.name, credential.health_digest)
+        usable.append(Attempt(endpoint, provider, credential, key))
+    if not usable:
+        assert reason is not None
+        raise reason
+    health = gateway.health
+    blocks = [health.block(a.health_key) for a in usable]
+    if all(b is None for b in blocks):
+        if len(usable) == 1:
+            return usable
+        healthy = [True] * len(usable)
+    else:
+        healthy = [b is None for b in blocks]
+        if not any(healthy):
+            index, until = when_all_blocked([b for b in blocks if b is not None])
+            if index is None:
+                wait = max(until - health.now(), 1.0)
+                raise GatewayError(429, f"Every endpoint of '{route.name}' is rate limited; retry after "
+                                        f"{wait:.0f}s.", code="rate_limit_exceeded", retry_after=wait)
+            return [usable[index]]
+    sub = Route(route.name, route.label, tuple(a.endpoint for a in usable), route.strategy, route.timeouts)
+    return [usable[i] for i in table.router.order(sub, healthy)]
+
+
+Execute = Callable[[Provider, Attempt, UpstreamCall], Awaitable[web.StreamResponse]]
+Build = Callable[[Provider, Attempt], UpstreamCall]
+
+
+async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Secret | None,
+                       build: Build, execute: Execute) -> web.StreamResponse:
+    """The one retry loop: try the plan's attempts until one answers or a failure forbids fallback."""
+    attempts = plan(table, gateway, route, caller)
+    cap = table.config.retries.attempts
+    made = 0
+    caller_type: str | None = None
+    failure: GatewayError | None = None  # the last upstream failure: what the caller gets
+    skipped: GatewayError | None = None  # why an endpoint could not express the request
+    for attempt in attempts:
+        if made >= cap:
+            break
+        # The caller's key reaches one provider type per request (DESIGN §6).
+        if attempt.credential.kind == "caller" and caller_type not in (None, attempt.provider.type):
+            continue
+        try:
+            impl = provider_for(attempt.provider.type)
+            call = build(impl, attempt)
+        except UnsupportedField as exc:
+            skipped = skipped or exc
+            continue
+        except GatewayError as exc:
+            if exc.status == 501:  # a type not available in this build: like an unexpressible request
+                skipped = skipped or exc
+                continue
+            raise
+        if attempt.credential.kind == "caller":
+            caller_type = attempt.provider.type
+        made += 1
+        try:
+            response = await execute(impl, attempt, call)
+        except UpstreamError as exc:
+            exc.provider = attempt.provider.name
+            _record_failure(gateway, attempt, exc)
+            failure = exc
+            if not exc.falls_back:
+                break
+            continue
+        return response
+    if failure is not None:
+        raise failure
+    if skipped is not None:
+        raise skipped
+    raise missing_provider_key(route.endpoints[0].provider)
+
+
+def _record_failure(gateway: Gateway, attempt: Attempt, exc: UpstreamError) -> None:
+    if exc.kind == "rate_limited":
+        wait = exc.retry_after if exc.retry_after is not None else gateway.table.config.retries.cooldown_seconds
+        gateway.health.cool(attempt.health_key, wait)
+    elif exc.falls_back:
+        gateway.health.failed(attempt.health_key)
+
+
+def _response_headers(request_id: str, provider: str, upstream_headers: Mapping[str, str] | None,
+                      content_type: str) -> dict[str, str]:
+    headers = {"Content-Type": content_type, "x-request-id": request_id, "x-tensorwall-provider": provider}
+    if upstream_headers is not None:
+        for name, value in upstream_headers.items():
+            if name.lower().startswith(_PASSED_PREFIX):
+                headers[name] = value
+    return headers
+
+
+def _timeouts(table: Table, route: Route) -> Timeouts:
+    return route.timeouts or table.config.timeouts
+
+
+async def _unary(gateway: Gateway, call: UpstreamCall, timeouts: Timeouts, attempt: Attempt,
+                 impl: Provider) -> tuple[bytes, Mapping[str, str]]:
+    """Send a non-streamed call and read the whole answer within ``total``; errors classified."""
+    assert gateway.session is not None
+    provider = attempt.provider
+    response: upstream.UpstreamResponse | None = None
+    try:
+        async with asyncio.timeout(timeouts.total):
+            response = await upstream.send(gateway.session, call, timeouts.connect)
+            body = await response.read()
+    except TimeoutError:
+        if response is not None:
+            response.close()
+        raise UpstreamError("timeout", 504, f"Upstream '{provider.name}' did not answer within "
+                                            f"{timeouts.total:g}s.") from None
+    except BaseException:
+        if response is not None:
+            response.close()
+        raise
+    response.release()
+    if response.status >= 300:
+        raise impl.classify_error(provider, response.status, response.headers, body)
+    gateway.health.succeeded(attempt.health_key)
+    return body, response.headers
+
+
+async def chat(gateway: Gateway, request: web.Request, req: ChatRequest, caller: Secret | None,
+               request_id: str) -> web.StreamResponse:
+    """Serve one ``/v1/chat/completions`` request, streamed or not."""
+    table = gateway.table  # requests in flight keep the table they started with
+    route = table.router.resolve(req.body["model"])
+    timeouts = _timeouts(table, route)
+
+    def build(impl: Provider, attempt: Attempt) -> UpstreamCall:
+        return impl.build_request(req, attempt.provider, attempt.model, attempt.credential)
+
+    async def execute_unary(impl: Provider, attempt: Attempt, call: UpstreamCall) -> web.StreamResponse:
+        body, headers = await _unary(gateway, call, timeouts, attempt, impl)
+        out = impl.parse_response(req, attempt.provider, body)
+        return web.Response(body=out, headers=_response_headers(request_id, attempt.provider.name, headers, JSON))
+
+    async def execute_stream(impl: Provider, attempt: Attempt, call: UpstreamCall) -> web.StreamResponse:
+        return await _stream(gateway, request, req, impl, attempt, call, timeouts, request_id)
+
+    return await run_attempts(gateway, table, route, caller, build, execute_stream if req.stream else execute_unary)
+
+
+async def embeddings(gateway: Gateway, req: EmbeddingsRequest, caller: Secret | None,
+                     request_id: str) -> web.StreamResponse:
+    """Serve one ``/v1/embeddings`` request."""
+    table = gateway.table
+    route = table.router.resolve(req.body["model"])
+    timeouts = _timeouts(table, route)
+
+    def build(impl: Provider, attempt: Attempt) -> UpstreamCall:
+        return impl.build_embeddings_request(req, attempt.provider, attempt.model, attempt.credential)
+
+    async def execute(impl: Provider, attempt: Attempt, call: UpstreamCall) -> web.StreamResponse:
+        body, headers = await _unary(gateway, call, timeouts, attempt, impl)
+        out = impl.parse_embeddings_response(req, attempt.provider, body)
+        return web.Response(body=out, headers=_response_headers(request_id, attempt.provider.name, headers, JSON))
+
+    return await run_attempts(gateway, table, route, caller, build, execute)
+
+
+async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl: Provider, attempt: Attempt,
+                  call: UpstreamCall, timeouts: Timeouts, request_id: str) -> web.StreamResponse:
+    """One streamed attempt: hold until the commit point, then relay event by event.
+
+    Clocks: ``first_byte`` runs from sending until the first upstream event, then ``idle``
+    between events. Both are one reschedulable deadline, paused while we write to the client so
+    a slow reader is never mistaken for a silent upstream.
+    """
+    assert gateway.session is not None
+    provider = attempt.provider
+    loop = asyncio.get_running_loop()
+    decoder = impl.stream_decoder(req, provider)
+    events = SseDecoder()
+    held: list[bytes] = []
+    client: web.StreamResponse | None = None
+    response: upstream.UpstreamResponse | None = None
+    finished = False
+    try:
+        async with asyncio.timeout(timeouts.first_byte) as deadline:
+            response = await upstream.send(gateway.session, call, timeouts.connect)
+            if response.status >= 300:
+                body = await response.read()
+                raise impl.classify_error(provider, response.status, response.headers, body)
+            while not decoder.done:
+                chunk = await response.read_chunk()
+                if not chunk:
+                    outputs = [out for event in events.flush() for out in decoder.feed(event)]
+                    outputs.extend(decoder.close())
+                else:
+                    batch = events.feed(chunk)
+                    if not batch:
+                        continue
+                    outputs = [out for event in batch for out in decoder.feed(event)]
+                if client is None:
+                    held.extend(outputs)
+                    if decoder.visible or not chunk:
+                        client = web.StreamResponse(headers=_response_headers(
+                            request_id, provider.name, response.headers, "text/event-stream"))
+                        client.headers["Cache-Control"] = "no-cache"
+                        deadline.reschedule(None)
+                        await client.prepare(request)
+                        for out in held:
+                            await client.write(out)
+                        held.clear()
+                elif outputs:
+                    deadline.reschedule(None)
+                    for out in outputs:
+                        await client.write(out)
+                if not chunk:
+                    break
+                deadline.reschedule(loop.time() + timeouts.idle)
+            finished = True
+    except TimeoutError:
+        phase = "first_byte" if client is None and not decoder.visible else "idle"
+        limit = timeouts.first_byte if phase == "first_byte" else timeouts.idle
+        error = UpstreamError("timeout", 504, f"Upstream '{provider.name}' sent nothing for {limit:g}s "
+                                              f"({phase} timeout).", provider=provider.name)
+        return await _fail_stream(gateway, attempt, client, error)
+    except (UpstreamError, SseError) as exc:
+        error = exc if isinstance(exc, UpstreamError) else UpstreamError(
+            "server", 502, f"Upstream '{provider.name}' broke the event stream: {exc}")
+        error.provider = provider.name
+        return await _fail_stream(gateway, attempt, client, error)
+    finally:
+        if response is not None:
+            if finished:
+                response.release()
+            else:
+                response.close()
+    assert client is not None
+    gateway.health.succeeded(attempt.health_key)
+    return client
+
+
+async def _fail_stream(gateway: Gateway, attempt: Attempt, client: web.StreamResponse | None,
+                       error: UpstreamError) -> web.StreamResponse:
+    """Before the commit point: raise, so the relay may fall back. After it: one in-band error event."""
+    if client is None:
+        raise error
+    _record_failure(gateway, attempt, error)
+    await client.write(encode(error.body()))
+    return client
