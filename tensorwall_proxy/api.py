@@ -25,7 +25,7 @@ log = logging.getLogger("tensorwall_proxy")
 GATEWAY: Final = web.AppKey("gateway", relay.Gateway)
 KEYS: Final = web.AppKey("gateway_keys", GatewayKeys)
 
-REQUEST_ID: Final = "request_id"
+REQUEST_ID: Final = web.RequestKey("request_id", str)
 JSON: Final = "application/json"
 _ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _FORWARDED: Final = tuple({name for names in FORWARDED_HEADERS.values() for name in names})

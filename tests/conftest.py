@@ -1,0 +1,135 @@
+"""Real servers on 127.0.0.1 for the tests: the fake upstream and the proxy, on a loop in a thread.
+
+They run on their own event loop in a background thread so that the official openai SDK can be
+used exactly as users run it — the synchronous client as well as the asynchronous one — against
+real sockets. Nothing here replaces a transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pytest
+from aiohttp import web
+from openai import AsyncOpenAI, OpenAI
+
+from tensorwall_proxy.app import build_app
+from tensorwall_proxy.config import Config, parse_config
+from tests.fakes import FakeUpstream
+
+T = TypeVar("T")
+
+GATEWAY_KEY = "test-gateway-key"
+PROVIDER_KEY = "sk-caller-provider-key-0123456789"
+
+# Every provider points at the fake; `{fake}` is replaced by its base URL. Tests add routes.
+BASE_CONFIG = """\
+gateway_keys: [{gateway_key}]
+providers:
+  openai:   {{base_url: "{fake}/openai/v1", models: [gpt-4o]}}
+  groq:     {{base_url: "{fake}/groq/openai/v1"}}
+  mistral:  {{base_url: "{fake}/mistral/v1"}}
+  lmstudio: {{base_url: "{fake}/lmstudio/v1"}}
+  ollama:   {{base_url: "{fake}/ollama"}}
+  azure:    {{endpoint: "{fake}/azure"}}
+  azure-eu:
+    type: azure
+    endpoint: "{fake}/azure"
+    api_key: server-side-azure-key
+    models: [gpt-4o-eu]
+timeouts: {{connect: 2, first_byte: 5, idle: 5, total: 10}}
+"""
+
+
+class ServerThread:
+    """An event loop in a daemon thread; coroutines are run on it from the test's thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="servers", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        self.loop.close()
+
+
+@dataclass
+class Proxy:
+    """A running proxy: its URL, its app (for its state) and the config it runs."""
+
+    url: str
+    app: web.Application
+    config: Config
+
+    def client(self, api_key: str | None = PROVIDER_KEY, **kwargs: Any) -> OpenAI:
+        """The official synchronous SDK pointed at the proxy, retries off so tests see each answer."""
+        return OpenAI(base_url=self.url + "/v1", api_key=api_key or "", max_retries=0,
+                      default_headers={"X-API-Key": GATEWAY_KEY}, **kwargs)
+
+    def async_client(self, api_key: str | None = PROVIDER_KEY, **kwargs: Any) -> AsyncOpenAI:
+        """The official asynchronous SDK pointed at the proxy."""
+        return AsyncOpenAI(base_url=self.url + "/v1", api_key=api_key or "", max_retries=0,
+                           default_headers={"X-API-Key": GATEWAY_KEY}, **kwargs)
+
+
+async def _start_app(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    return runner, f"http://{host}:{port}"
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[ServerThread]:
+    thread = ServerThread()
+    yield thread
+    thread.close()
+
+
+@pytest.fixture(scope="session")
+def fake(servers: ServerThread) -> Iterator[FakeUpstream]:
+    upstream = FakeUpstream(delay=1.0)
+    servers.run(upstream.start())
+    yield upstream
+    servers.run(upstream.stop())
+
+
+def config_text(fake: FakeUpstream, extra: str = "") -> str:
+    """The test config with every provider on the fake, plus ``extra`` YAML appended."""
+    return BASE_CONFIG.format(fake=fake.base_url, gateway_key=GATEWAY_KEY) + textwrap.dedent(extra)
+
+
+@pytest.fixture
+def make_proxy(servers: ServerThread, fake: FakeUpstream) -> Iterator[Callable[..., Proxy]]:
+    """Start a proxy on a config made from the base config plus extra YAML; stopped after the test."""
+    runners: list[web.AppRunner] = []
+
+    def start(extra: str = "", text: str | None = None) -> Proxy:
+        config = parse_config(text if text is not None else config_text(fake, extra))
+        app = build_app(config)
+        runner, url = servers.run(_start_app(app))
+        runners.append(runner)
+        fake.clear()
+        return Proxy(url, app, config)
+
+    yield start
+    for runner in runners:
+        servers.run(runner.cleanup())
+
+
+@pytest.fixture
+def proxy(make_proxy: Callable[..., Proxy]) -> Proxy:
+    """A proxy on the base config (no routes: prefixes and patterns only)."""
+    return make_proxy()

@@ -1,0 +1,1225 @@
+"""The fake upstream: one real aiohttp server that speaks the providers' wire formats.
+
+It owns the provider side of every integration test: it answers on 127.0.0.1 the way the real
+services answer (wire-formats.md sections 1, 3, 6, 7.2, 7.3 and 8), records every request it gets,
+and misbehaves on demand when a fault word appears in the model name (TensorZero's dummy provider
+does the same). Each provider is a "flavor", named by the first path segment; the rest of the path
+is the provider's real path, so `/groq/openai/v1/chat/completions` is Groq's chat endpoint.
+
+It must not import `tensorwall_proxy`: it is the gateway's opponent, and sharing code would let a
+bug in the gateway hide behind the same bug in the fake. Everything here is deterministic (reply
+text, usage, embeddings) except ids, so tests can assert exact values.
+
+What a chat request gets back: `"[<flavor>] <text of the last user message>"` (or
+`"[<flavor>] tool said: <content>"` after a tool message); one call to the first tool (or the
+named one) with `TOOL_ARGUMENTS` when `tools` is set, `tool_choice` is not "none" and the last
+message is not a tool result; usage counted in words; `max_tokens` / `max_completion_tokens`
+below the reply's word count truncates it to that many words with finish_reason "length".
+
+Order of play for every request: record it, check auth (and Azure's api-version), validate the
+body as the real provider would, then `FakeUpstream.script`, then the fault words, then the normal
+answer. Fault words, found anywhere in the model name or Azure deployment:
+
+    fail-500, fail-503, fail-400, fail-401   that status, in the flavor's error shape
+    fail-429          429 rate_limit_exceeded with `retry-after: 7` and `retry-after-ms: 7000`
+    slow-first-byte   wait `delay` seconds, then answer normally
+    slow-stream       stream, waiting `delay` seconds after the first content chunk
+                      (not streamed: the whole answer is `delay` late)
+    cut-mid-stream    role chunk + two content chunks, then an abrupt close; not streamed: an
+                      honest content-length, half the body, then the close
+    error-mid-stream  role chunk + one content chunk, then `data: {"error": ...}` and a clean end
+                      (not streamed: a 500)
+    hang              never answer; only the caller leaving ends it (`disconnected_at`)
+
+Adding a flavor: give it a `Flavor` entry in `FLAVORS`, register its routes in
+`FakeUpstream._add_routes`, and, for quirks, add small functions to the `_CHAT_CHECKS`,
+`_COMPLETION_DECORATORS` or `_STREAM_DECORATORS` tables keyed by the flavor name. A flavor with a
+different wire format (anthropic, vertex, bedrock) brings its own handler functions taking a `_Call`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import random
+import re
+import string
+import struct
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+Json = dict[str, Any]
+"""A decoded JSON object: the fake works on plain dicts, as the wire does."""
+
+FAULT_WORDS: Final[tuple[str, ...]] = (
+    "fail-500",
+    "fail-503",
+    "fail-429",
+    "fail-400",
+    "fail-401",
+    "slow-first-byte",
+    "slow-stream",
+    "cut-mid-stream",
+    "error-mid-stream",
+    "hang",
+)
+"""Words that, found anywhere in the model name (or Azure deployment), make the fake misbehave."""
+
+HANG_SECONDS: Final = 3600.0
+"""How long `hang` waits: far longer than any test, so only the caller leaving ends it."""
+
+AZURE_MODEL: Final = "gpt-4o-2024-08-06"
+"""Azure reports the deployment's underlying model, never the deployment name (wire-formats §3)."""
+
+AZURE_EMBEDDING_MODEL: Final = "text-embedding-3-small"
+
+AZURE_STREAM_OPTIONS_SINCE: Final = "2024-10-21"
+"""The first Azure api-version that accepts `stream_options` (wire-formats §3, pitfall 9.3)."""
+
+EMBEDDING_SIZE: Final = 8
+
+_ALNUM: Final = string.ascii_letters + string.digits
+_MISTRAL_TOOL_ID: Final = re.compile(r"[a-zA-Z0-9]{9}")
+_BEARER: Final = re.compile(r"Bearer\s+\S+", re.IGNORECASE)
+_FORBIDDEN: Final = re.compile(r"\bforbidden\b", re.IGNORECASE)
+# A piece is a word with the whitespace around it, so the pieces of a stream concatenate back to
+# exactly the non-streamed text.
+_WORD_PIECE: Final = re.compile(r"\s*\S+\s*|\s+")
+_MODELS_CREATED: Final = 1715367049
+
+
+# --------------------------------------------------------------------------------------------------
+# What was received
+
+
+@dataclass(slots=True)
+class Recorded:
+    """One request as the fake received it, appended before any check or fault runs.
+
+    `raw_path` is the request target exactly as on the wire (`request.raw_path`: still
+    percent-encoded, query string included); `path` is the decoded path. `headers` is a
+    case-insensitive copy. The three timestamps are `time.monotonic()` values: `finished_at` is set
+    when the handler completed its script (an abrupt `cut-mid-stream` included), `disconnected_at`
+    when the caller went away before that.
+    """
+
+    flavor: str
+    method: str
+    path: str
+    raw_path: str
+    query: dict[str, str]
+    headers: CIMultiDict[str]
+    body: bytes
+    json: Any
+    started_at: float
+    deployment: str | None = None
+    finished_at: float | None = None
+    disconnected_at: float | None = None
+
+    @property
+    def model(self) -> str | None:
+        """The body's `model`, or None when the body has none (or is not a JSON object)."""
+        if isinstance(self.json, dict) and isinstance(self.json.get("model"), str):
+            return str(self.json["model"])
+        return None
+
+    def header(self, name: str) -> str | None:
+        """The first value of header `name`, looked up case-insensitively."""
+        return self.headers.get(name)
+
+
+# --------------------------------------------------------------------------------------------------
+# Flavors
+
+
+def _alnum(length: int) -> str:
+    return "".join(random.choices(_ALNUM, k=length))
+
+
+def _openai_tool_call_id() -> str:
+    return "call_" + _alnum(24)
+
+
+def _mistral_tool_call_id() -> str:
+    return _alnum(9)
+
+
+@dataclass(frozen=True, slots=True)
+class Flavor:
+    """What distinguishes one OpenAI-style provider from another, as data.
+
+    Behaviour that does not fit a field (a provider's own validation, extra keys on its chunks)
+    lives in the per-flavor function tables below, keyed by `name`.
+    """
+
+    name: str
+    auth: Literal["bearer", "none", "azure"]
+    error_shape: Literal["openai", "mistral"]
+    models: tuple[str, ...]
+    owned_by: str
+    tool_call_id: Callable[[], str] = _openai_tool_call_id
+    honours_n: bool = True
+    embeddings_base64: bool = False
+    embeddings_dimensions: Literal["truncate", "reject", "ignore"] = "ignore"
+    # Mistral has no stream_options: usage always rides on the finish chunk instead.
+    stream_usage: Literal["on_request", "on_finish_chunk"] = "on_request"
+
+
+FLAVORS: Final[Mapping[str, Flavor]] = {
+    flavor.name: flavor
+    for flavor in (
+        Flavor(
+            "openai",
+            auth="bearer",
+            error_shape="openai",
+            models=("gpt-4o", "gpt-4o-mini", "text-embedding-3-small"),
+            owned_by="system",
+            embeddings_base64=True,
+            embeddings_dimensions="truncate",
+        ),
+        Flavor(
+            "groq",
+            auth="bearer",
+            error_shape="openai",
+            models=("llama-3.3-70b-versatile", "llama-3.1-8b-instant"),
+            owned_by="Meta",
+            honours_n=False,
+        ),
+        Flavor(
+            "mistral",
+            auth="bearer",
+            error_shape="mistral",
+            models=("mistral-large-latest", "mistral-small-latest", "mistral-embed"),
+            owned_by="mistralai",
+            tool_call_id=_mistral_tool_call_id,
+            embeddings_dimensions="reject",
+            stream_usage="on_finish_chunk",
+        ),
+        Flavor(
+            "lmstudio",
+            auth="none",
+            error_shape="openai",
+            models=("qwen2.5-7b-instruct", "text-embedding-nomic-embed-text-v1.5"),
+            owned_by="organization_owner",
+            honours_n=False,
+        ),
+        Flavor(
+            "ollama",
+            auth="none",
+            error_shape="openai",
+            models=("llama3.2:latest", "nomic-embed-text:latest"),
+            owned_by="library",
+            honours_n=False,
+        ),
+        Flavor(
+            "azure",
+            auth="azure",
+            error_shape="openai",
+            models=("gpt-4o", "text-embedding-3-small"),
+            owned_by="system",
+            embeddings_base64=True,
+            embeddings_dimensions="truncate",
+        ),
+    )
+}
+"""Every flavor the fake speaks, by the path prefix that selects it."""
+
+_OPENAI_STYLE_ROOTS: Final[tuple[tuple[str, str], ...]] = (
+    ("openai", "/openai/v1"),
+    ("openai", "/v1"),  # no flavor segment: the benchmark calls the fake as if it were OpenAI
+    ("groq", "/groq/openai/v1"),
+    ("mistral", "/mistral/v1"),
+    ("lmstudio", "/lmstudio/v1"),
+    ("ollama", "/ollama/v1"),
+)
+"""Flavor and API root of every provider whose paths are OpenAI's (Groq has no embeddings)."""
+
+_NO_EMBEDDINGS: Final = frozenset({"groq"})
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors, in each flavor's shape
+
+
+def _json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
+    )
+
+
+def _error(
+    flavor: Flavor,
+    status: int,
+    message: str,
+    *,
+    type_: str | None = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """An error in the flavor's envelope: OpenAI's nested one, or Mistral's flat one."""
+    error = {"message": message, "type": type_, "param": param, "code": code}
+    body: Json = {"object": "error", **error} if flavor.error_shape == "mistral" else {"error": error}
+    return _json_response(body, status, headers)
+
+
+def _extra_forbidden(name: str) -> web.Response:
+    """Mistral's pydantic validation error (HTTP 422) for a key its API does not define."""
+    detail = {"loc": ["body", name], "msg": "Extra inputs are not permitted", "type": "extra_forbidden"}
+    return _json_response({"detail": [detail]}, 422)
+
+
+def _server_error_body() -> Json:
+    """The `error` object OpenAI sends for its own failures, also used inside streams."""
+    return {
+        "message": "The server had an error while processing your request. Sorry about that!",
+        "type": "server_error",
+        "param": None,
+        "code": None,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# One call: the request, its record and the flavor, passed to every behaviour
+
+
+@dataclass(slots=True)
+class _Call:
+    flavor: Flavor
+    request: web.Request
+    rec: Recorded
+    delay: float
+    script: Mapping[str, Scripted]
+
+    @property
+    def body(self) -> Json:
+        """The JSON body as an object ({} when absent or not an object: checks then reject it)."""
+        return self.rec.json if isinstance(self.rec.json, dict) else {}
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """The names faults are chosen by: the body model, and for Azure the deployment too."""
+        return tuple(name for name in (self.rec.model, self.rec.deployment) if name)
+
+    def has_fault(self, word: str) -> bool:
+        return any(word in name for name in self.model_names)
+
+
+Scripted = (
+    tuple[int, Mapping[str, str], bytes | str | Json]
+    | Callable[[web.Request, Recorded], Awaitable[web.StreamResponse]]
+)
+"""A test's override for one model name: a canned (status, headers, body), or a handler."""
+
+_Handler = Callable[[_Call], Awaitable[web.StreamResponse]]
+
+
+class _CallerGone(Exception):
+    """Raised by a write that found the connection closed, carrying the prepared response."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        super().__init__("the caller went away")
+        self.response = response
+
+
+# --------------------------------------------------------------------------------------------------
+# The server
+
+
+class FakeUpstream:
+    """A real HTTP server speaking six providers' OpenAI-style wire formats, recording everything.
+
+    Use it as `async with FakeUpstream() as fake:` or with `await fake.start()` and
+    `await fake.stop()`. `fake.url(flavor)` gives a flavor's root, `fake.requests` what arrived.
+    `delay` is how long the `slow-first-byte` and `slow-stream` faults wait.
+    """
+
+    def __init__(
+        self, *, delay: float = 2.0, access_log: bool = False, shutdown_timeout: float = 0.5
+    ) -> None:
+        self.delay = delay
+        self.requests: list[Recorded] = []
+        self.script: dict[str, Scripted] = {}
+        # Big enough for the image and long-context bodies gateway tests send (aiohttp's default is 1 MiB).
+        self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        self._access_log = access_log
+        # Short, because a `hang` handler never finishes by itself: stop() should not wait 60 s.
+        self._shutdown_timeout = shutdown_timeout
+        self._runner: web.AppRunner | None = None
+        self._base_url: str | None = None
+        self._stopping = False
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._add_routes()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Listen on host:port (0 picks a free port) and return the base URL `http://host:port`."""
+        if self._runner is not None:
+            raise RuntimeError("the fake upstream is already running")
+        # Without an access log by default: the benchmark calls the fake directly.
+        log_options: dict[str, Any] = {} if self._access_log else {"access_log": None}
+        runner = web.AppRunner(
+            self.app,
+            # A caller that disconnects must cancel the handler: that is how `hang` and the
+            # streaming faults learn, and record, that the gateway gave up on them.
+            handler_cancellation=True,
+            shutdown_timeout=self._shutdown_timeout,
+            **log_options,
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self._runner = runner
+        bound_host, bound_port = runner.addresses[0][:2]
+        self._base_url = f"http://{bound_host}:{bound_port}"
+        self._stopping = False
+        return self._base_url
+
+    async def stop(self) -> None:
+        """Close the listener and cancel handlers still running (a `hang`, a `slow-stream`)."""
+        if self._runner is None:
+            return
+        # Handlers cancelled by our own shutdown did not lose their caller: do not record it.
+        self._stopping = True
+        runner, self._runner = self._runner, None
+        # aiohttp would wait for them twice over its shutdown timeout; nothing will end a `hang`.
+        in_flight = list(self._in_flight)
+        for task in in_flight:
+            task.cancel()
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=self._shutdown_timeout)
+        await runner.cleanup()
+
+    async def __aenter__(self) -> FakeUpstream:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @property
+    def base_url(self) -> str:
+        """`http://127.0.0.1:PORT`; only valid after `start()`."""
+        if self._base_url is None:
+            raise RuntimeError("the fake upstream is not running: await start() first")
+        return self._base_url
+
+    def url(self, flavor: str) -> str:
+        """The root of a flavor's paths, e.g. `http://127.0.0.1:PORT/groq`."""
+        if flavor not in FLAVORS:
+            raise KeyError(f"unknown flavor {flavor!r}; known: {', '.join(FLAVORS)}")
+        return f"{self.base_url}/{flavor}"
+
+    # -- what was received -------------------------------------------------------------------------
+
+    def clear(self) -> None:
+        """Forget every recorded request (the script stays)."""
+        self.requests.clear()
+
+    def last(self, flavor: str | None = None) -> Recorded:
+        """The latest request, of one flavor if given; AssertionError when there is none."""
+        for rec in reversed(self.requests):
+            if flavor is None or rec.flavor == flavor:
+                return rec
+        raise AssertionError(f"the fake upstream received no request{f' for {flavor}' if flavor else ''}")
+
+    def for_model(self, name: str) -> list[Recorded]:
+        """Every request whose body model, or Azure deployment, is exactly `name`, oldest first."""
+        return [rec for rec in self.requests if name in (rec.model, rec.deployment)]
+
+    def for_flavor(self, flavor: str) -> list[Recorded]:
+        """Every request that reached one flavor, oldest first."""
+        return [rec for rec in self.requests if rec.flavor == flavor]
+
+    # -- routing and recording ---------------------------------------------------------------------
+
+    def _add_routes(self) -> None:
+        router = self.app.router
+        for flavor, root in _OPENAI_STYLE_ROOTS:
+            router.add_post(f"{root}/chat/completions", self._endpoint(flavor, _chat_completions))
+            if flavor not in _NO_EMBEDDINGS:
+                router.add_post(f"{root}/embeddings", self._endpoint(flavor, _embeddings))
+            router.add_get(f"{root}/models", self._endpoint(flavor, _models))
+        # Azure: the classic deployment paths (api-version required) and the v1 API (none).
+        # aiohttp matches `{deployment}` against the path with %2F kept encoded and then decodes
+        # the value, so `gpt%2F4` arrives as `gpt/4` while the record keeps the raw target.
+        deployments = "/azure/openai/deployments/{deployment}"
+        router.add_post(f"{deployments}/chat/completions", self._endpoint("azure", _chat_completions))
+        router.add_post(f"{deployments}/embeddings", self._endpoint("azure", _embeddings))
+        router.add_post("/azure/openai/v1/chat/completions", self._endpoint("azure", _chat_completions))
+        router.add_post("/azure/openai/v1/embeddings", self._endpoint("azure", _embeddings))
+        router.add_get("/azure/openai/v1/models", self._endpoint("azure", _models))
+        router.add_get("/azure/openai/models", self._endpoint("azure", _models))
+        # Everything else is a recorded 404, so a gateway that builds a wrong URL shows up in
+        # `requests` instead of vanishing into aiohttp's default 404.
+        router.add_route("*", "/{tail:.*}", self._unknown_url)
+
+    def _endpoint(
+        self, flavor: str, handle: _Handler
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """Wrap a behaviour: record first, then run it, then note how it ended."""
+        profile = FLAVORS[flavor]
+
+        async def endpoint(request: web.Request) -> web.StreamResponse:
+            rec = await self._record(flavor, request)
+            call = _Call(profile, request, rec, self.delay, self.script)
+            task = asyncio.current_task()
+            if task is not None:
+                self._in_flight.add(task)
+            try:
+                response = await handle(call)
+            except asyncio.CancelledError:
+                if not self._stopping and rec.finished_at is None:
+                    rec.disconnected_at = time.monotonic()
+                raise
+            except _CallerGone as gone:
+                # The write failed before aiohttp noticed the disconnect; returning the prepared
+                # response lets aiohttp end the exchange quietly instead of logging a traceback.
+                rec.disconnected_at = time.monotonic()
+                return gone.response
+            finally:
+                self._in_flight.discard(task)
+            if rec.finished_at is None:
+                rec.finished_at = time.monotonic()
+            return response
+
+        return endpoint
+
+    async def _record(self, flavor: str, request: web.Request) -> Recorded:
+        started_at = time.monotonic()
+        body = await request.read()
+        rec = Recorded(
+            flavor=flavor,
+            method=request.method,
+            path=request.path,
+            raw_path=request.raw_path,
+            query=dict(request.query),
+            headers=CIMultiDict(request.headers),
+            body=body,
+            json=_parse_json(body),
+            started_at=started_at,
+            deployment=request.match_info.get("deployment"),
+        )
+        self.requests.append(rec)
+        return rec
+
+    async def _unknown_url(self, request: web.Request) -> web.StreamResponse:
+        segment = request.path.split("/")[1]
+        flavor = segment if segment in FLAVORS else ""
+        rec = await self._record(flavor, request)
+        rec.finished_at = time.monotonic()
+        # Groq answers exactly this for its missing embeddings endpoint.
+        return _error(
+            FLAVORS.get(flavor, FLAVORS["openai"]),
+            404,
+            f"Unknown request URL: {request.method} {request.path}. Please check the URL for typos.",
+            code="unknown_url",
+        )
+
+
+def _parse_json(body: bytes) -> Any:
+    if not body:
+        return None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks every endpoint runs first: auth, and the faults chosen by model name
+
+
+def _check_access(call: _Call) -> web.Response | None:
+    """Refuse what the real service refuses before looking at the body: auth, Azure's api-version."""
+    headers = call.request.headers
+    has_bearer = bool(_BEARER.fullmatch(headers.get("Authorization", "").strip()))
+    if call.flavor.auth == "bearer" and not has_bearer:
+        return _error(
+            call.flavor,
+            401,
+            "You didn't provide a valid API key. Send it as 'Authorization: Bearer <key>'.",
+            code="invalid_api_key",
+        )
+    if call.flavor.auth == "azure":
+        if not (headers.get("api-key", "").strip() or has_bearer):
+            return _error(
+                call.flavor,
+                401,
+                "Access denied due to invalid subscription key or wrong API endpoint.",
+                code="401",
+            )
+        if call.rec.deployment is not None and not call.request.query.get("api-version"):
+            return _error(
+                call.flavor,
+                400,
+                "Missing required query parameter: api-version",
+                param="api-version",
+                code="MissingApiVersionParameter",
+            )
+    return None
+
+
+async def _pre_response_fault(call: _Call) -> web.StreamResponse | None:
+    """The faults that happen before any byte is sent; None lets the normal answer go ahead.
+
+    The test's script wins over faults, which win over normal behaviour.
+    """
+    scripted = _scripted(call)
+    if scripted is not None:
+        return await scripted
+    if call.has_fault("hang"):
+        # Only the caller going away ends this: the cancellation lands in _endpoint.
+        await asyncio.sleep(HANG_SECONDS)
+    for word, status, type_, message in (
+        ("fail-500", 500, "server_error", "The server had an error while processing your request."),
+        ("fail-503", 503, "server_error", "The engine is currently overloaded, please try again later."),
+        ("fail-400", 400, "invalid_request_error", "Invalid request (fail-400 fault)."),
+        ("fail-401", 401, "invalid_request_error", "Incorrect API key provided (fail-401 fault)."),
+    ):
+        if call.has_fault(word):
+            return _error(call.flavor, status, message, type_=type_, code=None)
+    if call.has_fault("fail-429"):
+        # Both headers: the openai SDK honours retry-after-ms first, then retry-after.
+        return _error(
+            call.flavor,
+            429,
+            "Rate limit reached for requests. Please try again in 7s.",
+            type_="rate_limit_exceeded",
+            code="rate_limit_exceeded",
+            headers={"retry-after": "7", "retry-after-ms": "7000"},
+        )
+    if call.has_fault("slow-first-byte"):
+        await asyncio.sleep(call.delay)
+    return None
+
+
+def _scripted(call: _Call) -> Awaitable[web.StreamResponse] | None:
+    for name in call.model_names:
+        entry = call.script.get(name)
+        if entry is None:
+            continue
+        if callable(entry):
+            return entry(call.request, call.rec)
+        status, headers, body = entry
+        return _canned(status, headers, body)
+    return None
+
+
+async def _canned(status: int, headers: Mapping[str, str], body: bytes | str | Json) -> web.StreamResponse:
+    if isinstance(body, dict):
+        return _json_response(body, status, headers)
+    return web.Response(status=status, headers=headers, body=body.encode() if isinstance(body, str) else body)
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing to the wire: separate writes, faults that cut the connection
+
+
+async def _prepare(response: web.StreamResponse, request: web.Request) -> None:
+    try:
+        await response.prepare(request)
+    except ConnectionResetError as exc:
+        raise _CallerGone(response) from exc
+
+
+async def _send(response: web.StreamResponse, data: bytes) -> None:
+    """Write one piece on its own, so the consumer sees real incremental delivery."""
+    try:
+        await response.write(data)
+    except ConnectionResetError as exc:
+        raise _CallerGone(response) from exc
+
+
+def _cut(call: _Call) -> None:
+    """Drop the connection abruptly (RST, no chunk terminator), as a crashing upstream would."""
+    call.rec.finished_at = time.monotonic()
+    transport = call.request.transport
+    if transport is not None:
+        transport.abort()
+
+
+async def _answer(call: _Call, body: Json, headers: Mapping[str, str] | None = None) -> web.StreamResponse:
+    """Send a JSON body, or, under `cut-mid-stream`, its first half after an honest content-length."""
+    data = orjson.dumps(body)
+    if not call.has_fault("cut-mid-stream"):
+        return web.Response(body=data, content_type="application/json", headers=headers)
+    response = web.StreamResponse(headers=headers)
+    response.content_type = "application/json"
+    response.content_length = len(data)
+    await _prepare(response, call.request)
+    await _send(response, data[: len(data) // 2])
+    _cut(call)
+    return response
+
+
+# --------------------------------------------------------------------------------------------------
+# Chat completions
+
+
+@dataclass(frozen=True, slots=True)
+class _ToolCall:
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Choice:
+    text: str | None
+    tool_call: _ToolCall | None
+    finish_reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """What the fake "generated", before it is rendered as one JSON body or as chunks."""
+
+    id: str
+    created: int
+    model: str
+    choices: tuple[_Choice, ...]
+    usage: Json
+
+
+TOOL_ARGUMENTS: Final = '{"location": "Paris"}'
+"""The arguments of every tool call the fake makes, as the JSON string OpenAI sends."""
+
+
+async def _chat_completions(call: _Call) -> web.StreamResponse:
+    """POST .../chat/completions: checks, faults, then the deterministic echo (or a tool call)."""
+    refusal = _check_access(call) or _check_chat_body(call)
+    if refusal is not None:
+        return refusal
+    for check in _CHAT_CHECKS.get(call.flavor.name, ()):
+        refusal = check(call)
+        if refusal is not None:
+            return refusal
+    faulted = await _pre_response_fault(call)
+    if faulted is not None:
+        return faulted
+    reply = _generate(call)
+    if call.body.get("stream") is True:
+        return await _stream_reply(call, reply)
+    if call.has_fault("error-mid-stream"):
+        # Without a stream to break, the generation error surfaces as a plain 500.
+        return _error(call.flavor, 500, _server_error_body()["message"], type_="server_error")
+    if call.has_fault("slow-stream"):
+        # A slow generation delays a non-streamed answer as a whole.
+        await asyncio.sleep(call.delay)
+    return await _answer(call, _completion_body(call, reply))
+
+
+def _check_chat_body(call: _Call) -> web.Response | None:
+    body = call.body
+    if not isinstance(call.rec.json, dict):
+        return _error(call.flavor, 400, "The request body is not a JSON object.")
+    # On an Azure deployment path the deployment names the model; everywhere else it is required.
+    if call.rec.deployment is None and not isinstance(body.get("model"), str):
+        return _error(call.flavor, 400, "you must provide a model parameter", param="model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        return _error(call.flavor, 400, "'messages' must be a non-empty array of objects.", param="messages")
+    n = body.get("n", 1)
+    if n is not None and (not isinstance(n, int) or n < 1 or n > 8):
+        return _error(call.flavor, 400, "'n' must be an integer between 1 and 8.", param="n")
+    return None
+
+
+def _text_of(content: Any) -> str:
+    """A message's text: the string, or the text parts of a list joined by a space."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text"
+        )
+    return ""
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _reply_text(flavor: Flavor, messages: list[Json]) -> str:
+    last = messages[-1]
+    if last.get("role") == "tool":
+        return f"[{flavor.name}] tool said: {_text_of(last.get('content'))}"
+    return f"[{flavor.name}] {_text_of(_last_user(messages).get('content'))}"
+
+
+def _last_user(messages: list[Json]) -> Json:
+    return next((m for m in reversed(messages) if m.get("role") == "user"), {})
+
+
+def _token_limit(body: Json) -> int | None:
+    limits = [v for v in (body.get("max_tokens"), body.get("max_completion_tokens")) if isinstance(v, int)]
+    return min(limits) if limits else None
+
+
+def _forced_tool(body: Json) -> str | None:
+    """The function the model "calls", or None when the request does not call for a tool."""
+    tools = body.get("tools")
+    choice = body.get("tool_choice")
+    last = body["messages"][-1]
+    if not isinstance(tools, list) or not tools or choice == "none" or last.get("role") == "tool":
+        return None
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        return str(choice["function"].get("name", ""))
+    function = tools[0].get("function") if isinstance(tools[0], dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    return str(name or "tool")
+
+
+def _generate(call: _Call) -> _Reply:
+    """The deterministic answer: echo the last user message, call a tool, or stop at the limit."""
+    body = call.body
+    messages: list[Json] = body["messages"]
+    n = (body.get("n") or 1) if call.flavor.honours_n else 1
+    tool = _forced_tool(body)
+    limit = _token_limit(body)
+    choices: list[_Choice] = []
+    for _ in range(n):
+        if tool is not None:
+            choices.append(
+                _Choice(None, _ToolCall(call.flavor.tool_call_id(), tool, TOOL_ARGUMENTS), "tool_calls")
+            )
+            continue
+        text = _reply_text(call.flavor, messages)
+        if limit is not None and limit < _words(text):
+            # Truncated to `limit` words: a limit of 1 leaves just "[flavor]".
+            choices.append(_Choice(" ".join(text.split()[: max(limit, 0)]), None, "length"))
+        else:
+            choices.append(_Choice(text, None, "stop"))
+    prompt_tokens = sum(_words(_text_of(m.get("content"))) for m in messages)
+    completion_tokens = sum(
+        _words(c.text) if c.text is not None else _words(c.tool_call.arguments if c.tool_call else "")
+        for c in choices
+    )
+    model = AZURE_MODEL if call.flavor.name == "azure" else str(body.get("model"))
+    return _Reply(
+        id="chatcmpl-" + _alnum(29),
+        created=int(time.time()),
+        model=model,
+        choices=tuple(choices),
+        usage={
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    )
+
+
+def _message(choice: _Choice) -> Json:
+    message: Json = {"role": "assistant", "content": choice.text, "refusal": None}
+    if choice.tool_call is not None:
+        message["tool_calls"] = [
+            {
+                "id": choice.tool_call.id,
+                "type": "function",
+                "function": {"name": choice.tool_call.name, "arguments": choice.tool_call.arguments},
+            }
+        ]
+    return message
+
+
+def _completion_body(call: _Call, reply: _Reply) -> Json:
+    body: Json = {
+        "id": reply.id,
+        "object": "chat.completion",
+        "created": reply.created,
+        "model": reply.model,
+        "choices": [
+            {"index": i, "message": _message(c), "logprobs": None, "finish_reason": c.finish_reason}
+            for i, c in enumerate(reply.choices)
+        ],
+        "usage": dict(reply.usage),
+        "system_fingerprint": "fp_fake0001",
+    }
+    decorate = _COMPLETION_DECORATORS.get(call.flavor.name)
+    if decorate is not None:
+        decorate(body)
+    return body
+
+
+# -- streaming -------------------------------------------------------------------------------------
+
+_EventKind = Literal["filter", "role", "content", "finish", "usage"]
+_Event = tuple[_EventKind, Json]
+
+
+def _word_pieces(text: str) -> list[str]:
+    return _WORD_PIECE.findall(text) or [text]
+
+
+def _argument_pieces(arguments: str) -> list[str]:
+    """Split a JSON string in three, the way providers stream tool arguments in fragments."""
+    third = max(len(arguments) // 3, 1)
+    return [p for p in (arguments[:third], arguments[third : 2 * third], arguments[2 * third :]) if p]
+
+
+def _stream_events(call: _Call, reply: _Reply, include_usage: bool) -> list[_Event]:
+    """Every chunk of the stream, in order, before the flavor adds its own keys."""
+    base: Json = {
+        "id": reply.id,
+        "object": "chat.completion.chunk",
+        "created": reply.created,
+        "model": reply.model,
+        "system_fingerprint": "fp_fake0001",
+    }
+
+    def chunk(index: int, delta: Json, finish_reason: str | None = None) -> Json:
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return {**base, "choices": [choice]}
+
+    events: list[_Event] = []
+    for index, choice in enumerate(reply.choices):
+        events.append(("role", chunk(index, {"role": "assistant", "content": ""})))
+        if choice.tool_call is not None:
+            tc = choice.tool_call
+            head = {
+                "index": 0,
+                "id": tc.id,
+                "type": "function",
+                "function": {"name": tc.name, "arguments": ""},
+            }
+            events.append(("content", chunk(index, {"tool_calls": [head]})))
+            for piece in _argument_pieces(tc.arguments):
+                fragment = {"index": 0, "function": {"arguments": piece}}
+                events.append(("content", chunk(index, {"tool_calls": [fragment]})))
+        else:
+            for piece in _word_pieces(choice.text or ""):
+                events.append(("content", chunk(index, {"content": piece})))
+        events.append(("finish", chunk(index, {}, choice.finish_reason)))
+    if include_usage:
+        for _, event in events:
+            event["usage"] = None
+        events.append(("usage", {**base, "choices": [], "usage": dict(reply.usage)}))
+    decorate = _STREAM_DECORATORS.get(call.flavor.name)
+    if decorate is not None:
+        decorate(events, reply)
+    return events
+
+
+def _sse(data: Json) -> bytes:
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+async def _stream_reply(call: _Call, reply: _Reply) -> web.StreamResponse:
+    """Write the chunks one by one, applying the streaming faults at their points."""
+    options = call.body.get("stream_options")
+    include_usage = (
+        call.flavor.stream_usage == "on_request"
+        and isinstance(options, dict)
+        and options.get("include_usage") is True
+    )
+    events = _stream_events(call, reply, include_usage)
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await _prepare(response, call.request)
+    cut = call.has_fault("cut-mid-stream")
+    contents = 0
+    for kind, event in events:
+        if cut and kind in ("finish", "usage"):
+            # A reply too short for two content chunks is still cut before it can finish.
+            _cut(call)
+            return response
+        await _send(response, _sse(event))
+        if kind != "content":
+            continue
+        contents += 1
+        if contents == 1 and call.has_fault("error-mid-stream"):
+            await _send(response, _sse({"error": _server_error_body()}))
+            return response
+        if contents == 1 and call.has_fault("slow-stream"):
+            await asyncio.sleep(call.delay)
+        if contents == 2 and cut:
+            _cut(call)
+            return response
+    await _send(response, b"data: [DONE]\n\n")
+    return response
+
+
+# --------------------------------------------------------------------------------------------------
+# Flavor quirks: chat request checks
+
+
+def _groq_unsupported(call: _Call) -> web.Response | None:
+    """Groq answers 400 for parameters it does not implement (wire-formats §6.1)."""
+    body = call.body
+    n = body.get("n")
+    if n is not None and n != 1:
+        return _error(call.flavor, 400, "'n' : number must be at most 1", param="n")
+    for name in ("logprobs", "top_logprobs", "logit_bias"):
+        if body.get(name) is not None:
+            return _error(call.flavor, 400, f"'{name}' : property '{name}' is unsupported", param=name)
+    for i, message in enumerate(body["messages"]):
+        if "name" in message:
+            param = f"messages[{i}].name"
+            return _error(call.flavor, 400, f"'{param}' : property 'name' is unsupported", param=param)
+    return None
+
+
+def _mistral_extra_inputs(call: _Call) -> web.Response | None:
+    """Mistral's request model forbids keys it does not define, with a 422 (wire-formats §6.2)."""
+    for name in ("stream_options", "max_completion_tokens"):
+        if name in call.body:
+            return _extra_forbidden(name)
+    return None
+
+
+def _tool_call_ids(messages: list[Json]) -> list[tuple[str, str]]:
+    """Every tool call id sent back in the messages, with its OpenAI parameter path."""
+    found: list[tuple[str, str]] = []
+    for i, message in enumerate(messages):
+        calls = message.get("tool_calls")
+        if isinstance(calls, list):
+            for j, tc in enumerate(calls):
+                if isinstance(tc, dict) and "id" in tc:
+                    found.append((f"messages[{i}].tool_calls[{j}].id", str(tc["id"])))
+        if "tool_call_id" in message:
+            found.append((f"messages[{i}].tool_call_id", str(message["tool_call_id"])))
+    return found
+
+
+def _mistral_tool_call_id_format(call: _Call) -> web.Response | None:
+    """Mistral accepts only ids of exactly 9 characters from [a-zA-Z0-9] (wire-formats §0.4)."""
+    for _, tool_call_id in _tool_call_ids(call.body["messages"]):
+        if not _MISTRAL_TOOL_ID.fullmatch(tool_call_id):
+            message = f"Tool call id was {tool_call_id} but must be a-z, A-Z, 0-9, with a length of 9."
+            return _error(call.flavor, 400, message, code="3280")
+    return None
+
+
+def _openai_tool_call_id_length(call: _Call) -> web.Response | None:
+    """OpenAI (and Azure) refuse tool call ids longer than 40 characters."""
+    for param, tool_call_id in _tool_call_ids(call.body["messages"]):
+        if len(tool_call_id) > 40:
+            message = (
+                f"Invalid '{param}': string too long. Expected a string with maximum length 40, "
+                f"but got a string with length {len(tool_call_id)} instead."
+            )
+            return _error(call.flavor, 400, message, param=param, code="string_above_max_length")
+    return None
+
+
+def _azure_stream_options_version(call: _Call) -> web.Response | None:
+    """Before 2024-10-21 Azure does not know `stream_options` (wire-formats §3)."""
+    version = call.request.query.get("api-version", "")
+    if (
+        call.rec.deployment is not None
+        and version[:10] < AZURE_STREAM_OPTIONS_SINCE
+        and "stream_options" in call.body
+    ):
+        return _error(call.flavor, 400, "Unrecognized request argument supplied: stream_options")
+    return None
+
+
+def _azure_content_filter(call: _Call) -> web.Response | None:
+    """A prompt whose last user message says `forbidden` is filtered: Azure's 400 (wire-formats §3)."""
+    if not _FORBIDDEN.search(_text_of(_last_user(call.body["messages"]).get("content"))):
+        return None
+    results = _azure_filter_results()
+    results["violence"] = {"filtered": True, "severity": "high"}
+    error = {
+        "message": (
+            "The response was filtered due to the prompt triggering Azure OpenAI's content management "
+            "policy. Please modify your prompt and retry."
+        ),
+        "type": None,
+        "param": "prompt",
+        "code": "content_filter",
+        "status": 400,
+        "innererror": {"code": "ResponsibleAIPolicyViolation", "content_filter_result": results},
+    }
+    return _json_response({"error": error}, 400)
+
+
+_CHAT_CHECKS: Final[Mapping[str, tuple[Callable[[_Call], web.Response | None], ...]]] = {
+    "openai": (_openai_tool_call_id_length,),
+    "azure": (_azure_stream_options_version, _openai_tool_call_id_length, _azure_content_filter),
+    "groq": (_groq_unsupported,),
+    "mistral": (_mistral_extra_inputs, _mistral_tool_call_id_format),
+}
+"""The provider's own request validation, run in order after auth; the first refusal wins."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Flavor quirks: extra keys on responses and chunks
+
+
+def _azure_filter_results() -> Json:
+    safe = {"filtered": False, "severity": "safe"}
+    return {"hate": dict(safe), "self_harm": dict(safe), "sexual": dict(safe), "violence": dict(safe)}
+
+
+def _azure_prompt_filter_results() -> list[Json]:
+    results = _azure_filter_results()
+    results["jailbreak"] = {"filtered": False, "detected": False}
+    return [{"prompt_index": 0, "content_filter_results": results}]
+
+
+def _azure_completion(body: Json) -> None:
+    body["prompt_filter_results"] = _azure_prompt_filter_results()
+    for choice in body["choices"]:
+        choice["content_filter_results"] = _azure_filter_results()
+
+
+def _azure_stream(events: list[_Event], reply: _Reply) -> None:
+    """Azure opens with a chunk holding only the prompt filter results, and filters every choice."""
+    for _, event in events:
+        for choice in event["choices"]:
+            choice["content_filter_results"] = _azure_filter_results()
+    first: Json = {
+        "choices": [],
+        "created": 0,
+        "id": "",
+        "model": "",
+        "object": "",
+        "prompt_filter_results": _azure_prompt_filter_results(),
+    }
+    events.insert(0, ("filter", first))
+
+
+def _groq_stream(events: list[_Event], reply: _Reply) -> None:
+    """Groq adds `x_groq`: its request id on the first chunk, and the usage on the finish chunk."""
+    request_id = "req_" + _alnum(26)
+    events[0][1]["x_groq"] = {"id": request_id}
+    last_finish = max(i for i, (kind, _) in enumerate(events) if kind == "finish")
+    events[last_finish][1]["x_groq"] = {"id": request_id, "usage": dict(reply.usage)}
+
+
+def _mistral_stream(events: list[_Event], reply: _Reply) -> None:
+    """Mistral never sends a usage chunk: the usage rides on the chunk with the finish_reason."""
+    last_finish = max(i for i, (kind, _) in enumerate(events) if kind == "finish")
+    events[last_finish][1]["usage"] = dict(reply.usage)
+
+
+_COMPLETION_DECORATORS: Final[Mapping[str, Callable[[Json], None]]] = {"azure": _azure_completion}
+_STREAM_DECORATORS: Final[Mapping[str, Callable[[list[_Event], _Reply], None]]] = {
+    "azure": _azure_stream,
+    "groq": _groq_stream,
+    "mistral": _mistral_stream,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Embeddings
+
+
+def _embedding_inputs(value: Any) -> list[str | list[int]] | None:
+    """OpenAI's four input forms as a list of items: str, [str], [int] (one input), [[int]]."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not value:
+        return None
+    if all(isinstance(v, str) for v in value):
+        return list(value)
+    if all(isinstance(v, int) for v in value):
+        return [list(value)]
+    if all(isinstance(v, list) and v and all(isinstance(t, int) for t in v) for v in value):
+        return [list(v) for v in value]
+    return None
+
+
+def embedding_vector(item: str | list[int]) -> list[float]:
+    """The fake's vector for one input: 8 values in [-1, 1) from a SHA-256 of the input.
+
+    Each value is a multiple of 1/128, so it is exact in float32: a base64 round trip (pack as
+    float32, decode) gives back exactly these floats, and tests can compare with ==.
+    """
+    digest = hashlib.sha256(orjson.dumps(item)).digest()
+    return [(byte - 128) / 128 for byte in digest[:EMBEDDING_SIZE]]
+
+
+def _base64_floats(vector: list[float]) -> str:
+    """Little-endian float32, base64: what the openai SDK decodes when it asked for base64."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+async def _embeddings(call: _Call) -> web.StreamResponse:
+    """POST .../embeddings: one deterministic vector per input, in order."""
+    refusal = _check_access(call)
+    if refusal is not None:
+        return refusal
+    body = call.body
+    if not isinstance(call.rec.json, dict):
+        return _error(call.flavor, 400, "The request body is not a JSON object.")
+    if call.flavor.embeddings_dimensions == "reject" and "dimensions" in body:
+        return _extra_forbidden("dimensions")
+    if call.rec.deployment is None and not isinstance(body.get("model"), str):
+        return _error(call.flavor, 400, "you must provide a model parameter", param="model")
+    inputs = _embedding_inputs(body.get("input"))
+    if inputs is None:
+        return _error(call.flavor, 400, "'input' must be a string, or a non-empty array.", param="input")
+    size = _embedding_size(call)
+    if isinstance(size, web.Response):
+        return size
+    faulted = await _pre_response_fault(call)
+    if faulted is not None:
+        return faulted
+    as_base64 = call.flavor.embeddings_base64 and body.get("encoding_format") == "base64"
+    data = []
+    for index, item in enumerate(inputs):
+        vector = embedding_vector(item)[:size]
+        embedding: list[float] | str = _base64_floats(vector) if as_base64 else vector
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+    tokens = sum(_words(item) if isinstance(item, str) else len(item) for item in inputs)
+    model = AZURE_EMBEDDING_MODEL if call.flavor.name == "azure" else str(body.get("model"))
+    response = {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+    return await _answer(call, response)
+
+
+def _embedding_size(call: _Call) -> int | web.Response:
+    """How many values to return: `dimensions` (OpenAI, Azure) or `output_dimension` (Mistral)."""
+    key = {"truncate": "dimensions", "reject": "output_dimension"}.get(call.flavor.embeddings_dimensions)
+    requested = call.body.get(key) if key else None
+    if requested is None:
+        return EMBEDDING_SIZE
+    if not isinstance(requested, int) or not 1 <= requested <= EMBEDDING_SIZE:
+        return _error(call.flavor, 400, f"'{key}' must be between 1 and {EMBEDDING_SIZE}.", param=key)
+    return requested
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+
+
+async def _models(call: _Call) -> web.StreamResponse:
+    """GET .../models: the flavor's few model ids, in OpenAI's list shape."""
+    refusal = _check_access(call)
+    if refusal is not None:
+        return refusal
+    data = [
+        {"id": model, "object": "model", "created": _MODELS_CREATED, "owned_by": call.flavor.owned_by}
+        for model in call.flavor.models
+    ]
+    return _json_response({"object": "list", "data": data})
+
+
+__all__ = [
+    "AZURE_MODEL",
+    "EMBEDDING_SIZE",
+    "FAULT_WORDS",
+    "FLAVORS",
+    "TOOL_ARGUMENTS",
+    "FakeUpstream",
+    "Flavor",
+    "Recorded",
+    "Scripted",
+    "embedding_vector",
+]
