@@ -269,7 +269,7 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
     loop = asyncio.get_running_loop()
     decoder = impl.stream_decoder(req, provider)
     events = SseDecoder()
-    held: list[bytes] = []
+    held: list[bytes] = []  # what the client will get at the commit point
     client: web.StreamResponse | None = None
     response: upstream.UpstreamResponse | None = None
     finished = False
@@ -281,32 +281,32 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
                 raise impl.classify_error(provider, response.status, response.headers, body)
             while not decoder.done:
                 chunk = await response.read_chunk()
-                if not chunk:
-                    outputs = [out for event in events.flush() for out in decoder.feed(event)]
-                    outputs.extend(decoder.close())
-                else:
-                    batch = events.feed(chunk)
-                    if not batch:
-                        continue
-                    outputs = [out for event in batch for out in decoder.feed(event)]
-                if client is None:
-                    held.extend(outputs)
-                    if decoder.visible or not chunk:
-                        client = web.StreamResponse(headers=_response_headers(
-                            request_id, provider.name, response.headers, "text/event-stream"))
-                        client.headers["Cache-Control"] = "no-cache"
+                batch = events.feed(chunk) if chunk else events.flush()
+                # Event by event, so the commit happens at the first visible event even when
+                # a failure arrives in the same read: what the client saw decides fallback.
+                for event in batch:
+                    outputs = decoder.feed(event)
+                    if client is None:
+                        held.extend(outputs)
+                        if decoder.visible:
+                            deadline.reschedule(None)
+                            client = await _commit(request, request_id, provider.name, response.headers, held)
+                    elif outputs:
                         deadline.reschedule(None)
-                        await client.prepare(request)
-                        for out in held:
+                        for out in outputs:
                             await client.write(out)
-                        held.clear()
-                elif outputs:
-                    deadline.reschedule(None)
-                    for out in outputs:
-                        await client.write(out)
+                    if decoder.done:
+                        break
                 if not chunk:
+                    tail = decoder.close()  # raises when the upstream stopped short
+                    if client is None:
+                        client = await _commit(request, request_id, provider.name, response.headers, held + tail)
+                    else:
+                        for out in tail:
+                            await client.write(out)
                     break
-                deadline.reschedule(loop.time() + timeouts.idle)
+                if batch:
+                    deadline.reschedule(loop.time() + timeouts.idle)
             finished = True
     except TimeoutError:
         phase = "first_byte" if client is None and not decoder.visible else "idle"
@@ -327,6 +327,19 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
                 response.close()
     assert client is not None
     gateway.health.succeeded(attempt.health_key)
+    return client
+
+
+async def _commit(request: web.Request, request_id: str, provider: str, upstream_headers: Mapping[str, str],
+                  held: list[bytes]) -> web.StreamResponse:
+    """The commit point: send the status, the headers and everything held so far."""
+    client = web.StreamResponse(headers=_response_headers(request_id, provider, upstream_headers,
+                                                          "text/event-stream"))
+    client.headers["Cache-Control"] = "no-cache"
+    await client.prepare(request)
+    for out in held:
+        await client.write(out)
+    held.clear()
     return client
 
 

@@ -8,11 +8,14 @@ real sockets. Nothing here replaces a transport.
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import textwrap
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import web
@@ -80,6 +83,45 @@ class Proxy:
         """The official asynchronous SDK pointed at the proxy."""
         return AsyncOpenAI(base_url=self.url + "/v1", api_key=api_key or "", max_retries=0,
                            default_headers={"X-API-Key": GATEWAY_KEY}, **kwargs)
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: dict[str, str]  # lowercased names
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def raw_request(url: str, body: bytes | str | None = None, headers: dict[str, str] | None = None,
+                method: str = "POST") -> RawResponse:
+    """One HTTP request over a real socket with the standard library, for what the SDK hides."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        connection.request(method, parts.path + (f"?{parts.query}" if parts.query else ""),
+                           body=body.encode() if isinstance(body, str) else body, headers=headers or {})
+        response = connection.getresponse()
+        return RawResponse(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+    finally:
+        connection.close()
+
+
+def post_json(proxy: Proxy, path: str, body: Any, key: str | None = PROVIDER_KEY,
+              gateway_key: str | None = GATEWAY_KEY, **headers: str) -> RawResponse:
+    """POST a JSON body to the proxy with the usual keys (None leaves a header out)."""
+    sent = {"Content-Type": "application/json", **headers}
+    if key is not None:
+        sent["Authorization"] = f"Bearer {key}"
+    if gateway_key is not None:
+        sent["X-API-Key"] = gateway_key
+    return raw_request(proxy.url + path, json.dumps(body), sent)
 
 
 async def _start_app(app: web.Application) -> tuple[web.AppRunner, str]:
