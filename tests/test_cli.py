@@ -1,0 +1,157 @@
+"""The command line as an operator runs it: the installed console script in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tensorwall_proxy.config import key_digest
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "tensorwall_proxy"]
+# Defaults come from the environment; the tests must not depend on the machine's.
+CLEAN_ENV = {k: v for k, v in os.environ.items()
+             if not k.endswith(("_API_URL", "_ENDPOINT")) and k not in ("TENSORWALL_CONFIG", "AWS_REGION")}
+
+
+def run(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, input=stdin, timeout=30, cwd=ROOT,
+                          env=env or CLEAN_ENV)
+
+
+def test_check_default_and_demo_configs() -> None:
+    for path in ("config/tensorwall.yaml", "config/demo.yaml"):
+        result = run("check", "--config", path)
+        assert result.returncode == 0, result.stderr
+        assert "ok" in result.stdout
+
+
+def test_check_reports_every_error_with_its_yaml_path(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("""
+gateway_keys: ["${UNSET_GATEWAY_KEY_FOR_TEST}"]
+providers:
+  openai: {base_url: "not a url"}
+routes:
+  gpt-4:
+    strategy: fastest
+    endpoints:
+      - {provider: openai, weight: 70}
+      - {provider: azur, weight: 30}
+timeouts: {connect: -1}
+""")
+    result = run("check", "--config", str(config))
+    assert result.returncode == 1
+    for expected in (
+        "gateway_keys[0]: environment variable UNSET_GATEWAY_KEY_FOR_TEST is not set",
+        "providers.openai.base_url: expected an http(s) URL",
+        "routes.gpt-4.strategy: expected weighted or priority",
+        "routes.gpt-4.endpoints[1].provider: unknown provider 'azur'",
+        "timeouts.connect: must be greater than 0",
+    ):
+        assert expected in result.stderr, result.stderr
+
+
+def test_check_warns_about_fallbacks_that_cannot_carry_the_callers_key(tmp_path: Path) -> None:
+    config = tmp_path / "mixed.yaml"
+    config.write_text("""
+gateway_keys: []
+routes:
+  mixed:
+    endpoints:
+      - {provider: openai, model: gpt-4o}
+      - {provider: groq, model: llama3-70b-8192}
+""")
+    result = run("check", "--config", str(config))
+    assert result.returncode == 0
+    assert "warning: routes.mixed" in result.stdout and "groq, openai" in result.stdout
+
+
+@pytest.mark.parametrize(("model", "expected"), [
+    ("gpt-4o", "POST https://api.openai.com/v1/chat/completions"),
+    ("azure/gpt-4", "endpoint is empty (set AZURE_OPENAI_ENDPOINT"),
+    ("ollama/mistral", "POST http://localhost:11434/v1/chat/completions"),
+    ("groq/llama3-70b", "POST https://api.groq.com/openai/v1/chat/completions"),
+    ("mistral-large-latest", "POST https://api.mistral.ai/v1/chat/completions"),
+])
+def test_route_prints_the_upstream_url(model: str, expected: str) -> None:
+    result = run("route", model, "--config", "config/tensorwall.yaml")
+    assert result.returncode == 0, result.stderr
+    assert expected in result.stdout
+
+
+def test_route_with_azure_configured_shows_the_deployment_url() -> None:
+    env = {**CLEAN_ENV, "AZURE_OPENAI_ENDPOINT": "https://res.openai.azure.com"}
+    result = run("route", "azure/gpt-4", "--config", "config/tensorwall.yaml", env=env)
+    assert "POST https://res.openai.azure.com/openai/deployments/gpt-4/chat/completions?api-version=2024-10-21" \
+        in result.stdout
+
+
+def test_route_shows_the_fallback_order() -> None:
+    result = run("route", "gpt-4", "--config", "config/demo.yaml")
+    lines = result.stdout.splitlines()
+    first = next(i for i, line in enumerate(lines) if "1. provider=openai" in line)
+    second = next(i for i, line in enumerate(lines) if "2. provider=azure-eu" in line)
+    assert first < second
+    assert "weight=70" in lines[first] and "weight=30" in lines[second]
+
+
+def test_route_unknown_model_exits_1() -> None:
+    result = run("route", "no-such-model", "--config", "config/tensorwall.yaml")
+    assert result.returncode == 1
+    assert "does not exist" in result.stderr
+
+
+def test_hash_key_digests_a_given_key_and_stdin() -> None:
+    assert run("hash-key", "secret").stdout.strip() == key_digest("secret")
+    assert run("hash-key", "-", stdin="secret\n").stdout.strip() == key_digest("secret")
+
+
+def test_hash_key_makes_a_new_key_whose_digest_it_prints() -> None:
+    lines = dict(line.split(":", 1) for line in run("hash-key").stdout.splitlines()[:2])
+    key, digest = lines["key"].strip(), lines["digest"].strip()
+    assert len(key) > 30 and digest == key_digest(key)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_serve_refuses_a_public_address_without_gateway_keys() -> None:
+    result = run("serve", "--config", "config/tensorwall.yaml", "--host", "0.0.0.0", "--port", str(_free_port()))
+    assert result.returncode == 1
+    assert "--no-gateway-key" in result.stderr
+
+
+def test_serve_answers_and_stops_cleanly_on_sigterm() -> None:
+    port = _free_port()
+    process = subprocess.Popen([*CLI, "serve", "--config", "config/tensorwall.yaml", "--port", str(port)],
+                               cwd=ROOT, env=CLEAN_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+                    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    assert b"200 OK" in sock.recv(1024)
+                    break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline, "the proxy did not start"
+                time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        _, stderr = process.communicate()
+    assert "gateway auth is off" in stderr
