@@ -10,8 +10,11 @@ so ``tensorwall-proxy check`` can print them all at once.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import hashlib
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -221,13 +224,22 @@ class Config:
 
 
 class _Errors:
-    """Collects problems so the whole file is reported at once."""
+    """Collects problems so the whole file is reported at once, one per cause."""
 
     def __init__(self) -> None:
         self.items: list[str] = []
+        # Paths whose ${...} could not be resolved: what follows from that (an empty value, a bad
+        # URL) is the same problem and is not reported again.
+        self.unresolved: set[str] = set()
 
     def add(self, path: str, message: str) -> None:
+        if path in self.unresolved:
+            return
         self.items.append(f"{path}: {message}" if path else message)
+
+    def add_unresolved(self, path: str, message: str) -> None:
+        self.add(path, message)
+        self.unresolved.add(path)
 
 
 def _join(path: str, key: str | int) -> str:
@@ -254,20 +266,20 @@ def _interpolate(value: Any, path: str, env: Mapping[str, str], errors: _Errors,
                 try:
                     content = file_path.read_text(encoding="utf-8").strip()
                 except OSError as exc:
-                    errors.add(path, f"cannot read {file_path}: {exc.strerror or exc}")
+                    errors.add_unresolved(path, f"cannot read {file_path}: {exc.strerror or exc}")
                     return ""
                 if not content:
-                    errors.add(path, f"file {file_path} is empty")
+                    errors.add_unresolved(path, f"file {file_path} is empty")
                 return content
             name, sep, default = expr.partition(":-")
             if not _ENV_NAME_RE.fullmatch(name):
-                errors.add(path, f"'${{{expr}}}' is not a valid variable reference")
+                errors.add_unresolved(path, f"'${{{expr}}}' is not a valid variable reference")
                 return ""
             if name in env:
                 return env[name]
             if sep:
                 return default
-            errors.add(path, f"environment variable {name} is not set (use ${{{name}:-}} for an empty default)")
+            errors.add_unresolved(path, f"environment variable {name} is not set (use ${{{name}:-}} for an empty default)")
             return ""
 
         return _INTERP_RE.sub(substitute, value)
@@ -300,6 +312,9 @@ def _number(raw: Any, path: str, errors: _Errors, default: float, *, minimum: fl
     except ValueError:
         errors.add(path, f"expected a number, got {raw!r}")
         return default
+    if not math.isfinite(value):
+        errors.add(path, f"expected a finite number, got {raw!r}")
+        return default
     if positive and value <= 0:
         errors.add(path, f"must be greater than 0, got {raw!r}")
         return default
@@ -313,17 +328,20 @@ def _integer(raw: Any, path: str, errors: _Errors, default: int, *, minimum: int
              maximum: int | None = None) -> int:
     if raw is None:
         return default
-    value: int
     if isinstance(raw, bool):
         errors.add(path, "expected an integer, got a boolean")
         return default
+    parsed: int | None = None
     if isinstance(raw, int):
-        value = raw
-    elif isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
-        value = int(raw)
-    else:
+        parsed = raw
+    elif isinstance(raw, str) and raw.isascii():
+        # int() takes one optional sign and ASCII digits here: "--3" fails, and "²" never gets here.
+        with contextlib.suppress(ValueError):
+            parsed = int(raw)
+    if parsed is None:
         errors.add(path, f"expected an integer, got {raw!r}")
         return default
+    value = parsed
     if value < minimum or (maximum is not None and value > maximum):
         bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
         errors.add(path, f"must be {bound}, got {value}")
@@ -334,6 +352,8 @@ def _integer(raw: Any, path: str, errors: _Errors, default: int, *, minimum: int
 def _string(raw: Any, path: str, errors: _Errors, default: str = "") -> str:
     if raw is None:
         return default
+    if isinstance(raw, datetime.date):
+        return raw.isoformat()  # YAML reads an unquoted 2024-10-21 as a date; versions are written so
     if isinstance(raw, bool) or not isinstance(raw, str | int | float):
         errors.add(path, f"expected a string, got {type(raw).__name__}")
         return default
@@ -426,10 +446,9 @@ def _read_gateway_keys(raw: Any, present: bool, errors: _Errors) -> tuple[str, .
         errors.add("gateway_keys", "missing: list the accepted X-API-Key values, or write `gateway_keys: []` "
                                    "to turn gateway auth off")
         return ()
-    if raw is None:
-        raw = []
     if not isinstance(raw, list):
-        errors.add("gateway_keys", f"expected a list, got {type(raw).__name__}")
+        # Only an explicit [] turns auth off: `gateway_keys:` with nothing after it is a mistake.
+        errors.add("gateway_keys", f"expected a list (use [] to turn gateway auth off), got {type(raw).__name__}")
         return ()
     digests: list[str] = []
     for i, item in enumerate(raw):
