@@ -217,6 +217,14 @@ async def _unary(gateway: Gateway, call: UpstreamCall, timeouts: Timeouts, attem
     return body, response.headers
 
 
+async def _answer(gateway: Gateway, attempt: Attempt, impl: Provider, call: UpstreamCall, timeouts: Timeouts,
+                  request_id: str, translate: Callable[[bytes], bytes]) -> web.StreamResponse:
+    """A non-streamed attempt: the whole upstream body, translated, is the commit."""
+    body, headers = await _unary(gateway, call, timeouts, attempt, impl)
+    return web.Response(body=translate(body),
+                        headers=_response_headers(request_id, attempt.provider.name, headers, JSON))
+
+
 async def chat(gateway: Gateway, request: web.Request, req: ChatRequest, caller: Secret | None,
                request_id: str) -> web.StreamResponse:
     """Serve one ``/v1/chat/completions`` request, streamed or not."""
@@ -227,15 +235,13 @@ async def chat(gateway: Gateway, request: web.Request, req: ChatRequest, caller:
     def build(impl: Provider, attempt: Attempt) -> UpstreamCall:
         return impl.build_request(req, attempt.provider, attempt.model, attempt.credential)
 
-    async def execute_unary(impl: Provider, attempt: Attempt, call: UpstreamCall) -> web.StreamResponse:
-        body, headers = await _unary(gateway, call, timeouts, attempt, impl)
-        out = impl.parse_response(req, attempt.provider, body)
-        return web.Response(body=out, headers=_response_headers(request_id, attempt.provider.name, headers, JSON))
+    async def execute(impl: Provider, attempt: Attempt, call: UpstreamCall) -> web.StreamResponse:
+        if req.stream:
+            return await _stream(gateway, request, req, impl, attempt, call, timeouts, request_id)
+        return await _answer(gateway, attempt, impl, call, timeouts, request_id,
+                             lambda body: impl.parse_response(req, attempt.provider, body))
 
-    async def execute_stream(impl: Provider, attempt: Attempt, call: UpstreamCall) -> web.StreamResponse:
-        return await _stream(gateway, request, req, impl, attempt, call, timeouts, request_id)
-
-    return await run_attempts(gateway, table, route, caller, build, execute_stream if req.stream else execute_unary)
+    return await run_attempts(gateway, table, route, caller, build, execute)
 
 
 async def embeddings(gateway: Gateway, req: EmbeddingsRequest, caller: Secret | None,
@@ -249,9 +255,8 @@ async def embeddings(gateway: Gateway, req: EmbeddingsRequest, caller: Secret | 
         return impl.build_embeddings_request(req, attempt.provider, attempt.model, attempt.credential)
 
     async def execute(impl: Provider, attempt: Attempt, call: UpstreamCall) -> web.StreamResponse:
-        body, headers = await _unary(gateway, call, timeouts, attempt, impl)
-        out = impl.parse_embeddings_response(req, attempt.provider, body)
-        return web.Response(body=out, headers=_response_headers(request_id, attempt.provider.name, headers, JSON))
+        return await _answer(gateway, attempt, impl, call, timeouts, request_id,
+                             lambda body: impl.parse_embeddings_response(req, attempt.provider, body))
 
     return await run_attempts(gateway, table, route, caller, build, execute)
 
