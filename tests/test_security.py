@@ -98,3 +98,19 @@ def test_model_names_in_bodies_travel_as_data(proxy: Proxy, fake: FakeUpstream) 
     record = fake.last("openai")
     assert record.path == "/openai/v1/chat/completions"
     assert record.model == "../../x?y#z"
+
+
+def test_azure_with_an_old_api_version_gets_no_stream_options(make_proxy: Callable[..., Proxy],
+                                                             fake: FakeUpstream) -> None:
+    """The fake, like Azure, refuses stream_options before 2024-10-21: the stream must still work."""
+    proxy = make_proxy(text=f"""
+gateway_keys: [{GATEWAY_KEY}]
+providers:
+  azure: {{endpoint: "{fake.base_url}/azure", api_version: 2024-02-01}}
+""")
+    chunks = list(proxy.client().chat.completions.create(
+        model="azure/gpt-4o", messages=USER, stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "[azure] hello"
+    record = fake.last("azure")
+    assert record.query["api-version"] == "2024-02-01"
+    assert "stream_options" not in record.json
