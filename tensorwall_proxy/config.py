@@ -62,7 +62,12 @@ DEFAULT_PROVIDERS: Final[dict[str, dict[str, Any]]] = {
 # What a provider of a type gets when it is not named like the default one (`azure-eu: {type: azure}`):
 # the type's fixed defaults, without the default provider's own environment variables.
 TYPE_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
-    "anthropic": {"version": "2023-06-01", "default_max_tokens": 4096},
+    "openai": {"base_url": "https://api.openai.com/v1"},
+    "groq": {"base_url": "https://api.groq.com/openai/v1"},
+    "mistral": {"base_url": "https://api.mistral.ai/v1"},
+    "ollama": {"base_url": "http://localhost:11434"},
+    "lmstudio": {"base_url": "http://localhost:1234/v1"},
+    "anthropic": {"base_url": "https://api.anthropic.com/v1", "version": "2023-06-01", "default_max_tokens": 4096},
     "azure": {"api_version": "2024-10-21"},
     "vertex": {"location": "us-central1"},
     "bedrock": {"region": "${AWS_REGION:-us-east-1}"},
@@ -99,7 +104,7 @@ _TYPE_KEYS: Final[dict[str, frozenset[str]]] = {
 _AMBIENT_TYPES: Final = frozenset({"vertex", "bedrock"})
 
 SHA256_PREFIX: Final = "sha256:"
-_DIGEST_RE: Final = re.compile(r"sha256:[0-9a-fA-F]{64}")
+_DIGEST_RE: Final = re.compile(r"sha256:[0-9a-fA-F]{64}", re.IGNORECASE)
 _INTERP_RE: Final = re.compile(r"\$\{([^}]*)\}")
 _ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # A provider name is the prefix of `<provider>/<model>`, so it can hold no '/'.
@@ -456,7 +461,7 @@ def _read_gateway_keys(raw: Any, present: bool, errors: _Errors) -> tuple[str, .
         value = _string(item, path, errors)
         if not value:
             errors.add(path, "is empty (an unset ${VAR:-} default?); an empty key never turns auth off")
-        elif value.startswith(SHA256_PREFIX):
+        elif value[:len(SHA256_PREFIX)].lower() == SHA256_PREFIX:
             if not _DIGEST_RE.fullmatch(value):
                 errors.add(path, "a digest is `sha256:` followed by 64 hex digits (see `tensorwall-proxy hash-key`)")
             else:

@@ -1,4 +1,4 @@
-"""Per-(endpoint, credential) health: the 429 cooldown and, later, ejection after repeated failures.
+"""Per-(endpoint, credential) health: the 429 cooldown, and ejection after consecutive failures.
 
 Pure: no I/O, no sleeping, no aiohttp; time comes from an injectable clock so tests step it by hand.
 
@@ -20,6 +20,12 @@ BlockReason = Literal["cooling", "ejected"]
 
 # A Retry-After of an hour from a misbehaving upstream must not take an endpoint away for an hour.
 MAX_COOLDOWN_SECONDS = 300.0
+# Ejection: this many consecutive failures (5xx, timeout, connect) take a pair out of rotation for
+# EJECT_SECONDS, doubled for each further ejection without a success in between, capped. Five is
+# enough to ignore a blip, few enough that a dead endpoint stops costing callers a timeout each.
+EJECT_AFTER = 5
+EJECT_SECONDS = 5.0
+MAX_EJECT_SECONDS = 300.0
 # Entries are pruned once the book holds this many, so callers' digests cannot grow it without bound.
 _PRUNE_AT = 10_000
 
@@ -35,7 +41,9 @@ class Block:
 @dataclass(slots=True)
 class _State:
     cooling_until: float = 0.0
-    failures: int = 0
+    ejected_until: float = 0.0
+    failures: int = 0  # consecutive, since the last success or ejection
+    ejections: int = 0  # consecutive, since the last success
 
 
 class HealthBook:
@@ -59,23 +67,33 @@ class HealthBook:
         return seconds
 
     def succeeded(self, key: HealthKey) -> None:
-        """An attempt on the pair succeeded: consecutive failures start again from zero."""
+        """An attempt on the pair succeeded: failures and ejections start again from zero."""
         state = self._states.get(key)
         if state is not None:
             state.failures = 0
+            state.ejections = 0
 
     def failed(self, key: HealthKey) -> None:
-        """An attempt failed with a 5xx, a timeout or a connect error."""
-        self._state(key).failures += 1
+        """An attempt failed with a 5xx, a timeout or a connect error; enough in a row eject the pair."""
+        state = self._state(key)
+        state.failures += 1
+        if state.failures >= EJECT_AFTER:
+            state.failures = 0
+            state.ejections += 1
+            seconds = min(EJECT_SECONDS * 2 ** (state.ejections - 1), MAX_EJECT_SECONDS)
+            state.ejected_until = self._clock() + seconds
 
     def block(self, key: HealthKey) -> Block | None:
-        """The pair's block, or None while it is healthy."""
+        """The pair's block, or None while it is healthy; when cooling and ejected, the later one."""
         state = self._states.get(key)
         if state is None:
             return None
-        if state.cooling_until > self._clock():
-            return Block(state.cooling_until, "cooling")
-        return None
+        now = self._clock()
+        if state.cooling_until <= now and state.ejected_until <= now:
+            return None
+        if state.ejected_until > state.cooling_until:
+            return Block(state.ejected_until, "ejected")
+        return Block(state.cooling_until, "cooling")
 
     def status(self, key: HealthKey) -> Literal["healthy", "cooling", "ejected"]:
         """healthy / cooling / ejected, for metrics and `route`."""
@@ -92,16 +110,17 @@ class HealthBook:
 
     def _prune(self) -> None:
         now = self._clock()
-        for key in [k for k, s in self._states.items() if s.cooling_until <= now and s.failures == 0]:
+        for key in [k for k, s in self._states.items()
+                    if s.cooling_until <= now and s.ejected_until <= now and not s.failures and not s.ejections]:
             del self._states[key]
 
 
 def when_all_blocked(blocks: Sequence[Block]) -> tuple[int | None, float]:
     """What to do when no endpoint is healthy (DESIGN §5).
 
-    Returns ``(index, wait)``: every endpoint cooling from a 429 → ``(None, shortest remaining
-    cooldown)``, and the caller gets a 429 at once; some ejected for failures → the index of the
-    one whose ejection ends first, which is tried anyway.
+    Returns ``(index, until)``: every endpoint cooling from a 429 → ``(None, the clock time the
+    first cooldown ends)``, and the caller gets a 429 at once; some ejected for failures → the
+    index of the one whose ejection ends first, which is tried anyway.
     """
     ejected = [(b.until, i) for i, b in enumerate(blocks) if b.reason == "ejected"]
     if ejected:

@@ -26,23 +26,23 @@ class SseEvent(NamedTuple):
 class SseDecoder:
     """Turns a byte stream into events; ``feed`` as bytes arrive, ``flush`` at end of stream."""
 
-    __slots__ = ("_buffer", "_max", "_pending_cr")
+    __slots__ = ("_after_cr", "_buffer", "_max")
 
     def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         self._buffer = b""
         self._max = max_event_bytes
-        self._pending_cr = False
+        self._after_cr = False
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
         """Events completed by ``chunk`` (possibly none)."""
-        if self._pending_cr:
-            chunk = b"\r" + chunk
-            self._pending_cr = False
+        if self._after_cr and chunk:
+            # The previous chunk ended in CR, already taken as a line end: a LF right after it is
+            # the rest of that CRLF, not a second line end.
+            self._after_cr = False
+            if chunk.startswith(b"\n"):
+                chunk = chunk[1:]
         if b"\r" in chunk:
-            # A CRLF may straddle two chunks: keep a trailing CR until we see what follows it.
-            if chunk.endswith(b"\r"):
-                chunk = chunk[:-1]
-                self._pending_cr = True
+            self._after_cr = chunk.endswith(b"\r")
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buffer = self._buffer + chunk if self._buffer else chunk
         if b"\n\n" not in buffer:
@@ -56,6 +56,8 @@ class SseDecoder:
             raise SseError(f"an SSE event exceeded {self._max} bytes")
         events: list[SseEvent] = []
         for raw in parts:
+            if len(raw) > self._max:
+                raise SseError(f"an SSE event exceeded {self._max} bytes")
             event = _parse_event(raw)
             if event is not None:
                 events.append(event)

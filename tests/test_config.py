@@ -664,12 +664,20 @@ def test_a_malformed_integer_string_is_a_config_error_not_a_crash(value: str) ->
     assert errors[0].startswith("retries.attempts: expected an integer")
 
 
-@pytest.mark.parametrize("yaml_text", ["timeouts: {connect: .nan}", "retries: {cooldown_seconds: .nan}",
-                                       "timeouts: {total: nan}"])
-def test_a_nan_duration_is_an_error(yaml_text: str) -> None:
+@pytest.mark.parametrize(
+    ("yaml_text", "path"),
+    [
+        ("timeouts: {connect: .nan}", "timeouts.connect"),
+        ("retries: {cooldown_seconds: .nan}", "retries.cooldown_seconds"),
+        ("timeouts: {total: nan}", "timeouts.total"),
+        ("server: {drain_seconds: .inf}", "server.drain_seconds"),
+    ],
+)
+def test_a_non_finite_duration_is_an_error(yaml_text: str, path: str) -> None:
     """NaN passes both `value <= 0` and `value < minimum` unnoticed; a NaN timeout or cooldown is no duration."""
     errors = errors_of(auth_off(yaml_text + "\n"))
     assert len(errors) == 1
+    assert errors[0].startswith(f"{path}: ")
 
 
 # --- routes ----------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ _ALNUM: Final = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # The marker between an id and the state carried with it. "~" is outside every upstream alphabet,
 # so a carried id can never be mistaken for a plain valid one.
 STATE_MARKER: Final = "~tw1~"
+_BASE64URL: Final = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,11 +77,14 @@ def attach(tool_id: str, state: bytes) -> str:
 
 def detach(client_id: str) -> tuple[str, bytes | None]:
     """``(id, state)`` from a client-facing id; state is None when the id carries none or is mangled."""
-    base, marker, encoded = client_id.partition(STATE_MARKER)
+    # The last marker: the encoded state never holds "~", the id before it might.
+    base, marker, encoded = client_id.rpartition(STATE_MARKER)
     if not marker:
         return client_id, None
+    if not _BASE64URL.fullmatch(encoded):
+        return base, None  # mangled: better no state than garbage sent upstream as a signature
     try:
         state = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
-    except (ValueError, TypeError):
+    except ValueError:
         return base, None
     return base, state
