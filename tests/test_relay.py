@@ -300,3 +300,23 @@ routes:
         proxy.client().chat.completions.create(model="doomed", messages=USER)
     assert caught.value.status_code == 503
     assert caught.value.response.headers["x-tensorwall-provider"] == "azure-eu"
+
+
+def test_consecutive_failures_eject_an_endpoint(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> None:
+    from tensorwall_proxy.health import EJECT_AFTER
+
+    proxy = make_proxy("""
+routes:
+  ejecting:
+    strategy: priority
+    endpoints:
+      - {provider: azure-eu, model: fail-500, priority: 0}
+      - {provider: openai, model: gpt-4o, priority: 1}
+""")
+    client = proxy.client()
+    for _ in range(EJECT_AFTER):
+        client.chat.completions.create(model="ejecting", messages=USER)
+    assert len(fake.for_flavor("azure")) == EJECT_AFTER
+    fake.clear()
+    client.chat.completions.create(model="ejecting", messages=USER)
+    assert [r.flavor for r in fake.requests] == ["openai"]  # the failing endpoint is out of rotation
