@@ -1,0 +1,1109 @@
+"""Benchmark: what tensorwall-proxy costs compared with calling the upstream directly.
+
+    python scripts/bench.py [--path openai] [--seconds 5] [--concurrency 50] [--upstream lean|fake]
+                            [--workers 2] [--json bench-results.json] [--relay] [--no-pin]
+
+What it does. It starts an upstream (by default a lean aiohttp server defined in this file, which
+answers from pre-built bytes; `--upstream fake` uses tests/fakes instead, which is heavier and
+records every request) and the proxy (`python -m tensorwall_proxy serve`) as subprocesses on free
+127.0.0.1 ports, pinned to CPUs (printed at the top). Then, in the same run, it sends the same chat
+request *direct* (to the upstream's own URL) and *through the proxy* (`/v1/chat/completions` with
+`X-API-Key` and the caller's `Authorization: Bearer`), in four scenarios each:
+
+    unary  c=1     one connection, one request after the other: latency p50/p99 and requests/s
+    unary  c=N     N connections (default 50): requests/s, and the proxy's CPU per request
+    stream c=1     20-chunk SSE streams, each read to the end: streams/s and chunks/s
+    stream c=N
+
+`--relay` adds a third target, a bare aiohttp relay (same path, same bytes, no parsing, no
+routing) on the proxy's CPU: the floor any aiohttp-based proxy pays for the extra hop.
+
+The load comes from `--workers` processes, each with its own event loop (uvloop when installed)
+and one keep-alive aiohttp ClientSession; a scenario's N connections are split between them. Each
+run warms up (connections opened), then every worker starts its measured window at the same
+instant (a barrier), and the parent samples the CPU time of the upstream and of the hop (proxy or
+relay) from /proc over exactly that window.
+
+How to read it.
+- `proxy/direct` below 1 for rates and above 1 for latencies is the cost of the extra hop.
+- `added ms` is proxy p50 - direct p50 (and p99): what one proxy hop adds. At c=1 nothing queues,
+  so this is the hop itself: a second loopback round trip plus the proxy's work. Compare it with
+  the relay column (`--relay`) before blaming the proxy's code.
+- `CPU ms/req` is the hop process's own user+system time divided by the requests completed in the
+  same window. It does not depend on whether this machine could generate enough load: one core of
+  proxy serves about 1000 / (ms per request) requests per second.
+- "who was busy" gives every process's CPU as a share of one core per run, and the "limit" lines
+  say which one was saturated. When none was, the run waited on something else: on a VM usually
+  the wake-up of an idle vCPU, which the "wake-up probe" measures (a 1-byte ping-pong between the
+  generator's CPU and the proxy's). On 2 CPUs direct calls never cross CPUs (generator and
+  upstream share one) while proxied ones cross four times per request, so slow wake-ups land on
+  the proxy's numbers only; `--no-pin` lets the scheduler keep most hand-offs on a running CPU.
+- Streams: the proxy asks the upstream for the usage chunk (to count tokens) and drops it, so the
+  upstream sends one event more through the proxy than direct; the caller gets 20 chunks either way.
+
+Every run is bounded (`--warmup` + `--seconds` each); the default run takes about a minute.
+Results also go to `--json` (default ./bench-results.json).
+
+A path (`--path`) is one way through the proxy: which model the caller asks for, how the proxy's
+provider is configured, which URL, headers and body a direct call uses and how its answer is
+checked, and which shape the lean upstream speaks. Only `openai` exists now; anthropic, vertex and
+bedrock will add entries to `PATHS` and their own lean handlers in `LEAN_SHAPES`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import http.client
+import json
+import multiprocessing as mp
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+from typing import IO, Any, Final
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+    uvloop = None  # type: ignore[assignment]
+
+HOST: Final = "127.0.0.1"
+GATEWAY_KEY: Final = "bench-key"
+CALLER_KEY: Final = "sk-bench"
+REPO: Final = Path(__file__).resolve().parent.parent
+CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
+STREAM_CHUNKS: Final = 20
+# 17 words: the fake echoes "[openai] " + this, one chunk per word, so its stream is role chunk +
+# 18 content chunks + finish chunk = 20 chunks, the same count as the lean upstream's.
+PROMPT: Final = ("please answer with a short friendly benchmark greeting so that every run sends "
+                 "exactly the same text")
+REQUEST_TIMEOUT: Final = 15.0  # per request: a hung proxy fails the run instead of hanging it
+SATURATED: Final = 0.85  # a process (or CPU) busier than this share of one core is the limit
+SLOW_WAKEUP_MS: Final = 1.0  # a probe p99 above this means wake-ups, not code, shape tail latency
+
+Json = dict[str, Any]
+Check = Callable[[bytes, bool], tuple[int, str | None]]  # (body, stream?) -> (chunks, problem or None)
+
+
+# --------------------------------------------------------------------------------------------------
+# Paths: one way through the proxy, and what the upstream must look like for it
+
+
+def openai_body(stream: bool, model: str = "gpt-4o") -> bytes:
+    """The chat request every caller sends the proxy: OpenAI's shape, one short user message."""
+    body: Json = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 64}
+    if stream:
+        body["stream"] = True
+    return orjson.dumps(body)
+
+
+def check_openai(data: bytes, stream: bool) -> tuple[int, str | None]:
+    """Whether an OpenAI-shaped answer is whole: a chat.completion, or 20 chunks and [DONE]."""
+    if not stream:
+        ok = data.startswith(b"{") and b'"choices"' in data
+        return 0, None if ok else f"unexpected body {data[:200]!r}"
+    # Counting `data: ` prefixes is cheap, so the generator spends its CPU on the load itself.
+    chunks = data.count(b"data: ") - 1
+    if chunks != STREAM_CHUNKS or not data.endswith(b"data: [DONE]\n\n"):
+        return chunks, f"stream of {chunks} chunks ending {data[-60:]!r}"
+    return chunks, None
+
+
+@dataclass(frozen=True)
+class BenchPath:
+    """What one path needs: the caller's model, the proxy config, the direct call, the lean shape."""
+
+    name: str
+    model: str
+    provider_config: Callable[[str], Json]  # upstream base URL -> `providers:` section of the config
+    direct_path: str  # the upstream URL path a direct call uses (the one the proxy calls)
+    direct_headers: dict[str, str]
+    direct_body: Callable[[bool], bytes]  # stream? -> the body a direct call sends
+    direct_check: Check
+    lean_routes: tuple[str, ...]  # upstream paths the lean server answers
+    lean_shape: str  # key of LEAN_SHAPES
+
+
+PATHS: Final[dict[str, BenchPath]] = {
+    "openai": BenchPath(
+        name="openai",
+        model="gpt-4o",  # the built-in pattern `gpt-*` sends it to the openai provider
+        provider_config=lambda base: {"openai": {"base_url": f"{base}/openai/v1"}},
+        direct_path="/openai/v1/chat/completions",
+        # The upstream sees the same key the proxy forwards from the caller.
+        direct_headers={"Authorization": f"Bearer {CALLER_KEY}", "Content-Type": "application/json"},
+        direct_body=openai_body,
+        direct_check=check_openai,
+        lean_routes=("/openai/v1/chat/completions", "/v1/chat/completions"),
+        lean_shape="openai",
+    ),
+}
+
+
+def proxy_config(path: BenchPath, upstream_base: str) -> str:
+    """The proxy's YAML (JSON is YAML): one gateway key, the path's provider, short timeouts."""
+    config = {
+        "gateway_keys": [GATEWAY_KEY],
+        "providers": path.provider_config(upstream_base),
+        "timeouts": {"connect": 5, "first_byte": 30, "idle": 30, "total": 60},
+        # The default SIGTERM drain is 60 s; the benchmark has nothing in flight when it stops.
+        "server": {"drain_seconds": 1},
+    }
+    return json.dumps(config, indent=2)
+
+
+# --------------------------------------------------------------------------------------------------
+# The lean upstream: answers from bytes built once, so the upstream costs as little as it can
+
+
+_LEAN_ID: Final = "chatcmpl-bench00000000000000000000000"
+_LEAN_CREATED: Final = 1715367049
+_LEAN_WORDS: Final = ("Hello", "there,", "this", "is", "a", "fixed", "answer", "from", "the", "lean",
+                      "benchmark", "upstream,", "eighteen", "words", "long,", "one", "per", "chunk.")
+_USAGE: Final = {"prompt_tokens": 19, "completion_tokens": len(_LEAN_WORDS), "total_tokens": 19 + len(_LEAN_WORDS)}
+
+
+def _sse(data: Json | str) -> bytes:
+    payload = data.encode() if isinstance(data, str) else orjson.dumps(data)
+    return b"data: " + payload + b"\n\n"
+
+
+def lean_openai_completion() -> bytes:
+    """A small, complete `chat.completion` body."""
+    return orjson.dumps({
+        "id": _LEAN_ID, "object": "chat.completion", "created": _LEAN_CREATED, "model": "gpt-4o",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": " ".join(_LEAN_WORDS),
+                                             "refusal": None},
+                     "logprobs": None, "finish_reason": "stop"}],
+        "usage": _USAGE, "system_fingerprint": "fp_bench0001",
+    })
+
+
+def lean_openai_stream() -> tuple[list[bytes], bytes]:
+    """The 20 events of a stream (role, 18 contents, finish), and the usage event sent on request."""
+    base: Json = {"id": _LEAN_ID, "object": "chat.completion.chunk", "created": _LEAN_CREATED,
+                  "model": "gpt-4o", "system_fingerprint": "fp_bench0001"}
+
+    def chunk(delta: Json, finish: str | None = None) -> bytes:
+        return _sse({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
+
+    words = [w if i == 0 else " " + w for i, w in enumerate(_LEAN_WORDS)]
+    events = [chunk({"role": "assistant", "content": ""})]
+    events += [chunk({"content": w}) for w in words]
+    events.append(chunk({}, "stop"))
+    assert len(events) == STREAM_CHUNKS
+    return events, _sse({**base, "choices": [], "usage": _USAGE})
+
+
+def lean_openai_app(routes: Sequence[str]) -> web.Application:
+    """OpenAI's chat endpoint from fixed bytes; checks only what a real one refuses first (the key)."""
+    completion = lean_openai_completion()
+    events, usage_event = lean_openai_stream()
+    done = _sse("[DONE]")
+    unauthorized = orjson.dumps({"error": {"message": "missing bearer key", "type": "invalid_request_error",
+                                           "param": None, "code": "invalid_api_key"}})
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        if not request.headers.get("Authorization", "").startswith("Bearer "):
+            return web.Response(status=401, body=unauthorized, content_type="application/json")
+        body = orjson.loads(raw)
+        if body.get("stream") is not True:
+            return web.Response(body=completion, content_type="application/json")
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        # One write per event, as a real streaming server sends them (the proxy sees real framing).
+        for event in events:
+            await response.write(event)
+        if include_usage:  # the proxy asks for it on every stream, to count tokens
+            await response.write(usage_event)
+        await response.write(done)
+        return response
+
+    app = web.Application()
+    for route in routes:
+        app.router.add_post(route, chat)
+    return app
+
+
+LEAN_SHAPES: Final[dict[str, Callable[[Sequence[str]], web.Application]]] = {"openai": lean_openai_app}
+
+
+def run_app(app: web.Application, port: int) -> int:
+    """Serve an app on 127.0.0.1:port until SIGTERM/SIGINT (uvloop when installed, like the proxy)."""
+    if uvloop is not None:
+        uvloop.install()
+    web.run_app(app, host=HOST, port=port, access_log=None, print=None, handle_signals=True, shutdown_timeout=1)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# The bare relay (--relay): the least an aiohttp hop can do, as a yardstick for the proxy
+
+
+RELAY_SESSION: Final = web.AppKey("relay_session", aiohttp.ClientSession)
+# Headers that describe one connection or one body, not the request: aiohttp sets its own.
+_HOP_HEADERS: Final = frozenset({"host", "content-length", "connection", "keep-alive", "transfer-encoding"})
+
+
+def bare_relay_app(upstream_base: str) -> web.Application:
+    """Same path, same bytes, same headers to the upstream; the answer back as it arrives."""
+
+    async def session(app: web.Application) -> AsyncIterator[None]:
+        # Pooled like the proxy's session, so the relay pays the same per-request costs, no more.
+        connector = aiohttp.TCPConnector(limit=1024, limit_per_host=0)
+        app[RELAY_SESSION] = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60))
+        yield
+        await app[RELAY_SESSION].close()
+
+    async def relay(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+        url = upstream_base + request.path_qs
+        async with request.app[RELAY_SESSION].post(url, data=body, headers=headers) as upstream:
+            if upstream.content_type != "text/event-stream":
+                return web.Response(status=upstream.status, body=await upstream.read(),
+                                    content_type=upstream.content_type)
+            response = web.StreamResponse(status=upstream.status, headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            return response
+
+    app = web.Application()
+    app.cleanup_ctx.append(session)
+    app.router.add_post("/{tail:.*}", relay)
+    return app
+
+
+# --------------------------------------------------------------------------------------------------
+# Processes: start, pin, wait until ready, stop; CPU and memory from /proc
+
+
+@dataclass(frozen=True)
+class Pinning:
+    """Which CPUs each party may run on (None: not pinned), and why, in one line."""
+
+    upstream: frozenset[int] | None
+    proxy: frozenset[int] | None  # the proxy, and the bare relay when there is one
+    generator: frozenset[int] | None
+    description: str
+
+
+def available_cpus() -> list[int]:
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def plan_pinning(enabled: bool) -> Pinning:
+    """Give the proxy a CPU of its own whenever there are two; the load shares with the upstream."""
+    cpus = available_cpus()
+    if not enabled or len(cpus) < 2 or not hasattr(os, "sched_setaffinity"):
+        why = "disabled by --no-pin" if not enabled else f"{len(cpus)} CPU(s), or no sched_setaffinity"
+        return Pinning(None, None, None, f"no pinning ({why}): all processes share every CPU")
+    upstream, proxy, rest = cpus[0], cpus[1], cpus[2:]
+    if rest:
+        return Pinning(frozenset({upstream}), frozenset({proxy}), frozenset(rest),
+                       f"upstream on CPU {upstream}, proxy on CPU {proxy}, load generator on CPUs "
+                       f"{','.join(map(str, rest))}")
+    # Two CPUs: the proxy is what is measured, so it gets one to itself; the load generator and the
+    # upstream share the other (so in direct runs that one CPU does all the work).
+    return Pinning(frozenset({upstream}), frozenset({proxy}), frozenset({upstream}),
+                   f"upstream on CPU {upstream}, proxy alone on CPU {proxy}, load generator shares "
+                   f"CPU {upstream} with the upstream (only 2 CPUs)")
+
+
+def free_port() -> int:
+    """A port nobody listens on now (the OS picks it; the tiny race is harmless on loopback)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    """A subprocess we started, its log file, and where it answers."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    log: IO[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def log_tail(self, lines: int = 20) -> str:
+        self.log.flush()
+        text = Path(self.log.name).read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+
+def start_server(name: str, argv: Sequence[str], port: int, cpus: frozenset[int] | None, log_dir: Path) -> Server:
+    """Start a server subprocess in its own session, so a Ctrl-C reaches only us and we stop it."""
+    log = open(log_dir / f"{name}.log", "w+b")  # noqa: SIM115 - closed by stop_server
+    process = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                               start_new_session=True)
+    if cpus is not None:
+        # Right after fork/exec the interpreter has no other thread yet; threads inherit the mask.
+        os.sched_setaffinity(process.pid, cpus)
+    return Server(name, process, port, log)
+
+
+def stop_server(server: Server) -> None:
+    """SIGTERM, a short grace period, then SIGKILL: never leave a server behind."""
+    if server.process.poll() is None:
+        server.process.terminate()
+        try:
+            server.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+    server.log.close()
+
+
+def wait_until(ready: Callable[[], bool], server: Server, timeout: float = 20.0) -> None:
+    """Poll `ready` until it holds; fail at once, with the server's log, if the server died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.name} exited with {server.process.returncode}:\n{server.log_tail()}")
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            if ready():
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{server.name} did not become ready within {timeout:g}s:\n{server.log_tail()}")
+
+
+def tcp_accepts(port: int) -> bool:
+    with socket.create_connection((HOST, port), timeout=1):
+        return True
+
+
+def http_request(port: int, method: str, path: str, body: bytes | None = None,
+                 headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """One plain HTTP/1.1 exchange (http.client never goes through an http_proxy variable)."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) from /proc/PID/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # The command name (field 2) may hold spaces: split after its closing parenthesis.
+    fields = stat[stat.rindex(")") + 2:].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / CLK_TCK
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size from /proc/PID/status, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+# --------------------------------------------------------------------------------------------------
+# The wake-up probe: how long waking an idle CPU takes here (a VM's vCPUs can take milliseconds)
+
+
+@dataclass
+class WakeProbe:
+    between: str
+    round_trips: int
+    p50_us: float
+    p99_us: float
+    max_us: float
+
+    def line(self) -> str:
+        return (f"wake-up probe ({self.between}, {self.round_trips:,} one-byte round trips): "
+                f"p50 {self.p50_us:,.0f} us, p99 {self.p99_us:,.0f} us, max {self.max_us:,.0f} us")
+
+
+def _echo(sock: socket.socket, cpus: frozenset[int] | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent ends us with b"q"
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
+    while (data := sock.recv(1)) and data != b"q":
+        sock.send(data)
+
+
+def wake_probe(here: frozenset[int] | None, there: frozenset[int] | None, seconds: float = 1.0) -> WakeProbe:
+    """Ping-pong one byte between two processes on the two CPUs, with a pause after each reply.
+
+    The pause (0.1 ms of work) lets the partner's CPU go idle, as the proxy's does between the
+    requests of a c=1 run; each round trip then includes one wake-up of that CPU.
+    """
+    mine, theirs = socket.socketpair()
+    child = mp.get_context("fork").Process(target=_echo, args=(theirs, there), daemon=True)
+    child.start()
+    before = os.sched_getaffinity(0)
+    samples: list[float] = []
+    try:
+        if here is not None:
+            os.sched_setaffinity(0, here)
+        deadline = time.perf_counter() + seconds
+        while (start := time.perf_counter()) < deadline:
+            mine.send(b"x")
+            mine.recv(1)
+            end = time.perf_counter()
+            samples.append(end - start)
+            while time.perf_counter() - end < 0.0001:
+                pass
+    finally:
+        mine.send(b"q")
+        child.join(timeout=5)
+        os.sched_setaffinity(0, before)
+        mine.close()
+        theirs.close()
+    samples.sort()
+    between = "unpinned" if here is None or there is None else f"CPU {min(here)} <-> CPU {min(there)}"
+    return WakeProbe(between, len(samples), percentile(samples, 50) * 1e6, percentile(samples, 99) * 1e6,
+                     samples[-1] * 1e6)
+
+
+# --------------------------------------------------------------------------------------------------
+# The load generator: worker processes, each one event loop and one keep-alive session
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a run's requests go: direct to the upstream, through the bare relay, or through the proxy."""
+
+    name: str
+    port: int
+    path: str
+    headers: dict[str, str]
+    body: Callable[[bool], bytes]
+    check: Check
+    hop: Server | None  # the process between client and upstream, whose CPU is the hop's cost
+
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}{self.path}"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    stream: bool
+    concurrency: int
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What one worker does: `connections` loops of request-after-request against one URL."""
+
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    stream: bool
+    check: Check
+    connections: int
+    warmup: float
+    seconds: float
+    cpus: frozenset[int] | None
+
+
+@dataclass
+class WorkerResult:
+    requests: int = 0
+    chunks: int = 0
+    errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)  # seconds, completed requests only
+    cpu: float = 0.0  # the worker's own CPU seconds over the measured window
+    wall: float = 0.0
+    failure: str | None = None  # the worker itself broke (not a request)
+
+    def error(self, text: str) -> None:
+        self.errors += 1
+        if len(self.error_samples) < 5:
+            self.error_samples.append(text)
+
+
+async def one_request(session: aiohttp.ClientSession, spec: LoadSpec) -> tuple[int, str | None]:
+    """Send one request and read the answer to the end: (chunks received, problem or None)."""
+    try:
+        async with session.post(spec.url, data=spec.body, headers=spec.headers) as response:
+            data = await response.read()
+            if response.status != 200:
+                return 0, f"HTTP {response.status}: {data[:300]!r}"
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return 0, f"{type(exc).__name__}: {exc}"
+    return spec.check(data, spec.stream)
+
+
+async def request_loop(session: aiohttp.ClientSession, spec: LoadSpec, deadline: float,
+                       result: WorkerResult | None) -> None:
+    """Request after request on one connection until `deadline`; record only completed ones."""
+    while (start := time.perf_counter()) < deadline:
+        chunks, error = await one_request(session, spec)
+        end = time.perf_counter()
+        if result is None or end > deadline:
+            continue  # warm-up, or finished after the window closed: not counted
+        if error is not None:
+            result.error(error)
+            continue
+        result.requests += 1
+        result.chunks += chunks
+        result.latencies.append(end - start)
+
+
+async def run_worker(spec: LoadSpec, barrier: Barrier) -> WorkerResult:
+    connector = aiohttp.TCPConnector(limit=spec.connections, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        # Warm-up: open the keep-alive connections and let every process reach a steady state.
+        deadline = time.perf_counter() + spec.warmup
+        await asyncio.gather(*(request_loop(session, spec, deadline, None) for _ in range(spec.connections)))
+        # Nothing is in flight here, so blocking the loop on the barrier costs nothing.
+        barrier.wait(timeout=REQUEST_TIMEOUT + spec.warmup + 30)
+        result = WorkerResult()
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        deadline = wall0 + spec.seconds
+        await asyncio.gather(*(request_loop(session, spec, deadline, result) for _ in range(spec.connections)))
+        result.cpu, result.wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    return result
+
+
+def worker_main(spec: LoadSpec, barrier: Barrier, results: mp.Queue[WorkerResult]) -> None:
+    """Entry point of a load worker process."""
+    # The parent handles Ctrl-C, and terminates us: die quietly, without the parent's SIGTERM handler.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if spec.cpus is not None:
+        os.sched_setaffinity(0, spec.cpus)
+    try:
+        if uvloop is not None:
+            result = uvloop.run(run_worker(spec, barrier))
+        else:
+            result = asyncio.run(run_worker(spec, barrier))
+    except Exception as exc:  # reported by the parent, which has the terminal
+        barrier.abort()
+        result = WorkerResult(failure=f"{type(exc).__name__}: {exc}")
+    results.put(result)
+
+
+def split(total: int, parts: int) -> list[int]:
+    """`total` connections over at most `parts` workers, as evenly as possible, none empty."""
+    parts = max(1, min(parts, total))
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+@contextlib.contextmanager
+def workers(specs: list[LoadSpec], barrier: Barrier,
+            results: mp.Queue[WorkerResult]) -> Iterator[Sequence[mp.process.BaseProcess]]:
+    """Start the load workers, and terminate any still alive on the way out (error, Ctrl-C)."""
+    ctx = mp.get_context("fork")  # the parent runs no event loop, so forking it is safe
+    processes = [ctx.Process(target=worker_main, args=(spec, barrier, results), daemon=True) for spec in specs]
+    for process in processes:
+        process.start()
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+            process.join(timeout=5)
+
+
+# --------------------------------------------------------------------------------------------------
+# One measurement: a target, a scenario, every process's CPU over the same window
+
+
+@dataclass
+class Measurement:
+    target: str
+    scenario: str
+    stream: bool
+    concurrency: int
+    seconds: float
+    requests: int
+    errors: int
+    error_samples: list[str]
+    rps: float
+    chunks_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    # Shares of one core (1.0 = one core fully busy) over the measured window.
+    generator_cpu: float
+    generator_worker_max_cpu: float
+    upstream_cpu: float
+    hop_cpu: float | None  # the proxy's (or relay's); None for direct runs
+    hop_cpu_ms_per_req: float | None
+    upstream_cpu_ms_per_req: float
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending sequence (0.0 when empty)."""
+    if not ordered:
+        return 0.0
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def measure(target: Target, scenario: Scenario, upstream: Server, args: argparse.Namespace,
+            pinning: Pinning) -> Measurement:
+    """Run one scenario against one target and measure every process over the same window."""
+    body = target.body(scenario.stream)
+    specs = [LoadSpec(target.url(), target.headers, body, scenario.stream, target.check, n, args.warmup,
+                      args.seconds, pinning.generator)
+             for n in split(scenario.concurrency, args.workers)]
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(len(specs) + 1)
+    queue: mp.Queue[WorkerResult] = ctx.Queue()
+    watched = [upstream] + ([target.hop] if target.hop else [])
+    with workers(specs, barrier, queue):
+        barrier.wait(timeout=REQUEST_TIMEOUT + args.warmup + 30)
+        cpu0 = [cpu_seconds(s.pid) for s in watched]
+        wall0 = time.perf_counter()
+        time.sleep(args.seconds)
+        used = [cpu_seconds(s.pid) - before for s, before in zip(watched, cpu0, strict=True)]
+        wall = time.perf_counter() - wall0
+        # Read before joining: a worker cannot exit while its result is still in the pipe.
+        results = [queue.get(timeout=REQUEST_TIMEOUT + 30) for _ in specs]
+    failures = [r.failure for r in results if r.failure]
+    if failures:
+        raise RuntimeError(f"load worker failed ({target.name} {scenario.name}): {failures[0]}")
+    return summarize(target, scenario, results, wall, used[0], used[1] if target.hop else None, args.seconds)
+
+
+def summarize(target: Target, scenario: Scenario, results: list[WorkerResult], wall: float,
+              upstream_cpu: float, hop_cpu: float | None, seconds: float) -> Measurement:
+    latencies = sorted(x for r in results for x in r.latencies)
+    requests = sum(r.requests for r in results)
+    chunks = sum(r.chunks for r in results)
+    errors = [s for r in results for s in r.error_samples]
+    per_req = 1000 / requests if requests else float("nan")
+    return Measurement(
+        target=target.name, scenario=scenario.name, stream=scenario.stream, concurrency=scenario.concurrency,
+        seconds=seconds, requests=requests, errors=sum(r.errors for r in results), error_samples=errors[:5],
+        rps=requests / seconds, chunks_per_s=chunks / seconds,
+        p50_ms=percentile(latencies, 50) * 1000, p90_ms=percentile(latencies, 90) * 1000,
+        p99_ms=percentile(latencies, 99) * 1000, max_ms=(latencies[-1] * 1000 if latencies else 0.0),
+        generator_cpu=sum(r.cpu for r in results) / wall,
+        generator_worker_max_cpu=max((r.cpu / r.wall for r in results if r.wall), default=0.0),
+        upstream_cpu=upstream_cpu / wall,
+        hop_cpu=hop_cpu / wall if hop_cpu is not None else None,
+        hop_cpu_ms_per_req=hop_cpu * per_req if hop_cpu is not None else None,
+        upstream_cpu_ms_per_req=upstream_cpu * per_req,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Before measuring: one request per target and kind, checked, so a broken setup fails loudly
+
+
+def sanity_check(targets: list[Target]) -> list[str]:
+    """One unary and one streamed request per target; the problems found (empty: all good)."""
+    problems: list[str] = []
+    for target in targets:
+        for stream in (False, True):
+            status, data = http_request(target.port, "POST", target.path, target.body(stream), target.headers)
+            kind = "stream" if stream else "unary"
+            if status != 200:
+                problems.append(f"{target.name} {kind}: HTTP {status}: {data[:300]!r}")
+                continue
+            _, problem = target.check(data, stream)
+            if problem is not None:
+                problems.append(f"{target.name} {kind}: {problem}")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+
+Results = dict[tuple[str, str], Measurement]
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def machine_line(args: argparse.Namespace) -> str:
+    loop = "on" if uvloop is not None else "off"
+    upstream_loop = loop if args.upstream == "lean" else "off (asyncio.run)"
+    return (f"machine: {len(available_cpus())} CPUs ({platform.machine()}, {cpu_model()}), "
+            f"Python {platform.python_version()}, aiohttp {aiohttp.__version__}, uvloop: proxy {loop}, "
+            f"load generator {loop}, {args.upstream} upstream {upstream_loop}")
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _ratio(top: float | None, bottom: float | None) -> str:
+    return "-" if top is None or not bottom else f"{top / bottom:.2f}"
+
+
+def table(results: Results, scenarios: list[Scenario], names: list[str],
+          rss: dict[str, dict[str, float]]) -> list[str]:
+    """The one table: a metric per row; a column per target, then the proxy's ratios and added ms."""
+    relay = "relay" in names
+    header = ["metric", *names, "proxy/direct", *(["proxy/relay"] if relay else []), "added ms"]
+    rows: list[list[str]] = []
+
+    def row(label: str, values: dict[str, float | None], digits: int = 0, added: bool = False) -> None:
+        d, p = values.get("direct"), values.get("proxy")
+        cells = [label, *(_fmt(values.get(n), digits) for n in names), _ratio(p, d)]
+        if relay:
+            cells.append(_ratio(p, values.get("relay")))
+        cells.append(f"{p - d:+.3f}" if added and p is not None and d is not None else "")
+        rows.append(cells)
+
+    def each(scenario: Scenario, metric: Callable[[Measurement], float | None]) -> dict[str, float | None]:
+        return {n: metric(results[n, scenario.name]) for n in names}
+
+    for scenario in scenarios:
+        kind = "streams/s " if scenario.stream else "requests/s"
+        row(f"{kind}       {scenario.name}", each(scenario, lambda m: m.rps))
+        if scenario.stream:
+            row(f"chunks/s         {scenario.name}", each(scenario, lambda m: m.chunks_per_s))
+        row(f"latency p50 ms   {scenario.name}", each(scenario, lambda m: m.p50_ms), 3, added=True)
+        row(f"latency p99 ms   {scenario.name}", each(scenario, lambda m: m.p99_ms), 3, added=True)
+    for scenario in scenarios:
+        unit = "stream" if scenario.stream else "req"
+        row(f"hop CPU ms/{unit:<6} {scenario.name}", each(scenario, lambda m: m.hop_cpu_ms_per_req), 3)
+    row("hop RSS MiB      idle", {n: rss[n]["idle"] for n in rss}, 1)
+    row("hop RSS MiB      after load", {n: rss[n]["after"] for n in rss}, 1)
+
+    widths = [max(len(r[i]) for r in [*rows, header]) for i in range(len(header))]
+
+    def render(cells: list[str]) -> str:
+        # The metric name is left-aligned, numbers right-aligned.
+        padded = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
+        return "  ".join(padded)
+
+    return [render(header), "  ".join("-" * w for w in widths), *(render(r) for r in rows)]
+
+
+def busy_lines(results: Results, scenarios: list[Scenario], names: list[str]) -> list[str]:
+    """Every process's CPU per run, as a share of one core: where the time went."""
+    lines = ["who was busy (share of one core over the window; generator = all workers together):"]
+    for scenario in scenarios:
+        for name in names:
+            m = results[name, scenario.name]
+            hop = f", {name} {m.hop_cpu:.0%}" if m.hop_cpu is not None else ""
+            lines.append(f"  {name:<6} {scenario.name:<12} generator {m.generator_cpu:.0%} "
+                         f"(busiest worker {m.generator_worker_max_cpu:.0%}), upstream {m.upstream_cpu:.0%}{hop}")
+    return lines
+
+
+def saturated(m: Measurement, pinning: Pinning) -> list[str]:
+    """The processes (or CPUs) that were busy to the limit during one run."""
+    found: list[str] = []
+    if m.hop_cpu is not None and m.hop_cpu >= SATURATED:
+        found.append(f"{m.target} at {m.hop_cpu:.0%} of its CPU")
+    if m.generator_worker_max_cpu >= SATURATED:
+        # One event loop is one thread: a worker at 100% cannot go faster whatever the CPU count.
+        found.append(f"a load worker at {m.generator_worker_max_cpu:.0%} of a CPU")
+    if pinning.generator is None:
+        total = m.generator_cpu + m.upstream_cpu + (m.hop_cpu or 0.0)
+        cpus = len(available_cpus())
+        if total >= SATURATED * cpus:
+            found.append(f"all {cpus} CPUs ({total:.0%} of one in all)")
+    elif pinning.generator == pinning.upstream:
+        shared = m.generator_cpu + m.upstream_cpu
+        if shared >= SATURATED:
+            found.append(f"the CPU of load generator + upstream ({shared:.0%})")
+    else:
+        if m.generator_cpu >= SATURATED * len(pinning.generator):
+            found.append(f"the load generator's CPUs ({m.generator_cpu:.0%} of one)")
+        if m.upstream_cpu >= SATURATED:
+            found.append(f"upstream at {m.upstream_cpu:.0%} of its CPU")
+    return found
+
+
+def verdicts(results: Results, scenarios: list[Scenario], names: list[str], pinning: Pinning,
+             probes: list[WakeProbe]) -> list[str]:
+    """What limited each run, from the measured CPU shares and the wake-up probe, not from a guess."""
+    worst_ms = max(p.p99_us for p in probes) / 1000
+    lines: list[str] = []
+    if worst_ms >= SLOW_WAKEUP_MS:
+        hint = "; --no-pin lets the scheduler avoid most crossings" if pinning.proxy is not None else ""
+        lines.append(f"slow wake-ups: waking an idle CPU took up to {worst_ms:.1f} ms (probe p99), as on a VM "
+                     f"whose idle vCPUs the host deschedules; each hop between CPUs can pay it{hint}")
+    for scenario in scenarios:
+        if scenario.concurrency == 1:
+            lines.extend(latency_verdict(results, scenario, names, worst_ms))
+        else:
+            lines.extend(rate_verdict(results, scenario, names, pinning, worst_ms))
+    return lines
+
+
+def latency_verdict(results: Results, scenario: Scenario, names: list[str], worst_ms: float) -> list[str]:
+    """At c=1 nothing saturates; a p99 far above p50 is either the host's wake-ups or the proxy."""
+    d, p = results["direct", scenario.name], results["proxy", scenario.name]
+    added = p.p99_ms - d.p99_ms
+    if added < SLOW_WAKEUP_MS or worst_ms < SLOW_WAKEUP_MS:
+        return []
+    line = f"{scenario.name}: the proxy's p99 is +{added:.1f} ms, the size of the probe's slow wake-ups"
+    if "relay" in names:
+        relay = results["relay", scenario.name].p99_ms - d.p99_ms
+        verdict = "so the host, not proxy code, sets it" if relay >= SLOW_WAKEUP_MS else "but the relay stays fast"
+        line += f"; the bare relay's is +{relay:.1f} ms, {verdict}"
+    else:
+        line += "; --relay shows whether a bare hop pays it too"
+    return [line]
+
+
+def rate_verdict(results: Results, scenario: Scenario, names: list[str], pinning: Pinning,
+                 worst_ms: float) -> list[str]:
+    """Which process or CPU was full in each concurrent run, and what that makes the proxy's rate."""
+    d, p = results["direct", scenario.name], results["proxy", scenario.name]
+    unit = "streams" if scenario.stream else "requests"
+    limits = {n: saturated(results[n, scenario.name], pinning) for n in names}
+    lines = [f"{scenario.name}: limited by " + "; ".join(f"{n}: {', '.join(found) or 'nothing saturated'}"
+                                                       for n, found in limits.items())]
+    if p.hop_cpu is not None and p.hop_cpu >= SATURATED:
+        if len(limits["proxy"]) > 1:
+            lines.append(f"  -> {p.rps:,.0f} {unit}/s is about the proxy's capacity on one CPU here "
+                         "(the load side was full too; the CPU ms line below leaves it out)")
+        else:
+            lines.append(f"  -> {p.rps:,.0f} {unit}/s is the proxy's capacity on one CPU here")
+    elif limits["proxy"]:
+        lines.append("  -> the load side, not the proxy, was the limit: the proxy's rate is a lower bound")
+    else:
+        why = "idle-CPU wake-ups (see the probe)" if worst_ms >= SLOW_WAKEUP_MS else "round trips and scheduling"
+        lines.append(f"  -> no CPU was full: the proxy run waited on {why}; its rate understates the proxy")
+    if d.rps and p.rps >= 0.9 * d.rps:
+        lines.append("  -> proxy within 10% of direct: the rates cannot show the proxy's cost; read CPU ms")
+    if p.hop_cpu_ms_per_req:
+        lines.append(f"  -> at {p.hop_cpu_ms_per_req:.3f} ms CPU each, one proxy CPU serves ~"
+                     f"{1000 / p.hop_cpu_ms_per_req:,.0f} {unit}/s (the upstream spends "
+                     f"{p.upstream_cpu_ms_per_req:.3f} ms on one)")
+    return lines
+
+
+def error_lines(results: Results, hops: list[Server]) -> list[str]:
+    failed = [m for m in results.values() if m.errors]
+    if not failed:
+        return ["errors: none (every counted request answered 200 with a complete body)"]
+    lines = ["ERRORS (failed requests are not counted in the rates above):"]
+    for m in failed:
+        lines.append(f"  {m.target} {m.scenario}: {m.errors} failed, e.g.")
+        lines.extend(f"    {sample}" for sample in m.error_samples)
+    for hop in hops:
+        lines.append(f"{hop.name} log tail:\n{hop.log_tail()}")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------------
+# Main
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Benchmark tensorwall-proxy against direct upstream calls.")
+    parser.add_argument("--path", choices=sorted(PATHS), default="openai",
+                        help="which way through the proxy to measure (default openai)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run (default 5)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each run (default 1)")
+    parser.add_argument("--concurrency", type=int, default=50,
+                        help="connections of the concurrent runs (default 50)")
+    parser.add_argument("--workers", type=int, default=2, help="load generator processes (default 2)")
+    parser.add_argument("--upstream", choices=("lean", "fake"), default="lean",
+                        help="lean: fixed answers from this file (default); fake: tests/fakes (heavier)")
+    parser.add_argument("--relay", action="store_true",
+                        help="also measure a bare aiohttp relay on the proxy's CPU, as a yardstick")
+    parser.add_argument("--json", default="bench-results.json",
+                        help="where to write the results (default ./bench-results.json)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    # Internal: how this file runs its own servers in subprocesses.
+    parser.add_argument("--serve-lean-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-relay", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--relay-to", metavar="URL", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.seconds <= 0 or args.warmup < 0 or args.concurrency < 1 or args.workers < 1:
+        parser.error("--seconds must be > 0, --warmup >= 0, --concurrency and --workers >= 1")
+    return args
+
+
+def start_upstream(args: argparse.Namespace, path: BenchPath, pinning: Pinning, log_dir: Path) -> Server:
+    port = free_port()
+    if args.upstream == "lean":
+        argv = [sys.executable, str(Path(__file__).resolve()), "--path", path.name,
+                "--serve-lean-upstream", str(port)]
+    else:
+        argv = [sys.executable, str(REPO / "scripts" / "fake_upstream.py"), "--host", HOST, "--port", str(port)]
+    server = start_server("upstream", argv, port, pinning.upstream, log_dir)
+    wait_until(lambda: tcp_accepts(port), server)
+    return server
+
+
+def start_proxy(path: BenchPath, upstream: Server, pinning: Pinning, log_dir: Path) -> Server:
+    port = free_port()
+    config = log_dir / "bench-config.yaml"
+    config.write_text(proxy_config(path, upstream.base_url))
+    argv = [sys.executable, "-m", "tensorwall_proxy", "serve", "--config", str(config), "--host", HOST,
+            "--port", str(port)]
+    server = start_server("proxy", argv, port, pinning.proxy, log_dir)
+    wait_until(lambda: http_request(port, "GET", "/healthz")[0] == 200, server)
+    return server
+
+
+def start_relay(upstream: Server, pinning: Pinning, log_dir: Path) -> Server:
+    port = free_port()
+    argv = [sys.executable, str(Path(__file__).resolve()), "--serve-relay", str(port),
+            "--relay-to", upstream.base_url]
+    server = start_server("relay", argv, port, pinning.proxy, log_dir)
+    wait_until(lambda: tcp_accepts(port), server)
+    return server
+
+
+def make_targets(path: BenchPath, upstream: Server, relay: Server | None, proxy: Server) -> list[Target]:
+    """direct, relay (when started) and proxy: the same request, each the way its receiver wants it."""
+    targets = [Target("direct", upstream.port, path.direct_path, path.direct_headers, path.direct_body,
+                      path.direct_check, None)]
+    if relay is not None:
+        # The relay forwards bytes unchanged, so it gets exactly the direct request.
+        targets.append(Target("relay", relay.port, path.direct_path, path.direct_headers, path.direct_body,
+                              path.direct_check, relay))
+    proxy_headers = {"X-API-Key": GATEWAY_KEY, "Authorization": f"Bearer {CALLER_KEY}",
+                     "Content-Type": "application/json"}
+    targets.append(Target("proxy", proxy.port, "/v1/chat/completions", proxy_headers,
+                          lambda stream: openai_body(stream, path.model), check_openai, proxy))
+    return targets
+
+
+def run(args: argparse.Namespace) -> int:
+    path = PATHS[args.path]
+    pinning = plan_pinning(not args.no_pin)
+    print(machine_line(args))
+    print(f"pinning: {pinning.description}")
+    print(f"path: {path.name} (model {path.model}), upstream: {args.upstream}, {args.seconds:g} s per run after "
+          f"{args.warmup:g} s warm-up, {args.workers} load worker process(es), concurrency {args.concurrency}",
+          flush=True)
+    servers: list[Server] = []
+    with tempfile.TemporaryDirectory(prefix="tw-bench-") as tmp:
+        try:
+            upstream = start_upstream(args, path, pinning, Path(tmp))
+            servers.append(upstream)
+            relay = start_relay(upstream, pinning, Path(tmp)) if args.relay else None
+            if relay is not None:
+                servers.append(relay)
+            proxy = start_proxy(path, upstream, pinning, Path(tmp))
+            servers.append(proxy)
+            return measure_all(args, path, pinning, make_targets(path, upstream, relay, proxy), upstream)
+        finally:
+            for server in reversed(servers):
+                stop_server(server)
+
+
+def measure_all(args: argparse.Namespace, path: BenchPath, pinning: Pinning, targets: list[Target],
+                upstream: Server) -> int:
+    hops = [t.hop for t in targets if t.hop is not None]
+    rss = {hop.name: {"idle": rss_mib(hop.pid)} for hop in hops}
+    problems = sanity_check(targets)
+    if problems:
+        print("sanity check failed, nothing measured:\n  " + "\n  ".join(problems))
+        for hop in hops:
+            print(f"{hop.name} log:\n{hop.log_tail()}")
+        return 1
+    probes = [wake_probe(pinning.generator, pinning.proxy)]
+    print(probes[0].line(), flush=True)
+    results = run_scenarios(args, targets, upstream, pinning)
+    for hop in hops:
+        rss[hop.name]["after"] = rss_mib(hop.pid)
+    # Conditions on a shared host drift: probe again, so the verdicts see the worst of both.
+    probes.append(wake_probe(pinning.generator, pinning.proxy))
+    print(probes[1].line().replace("wake-up probe", "wake-up probe after the runs"))
+    names = [t.name for t in targets]
+    scenarios = scenarios_of(args)
+    print()
+    for line in [*table(results, scenarios, names, rss), "", *busy_lines(results, scenarios, names), "",
+                 *verdicts(results, scenarios, names, pinning, probes), *error_lines(results, hops)]:
+        print(line)
+    write_json(args, path, pinning, results, rss, probes)
+    return 1 if any(m.errors for m in results.values()) else 0
+
+
+def scenarios_of(args: argparse.Namespace) -> list[Scenario]:
+    n = args.concurrency
+    return [Scenario("unary c=1", False, 1), Scenario(f"unary c={n}", False, n),
+            Scenario("stream c=1", True, 1), Scenario(f"stream c={n}", True, n)]
+
+
+def run_scenarios(args: argparse.Namespace, targets: list[Target], upstream: Server, pinning: Pinning) -> Results:
+    """Every scenario against every target, back to back, so the targets see the same conditions."""
+    results: Results = {}
+    for scenario in scenarios_of(args):
+        for target in targets:
+            m = measure(target, scenario, upstream, args, pinning)
+            results[target.name, scenario.name] = m
+            print(f"  {target.name:<6} {scenario.name:<12} {m.rps:>9,.0f}/s  p50 {m.p50_ms:7.3f} ms  "
+                  f"p99 {m.p99_ms:7.3f} ms  errors {m.errors}", flush=True)
+    return results
+
+
+def write_json(args: argparse.Namespace, path: BenchPath, pinning: Pinning, results: Results,
+               rss: dict[str, dict[str, float]], probes: list[WakeProbe]) -> None:
+    document = {
+        "machine": machine_line(args),
+        "pinning": pinning.description,
+        "path": path.name,
+        "upstream": args.upstream,
+        "seconds": args.seconds,
+        "warmup": args.warmup,
+        "workers": args.workers,
+        "concurrency": args.concurrency,
+        "wake_probes": [asdict(p) for p in probes],
+        "rss_mib": rss,
+        "runs": [asdict(m) for m in results.values()],
+    }
+    Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+    print(f"results written to {args.json}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.serve_lean_upstream is not None:
+        path = PATHS[args.path]
+        return run_app(LEAN_SHAPES[path.lean_shape](path.lean_routes), args.serve_lean_upstream)
+    if args.serve_relay is not None:
+        return run_app(bare_relay_app(args.relay_to), args.serve_relay)
+    # SIGTERM ends us like Ctrl-C does, so the finally blocks stop the servers and workers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("interrupted; servers and workers stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
