@@ -274,7 +274,9 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
     loop = asyncio.get_running_loop()
     decoder = impl.stream_decoder(req, provider)
     events = SseDecoder()
-    held: list[bytes] = []  # what the client will get at the commit point
+    # Events decoded but not yet written: everything before the commit point, and after it what
+    # one upstream read produced, sent in one write (fewer syscalls than one write per event).
+    pending: list[bytes] = []
     client: web.StreamResponse | None = None
     response: upstream.UpstreamResponse | None = None
     finished = False
@@ -290,25 +292,20 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
                 # Event by event, so the commit happens at the first visible event even when
                 # a failure arrives in the same read: what the client saw decides fallback.
                 for event in batch:
-                    outputs = decoder.feed(event)
-                    if client is None:
-                        held.extend(outputs)
-                        if decoder.visible:
-                            deadline.reschedule(None)
-                            client = await _commit(request, request_id, provider.name, response.headers, held)
-                    elif outputs:
+                    pending.extend(decoder.feed(event))
+                    if client is None and decoder.visible:
                         deadline.reschedule(None)
-                        for out in outputs:
-                            await client.write(out)
+                        client = await _commit(request, request_id, provider.name, response.headers, pending)
                     if decoder.done:
                         break
                 if not chunk:
-                    tail = decoder.close()  # raises when the upstream stopped short
+                    pending.extend(decoder.close())  # raises when the upstream stopped short
                     if client is None:
-                        client = await _commit(request, request_id, provider.name, response.headers, held + tail)
-                    else:
-                        for out in tail:
-                            await client.write(out)
+                        client = await _commit(request, request_id, provider.name, response.headers, pending)
+                if client is not None and pending:
+                    deadline.reschedule(None)
+                    await _flush(client, pending)
+                if not chunk:
                     break
                 if batch:
                     deadline.reschedule(loop.time() + timeouts.idle)
@@ -318,12 +315,12 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
         limit = timeouts.first_byte if phase == "first_byte" else timeouts.idle
         error = UpstreamError("timeout", 504, f"Upstream '{provider.name}' sent nothing for {limit:g}s "
                                               f"({phase} timeout).", provider=provider.name)
-        return await _fail_stream(gateway, attempt, client, error)
+        return await _fail_stream(gateway, attempt, client, pending, error)
     except (UpstreamError, SseError) as exc:
         error = exc if isinstance(exc, UpstreamError) else UpstreamError(
             "server", 502, f"Upstream '{provider.name}' broke the event stream: {exc}")
         error.provider = provider.name
-        return await _fail_stream(gateway, attempt, client, error)
+        return await _fail_stream(gateway, attempt, client, pending, error)
     finally:
         if response is not None:
             if finished:
@@ -342,17 +339,22 @@ async def _commit(request: web.Request, request_id: str, provider: str, upstream
                                                           "text/event-stream"))
     client.headers["Cache-Control"] = "no-cache"
     await client.prepare(request)
-    for out in held:
-        await client.write(out)
-    held.clear()
+    await _flush(client, held)
     return client
 
 
+async def _flush(client: web.StreamResponse, pending: list[bytes]) -> None:
+    if pending:
+        await client.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        pending.clear()
+
+
 async def _fail_stream(gateway: Gateway, attempt: Attempt, client: web.StreamResponse | None,
-                       error: UpstreamError) -> web.StreamResponse:
+                       pending: list[bytes], error: UpstreamError) -> web.StreamResponse:
     """Before the commit point: raise, so the relay may fall back. After it: one in-band error event."""
     if client is None:
         raise error
     _record_failure(gateway, attempt, error)
-    await client.write(encode(error.body()))
+    pending.append(encode(error.body()))
+    await _flush(client, pending)
     return client

@@ -239,8 +239,8 @@ def _visible(chunk: Mapping[str, Any]) -> bool:
 class PassthroughStream:
     """The stream decoder for OpenAI-shaped SSE: relays each event's own bytes.
 
-    Each event is parsed once (orjson) to find the commit point, the usage and in-band errors,
-    but what the client receives is the upstream's bytes, not a re-encoding — except for the two
+    Events are parsed (orjson) until the commit point, and after it only those that may hold usage
+    or an in-band error; what the client receives is the upstream's bytes, not a re-encoding — except for the two
     chunks this class exists to change: the usage chunk we asked for on the caller's behalf
     (removed) and a usage that rides on a content chunk when the caller asked for usage (split).
     """
@@ -265,6 +265,10 @@ class PassthroughStream:
                 pending, self._pending = self._pending, None
                 return [pending, DONE_EVENT]
             return [DONE_EVENT]
+        if self.visible and b'"error"' not in data and (b'"usage"' not in data or b'"usage":null' in data):
+            # Past the commit point only errors and usage need a look: the common content chunk
+            # goes out as it came, unparsed. (A spaced `"usage": null` just takes the slow path.)
+            return [encode(data)]
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
