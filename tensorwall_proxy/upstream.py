@@ -75,6 +75,17 @@ class UpstreamResponse:
         self._response.close()
 
 
+def _where(call: UpstreamCall) -> str:
+    # Host and port only: a path or query could carry a model id we were asked not to echo.
+    return f"{call.url.host}:{call.url.port}"
+
+
+def _reason(exc: aiohttp.ClientConnectorError) -> str:
+    # The OS error's text ("Connection refused", "Name or service not known") names no request detail.
+    error = exc.os_error
+    return (error.strerror if error is not None else None) or type(exc).__name__
+
+
 def _broken(exc: BaseException) -> UpstreamError:
     return UpstreamError("server", 502, f"Upstream connection broke while reading the answer ({type(exc).__name__}).")
 
@@ -89,11 +100,11 @@ async def send(session: aiohttp.ClientSession, call: UpstreamCall, connect_timeo
         )
     except aiohttp.ClientConnectorError as exc:
         # Refused, DNS, TLS: the request provably never reached the upstream.
-        raise UpstreamError("connect", 502, f"Could not connect to the upstream ({type(exc).__name__}).",
+        raise UpstreamError("connect", 502, f"Could not connect to {_where(call)} ({_reason(exc)}).",
                             reached_upstream=False) from None
     except aiohttp.ConnectionTimeoutError:
-        raise UpstreamError("connect", 504, f"Connecting to the upstream took longer than {connect_timeout:g}s.",
+        raise UpstreamError("connect", 504, f"Connecting to {_where(call)} took longer than {connect_timeout:g}s.",
                             reached_upstream=False) from None
     except aiohttp.ClientError as exc:
-        raise UpstreamError("connect", 502, f"The upstream connection failed ({type(exc).__name__}).") from None
+        raise UpstreamError("connect", 502, f"The connection to {_where(call)} failed ({type(exc).__name__}).") from None
     return UpstreamResponse(response)
