@@ -24,7 +24,7 @@ from aiohttp import web
 from . import upstream
 from .auth import Credential, credential_for, missing_provider_key
 from .config import Config, ProviderConfig, Secret, Timeouts
-from .errors import GatewayError, UnsupportedField, UpstreamError
+from .errors import GatewayError, UnsupportedField, UnsupportedProvider, UpstreamError
 from .health import HealthBook, HealthKey, when_all_blocked
 from .providers import ChatRequest, EmbeddingsRequest, Provider, UpstreamCall, provider_for
 from .router import LLMRouter, Route, RouteEndpoint
@@ -62,6 +62,7 @@ class Attempt:
     provider: ProviderConfig
     credential: Credential
     health_key: HealthKey
+    cooldown_seconds: float  # after a 429 without Retry-After, from the request's table
 
     @property
     def model(self) -> str:
@@ -96,7 +97,7 @@ def plan(table: Table, gateway: Gateway, route: Route, caller: Secret | None) ->
             reason = reason or missing_provider_key(provider.name)
             continue
         key: HealthKey = (provider.name, endpoint.model or route.name, credential.health_digest)
-        usable.append(Attempt(endpoint, provider, credential, key))
+        usable.append(Attempt(endpoint, provider, credential, key, table.config.retries.cooldown_seconds))
     if not usable:
         assert reason is not None
         raise reason
@@ -141,14 +142,9 @@ async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Sec
         try:
             impl = provider_for(attempt.provider.type)
             call = build(impl, attempt)
-        except UnsupportedField as exc:
-            skipped = skipped or exc
+        except (UnsupportedField, UnsupportedProvider) as exc:
+            skipped = skipped or exc  # another endpoint may still serve the request
             continue
-        except GatewayError as exc:
-            if exc.status == 501:  # a type not available in this build: like an unexpressible request
-                skipped = skipped or exc
-                continue
-            raise
         if attempt.credential.kind == "caller":
             caller_type = attempt.provider.type
         made += 1
@@ -171,7 +167,7 @@ async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Sec
 
 def _record_failure(gateway: Gateway, attempt: Attempt, exc: UpstreamError) -> None:
     if exc.kind == "rate_limited":
-        wait = exc.retry_after if exc.retry_after is not None else gateway.table.config.retries.cooldown_seconds
+        wait = exc.retry_after if exc.retry_after is not None else attempt.cooldown_seconds
         gateway.health.cool(attempt.health_key, wait)
     elif exc.falls_back:
         gateway.health.failed(attempt.health_key)

@@ -16,7 +16,7 @@ from yarl import URL
 
 from ..auth import Credential
 from ..config import ProviderConfig
-from ..errors import GatewayError, UpstreamError
+from ..errors import GatewayError, UnsupportedProvider, UpstreamError
 from ..sse import SseEvent
 
 # Handles for the Python API of llm-providers.md: `RouteEndpoint(provider=openai_provider, ...)`.
@@ -148,6 +148,5 @@ def provider_for(type_: str) -> Provider:
     """The implementation of a provider type; 501 for a type this build cannot translate yet."""
     provider = PROVIDERS.get(type_)
     if provider is None:
-        raise GatewayError(501, f"Provider type '{type_}' is not available in this version of tensorwall-proxy.",
-                           type="server_error", code="provider_not_implemented", should_retry=False)
+        raise UnsupportedProvider(type_)
     return provider
