@@ -114,3 +114,30 @@ providers:
     record = fake.last("azure")
     assert record.query["api-version"] == "2024-02-01"
     assert "stream_options" not in record.json
+
+
+def test_no_key_reaches_any_log_line(make_proxy: Callable[..., Proxy], fake: FakeUpstream,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Failures of every kind, logged at DEBUG: neither the caller's key nor the gateway key shows."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    proxy = make_proxy("""
+routes:
+  noisy:
+    strategy: priority
+    timeouts: {first_byte: 0.2, total: 0.2}
+    endpoints:
+      - {provider: openai, model: fail-500, priority: 0}
+      - {provider: azure-eu, model: hang, priority: 1}
+""")
+    for body in ({"model": "noisy", "messages": USER}, {"model": "noisy", "messages": USER, "stream": True},
+                 {"model": "gpt-cut-mid-stream", "messages": USER, "stream": True},
+                 {"model": "mistral/fail-401", "messages": USER}, {"model": "nope", "messages": USER},
+                 {"model": "gpt-4o", "messages": "not a list"}):
+        post_json(proxy, "/v1/chat/completions", body)
+    post_json(proxy, "/v1/chat/completions", {"model": "gpt-4o", "messages": USER}, gateway_key="wrong-" + GATEWAY_KEY)
+    text = "\n".join(record.getMessage() + (record.exc_text or "") for record in caplog.records)
+    assert PROVIDER_KEY not in text
+    assert GATEWAY_KEY not in text
+    assert "server-side-azure-key" not in text
