@@ -22,6 +22,7 @@ CredentialKind = Literal["server", "caller", "ambient", "none"]
 # Caller headers that may cross to an upstream, by provider type; everything else is rebuilt.
 FORWARDED_HEADERS: Final[dict[str, tuple[str, ...]]] = {
     "openai": ("OpenAI-Organization", "OpenAI-Project"),
+    "anthropic": ("anthropic-beta",),
 }
 
 

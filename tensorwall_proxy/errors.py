@@ -144,13 +144,25 @@ def kind_for_status(status: int) -> FailureKind:
         return "rate_limited"
     if status in (401, 403):
         return "auth"
-    if status == 408:
+    if status in (408, 504):
         return "timeout"
     if status in (503, 529):
         return "overloaded"
     if status >= 500:
         return "server"
     return "bad_request"
+
+
+def caller_status(status: int, kind: FailureKind) -> int:
+    """The status the caller sees for an upstream failure: a 4xx keeps its own; the upstream's
+    own failures become 502, overloaded 503, timeouts 504 (DESIGN §7)."""
+    if kind == "timeout":
+        return 504
+    if kind == "overloaded":
+        return 503
+    if status >= 500:
+        return 502
+    return status
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:

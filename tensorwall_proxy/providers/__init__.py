@@ -134,10 +134,11 @@ def path_segment(value: str, what: str) -> str:
 
 
 def _registry() -> dict[str, Provider]:
-    from . import azure, openai
+    from . import anthropic, azure, openai
 
     registry: dict[str, Provider] = {name: openai.OpenAICompatible(name) for name in openai.WIRE}
     registry["azure"] = azure.Azure()
+    registry["anthropic"] = anthropic.Anthropic()
     return registry
 
 

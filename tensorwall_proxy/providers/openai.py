@@ -26,6 +26,7 @@ from ..config import ProviderConfig
 from ..errors import (
     UnsupportedField,
     UpstreamError,
+    caller_status,
     kind_for_status,
     openai_error_fields,
     retry_after_seconds,
@@ -189,11 +190,7 @@ def classify_openai_error(provider: ProviderConfig, status: int, headers: Mappin
     if message is None:
         text = body[:200].decode("utf-8", "replace").strip()
         message = f"Upstream '{provider.name}' answered HTTP {status}" + (f": {text}" if text else ".")
-    # 5xx becomes 502 (the upstream failed, not us); 503 stays 503 (overloaded); 408 → 504.
-    caller_status = status if status < 500 and status != 408 else (503 if kind == "overloaded" else 502)
-    if status == 408:
-        caller_status = 504
-    return UpstreamError(kind, caller_status, message, provider=provider.name, code=code, param=param,
+    return UpstreamError(kind, caller_status(status, kind), message, provider=provider.name, code=code, param=param,
                          type=type_ if status < 500 else None, retry_after=retry_after_seconds(headers))
 
 

@@ -1,4 +1,4 @@
-"""The OpenAI-style translators (openai, groq, mistral, lmstudio, ollama, azure) from golden JSON fixtures.
+"""Every translator's request side, and the OpenAI-style types' streams, from golden JSON fixtures.
 
 One battery over every type: ``golden/<type>/request_*.json`` (caller body in → upstream call out)
 and ``golden/<type>/stream_*.json`` (upstream events in → client events out), plus hypothesis for
@@ -30,8 +30,11 @@ GOLDEN = Path(__file__).parent / "golden"
 CALLER = Credential("caller", Secret("sk-test"))
 
 
-def _fixtures(prefix: str) -> list[Path]:
-    return sorted(GOLDEN.glob(f"*/{prefix}_*.json"))
+OPENAI_STYLE = ("openai", "groq", "mistral", "lmstudio", "ollama", "azure")
+
+
+def _fixtures(prefix: str, types: tuple[str, ...] | None = None) -> list[Path]:
+    return sorted(p for p in GOLDEN.glob(f"*/{prefix}_*.json") if types is None or p.parent.name in types)
 
 
 def _provider(settings: dict[str, Any]) -> ProviderConfig:
@@ -73,6 +76,8 @@ def test_request_golden(path: Path) -> None:
     assert call.headers.get("Authorization") == expect.get("authorization")
     if "api-key" in expect:
         assert call.headers.get("api-key") == expect["api-key"]
+    for name, value in expect.get("headers", {}).items():
+        assert call.headers.get(name) == value, name
     body = orjson.loads(call.body)
     if "body" in expect:
         assert body == expect["body"]
@@ -89,7 +94,7 @@ def _encode_event(event: Any) -> bytes:
     return event.encode() if isinstance(event, str) else orjson.dumps(event)
 
 
-@pytest.mark.parametrize("path", _fixtures("stream"), ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize("path", _fixtures("stream", OPENAI_STYLE), ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_stream_golden(path: Path) -> None:
     case = json.loads(path.read_text())
     impl = PROVIDERS[case["type"]]

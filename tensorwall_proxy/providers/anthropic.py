@@ -1,0 +1,595 @@
+"""Anthropic's Messages API: request, response and stream translators.
+
+An OpenAI client must not be able to tell that Anthropic is behind the proxy. The request side
+hoists system and developer messages into ``system``, merges consecutive same-role turns (tool
+results first), turns images, tools, tool choice, stop, user and response_format into Anthropic's
+forms, and ``reasoning_effort`` into extended thinking. The response side puts text, tool calls,
+thinking (``reasoning_content``), the stop reason and the usage where the OpenAI SDK looks; the
+stream side is a small state machine over Anthropic's named events.
+
+Thinking with tools: Anthropic wants the assistant's thinking block, with its signature, back on
+the tool-use turn. It travels inside the tool call id the client keeps (``ids.attach``,
+compressed) and is restored on the next turn; a turn whose history lacks it (the id came from
+another provider, or was rewritten) is sent with thinking off, which Anthropic accepts.
+
+Pure: no I/O, no aiohttp.
+"""
+
+from __future__ import annotations
+
+import binascii
+import zlib
+from collections.abc import Mapping
+from typing import Any, Final
+
+import orjson
+
+from ..auth import Credential
+from ..config import ProviderConfig
+from ..errors import FailureKind, GatewayError, UnsupportedField, UpstreamError, bad_request
+from ..sse import SseEvent
+from . import ChatRequest, EmbeddingsRequest, UpstreamCall
+from .chunks import ChunkEncoder, completion, usage
+from .ids import attach, detach, for_upstream
+from .openai import USER_AGENT, classify_openai_error, upstream_url
+
+DEFAULT_VERSION: Final = "2023-06-01"
+DEFAULT_MAX_TOKENS: Final = 4096
+
+# reasoning_effort → extended thinking budget_tokens (Anthropic's minimum is 1024).
+THINKING_BUDGETS: Final[dict[str, int]] = {
+    "minimal": 1024, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768, "max": 32768,
+}
+
+FINISH_REASONS: Final[dict[str, str]] = {
+    "end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop",
+    "max_tokens": "length", "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls", "refusal": "content_filter",
+}
+
+# Fields that cannot be honoured without changing the count or shape of the result (DESIGN §7).
+_REFUSED: Final = ("logprobs", "top_logprobs", "audio")
+# Anthropic error types met mid-stream → (failure kind, status the caller sees).
+_STREAM_ERRORS: Final[dict[str, tuple[FailureKind, int]]] = {
+    "overloaded_error": ("overloaded", 503), "rate_limit_error": ("rate_limited", 429),
+    "timeout_error": ("timeout", 504),
+}
+# The instruction that stands in for OpenAI's JSON mode, which Anthropic has no switch for.
+JSON_OBJECT_INSTRUCTION: Final = "Respond with a single JSON object and nothing else."
+# Marks thinking state in a tool call id, so state from another provider is never taken for ours.
+_STATE_TAG: Final = b"A1"
+
+
+# --- request ------------------------------------------------------------------------------------
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    """A JSON object from untrusted data, or an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
+def _items(value: Any) -> list[Any]:
+    """A JSON array from untrusted data, or an empty one."""
+    return value if isinstance(value, list) else []
+
+
+def _text_of(content: Any) -> str:
+    """The text of an OpenAI content value: a string, or the text and refusal parts of a list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(part.get("text") or part.get("refusal") or "") for part in content
+            if isinstance(part, dict) and part.get("type") in ("text", "refusal")
+        )
+    return ""
+
+
+def _image_block(url: str, param: str) -> dict[str, Any]:
+    if url.startswith("data:"):
+        header, comma, data = url.partition(",")
+        media_type = header[5:].split(";")[0]
+        if not comma or ";base64" not in header or not media_type.startswith("image/"):
+            raise UnsupportedField(param, f"'{param}' must be a base64 data: URL of an image or an https: URL.")
+        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    if url.startswith(("https://", "http://")):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    raise UnsupportedField(param, f"'{param}': Anthropic takes images as data: or https: URLs.")
+
+
+def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks: list[dict[str, Any]] = []
+    for j, part in enumerate(content if isinstance(content, list) else []):
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        param = f"{where}.content[{j}]"
+        if kind == "text":
+            if part.get("text"):
+                blocks.append({"type": "text", "text": str(part["text"])})
+        elif kind == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            blocks.append(_image_block(str(url or ""), f"{param}.image_url.url"))
+        elif kind == "file":
+            blocks.append(_document_block(part.get("file"), param))
+        else:
+            raise UnsupportedField(param, f"Content parts of type '{kind}' are not supported by Anthropic.")
+    return blocks
+
+
+def _document_block(file: Any, param: str) -> dict[str, Any]:
+    data = file.get("file_data") if isinstance(file, dict) else None
+    if isinstance(data, str) and data.startswith("data:application/pdf;base64,"):
+        return {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
+                                                "data": data.partition(",")[2]}}
+    raise UnsupportedField(param, f"'{param}': Anthropic takes files as base64 PDF data (file_data).")
+
+
+def _tool_input(arguments: Any) -> dict[str, Any]:
+    """``function.arguments`` (a JSON string) as the object Anthropic's ``input`` must be.
+
+    OpenAI accepts any string here and models do produce broken JSON; such a call is still part
+    of a valid conversation, so it is carried as ``{"arguments": <the text>}`` rather than refused.
+    """
+    if isinstance(arguments, dict):
+        return arguments
+    if not arguments:
+        return {}
+    try:
+        value = orjson.loads(arguments)
+    except (orjson.JSONDecodeError, TypeError):
+        return {"arguments": str(arguments)}
+    return value if isinstance(value, dict) else {"arguments": value}
+
+
+def encode_thinking(blocks: list[dict[str, Any]]) -> bytes:
+    """Thinking blocks as compact state for a tool call id."""
+    return _STATE_TAG + zlib.compress(orjson.dumps(blocks), 6)
+
+
+def decode_thinking(state: bytes | None) -> list[dict[str, Any]] | None:
+    """Thinking blocks from a tool call id's state; None when it holds none of ours, or is damaged."""
+    if not state or not state.startswith(_STATE_TAG):
+        return None
+    try:
+        blocks = orjson.loads(zlib.decompress(state[len(_STATE_TAG):]))
+    except (zlib.error, orjson.JSONDecodeError, binascii.Error):
+        return None
+    if isinstance(blocks, list) and all(isinstance(b, dict) and b.get("type") in ("thinking", "redacted_thinking")
+                                        for b in blocks):
+        return blocks
+    return None
+
+
+def _assistant_blocks(message: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    thinking: list[dict[str, Any]] | None = None
+    calls = _items(message.get("tool_calls"))
+    tool_blocks = []
+    for k, call in enumerate(calls):
+        if not isinstance(call, dict):
+            continue
+        function = _obj(call.get("function"))
+        client_id = str(call.get("id") or f"call_{k}")
+        if thinking is None:
+            thinking = decode_thinking(detach(client_id)[1])
+        name = function.get("name")
+        if not isinstance(name, str) or not name:
+            raise bad_request(f"'{where}.tool_calls[{k}].function.name' is required.",
+                              param=f"{where}.tool_calls[{k}].function.name")
+        tool_blocks.append({"type": "tool_use", "id": for_upstream(client_id, "anthropic"), "name": name,
+                            "input": _tool_input(function.get("arguments"))})
+    if thinking:
+        blocks.extend(thinking)  # the thinking comes first on a tool-use turn, as Anthropic sent it
+    text = _text_of(message.get("content"))
+    if text:
+        blocks.append({"type": "text", "text": text})
+    blocks.extend(tool_blocks)
+    return blocks
+
+
+def _tool_result(message: Mapping[str, Any], where: str) -> dict[str, Any]:
+    tool_call_id = message.get("tool_call_id")
+    if not isinstance(tool_call_id, str) or not tool_call_id:
+        raise bad_request(f"'{where}.tool_call_id' is required.", param=f"{where}.tool_call_id")
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": for_upstream(tool_call_id, "anthropic")}
+    text = _text_of(message.get("content"))
+    if text:
+        block["content"] = text
+    return block
+
+
+def convert_messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """OpenAI messages → (Anthropic ``system`` blocks, Anthropic ``messages``), merged and ordered."""
+    system: list[dict[str, Any]] = []
+    turns: list[dict[str, Any]] = []
+    for i, message in enumerate(messages):
+        role = message.get("role")
+        where = f"messages[{i}]"
+        if role in ("system", "developer"):
+            text = _text_of(message.get("content"))
+            if text:
+                system.append({"type": "text", "text": text})
+            continue
+        if role == "user":
+            blocks, turn_role = _user_blocks(message.get("content"), where), "user"
+        elif role == "assistant":
+            blocks, turn_role = _assistant_blocks(message, where), "assistant"
+        elif role == "tool":
+            blocks, turn_role = [_tool_result(message, where)], "user"
+        else:
+            raise UnsupportedField(f"{where}.role", f"Messages of role '{role}' are not supported by Anthropic.")
+        if not blocks:
+            continue  # Anthropic refuses empty turns; an empty OpenAI message says nothing
+        if turns and turns[-1]["role"] == turn_role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": turn_role, "content": blocks})
+    for turn in turns:
+        if turn["role"] == "user" and len(turn["content"]) > 1:
+            # Tool results must lead the user turn that answers a tool use.
+            turn["content"].sort(key=lambda block: block["type"] != "tool_result")
+    return system, turns
+
+
+def _tools(body: Mapping[str, Any], turns: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    tools: list[dict[str, Any]] = []
+    for i, tool in enumerate(_items(body.get("tools"))):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not function.get("name"):
+            raise UnsupportedField(f"tools[{i}]", f"'tools[{i}]': only function tools are supported by Anthropic.")
+        spec: dict[str, Any] = {"name": function["name"],
+                                "input_schema": function.get("parameters") or {"type": "object", "properties": {}}}
+        if function.get("description"):
+            spec["description"] = function["description"]
+        tools.append(spec)
+    # A history with tool use must come with tool definitions; an OpenAI client may omit them once
+    # it stops offering tools, so the names the history uses are declared with an open schema.
+    declared = {t["name"] for t in tools}
+    for turn in turns:
+        for block in turn["content"]:
+            if block["type"] == "tool_use" and block["name"] not in declared:
+                declared.add(block["name"])
+                tools.append({"name": block["name"], "input_schema": {"type": "object"}})
+    return tools or None
+
+
+def _tool_choice(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    choice = body.get("tool_choice")
+    result: dict[str, Any] | None
+    if choice is None:
+        result = None
+    elif choice == "auto":
+        result = {"type": "auto"}
+    elif choice == "none":
+        result = {"type": "none"}
+    elif choice == "required":
+        result = {"type": "any"}
+    elif isinstance(choice, dict) and choice.get("type") == "function":
+        function = _obj(choice.get("function"))
+        result = {"type": "tool", "name": function.get("name")}
+    elif isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        allowed = _obj(choice.get("allowed_tools"))
+        result = {"type": "any" if allowed.get("mode") == "required" else "auto"}
+    else:
+        raise UnsupportedField("tool_choice", "'tool_choice' has a form Anthropic does not support.")
+    if body.get("parallel_tool_calls") is False and (result is None or result["type"] != "none"):
+        result = {**(result or {"type": "auto"}), "disable_parallel_tool_use": True}
+    return result
+
+
+def _thinking_budget(body: Mapping[str, Any], turns: list[dict[str, Any]]) -> int | None:
+    effort = body.get("reasoning_effort")
+    budget = THINKING_BUDGETS.get(effort) if isinstance(effort, str) else None
+    if budget is None:
+        return None
+    last_assistant = next((t for t in reversed(turns) if t["role"] == "assistant"), None)
+    if last_assistant is not None:
+        content = last_assistant["content"]
+        if any(b["type"] == "tool_use" for b in content) and content[0]["type"] not in ("thinking", "redacted_thinking"):
+            return None  # the tool-use turn's thinking did not come back: Anthropic requires it
+    return budget
+
+
+def translate_request(req: ChatRequest, provider: ProviderConfig, model: str) -> dict[str, Any]:
+    """The Anthropic Messages body for an OpenAI chat request."""
+    body = req.body
+    n = body.get("n")
+    if n is not None and n > 1:
+        raise UnsupportedField("n", "'n' greater than 1 is not supported by Anthropic.")
+    for name in _REFUSED:
+        if body.get(name):
+            raise UnsupportedField(name, f"'{name}' is not supported by Anthropic.")
+    if "audio" in (body.get("modalities") or []):
+        raise UnsupportedField("modalities", "Audio output is not supported by Anthropic.")
+    system, turns = convert_messages(body["messages"])
+    if not turns:
+        raise bad_request("Anthropic needs at least one user or assistant message with content.", param="messages")
+
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") \
+        or provider.default_max_tokens or DEFAULT_MAX_TOKENS
+    out: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": turns}
+    tools = _tools(body, turns)
+    choice = _tool_choice(body) if tools else None
+    budget = _thinking_budget(body, turns)
+    if choice is not None and choice["type"] in ("any", "tool"):
+        budget = None  # Anthropic refuses thinking with forced tool use; the caller's tool_choice wins
+    if budget is not None:
+        out["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        if max_tokens <= budget:
+            out["max_tokens"] = budget + max_tokens  # the caller's limit stays for the visible answer
+
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict):
+        if response_format.get("type") == "json_schema":
+            spec = _obj(response_format.get("json_schema"))
+            schema = spec.get("schema") or {"type": "object"}
+            out["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+        elif response_format.get("type") == "json_object":
+            system.append({"type": "text", "text": JSON_OBJECT_INSTRUCTION})
+    if system:
+        out["system"] = system
+
+    stop = body.get("stop")
+    if stop:
+        out["stop_sequences"] = [stop] if isinstance(stop, str) else [s for s in stop if s]
+    if tools:
+        out["tools"] = tools
+        if choice is not None:
+            out["tool_choice"] = choice
+    user = body.get("user")
+    if isinstance(user, str) and user:
+        out["metadata"] = {"user_id": user}
+    if budget is None:
+        # Thinking takes no sampling parameters; without it, Anthropic's temperature is 0 to 1.
+        temperature = body.get("temperature")
+        if temperature is not None:
+            out["temperature"] = min(max(float(temperature), 0.0), 1.0)
+        if body.get("top_p") is not None:
+            out["top_p"] = body["top_p"]
+    if req.stream:
+        out["stream"] = True
+    return out
+
+
+def _headers(provider: ProviderConfig, credential: Credential, req_headers: Mapping[str, str]) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
+               "anthropic-version": provider.version or DEFAULT_VERSION}
+    if credential.secret is not None:
+        headers["x-api-key"] = credential.secret.reveal()
+    beta = req_headers.get("anthropic-beta")
+    if beta:
+        headers["anthropic-beta"] = beta
+    return headers
+
+
+# --- response -----------------------------------------------------------------------------------
+
+
+def _usage(raw: Any) -> dict[str, Any]:
+    raw = raw if isinstance(raw, dict) else {}
+    read = int(raw.get("cache_read_input_tokens") or 0)
+    created = int(raw.get("cache_creation_input_tokens") or 0)
+    # Anthropic's input_tokens leave the cached ones out; OpenAI's prompt_tokens count them.
+    prompt = int(raw.get("input_tokens") or 0) + read + created
+    cache_seen = "cache_read_input_tokens" in raw or "cache_creation_input_tokens" in raw
+    return usage(prompt, int(raw.get("output_tokens") or 0),
+                 cached=read if cache_seen else None, cache_creation=created if cache_seen else None)
+
+
+def translate_response(message: Mapping[str, Any], created: int | None = None) -> bytes:
+    """An Anthropic message → an OpenAI ``chat.completion`` body."""
+    texts: list[str] = []
+    reasoning: list[str] = []
+    thinking: list[dict[str, Any]] = []
+    tool_calls: list[dict[str, Any]] = []
+    for block in message.get("content") or []:
+        kind = block.get("type")
+        if kind == "text":
+            texts.append(block.get("text") or "")
+        elif kind == "thinking":
+            reasoning.append(block.get("thinking") or "")
+            thinking.append(block)
+        elif kind == "redacted_thinking":
+            thinking.append(block)
+        elif kind == "tool_use":
+            tool_id = str(block.get("id") or "")
+            if not tool_calls and thinking:
+                tool_id = attach(tool_id, encode_thinking(thinking))
+            tool_calls.append({"id": tool_id, "type": "function", "function": {
+                "name": block.get("name"), "arguments": orjson.dumps(block.get("input") or {}).decode()}})
+    out_message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not tool_calls else None,
+                                   "refusal": None}
+    if reasoning:
+        out_message["reasoning_content"] = "".join(reasoning)
+    if tool_calls:
+        out_message["tool_calls"] = tool_calls
+    finish = FINISH_REASONS.get(str(message.get("stop_reason")), "stop")
+    return completion(str(message.get("id") or "msg"), str(message.get("model") or ""), out_message, finish,
+                      _usage(message.get("usage")), created)
+
+
+# --- stream -------------------------------------------------------------------------------------
+
+
+def stream_error(provider: str, data: Mapping[str, Any]) -> UpstreamError:
+    """An Anthropic ``error`` event → the failure it stands for."""
+    error = _obj(data.get("error"))
+    kind, status = _STREAM_ERRORS.get(str(error.get("type")), ("server", 502))
+    return UpstreamError(kind, status, str(error.get("message") or "Anthropic stream error"),
+                         provider=provider, type=str(error.get("type") or "api_error"))
+
+
+class AnthropicStream:
+    """Anthropic's named SSE events → OpenAI chunks.
+
+    Tool calls are numbered 0, 1, … over tool calls only (Anthropic's block index counts text
+    and thinking blocks too). The first tool call's id carries the thinking that preceded it.
+    """
+
+    __slots__ = ("_blocks", "_chunks", "_finish", "_provider", "_thinking", "_tool_count", "_usage", "done",
+                 "usage", "visible")
+
+    def __init__(self, provider: str, wants_usage: bool) -> None:
+        self._provider = provider
+        self._chunks = ChunkEncoder(wants_usage)
+        self._blocks: dict[int, dict[str, Any]] = {}  # Anthropic block index → what we know of it
+        self._thinking: list[dict[str, Any]] = []
+        self._tool_count = 0
+        self._finish: str | None = None
+        self._usage: dict[str, Any] = {}
+        self.visible = False
+        self.done = False
+        self.usage: Mapping[str, Any] | None = None
+
+    def feed(self, event: SseEvent) -> list[bytes]:
+        try:
+            data = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            raise UpstreamError("server", 502, "Anthropic sent an event that is not JSON.",
+                                provider=self._provider) from None
+        if not isinstance(data, dict):
+            raise UpstreamError("server", 502, "Anthropic sent an event that is not an object.",
+                                provider=self._provider)
+        kind = event.event or data.get("type")
+        if kind == "content_block_delta":
+            return self._delta(data)
+        if kind == "content_block_start":
+            return self._start(data)
+        if kind == "content_block_stop":
+            return self._stop(data)
+        if kind == "message_start":
+            message = _obj(data.get("message"))
+            self._chunks.id = str(message.get("id") or "")
+            self._chunks.model = str(message.get("model") or "")
+            self._usage.update(message.get("usage") or {})
+            return [self._chunks.chunk({"role": "assistant", "content": ""})]
+        if kind == "message_delta":
+            delta = _obj(data.get("delta"))
+            self._finish = FINISH_REASONS.get(str(delta.get("stop_reason")), "stop")
+            self._usage.update(data.get("usage") or {})  # output_tokens is a running total
+            self.visible = True
+            return [self._chunks.chunk({}, self._finish)]
+        if kind == "message_stop":
+            self.done = True
+            self.visible = True
+            self.usage = _usage(self._usage)
+            return self._chunks.end(self.usage)
+        if kind == "error":
+            raise stream_error(self._provider, data)
+        return []  # ping, and event types newer than this translator
+
+    def _start(self, data: Mapping[str, Any]) -> list[bytes]:
+        index = data.get("index")
+        block = dict(data.get("content_block") or {})
+        kind = block.get("type")
+        if not isinstance(index, int):
+            return []
+        self._blocks[index] = block
+        if kind == "text" and block.get("text"):
+            self.visible = True
+            return [self._chunks.chunk({"content": block["text"]})]
+        if kind == "tool_use":
+            block["tool_index"] = self._tool_count
+            block["arguments_seen"] = False
+            self._tool_count += 1
+            tool_id = str(block.get("id") or "")
+            if block["tool_index"] == 0 and self._thinking:
+                tool_id = attach(tool_id, encode_thinking(self._thinking))
+            self.visible = True
+            return [self._chunks.chunk({"tool_calls": [{
+                "index": block["tool_index"], "id": tool_id, "type": "function",
+                "function": {"name": block.get("name"), "arguments": ""}}]})]
+        if kind == "thinking":
+            block.setdefault("thinking", "")
+            block.setdefault("signature", "")
+        return []
+
+    def _delta(self, data: Mapping[str, Any]) -> list[bytes]:
+        delta = _obj(data.get("delta"))
+        block = self._blocks.get(data.get("index"))  # type: ignore[arg-type]
+        kind = delta.get("type")
+        if kind == "text_delta":
+            text = delta.get("text") or ""
+            if not text:
+                return []
+            self.visible = True
+            return [self._chunks.chunk({"content": text})]
+        if kind == "input_json_delta" and block is not None and block.get("type") == "tool_use":
+            fragment = delta.get("partial_json") or ""
+            if not fragment:
+                return []
+            block["arguments_seen"] = True
+            return [self._chunks.chunk({"tool_calls": [{"index": block["tool_index"],
+                                                        "function": {"arguments": fragment}}]})]
+        if kind == "thinking_delta":
+            text = delta.get("thinking") or ""
+            if block is not None:
+                block["thinking"] = block.get("thinking", "") + text
+            if not text:
+                return []
+            self.visible = True
+            return [self._chunks.chunk({"reasoning_content": text})]
+        if kind == "signature_delta" and block is not None:
+            block["signature"] = block.get("signature", "") + (delta.get("signature") or "")
+        return []
+
+    def _stop(self, data: Mapping[str, Any]) -> list[bytes]:
+        block = self._blocks.get(data.get("index"))  # type: ignore[arg-type]
+        if block is None:
+            return []
+        kind = block.get("type")
+        if kind in ("thinking", "redacted_thinking"):
+            self._thinking.append({k: v for k, v in block.items() if k in ("type", "thinking", "signature", "data")})
+        elif kind == "tool_use" and not block.get("arguments_seen"):
+            # A tool that received no JSON at all was called with no arguments.
+            return [self._chunks.chunk({"tool_calls": [{"index": block["tool_index"],
+                                                        "function": {"arguments": "{}"}}]})]
+        return []
+
+    def close(self) -> list[bytes]:
+        if not self.done:
+            raise UpstreamError("server", 502, "Anthropic ended the stream before message_stop.",
+                                provider=self._provider)
+        return []
+
+
+class Anthropic:
+    """The Provider for Anthropic's Messages API."""
+
+    type = "anthropic"
+
+    def build_request(self, req: ChatRequest, provider: ProviderConfig, model: str,
+                      credential: Credential) -> UpstreamCall:
+        body = translate_request(req, provider, model)
+        return UpstreamCall("POST", upstream_url(provider.base_url, "/messages"),
+                            _headers(provider, credential, req.headers), orjson.dumps(body), req.stream)
+
+    def parse_response(self, req: ChatRequest, provider: ProviderConfig, body: bytes) -> bytes:
+        try:
+            message = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise UpstreamError("server", 502, "Anthropic returned a body that is not JSON.",
+                                provider=provider.name) from None
+        if not isinstance(message, dict):
+            raise UpstreamError("server", 502, "Anthropic returned a body that is not an object.",
+                                provider=provider.name)
+        return translate_response(message)
+
+    def stream_decoder(self, req: ChatRequest, provider: ProviderConfig) -> AnthropicStream:
+        return AnthropicStream(provider.name, req.wants_usage)
+
+    def classify_error(self, provider: ProviderConfig, status: int, headers: Mapping[str, str],
+                       body: bytes) -> UpstreamError:
+        # Anthropic nests its error like OpenAI: {"type": "error", "error": {"type", "message"}}.
+        return classify_openai_error(provider, status, headers, body)
+
+    def build_embeddings_request(self, req: EmbeddingsRequest, provider: ProviderConfig, model: str,
+                                 credential: Credential) -> UpstreamCall:
+        raise UnsupportedField("model", "Provider type 'anthropic' has no embeddings.")
+
+    def parse_embeddings_response(self, req: EmbeddingsRequest, provider: ProviderConfig, body: bytes) -> bytes:
+        raise GatewayError(500, "Anthropic has no embeddings.")  # never called: no request is built
