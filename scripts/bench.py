@@ -1,7 +1,8 @@
 """Benchmark: what tensorwall-proxy costs compared with calling the upstream directly.
 
-    python scripts/bench.py [--path openai] [--seconds 5] [--concurrency 50] [--upstream lean|fake]
-                            [--workers 2] [--json bench-results.json] [--relay] [--no-pin]
+    python scripts/bench.py [--path openai,anthropic] [--seconds 5] [--concurrency 50]
+                            [--upstream lean|fake] [--workers 2] [--json bench-results.json]
+                            [--relay] [--no-pin]
 
 What it does. It starts an upstream (by default a lean aiohttp server defined in this file, which
 answers from pre-built bytes; `--upstream fake` uses tests/fakes instead, which is heavier and
@@ -24,6 +25,24 @@ run warms up (connections opened), then every worker starts its measured window 
 instant (a barrier), and the parent samples the CPU time of the upstream and of the hop (proxy or
 relay) from /proc over exactly that window.
 
+Paths. A path (`--path`) is one way through the proxy: which model the caller asks for, how the
+proxy's provider is configured, which URL, headers and body a direct call uses and how its answer
+is checked, and which shape the lean upstream speaks. There are two:
+
+    openai     model gpt-4o: the proxy passes the OpenAI request and answer through
+    anthropic  model claude-3-5-sonnet-20241022: the caller still speaks OpenAI to the proxy, which
+               translates to Anthropic's Messages API (POST /anthropic/v1/messages, x-api-key,
+               anthropic-version) and the answer and stream events back to OpenAI's shapes
+
+`--path` takes a comma-separated list and defaults to `openai,anthropic` (so `make bench` runs both,
+in about two minutes). A translating path always brings `openai` along as its baseline: `--path
+anthropic` runs both, `--path openai` runs the passthrough alone. All paths share one upstream, one
+proxy process (configured with every path's provider) and one relay, and the scenarios interleave
+the paths (unary c=1 for every path and target, then unary c=N, ...), so the paths see the same
+conditions. Each path gets its own table; with more than one path, a last "translation overhead"
+table sets each translating path's proxy CPU per request/stream and added latency at c=1 against
+openai's, as a ratio and a difference: what the translation costs on top of a passthrough hop.
+
 How to read it.
 - `proxy/direct` below 1 for rates and above 1 for latencies is the cost of the extra hop.
 - `added ms` is proxy p50 - direct p50 (and p99): what one proxy hop adds. At c=1 nothing queues,
@@ -38,16 +57,19 @@ How to read it.
   generator's CPU and the proxy's). On 2 CPUs direct calls never cross CPUs (generator and
   upstream share one) while proxied ones cross four times per request, so slow wake-ups land on
   the proxy's numbers only; `--no-pin` lets the scheduler keep most hand-offs on a running CPU.
-- Streams: the proxy asks the upstream for the usage chunk (to count tokens) and drops it, so the
-  upstream sends one event more through the proxy than direct; the caller gets 20 chunks either way.
+- Streams: the caller gets 20 OpenAI chunks (role, 18 contents, finish) and [DONE] on every path.
+  openai: the proxy asks the upstream for the usage chunk (to count tokens) and drops it, so the
+  upstream sends one event more through the proxy than direct. anthropic: the upstream sends the
+  same 23 named events either way (message_start, content_block_start, 18 text_delta,
+  content_block_stop, message_delta, message_stop), and a direct run's chunks/s counts those events.
+- RSS is of the one proxy (and relay) process that served every path: idle before the first run,
+  and after the last.
 
-Every run is bounded (`--warmup` + `--seconds` each); the default run takes about a minute.
-Results also go to `--json` (default ./bench-results.json).
+Every run is bounded (`--warmup` + `--seconds` each): by default 4 scenarios x 2 paths x 2 targets
+(direct, proxy) = 16 runs of 6 s, under two minutes in all. Results, the translation overhead
+included, also go to `--json` (default ./bench-results.json).
 
-A path (`--path`) is one way through the proxy: which model the caller asks for, how the proxy's
-provider is configured, which URL, headers and body a direct call uses and how its answer is
-checked, and which shape the lean upstream speaks. Only `openai` exists now; anthropic, vertex and
-bedrock will add entries to `PATHS` and their own lean handlers in `LEAN_SHAPES`.
+Adding a path (vertex, bedrock): an entry in `PATHS` and its lean handler in `LEAN_SHAPES`.
 """
 
 from __future__ import annotations
@@ -66,7 +88,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -87,6 +109,8 @@ CALLER_KEY: Final = "sk-bench"
 REPO: Final = Path(__file__).resolve().parent.parent
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 STREAM_CHUNKS: Final = 20
+CONTENT_CHUNKS: Final = STREAM_CHUNKS - 2  # the content chunks between the role chunk and the finish chunk
+ANTHROPIC_VERSION: Final = "2023-06-01"  # the version the proxy pins (wire-formats §2)
 # 17 words: the fake echoes "[openai] " + this, one chunk per word, so its stream is role chunk +
 # 18 content chunks + finish chunk = 20 chunks, the same count as the lean upstream's.
 PROMPT: Final = ("please answer with a short friendly benchmark greeting so that every run sends "
@@ -97,6 +121,7 @@ SLOW_WAKEUP_MS: Final = 1.0  # a probe p99 above this means wake-ups, not code, 
 
 Json = dict[str, Any]
 Check = Callable[[bytes, bool], tuple[int, str | None]]  # (body, stream?) -> (chunks, problem or None)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -121,6 +146,35 @@ def check_openai(data: bytes, stream: bool) -> tuple[int, str | None]:
     if chunks != STREAM_CHUNKS or not data.endswith(b"data: [DONE]\n\n"):
         return chunks, f"stream of {chunks} chunks ending {data[-60:]!r}"
     return chunks, None
+
+
+def anthropic_body(stream: bool) -> bytes:
+    """A direct call's Messages request: what the proxy itself sends for `openai_body`'s request.
+
+    The same body (the user's text as one text block, the caller's max_tokens) keeps direct and
+    proxied runs asking the upstream for the same answer, and the relay's bytes those of the proxy.
+    """
+    body: Json = {"model": PATHS["anthropic"].model, "max_tokens": 64,
+                  "messages": [{"role": "user", "content": [{"type": "text", "text": PROMPT}]}]}
+    if stream:
+        body["stream"] = True
+    return orjson.dumps(body)
+
+
+def check_anthropic(data: bytes, stream: bool) -> tuple[int, str | None]:
+    """Whether an Anthropic answer is whole: a message, or 18 text deltas ending with message_stop.
+
+    The chunks counted are all the named events received (23 from the lean upstream), not only the
+    text deltas: that is what the receiver of a direct stream has to read.
+    """
+    if not stream:
+        ok = data.startswith(b"{") and b'"content"' in data and b'"stop_reason"' in data
+        return 0, None if ok else f"unexpected body {data[:200]!r}"
+    events = data.count(b"event: ")
+    deltas = data.count(b"text_delta")
+    if deltas != CONTENT_CHUNKS or b"event: message_stop" not in data[-80:]:
+        return events, f"stream of {events} events, {deltas} text deltas, ending {data[-60:]!r}"
+    return events, None
 
 
 @dataclass(frozen=True)
@@ -151,14 +205,31 @@ PATHS: Final[dict[str, BenchPath]] = {
         lean_routes=("/openai/v1/chat/completions", "/v1/chat/completions"),
         lean_shape="openai",
     ),
+    "anthropic": BenchPath(
+        name="anthropic",
+        model="claude-3-5-sonnet-20241022",  # the built-in pattern `claude-*` sends it to anthropic
+        provider_config=lambda base: {"anthropic": {"base_url": f"{base}/anthropic/v1"}},
+        direct_path="/anthropic/v1/messages",
+        # The proxy forwards the caller's Bearer key as Anthropic's x-api-key, with a pinned version.
+        direct_headers={"x-api-key": CALLER_KEY, "anthropic-version": ANTHROPIC_VERSION,
+                        "Content-Type": "application/json"},
+        direct_body=anthropic_body,
+        direct_check=check_anthropic,
+        lean_routes=("/anthropic/v1/messages",),
+        lean_shape="anthropic",
+    ),
 }
+BASELINE: Final = "openai"  # the passthrough every translating path is compared with
 
 
-def proxy_config(path: BenchPath, upstream_base: str) -> str:
-    """The proxy's YAML (JSON is YAML): one gateway key, the path's provider, short timeouts."""
+def proxy_config(paths: Sequence[BenchPath], upstream_base: str) -> str:
+    """The proxy's YAML (JSON is YAML): one gateway key, every path's provider, short timeouts."""
+    providers: Json = {}
+    for path in paths:
+        providers.update(path.provider_config(upstream_base))
     config = {
         "gateway_keys": [GATEWAY_KEY],
-        "providers": path.provider_config(upstream_base),
+        "providers": providers,
         "timeouts": {"connect": 5, "first_byte": 30, "idle": 30, "total": 60},
         # The default SIGTERM drain is 60 s; the benchmark has nothing in flight when it stops.
         "server": {"drain_seconds": 1},
@@ -180,6 +251,10 @@ _USAGE: Final = {"prompt_tokens": 19, "completion_tokens": len(_LEAN_WORDS), "to
 def _sse(data: Json | str) -> bytes:
     payload = data.encode() if isinstance(data, str) else orjson.dumps(data)
     return b"data: " + payload + b"\n\n"
+
+
+def _stream_response() -> web.StreamResponse:
+    return web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
 
 
 def lean_openai_completion() -> bytes:
@@ -209,7 +284,7 @@ def lean_openai_stream() -> tuple[list[bytes], bytes]:
     return events, _sse({**base, "choices": [], "usage": _USAGE})
 
 
-def lean_openai_app(routes: Sequence[str]) -> web.Application:
+def lean_openai_handler() -> Handler:
     """OpenAI's chat endpoint from fixed bytes; checks only what a real one refuses first (the key)."""
     completion = lean_openai_completion()
     events, usage_event = lean_openai_stream()
@@ -226,7 +301,7 @@ def lean_openai_app(routes: Sequence[str]) -> web.Application:
             return web.Response(body=completion, content_type="application/json")
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        response = _stream_response()
         await response.prepare(request)
         # One write per event, as a real streaming server sends them (the proxy sees real framing).
         for event in events:
@@ -236,13 +311,90 @@ def lean_openai_app(routes: Sequence[str]) -> web.Application:
         await response.write(done)
         return response
 
+    return chat
+
+
+_LEAN_MSG_ID: Final = "msg_bench000000000000000000"
+_ANTHROPIC_USAGE: Final = {"input_tokens": 19, "output_tokens": len(_LEAN_WORDS)}
+
+
+def _named(event: str, data: Json) -> bytes:
+    """One of Anthropic's named SSE events: the type in `event:` and again in the data."""
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps({"type": event, **data}) + b"\n\n"
+
+
+def lean_anthropic_message() -> bytes:
+    """A small, complete Messages answer: one text block, as Anthropic returns it."""
+    return orjson.dumps({
+        "id": _LEAN_MSG_ID, "type": "message", "role": "assistant", "model": PATHS["anthropic"].model,
+        "content": [{"type": "text", "text": " ".join(_LEAN_WORDS)}],
+        "stop_reason": "end_turn", "stop_sequence": None, "usage": _ANTHROPIC_USAGE,
+    })
+
+
+def lean_anthropic_stream() -> list[bytes]:
+    """The 23 named events of a text answer: one text_delta per word, as the openai stream's contents.
+
+    The proxy turns message_start into the role chunk, each text_delta into a content chunk and
+    message_delta into the finish chunk; content_block_start (empty text), content_block_stop and
+    message_stop (which ends the stream) yield none. So the caller gets the openai path's 20 chunks.
+    """
+    words = [w if i == 0 else " " + w for i, w in enumerate(_LEAN_WORDS)]
+    message: Json = {"id": _LEAN_MSG_ID, "type": "message", "role": "assistant", "model": PATHS["anthropic"].model,
+                     "content": [], "stop_reason": None, "stop_sequence": None,
+                     "usage": {"input_tokens": _ANTHROPIC_USAGE["input_tokens"], "output_tokens": 1}}
+    events = [_named("message_start", {"message": message}),
+              _named("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})]
+    events += [_named("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": w}}) for w in words]
+    events += [_named("content_block_stop", {"index": 0}),
+               _named("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                        "usage": {"output_tokens": _ANTHROPIC_USAGE["output_tokens"]}}),
+               _named("message_stop", {})]
+    assert sum(b"text_delta" in e for e in events) == CONTENT_CHUNKS
+    return events
+
+
+def lean_anthropic_handler() -> Handler:
+    """Anthropic's Messages endpoint from fixed bytes; refuses, as a real one does first, a request
+    without a key or without anthropic-version (in Anthropic's error envelope)."""
+    message = lean_anthropic_message()
+    events = lean_anthropic_stream()
+
+    def error(status: int, kind: str, text: str) -> web.Response:
+        body = orjson.dumps({"type": "error", "error": {"type": kind, "message": text}})
+        return web.Response(status=status, body=body, content_type="application/json")
+
+    async def messages(request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        if not request.headers.get("x-api-key"):
+            return error(401, "authentication_error", "x-api-key header is required")
+        if not request.headers.get("anthropic-version"):
+            return error(400, "invalid_request_error", "anthropic-version: header is required")
+        if orjson.loads(raw).get("stream") is not True:
+            return web.Response(body=message, content_type="application/json")
+        response = _stream_response()
+        await response.prepare(request)
+        for event in events:  # one write per event, as for openai
+            await response.write(event)
+        return response
+
+    return messages
+
+
+LEAN_SHAPES: Final[dict[str, Callable[[], Handler]]] = {
+    "openai": lean_openai_handler,
+    "anthropic": lean_anthropic_handler,
+}
+
+
+def lean_app(paths: Sequence[BenchPath]) -> web.Application:
+    """One upstream for every path: each path's routes answered by its shape's handler."""
     app = web.Application()
-    for route in routes:
-        app.router.add_post(route, chat)
+    for path in paths:
+        handler = LEAN_SHAPES[path.lean_shape]()
+        for route in path.lean_routes:
+            app.router.add_post(route, handler)
     return app
-
-
-LEAN_SHAPES: Final[dict[str, Callable[[Sequence[str]], web.Application]]] = {"openai": lean_openai_app}
 
 
 def run_app(app: web.Application, port: int) -> int:
@@ -500,8 +652,9 @@ class Target:
     """Where a run's requests go: direct to the upstream, through the bare relay, or through the proxy."""
 
     name: str
+    bench_path: str  # the BenchPath's name: which way through the proxy
     port: int
-    path: str
+    path: str  # the URL path
     headers: dict[str, str]
     body: Callable[[bool], bytes]
     check: Check
@@ -642,6 +795,7 @@ def workers(specs: list[LoadSpec], barrier: Barrier,
 
 @dataclass
 class Measurement:
+    path: str
     target: str
     scenario: str
     stream: bool
@@ -695,7 +849,7 @@ def measure(target: Target, scenario: Scenario, upstream: Server, args: argparse
         results = [queue.get(timeout=REQUEST_TIMEOUT + 30) for _ in specs]
     failures = [r.failure for r in results if r.failure]
     if failures:
-        raise RuntimeError(f"load worker failed ({target.name} {scenario.name}): {failures[0]}")
+        raise RuntimeError(f"load worker failed ({target.bench_path} {target.name} {scenario.name}): {failures[0]}")
     return summarize(target, scenario, results, wall, used[0], used[1] if target.hop else None, args.seconds)
 
 
@@ -707,7 +861,7 @@ def summarize(target: Target, scenario: Scenario, results: list[WorkerResult], w
     errors = [s for r in results for s in r.error_samples]
     per_req = 1000 / requests if requests else float("nan")
     return Measurement(
-        target=target.name, scenario=scenario.name, stream=scenario.stream, concurrency=scenario.concurrency,
+        path=target.bench_path, target=target.name, scenario=scenario.name, stream=scenario.stream, concurrency=scenario.concurrency,
         seconds=seconds, requests=requests, errors=sum(r.errors for r in results), error_samples=errors[:5],
         rps=requests / seconds, chunks_per_s=chunks / seconds,
         p50_ms=percentile(latencies, 50) * 1000, p90_ms=percentile(latencies, 90) * 1000,
@@ -731,20 +885,21 @@ def sanity_check(targets: list[Target]) -> list[str]:
     for target in targets:
         for stream in (False, True):
             status, data = http_request(target.port, "POST", target.path, target.body(stream), target.headers)
-            kind = "stream" if stream else "unary"
+            kind = f"{target.bench_path} {target.name} {'stream' if stream else 'unary'}"
             if status != 200:
-                problems.append(f"{target.name} {kind}: HTTP {status}: {data[:300]!r}")
+                problems.append(f"{kind}: HTTP {status}: {data[:300]!r}")
                 continue
             _, problem = target.check(data, stream)
             if problem is not None:
-                problems.append(f"{target.name} {kind}: {problem}")
+                problems.append(f"{kind}: {problem}")
     return problems
 
 
 # --------------------------------------------------------------------------------------------------
 # Report
 
-Results = dict[tuple[str, str], Measurement]
+Results = dict[tuple[str, str], Measurement]  # one path's runs, by (target, scenario)
+PathResults = dict[str, Results]  # by path name, in the order the paths were given
 
 
 def cpu_model() -> str:
@@ -767,8 +922,17 @@ def _fmt(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def _over(top: float | None, bottom: float | None) -> float | None:
+    return None if top is None or not bottom else top / bottom
+
+
+def _minus(top: float | None, bottom: float | None) -> float | None:
+    return None if top is None or bottom is None else top - bottom
+
+
 def _ratio(top: float | None, bottom: float | None) -> str:
-    return "-" if top is None or not bottom else f"{top / bottom:.2f}"
+    ratio = _over(top, bottom)
+    return "-" if ratio is None else f"{ratio:.2f}"
 
 
 def table(results: Results, scenarios: list[Scenario], names: list[str],
@@ -799,17 +963,78 @@ def table(results: Results, scenarios: list[Scenario], names: list[str],
     for scenario in scenarios:
         unit = "stream" if scenario.stream else "req"
         row(f"hop CPU ms/{unit:<6} {scenario.name}", each(scenario, lambda m: m.hop_cpu_ms_per_req), 3)
+    # One process served every path, so these rows are the same in every path's table.
     row("hop RSS MiB      idle", {n: rss[n]["idle"] for n in rss}, 1)
-    row("hop RSS MiB      after load", {n: rss[n]["after"] for n in rss}, 1)
+    row("hop RSS MiB      after all runs", {n: rss[n]["after"] for n in rss}, 1)
+    return render_table(header, rows)
 
+
+def render_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Columns as wide as their widest cell; the first (a label) left-aligned, numbers right-aligned."""
     widths = [max(len(r[i]) for r in [*rows, header]) for i in range(len(header))]
 
     def render(cells: list[str]) -> str:
-        # The metric name is left-aligned, numbers right-aligned.
         padded = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
         return "  ".join(padded)
 
     return [render(header), "  ".join("-" * w for w in widths), *(render(r) for r in rows)]
+
+
+@dataclass(frozen=True)
+class OverheadRow:
+    """One metric of the proxy in one scenario, for every path: what the overhead table compares."""
+
+    metric: str
+    scenario: str
+    values: dict[str, float | None]  # by path name
+
+    def as_json(self, baseline: str) -> Json:
+        """The values, and for every other path its ratio to and difference from the baseline."""
+        row: Json = {"metric": self.metric, "scenario": self.scenario, **self.values}
+        base = self.values[baseline]
+        for path, value in self.values.items():
+            if path != baseline:
+                row[f"{path}/{baseline}"] = _over(value, base)
+                row[f"{path}-{baseline}"] = _minus(value, base)
+        return row
+
+
+def translation_overhead(by_path: PathResults, scenarios: list[Scenario]) -> list[OverheadRow]:
+    """The proxy's CPU per request/stream in every scenario, and its added latency at c=1, per path.
+
+    The proxy's own CPU time is the direct measure of its work; added latency at c=1 (proxy minus
+    the same path's direct call) is what a caller feels, round trips and wake-ups included.
+    """
+    rows: list[OverheadRow] = []
+    latencies: tuple[tuple[str, Callable[[Measurement], float]], ...] = (
+        ("p50", lambda m: m.p50_ms), ("p99", lambda m: m.p99_ms))
+    for scenario in scenarios:
+        unit = "stream" if scenario.stream else "req"
+        rows.append(OverheadRow(f"proxy CPU ms/{unit}", scenario.name,
+                                {path: r["proxy", scenario.name].hop_cpu_ms_per_req for path, r in by_path.items()}))
+    for scenario in (s for s in scenarios if s.concurrency == 1):
+        for label, metric in latencies:
+            rows.append(OverheadRow(f"added ms {label}", scenario.name, {
+                path: metric(r["proxy", scenario.name]) - metric(r["direct", scenario.name])
+                for path, r in by_path.items()}))
+    return rows
+
+
+def overhead_table(rows: list[OverheadRow], baseline: str) -> list[str]:
+    """Every path's value, then each translating path's ratio to and difference from the baseline."""
+    paths = list(rows[0].values)
+    others = [p for p in paths if p != baseline]
+    header = ["metric", *paths, *(f"{p}/{baseline}" for p in others), *(f"{p}-{baseline}" for p in others)]
+    cells: list[list[str]] = []
+    for row in rows:
+        base = row.values[baseline]
+        diffs = [_minus(row.values[p], base) for p in others]
+        cells.append([f"{row.metric:<19} {row.scenario}", *(_fmt(row.values[p], 3) for p in paths),
+                      *(_ratio(row.values[p], base) for p in others),
+                      *("-" if d is None else f"{d:+.3f}" for d in diffs)])
+    title = (f"translation overhead: {', '.join(others)} against the {baseline} passthrough "
+             "(same proxy process, same upstream, same run)")
+    return [title, *render_table(header, cells)]
 
 
 def busy_lines(results: Results, scenarios: list[Scenario], names: list[str]) -> list[str]:
@@ -910,13 +1135,13 @@ def rate_verdict(results: Results, scenario: Scenario, names: list[str], pinning
     return lines
 
 
-def error_lines(results: Results, hops: list[Server]) -> list[str]:
-    failed = [m for m in results.values() if m.errors]
+def error_lines(measurements: Sequence[Measurement], hops: list[Server]) -> list[str]:
+    failed = [m for m in measurements if m.errors]
     if not failed:
         return ["errors: none (every counted request answered 200 with a complete body)"]
     lines = ["ERRORS (failed requests are not counted in the rates above):"]
     for m in failed:
-        lines.append(f"  {m.target} {m.scenario}: {m.errors} failed, e.g.")
+        lines.append(f"  {m.path} {m.target} {m.scenario}: {m.errors} failed, e.g.")
         lines.extend(f"    {sample}" for sample in m.error_samples)
     for hop in hops:
         lines.append(f"{hop.name} log tail:\n{hop.log_tail()}")
@@ -927,10 +1152,23 @@ def error_lines(results: Results, hops: list[Server]) -> list[str]:
 # Main
 
 
+def path_names(text: str) -> list[str]:
+    """`--path`: comma-separated path names, the openai baseline first when a translating path is asked for."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PATHS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown path {', '.join(unknown) or repr(text)}; "
+                                         f"choose from {', '.join(PATHS)}")
+    if any(n != BASELINE for n in names):
+        names.insert(0, BASELINE)  # a translation's cost is only readable next to the passthrough's
+    return list(dict.fromkeys(names))  # in order, once each
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Benchmark tensorwall-proxy against direct upstream calls.")
-    parser.add_argument("--path", choices=sorted(PATHS), default="openai",
-                        help="which way through the proxy to measure (default openai)")
+    parser.add_argument("--path", type=path_names, default=path_names(",".join(PATHS)), metavar="PATH[,PATH]",
+                        help=f"ways through the proxy to measure, of {', '.join(PATHS)} (default all); "
+                             f"a translating path brings {BASELINE} along as its baseline")
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run (default 5)")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each run (default 1)")
     parser.add_argument("--concurrency", type=int, default=50,
@@ -953,10 +1191,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def start_upstream(args: argparse.Namespace, path: BenchPath, pinning: Pinning, log_dir: Path) -> Server:
+def start_upstream(args: argparse.Namespace, paths: list[BenchPath], pinning: Pinning, log_dir: Path) -> Server:
     port = free_port()
     if args.upstream == "lean":
-        argv = [sys.executable, str(Path(__file__).resolve()), "--path", path.name,
+        argv = [sys.executable, str(Path(__file__).resolve()), "--path", ",".join(p.name for p in paths),
                 "--serve-lean-upstream", str(port)]
     else:
         argv = [sys.executable, str(REPO / "scripts" / "fake_upstream.py"), "--host", HOST, "--port", str(port)]
@@ -965,10 +1203,10 @@ def start_upstream(args: argparse.Namespace, path: BenchPath, pinning: Pinning, 
     return server
 
 
-def start_proxy(path: BenchPath, upstream: Server, pinning: Pinning, log_dir: Path) -> Server:
+def start_proxy(paths: list[BenchPath], upstream: Server, pinning: Pinning, log_dir: Path) -> Server:
     port = free_port()
     config = log_dir / "bench-config.yaml"
-    config.write_text(proxy_config(path, upstream.base_url))
+    config.write_text(proxy_config(paths, upstream.base_url))
     argv = [sys.executable, "-m", "tensorwall_proxy", "serve", "--config", str(config), "--host", HOST,
             "--port", str(port)]
     server = start_server("proxy", argv, port, pinning.proxy, log_dir)
@@ -987,48 +1225,52 @@ def start_relay(upstream: Server, pinning: Pinning, log_dir: Path) -> Server:
 
 def make_targets(path: BenchPath, upstream: Server, relay: Server | None, proxy: Server) -> list[Target]:
     """direct, relay (when started) and proxy: the same request, each the way its receiver wants it."""
-    targets = [Target("direct", upstream.port, path.direct_path, path.direct_headers, path.direct_body,
+    targets = [Target("direct", path.name, upstream.port, path.direct_path, path.direct_headers, path.direct_body,
                       path.direct_check, None)]
     if relay is not None:
         # The relay forwards bytes unchanged, so it gets exactly the direct request.
-        targets.append(Target("relay", relay.port, path.direct_path, path.direct_headers, path.direct_body,
-                              path.direct_check, relay))
+        targets.append(Target("relay", path.name, relay.port, path.direct_path, path.direct_headers,
+                              path.direct_body, path.direct_check, relay))
+    # Through the proxy the caller speaks OpenAI on every path; only the model differs.
     proxy_headers = {"X-API-Key": GATEWAY_KEY, "Authorization": f"Bearer {CALLER_KEY}",
                      "Content-Type": "application/json"}
-    targets.append(Target("proxy", proxy.port, "/v1/chat/completions", proxy_headers,
+    targets.append(Target("proxy", path.name, proxy.port, "/v1/chat/completions", proxy_headers,
                           lambda stream: openai_body(stream, path.model), check_openai, proxy))
     return targets
 
 
 def run(args: argparse.Namespace) -> int:
-    path = PATHS[args.path]
+    paths = [PATHS[name] for name in args.path]
     pinning = plan_pinning(not args.no_pin)
     print(machine_line(args))
     print(f"pinning: {pinning.description}")
-    print(f"path: {path.name} (model {path.model}), upstream: {args.upstream}, {args.seconds:g} s per run after "
-          f"{args.warmup:g} s warm-up, {args.workers} load worker process(es), concurrency {args.concurrency}",
-          flush=True)
+    models = ", ".join(f"{p.name} (model {p.model})" for p in paths)
+    print(f"paths: {models}; upstream: {args.upstream}, {args.seconds:g} s per run after {args.warmup:g} s "
+          f"warm-up, {args.workers} load worker process(es), concurrency {args.concurrency}", flush=True)
     servers: list[Server] = []
     with tempfile.TemporaryDirectory(prefix="tw-bench-") as tmp:
         try:
-            upstream = start_upstream(args, path, pinning, Path(tmp))
+            upstream = start_upstream(args, paths, pinning, Path(tmp))
             servers.append(upstream)
             relay = start_relay(upstream, pinning, Path(tmp)) if args.relay else None
             if relay is not None:
                 servers.append(relay)
-            proxy = start_proxy(path, upstream, pinning, Path(tmp))
+            proxy = start_proxy(paths, upstream, pinning, Path(tmp))
             servers.append(proxy)
-            return measure_all(args, path, pinning, make_targets(path, upstream, relay, proxy), upstream)
+            targets = {p.name: make_targets(p, upstream, relay, proxy) for p in paths}
+            return measure_all(args, pinning, targets, upstream)
         finally:
             for server in reversed(servers):
                 stop_server(server)
 
 
-def measure_all(args: argparse.Namespace, path: BenchPath, pinning: Pinning, targets: list[Target],
+def measure_all(args: argparse.Namespace, pinning: Pinning, targets: dict[str, list[Target]],
                 upstream: Server) -> int:
-    hops = [t.hop for t in targets if t.hop is not None]
+    """Check, measure and report every path: one table each, then the translation overhead."""
+    first = next(iter(targets.values()))  # every path has the same hops: the one relay, the one proxy
+    hops = [t.hop for t in first if t.hop is not None]
     rss = {hop.name: {"idle": rss_mib(hop.pid)} for hop in hops}
-    problems = sanity_check(targets)
+    problems = sanity_check([t for path_targets in targets.values() for t in path_targets])
     if problems:
         print("sanity check failed, nothing measured:\n  " + "\n  ".join(problems))
         for hop in hops:
@@ -1036,20 +1278,28 @@ def measure_all(args: argparse.Namespace, path: BenchPath, pinning: Pinning, tar
         return 1
     probes = [wake_probe(pinning.generator, pinning.proxy)]
     print(probes[0].line(), flush=True)
-    results = run_scenarios(args, targets, upstream, pinning)
+    by_path = run_scenarios(args, targets, upstream, pinning)
     for hop in hops:
         rss[hop.name]["after"] = rss_mib(hop.pid)
     # Conditions on a shared host drift: probe again, so the verdicts see the worst of both.
     probes.append(wake_probe(pinning.generator, pinning.proxy))
     print(probes[1].line().replace("wake-up probe", "wake-up probe after the runs"))
-    names = [t.name for t in targets]
+    names = [t.name for t in first]
     scenarios = scenarios_of(args)
+    for path, results in by_path.items():
+        print(f"\n=== path {path}: model {PATHS[path].model}, direct {PATHS[path].direct_path} ===")
+        for line in [*table(results, scenarios, names, rss), "", *busy_lines(results, scenarios, names), "",
+                     *verdicts(results, scenarios, names, pinning, probes)]:
+            print(line)
+    overhead = translation_overhead(by_path, scenarios) if len(by_path) > 1 else []
+    if overhead:
+        print()
+        print("\n".join(overhead_table(overhead, BASELINE)))
+    measurements = [m for results in by_path.values() for m in results.values()]
     print()
-    for line in [*table(results, scenarios, names, rss), "", *busy_lines(results, scenarios, names), "",
-                 *verdicts(results, scenarios, names, pinning, probes), *error_lines(results, hops)]:
-        print(line)
-    write_json(args, path, pinning, results, rss, probes)
-    return 1 if any(m.errors for m in results.values()) else 0
+    print("\n".join(error_lines(measurements, hops)))
+    write_json(args, pinning, measurements, overhead, rss, probes)
+    return 1 if any(m.errors for m in measurements) else 0
 
 
 def scenarios_of(args: argparse.Namespace) -> list[Scenario]:
@@ -1058,24 +1308,27 @@ def scenarios_of(args: argparse.Namespace) -> list[Scenario]:
             Scenario("stream c=1", True, 1), Scenario(f"stream c={n}", True, n)]
 
 
-def run_scenarios(args: argparse.Namespace, targets: list[Target], upstream: Server, pinning: Pinning) -> Results:
-    """Every scenario against every target, back to back, so the targets see the same conditions."""
-    results: Results = {}
+def run_scenarios(args: argparse.Namespace, targets: dict[str, list[Target]], upstream: Server,
+                  pinning: Pinning) -> PathResults:
+    """Every scenario against every path's targets, back to back, so paths and targets see the same
+    conditions: a drift of the host between paths would otherwise pass for translation cost."""
+    by_path: PathResults = {path: {} for path in targets}
     for scenario in scenarios_of(args):
-        for target in targets:
-            m = measure(target, scenario, upstream, args, pinning)
-            results[target.name, scenario.name] = m
-            print(f"  {target.name:<6} {scenario.name:<12} {m.rps:>9,.0f}/s  p50 {m.p50_ms:7.3f} ms  "
-                  f"p99 {m.p99_ms:7.3f} ms  errors {m.errors}", flush=True)
-    return results
+        for path, path_targets in targets.items():
+            for target in path_targets:
+                m = measure(target, scenario, upstream, args, pinning)
+                by_path[path][target.name, scenario.name] = m
+                print(f"  {path:<9} {target.name:<6} {scenario.name:<12} {m.rps:>9,.0f}/s  p50 {m.p50_ms:7.3f} ms  "
+                      f"p99 {m.p99_ms:7.3f} ms  errors {m.errors}", flush=True)
+    return by_path
 
 
-def write_json(args: argparse.Namespace, path: BenchPath, pinning: Pinning, results: Results,
-               rss: dict[str, dict[str, float]], probes: list[WakeProbe]) -> None:
+def write_json(args: argparse.Namespace, pinning: Pinning, measurements: list[Measurement],
+               overhead: list[OverheadRow], rss: dict[str, dict[str, float]], probes: list[WakeProbe]) -> None:
     document = {
         "machine": machine_line(args),
         "pinning": pinning.description,
-        "path": path.name,
+        "paths": {name: {"model": PATHS[name].model, "direct_path": PATHS[name].direct_path} for name in args.path},
         "upstream": args.upstream,
         "seconds": args.seconds,
         "warmup": args.warmup,
@@ -1083,7 +1336,9 @@ def write_json(args: argparse.Namespace, path: BenchPath, pinning: Pinning, resu
         "concurrency": args.concurrency,
         "wake_probes": [asdict(p) for p in probes],
         "rss_mib": rss,
-        "runs": [asdict(m) for m in results.values()],
+        "runs": [asdict(m) for m in measurements],
+        # Empty with one path; otherwise one row per metric, with every path's value, ratio and difference.
+        "translation_overhead": {"baseline": BASELINE, "rows": [row.as_json(BASELINE) for row in overhead]},
     }
     Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
     print(f"results written to {args.json}")
@@ -1092,8 +1347,7 @@ def write_json(args: argparse.Namespace, path: BenchPath, pinning: Pinning, resu
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve_lean_upstream is not None:
-        path = PATHS[args.path]
-        return run_app(LEAN_SHAPES[path.lean_shape](path.lean_routes), args.serve_lean_upstream)
+        return run_app(lean_app([PATHS[name] for name in args.path]), args.serve_lean_upstream)
     if args.serve_relay is not None:
         return run_app(bare_relay_app(args.relay_to), args.serve_relay)
     # SIGTERM ends us like Ctrl-C does, so the finally blocks stop the servers and workers.
