@@ -1,7 +1,7 @@
 """The fake upstream: one real aiohttp server that speaks the providers' wire formats.
 
 It owns the provider side of every integration test: it answers on 127.0.0.1 the way the real
-services answer (wire-formats.md sections 1, 3, 6, 7.2, 7.3 and 8), records every request it gets,
+services answer (wire-formats.md sections 1, 2, 3, 6, 7.2, 7.3 and 8), records every request it gets,
 and misbehaves on demand when a fault word appears in the model name (TensorZero's dummy provider
 does the same). Each provider is a "flavor", named by the first path segment; the rest of the path
 is the provider's real path, so `/groq/openai/v1/chat/completions` is Groq's chat endpoint.
@@ -30,6 +30,11 @@ answer. Fault words, found anywhere in the model name or Azure deployment:
     error-mid-stream  role chunk + one content chunk, then `data: {"error": ...}` and a clean end
                       (not streamed: a 500)
     hang              never answer; only the caller leaving ends it (`disconnected_at`)
+    fail-529, error-before-content    the anthropic flavor only (`ANTHROPIC_FAULT_WORDS`)
+
+The `anthropic` flavor speaks Anthropic's Messages API instead (`POST /anthropic/v1/messages`,
+wire-formats §2): its own validation, named SSE events, error envelope and two more fault words;
+the "Anthropic Messages" section at the end of this module says what it answers.
 
 Adding a flavor: give it a `Flavor` entry in `FLAVORS`, register its routes in
 `FakeUpstream._add_routes`, and, for quirks, add small functions to the `_CHAT_CHECKS`,
@@ -41,7 +46,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import hashlib
+import json
 import random
 import re
 import string
@@ -151,6 +158,10 @@ def _mistral_tool_call_id() -> str:
     return _alnum(9)
 
 
+def _anthropic_tool_use_id() -> str:
+    return "toolu_" + _alnum(24)
+
+
 @dataclass(frozen=True, slots=True)
 class Flavor:
     """What distinguishes one OpenAI-style provider from another, as data.
@@ -160,8 +171,8 @@ class Flavor:
     """
 
     name: str
-    auth: Literal["bearer", "none", "azure"]
-    error_shape: Literal["openai", "mistral"]
+    auth: Literal["bearer", "none", "azure", "anthropic"]
+    error_shape: Literal["openai", "mistral", "anthropic"]
     models: tuple[str, ...]
     owned_by: str
     tool_call_id: Callable[[], str] = _openai_tool_call_id
@@ -227,6 +238,15 @@ FLAVORS: Final[Mapping[str, Flavor]] = {
             embeddings_base64=True,
             embeddings_dimensions="truncate",
         ),
+        Flavor(
+            "anthropic",
+            auth="anthropic",
+            error_shape="anthropic",
+            models=("claude-sonnet-4-6", "claude-haiku-4-5"),
+            owned_by="anthropic",
+            tool_call_id=_anthropic_tool_use_id,
+            honours_n=False,
+        ),
     )
 }
 """Every flavor the fake speaks, by the path prefix that selects it."""
@@ -264,7 +284,13 @@ def _error(
     code: str | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> web.Response:
-    """An error in the flavor's envelope: OpenAI's nested one, or Mistral's flat one."""
+    """An error in the flavor's envelope: OpenAI's nested one, Mistral's flat one, or Anthropic's.
+
+    Anthropic's `error.type` follows from the status (wire-formats §2.5), so `type_`, `param` and
+    `code` do not apply to it.
+    """
+    if flavor.error_shape == "anthropic":
+        return _anthropic_error(status, message, headers=headers)
     error = {"message": message, "type": type_, "param": param, "code": code}
     body: Json = {"object": "error", **error} if flavor.error_shape == "mistral" else {"error": error}
     return _json_response(body, status, headers)
@@ -334,7 +360,8 @@ class _CallerGone(Exception):
 
 
 class FakeUpstream:
-    """A real HTTP server speaking six providers' OpenAI-style wire formats, recording everything.
+    """A real HTTP server speaking six providers' OpenAI-style wire formats and Anthropic's Messages
+    API, recording everything.
 
     Use it as `async with FakeUpstream() as fake:` or with `await fake.start()` and
     `await fake.stop()`. `fake.url(flavor)` gives a flavor's root, `fake.requests` what arrived.
@@ -458,6 +485,8 @@ class FakeUpstream:
         router.add_post("/azure/openai/v1/embeddings", self._endpoint("azure", _embeddings))
         router.add_get("/azure/openai/v1/models", self._endpoint("azure", _models))
         router.add_get("/azure/openai/models", self._endpoint("azure", _models))
+        router.add_post("/anthropic/v1/messages", self._endpoint("anthropic", _anthropic_messages))
+        router.add_get("/anthropic/v1/models", self._endpoint("anthropic", _anthropic_models))
         # Everything else is a recorded 404, so a gateway that builds a wrong URL shows up in
         # `requests` instead of vanishing into aiohttp's default 404.
         router.add_route("*", "/{tail:.*}", self._unknown_url)
@@ -539,9 +568,16 @@ def _parse_json(body: bytes) -> Any:
 
 
 def _check_access(call: _Call) -> web.Response | None:
-    """Refuse what the real service refuses before looking at the body: auth, Azure's api-version."""
+    """Refuse what the real service refuses before looking at the body: auth, Azure's api-version,
+    Anthropic's anthropic-version."""
     headers = call.request.headers
     has_bearer = bool(_BEARER.fullmatch(headers.get("Authorization", "").strip()))
+    if call.flavor.auth == "anthropic":
+        # Either scheme (wire-formats §2, pitfall 9.13): the 2.x SDK sends Bearer, 1.x x-api-key.
+        if not (headers.get("x-api-key", "").strip() or has_bearer):
+            return _anthropic_error(401, "x-api-key header is required")
+        if not headers.get("anthropic-version", "").strip():
+            return _anthropic_error(400, "anthropic-version: header is required")
     if call.flavor.auth == "bearer" and not has_bearer:
         return _error(
             call.flavor,
@@ -1211,7 +1247,905 @@ async def _models(call: _Call) -> web.StreamResponse:
     return _json_response({"object": "list", "data": data})
 
 
+# --------------------------------------------------------------------------------------------------
+# Anthropic Messages (wire-formats §2)
+#
+# `POST /anthropic/v1/messages`. Order of play as for the other flavors: record, auth (`x-api-key`
+# or Bearer) and `anthropic-version`, the body checks below (each refusal a 400 in Anthropic's
+# envelope), the script, the fault words, then the answer:
+#
+# - text: `"[anthropic] " + the last user turn's text` (text blocks joined by a space, an image
+#   counted as `<image>`), or `"[anthropic] tool said: <first tool_result's content>"` when that
+#   turn starts with tool results; upper-cased when the system prompt holds the word `shout`;
+#   `{"answer": <text>}` as compact JSON under `output_config.format` json_schema.
+# - tool use: with `tools`, a `tool_choice` other than none and no tool result to read, one
+#   `tool_use` (`ANTHROPIC_TOOL_INPUT`) of the first tool or the named one; under `auto` (or no
+#   tool_choice) it comes after a `ANTHROPIC_TOOL_PREAMBLE` text block, as Claude often does,
+#   while a forced choice (`any`, `tool`) gets the tool_use alone, as the real API prefills it.
+# - thinking (`enabled` or `adaptive`): a first `thinking` block "Thinking about: <text>" signed
+#   with `anthropic_signature`; the API checks that signature whenever the block comes back.
+# - `stop_sequences` cut before the earliest hit; more words than `max_tokens` cut to that many.
+# - usage in words; a model name holding `cache` adds cache_read 7 and cache_creation 3.
+#
+# Consecutive turns of one role are merged before the conversation rules are checked, as the API
+# itself does; refusal messages still point at the original `messages.N.content.M`.
+
+ANTHROPIC_FAULT_WORDS: Final[tuple[str, ...]] = (*FAULT_WORDS, "fail-529", "error-before-content")
+"""The fault words of the anthropic flavor: the common ones, in Anthropic's shapes, and two more.
+
+`fail-529` answers 529 `overloaded_error`; `error-before-content` streams `message_start` and
+`ping`, then `event: error` (overloaded) before any content block. The common words keep their
+meaning: `fail-500` is 500 `api_error`, `fail-503` a 503 with an `overloaded_error` body, `fail-429`
+429 `rate_limit_error` with `retry-after: 7` only; `error-mid-stream` sends `event: error`
+(overloaded) right after the first `text_delta` (after the first delta of any kind when the answer
+has no text); `slow-stream` waits after the first `content_block_delta`; `cut-mid-stream` drops the
+connection after the second one. Not streamed, `error-mid-stream` and `error-before-content` both
+answer 529 `overloaded_error`.
+"""
+
+ANTHROPIC_TOOL_INPUT: Final[Json] = {"location": "Paris"}
+"""The `input` of every `tool_use` the fake makes (streamed as `TOOL_ARGUMENTS` in fragments)."""
+
+ANTHROPIC_TOOL_PREAMBLE: Final = "Let me check."
+"""The text block before a `tool_use` chosen under `tool_choice` auto (or none given)."""
+
+ANTHROPIC_CACHE_READ_TOKENS: Final = 7
+ANTHROPIC_CACHE_CREATION_TOKENS: Final = 3
+
+ANTHROPIC_THINKING_PREFIX: Final = "Thinking about: "
+"""The fake's thinking text is this prefix and the reply text it is about to give."""
+
+_ANTHROPIC_DOCS: Final = "https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
+_ANTHROPIC_ID: Final = re.compile(r"[a-zA-Z0-9_-]+")
+_ANTHROPIC_TOOL_NAME: Final = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+_SHOUT: Final = re.compile(r"\bshout\b", re.IGNORECASE)
+_ANTHROPIC_KEYS: Final = frozenset(
+    {
+        "model",
+        "max_tokens",
+        "messages",
+        "system",
+        "stop_sequences",
+        "stream",
+        "tools",
+        "tool_choice",
+        "metadata",
+        "thinking",
+        "output_config",
+        "temperature",
+        "top_p",
+        "top_k",
+        "service_tier",
+    }
+)
+_ANTHROPIC_BLOCK_KEYS: Final[Mapping[str, frozenset[str]]] = {
+    "text": frozenset({"type", "text", "cache_control", "citations"}),
+    "image": frozenset({"type", "source", "cache_control"}),
+    "tool_use": frozenset({"type", "id", "name", "input", "cache_control"}),
+    "tool_result": frozenset({"type", "tool_use_id", "content", "is_error", "cache_control"}),
+    "thinking": frozenset({"type", "thinking", "signature"}),
+    "redacted_thinking": frozenset({"type", "data"}),
+    "document": frozenset({"type", "source", "title", "context", "citations", "cache_control"}),
+}
+_ANTHROPIC_ROLE_OF_BLOCK: Final[Mapping[str, str]] = {
+    "tool_use": "assistant",
+    "thinking": "assistant",
+    "redacted_thinking": "assistant",
+    "tool_result": "user",
+}
+_ANTHROPIC_MEDIA_TYPES: Final = ("image/jpeg", "image/png", "image/gif", "image/webp")
+_ANTHROPIC_ERROR_TYPES: Final[Mapping[int, str]] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+_OVERLOADED: Final[Json] = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+_ANTHROPIC_MODELS_CREATED: Final = "2025-02-19T00:00:00Z"
+
+
+def anthropic_signature(thinking: str) -> str:
+    """The `signature` the fake gives a thinking block with this text, and demands back."""
+    return "sig_" + hashlib.sha256(thinking.encode()).hexdigest()[:32]
+
+
+def anthropic_thinking_block(thinking: str) -> Json:
+    """A `thinking` block the fake accepts back: the text, signed with `anthropic_signature`."""
+    return {"type": "thinking", "thinking": thinking, "signature": anthropic_signature(thinking)}
+
+
+def _anthropic_error(
+    status: int, message: str, *, type_: str | None = None, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """Anthropic's envelope; `error.type` from the status unless given (wire-formats §2.5)."""
+    error = {"type": type_ or _ANTHROPIC_ERROR_TYPES.get(status, "api_error"), "message": message}
+    return _json_response(
+        {"type": "error", "error": error}, status, {**_anthropic_headers(), **(headers or {})}
+    )
+
+
+def _anthropic_headers() -> dict[str, str]:
+    return {"request-id": "req_" + _alnum(24)}
+
+
+class _Refused(Exception):
+    """A 400 `invalid_request_error` found while checking an Anthropic body."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise _Refused(message)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _no_extra(where: str, value: Json, allowed: frozenset[str]) -> None:
+    for key in value:
+        _require(key in allowed, f"{where}{'.' if where else ''}{key}: Extra inputs are not permitted")
+
+
+@dataclass(slots=True)
+class _Turn:
+    """Consecutive messages of one role, merged as the API merges them, with each block's path."""
+
+    role: str
+    index: int
+    blocks: list[tuple[str, Json]]
+
+    def of_type(self, *types: str) -> list[tuple[str, Json]]:
+        return [(path, block) for path, block in self.blocks if block.get("type") in types]
+
+
+def _turns(messages: list[Json]) -> list[_Turn]:
+    turns: list[_Turn] = []
+    for i, message in enumerate(messages):
+        content = message["content"]
+        blocks = (
+            [(f"messages.{i}.content", {"type": "text", "text": content})]
+            if isinstance(content, str)
+            else [(f"messages.{i}.content.{j}", block) for j, block in enumerate(content)]
+        )
+        if turns and turns[-1].role == message["role"]:
+            turns[-1].blocks.extend(blocks)
+        else:
+            turns.append(_Turn(message["role"], i, blocks))
+    return turns
+
+
+# -- checking the body -----------------------------------------------------------------------------
+
+
+def _check_anthropic_body(body: Any) -> None:
+    """Raise `_Refused` for what the real Messages API refuses with a 400."""
+    _require(isinstance(body, dict), "The request body is not a valid JSON object.")
+    _no_extra("", body, _ANTHROPIC_KEYS)
+    model = body.get("model")
+    _require("model" in body, "model: Field required")
+    _require(isinstance(model, str) and bool(model), "model: Input should be a non-empty string")
+    _require("max_tokens" in body, "max_tokens: Field required")
+    max_tokens = body["max_tokens"]
+    _require(_is_int(max_tokens), "max_tokens: Input should be a valid integer")
+    _require(max_tokens >= 1, "max_tokens: Input should be greater than or equal to 1")
+    _require("messages" in body, "messages: Field required")
+    messages = body["messages"]
+    _require(isinstance(messages, list), "messages: Input should be a valid list")
+    _require(bool(messages), "messages: at least one message is required")
+    for i, message in enumerate(messages):
+        _check_message(i, message, final=i == len(messages) - 1)
+    _check_system(body.get("system"))
+    tool_names = _check_tools(body.get("tools"))
+    _check_tool_choice(body.get("tool_choice"), tool_names)
+    _check_thinking_config(body.get("thinking"), max_tokens)
+    _check_sampling(body)
+    _check_output_config(body.get("output_config"))
+    _check_small_fields(body)
+    turns = _turns(messages)
+    _check_tool_pairing(turns, has_tools=bool(tool_names))
+    _check_thinking_turns(body, turns)
+
+
+def _check_message(i: int, message: Any, *, final: bool) -> None:
+    where = f"messages.{i}"
+    _require(isinstance(message, dict), f"{where}: Input should be a valid dictionary")
+    _no_extra(where, message, frozenset({"role", "content"}))
+    role = message.get("role")
+    _require(role in ("user", "assistant"), f"{where}.role: Input should be 'user' or 'assistant'")
+    _require("content" in message, f"{where}.content: Field required")
+    content = message["content"]
+    prefill = final and role == "assistant"
+    empty = (
+        f"{where}: all messages must have non-empty content except for the optional final assistant message"
+    )
+    if isinstance(content, str):
+        _require(bool(content) or prefill, empty)
+        _require(
+            not content or bool(content.strip()),
+            f"{where}.content: text content blocks must contain non-whitespace text",
+        )
+        last_text = content
+    else:
+        _require(isinstance(content, list), f"{where}.content: Input should be a valid string or list")
+        _require(bool(content) or prefill, empty)
+        for j, block in enumerate(content):
+            _check_block(f"{where}.content.{j}", block, role)
+        texts = [b["text"] for b in content if b.get("type") == "text"]
+        last_text = texts[-1] if texts and content[-1].get("type") == "text" else ""
+    if prefill:
+        _require(
+            last_text == last_text.rstrip(),
+            "messages: final assistant content cannot end with trailing whitespace",
+        )
+
+
+def _check_block(where: str, block: Any, role: str) -> None:
+    _require(isinstance(block, dict), f"{where}: Input should be a valid dictionary")
+    type_ = block.get("type")
+    if type_ not in _ANTHROPIC_BLOCK_KEYS:
+        tags = ", ".join(f"'{t}'" for t in _ANTHROPIC_BLOCK_KEYS)
+        raise _Refused(
+            f"{where}: Input tag '{type_}' found using 'type' does not match any of the expected tags: {tags}"
+        )
+    _no_extra(f"{where}.{type_}", block, _ANTHROPIC_BLOCK_KEYS[type_])
+    needed_role = _ANTHROPIC_ROLE_OF_BLOCK.get(type_)
+    _require(
+        needed_role is None or role == needed_role,
+        f"{where}: `{type_}` blocks can only be in `{needed_role}` messages",
+    )
+    if type_ == "text":
+        _check_text_block(where, block)
+    elif type_ == "image":
+        _check_image_block(where, block)
+    elif type_ == "tool_use":
+        tool_id = block.get("id")
+        _require(
+            isinstance(tool_id, str) and bool(_ANTHROPIC_ID.fullmatch(tool_id)),
+            f"{where}.tool_use.id: String should match pattern '^[a-zA-Z0-9_-]+$'",
+        )
+        name = block.get("name")
+        _require(isinstance(name, str) and bool(name), f"{where}.tool_use.name: Field required")
+        _require(
+            isinstance(block.get("input"), dict),
+            f"{where}.tool_use.input: Input should be a valid dictionary",
+        )
+    elif type_ == "tool_result":
+        _check_tool_result_block(where, block)
+    elif type_ == "thinking":
+        thinking, signature = block.get("thinking"), block.get("signature")
+        _require(isinstance(thinking, str), f"{where}.thinking.thinking: Input should be a valid string")
+        _require(isinstance(signature, str), f"{where}.thinking.signature: Field required")
+        _require(
+            signature == anthropic_signature(str(thinking)),
+            f"{where}: Invalid `signature` in `thinking` block",
+        )
+    elif type_ == "redacted_thinking":
+        data = block.get("data")
+        _require(isinstance(data, str) and bool(data), f"{where}.redacted_thinking.data: Field required")
+    else:  # document: its many source kinds are not the gateway's business
+        _require(isinstance(block.get("source"), dict), f"{where}.document.source: Field required")
+
+
+def _check_text_block(where: str, block: Json) -> None:
+    text = block.get("text")
+    _require(isinstance(text, str), f"{where}.text.text: Input should be a valid string")
+    _require(bool(text), f"{where}: text content blocks must be non-empty")
+    _require(bool(str(text).strip()), f"{where}: text content blocks must contain non-whitespace text")
+
+
+def _check_image_block(where: str, block: Json) -> None:
+    source = block.get("source")
+    if not isinstance(source, dict):
+        raise _Refused(f"{where}.image.source: Field required")
+    kind = source.get("type")
+    if kind == "base64":
+        _no_extra(f"{where}.image.source.base64", source, frozenset({"type", "media_type", "data"}))
+        _require(
+            source.get("media_type") in _ANTHROPIC_MEDIA_TYPES,
+            f"{where}.image.source.base64.media_type: Input should be 'image/jpeg', 'image/png', "
+            "'image/gif' or 'image/webp'",
+        )
+        data = source.get("data")
+        try:
+            valid = isinstance(data, str) and bool(data) and bool(base64.b64decode(data, validate=True))
+        except (binascii.Error, ValueError):
+            valid = False
+        _require(valid, f"{where}.image.source.base64.data: invalid base64 data")
+    elif kind == "url":
+        _no_extra(f"{where}.image.source.url", source, frozenset({"type", "url"}))
+        url = source.get("url")
+        _require(
+            isinstance(url, str) and url.startswith("https://") and len(url) > len("https://"),
+            f"{where}.image.source.url.url: only https URLs are supported",
+        )
+    else:
+        raise _Refused(
+            f"{where}.image.source: Input tag '{kind}' found using 'type' does not match any of the "
+            "expected tags: 'base64', 'url'"
+        )
+
+
+def _check_tool_result_block(where: str, block: Json) -> None:
+    tool_use_id = block.get("tool_use_id")
+    _require(
+        isinstance(tool_use_id, str) and bool(_ANTHROPIC_ID.fullmatch(tool_use_id)),
+        f"{where}.tool_result.tool_use_id: String should match pattern '^[a-zA-Z0-9_-]+$'",
+    )
+    _require(
+        isinstance(block.get("is_error", False), bool),
+        f"{where}.tool_result.is_error: Input should be a valid boolean",
+    )
+    content = block.get("content", "")
+    if isinstance(content, str):
+        return
+    _require(
+        isinstance(content, list), f"{where}.tool_result.content: Input should be a valid string or list"
+    )
+    for k, inner in enumerate(content):
+        inner_where = f"{where}.tool_result.content.{k}"
+        _require(
+            isinstance(inner, dict) and inner.get("type") in ("text", "image"),
+            f"{inner_where}: Input tag found using 'type' does not match any of the expected tags: "
+            "'text', 'image'",
+        )
+        _no_extra(f"{inner_where}.{inner['type']}", inner, _ANTHROPIC_BLOCK_KEYS[inner["type"]])
+        if inner["type"] == "text":
+            _check_text_block(inner_where, inner)
+        else:
+            _check_image_block(inner_where, inner)
+
+
+def _check_system(system: Any) -> None:
+    if system is None or isinstance(system, str):
+        return
+    _require(isinstance(system, list), "system: Input should be a valid string or list of text blocks")
+    for k, block in enumerate(system):
+        where = f"system.{k}"
+        _require(
+            isinstance(block, dict) and block.get("type") == "text",
+            f"{where}: Input should be a text block",
+        )
+        _no_extra(f"{where}.text", block, _ANTHROPIC_BLOCK_KEYS["text"])
+        _check_text_block(where, block)
+
+
+def _check_tools(tools: Any) -> list[str]:
+    """Check `tools` and return the names it defines, in order."""
+    if tools is None:
+        return []
+    _require(isinstance(tools, list), "tools: Input should be a valid list")
+    names: list[str] = []
+    for k, tool in enumerate(tools):
+        where = f"tools.{k}"
+        _require(isinstance(tool, dict), f"{where}: Input should be a valid dictionary")
+        _require(tool.get("type", "custom") == "custom", f"{where}.type: Input should be 'custom'")
+        where = f"{where}.custom"
+        _no_extra(
+            where, tool, frozenset({"type", "name", "description", "input_schema", "cache_control", "strict"})
+        )
+        name = tool.get("name")
+        _require(
+            isinstance(name, str) and bool(_ANTHROPIC_TOOL_NAME.fullmatch(name)),
+            f"{where}.name: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'",
+        )
+        _require(
+            isinstance(tool.get("description", ""), str),
+            f"{where}.description: Input should be a valid string",
+        )
+        schema = tool.get("input_schema")
+        _require(isinstance(schema, dict), f"{where}.input_schema: Field required")
+        _require(schema.get("type") == "object", f"{where}.input_schema.type: Input should be 'object'")
+        names.append(str(name))
+    _require(len(set(names)) == len(names), "tools: Tool names must be unique.")
+    return names
+
+
+def _check_tool_choice(choice: Any, tool_names: list[str]) -> None:
+    if choice is None:
+        return
+    _require(isinstance(choice, dict), "tool_choice: Input should be a valid dictionary")
+    kind = choice.get("type")
+    allowed = {
+        "auto": {"type", "disable_parallel_tool_use"},
+        "any": {"type", "disable_parallel_tool_use"},
+        "tool": {"type", "name", "disable_parallel_tool_use"},
+        "none": {"type"},
+    }
+    _require(
+        kind in allowed,
+        f"tool_choice: Input tag '{kind}' found using 'type' does not match any of the expected tags: "
+        "'auto', 'any', 'tool', 'none'",
+    )
+    _no_extra(f"tool_choice.{kind}", choice, frozenset(allowed[kind]))
+    _require(
+        isinstance(choice.get("disable_parallel_tool_use", False), bool),
+        f"tool_choice.{kind}.disable_parallel_tool_use: Input should be a valid boolean",
+    )
+    if kind == "tool":
+        name = choice.get("name")
+        _require(isinstance(name, str) and bool(name), "tool_choice.tool.name: Field required")
+        _require(name in tool_names, f"tool_choice.tool.name: Tool '{name}' not found in `tools`")
+
+
+def _check_thinking_config(thinking: Any, max_tokens: int) -> None:
+    if thinking is None:
+        return
+    _require(isinstance(thinking, dict), "thinking: Input should be a valid dictionary")
+    kind = thinking.get("type")
+    allowed = {
+        "enabled": {"type", "budget_tokens", "display"},
+        "adaptive": {"type", "display"},
+        "disabled": {"type"},
+    }
+    _require(
+        kind in allowed,
+        f"thinking: Input tag '{kind}' found using 'type' does not match any of the expected tags: "
+        "'enabled', 'adaptive', 'disabled'",
+    )
+    _no_extra(f"thinking.{kind}", thinking, frozenset(allowed[kind]))
+    if kind != "enabled":
+        return
+    budget = thinking.get("budget_tokens")
+    _require("budget_tokens" in thinking, "thinking.enabled.budget_tokens: Field required")
+    _require(_is_int(budget), "thinking.enabled.budget_tokens: Input should be a valid integer")
+    _require(budget >= 1024, "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024")
+    _require(
+        budget < max_tokens,
+        "`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our "
+        f"documentation at {_ANTHROPIC_DOCS}#max-tokens-and-context-window-size",
+    )
+
+
+def _thinking_on(body: Json) -> bool:
+    thinking = body.get("thinking")
+    return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+
+
+def _check_sampling(body: Json) -> None:
+    for name in ("temperature", "top_p"):
+        value = body.get(name)
+        if value is None:
+            continue
+        _require(_is_number(value), f"{name}: Input should be a valid number")
+        _require(value >= 0, f"{name}: Input should be greater than or equal to 0")
+        _require(value <= 1, f"{name}: Input should be less than or equal to 1")
+    top_k = body.get("top_k")
+    if top_k is not None:
+        _require(_is_int(top_k) and top_k >= 0, "top_k: Input should be a non-negative integer")
+    if _thinking_on(body):
+        _require(
+            body.get("temperature") in (None, 1),
+            "`temperature` may only be set to 1 when thinking is enabled. Please consult our "
+            f"documentation at {_ANTHROPIC_DOCS}#feature-compatibility",
+        )
+        _require(
+            top_k is None,
+            "`top_k` must be unset when thinking is enabled. Please consult our documentation at "
+            f"{_ANTHROPIC_DOCS}#feature-compatibility",
+        )
+        choice = body.get("tool_choice")
+        _require(
+            not (isinstance(choice, dict) and choice.get("type") in ("any", "tool")),
+            "Thinking may not be enabled when tool_choice forces tool use.",
+        )
+
+
+def _check_output_config(config: Any) -> None:
+    if config is None:
+        return
+    _require(isinstance(config, dict), "output_config: Input should be a valid dictionary")
+    _no_extra("output_config", config, frozenset({"format", "effort"}))
+    effort = config.get("effort")
+    _require(
+        effort in (None, "low", "medium", "high", "xhigh", "max"),
+        "output_config.effort: Input should be 'low', 'medium', 'high', 'xhigh' or 'max'",
+    )
+    fmt = config.get("format")
+    if fmt is None:
+        return
+    _require(
+        isinstance(fmt, dict) and fmt.get("type") == "json_schema",
+        "output_config.format.type: Input should be 'json_schema'",
+    )
+    _no_extra("output_config.format", fmt, frozenset({"type", "schema"}))
+    _require(isinstance(fmt.get("schema"), dict), "output_config.format.schema: Field required")
+
+
+def _check_small_fields(body: Json) -> None:
+    metadata = body.get("metadata")
+    if metadata is not None:
+        _require(isinstance(metadata, dict), "metadata: Input should be a valid dictionary")
+        _no_extra("metadata", metadata, frozenset({"user_id"}))
+        _require(
+            isinstance(metadata.get("user_id", ""), str | None),
+            "metadata.user_id: Input should be a valid string",
+        )
+    stops = body.get("stop_sequences")
+    if stops is not None:
+        _require(
+            isinstance(stops, list) and all(isinstance(s, str) for s in stops),
+            "stop_sequences: Input should be a valid list of strings",
+        )
+    _require(isinstance(body.get("stream", False), bool), "stream: Input should be a valid boolean")
+    _require(
+        body.get("service_tier") in (None, "auto", "standard_only"),
+        "service_tier: Input should be 'auto' or 'standard_only'",
+    )
+
+
+def _check_tool_pairing(turns: list[_Turn], *, has_tools: bool) -> None:
+    """Tool blocks need `tools`; every tool_use is answered first thing in the next user turn."""
+    if any(turn.of_type("tool_use", "tool_result") for turn in turns):
+        _require(has_tools, "Requests which include `tool_use` or `tool_result` blocks must define tools.")
+    seen: set[str] = set()
+    for t, turn in enumerate(turns):
+        uses = turn.of_type("tool_use")
+        for path, block in uses:
+            _require(block["id"] not in seen, f"{path}: `tool_use` ids must be unique")
+            seen.add(block["id"])
+        if turn.role == "user":
+            previous = turns[t - 1] if t > 0 else None
+            asked = {b["id"] for _, b in previous.of_type("tool_use")} if previous else set()
+            other_seen = False
+            for path, block in turn.blocks:
+                if block.get("type") != "tool_result":
+                    other_seen = True
+                    continue
+                _require(
+                    block["tool_use_id"] in asked,
+                    f"{path}: unexpected `tool_use_id` found in `tool_result` blocks: "
+                    f"{block['tool_use_id']}. Each `tool_result` block must have a corresponding "
+                    "`tool_use` block in the previous message.",
+                )
+                _require(
+                    not other_seen,
+                    f"{path}: `tool_result` blocks must come first in the `user` message that answers "
+                    "`tool_use` blocks, before any other content.",
+                )
+        elif uses:
+            answer = turns[t + 1] if t + 1 < len(turns) else None
+            answered = {b["tool_use_id"] for _, b in answer.of_type("tool_result")} if answer else set()
+            missing = [b["id"] for _, b in uses if b["id"] not in answered]
+            _require(
+                not missing,
+                f"messages.{answer.index if answer else turn.index}: `tool_use` ids were found without "
+                f"`tool_result` blocks immediately after: {', '.join(missing)}. Each `tool_use` block "
+                "must have a corresponding `tool_result` block in the next message.",
+            )
+
+
+def _check_thinking_turns(body: Json, turns: list[_Turn]) -> None:
+    """With thinking on, the last assistant turn, if it used tools, starts with its signed thinking."""
+    if not _thinking_on(body):
+        return
+    last = next((turn for turn in reversed(turns) if turn.role == "assistant"), None)
+    if last is None or not last.of_type("tool_use"):
+        return
+    path, first = last.blocks[0]
+    found = first.get("type")
+    _require(
+        found in ("thinking", "redacted_thinking"),
+        f"{path}.type: Expected `thinking` or `redacted_thinking`, but found `{found}`. When "
+        "`thinking` is enabled, a final `assistant` message must start with a thinking block "
+        "(preceeding the lastmost set of `tool_use` and `tool_result` blocks). We recommend you "
+        "include thinking blocks from previous turns. To avoid this requirement, disable "
+        f"`thinking`. Please consult our documentation at {_ANTHROPIC_DOCS}",
+    )
+
+
+# -- the answer ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _AnthropicReply:
+    id: str
+    model: str
+    content: list[Json]
+    stop_reason: str
+    stop_sequence: str | None
+    usage: Json
+
+
+def _anthropic_text_of(content: Any) -> str:
+    """Text blocks joined by a space, an image counted as `<image>` (a string stays as it is)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    parts = []
+    for block in content:
+        if block.get("type") == "text":
+            parts.append(str(block.get("text", "")))
+        elif block.get("type") == "image":
+            parts.append("<image>")
+    return " ".join(parts)
+
+
+def _anthropic_block_words(block: Json) -> int:
+    kind = block.get("type")
+    if kind == "text":
+        return _words(str(block.get("text", "")))
+    if kind == "image":
+        return 1
+    if kind == "tool_use":
+        # Counted as the JSON text streamed for it (`TOOL_ARGUMENTS` style), like the other flavors.
+        return _words(json.dumps(block.get("input")))
+    if kind == "tool_result":
+        return _words(_anthropic_text_of(block.get("content", "")))
+    if kind == "thinking":
+        return _words(str(block.get("thinking", "")))
+    return 0
+
+
+def _system_text(system: Any) -> str:
+    if isinstance(system, str):
+        return system
+    if isinstance(system, list):
+        return " ".join(str(block.get("text", "")) for block in system)
+    return ""
+
+
+def _anthropic_stop(text: str, body: Json) -> tuple[str, str, str | None]:
+    """Apply stop_sequences, then max_tokens: the text kept, stop_reason and stop_sequence."""
+    reason, sequence = "end_turn", None
+    hits = [(text.find(s), s) for s in body.get("stop_sequences") or [] if s and s in text]
+    if hits:
+        position, sequence = min(hits)
+        text, reason = text[:position], "stop_sequence"
+    limit = body["max_tokens"]
+    if _words(text) > limit:
+        text, reason, sequence = " ".join(text.split()[:limit]), "max_tokens", None
+    return text, reason, sequence
+
+
+def _anthropic_generate(call: _Call) -> _AnthropicReply:
+    body = call.body
+    turns = _turns(body["messages"])
+    last_user = next((turn for turn in reversed(turns) if turn.role == "user"), None)
+    blocks = [block for _, block in last_user.blocks] if last_user else []
+    answered = bool(blocks) and blocks[0].get("type") == "tool_result"
+    if answered:
+        reply = "[anthropic] tool said: " + _anthropic_text_of(blocks[0].get("content", ""))
+    else:
+        reply = "[anthropic] " + _anthropic_text_of(blocks)
+    system = _system_text(body.get("system"))
+    if _SHOUT.search(system):
+        reply = reply.upper()
+
+    content: list[Json] = []
+    if _thinking_on(body):
+        content.append(anthropic_thinking_block(ANTHROPIC_THINKING_PREFIX + reply))
+    tools = body.get("tools") or []
+    choice = body.get("tool_choice") or {"type": "auto"}
+    stop_sequence: str | None = None
+    if tools and choice["type"] != "none" and not answered:
+        name = choice["name"] if choice["type"] == "tool" else tools[0]["name"]
+        if choice["type"] == "auto":
+            content.append({"type": "text", "text": ANTHROPIC_TOOL_PREAMBLE})
+        content.append(
+            {
+                "type": "tool_use",
+                "id": call.flavor.tool_call_id(),
+                "name": name,
+                "input": dict(ANTHROPIC_TOOL_INPUT),
+            }
+        )
+        stop_reason = "tool_use"
+    else:
+        output_format = (body.get("output_config") or {}).get("format")
+        text = orjson.dumps({"answer": reply}).decode() if output_format else reply
+        text, stop_reason, stop_sequence = _anthropic_stop(text, body)
+        if text:
+            content.append({"type": "text", "text": text})
+
+    input_tokens = _words(system) + sum(
+        _anthropic_block_words(block) for turn in turns for _, block in turn.blocks
+    )
+    usage: Json = {"input_tokens": input_tokens, "output_tokens": sum(map(_anthropic_block_words, content))}
+    if "cache" in str(body["model"]):
+        usage["cache_creation_input_tokens"] = ANTHROPIC_CACHE_CREATION_TOKENS
+        usage["cache_read_input_tokens"] = ANTHROPIC_CACHE_READ_TOKENS
+    return _AnthropicReply(
+        id="msg_" + _alnum(24),
+        model=str(body["model"]),
+        content=content,
+        stop_reason=stop_reason,
+        stop_sequence=stop_sequence,
+        usage=usage,
+    )
+
+
+def _anthropic_message(reply: _AnthropicReply) -> Json:
+    return {
+        "id": reply.id,
+        "type": "message",
+        "role": "assistant",
+        "model": reply.model,
+        "content": reply.content,
+        "stop_reason": reply.stop_reason,
+        "stop_sequence": reply.stop_sequence,
+        "usage": dict(reply.usage),
+    }
+
+
+async def _anthropic_messages(call: _Call) -> web.StreamResponse:
+    """POST /anthropic/v1/messages: checks, faults, then the deterministic answer."""
+    refusal = _check_access(call)
+    if refusal is not None:
+        return refusal
+    try:
+        _check_anthropic_body(call.rec.json)
+    except _Refused as refused:
+        return _anthropic_error(400, refused.message)
+    faulted = await _anthropic_fault(call)
+    if faulted is not None:
+        return faulted
+    reply = _anthropic_generate(call)
+    if call.body.get("stream") is True:
+        return await _anthropic_stream(call, reply)
+    if call.has_fault("error-mid-stream") or call.has_fault("error-before-content"):
+        # Without a stream to break, the overload surfaces as Anthropic's own 529.
+        return _anthropic_error(529, "Overloaded")
+    if call.has_fault("slow-stream"):
+        await asyncio.sleep(call.delay)
+    return await _answer(call, _anthropic_message(reply), _anthropic_headers())
+
+
+async def _anthropic_fault(call: _Call) -> web.StreamResponse | None:
+    """The script, then the faults that happen before any byte, in Anthropic's shapes."""
+    scripted = _scripted(call)
+    if scripted is not None:
+        return await scripted
+    if call.has_fault("hang"):
+        await asyncio.sleep(HANG_SECONDS)
+    for word, status, message in (
+        ("fail-500", 500, "Internal server error"),
+        ("fail-503", 503, "Service unavailable: overloaded"),
+        ("fail-529", 529, "Overloaded"),
+        ("fail-400", 400, "Invalid request (fail-400 fault)."),
+        ("fail-401", 401, "invalid x-api-key (fail-401 fault)"),
+    ):
+        if call.has_fault(word):
+            return _anthropic_error(status, message)
+    if call.has_fault("fail-429"):
+        return _anthropic_error(
+            429,
+            "Number of request tokens has exceeded your per-minute rate limit (fail-429 fault).",
+            headers={"retry-after": "7"},
+        )
+    if call.has_fault("slow-first-byte"):
+        await asyncio.sleep(call.delay)
+    return None
+
+
+# -- streaming -------------------------------------------------------------------------------------
+
+
+def _anthropic_events(reply: _AnthropicReply) -> list[tuple[str, Json]]:
+    """Every named event of the stream, in order (wire-formats §2.4)."""
+    start_usage = {**reply.usage, "output_tokens": 1}
+    message = {**_anthropic_message(reply), "content": [], "stop_reason": None, "stop_sequence": None}
+    events: list[tuple[str, Json]] = [
+        ("message_start", {"type": "message_start", "message": {**message, "usage": start_usage}}),
+        ("ping", {"type": "ping"}),
+    ]
+
+    def delta(index: int, payload: Json) -> tuple[str, Json]:
+        return ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": payload})
+
+    for index, block in enumerate(reply.content):
+        kind = block["type"]
+        if kind == "thinking":
+            head: Json = {"type": "thinking", "thinking": "", "signature": ""}
+            deltas = [
+                delta(index, {"type": "thinking_delta", "thinking": piece})
+                for piece in _word_pieces(block["thinking"])
+            ]
+            deltas.append(delta(index, {"type": "signature_delta", "signature": block["signature"]}))
+        elif kind == "text":
+            head = {"type": "text", "text": ""}
+            deltas = [
+                delta(index, {"type": "text_delta", "text": piece}) for piece in _word_pieces(block["text"])
+            ]
+        else:
+            head = {**block, "input": {}}
+            pieces = ["", *_argument_pieces(TOOL_ARGUMENTS)]
+            deltas = [delta(index, {"type": "input_json_delta", "partial_json": piece}) for piece in pieces]
+        events.append(
+            ("content_block_start", {"type": "content_block_start", "index": index, "content_block": head})
+        )
+        events.extend(deltas)
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
+    events.append(
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": reply.stop_reason, "stop_sequence": reply.stop_sequence},
+                "usage": {"output_tokens": reply.usage["output_tokens"]},
+            },
+        )
+    )
+    events.append(("message_stop", {"type": "message_stop"}))
+    return events
+
+
+def _named_sse(name: str, data: Json) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+async def _anthropic_stream(call: _Call, reply: _AnthropicReply) -> web.StreamResponse:
+    """Write the events one by one, applying the streaming faults at their points."""
+    events = _anthropic_events(reply)
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **_anthropic_headers()}
+    )
+    await _prepare(response, call.request)
+    cut = call.has_fault("cut-mid-stream")
+    has_text = any(e.get("delta", {}).get("type") == "text_delta" for _, e in events)
+    deltas = 0
+    for name, event in events:
+        if cut and name == "message_delta":
+            # A reply too short for two deltas is still cut before it can finish.
+            _cut(call)
+            return response
+        await _send(response, _named_sse(name, event))
+        if name == "ping" and call.has_fault("error-before-content"):
+            await _send(response, _named_sse("error", _OVERLOADED))
+            return response
+        if name != "content_block_delta":
+            continue
+        deltas += 1
+        is_text = event["delta"]["type"] == "text_delta"
+        if call.has_fault("error-mid-stream") and (is_text or not has_text):
+            await _send(response, _named_sse("error", _OVERLOADED))
+            return response
+        if deltas == 1 and call.has_fault("slow-stream"):
+            await asyncio.sleep(call.delay)
+        if deltas == 2 and cut:
+            _cut(call)
+            return response
+    return response
+
+
+# -- models ----------------------------------------------------------------------------------------
+
+
+async def _anthropic_models(call: _Call) -> web.StreamResponse:
+    """GET /anthropic/v1/models: the flavor's models in Anthropic's paginated list shape."""
+    refusal = _check_access(call)
+    if refusal is not None:
+        return refusal
+    data = [
+        {"type": "model", "id": model, "display_name": model, "created_at": _ANTHROPIC_MODELS_CREATED}
+        for model in call.flavor.models
+    ]
+    body = {"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]}
+    return _json_response(body, headers=_anthropic_headers())
+
+
 __all__ = [
+    "ANTHROPIC_CACHE_CREATION_TOKENS",
+    "ANTHROPIC_CACHE_READ_TOKENS",
+    "ANTHROPIC_FAULT_WORDS",
+    "ANTHROPIC_THINKING_PREFIX",
+    "ANTHROPIC_TOOL_INPUT",
+    "ANTHROPIC_TOOL_PREAMBLE",
     "AZURE_MODEL",
     "EMBEDDING_SIZE",
     "FAULT_WORDS",
@@ -1221,5 +2155,7 @@ __all__ = [
     "Flavor",
     "Recorded",
     "Scripted",
+    "anthropic_signature",
+    "anthropic_thinking_block",
     "embedding_vector",
 ]
