@@ -64,7 +64,8 @@ Any Bearer key works as the provider key; the gateway key is {key!r}.
       print(c.chat.completions.create(model='gpt-4', messages=[{{'role': 'user', 'content': 'Hi'}}]).choices[0].message.content)"
 
 Models to try: gpt-4 (70/30 openai/azure-eu), resilient (falls back), local, gpt-4o, azure/gpt-4o,
-groq/llama3-70b, mistral-large-latest, ollama/llama3.2, lmstudio/qwen2.5, text-embedding-3-small.
+groq/llama3-70b, mistral-large-latest, claude-3-5-sonnet-20241022, ollama/llama3.2, lmstudio/qwen2.5,
+text-embedding-3-small.
 Ctrl-C stops both.
 """, flush=True)
         signal.signal(signal.SIGTERM, _interrupt)
