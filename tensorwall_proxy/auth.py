@@ -32,6 +32,9 @@ class Credential:
 
     kind: CredentialKind
     secret: Secret | None = None
+    # The cloud project ambient credentials belong to (google-auth reports it), for a vertex
+    # provider whose YAML names none.
+    project: str | None = None
 
     @property
     def health_digest(self) -> str | None:

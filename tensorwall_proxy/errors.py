@@ -8,6 +8,7 @@ The tree::
     ├── UnsupportedField              a translator cannot express a field for one endpoint (400
     │                                 only when no endpoint of the route can serve the request)
     ├── UnsupportedProvider           a provider type this build cannot translate (501, likewise)
+    ├── ProviderNotConfigured         a required setting or credential is missing (503, likewise)
     └── UpstreamError                 an attempt failed; ``kind`` decides fallback and health
           kinds: connect | timeout | rate_limited | overloaded | server | auth | bad_request
 
@@ -102,6 +103,13 @@ class UnsupportedProvider(GatewayError):
         super().__init__(501, f"Provider type '{provider_type}' is not available in this version of "
                               "tensorwall-proxy.", type="server_error", code="provider_not_implemented",
                          should_retry=False)
+
+
+class ProviderNotConfigured(GatewayError):
+    """A provider that cannot be called as configured: its endpoints are skipped, 503 when none is left."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(503, message, type="server_error", code="provider_not_configured", should_retry=False)
 
 
 class UpstreamError(GatewayError):

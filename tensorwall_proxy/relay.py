@@ -16,7 +16,7 @@ import asyncio
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -24,13 +24,21 @@ from aiohttp import web
 from . import upstream
 from .auth import Credential, credential_for, missing_provider_key
 from .config import Config, ProviderConfig, Secret, Timeouts
-from .errors import GatewayError, UnsupportedField, UnsupportedProvider, UpstreamError
+from .errors import (
+    GatewayError,
+    ProviderNotConfigured,
+    UnsupportedField,
+    UnsupportedProvider,
+    UpstreamError,
+)
 from .health import HealthBook, HealthKey, when_all_blocked
 from .providers import ChatRequest, EmbeddingsRequest, Provider, UpstreamCall, provider_for
 from .router import LLMRouter, Route, RouteEndpoint
 from .sse import SseDecoder, SseError, encode
 
 JSON: Final = "application/json"
+# Upstream calls one request may have in flight at once (batched embeddings fan out).
+FAN_OUT: Final = 8
 # Upstream response headers worth passing to the caller (rate-limit state helps client back-off).
 _PASSED_PREFIX: Final = "x-ratelimit-"
 
@@ -51,6 +59,7 @@ class Gateway:
     table: Table
     health: HealthBook = field(default_factory=HealthBook)
     session: aiohttp.ClientSession | None = None
+    ambient: upstream.Ambient = field(default_factory=lambda: upstream.Ambient())
     ready: bool = False
 
 
@@ -89,8 +98,7 @@ def plan(table: Table, gateway: Gateway, route: Route, caller: Secret | None) ->
     for endpoint in route.endpoints:
         provider = table.config.providers[endpoint.provider]
         if provider.unconfigured is not None:
-            reason = reason or GatewayError(503, provider.unconfigured, code="provider_not_configured",
-                                            type="server_error", should_retry=False)
+            reason = reason or ProviderNotConfigured(provider.unconfigured)
             continue
         credential = credential_for(provider, endpoint.api_key, caller)
         if credential is None:
@@ -120,12 +128,13 @@ def plan(table: Table, gateway: Gateway, route: Route, caller: Secret | None) ->
     return [usable[i] for i in table.router.order(sub, healthy)]
 
 
-Execute = Callable[[Provider, Attempt, UpstreamCall], Awaitable[web.StreamResponse]]
-Build = Callable[[Provider, Attempt], UpstreamCall]
+Call = TypeVar("Call")  # what one attempt sends: an UpstreamCall, or several for batched embeddings
 
 
 async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Secret | None,
-                       build: Build, execute: Execute) -> web.StreamResponse:
+                       build: Callable[[Provider, Attempt, Credential], Call],
+                       execute: Callable[[Provider, Attempt, Call], Awaitable[web.StreamResponse]],
+                       ) -> web.StreamResponse:
     """The one retry loop: try the plan's attempts until one answers or a failure forbids fallback."""
     attempts = plan(table, gateway, route, caller)
     cap = table.config.retries.attempts
@@ -141,9 +150,18 @@ async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Sec
             continue
         try:
             impl = provider_for(attempt.provider.type)
-            call = build(impl, attempt)
-        except (UnsupportedField, UnsupportedProvider) as exc:
+            credential = attempt.credential
+            if credential.kind == "ambient":
+                credential = await gateway.ambient.resolve(attempt.provider)
+            call = build(impl, attempt, credential)
+        except (UnsupportedField, UnsupportedProvider, ProviderNotConfigured) as exc:
             skipped = skipped or exc  # another endpoint may still serve the request
+            continue
+        except UpstreamError as exc:
+            # Minting ambient credentials failed: nothing reached the upstream, so the endpoint's
+            # health is untouched, but another endpoint may still serve the request.
+            exc.provider = attempt.provider.name
+            failure = exc
             continue
         if attempt.credential.kind == "caller":
             caller_type = attempt.provider.type
@@ -213,6 +231,33 @@ async def _unary(gateway: Gateway, call: UpstreamCall, timeouts: Timeouts, attem
     return body, response.headers
 
 
+async def _unary_all(gateway: Gateway, calls: list[UpstreamCall], timeouts: Timeouts, attempt: Attempt,
+                     impl: Provider) -> tuple[list[bytes], Mapping[str, str]]:
+    """Several calls of one attempt, concurrently but bounded; the first failure cancels the rest."""
+    if len(calls) == 1:
+        body, headers = await _unary(gateway, calls[0], timeouts, attempt, impl)
+        return [body], headers
+    limit = asyncio.Semaphore(FAN_OUT)
+
+    async def one(call: UpstreamCall) -> tuple[bytes, Mapping[str, str]]:
+        async with limit:
+            return await _unary(gateway, call, timeouts, attempt, impl)
+
+    tasks = [asyncio.ensure_future(one(call)) for call in calls]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()  # the rest, on a failure or when the caller went away
+    # Read every finished task's exception (so none is reported as never retrieved); raise the first.
+    failures = [task.exception() for task in tasks if task.done() and not task.cancelled()]
+    first = next((exc for exc in failures if exc is not None), None)
+    if first is not None:
+        raise first
+    results = [task.result() for task in tasks]
+    return [body for body, _ in results], results[-1][1]
+
+
 async def _answer(gateway: Gateway, attempt: Attempt, impl: Provider, call: UpstreamCall, timeouts: Timeouts,
                   request_id: str, translate: Callable[[bytes], bytes]) -> web.StreamResponse:
     """A non-streamed attempt: the whole upstream body, translated, is the commit."""
@@ -228,8 +273,8 @@ async def chat(gateway: Gateway, request: web.Request, req: ChatRequest, caller:
     route = table.router.resolve(req.body["model"])
     timeouts = _timeouts(table, route)
 
-    def build(impl: Provider, attempt: Attempt) -> UpstreamCall:
-        return impl.build_request(req, attempt.provider, attempt.model, attempt.credential)
+    def build(impl: Provider, attempt: Attempt, credential: Credential) -> UpstreamCall:
+        return impl.build_request(req, attempt.provider, attempt.model, credential)
 
     async def execute(impl: Provider, attempt: Attempt, call: UpstreamCall) -> web.StreamResponse:
         if req.stream:
@@ -247,12 +292,13 @@ async def embeddings(gateway: Gateway, req: EmbeddingsRequest, caller: Secret | 
     route = table.router.resolve(req.body["model"])
     timeouts = _timeouts(table, route)
 
-    def build(impl: Provider, attempt: Attempt) -> UpstreamCall:
-        return impl.build_embeddings_request(req, attempt.provider, attempt.model, attempt.credential)
+    def build(impl: Provider, attempt: Attempt, credential: Credential) -> list[UpstreamCall]:
+        return impl.build_embeddings_request(req, attempt.provider, attempt.model, credential)
 
-    async def execute(impl: Provider, attempt: Attempt, call: UpstreamCall) -> web.StreamResponse:
-        return await _answer(gateway, attempt, impl, call, timeouts, request_id,
-                             lambda body: impl.parse_embeddings_response(req, attempt.provider, body))
+    async def execute(impl: Provider, attempt: Attempt, calls: list[UpstreamCall]) -> web.StreamResponse:
+        bodies, headers = await _unary_all(gateway, calls, timeouts, attempt, impl)
+        return web.Response(body=impl.parse_embeddings_response(req, attempt.provider, bodies),
+                            headers=_response_headers(request_id, attempt.provider.name, headers, JSON))
 
     return await run_attempts(gateway, table, route, caller, build, execute)
 

@@ -1,19 +1,34 @@
-"""The only aiohttp client code: the pooled session, sending one call, and reading its answer.
+"""The only client I/O: the pooled aiohttp session, sending one call, reading its answer, and the
+ambient credentials (google-auth tokens) that some providers sign with.
 
 Every aiohttp client exception is mapped here, at one boundary, to ``errors.UpstreamError``; the
 raw exception is never logged or shown, since aiohttp's exceptions can carry request details.
 Phase timeouts (first byte, idle, total) are clocks the relay runs around these calls; this
 module applies only the connect timeout, which includes waiting for a pooled connection.
+
+google-auth is synchronous (its transport is ``requests``): tokens are minted in a thread, one
+refresh at a time per provider, and the library is imported only when a provider first needs it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import datetime
+import time
 from collections.abc import Mapping
+from typing import Any, Final
 
 import aiohttp
 
-from .errors import UpstreamError
+from .auth import Credential
+from .config import ProviderConfig, Secret
+from .errors import ProviderNotConfigured, UpstreamError
 from .providers import UpstreamCall
+
+CLOUD_PLATFORM_SCOPE: Final = "https://www.googleapis.com/auth/cloud-platform"
+# A token is renewed this long before it expires (or at a quarter of its life, if that is sooner),
+# so a request never leaves with a token that dies on the way.
+TOKEN_MARGIN_SECONDS: Final = 300.0
 
 # Bounded so a burst cannot open unbounded sockets; waiting for a free one counts as connecting.
 POOL_LIMIT = 1024
@@ -108,3 +123,79 @@ async def send(session: aiohttp.ClientSession, call: UpstreamCall, connect_timeo
     except aiohttp.ClientError as exc:
         raise UpstreamError("connect", 502, f"The connection to {_where(call)} failed ({type(exc).__name__}).") from None
     return UpstreamResponse(response)
+
+
+class GoogleTokens:
+    """OAuth access tokens from google-auth's application default credentials, cached.
+
+    ``GOOGLE_APPLICATION_CREDENTIALS`` (a service-account JSON), the gcloud ADC file, or the
+    metadata server, in google-auth's order. The token is kept until shortly before it expires;
+    concurrent requests that find it stale wait for one refresh, made in a thread.
+    """
+
+    def __init__(self) -> None:
+        self._credentials: Any = None
+        self._project: str | None = None
+        self._token: Secret | None = None
+        self._renew_at = 0.0
+        self._generation = 0
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> tuple[Secret, str | None]:
+        """A valid token and the project the credentials belong to."""
+        if self._token is not None and time.monotonic() < self._renew_at:
+            return self._token, self._project
+        generation = self._generation
+        async with self._lock:
+            # Someone else refreshed while we waited: theirs is as fresh as ours would be.
+            if self._generation == generation or self._token is None:
+                await asyncio.to_thread(self._refresh)
+                self._generation += 1
+        assert self._token is not None
+        return self._token, self._project
+
+    def _refresh(self) -> None:
+        """Blocking: load the credentials once, then mint a token (runs in a worker thread)."""
+        import google.auth
+        import google.auth.exceptions
+        import google.auth.transport.requests
+        import requests
+
+        try:
+            if self._credentials is None:
+                self._credentials, self._project = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
+            session = requests.Session()
+            session.trust_env = False  # no proxy variables, as for every upstream call
+            self._credentials.refresh(google.auth.transport.requests.Request(session=session))
+        except google.auth.exceptions.DefaultCredentialsError:
+            raise ProviderNotConfigured(
+                "No Google application default credentials: set GOOGLE_APPLICATION_CREDENTIALS to a "
+                "service-account file, or send an OAuth token as the Bearer key.") from None
+        except (google.auth.exceptions.GoogleAuthError, requests.RequestException) as exc:
+            raise UpstreamError("connect", 502, f"Could not mint a Google access token ({type(exc).__name__}).",
+                                reached_upstream=False) from None
+        token = self._credentials.token
+        expiry = self._credentials.expiry  # naive UTC, or None for tokens without an expiry
+        lifetime = 3600.0
+        if expiry is not None:
+            now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+            lifetime = max((expiry - now).total_seconds(), 0.0)
+        self._token = Secret(token)
+        self._renew_at = time.monotonic() + lifetime - min(TOKEN_MARGIN_SECONDS, lifetime / 4)
+
+
+class Ambient:
+    """Ambient credentials per provider: what ``auth: ambient`` (and a forward without a key) signs with."""
+
+    def __init__(self) -> None:
+        self._google: dict[str, GoogleTokens] = {}
+
+    async def resolve(self, provider: ProviderConfig) -> Credential:
+        """The credential for one attempt on ``provider``."""
+        if provider.type == "vertex":
+            tokens = self._google.get(provider.name)
+            if tokens is None:
+                tokens = self._google[provider.name] = GoogleTokens()
+            token, project = await tokens.get()
+            return Credential("ambient", token, project)
+        raise ProviderNotConfigured(f"Provider '{provider.name}' has no ambient credentials in this version.")

@@ -104,12 +104,14 @@ class Provider(Protocol):
         ...
 
     def build_embeddings_request(self, req: EmbeddingsRequest, provider: ProviderConfig, model: str,
-                                 credential: Credential) -> UpstreamCall:
-        """The upstream call for embeddings; 400 where the provider type has none."""
+                                 credential: Credential) -> list[UpstreamCall]:
+        """The upstream calls for embeddings (several when the provider takes inputs in batches,
+        sent concurrently); 400 where the provider type has none."""
         ...
 
-    def parse_embeddings_response(self, req: EmbeddingsRequest, provider: ProviderConfig, body: bytes) -> bytes:
-        """A successful upstream embeddings body → OpenAI's list, in the caller's encoding."""
+    def parse_embeddings_response(self, req: EmbeddingsRequest, provider: ProviderConfig,
+                                  bodies: list[bytes]) -> bytes:
+        """The successful upstream bodies, in call order → OpenAI's list, in the caller's encoding."""
         ...
 
 

@@ -588,8 +588,9 @@ class Anthropic:
         return classify_openai_error(provider, status, headers, body)
 
     def build_embeddings_request(self, req: EmbeddingsRequest, provider: ProviderConfig, model: str,
-                                 credential: Credential) -> UpstreamCall:
+                                 credential: Credential) -> list[UpstreamCall]:
         raise UnsupportedField("model", "Provider type 'anthropic' has no embeddings.")
 
-    def parse_embeddings_response(self, req: EmbeddingsRequest, provider: ProviderConfig, body: bytes) -> bytes:
+    def parse_embeddings_response(self, req: EmbeddingsRequest, provider: ProviderConfig,
+                                  bodies: list[bytes]) -> bytes:
         raise GatewayError(500, "Anthropic has no embeddings.")  # never called: no request is built

@@ -74,9 +74,10 @@ class Azure:
         return classify_openai_error(provider, status, headers, body)
 
     def build_embeddings_request(self, req: EmbeddingsRequest, provider: ProviderConfig, model: str,
-                                 credential: Credential) -> UpstreamCall:
+                                 credential: Credential) -> list[UpstreamCall]:
         url = upstream_url(provider.endpoint, self._url(provider, model, "embeddings"))
-        return UpstreamCall("POST", url, _headers(credential), orjson.dumps(dict(req.body)))
+        return [UpstreamCall("POST", url, _headers(credential), orjson.dumps(dict(req.body)))]
 
-    def parse_embeddings_response(self, req: EmbeddingsRequest, provider: ProviderConfig, body: bytes) -> bytes:
-        return body
+    def parse_embeddings_response(self, req: EmbeddingsRequest, provider: ProviderConfig,
+                                  bodies: list[bytes]) -> bytes:
+        return bodies[0]

@@ -333,7 +333,7 @@ class OpenAICompatible:
         return classify_openai_error(provider, status, headers, body)
 
     def build_embeddings_request(self, req: EmbeddingsRequest, provider: ProviderConfig, model: str,
-                                 credential: Credential) -> UpstreamCall:
+                                 credential: Credential) -> list[UpstreamCall]:
         if not self.wire.embeddings:
             raise UnsupportedField("model", f"Provider type '{self.type}' has no embeddings.")
         body = dict(req.body)
@@ -345,11 +345,12 @@ class OpenAICompatible:
         if self.type == "mistral":
             body.pop("user", None)
         headers = auth_headers(self.type, credential, {})
-        return UpstreamCall("POST", upstream_url(provider.base_url, self.wire.api_root + "/embeddings"),
-                            headers, orjson.dumps(body))
+        return [UpstreamCall("POST", upstream_url(provider.base_url, self.wire.api_root + "/embeddings"),
+                             headers, orjson.dumps(body))]
 
-    def parse_embeddings_response(self, req: EmbeddingsRequest, provider: ProviderConfig, body: bytes) -> bytes:
+    def parse_embeddings_response(self, req: EmbeddingsRequest, provider: ProviderConfig,
+                                  bodies: list[bytes]) -> bytes:
         if req.base64 and self.wire.embeddings_floats_only:
-            return embeddings_to_base64(body)
-        return body
+            return embeddings_to_base64(bodies[0])
+        return bodies[0]
 

@@ -183,18 +183,19 @@ def test_embeddings_floats_become_base64_little_endian_float32() -> None:
     impl = PROVIDERS["ollama"]
     provider = _provider({"name": "ollama", "type": "ollama", "base_url": "http://h:11434"})
     req = EmbeddingsRequest({"model": "e", "input": "x", "encoding_format": "base64"}, base64=True)
-    call = impl.build_embeddings_request(req, provider, "nomic", Credential("none"))
+    (call,) = impl.build_embeddings_request(req, provider, "nomic", Credential("none"))
     assert "encoding_format" not in orjson.loads(call.body)
     assert str(call.url) == "http://h:11434/v1/embeddings"
     body = orjson.dumps({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": values}]})
-    out = orjson.loads(impl.parse_embeddings_response(req, provider, body))
+    out = orjson.loads(impl.parse_embeddings_response(req, provider, [body]))
     assert out["data"][0]["embedding"] == floats_to_base64(values)
 
 
 def test_mistral_embeddings_take_output_dimension() -> None:
     provider = _provider({"name": "mistral", "type": "mistral", "base_url": "https://api.mistral.ai/v1"})
     req = EmbeddingsRequest({"model": "mistral-embed", "input": ["a"], "dimensions": 256, "user": "u"})
-    body = orjson.loads(PROVIDERS["mistral"].build_embeddings_request(req, provider, "mistral-embed", CALLER).body)
+    (call,) = PROVIDERS["mistral"].build_embeddings_request(req, provider, "mistral-embed", CALLER)
+    body = orjson.loads(call.body)
     assert body == {"model": "mistral-embed", "input": ["a"], "output_dimension": 256}
 
 
