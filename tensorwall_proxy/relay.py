@@ -97,10 +97,12 @@ def plan(table: Table, gateway: Gateway, route: Route, caller: Secret | None) ->
     reason: GatewayError | None = None
     for endpoint in route.endpoints:
         provider = table.config.providers[endpoint.provider]
-        if provider.unconfigured is not None:
+        credential = credential_for(provider, endpoint.api_key, caller)
+        # A vertex provider without a project may still get one from its ambient credentials.
+        if provider.unconfigured is not None and not (
+                provider.type == "vertex" and credential is not None and credential.kind == "ambient"):
             reason = reason or ProviderNotConfigured(provider.unconfigured)
             continue
-        credential = credential_for(provider, endpoint.api_key, caller)
         if credential is None:
             reason = reason or missing_provider_key(provider.name)
             continue

@@ -136,11 +136,12 @@ def path_segment(value: str, what: str) -> str:
 
 
 def _registry() -> dict[str, Provider]:
-    from . import anthropic, azure, openai
+    from . import anthropic, azure, openai, vertex
 
     registry: dict[str, Provider] = {name: openai.OpenAICompatible(name) for name in openai.WIRE}
     registry["azure"] = azure.Azure()
     registry["anthropic"] = anthropic.Anthropic()
+    registry["vertex"] = vertex.Vertex()
     return registry
 
 

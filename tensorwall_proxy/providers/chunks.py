@@ -56,11 +56,11 @@ class ChunkEncoder:
         self.id = ""
         self.model = ""
 
-    def chunk(self, delta: Mapping[str, Any], finish_reason: str | None = None) -> bytes:
-        """One ``chat.completion.chunk`` event for choice 0."""
+    def chunk(self, delta: Mapping[str, Any], finish_reason: str | None = None, index: int = 0) -> bytes:
+        """One ``chat.completion.chunk`` event for one choice."""
         body: dict[str, Any] = {
             "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
         }
         if self.wants_usage:
             body["usage"] = None  # as OpenAI: null on every chunk but the last

@@ -202,15 +202,20 @@ def floats_to_base64(values: list[float]) -> str:
     return base64.b64encode(packed.tobytes()).decode("ascii")
 
 
+def embeddings_to_base64_list(data: list[Any]) -> None:
+    """Turn the float-list vectors of OpenAI embedding items into base64, in place."""
+    for item in data:
+        if isinstance(item, dict) and isinstance(item.get("embedding"), list):
+            item["embedding"] = floats_to_base64(item["embedding"])
+
+
 def embeddings_to_base64(body: bytes) -> bytes:
     """An OpenAI embeddings list whose vectors are float lists → the same with base64 vectors."""
     parsed = orjson.loads(body)
     data = parsed.get("data") if isinstance(parsed, dict) else None
     if not isinstance(data, list):
         raise UpstreamError("server", 502, "Upstream embeddings response has no data list.")
-    for item in data:
-        if isinstance(item, dict) and isinstance(item.get("embedding"), list):
-            item["embedding"] = floats_to_base64(item["embedding"])
+    embeddings_to_base64_list(data)
     return orjson.dumps(parsed)
 
 

@@ -1,0 +1,663 @@
+"""Vertex AI's Gemini API (generateContent, streamGenerateContent, predict, embedContent) translators.
+
+Requests: messages become ``contents`` (roles user/model, consecutive turns merged) with
+``systemInstruction``; images become ``inlineData`` / ``fileData``; the sampling fields,
+``response_format`` and ``reasoning_effort`` become ``generationConfig``; tools become one
+``functionDeclarations`` list with each JSON schema reduced to Google's OpenAPI subset; tool
+results become ``functionResponse`` parts named after the call they answer.
+
+Responses: candidates become choices (``n`` > 1 works); function calls get ids, and a Gemini 3
+``thoughtSignature`` rides inside that id (``ids.attach``) to be restored on the ``functionCall``
+part when the conversation comes back, as Gemini requires. Streams are Gemini responses carrying
+new text only; function calls arrive whole.
+
+Pure: no I/O, no aiohttp. Tokens come from upstream.py's google-auth hook.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+import orjson
+
+from ..auth import Credential
+from ..config import ProviderConfig
+from ..errors import (
+    FailureKind,
+    ProviderNotConfigured,
+    UnsupportedField,
+    UpstreamError,
+    caller_status,
+    kind_for_status,
+    retry_after_seconds,
+)
+from ..sse import SseEvent
+from . import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
+from .chunks import ChunkEncoder, usage
+from .ids import attach, detach
+from .openai import USER_AGENT, embeddings_to_base64_list, upstream_url
+
+API_VERSION: Final = "v1"
+# reasoning_effort → thinkingConfig.thinkingBudget (tokens); "none" turns thinking off.
+THINKING_BUDGETS: Final[dict[str, int]] = {
+    "none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 32768, "max": 32768,
+}
+FINISH_REASONS: Final[dict[str, str]] = {
+    "STOP": "stop", "MAX_TOKENS": "length", "FINISH_REASON_UNSPECIFIED": "stop", "OTHER": "stop",
+    "SAFETY": "content_filter", "RECITATION": "content_filter", "BLOCKLIST": "content_filter",
+    "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter", "IMAGE_SAFETY": "content_filter",
+    "IMAGE_PROHIBITED_CONTENT": "content_filter", "IMAGE_RECITATION": "content_filter",
+    "IMAGE_OTHER": "content_filter", "MODEL_ARMOR": "content_filter", "LANGUAGE": "content_filter",
+}
+# Google's status → (failure kind, status the caller sees).
+STATUS_KINDS: Final[dict[str, FailureKind]] = {
+    "INVALID_ARGUMENT": "bad_request", "FAILED_PRECONDITION": "bad_request", "OUT_OF_RANGE": "bad_request",
+    "NOT_FOUND": "bad_request", "UNAUTHENTICATED": "auth", "PERMISSION_DENIED": "auth",
+    "RESOURCE_EXHAUSTED": "rate_limited", "INTERNAL": "server", "UNKNOWN": "server",
+    "UNAVAILABLE": "overloaded", "DEADLINE_EXCEEDED": "timeout",
+}
+# text-embedding-* models take at most this many instances (and about 20k tokens) in one :predict.
+PREDICT_BATCH: Final = 250
+PREDICT_TOKENS: Final = 20_000
+# Schema keywords Gemini's OpenAPI subset accepts (functionDeclarations.parameters, responseSchema).
+SCHEMA_KEYS: Final = frozenset({
+    "type", "format", "title", "description", "nullable", "enum", "items", "minItems", "maxItems",
+    "properties", "required", "minProperties", "maxProperties", "minLength", "maxLength", "pattern",
+    "minimum", "maximum", "anyOf", "propertyOrdering", "default", "example",
+})
+# Marks a thought signature in a tool call id, so another provider's state is never taken for it.
+_STATE_TAG: Final = b"G1"
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _items(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+# --- URLs ---------------------------------------------------------------------------------------
+
+
+def base_url(provider: ProviderConfig) -> str:
+    """The configured host root, else Google's regional host (``global`` has no region prefix)."""
+    if provider.base_url:
+        return provider.base_url
+    location = provider.location or "us-central1"
+    if location == "global":
+        return "https://aiplatform.googleapis.com"
+    return f"https://{location}-aiplatform.googleapis.com"
+
+
+def model_path(provider: ProviderConfig, project: str, model: str, method: str) -> str:
+    """``/v1/projects/…/publishers/google/models/{model}:{method}``, every segment encoded."""
+    location = provider.location or "us-central1"
+    return (f"/{API_VERSION}/projects/{path_segment(project, 'Vertex project')}"
+            f"/locations/{path_segment(location, 'Vertex location')}"
+            f"/publishers/google/models/{path_segment(model, 'Vertex model id')}:{method}")
+
+
+def _project(provider: ProviderConfig, credential: Credential) -> str:
+    project = provider.project or credential.project
+    if not project:
+        raise ProviderNotConfigured(provider.unconfigured or f"provider '{provider.name}' has no project")
+    return project
+
+
+def _headers(credential: Credential) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+    if credential.secret is not None:
+        headers["Authorization"] = "Bearer " + credential.secret.reveal()
+    return headers
+
+
+# --- schemas ------------------------------------------------------------------------------------
+
+
+def reduce_schema(schema: Any, defs: Mapping[str, Any] | None = None, depth: int = 0) -> dict[str, Any]:
+    """A JSON Schema reduced to Gemini's OpenAPI subset.
+
+    Local ``$ref``s are inlined from ``$defs``/``definitions``; ``oneOf`` becomes ``anyOf``;
+    ``const`` becomes a one-value ``enum``; a type list (or an enum) with ``null`` becomes
+    ``nullable``; an enum that is not all strings is dropped (Gemini's enums are strings); every
+    other keyword Gemini refuses (``additionalProperties``, ``$schema``, ``allOf``, …) is dropped.
+    """
+    if not isinstance(schema, dict) or depth > 32:
+        return {}
+    if defs is None:
+        defs = {**_obj(schema.get("definitions")), **_obj(schema.get("$defs"))}
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target = defs.get(ref.rsplit("/", 1)[-1])
+        merged = {**_obj(target), **{k: v for k, v in schema.items() if k != "$ref"}}
+        return reduce_schema(merged, defs, depth + 1)
+    out: dict[str, Any] = {}
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kinds = [k for k in kind if k != "null"]
+        if len(kinds) < len(kind):
+            out["nullable"] = True
+        kind = kinds[0] if len(kinds) == 1 else None
+        if len(kinds) > 1:
+            out["anyOf"] = [{"type": k} for k in kinds]
+    if isinstance(kind, str):
+        out["type"] = kind
+    enum = _items(schema.get("enum")) if "enum" in schema else ([schema["const"]] if "const" in schema else None)
+    if enum is not None:
+        if None in enum:
+            out["nullable"] = True
+        values = [v for v in enum if v is not None]
+        # Gemini's enum holds strings only; an enum of numbers is left to the description.
+        if values and all(isinstance(v, str) for v in values):
+            out["enum"] = values
+    for key, value in schema.items():
+        if key not in SCHEMA_KEYS or key in ("type", "enum"):
+            continue
+        if key == "properties":
+            out[key] = {name: reduce_schema(sub, defs, depth + 1) for name, sub in _obj(value).items()}
+        elif key == "items":
+            out[key] = reduce_schema(value, defs, depth + 1)
+        elif key == "anyOf":
+            out[key] = [reduce_schema(sub, defs, depth + 1) for sub in _items(value)]
+        else:
+            out.setdefault(key, value)
+    if "oneOf" in schema and "anyOf" not in out:
+        out["anyOf"] = [reduce_schema(sub, defs, depth + 1) for sub in _items(schema["oneOf"])]
+    if out.get("type") == "object" and "properties" not in out and "anyOf" not in out:
+        out["properties"] = {}
+    return out
+
+
+# --- request ------------------------------------------------------------------------------------
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(str(p.get("text") or p.get("refusal") or "") for p in _items(content)
+                   if isinstance(p, dict) and p.get("type") in ("text", "refusal"))
+
+
+def _media_part(url: str, param: str) -> dict[str, Any]:
+    if url.startswith("data:"):
+        header, comma, data = url.partition(",")
+        mime = header[5:].split(";")[0]
+        if not comma or ";base64" not in header or not mime:
+            raise UnsupportedField(param, f"'{param}' must be a base64 data: URL or a gs:// or https: URL.")
+        return {"inlineData": {"mimeType": mime, "data": data}}
+    if url.startswith(("gs://", "https://", "http://")):
+        mime = mimetypes.guess_type(url.split("?")[0])[0] or "image/jpeg"
+        return {"fileData": {"mimeType": mime, "fileUri": url}}
+    raise UnsupportedField(param, f"'{param}': Gemini takes data:, gs:// and https: URLs.")
+
+
+def _user_parts(content: Any, where: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"text": content}] if content else []
+    parts: list[dict[str, Any]] = []
+    for j, part in enumerate(_items(content)):
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        param = f"{where}.content[{j}]"
+        if kind == "text":
+            if part.get("text"):
+                parts.append({"text": str(part["text"])})
+        elif kind == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            parts.append(_media_part(str(url or ""), f"{param}.image_url.url"))
+        elif kind == "file" and isinstance(_obj(part.get("file")).get("file_data"), str):
+            parts.append(_media_part(_obj(part.get("file"))["file_data"], f"{param}.file.file_data"))
+        elif kind == "input_audio":
+            audio = _obj(part.get("input_audio"))
+            parts.append({"inlineData": {"mimeType": f"audio/{audio.get('format') or 'wav'}",
+                                         "data": str(audio.get("data") or "")}})
+        else:
+            raise UnsupportedField(param, f"Content parts of type '{kind}' are not supported by Gemini.")
+    return parts
+
+
+def encode_signature(signature: str) -> bytes:
+    """A thought signature as state for a tool call id."""
+    return _STATE_TAG + signature.encode("utf-8")
+
+
+def decode_signature(state: bytes | None) -> str | None:
+    """The thought signature in a tool call id's state, or None when it holds none of ours."""
+    if not state or not state.startswith(_STATE_TAG):
+        return None
+    try:
+        return state[len(_STATE_TAG):].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _args(arguments: Any) -> dict[str, Any]:
+    if isinstance(arguments, dict):
+        return arguments
+    if not arguments:
+        return {}
+    try:
+        value = orjson.loads(arguments)
+    except (orjson.JSONDecodeError, TypeError):
+        return {"arguments": str(arguments)}
+    return value if isinstance(value, dict) else {"arguments": value}
+
+
+def _model_parts(message: Mapping[str, Any], names: dict[str, str]) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    text = _text_of(message.get("content"))
+    if text:
+        parts.append({"text": text})
+    for call in _items(message.get("tool_calls")):
+        function = _obj(_obj(call).get("function"))
+        name = str(function.get("name") or "")
+        client_id = str(_obj(call).get("id") or "")
+        names[client_id] = name
+        part: dict[str, Any] = {"functionCall": {"name": name, "args": _args(function.get("arguments"))}}
+        signature = decode_signature(detach(client_id)[1])
+        if signature:
+            part["thoughtSignature"] = signature  # Gemini 3 wants it back on the very same part
+        parts.append(part)
+    return parts
+
+
+def _function_response(message: Mapping[str, Any], names: Mapping[str, str], where: str) -> dict[str, Any]:
+    tool_call_id = str(message.get("tool_call_id") or "")
+    name = names.get(tool_call_id)
+    if not name:
+        raise UnsupportedField(f"{where}.tool_call_id",
+                               f"'{where}.tool_call_id' names no earlier tool call: Gemini needs the function name.")
+    text = _text_of(message.get("content"))
+    try:
+        value = orjson.loads(text) if text else None
+    except orjson.JSONDecodeError:
+        value = None
+    # Gemini's response must be an object: a JSON object result goes as it is, anything else wrapped.
+    response = value if isinstance(value, dict) else {"content": text}
+    return {"functionResponse": {"name": name, "response": response}}
+
+
+def convert_messages(messages: list[Any]) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """OpenAI messages → (``systemInstruction``, ``contents``) with consecutive same-role turns merged."""
+    system: list[dict[str, Any]] = []
+    contents: list[dict[str, Any]] = []
+    names: dict[str, str] = {}  # tool call id → function name, for the functionResponse parts
+    for i, message in enumerate(messages):
+        role = message.get("role")
+        where = f"messages[{i}]"
+        if role in ("system", "developer"):
+            text = _text_of(message.get("content"))
+            if text:
+                system.append({"text": text})
+            continue
+        if role == "user":
+            parts, turn_role = _user_parts(message.get("content"), where), "user"
+        elif role == "assistant":
+            parts, turn_role = _model_parts(message, names), "model"
+        elif role == "tool":
+            parts, turn_role = [_function_response(message, names, where)], "user"
+        else:
+            raise UnsupportedField(f"{where}.role", f"Messages of role '{role}' are not supported by Gemini.")
+        if not parts:
+            continue
+        if contents and contents[-1]["role"] == turn_role:
+            contents[-1]["parts"].extend(parts)
+        else:
+            contents.append({"role": turn_role, "parts": parts})
+    return ({"parts": system} if system else None), contents
+
+
+def _tool_config(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    choice = body.get("tool_choice")
+    if choice is None:
+        return None
+    if choice == "auto":
+        return {"functionCallingConfig": {"mode": "AUTO"}}
+    if choice == "none":
+        return {"functionCallingConfig": {"mode": "NONE"}}
+    if choice == "required":
+        return {"functionCallingConfig": {"mode": "ANY"}}
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        name = _obj(choice.get("function")).get("name")
+        return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        allowed = _obj(choice.get("allowed_tools"))
+        names = [_obj(t.get("function")).get("name") for t in _items(allowed.get("tools")) if isinstance(t, dict)]
+        mode = "ANY" if allowed.get("mode") == "required" else "AUTO"
+        config: dict[str, Any] = {"mode": mode}
+        if mode == "ANY" and names:
+            config["allowedFunctionNames"] = names
+        return {"functionCallingConfig": config}
+    raise UnsupportedField("tool_choice", "'tool_choice' has a form Gemini does not support.")
+
+
+def _generation_config(body: Mapping[str, Any]) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    for openai_name, gemini_name in (("temperature", "temperature"), ("top_p", "topP"), ("seed", "seed")):
+        if body.get(openai_name) is not None:
+            config[gemini_name] = body[openai_name]
+    for openai_name, gemini_name in (("presence_penalty", "presencePenalty"),
+                                     ("frequency_penalty", "frequencyPenalty")):
+        if body.get(openai_name):
+            config[gemini_name] = body[openai_name]
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    if max_tokens:
+        config["maxOutputTokens"] = max_tokens
+    stop = body.get("stop")
+    if stop:
+        config["stopSequences"] = [stop] if isinstance(stop, str) else [s for s in stop if s]
+    n = body.get("n")
+    if n is not None and n > 1:
+        config["candidateCount"] = n
+    response_format = _obj(body.get("response_format"))
+    if response_format.get("type") in ("json_object", "json_schema"):
+        config["responseMimeType"] = "application/json"
+        schema = _obj(response_format.get("json_schema")).get("schema")
+        if response_format.get("type") == "json_schema" and isinstance(schema, dict):
+            config["responseSchema"] = reduce_schema(schema)
+    effort = body.get("reasoning_effort")
+    if isinstance(effort, str) and effort in THINKING_BUDGETS:
+        budget = THINKING_BUDGETS[effort]
+        config["thinkingConfig"] = {"thinkingBudget": budget, "includeThoughts": budget > 0}
+    return config
+
+
+def translate_request(req: ChatRequest) -> dict[str, Any]:
+    """The Gemini ``generateContent`` body for an OpenAI chat request."""
+    body = req.body
+    for name in ("logprobs", "top_logprobs", "audio"):
+        if body.get(name):
+            raise UnsupportedField(name, f"'{name}' is not supported by the Gemini translation.")
+    system, contents = convert_messages(body["messages"])
+    if not contents:
+        raise UnsupportedField("messages", "Gemini needs at least one user or assistant message with content.")
+    out: dict[str, Any] = {"contents": contents}
+    if system is not None:
+        out["systemInstruction"] = system
+    declarations = []
+    for i, tool in enumerate(_items(body.get("tools"))):
+        function = _obj(_obj(tool).get("function"))
+        if not function.get("name"):
+            raise UnsupportedField(f"tools[{i}]", f"'tools[{i}]': only function tools are supported by Gemini.")
+        declaration: dict[str, Any] = {"name": function["name"]}
+        if function.get("description"):
+            declaration["description"] = function["description"]
+        if isinstance(function.get("parameters"), dict) and function["parameters"].get("properties"):
+            declaration["parameters"] = reduce_schema(function["parameters"])
+        declarations.append(declaration)
+    if declarations:
+        out["tools"] = [{"functionDeclarations": declarations}]
+        tool_config = _tool_config(body)
+        if tool_config is not None:
+            out["toolConfig"] = tool_config
+    config = _generation_config(body)
+    if config:
+        out["generationConfig"] = config
+    return out
+
+
+# --- response -----------------------------------------------------------------------------------
+
+
+def _usage(raw: Any) -> dict[str, Any]:
+    raw = _obj(raw)
+    thoughts = int(raw.get("thoughtsTokenCount") or 0)
+    cached = raw.get("cachedContentTokenCount")
+    return usage(int(raw.get("promptTokenCount") or 0), int(raw.get("candidatesTokenCount") or 0) + thoughts,
+                 cached=int(cached) if cached is not None else None, reasoning=thoughts if thoughts else None)
+
+
+def _new_call_id() -> str:
+    return "call_" + secrets.token_urlsafe(18).replace("-", "a").replace("_", "b")[:24]
+
+
+def _tool_call(part: Mapping[str, Any]) -> dict[str, Any]:
+    call = _obj(part.get("functionCall"))
+    call_id = str(call.get("id") or _new_call_id())
+    signature = part.get("thoughtSignature")
+    if isinstance(signature, str) and signature:
+        call_id = attach(call_id, encode_signature(signature))
+    return {"id": call_id, "type": "function",
+            "function": {"name": call.get("name"), "arguments": orjson.dumps(_obj(call.get("args"))).decode()}}
+
+
+def _finish(reason: Any, has_calls: bool) -> str:
+    finish = FINISH_REASONS.get(str(reason), "stop")
+    # Gemini says STOP when it called a function; OpenAI clients look for tool_calls.
+    return "tool_calls" if has_calls and finish == "stop" else finish
+
+
+def translate_response(response: Mapping[str, Any], model: str, created: int | None = None) -> bytes:
+    """A Gemini response → an OpenAI ``chat.completion`` body with one choice per candidate."""
+    choices = []
+    candidates = _items(response.get("candidates"))
+    for position, candidate in enumerate(candidates):
+        candidate = _obj(candidate)
+        texts, thoughts, calls = [], [], []
+        for part in _items(_obj(candidate.get("content")).get("parts")):
+            part = _obj(part)
+            if "functionCall" in part:
+                calls.append(_tool_call(part))
+            elif part.get("thought") is True:
+                thoughts.append(str(part.get("text") or ""))
+            elif "text" in part:
+                texts.append(str(part.get("text") or ""))
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None,
+                                   "refusal": None}
+        if thoughts:
+            message["reasoning_content"] = "".join(thoughts)
+        if calls:
+            message["tool_calls"] = calls
+        choices.append({"index": candidate.get("index", position), "message": message, "logprobs": None,
+                        "finish_reason": _finish(candidate.get("finishReason"), bool(calls))})
+    if not choices:
+        # The prompt itself was blocked: no candidate, a blockReason.
+        choices.append({"index": 0, "message": {"role": "assistant", "content": "", "refusal": None},
+                        "logprobs": None, "finish_reason": "content_filter"})
+    return orjson.dumps({
+        "id": str(response.get("responseId") or "chatcmpl-" + secrets.token_hex(12)),
+        "object": "chat.completion", "created": int(time.time()) if created is None else created,
+        "model": str(response.get("modelVersion") or model), "choices": choices,
+        "usage": _usage(response.get("usageMetadata")),
+    })
+
+
+def classify(provider: ProviderConfig, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
+    """Google's ``{"error": {"code", "message", "status"}}`` → UpstreamError."""
+    try:
+        parsed = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        parsed = None
+    error = _obj(_obj(parsed).get("error")) if isinstance(parsed, dict) else {}
+    if not error and isinstance(parsed, list) and parsed:
+        error = _obj(_obj(parsed[0]).get("error"))  # streamed errors may come as a one-item array
+    google_status = str(error.get("status") or "")
+    kind = STATUS_KINDS.get(google_status) or kind_for_status(status)
+    message = str(error.get("message") or f"Vertex answered HTTP {status}.")
+    return UpstreamError(kind, caller_status(status, kind) if status >= 400 else 502, message,
+                         provider=provider.name, code=google_status or None,
+                         retry_after=retry_after_seconds(headers))
+
+
+class VertexStream:
+    """Gemini's SSE responses (new text only, calls whole) → OpenAI chunks; ends when the connection does."""
+
+    __slots__ = ("_chunks", "_finished", "_model", "_provider", "_started", "_tools", "done", "usage", "visible")
+
+    def __init__(self, provider: str, model: str, wants_usage: bool) -> None:
+        self._provider = provider
+        self._model = model
+        self._chunks = ChunkEncoder(wants_usage)
+        self._chunks.model = model
+        self._chunks.id = "chatcmpl-" + secrets.token_hex(12)
+        self._started: set[int] = set()  # candidates whose role chunk went out
+        self._tools: dict[int, int] = {}  # candidate → tool calls so far
+        self._finished: set[int] = set()
+        self.visible = False
+        self.done = False
+        self.usage: Mapping[str, Any] | None = None
+
+    def feed(self, event: SseEvent) -> list[bytes]:
+        try:
+            data = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            raise UpstreamError("server", 502, "Vertex sent an event that is not JSON.",
+                                provider=self._provider) from None
+        if not isinstance(data, dict):
+            raise UpstreamError("server", 502, "Vertex sent an event that is not an object.", provider=self._provider)
+        if "error" in data:
+            error = _obj(data["error"])
+            google_status = str(error.get("status") or "")
+            kind = STATUS_KINDS.get(google_status, "server")
+            raise UpstreamError(kind, caller_status(int(error.get("code") or 500), kind),
+                                str(error.get("message") or "Vertex failed mid-stream."),
+                                provider=self._provider, code=google_status or None)
+        if data.get("modelVersion"):
+            self._chunks.model = str(data["modelVersion"])
+        if data.get("usageMetadata"):
+            self.usage = _usage(data["usageMetadata"])
+        out: list[bytes] = []
+        candidates = _items(data.get("candidates"))
+        if not candidates and _obj(data.get("promptFeedback")).get("blockReason"):
+            out += self._role(0)
+            out.append(self._chunks.chunk({}, "content_filter", index=0))
+            self._finished.add(0)
+            self.visible = True
+        for position, candidate in enumerate(candidates):
+            candidate = _obj(candidate)
+            index = int(candidate.get("index", position))
+            out += self._role(index)
+            for part in _items(_obj(candidate.get("content")).get("parts")):
+                out += self._part(index, _obj(part))
+            if candidate.get("finishReason"):
+                self._finished.add(index)
+                self.visible = True
+                out.append(self._chunks.chunk(
+                    {}, _finish(candidate["finishReason"], self._tools.get(index, 0) > 0), index=index))
+        return out
+
+    def _role(self, index: int) -> list[bytes]:
+        if index in self._started:
+            return []
+        self._started.add(index)
+        return [self._chunks.chunk({"role": "assistant", "content": ""}, index=index)]
+
+    def _part(self, index: int, part: Mapping[str, Any]) -> list[bytes]:
+        if "functionCall" in part:
+            position = self._tools.get(index, 0)
+            self._tools[index] = position + 1
+            call = _tool_call(part)
+            self.visible = True
+            return [self._chunks.chunk({"tool_calls": [{"index": position, **call}]}, index=index)]
+        text = part.get("text")
+        if not isinstance(text, str) or not text:
+            return []
+        self.visible = True
+        key = "reasoning_content" if part.get("thought") is True else "content"
+        return [self._chunks.chunk({key: text}, index=index)]
+
+    def close(self) -> list[bytes]:
+        if not self._finished or self._finished != self._started:
+            raise UpstreamError("server", 502, "Vertex ended the stream before every candidate finished.",
+                                provider=self._provider)
+        self.done = True
+        return self._chunks.end(self.usage)
+
+
+class Vertex:
+    """The Provider for Vertex AI's Gemini models."""
+
+    type = "vertex"
+
+    def build_request(self, req: ChatRequest, provider: ProviderConfig, model: str,
+                      credential: Credential) -> UpstreamCall:
+        body = translate_request(req)
+        method = "streamGenerateContent?alt=sse" if req.stream else "generateContent"
+        url = upstream_url(base_url(provider), model_path(provider, _project(provider, credential), model, method))
+        return UpstreamCall("POST", url, _headers(credential), orjson.dumps(body), req.stream)
+
+    def parse_response(self, req: ChatRequest, provider: ProviderConfig, body: bytes) -> bytes:
+        try:
+            response = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise UpstreamError("server", 502, "Vertex returned a body that is not JSON.",
+                                provider=provider.name) from None
+        return translate_response(_obj(response), str(req.body.get("model") or ""))
+
+    def stream_decoder(self, req: ChatRequest, provider: ProviderConfig) -> VertexStream:
+        return VertexStream(provider.name, str(req.body.get("model") or ""), req.wants_usage)
+
+    def classify_error(self, provider: ProviderConfig, status: int, headers: Mapping[str, str],
+                       body: bytes) -> UpstreamError:
+        return classify(provider, status, headers, body)
+
+    def build_embeddings_request(self, req: EmbeddingsRequest, provider: ProviderConfig, model: str,
+                                 credential: Credential) -> list[UpstreamCall]:
+        texts = _embedding_texts(req.body.get("input"))
+        dimensions = req.body.get("dimensions")
+        project = _project(provider, credential)
+        headers = _headers(credential)
+        if "gemini" in model:
+            # gemini-embedding-* take one content per call: fan out, one call per input.
+            url = upstream_url(base_url(provider), model_path(provider, project, model, "embedContent"))
+            config = {"outputDimensionality": dimensions} if dimensions else None
+            return [UpstreamCall("POST", url, headers, orjson.dumps(
+                {"content": {"parts": [{"text": text}]}, **({"embedContentConfig": config} if config else {})}))
+                for text in texts]
+        url = upstream_url(base_url(provider), model_path(provider, project, model, "predict"))
+        parameters = {"outputDimensionality": dimensions} if dimensions else None
+        return [UpstreamCall("POST", url, headers, orjson.dumps(
+            {"instances": [{"content": text} for text in batch], **({"parameters": parameters} if parameters else {})}))
+            for batch in batches(texts)]
+
+    def parse_embeddings_response(self, req: EmbeddingsRequest, provider: ProviderConfig,
+                                  bodies: list[bytes]) -> bytes:
+        vectors: list[list[float]] = []
+        tokens = 0
+        for body in bodies:
+            parsed = _obj(orjson.loads(body))
+            if "embedding" in parsed:
+                vectors.append(list(_obj(parsed["embedding"]).get("values") or []))
+                tokens += int(_obj(parsed.get("usageMetadata")).get("promptTokenCount") or 0)
+                continue
+            for prediction in _items(parsed.get("predictions")):
+                embeddings = _obj(_obj(prediction).get("embeddings"))
+                vectors.append(list(embeddings.get("values") or []))
+                tokens += int(_obj(embeddings.get("statistics")).get("token_count") or 0)
+        data = [{"object": "embedding", "index": i, "embedding": vector} for i, vector in enumerate(vectors)]
+        if req.base64:
+            embeddings_to_base64_list(data)
+        return orjson.dumps({"object": "list", "data": data, "model": str(req.body.get("model") or ""),
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
+def _embedding_texts(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise UnsupportedField("input", "Vertex embeds text only: 'input' must be a string or an array of strings.")
+
+
+def batches(texts: list[str]) -> list[list[str]]:
+    """Inputs in :predict batches: at most 250 instances and about 20k tokens (4 characters each) a call."""
+    out: list[list[str]] = []
+    current: list[str] = []
+    tokens = 0
+    for text in texts:
+        estimate = len(text) // 4 + 1
+        if current and (len(current) >= PREDICT_BATCH or tokens + estimate > PREDICT_TOKENS):
+            out.append(current)
+            current, tokens = [], 0
+        current.append(text)
+        tokens += estimate
+    if current:
+        out.append(current)
+    return out
