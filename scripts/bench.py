@@ -1,6 +1,6 @@
 """Benchmark: what tensorwall-proxy costs compared with calling the upstream directly.
 
-    python scripts/bench.py [--path openai,anthropic] [--seconds 5] [--concurrency 50]
+    python scripts/bench.py [--path openai,anthropic,vertex] [--seconds 5] [--concurrency 50]
                             [--upstream lean|fake] [--workers 2] [--json bench-results.json]
                             [--relay] [--no-pin]
 
@@ -27,21 +27,26 @@ relay) from /proc over exactly that window.
 
 Paths. A path (`--path`) is one way through the proxy: which model the caller asks for, how the
 proxy's provider is configured, which URL, headers and body a direct call uses and how its answer
-is checked, and which shape the lean upstream speaks. There are two:
+is checked, and which shape the lean upstream speaks. There are three:
 
     openai     model gpt-4o: the proxy passes the OpenAI request and answer through
     anthropic  model claude-3-5-sonnet-20241022: the caller still speaks OpenAI to the proxy, which
                translates to Anthropic's Messages API (POST /anthropic/v1/messages, x-api-key,
                anthropic-version) and the answer and stream events back to OpenAI's shapes
+    vertex     model gemini-2.5-flash: the proxy translates to Vertex AI's Gemini API (POST
+               /vertex/v1/projects/bench-project/locations/us-central1/publishers/google/models/
+               gemini-2.5-flash:generateContent, or :streamGenerateContent?alt=sse for streams),
+               forwarding the caller's Bearer key as the OAuth token, and the answer back
 
-`--path` takes a comma-separated list and defaults to `openai,anthropic` (so `make bench` runs both,
-in about two minutes). A translating path always brings `openai` along as its baseline: `--path
-anthropic` runs both, `--path openai` runs the passthrough alone. All paths share one upstream, one
-proxy process (configured with every path's provider) and one relay, and the scenarios interleave
-the paths (unary c=1 for every path and target, then unary c=N, ...), so the paths see the same
-conditions. Each path gets its own table; with more than one path, a last "translation overhead"
-table sets each translating path's proxy CPU per request/stream and added latency at c=1 against
-openai's, as a ratio and a difference: what the translation costs on top of a passthrough hop.
+`--path` takes a comma-separated list and defaults to all three (so `make bench` runs every path,
+in under three minutes). A translating path always brings `openai` along as its baseline: `--path
+vertex` runs openai and vertex, `--path openai` runs the passthrough alone. All paths share one
+upstream, one proxy process (configured with every path's provider) and one relay, and the
+scenarios interleave the paths (unary c=1 for every path and target, then unary c=N, ...), so the
+paths see the same conditions. Each path gets its own table; with more than one path, a last
+"translation overhead" table sets each translating path's proxy CPU per request/stream and added
+latency at c=1 against openai's, as a ratio and a difference: what the translation costs on top of
+a passthrough hop.
 
 How to read it.
 - `proxy/direct` below 1 for rates and above 1 for latencies is the cost of the extra hop.
@@ -62,14 +67,20 @@ How to read it.
   upstream sends one event more through the proxy than direct. anthropic: the upstream sends the
   same 23 named events either way (message_start, content_block_start, 18 text_delta,
   content_block_stop, message_delta, message_stop), and a direct run's chunks/s counts those events.
+  vertex: the upstream sends the same 18 SSE events either way, one Gemini response per word (the
+  last one with finishReason and usageMetadata), CRLF-framed and with no terminator, as Google
+  sends them; the proxy makes the role chunk and a content chunk of the first, a content chunk of
+  each other, and a content and the finish chunk of the last, and adds [DONE] when the upstream's
+  response ends. A direct run's chunks/s counts those 18 events.
 - RSS is of the one proxy (and relay) process that served every path: idle before the first run,
   and after the last.
 
-Every run is bounded (`--warmup` + `--seconds` each): by default 4 scenarios x 2 paths x 2 targets
-(direct, proxy) = 16 runs of 6 s, under two minutes in all. Results, the translation overhead
+Every run is bounded (`--warmup` + `--seconds` each): by default 4 scenarios x 3 paths x 2 targets
+(direct, proxy) = 24 runs of 6 s, under three minutes in all. Results, the translation overhead
 included, also go to `--json` (default ./bench-results.json).
 
-Adding a path (vertex, bedrock): an entry in `PATHS` and its lean handler in `LEAN_SHAPES`.
+Adding a path (bedrock): an entry in `PATHS` and its lean handler in `LEAN_SHAPES`; a path whose
+streams go to another URL than its unary calls (vertex) names it in `direct_stream_path`.
 """
 
 from __future__ import annotations
@@ -111,6 +122,12 @@ CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 STREAM_CHUNKS: Final = 20
 CONTENT_CHUNKS: Final = STREAM_CHUNKS - 2  # the content chunks between the role chunk and the finish chunk
 ANTHROPIC_VERSION: Final = "2023-06-01"  # the version the proxy pins (wire-formats §2)
+VERTEX_PROJECT: Final = "bench-project"
+VERTEX_LOCATION: Final = "us-central1"
+VERTEX_MODEL: Final = "gemini-2.5-flash"
+# What the proxy calls for VERTEX_MODEL under the `/vertex` base URL, up to the method (wire-formats §4.1).
+VERTEX_MODEL_PATH: Final = (f"/vertex/v1/projects/{VERTEX_PROJECT}/locations/{VERTEX_LOCATION}"
+                            f"/publishers/google/models/{VERTEX_MODEL}")
 # 17 words: the fake echoes "[openai] " + this, one chunk per word, so its stream is role chunk +
 # 18 content chunks + finish chunk = 20 chunks, the same count as the lean upstream's.
 PROMPT: Final = ("please answer with a short friendly benchmark greeting so that every run sends "
@@ -177,6 +194,32 @@ def check_anthropic(data: bytes, stream: bool) -> tuple[int, str | None]:
     return events, None
 
 
+def vertex_body(_stream: bool) -> bytes:
+    """A direct call's generateContent request: what the proxy itself sends for `openai_body`'s request.
+
+    The user's text as one part and the caller's max_tokens as maxOutputTokens, as for anthropic.
+    A stream asks with the same body: the method in the URL (`direct_stream_path`) makes it one.
+    """
+    return orjson.dumps({"contents": [{"role": "user", "parts": [{"text": PROMPT}]}],
+                         "generationConfig": {"maxOutputTokens": 64}})
+
+
+def check_vertex(data: bytes, stream: bool) -> tuple[int, str | None]:
+    """Whether a Gemini answer is whole: a response with a finishReason, or 18 events, the last finished.
+
+    A Gemini stream has no terminator: the last event is the one with the finishReason. The chunks
+    counted are the events received (18 from the lean upstream).
+    """
+    if not stream:
+        ok = data.startswith(b"{") and b'"candidates"' in data and b'"finishReason"' in data
+        return 0, None if ok else f"unexpected body {data[:200]!r}"
+    events = data.count(b"data: ")
+    last = data[data.rfind(b"data: "):]
+    if events != CONTENT_CHUNKS or b'"finishReason"' not in last or not data.endswith(b"\r\n\r\n"):
+        return events, f"stream of {events} events ending {data[-60:]!r}"
+    return events, None
+
+
 @dataclass(frozen=True)
 class BenchPath:
     """What one path needs: the caller's model, the proxy config, the direct call, the lean shape."""
@@ -190,6 +233,11 @@ class BenchPath:
     direct_check: Check
     lean_routes: tuple[str, ...]  # upstream paths the lean server answers
     lean_shape: str  # key of LEAN_SHAPES
+    direct_stream_path: str | None = None  # a stream's URL path (and query), when not direct_path
+
+    def direct_target(self, stream: bool) -> str:
+        """The URL path (and query) a direct call, unary or streamed, sends its request to."""
+        return self.direct_stream_path if stream and self.direct_stream_path else self.direct_path
 
 
 PATHS: Final[dict[str, BenchPath]] = {
@@ -217,6 +265,21 @@ PATHS: Final[dict[str, BenchPath]] = {
         direct_check=check_anthropic,
         lean_routes=("/anthropic/v1/messages",),
         lean_shape="anthropic",
+    ),
+    "vertex": BenchPath(
+        name="vertex",
+        model=VERTEX_MODEL,  # the built-in pattern `gemini-*` sends it to vertex
+        provider_config=lambda base: {"vertex": {"project": VERTEX_PROJECT, "location": VERTEX_LOCATION,
+                                                 "base_url": f"{base}/vertex"}},
+        direct_path=f"{VERTEX_MODEL_PATH}:generateContent",
+        # The proxy forwards the caller's Bearer key as the OAuth access token.
+        direct_headers={"Authorization": f"Bearer {CALLER_KEY}", "Content-Type": "application/json"},
+        direct_body=vertex_body,
+        direct_check=check_vertex,
+        # aiohttp routes on the path alone: the lean handler checks `alt=sse` itself.
+        lean_routes=(f"{VERTEX_MODEL_PATH}:generateContent", f"{VERTEX_MODEL_PATH}:streamGenerateContent"),
+        lean_shape="vertex",
+        direct_stream_path=f"{VERTEX_MODEL_PATH}:streamGenerateContent?alt=sse",
     ),
 }
 BASELINE: Final = "openai"  # the passthrough every translating path is compared with
@@ -381,9 +444,72 @@ def lean_anthropic_handler() -> Handler:
     return messages
 
 
+_LEAN_RESPONSE_ID: Final = "bench0000000000000000000"
+_GEMINI_USAGE: Final = {"promptTokenCount": 19, "candidatesTokenCount": len(_LEAN_WORDS),
+                        "totalTokenCount": 19 + len(_LEAN_WORDS)}
+
+
+def _gemini(parts: list[Json], finish: bool = False) -> Json:
+    """One GenerateContentResponse of one candidate; the finished one carries the usage."""
+    candidate: Json = {"index": 0, "content": {"role": "model", "parts": parts}}
+    if not finish:
+        return {"candidates": [candidate], "modelVersion": VERTEX_MODEL, "responseId": _LEAN_RESPONSE_ID}
+    return {"candidates": [{**candidate, "finishReason": "STOP"}], "usageMetadata": _GEMINI_USAGE,
+            "modelVersion": VERTEX_MODEL, "responseId": _LEAN_RESPONSE_ID}
+
+
+def lean_vertex_response() -> bytes:
+    """A small, complete generateContent answer: one text part, as Vertex returns it."""
+    return orjson.dumps(_gemini([{"text": " ".join(_LEAN_WORDS)}], finish=True))
+
+
+def lean_vertex_stream() -> list[bytes]:
+    """The 18 events of an `alt=sse` stream: one response per word carrying only its new text.
+
+    The last one also carries finishReason and usageMetadata, and nothing follows it: the stream
+    ends when the response does. Google frames events with CRLF. The proxy turns the first event
+    into the role chunk and a content chunk, every other into a content chunk, and the last into a
+    content chunk and the finish chunk: the openai path's 20 chunks.
+    """
+    words = [w if i == 0 else " " + w for i, w in enumerate(_LEAN_WORDS)]
+    events = [b"data: " + orjson.dumps(_gemini([{"text": w}], finish=i == len(words) - 1)) + b"\r\n\r\n"
+              for i, w in enumerate(words)]
+    assert len(events) == CONTENT_CHUNKS
+    return events
+
+
+def lean_vertex_handler() -> Handler:
+    """Vertex's generateContent and streamGenerateContent from fixed bytes; refuses, in Google's
+    error envelope, a request without a Bearer token (as a real one does first) and a stream
+    without `alt=sse` (which a real one would answer as a JSON array, a shape this one lacks)."""
+    response_body = lean_vertex_response()
+    events = lean_vertex_stream()
+
+    def error(status: int, google_status: str, text: str) -> web.Response:
+        body = orjson.dumps({"error": {"code": status, "message": text, "status": google_status}})
+        return web.Response(status=status, body=body, content_type="application/json")
+
+    async def generate(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        if not request.headers.get("Authorization", "").startswith("Bearer "):
+            return error(401, "UNAUTHENTICATED", "Request is missing required authentication credential.")
+        if not request.path.endswith(":streamGenerateContent"):
+            return web.Response(body=response_body, content_type="application/json")
+        if request.query.get("alt") != "sse":
+            return error(400, "INVALID_ARGUMENT", "the lean upstream streams only with ?alt=sse")
+        response = _stream_response()
+        await response.prepare(request)
+        for event in events:  # one write per event, as for openai
+            await response.write(event)
+        return response
+
+    return generate
+
+
 LEAN_SHAPES: Final[dict[str, Callable[[], Handler]]] = {
     "openai": lean_openai_handler,
     "anthropic": lean_anthropic_handler,
+    "vertex": lean_vertex_handler,
 }
 
 
@@ -654,14 +780,14 @@ class Target:
     name: str
     bench_path: str  # the BenchPath's name: which way through the proxy
     port: int
-    path: str  # the URL path
+    path: Callable[[bool], str]  # stream? -> the URL path (and query)
     headers: dict[str, str]
     body: Callable[[bool], bytes]
     check: Check
     hop: Server | None  # the process between client and upstream, whose CPU is the hop's cost
 
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}{self.path}"
+    def url(self, stream: bool) -> str:
+        return f"http://{HOST}:{self.port}{self.path(stream)}"
 
 
 @dataclass(frozen=True)
@@ -831,8 +957,8 @@ def measure(target: Target, scenario: Scenario, upstream: Server, args: argparse
             pinning: Pinning) -> Measurement:
     """Run one scenario against one target and measure every process over the same window."""
     body = target.body(scenario.stream)
-    specs = [LoadSpec(target.url(), target.headers, body, scenario.stream, target.check, n, args.warmup,
-                      args.seconds, pinning.generator)
+    specs = [LoadSpec(target.url(scenario.stream), target.headers, body, scenario.stream, target.check, n,
+                      args.warmup, args.seconds, pinning.generator)
              for n in split(scenario.concurrency, args.workers)]
     ctx = mp.get_context("fork")
     barrier = ctx.Barrier(len(specs) + 1)
@@ -884,7 +1010,8 @@ def sanity_check(targets: list[Target]) -> list[str]:
     problems: list[str] = []
     for target in targets:
         for stream in (False, True):
-            status, data = http_request(target.port, "POST", target.path, target.body(stream), target.headers)
+            status, data = http_request(target.port, "POST", target.path(stream), target.body(stream),
+                                        target.headers)
             kind = f"{target.bench_path} {target.name} {'stream' if stream else 'unary'}"
             if status != 200:
                 problems.append(f"{kind}: HTTP {status}: {data[:300]!r}")
@@ -1225,17 +1352,17 @@ def start_relay(upstream: Server, pinning: Pinning, log_dir: Path) -> Server:
 
 def make_targets(path: BenchPath, upstream: Server, relay: Server | None, proxy: Server) -> list[Target]:
     """direct, relay (when started) and proxy: the same request, each the way its receiver wants it."""
-    targets = [Target("direct", path.name, upstream.port, path.direct_path, path.direct_headers, path.direct_body,
-                      path.direct_check, None)]
+    targets = [Target("direct", path.name, upstream.port, path.direct_target, path.direct_headers,
+                      path.direct_body, path.direct_check, None)]
     if relay is not None:
         # The relay forwards bytes unchanged, so it gets exactly the direct request.
-        targets.append(Target("relay", path.name, relay.port, path.direct_path, path.direct_headers,
+        targets.append(Target("relay", path.name, relay.port, path.direct_target, path.direct_headers,
                               path.direct_body, path.direct_check, relay))
     # Through the proxy the caller speaks OpenAI on every path; only the model differs.
     proxy_headers = {"X-API-Key": GATEWAY_KEY, "Authorization": f"Bearer {CALLER_KEY}",
                      "Content-Type": "application/json"}
-    targets.append(Target("proxy", path.name, proxy.port, "/v1/chat/completions", proxy_headers,
-                          lambda stream: openai_body(stream, path.model), check_openai, proxy))
+    targets.append(Target("proxy", path.name, proxy.port, lambda _stream: "/v1/chat/completions",
+                          proxy_headers, lambda stream: openai_body(stream, path.model), check_openai, proxy))
     return targets
 
 
@@ -1287,7 +1414,9 @@ def measure_all(args: argparse.Namespace, pinning: Pinning, targets: dict[str, l
     names = [t.name for t in first]
     scenarios = scenarios_of(args)
     for path, results in by_path.items():
-        print(f"\n=== path {path}: model {PATHS[path].model}, direct {PATHS[path].direct_path} ===")
+        streams = PATHS[path].direct_stream_path
+        direct = PATHS[path].direct_path + (f", streams {streams}" if streams else "")
+        print(f"\n=== path {path}: model {PATHS[path].model}, direct {direct} ===")
         for line in [*table(results, scenarios, names, rss), "", *busy_lines(results, scenarios, names), "",
                      *verdicts(results, scenarios, names, pinning, probes)]:
             print(line)
@@ -1328,7 +1457,8 @@ def write_json(args: argparse.Namespace, pinning: Pinning, measurements: list[Me
     document = {
         "machine": machine_line(args),
         "pinning": pinning.description,
-        "paths": {name: {"model": PATHS[name].model, "direct_path": PATHS[name].direct_path} for name in args.path},
+        "paths": {name: {"model": PATHS[name].model, "direct_path": PATHS[name].direct_path,
+                         "direct_stream_path": PATHS[name].direct_target(True)} for name in args.path},
         "upstream": args.upstream,
         "seconds": args.seconds,
         "warmup": args.warmup,

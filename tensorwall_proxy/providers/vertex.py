@@ -521,6 +521,8 @@ class VertexStream:
                                 provider=self._provider, code=google_status or None)
         if data.get("modelVersion"):
             self._chunks.model = str(data["modelVersion"])
+        if not self._started and data.get("responseId"):
+            self._chunks.id = str(data["responseId"])  # the same id a non-streamed answer would carry
         if data.get("usageMetadata"):
             self.usage = _usage(data["usageMetadata"])
         out: list[bytes] = []
