@@ -1,8 +1,9 @@
 """Fakes for the gateway's tests: real servers on 127.0.0.1, never mocks of the transport.
 
-`FakeUpstream` speaks the providers' wire formats (six OpenAI-style flavors and Anthropic's Messages
-API), records every request and misbehaves when a fault word (`FAULT_WORDS`, and for the anthropic
-flavor `ANTHROPIC_FAULT_WORDS`) appears in the model name.
+`FakeUpstream` speaks the providers' wire formats (six OpenAI-style flavors, Anthropic's Messages
+API and Vertex AI's Gemini API, with Google's OAuth token endpoint), records every request and
+misbehaves when a fault word (`FAULT_WORDS`, and for the anthropic and vertex flavors
+`ANTHROPIC_FAULT_WORDS` and `VERTEX_FAULT_WORDS`) appears in the model name.
 """
 
 from tests.fakes.upstream import (
@@ -16,7 +17,20 @@ from tests.fakes.upstream import (
     EMBEDDING_SIZE,
     FAULT_WORDS,
     FLAVORS,
+    GOOGLE_CLOUD_PLATFORM_SCOPE,
+    GOOGLE_TOKEN_AUDIENCE,
+    GOOGLE_TOKEN_LIFETIME,
     TOOL_ARGUMENTS,
+    VERTEX_API_VERSIONS,
+    VERTEX_FAULT_WORDS,
+    VERTEX_MAX_PREDICT_INSTANCES,
+    VERTEX_NO_ALT_SSE,
+    VERTEX_PROJECT,
+    VERTEX_SERVICE_ACCOUNT,
+    VERTEX_SKIP_SIGNATURES,
+    VERTEX_TASK_TYPES,
+    VERTEX_THINKING_PREFIX,
+    VERTEX_TOOL_ARGS,
     FakeUpstream,
     Flavor,
     Recorded,
@@ -24,6 +38,9 @@ from tests.fakes.upstream import (
     anthropic_signature,
     anthropic_thinking_block,
     embedding_vector,
+    service_account_private_key,
+    vertex_function_call_part,
+    vertex_thought_signature,
 )
 
 __all__ = [
@@ -37,7 +54,20 @@ __all__ = [
     "EMBEDDING_SIZE",
     "FAULT_WORDS",
     "FLAVORS",
+    "GOOGLE_CLOUD_PLATFORM_SCOPE",
+    "GOOGLE_TOKEN_AUDIENCE",
+    "GOOGLE_TOKEN_LIFETIME",
     "TOOL_ARGUMENTS",
+    "VERTEX_API_VERSIONS",
+    "VERTEX_FAULT_WORDS",
+    "VERTEX_MAX_PREDICT_INSTANCES",
+    "VERTEX_NO_ALT_SSE",
+    "VERTEX_PROJECT",
+    "VERTEX_SERVICE_ACCOUNT",
+    "VERTEX_SKIP_SIGNATURES",
+    "VERTEX_TASK_TYPES",
+    "VERTEX_THINKING_PREFIX",
+    "VERTEX_TOOL_ARGS",
     "FakeUpstream",
     "Flavor",
     "Recorded",
@@ -45,4 +75,7 @@ __all__ = [
     "anthropic_signature",
     "anthropic_thinking_block",
     "embedding_vector",
+    "service_account_private_key",
+    "vertex_function_call_part",
+    "vertex_thought_signature",
 ]

@@ -1,10 +1,10 @@
 """The fake upstream: one real aiohttp server that speaks the providers' wire formats.
 
 It owns the provider side of every integration test: it answers on 127.0.0.1 the way the real
-services answer (wire-formats.md sections 1, 2, 3, 6, 7.2, 7.3 and 8), records every request it gets,
-and misbehaves on demand when a fault word appears in the model name (TensorZero's dummy provider
-does the same). Each provider is a "flavor", named by the first path segment; the rest of the path
-is the provider's real path, so `/groq/openai/v1/chat/completions` is Groq's chat endpoint.
+services answer (wire-formats.md sections 1, 2, 3, 4, 6, 7.2, 7.3 and 8), records every request
+it gets, and misbehaves on demand when a fault word appears in the model name (TensorZero's dummy
+provider does the same). Each provider is a "flavor", named by the first path segment; the rest of
+the path is the provider's real path, so `/groq/openai/v1/chat/completions` is Groq's chat endpoint.
 
 It must not import `tensorwall_proxy`: it is the gateway's opponent, and sharing code would let a
 bug in the gateway hide behind the same bug in the fake. Everything here is deterministic (reply
@@ -31,10 +31,19 @@ answer. Fault words, found anywhere in the model name or Azure deployment:
                       (not streamed: a 500)
     hang              never answer; only the caller leaving ends it (`disconnected_at`)
     fail-529, error-before-content    the anthropic flavor only (`ANTHROPIC_FAULT_WORDS`)
+    fail-403, blocked, safety         the vertex flavor only (`VERTEX_FAULT_WORDS`)
 
 The `anthropic` flavor speaks Anthropic's Messages API instead (`POST /anthropic/v1/messages`,
 wire-formats §2): its own validation, named SSE events, error envelope and two more fault words;
-the "Anthropic Messages" section at the end of this module says what it answers.
+the "Anthropic Messages" section near the end of this module says what it answers.
+
+The `vertex` flavor speaks Vertex AI's native Gemini API (wire-formats §4): generateContent,
+streamGenerateContent (`alt=sse`, CRLF-separated events), predict and embedContent under
+`/vertex/{v1|v1beta1}/projects/…/publishers/google/models/{model}:{method}`, with Google's error
+envelope, camelCase or snake_case request keys, Gemini 3 thought signatures and its own fault
+words (`VERTEX_FAULT_WORDS`). `POST /oauth2/token` is Google's OAuth token endpoint for
+service-account credentials, so google-auth can mint tokens against the fake. The "Vertex AI" and
+"Google OAuth" sections at the end say what they answer.
 
 Adding a flavor: give it a `Flavor` entry in `FLAVORS`, register its routes in
 `FakeUpstream._add_routes`, and, for quirks, add small functions to the `_CHAT_CHECKS`,
@@ -47,6 +56,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import datetime
+import functools
 import hashlib
 import json
 import random
@@ -56,7 +67,9 @@ import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, Literal
+from urllib.parse import parse_qsl
 
 import orjson
 from aiohttp import web
@@ -112,9 +125,11 @@ class Recorded:
 
     `raw_path` is the request target exactly as on the wire (`request.raw_path`: still
     percent-encoded, query string included); `path` is the decoded path. `headers` is a
-    case-insensitive copy. The three timestamps are `time.monotonic()` values: `finished_at` is set
-    when the handler completed its script (an abrupt `cut-mid-stream` included), `disconnected_at`
-    when the caller went away before that.
+    case-insensitive copy. `path_model` is the model named in a Vertex URL
+    (`…/models/{model}:{method}`), percent-decoded: Vertex bodies carry no model, so `model` falls
+    back to it. The three timestamps are `time.monotonic()` values: `finished_at` is set when the
+    handler completed its script (an abrupt `cut-mid-stream` included), `disconnected_at` when the
+    caller went away before that.
     """
 
     flavor: str
@@ -127,15 +142,16 @@ class Recorded:
     json: Any
     started_at: float
     deployment: str | None = None
+    path_model: str | None = None
     finished_at: float | None = None
     disconnected_at: float | None = None
 
     @property
     def model(self) -> str | None:
-        """The body's `model`, or None when the body has none (or is not a JSON object)."""
+        """The body's `model`; else the model of a Vertex URL; else None."""
         if isinstance(self.json, dict) and isinstance(self.json.get("model"), str):
             return str(self.json["model"])
-        return None
+        return self.path_model
 
     def header(self, name: str) -> str | None:
         """The first value of header `name`, looked up case-insensitively."""
@@ -171,8 +187,8 @@ class Flavor:
     """
 
     name: str
-    auth: Literal["bearer", "none", "azure", "anthropic"]
-    error_shape: Literal["openai", "mistral", "anthropic"]
+    auth: Literal["bearer", "none", "azure", "anthropic", "google"]
+    error_shape: Literal["openai", "mistral", "anthropic", "google"]
     models: tuple[str, ...]
     owned_by: str
     tool_call_id: Callable[[], str] = _openai_tool_call_id
@@ -247,6 +263,13 @@ FLAVORS: Final[Mapping[str, Flavor]] = {
             tool_call_id=_anthropic_tool_use_id,
             honours_n=False,
         ),
+        Flavor(
+            "vertex",
+            auth="google",
+            error_shape="google",
+            models=("gemini-2.5-flash", "gemini-3-pro-preview", "text-embedding-005", "gemini-embedding-001"),
+            owned_by="google",
+        ),
     )
 }
 """Every flavor the fake speaks, by the path prefix that selects it."""
@@ -291,6 +314,8 @@ def _error(
     """
     if flavor.error_shape == "anthropic":
         return _anthropic_error(status, message, headers=headers)
+    if flavor.error_shape == "google":
+        return _google_error(status, message, headers=headers)
     error = {"message": message, "type": type_, "param": param, "code": code}
     body: Json = {"object": "error", **error} if flavor.error_shape == "mistral" else {"error": error}
     return _json_response(body, status, headers)
@@ -323,6 +348,9 @@ class _Call:
     rec: Recorded
     delay: float
     script: Mapping[str, Scripted]
+    # Vertex under `FakeUpstream.strict_tokens`: the tokens the OAuth endpoint issued, with their
+    # expiry (monotonic). None accepts any Bearer token.
+    issued_tokens: Mapping[str, float] | None = None
 
     @property
     def body(self) -> Json:
@@ -331,7 +359,7 @@ class _Call:
 
     @property
     def model_names(self) -> tuple[str, ...]:
-        """The names faults are chosen by: the body model, and for Azure the deployment too."""
+        """The names faults are chosen by: the body (or Vertex URL) model, and Azure's deployment."""
         return tuple(name for name in (self.rec.model, self.rec.deployment) if name)
 
     def has_fault(self, word: str) -> bool:
@@ -360,12 +388,20 @@ class _CallerGone(Exception):
 
 
 class FakeUpstream:
-    """A real HTTP server speaking six providers' OpenAI-style wire formats and Anthropic's Messages
-    API, recording everything.
+    """A real HTTP server speaking six providers' OpenAI-style wire formats, Anthropic's Messages
+    API and Vertex AI's Gemini API (with Google's OAuth token endpoint), recording everything.
 
     Use it as `async with FakeUpstream() as fake:` or with `await fake.start()` and
     `await fake.stop()`. `fake.url(flavor)` gives a flavor's root, `fake.requests` what arrived.
     `delay` is how long the `slow-first-byte` and `slow-stream` faults wait.
+
+    Google OAuth (`POST /oauth2/token`, see "Google OAuth" below): `token_requests` records each
+    call to it (not in `requests`), `issued_tokens` the access tokens it gave out, in order;
+    `token_lifetime` is the `expires_in` it answers, `token_delay` how long it waits first, and
+    `token_failure`, when set, the status it answers instead. `strict_tokens` makes the Vertex
+    endpoints accept only issued, unexpired tokens. `vertex_tokens` lists the Bearer token of every
+    Vertex request in order (`vertex_tokens_seen` as a set). `write_service_account(path)` writes a
+    service-account key file whose `token_uri` is this fake.
     """
 
     def __init__(
@@ -383,6 +419,15 @@ class FakeUpstream:
         self._base_url: str | None = None
         self._stopping = False
         self._in_flight: set[asyncio.Task[Any]] = set()
+        # Google OAuth and Vertex's Bearer tokens.
+        self.token_requests: list[Recorded] = []
+        self.issued_tokens: list[str] = []
+        self.token_lifetime: int = GOOGLE_TOKEN_LIFETIME
+        self.token_delay: float = 0.0
+        self.token_failure: int | None = None
+        self.strict_tokens = False
+        self.vertex_tokens: list[str] = []
+        self._token_expiry: dict[str, float] = {}
         self._add_routes()
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -440,7 +485,8 @@ class FakeUpstream:
         return self._base_url
 
     def url(self, flavor: str) -> str:
-        """The root of a flavor's paths, e.g. `http://127.0.0.1:PORT/groq`."""
+        """The root of a flavor's paths, e.g. `http://127.0.0.1:PORT/groq` (for Vertex, the
+        gateway's `base_url`: it appends `/v1/projects/…`)."""
         if flavor not in FLAVORS:
             raise KeyError(f"unknown flavor {flavor!r}; known: {', '.join(FLAVORS)}")
         return f"{self.base_url}/{flavor}"
@@ -448,8 +494,15 @@ class FakeUpstream:
     # -- what was received -------------------------------------------------------------------------
 
     def clear(self) -> None:
-        """Forget every recorded request (the script stays)."""
+        """Forget every recorded request, token requests and Vertex tokens included.
+
+        The script stays, and so do the tokens already issued (`issued_tokens`: they remain valid
+        under `strict_tokens`) and the token settings (`token_lifetime`, `token_delay`,
+        `token_failure`, `strict_tokens`): a test that changes those sets them back.
+        """
         self.requests.clear()
+        self.token_requests.clear()
+        self.vertex_tokens.clear()
 
     def last(self, flavor: str | None = None) -> Recorded:
         """The latest request, of one flavor if given; AssertionError when there is none."""
@@ -459,12 +512,81 @@ class FakeUpstream:
         raise AssertionError(f"the fake upstream received no request{f' for {flavor}' if flavor else ''}")
 
     def for_model(self, name: str) -> list[Recorded]:
-        """Every request whose body model, or Azure deployment, is exactly `name`, oldest first."""
+        """Every request whose model (body or Vertex URL), or Azure deployment, is exactly `name`."""
         return [rec for rec in self.requests if name in (rec.model, rec.deployment)]
 
     def for_flavor(self, flavor: str) -> list[Recorded]:
         """Every request that reached one flavor, oldest first."""
         return [rec for rec in self.requests if rec.flavor == flavor]
+
+    @property
+    def vertex_tokens_seen(self) -> set[str]:
+        """The distinct Bearer tokens the Vertex endpoints received."""
+        return set(self.vertex_tokens)
+
+    # -- Google OAuth ------------------------------------------------------------------------------
+
+    @property
+    def token_uri(self) -> str:
+        """`http://127.0.0.1:PORT/oauth2/token`: the `token_uri` of the service accounts below."""
+        return f"{self.base_url}/oauth2/token"
+
+    def service_account_info(self) -> Json:
+        """A service-account key (the JSON Google issues) whose `token_uri` is this fake."""
+        return {
+            "type": "service_account",
+            "project_id": VERTEX_PROJECT,
+            "private_key_id": "k1",
+            "private_key": service_account_private_key(),
+            "client_email": VERTEX_SERVICE_ACCOUNT,
+            "client_id": "1",
+            "token_uri": self.token_uri,
+        }
+
+    def write_service_account(self, path: str | Path) -> Path:
+        """Write `service_account_info()` to `path` (a directory gets `service-account.json`)."""
+        target = Path(path)
+        if target.is_dir():
+            target = target / "service-account.json"
+        target.write_text(json.dumps(self.service_account_info(), indent=2))
+        return target
+
+    async def _oauth_token(self, request: web.Request) -> web.StreamResponse:
+        """POST /oauth2/token: Google's JWT-bearer grant, the signature left unchecked."""
+        rec = await self._make_record("oauth2", request)
+        self.token_requests.append(rec)
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
+        try:
+            response = await self._token_answer(rec)
+        except asyncio.CancelledError:
+            if not self._stopping:
+                rec.disconnected_at = time.monotonic()
+            raise
+        finally:
+            self._in_flight.discard(task)
+        rec.finished_at = time.monotonic()
+        return response
+
+    async def _token_answer(self, rec: Recorded) -> web.Response:
+        if self.token_delay:
+            await asyncio.sleep(self.token_delay)
+        if self.token_failure is not None:
+            # google-auth retries a 5xx (`internal_failure`) a few times with back-off, not a 4xx.
+            if self.token_failure >= 500:
+                return _oauth_error(
+                    self.token_failure, "internal_failure", "Internal failure (token_failure)."
+                )
+            return _oauth_error(self.token_failure, "invalid_grant", "Invalid grant: account not found")
+        refusal = _check_token_request(rec.body, self.token_uri)
+        if refusal is not None:
+            return refusal
+        token = f"ya29.fake-{len(self.issued_tokens) + 1}"
+        self.issued_tokens.append(token)
+        lifetime = self.token_lifetime
+        self._token_expiry[token] = time.monotonic() + lifetime
+        return _json_response({"access_token": token, "expires_in": lifetime, "token_type": "Bearer"})
 
     # -- routing and recording ---------------------------------------------------------------------
 
@@ -487,6 +609,13 @@ class FakeUpstream:
         router.add_get("/azure/openai/models", self._endpoint("azure", _models))
         router.add_post("/anthropic/v1/messages", self._endpoint("anthropic", _anthropic_messages))
         router.add_get("/anthropic/v1/models", self._endpoint("anthropic", _anthropic_models))
+        # Vertex: `{target}` is `{model}:{method}`, one path segment (aiohttp decodes it).
+        for version in VERTEX_API_VERSIONS:
+            router.add_post(
+                f"/vertex/{version}/projects/{{project}}/locations/{{location}}/publishers/google/models/{{target}}",
+                self._endpoint("vertex", _vertex),
+            )
+        router.add_post("/oauth2/token", self._oauth_token)
         # Everything else is a recorded 404, so a gateway that builds a wrong URL shows up in
         # `requests` instead of vanishing into aiohttp's default 404.
         router.add_route("*", "/{tail:.*}", self._unknown_url)
@@ -499,7 +628,12 @@ class FakeUpstream:
 
         async def endpoint(request: web.Request) -> web.StreamResponse:
             rec = await self._record(flavor, request)
-            call = _Call(profile, request, rec, self.delay, self.script)
+            if flavor == "vertex":
+                token = _bearer_token(request)
+                if token is not None:
+                    self.vertex_tokens.append(token)
+            issued = self._token_expiry if self.strict_tokens else None
+            call = _Call(profile, request, rec, self.delay, self.script, issued)
             task = asyncio.current_task()
             if task is not None:
                 self._in_flight.add(task)
@@ -523,9 +657,15 @@ class FakeUpstream:
         return endpoint
 
     async def _record(self, flavor: str, request: web.Request) -> Recorded:
+        rec = await self._make_record(flavor, request)
+        self.requests.append(rec)
+        return rec
+
+    async def _make_record(self, flavor: str, request: web.Request) -> Recorded:
         started_at = time.monotonic()
         body = await request.read()
-        rec = Recorded(
+        target = request.match_info.get("target")
+        return Recorded(
             flavor=flavor,
             method=request.method,
             path=request.path,
@@ -536,9 +676,8 @@ class FakeUpstream:
             json=_parse_json(body),
             started_at=started_at,
             deployment=request.match_info.get("deployment"),
+            path_model=(target.rpartition(":")[0] or target) if target is not None else None,
         )
-        self.requests.append(rec)
-        return rec
 
     async def _unknown_url(self, request: web.Request) -> web.StreamResponse:
         segment = request.path.split("/")[1]
@@ -572,6 +711,8 @@ def _check_access(call: _Call) -> web.Response | None:
     Anthropic's anthropic-version."""
     headers = call.request.headers
     has_bearer = bool(_BEARER.fullmatch(headers.get("Authorization", "").strip()))
+    if call.flavor.auth == "google":
+        return _google_access(call, has_bearer)
     if call.flavor.auth == "anthropic":
         # Either scheme (wire-formats §2, pitfall 9.13): the 2.x SDK sends Bearer, 1.x x-api-key.
         if not (headers.get("x-api-key", "").strip() or has_bearer):
@@ -683,9 +824,14 @@ def _cut(call: _Call) -> None:
         transport.abort()
 
 
-async def _answer(call: _Call, body: Json, headers: Mapping[str, str] | None = None) -> web.StreamResponse:
-    """Send a JSON body, or, under `cut-mid-stream`, its first half after an honest content-length."""
-    data = orjson.dumps(body)
+async def _answer(
+    call: _Call, body: Json, headers: Mapping[str, str] | None = None, *, indent: bool = False
+) -> web.StreamResponse:
+    """Send a JSON body, or, under `cut-mid-stream`, its first half after an honest content-length.
+
+    `indent` pretty-prints it, as Google's servers do.
+    """
+    data = orjson.dumps(body, option=orjson.OPT_INDENT_2 if indent else None)
     if not call.has_fault("cut-mid-stream"):
         return web.Response(body=data, content_type="application/json", headers=headers)
     response = web.StreamResponse(headers=headers)
@@ -1376,7 +1522,8 @@ def _anthropic_headers() -> dict[str, str]:
 
 
 class _Refused(Exception):
-    """A 400 `invalid_request_error` found while checking an Anthropic body."""
+    """A 400 found while checking a body: Anthropic's `invalid_request_error`, Google's
+    INVALID_ARGUMENT."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -2139,6 +2286,1416 @@ async def _anthropic_models(call: _Call) -> web.StreamResponse:
     return _json_response(body, headers=_anthropic_headers())
 
 
+# --------------------------------------------------------------------------------------------------
+# Vertex AI: Gemini's native API (wire-formats §4)
+#
+# `POST /vertex/{v1|v1beta1}/projects/{p}/locations/{l}/publishers/google/models/{model}:{method}`,
+# the model percent-decoded and recorded as `Recorded.path_model`. Methods: `generateContent`,
+# `streamGenerateContent` (SSE only with `?alt=sse`: `data: <GenerateContentResponse>` events
+# separated by CRLF CRLF as Google's servers send them, no terminator), `predict` (text-embedding
+# models) and `embedContent` (gemini-embedding models). Order of play as for the other flavors:
+# record, the method, Bearer auth, the body checks (each a 400 INVALID_ARGUMENT in Google's
+# envelope), the script, the fault words, then the answer. Errors and non-streamed bodies are
+# pretty-printed, as Google's are.
+#
+# Keys may be camelCase or snake_case, as Google's JSON parser allows (google-genai sends some
+# snake_case); the fake turns them into camelCase before checking, and answers in camelCase. A key
+# the API does not define is refused with Google's "Unknown name" message, which is also what a
+# JSON-Schema keyword Gemini does not accept (`additionalProperties`, `$ref`, `oneOf`, ...) gets in
+# a `parameters` or `responseSchema` schema. What generateContent answers:
+#
+# - text: `"[vertex] " + the last user content's text` (text parts joined by a space, an inlineData
+#   part counted as `<image>`, a fileData part as `<file>`), or `"[vertex] tool said: <result>"`
+#   when that content holds functionResponse parts: the first one's `response`, which is its string
+#   when the response is exactly `{"content": <str>}` and otherwise `json.dumps(response,
+#   sort_keys=True)`; upper-cased when the systemInstruction holds the word `shout`;
+#   `{"answer": <text>}` as compact JSON under `responseMimeType: application/json`.
+# - function calls: with function declarations, a mode other than NONE and no functionResponse to
+#   read, a single `functionCall` part `{"name": <first allowed name, else first declared>, "args":
+#   VERTEX_TOOL_ARGS}`, no text and no id, finishReason STOP (Gemini says STOP for calls). A model
+#   whose name holds `gemini-3` signs the call with a sibling `thoughtSignature`
+#   (`vertex_thought_signature`) and demands it back (below); its text answers carry a signature on
+#   the last text part (streamed: a final empty text part holding it), as Gemini 3 does.
+# - `candidateCount` N: N candidates, the text of the second and later suffixed ` (2)`, ` (3)`, ...
+#   Candidate 0 has no `index` key: proto3 JSON leaves zero values out, and so does Vertex.
+# - `thinkingConfig.includeThoughts`: a first part `{"text": "Thinking about: <text>", "thought": true}`.
+# - `stopSequences` cut before the earliest hit (finishReason STOP); more words than
+#   `maxOutputTokens` cut to that many (finishReason MAX_TOKENS).
+# - usageMetadata counted in words like the other flavors (a function call or response as the JSON
+#   text of its object, an inlineData or fileData part as one word), with `thoughtsTokenCount` when
+#   thinking, and Vertex's `trafficType` and per-modality details; zero counts are left out.
+#   `modelVersion` is the URL's model.
+# - streamed: one event per word piece carrying only the new text, a functionCall whole in one
+#   event, finishReason on each candidate's last piece, the full usageMetadata on the last event and
+#   `{"trafficType": "ON_DEMAND"}` alone on the others (as Vertex does).
+#
+# Thought signatures: for a `gemini-3` model, the first functionCall part of every model content in
+# the current turn (from the last user content that is not only function responses) must carry the
+# signature the fake gave that call, compared as bytes (either base64 alphabet), or one of Google's
+# documented placeholders (`VERTEX_SKIP_SIGNATURES`). Missing → "Function call is missing a
+# thought_signature in functionCall parts..."; different → "Thought signature is not valid...".
+# Older turns are not checked: Google validates only the current turn.
+
+VERTEX_API_VERSIONS: Final = ("v1", "v1beta1")
+VERTEX_PROJECT: Final = "fake-project"
+VERTEX_SERVICE_ACCOUNT: Final = "sa@fake-project.iam.gserviceaccount.com"
+
+VERTEX_FAULT_WORDS: Final[tuple[str, ...]] = (*FAULT_WORDS, "fail-403", "blocked", "safety")
+"""The fault words of the vertex flavor: the common ones, in Google's shapes, and three more.
+
+`fail-500` 500 INTERNAL, `fail-503` 503 UNAVAILABLE, `fail-429` 429 RESOURCE_EXHAUSTED with
+`retry-after: 7`, `fail-400` 400 INVALID_ARGUMENT, `fail-401` 401 UNAUTHENTICATED, `fail-403` 403
+PERMISSION_DENIED. `error-mid-stream` sends `data: {"error": {"code": 500, ..., "status":
+"INTERNAL"}}` right after the first event and ends the stream cleanly (not streamed: a 500);
+`slow-stream` waits after the first event; `cut-mid-stream` drops the connection after the second
+event (before the last one when there are fewer; not streamed: half the body). `blocked` answers
+`promptFeedback.blockReason: SAFETY` with no candidates; `safety` answers candidates with
+finishReason SAFETY, safetyRatings and no content. The embedding methods know the common words only.
+"""
+
+VERTEX_TOOL_ARGS: Final[Json] = {"location": "Paris"}
+"""The `args` of every functionCall the fake makes (the same object as `TOOL_ARGUMENTS`)."""
+
+VERTEX_THINKING_PREFIX: Final = "Thinking about: "
+"""The fake's thought text is this prefix and the candidate's text (before JSON and cuts)."""
+
+VERTEX_MAX_PREDICT_INSTANCES: Final = 250
+"""`:predict` refuses more instances than this, as text-embedding models do."""
+
+VERTEX_SKIP_SIGNATURES: Final = frozenset(
+    {"skip_thought_signature_validator", "context_engineering_is_the_way_to_go"}
+)
+"""The placeholders Google documents for function calls that no Gemini 3 model signed."""
+
+VERTEX_NO_ALT_SSE: Final = "this fake only streams with alt=sse"
+
+VERTEX_TASK_TYPES: Final = frozenset(
+    {
+        "RETRIEVAL_QUERY",
+        "RETRIEVAL_DOCUMENT",
+        "SEMANTIC_SIMILARITY",
+        "CLASSIFICATION",
+        "CLUSTERING",
+        "QUESTION_ANSWERING",
+        "FACT_VERIFICATION",
+        "CODE_RETRIEVAL_QUERY",
+    }
+)
+
+_VERTEX_DOCS: Final = "https://cloud.google.com/vertex-ai/generative-ai/docs/model-reference/inference"
+_GOOGLE_AUTH_HELP: Final = (
+    "Expected OAuth 2 access token, login cookie or other valid authentication credential. "
+    "See https://developers.google.com/identity/sign-in/web/devconsole-project."
+)
+_GOOGLE_STATUSES: Final[Mapping[int, str]] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "NOT_IMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+_PROTO: Final = "type.googleapis.com/google.cloud.aiplatform.v1"
+_STRUCT: Final = "type.googleapis.com/google.protobuf.Struct"
+_GEMINI_FUNCTION_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_.:-]{0,63}")
+_PART_DATA: Final = ("text", "inlineData", "fileData", "functionCall", "functionResponse")
+_SCHEMA_TYPES: Final = frozenset(
+    {"TYPE_UNSPECIFIED", "STRING", "NUMBER", "INTEGER", "BOOLEAN", "ARRAY", "OBJECT", "NULL"}
+)
+_CALLING_MODES: Final = ("MODE_UNSPECIFIED", "AUTO", "ANY", "NONE", "VALIDATED")
+_THINKING_LEVELS: Final = ("THINKING_LEVEL_UNSPECIFIED", "MINIMAL", "LOW", "MEDIUM", "HIGH")
+_RESPONSE_MIME_TYPES: Final = ("text/plain", "application/json")
+_SAFETY_THRESHOLDS: Final = frozenset(
+    {
+        "HARM_BLOCK_THRESHOLD_UNSPECIFIED",
+        "BLOCK_LOW_AND_ABOVE",
+        "BLOCK_MEDIUM_AND_ABOVE",
+        "BLOCK_ONLY_HIGH",
+        "BLOCK_NONE",
+        "OFF",
+    }
+)
+
+# The request messages, field by field (camelCase): "" is a value kept as sent (a scalar, or a
+# Struct such as `args` whose keys are the caller's own), "Name" a message, "[Name]" a list of them,
+# "{Name}" a map to them. Keys are turned into camelCase only inside messages.
+_GEMINI_MESSAGES: Final[Mapping[str, Mapping[str, str]]] = {
+    "GenerateContentRequest": {
+        "contents": "[Content]",
+        "systemInstruction": "Content",
+        "tools": "[Tool]",
+        "toolConfig": "ToolConfig",
+        "generationConfig": "GenerationConfig",
+        "safetySettings": "[SafetySetting]",
+        "labels": "",
+        "cachedContent": "",
+    },
+    "Content": {"role": "", "parts": "[Part]"},
+    "Part": {
+        "text": "",
+        "inlineData": "Blob",
+        "fileData": "FileData",
+        "functionCall": "FunctionCall",
+        "functionResponse": "FunctionResponse",
+        "thought": "",
+        "thoughtSignature": "",
+        "videoMetadata": "",
+        "mediaResolution": "",
+    },
+    "Blob": {"mimeType": "", "data": "", "displayName": ""},
+    "FileData": {"mimeType": "", "fileUri": "", "displayName": ""},
+    "FunctionCall": {"id": "", "name": "", "args": ""},
+    "FunctionResponse": {"id": "", "name": "", "response": ""},
+    "Tool": {
+        "functionDeclarations": "[FunctionDeclaration]",
+        "googleSearch": "",
+        "googleSearchRetrieval": "",
+        "codeExecution": "",
+        "retrieval": "",
+        "urlContext": "",
+        "enterpriseWebSearch": "",
+        "googleMaps": "",
+    },
+    "FunctionDeclaration": {
+        "name": "",
+        "description": "",
+        "parameters": "Schema",
+        "parametersJsonSchema": "",
+        "response": "Schema",
+        "responseJsonSchema": "",
+        "behavior": "",
+    },
+    # Google's OpenAPI subset: no additionalProperties, $ref, $defs, oneOf, allOf, const, ...
+    "Schema": {
+        "type": "",
+        "format": "",
+        "title": "",
+        "description": "",
+        "nullable": "",
+        "default": "",
+        "example": "",
+        "items": "Schema",
+        "minItems": "",
+        "maxItems": "",
+        "enum": "",
+        "properties": "{Schema}",
+        "propertyOrdering": "",
+        "required": "",
+        "minProperties": "",
+        "maxProperties": "",
+        "minimum": "",
+        "maximum": "",
+        "minLength": "",
+        "maxLength": "",
+        "pattern": "",
+        "anyOf": "[Schema]",
+    },
+    "ToolConfig": {"functionCallingConfig": "FunctionCallingConfig", "retrievalConfig": ""},
+    "FunctionCallingConfig": {"mode": "", "allowedFunctionNames": ""},
+    "GenerationConfig": {
+        "temperature": "",
+        "topP": "",
+        "topK": "",
+        "maxOutputTokens": "",
+        "stopSequences": "",
+        "candidateCount": "",
+        "seed": "",
+        "presencePenalty": "",
+        "frequencyPenalty": "",
+        "responseMimeType": "",
+        "responseSchema": "Schema",
+        "responseJsonSchema": "",
+        "thinkingConfig": "ThinkingConfig",
+        "responseLogprobs": "",
+        "logprobs": "",
+    },
+    "ThinkingConfig": {"thinkingBudget": "", "thinkingLevel": "", "includeThoughts": ""},
+    "SafetySetting": {"category": "", "threshold": "", "method": ""},
+    "EmbedContentRequest": {
+        "content": "Content",
+        "embedContentConfig": "EmbedContentConfig",
+        "taskType": "",
+        "title": "",
+        "outputDimensionality": "",
+        "autoTruncate": "",
+    },
+    "EmbedContentConfig": {"taskType": "", "title": "", "outputDimensionality": "", "autoTruncate": ""},
+}
+
+
+def vertex_thought_signature(name: str, args: Mapping[str, Any] | None = None) -> str:
+    """The `thoughtSignature` the fake gives a functionCall part (gemini-3 models) and demands back.
+
+    Standard base64 of bytes derived from the call, so a client that re-encodes it with the URL-safe
+    alphabet (google-genai holds it as bytes) still sends back the same bytes.
+    """
+    seed = orjson.dumps({"name": name, "args": dict(args or {})}, option=orjson.OPT_SORT_KEYS)
+    return base64.b64encode(b"fake-thought:" + hashlib.sha256(seed).digest()[:21]).decode()
+
+
+def vertex_function_call_part(name: str, args: Mapping[str, Any] | None = None) -> Json:
+    """A signed functionCall part, as a gemini-3 model of the fake returns it and accepts it back."""
+    arguments = dict(VERTEX_TOOL_ARGS if args is None else args)
+    return {
+        "functionCall": {"name": name, "args": arguments},
+        "thoughtSignature": vertex_thought_signature(name, arguments),
+    }
+
+
+def _text_signature(text: str) -> str:
+    return base64.b64encode(b"fake-text:" + hashlib.sha256(text.encode()).digest()[:12]).decode()
+
+
+def _decode_base64(value: Any) -> bytes | None:
+    """Bytes from base64 in either alphabet, padding optional, as proto JSON parsers read it."""
+    if not isinstance(value, str):
+        return None
+    text = value.replace("-", "+").replace("_", "/")
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+# -- errors and auth -------------------------------------------------------------------------------
+
+
+def _google_error_body(status: int, message: str) -> Json:
+    return {"error": {"code": status, "message": message, "status": _GOOGLE_STATUSES.get(status, "UNKNOWN")}}
+
+
+def _google_error(status: int, message: str, *, headers: Mapping[str, str] | None = None) -> web.Response:
+    """Google's envelope (wire-formats §4.5), pretty-printed as Google's servers send it."""
+    return web.Response(
+        status=status,
+        body=orjson.dumps(_google_error_body(status, message), option=orjson.OPT_INDENT_2),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "").strip()
+    return header.split(None, 1)[1] if _BEARER.fullmatch(header) else None
+
+
+def _google_access(call: _Call, has_bearer: bool) -> web.Response | None:
+    """A Bearer token is required; under `strict_tokens` it must be issued here and unexpired."""
+    if not has_bearer:
+        return _google_error(
+            401, f"Request is missing required authentication credential. {_GOOGLE_AUTH_HELP}"
+        )
+    if call.issued_tokens is not None:
+        expiry = call.issued_tokens.get(_bearer_token(call.request) or "")
+        if expiry is None or expiry <= time.monotonic():
+            return _google_error(401, f"Request had invalid authentication credentials. {_GOOGLE_AUTH_HELP}")
+    return None
+
+
+def _invalid_value(path: str, type_name: str, value: Any) -> _Refused:
+    """Google's message for a value of the wrong type, e.g. a string where a Struct belongs."""
+    return _Refused(f"Invalid value at '{path}' ({type_name}), {orjson.dumps(value).decode()}")
+
+
+def _expect(ok: bool, path: str, type_name: str, value: Any) -> None:
+    if not ok:
+        raise _invalid_value(path, type_name, value)
+
+
+# -- camelCase and snake_case ----------------------------------------------------------------------
+
+
+def _camel(key: str) -> str:
+    return re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), key)
+
+
+def _snake(key: str) -> str:
+    return re.sub(r"[A-Z]", lambda m: "_" + m.group(0).lower(), key)
+
+
+def _at(path: str) -> str:
+    return f" at '{path}'" if path else ""
+
+
+def _normalise(value: Any, message: str, path: str) -> Json:
+    """A message with its keys in camelCase, checked against `_GEMINI_MESSAGES`; nulls dropped.
+
+    Paths in messages use the proto field names (snake_case), as Google's do.
+    """
+    if not isinstance(value, dict):
+        raise _invalid_value(path, f"{_PROTO}.{message}", value)
+    fields = _GEMINI_MESSAGES[message]
+    out: Json = {}
+    for key, item in value.items():
+        name = _camel(key)
+        if name not in fields:
+            raise _Refused(
+                f'Invalid JSON payload received. Unknown name "{key}"{_at(path)}: Cannot find field.'
+            )
+        where = f"{path}.{_snake(name)}" if path else _snake(name)
+        _require(name not in out, f"Invalid JSON payload received. Duplicate field '{where}'.")
+        kind = fields[name]
+        if item is None:
+            continue
+        if not kind:
+            out[name] = item
+        elif kind.startswith("["):
+            _expect(isinstance(item, list), where, f"{_PROTO}.{kind[1:-1]}", item)
+            out[name] = [_normalise(v, kind[1:-1], f"{where}[{i}]") for i, v in enumerate(item)]
+        elif kind.startswith("{"):
+            _expect(isinstance(item, dict), where, f"{_PROTO}.{kind[1:-1]}", item)
+            out[name] = {
+                k: _normalise(v, kind[1:-1], f"{where}[{i}].value") for i, (k, v) in enumerate(item.items())
+            }
+        else:
+            out[name] = _normalise(item, kind, where)
+    return out
+
+
+# -- checking generateContent ----------------------------------------------------------------------
+
+
+def _check_gemini_request(body: Any, model: str) -> Json:
+    """The request in camelCase, or `_Refused` for what Vertex refuses with a 400."""
+    _require(isinstance(body, dict), "Invalid JSON payload received. Expected a JSON object.")
+    request = _normalise(body, "GenerateContentRequest", "")
+    contents: list[Json] = request.get("contents") or []
+    _require(
+        bool(contents),
+        "Unable to submit request because it must include at least one contents field, which "
+        f"describes the prompt input. Learn more: {_VERTEX_DOCS}",
+    )
+    for i, content in enumerate(contents):
+        _check_content(f"contents[{i}]", content)
+    _check_function_turns(contents)
+    _check_system_instruction(request.get("systemInstruction"))
+    declared = _check_function_declarations(request.get("tools") or [])
+    _check_tool_config(request.get("toolConfig"), declared)
+    _check_generation_config(request.get("generationConfig") or {})
+    _check_safety_settings(request.get("safetySettings") or [])
+    labels = request.get("labels")
+    if labels is not None:
+        _expect(
+            isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values()),
+            "labels",
+            "type.googleapis.com/google.protobuf.Map",
+            labels,
+        )
+    if "cachedContent" in request:
+        _expect(
+            isinstance(request["cachedContent"], str),
+            "cached_content",
+            "TYPE_STRING",
+            request["cachedContent"],
+        )
+    if "gemini-3" in model:
+        _check_thought_signatures(contents)
+    return request
+
+
+def _check_content(path: str, content: Json) -> None:
+    role = content.get("role")
+    _require(role in ("user", "model"), "Please use a valid role: user, model.")
+    parts = content.get("parts") or []
+    _require(
+        bool(parts),
+        "Unable to submit request because it must include at least one parts field, which describes "
+        f"the prompt input. Learn more: {_VERTEX_DOCS}",
+    )
+    for j, part in enumerate(parts):
+        _check_part(f"{path}.parts[{j}]", part, str(role))
+
+
+def _check_part(path: str, part: Json, role: str) -> None:
+    present = [name for name in _PART_DATA if name in part]
+    if len(present) > 1:
+        raise _Refused(
+            f"Invalid JSON payload received. Oneof field 'data' is already set. Cannot set '{present[1]}'"
+        )
+    _require(
+        bool(present),
+        f"Unable to submit request because the part{_at(path)} has no data: set one of text, "
+        "inline_data, file_data, function_call or function_response.",
+    )
+    signature = part.get("thoughtSignature")
+    if signature is not None:
+        _expect(_decode_base64(signature) is not None, f"{path}.thought_signature", "TYPE_BYTES", signature)
+    if "thought" in part:
+        _expect(isinstance(part["thought"], bool), f"{path}.thought", "TYPE_BOOL", part["thought"])
+    kind = present[0]
+    value = part[kind]
+    where = f"{path}.{_snake(kind)}"
+    if kind == "text":
+        _expect(isinstance(value, str), where, "TYPE_STRING", value)
+        _require(
+            value != "" or signature is not None,
+            "Unable to submit request because it has an empty text parameter. Add a value to the "
+            f"parameter and try again. Learn more: {_VERTEX_DOCS}",
+        )
+    elif kind == "inlineData":
+        mime_type = value.get("mimeType")
+        _require(
+            isinstance(mime_type, str) and bool(mime_type),
+            f"Unable to submit request because `mime_type` is missing{_at(where)}. Add a MIME type and try again.",
+        )
+        data = value.get("data")
+        _require(
+            isinstance(data, str) and bool(data),
+            f"Unable to submit request because `data` is missing{_at(where)}. Add the base64 data and try again.",
+        )
+        _expect(_decode_base64(data) is not None, f"{where}.data", "TYPE_BYTES", data)
+    elif kind == "fileData":
+        mime_type = value.get("mimeType")
+        _require(
+            isinstance(mime_type, str) and bool(mime_type),
+            f"Unable to submit request because `mime_type` is missing{_at(where)}: file_data needs "
+            "the MIME type of the file. Add it and try again.",
+        )
+        uri = value.get("fileUri")
+        _require(
+            isinstance(uri, str) and bool(uri),
+            f"Unable to submit request because `file_uri` is missing{_at(where)}.",
+        )
+    elif kind == "functionCall":
+        _require(
+            role == "model",
+            f"Unable to submit request because a function_call{_at(path)} is only allowed in a model turn.",
+        )
+        name = value.get("name")
+        _require(
+            isinstance(name, str) and bool(name),
+            f"Unable to submit request because the function_call{_at(path)} has an empty name.",
+        )
+        if "args" in value:
+            _expect(isinstance(value["args"], dict), f"{where}.args", _STRUCT, value["args"])
+    else:  # functionResponse
+        _require(
+            role == "user",
+            f"Unable to submit request because a function_response{_at(path)} is only allowed in a user turn.",
+        )
+        name = value.get("name")
+        _require(
+            isinstance(name, str) and bool(name),
+            f"Unable to submit request because the function_response{_at(path)} has an empty name: "
+            "function_response.name is required.",
+        )
+        _require(
+            "response" in value,
+            f"Unable to submit request because function_response.response is missing{_at(path)}.",
+        )
+        _expect(isinstance(value["response"], dict), f"{where}.response", _STRUCT, value["response"])
+
+
+def _calls(content: Json | None) -> list[Json]:
+    if content is None or content.get("role") != "model":
+        return []
+    return [part["functionCall"] for part in content["parts"] if "functionCall" in part]
+
+
+def _responses(content: Json) -> list[Json]:
+    return [part["functionResponse"] for part in content["parts"] if "functionResponse" in part]
+
+
+def _check_function_turns(contents: list[Json]) -> None:
+    """Calls follow a user turn; a function-response turn answers the calls just before it."""
+    for i, content in enumerate(contents):
+        previous = contents[i - 1] if i else None
+        if _calls(content):
+            _require(
+                previous is not None and previous["role"] == "user",
+                "Please ensure that function call turn comes immediately after a user turn or after a "
+                "function response turn.",
+            )
+        responses = _responses(content)
+        if not responses:
+            continue
+        calls = _calls(previous)
+        _require(
+            bool(calls),
+            "Please ensure that function response turn comes immediately after a function call turn.",
+        )
+        _require(
+            len(responses) == len(calls),
+            "Please ensure that the number of function response parts is equal to the number of "
+            "function call parts of the function call turn.",
+        )
+        _require(
+            sorted(r["name"] for r in responses) == sorted(c["name"] for c in calls),
+            "Please ensure that the function response parts answer the function call parts of the "
+            "function call turn: their names must match.",
+        )
+
+
+def _check_system_instruction(instruction: Json | None) -> None:
+    if instruction is None:
+        return
+    for j, part in enumerate(instruction.get("parts") or []):
+        _require(
+            set(part) == {"text"} and isinstance(part["text"], str),
+            f"Unable to submit request because system_instruction.parts[{j}] is not a text part: a "
+            "system instruction holds text only.",
+        )
+
+
+def _check_function_declarations(tools: list[Json]) -> list[str]:
+    """Check every declaration and return the declared names, in order."""
+    names: list[str] = []
+    for i, tool in enumerate(tools):
+        for j, declaration in enumerate(tool.get("functionDeclarations") or []):
+            where = f"tools[{i}].function_declarations[{j}]"
+            name = declaration.get("name")
+            _require(
+                isinstance(name, str) and bool(_GEMINI_FUNCTION_NAME.fullmatch(name)),
+                f"Invalid function name{_at(where + '.name')}. Must start with a letter or an underscore. "
+                "Must be alphameric (a-z, A-Z, 0-9), underscores (_), dots (.), colons (:), or dashes "
+                "(-), with a maximum length of 64.",
+            )
+            if "description" in declaration:
+                description = declaration["description"]
+                _expect(isinstance(description, str), f"{where}.description", "TYPE_STRING", description)
+            for schema, json_schema in (
+                ("parameters", "parametersJsonSchema"),
+                ("response", "responseJsonSchema"),
+            ):
+                _require(
+                    not (schema in declaration and json_schema in declaration),
+                    f"Unable to submit request because {where} sets both `{_snake(schema)}` and "
+                    f"`{_snake(json_schema)}`: set only one.",
+                )
+                if schema in declaration:
+                    _check_schema(f"{where}.{schema}", declaration[schema])
+                if json_schema in declaration:
+                    value = declaration[json_schema]
+                    _expect(isinstance(value, dict), f"{where}.{_snake(json_schema)}", _STRUCT, value)
+            _require(name not in names, f"Duplicate function declaration found: {name}")
+            names.append(str(name))
+    return names
+
+
+def _check_schema(path: str, schema: Json) -> None:
+    """The value checks of Google's Schema (unknown keywords were refused while normalising)."""
+    kind = schema.get("type")
+    if kind is not None:
+        _expect(
+            isinstance(kind, str) and kind.upper() in _SCHEMA_TYPES, f"{path}.type", f"{_PROTO}.Type", kind
+        )
+    for key in ("required", "enum", "propertyOrdering"):
+        if key in schema:
+            value = schema[key]
+            _expect(
+                isinstance(value, list) and all(isinstance(v, str) for v in value),
+                f"{path}.{_snake(key)}",
+                "TYPE_STRING",
+                value,
+            )
+    for key in ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties"):
+        if key in schema:
+            _expect(
+                _is_int(schema[key]) and schema[key] >= 0, f"{path}.{_snake(key)}", "TYPE_INT64", schema[key]
+            )
+    for key in ("minimum", "maximum"):
+        if key in schema:
+            _expect(_is_number(schema[key]), f"{path}.{key}", "TYPE_DOUBLE", schema[key])
+    if "nullable" in schema:
+        _expect(isinstance(schema["nullable"], bool), f"{path}.nullable", "TYPE_BOOL", schema["nullable"])
+    if "items" in schema:
+        _check_schema(f"{path}.items", schema["items"])
+    for i, child in enumerate((schema.get("properties") or {}).values()):
+        _check_schema(f"{path}.properties[{i}].value", child)
+    for i, child in enumerate(schema.get("anyOf") or []):
+        _check_schema(f"{path}.any_of[{i}]", child)
+
+
+def _check_tool_config(config: Json | None, declared: list[str]) -> None:
+    calling = (config or {}).get("functionCallingConfig")
+    if calling is None:
+        return
+    mode = calling.get("mode", "MODE_UNSPECIFIED")
+    _expect(
+        mode in _CALLING_MODES,
+        "tool_config.function_calling_config.mode",
+        f"{_PROTO}.FunctionCallingConfig.Mode",
+        mode,
+    )
+    allowed = calling.get("allowedFunctionNames")
+    if allowed is not None:
+        _expect(
+            isinstance(allowed, list) and all(isinstance(name, str) for name in allowed),
+            "tool_config.function_calling_config.allowed_function_names",
+            "TYPE_STRING",
+            allowed,
+        )
+        _require(
+            mode == "ANY",
+            "Unable to submit request because function_calling_config.allowed_function_names can only "
+            "be set when the mode is ANY.",
+        )
+        for name in allowed:
+            _require(
+                name in declared,
+                f"Unable to submit request because allowed_function_names names `{name}`, which is not "
+                "a declared function.",
+            )
+    _require(
+        mode != "ANY" or bool(declared),
+        "Unable to submit request because function calling mode ANY needs at least one function declaration.",
+    )
+
+
+def _check_range(config: Json, name: str, low: float, high: float, shown: str) -> None:
+    """A number in [low, high): Vertex's message names the range as it does for temperature."""
+    value = config.get(name)
+    if value is None:
+        return
+    _expect(_is_number(value), f"generation_config.{_snake(name)}", "TYPE_FLOAT", value)
+    _require(
+        low <= value < high,
+        f"Unable to submit request because it has a {name} value of {value} but the supported range "
+        f"is from {low:g} (inclusive) to {shown} (exclusive). Update the value and try again.",
+    )
+
+
+def _check_generation_config(config: Json) -> None:
+    _check_range(config, "temperature", 0, 2.0001, "2.0001")
+    _check_range(config, "topP", 0, 1.0001, "1.0001")
+    _check_range(config, "presencePenalty", -2, 2, "2")
+    _check_range(config, "frequencyPenalty", -2, 2, "2")
+    top_k = config.get("topK")
+    if top_k is not None:
+        _expect(_is_number(top_k) and top_k >= 1, "generation_config.top_k", "TYPE_FLOAT", top_k)
+    limit = config.get("maxOutputTokens")
+    if limit is not None:
+        _expect(_is_int(limit), "generation_config.max_output_tokens", "TYPE_INT32", limit)
+        _require(
+            limit >= 1,
+            f"Unable to submit request because it has a maxOutputTokens value of {limit} but the "
+            "supported range is from 1 (inclusive) to 65537 (exclusive). Update the value and try again.",
+        )
+    count = config.get("candidateCount")
+    if count is not None:
+        _expect(_is_int(count), "generation_config.candidate_count", "TYPE_INT32", count)
+        _require(
+            1 <= count <= 8,
+            f"Unable to submit request because candidateCount is {count}: it must be from 1 to 8.",
+        )
+    if "seed" in config:
+        _expect(_is_int(config["seed"]), "generation_config.seed", "TYPE_INT32", config["seed"])
+    stops = config.get("stopSequences")
+    if stops is not None:
+        _expect(
+            isinstance(stops, list) and all(isinstance(s, str) for s in stops),
+            "generation_config.stop_sequences",
+            "TYPE_STRING",
+            stops,
+        )
+        _require(
+            len(stops) <= 5,
+            f"Unable to submit request because it has {len(stops)} stop sequences: at most 5 are supported.",
+        )
+    mime_type = config.get("responseMimeType")
+    if mime_type is not None:
+        _require(
+            mime_type in _RESPONSE_MIME_TYPES,
+            f"Unable to submit request because response_mime_type `{mime_type}` is not supported: "
+            f"allowed mimetypes are {', '.join(_RESPONSE_MIME_TYPES)}.",
+        )
+    has_schema = "responseSchema" in config
+    has_json_schema = "responseJsonSchema" in config
+    _require(
+        not (has_schema and has_json_schema),
+        "Unable to submit request because response_schema and response_json_schema are both set: set only one.",
+    )
+    if has_schema:
+        _check_schema("generation_config.response_schema", config["responseSchema"])
+    if has_json_schema:
+        value = config["responseJsonSchema"]
+        _expect(isinstance(value, dict | bool), "generation_config.response_json_schema", _STRUCT, value)
+    _require(
+        not (has_schema or has_json_schema) or mime_type == "application/json",
+        "Unable to submit request because a response schema needs response_mime_type application/json.",
+    )
+    _check_thinking(config.get("thinkingConfig"))
+    if "responseLogprobs" in config:
+        value = config["responseLogprobs"]
+        _expect(isinstance(value, bool), "generation_config.response_logprobs", "TYPE_BOOL", value)
+    logprobs = config.get("logprobs")
+    if logprobs is not None:
+        _expect(_is_int(logprobs), "generation_config.logprobs", "TYPE_INT32", logprobs)
+        _require(
+            1 <= logprobs <= 20,
+            f"Unable to submit request because logprobs is {logprobs}: it must be from 1 to 20.",
+        )
+
+
+def _check_thinking(thinking: Json | None) -> None:
+    if thinking is None:
+        return
+    if "includeThoughts" in thinking:
+        value = thinking["includeThoughts"]
+        _expect(
+            isinstance(value, bool), "generation_config.thinking_config.include_thoughts", "TYPE_BOOL", value
+        )
+    if "thinkingBudget" in thinking:
+        value = thinking["thinkingBudget"]
+        _expect(_is_int(value), "generation_config.thinking_config.thinking_budget", "TYPE_INT32", value)
+    if "thinkingLevel" in thinking:
+        value = thinking["thinkingLevel"]
+        _expect(
+            value in _THINKING_LEVELS,
+            "generation_config.thinking_config.thinking_level",
+            f"{_PROTO}.GenerationConfig.ThinkingConfig.ThinkingLevel",
+            value,
+        )
+    _require(
+        not ("thinkingBudget" in thinking and "thinkingLevel" in thinking),
+        "You can only set only one of thinking budget and thinking level.",
+    )
+
+
+def _check_safety_settings(settings: list[Json]) -> None:
+    for i, setting in enumerate(settings):
+        category, threshold = setting.get("category"), setting.get("threshold")
+        _expect(
+            isinstance(category, str) and category.startswith("HARM_CATEGORY_"),
+            f"safety_settings[{i}].category",
+            f"{_PROTO}.HarmCategory",
+            category,
+        )
+        _expect(
+            threshold in _SAFETY_THRESHOLDS,
+            f"safety_settings[{i}].threshold",
+            f"{_PROTO}.SafetySetting.HarmBlockThreshold",
+            threshold,
+        )
+
+
+def _check_thought_signatures(contents: list[Json]) -> None:
+    """Gemini 3: in the current turn, each model content's first call carries its signature."""
+    start = 0
+    for i, content in enumerate(contents):
+        if content["role"] == "user" and any("functionResponse" not in part for part in content["parts"]):
+            start = i
+    for i in range(start, len(contents)):
+        parts = contents[i]["parts"]
+        first = next((j for j, part in enumerate(parts) if "functionCall" in part), None)
+        if contents[i]["role"] != "model" or first is None:
+            continue
+        call = parts[first]["functionCall"]
+        signature = parts[first].get("thoughtSignature")
+        _require(
+            signature is not None,
+            "Function call is missing a thought_signature in functionCall parts. This is required for "
+            "tools to work correctly, and missing thought_signature may lead to degraded model "
+            f"performance. Additional data, function call `default_api:{call['name']}` , position "
+            f"{i + 1}. Please refer to https://ai.google.dev/gemini-api/docs/thought-signatures for more "
+            "details.",
+        )
+        if signature in VERTEX_SKIP_SIGNATURES:
+            continue
+        _require(
+            _decode_base64(signature)
+            == _decode_base64(vertex_thought_signature(call["name"], call.get("args"))),
+            f"Thought signature is not valid at 'contents[{i}].parts[{first}].thought_signature': send "
+            "back the thought_signature of the functionCall part exactly as the model returned it. "
+            "Please refer to https://ai.google.dev/gemini-api/docs/thought-signatures for more details.",
+        )
+
+
+# -- the answer ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _GeminiCandidate:
+    parts: list[Json]
+    finish_reason: str
+    safety_ratings: list[Json] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _GeminiReply:
+    candidates: list[_GeminiCandidate]
+    blocked: bool
+    usage: Json
+    model_version: str
+    create_time: str
+    response_id: str
+
+
+def _gemini_text_of(parts: list[Json]) -> str:
+    pieces = []
+    for part in parts:
+        if "text" in part and not part.get("thought"):
+            pieces.append(str(part["text"]))
+        elif "inlineData" in part:
+            pieces.append("<image>")
+        elif "fileData" in part:
+            pieces.append("<file>")
+    return " ".join(pieces)
+
+
+def _tool_said(response: Json) -> str:
+    """What a function response "said": its string when it is `{"content": <str>}`, else its JSON."""
+    if set(response) == {"content"} and isinstance(response["content"], str):
+        return response["content"]
+    return json.dumps(response, sort_keys=True)
+
+
+def _gemini_part_words(part: Json) -> int:
+    if "text" in part:
+        return _words(str(part["text"]))
+    if "functionCall" in part:
+        return _words(json.dumps(part["functionCall"].get("args") or {}))
+    if "functionResponse" in part:
+        return _words(json.dumps(part["functionResponse"].get("response") or {}))
+    return 1  # inlineData, fileData
+
+
+def _function_to_call(request: Json) -> str | None:
+    """The function the model "calls", or None when the request does not call for one."""
+    declared = [
+        declaration["name"]
+        for tool in request.get("tools") or []
+        for declaration in tool.get("functionDeclarations") or []
+    ]
+    calling = (request.get("toolConfig") or {}).get("functionCallingConfig") or {}
+    if not declared or calling.get("mode") == "NONE":
+        return None
+    allowed = calling.get("allowedFunctionNames") or []
+    return str(allowed[0] if allowed else declared[0])
+
+
+def _gemini_stop(text: str, config: Json) -> tuple[str, str]:
+    """Apply stopSequences, then maxOutputTokens: the text kept and the finishReason."""
+    finish = "STOP"
+    hits = [(text.find(s), s) for s in config.get("stopSequences") or [] if s and s in text]
+    if hits:
+        text = text[: min(hits)[0]]
+    limit = config.get("maxOutputTokens")
+    if isinstance(limit, int) and _words(text) > limit:
+        text, finish = " ".join(text.split()[:limit]), "MAX_TOKENS"
+    return text, finish
+
+
+def _safety_ratings() -> list[Json]:
+    return [
+        {
+            "category": "HARM_CATEGORY_DANGEROUS_CONTENT",
+            "probability": "HIGH",
+            "probabilityScore": 0.9375,
+            "severity": "HARM_SEVERITY_HIGH",
+            "severityScore": 0.875,
+            "blocked": True,
+        }
+    ]
+
+
+def _gemini_candidate(request: Json, text: str, function: str | None, gemini_3: bool) -> _GeminiCandidate:
+    config = request.get("generationConfig") or {}
+    parts: list[Json] = []
+    if (config.get("thinkingConfig") or {}).get("includeThoughts") is True:
+        parts.append({"text": VERTEX_THINKING_PREFIX + text, "thought": True})
+    if function is not None:
+        part: Json = {"functionCall": {"name": function, "args": dict(VERTEX_TOOL_ARGS)}}
+        if gemini_3:
+            part["thoughtSignature"] = vertex_thought_signature(function, VERTEX_TOOL_ARGS)
+        return _GeminiCandidate([*parts, part], "STOP")
+    if config.get("responseMimeType") == "application/json":
+        text = orjson.dumps({"answer": text}).decode()
+    text, finish = _gemini_stop(text, config)
+    if text:
+        part = {"text": text}
+        if gemini_3:
+            part["thoughtSignature"] = _text_signature(text)
+        parts.append(part)
+    return _GeminiCandidate(parts, finish)
+
+
+def _gemini_generate(call: _Call, request: Json, model: str) -> _GeminiReply:
+    contents: list[Json] = request["contents"]
+    last_user = next((c for c in reversed(contents) if c["role"] == "user"), None)
+    parts = last_user["parts"] if last_user else []
+    responses = [part["functionResponse"] for part in parts if "functionResponse" in part]
+    if responses:
+        reply = "[vertex] tool said: " + _tool_said(responses[0]["response"])
+    else:
+        reply = "[vertex] " + _gemini_text_of(parts)
+    system = " ".join(p["text"] for p in (request.get("systemInstruction") or {}).get("parts") or [])
+    if _SHOUT.search(system):
+        reply = reply.upper()
+    config = request.get("generationConfig") or {}
+    count = config.get("candidateCount") or 1
+    function = None if responses else _function_to_call(request)
+    gemini_3 = "gemini-3" in model
+
+    candidates: list[_GeminiCandidate] = []
+    if call.has_fault("safety"):
+        candidates = [_GeminiCandidate([], "SAFETY", _safety_ratings()) for _ in range(count)]
+    elif not call.has_fault("blocked"):
+        for i in range(count):
+            text = reply if i == 0 else f"{reply} ({i + 1})"
+            candidates.append(_gemini_candidate(request, text, function, gemini_3))
+
+    prompt = _words(system) + sum(_gemini_part_words(part) for c in contents for part in c["parts"])
+    answer = sum(_gemini_part_words(p) for c in candidates for p in c.parts if not p.get("thought"))
+    thoughts = sum(_words(p["text"]) for c in candidates for p in c.parts if p.get("thought"))
+    usage: Json = {
+        "promptTokenCount": prompt,
+        "candidatesTokenCount": answer,
+        "totalTokenCount": prompt + answer + thoughts,
+        "trafficType": "ON_DEMAND",
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt}],
+        "candidatesTokensDetails": [{"modality": "TEXT", "tokenCount": answer}],
+        "thoughtsTokenCount": thoughts,
+    }
+    # proto3 JSON leaves zero values out.
+    for key in ("candidatesTokenCount", "thoughtsTokenCount"):
+        if not usage[key]:
+            del usage[key]
+    if not answer:
+        del usage["candidatesTokensDetails"]
+    now = datetime.datetime.now(datetime.UTC)
+    return _GeminiReply(
+        candidates=candidates,
+        blocked=call.has_fault("blocked"),
+        usage=usage,
+        model_version=model,
+        create_time=now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        response_id=_alnum(23),
+    )
+
+
+def _gemini_candidate_json(index: int, parts: list[Json], candidate: _GeminiCandidate, final: bool) -> Json:
+    entry: Json = {}
+    if parts:
+        entry["content"] = {"role": "model", "parts": parts}
+    if final:
+        entry["finishReason"] = candidate.finish_reason
+        if candidate.safety_ratings:
+            entry["safetyRatings"] = candidate.safety_ratings
+    if index:
+        entry["index"] = index
+    return entry
+
+
+def _gemini_envelope(reply: _GeminiReply, usage: Json) -> Json:
+    return {
+        "usageMetadata": usage,
+        "modelVersion": reply.model_version,
+        "createTime": reply.create_time,
+        "responseId": reply.response_id,
+    }
+
+
+def _gemini_body(reply: _GeminiReply) -> Json:
+    """The non-streamed GenerateContentResponse."""
+    if reply.blocked:
+        head: Json = {"promptFeedback": {"blockReason": "SAFETY", "safetyRatings": _safety_ratings()}}
+    else:
+        head = {
+            "candidates": [
+                _gemini_candidate_json(i, c.parts, c, final=True) for i, c in enumerate(reply.candidates)
+            ]
+        }
+    return {**head, **_gemini_envelope(reply, dict(reply.usage))}
+
+
+def _gemini_pieces(candidate: _GeminiCandidate) -> list[Json]:
+    """A candidate's parts as streamed: text a word piece at a time, a function call whole."""
+    pieces: list[Json] = []
+    for part in candidate.parts:
+        if "functionCall" in part:
+            pieces.append(part)
+            continue
+        extra = {"thought": True} if part.get("thought") else {}
+        pieces.extend({"text": piece, **extra} for piece in _word_pieces(part["text"]))
+        if "thoughtSignature" in part:
+            # Gemini 3 streams the signature of a text answer in a last, empty text part.
+            pieces.append({"text": "", "thoughtSignature": part["thoughtSignature"]})
+    return pieces
+
+
+def _gemini_chunks(reply: _GeminiReply) -> list[Json]:
+    """Every event of the stream: the new pieces of each candidate, then its finishReason."""
+    if reply.blocked:
+        return [_gemini_body(reply)]
+    pieces = [_gemini_pieces(candidate) for candidate in reply.candidates]
+    steps = max(max(len(p) for p in pieces), 1)
+    chunks: list[Json] = []
+    for k in range(steps):
+        entries = []
+        for i, (candidate, own) in enumerate(zip(reply.candidates, pieces, strict=True)):
+            last = max(len(own), 1) - 1
+            if k > last:
+                continue
+            parts = [own[k]] if k < len(own) else []
+            entries.append(_gemini_candidate_json(i, parts, candidate, final=k == last))
+        usage = dict(reply.usage) if k == steps - 1 else {"trafficType": "ON_DEMAND"}
+        chunks.append({"candidates": entries, **_gemini_envelope(reply, usage)})
+    return chunks
+
+
+def _google_sse(data: Json) -> bytes:
+    return b"data: " + orjson.dumps(data) + b"\r\n\r\n"
+
+
+async def _gemini_stream(call: _Call, reply: _GeminiReply) -> web.StreamResponse:
+    """Write the events one by one, applying the streaming faults at their points."""
+    chunks = _gemini_chunks(reply)
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await _prepare(response, call.request)
+    cut = call.has_fault("cut-mid-stream")
+    for k, chunk in enumerate(chunks):
+        if cut and k == len(chunks) - 1:
+            # A reply too short for two events is still cut before it can finish.
+            _cut(call)
+            return response
+        await _send(response, _google_sse(chunk))
+        if k == 0 and call.has_fault("error-mid-stream"):
+            await _send(response, _google_sse(_google_error_body(500, "Internal error encountered.")))
+            return response
+        if k == 0 and call.has_fault("slow-stream"):
+            await asyncio.sleep(call.delay)
+        if k == 1 and cut:
+            _cut(call)
+            return response
+    return response
+
+
+# -- the endpoints ---------------------------------------------------------------------------------
+
+
+async def _vertex(call: _Call) -> web.StreamResponse:
+    """POST /vertex/{version}/projects/…/models/{model}:{method}: the method, auth, then its handler."""
+    target = call.request.match_info["target"]
+    model, _, method = target.rpartition(":")
+    handle = _VERTEX_METHODS.get(method)
+    if not model or handle is None:
+        return _google_error(404, f"Method not found: {target!r} names no method this fake serves.")
+    refusal = _check_access(call)
+    if refusal is not None:
+        return refusal
+    return await handle(call, model)
+
+
+async def _vertex_fault(call: _Call, model: str) -> web.StreamResponse | None:
+    """The script, then the faults that happen before any byte, in Google's shapes."""
+    scripted = _scripted(call)
+    if scripted is not None:
+        return await scripted
+    if call.has_fault("hang"):
+        await asyncio.sleep(HANG_SECONDS)
+    info = call.request.match_info
+    resource = (
+        f"//aiplatform.googleapis.com/projects/{info['project']}/locations/{info['location']}"
+        f"/publishers/google/models/{model}"
+    )
+    for word, status, message in (
+        ("fail-500", 500, "Internal error encountered."),
+        ("fail-503", 503, "The service is currently unavailable."),
+        ("fail-400", 400, "Request contains an invalid argument. (fail-400 fault)"),
+        ("fail-401", 401, f"Request had invalid authentication credentials. {_GOOGLE_AUTH_HELP}"),
+        (
+            "fail-403",
+            403,
+            f"Permission 'aiplatform.endpoints.predict' denied on resource '{resource}' (or it may not exist).",
+        ),
+    ):
+        if call.has_fault(word):
+            return _google_error(status, message)
+    if call.has_fault("fail-429"):
+        return _google_error(
+            429,
+            "Resource exhausted. Please try again later. Please refer to "
+            "https://cloud.google.com/vertex-ai/generative-ai/docs/error-code-429 for more details.",
+            headers={"retry-after": "7"},
+        )
+    if call.has_fault("slow-first-byte"):
+        await asyncio.sleep(call.delay)
+    return None
+
+
+async def _vertex_late_fault(call: _Call) -> web.StreamResponse | None:
+    """Not streamed: a generation error is a 500, a slow generation a late answer."""
+    if call.has_fault("error-mid-stream"):
+        return _google_error(500, "Internal error encountered.")
+    if call.has_fault("slow-stream"):
+        await asyncio.sleep(call.delay)
+    return None
+
+
+async def _vertex_generate(call: _Call, model: str, *, streamed: bool) -> web.StreamResponse:
+    if streamed and call.request.query.get("alt") != "sse":
+        return _google_error(400, VERTEX_NO_ALT_SSE)
+    try:
+        request = _check_gemini_request(call.rec.json, model)
+    except _Refused as refused:
+        return _google_error(400, refused.message)
+    faulted = await _vertex_fault(call, model)
+    if faulted is not None:
+        return faulted
+    reply = _gemini_generate(call, request, model)
+    if streamed:
+        return await _gemini_stream(call, reply)
+    late = await _vertex_late_fault(call)
+    if late is not None:
+        return late
+    return await _answer(call, _gemini_body(reply), indent=True)
+
+
+async def _vertex_generate_content(call: _Call, model: str) -> web.StreamResponse:
+    return await _vertex_generate(call, model, streamed=False)
+
+
+async def _vertex_stream_generate_content(call: _Call, model: str) -> web.StreamResponse:
+    return await _vertex_generate(call, model, streamed=True)
+
+
+# -- embeddings ------------------------------------------------------------------------------------
+
+
+def _embedding_dimensions(value: Any, where: str) -> int:
+    if value is None:
+        return EMBEDDING_SIZE
+    _expect(_is_int(value), where, "TYPE_INT32", value)
+    _require(
+        1 <= value <= EMBEDDING_SIZE,
+        f"Unable to submit request because outputDimensionality is {value}: this fake's vectors have "
+        f"1 to {EMBEDDING_SIZE} values.",
+    )
+    return int(value)
+
+
+def _check_task(task_type: Any, title: Any, where: str) -> None:
+    if task_type is not None:
+        _require(
+            task_type in VERTEX_TASK_TYPES,
+            f"Unable to submit request because task type `{task_type}`{_at(where)} is not supported: "
+            f"use one of {', '.join(sorted(VERTEX_TASK_TYPES))}.",
+        )
+    if title is not None:
+        _expect(isinstance(title, str), f"{where}.title" if where else "title", "TYPE_STRING", title)
+        _require(
+            task_type == "RETRIEVAL_DOCUMENT",
+            "Unable to submit request because a title is only valid with task type RETRIEVAL_DOCUMENT.",
+        )
+
+
+def _check_predict(body: Any) -> tuple[list[str], int]:
+    """The texts of a text-embedding `:predict` request and the vector size asked for."""
+    _require(isinstance(body, dict), "Invalid JSON payload received. Expected a JSON object.")
+    for key in body:
+        _require(
+            key in ("instances", "parameters"),
+            f'Invalid JSON payload received. Unknown name "{key}": Cannot find field.',
+        )
+    instances = body.get("instances")
+    _require(
+        isinstance(instances, list) and bool(instances),
+        "Unable to submit request because it has no instances: `instances` must be a non-empty list.",
+    )
+    _require(
+        len(instances) <= VERTEX_MAX_PREDICT_INSTANCES,
+        f"Unable to submit request because it has {len(instances)} instances: the model accepts at most "
+        f"{VERTEX_MAX_PREDICT_INSTANCES} instances per request. Split the request.",
+    )
+    texts = []
+    for i, instance in enumerate(instances):
+        where = f"instances[{i}]"
+        _require(isinstance(instance, dict), f"Unable to submit request because {where} is not an object.")
+        for key in instance:
+            _require(
+                key in ("content", "task_type", "title"),
+                f"Unable to submit request because {where} has the unknown field `{key}`: an instance "
+                "holds content, task_type and title.",
+            )
+        content = instance.get("content")
+        _require(
+            isinstance(content, str) and bool(content),
+            f"Unable to submit request because {where}.content is missing or empty.",
+        )
+        _check_task(instance.get("task_type"), instance.get("title"), where)
+        texts.append(str(content))
+    parameters = body.get("parameters") or {}
+    _require(isinstance(parameters, dict), "Unable to submit request because `parameters` is not an object.")
+    for key in parameters:
+        _require(
+            key in ("outputDimensionality", "autoTruncate"),
+            f"Unable to submit request because parameters has the unknown field `{key}`: it holds "
+            "outputDimensionality and autoTruncate.",
+        )
+    if "autoTruncate" in parameters:
+        value = parameters["autoTruncate"]
+        _expect(isinstance(value, bool), "parameters.autoTruncate", "TYPE_BOOL", value)
+    size = _embedding_dimensions(parameters.get("outputDimensionality"), "parameters.outputDimensionality")
+    return texts, size
+
+
+async def _vertex_predict(call: _Call, model: str) -> web.StreamResponse:
+    """`:predict` for text-embedding models: one deterministic vector per instance, in order."""
+    try:
+        texts, size = _check_predict(call.rec.json)
+    except _Refused as refused:
+        return _google_error(400, refused.message)
+    faulted = await _vertex_fault(call, model) or await _vertex_late_fault(call)
+    if faulted is not None:
+        return faulted
+    predictions = [
+        {
+            "embeddings": {
+                "values": embedding_vector(text)[:size],
+                "statistics": {"token_count": _words(text), "truncated": False},
+            }
+        }
+        for text in texts
+    ]
+    billable = sum(len("".join(text.split())) for text in texts)
+    body = {"predictions": predictions, "metadata": {"billableCharacterCount": billable}}
+    return await _answer(call, body, indent=True)
+
+
+def _check_embed_content(body: Any) -> tuple[str, int]:
+    """The text of a gemini-embedding `:embedContent` request (one content) and the vector size."""
+    _require(isinstance(body, dict), "Invalid JSON payload received. Expected a JSON object.")
+    request = _normalise(body, "EmbedContentRequest", "")
+    content = request.get("content")
+    _require(
+        content is not None,
+        "Unable to submit request because it has no content: embedContent embeds exactly one content.",
+    )
+    parts = content.get("parts") or []
+    _require(bool(parts), "Unable to submit request because content.parts is empty.")
+    texts = []
+    for j, part in enumerate(parts):
+        text = part.get("text")
+        _require(
+            set(part) == {"text"} and isinstance(text, str) and bool(text),
+            f"Unable to submit request because content.parts[{j}] is not a non-empty text part.",
+        )
+        texts.append(str(text))
+    config = {
+        **{
+            key: request[key]
+            for key in ("taskType", "title", "outputDimensionality", "autoTruncate")
+            if key in request
+        },
+        **(request.get("embedContentConfig") or {}),
+    }
+    _check_task(config.get("taskType"), config.get("title"), "")
+    if "autoTruncate" in config:
+        _expect(
+            isinstance(config["autoTruncate"], bool), "auto_truncate", "TYPE_BOOL", config["autoTruncate"]
+        )
+    return " ".join(texts), _embedding_dimensions(config.get("outputDimensionality"), "output_dimensionality")
+
+
+async def _vertex_embed_content(call: _Call, model: str) -> web.StreamResponse:
+    """`:embedContent` for gemini-embedding models: one vector for the one content."""
+    try:
+        text, size = _check_embed_content(call.rec.json)
+    except _Refused as refused:
+        return _google_error(400, refused.message)
+    faulted = await _vertex_fault(call, model) or await _vertex_late_fault(call)
+    if faulted is not None:
+        return faulted
+    body = {
+        "embedding": {"values": embedding_vector(text)[:size]},
+        "usageMetadata": {"promptTokenCount": _words(text)},
+    }
+    return await _answer(call, body, indent=True)
+
+
+_VERTEX_METHODS: Final[Mapping[str, Callable[[_Call, str], Awaitable[web.StreamResponse]]]] = {
+    "generateContent": _vertex_generate_content,
+    "streamGenerateContent": _vertex_stream_generate_content,
+    "predict": _vertex_predict,
+    "embedContent": _vertex_embed_content,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Google OAuth: the token endpoint of service accounts (`POST /oauth2/token`)
+#
+# google-auth's service-account flow posts `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer`
+# and `assertion=<JWT>`. The fake reads the JWT's claims without checking its signature, refuses
+# what Google refuses (wrong grant type, audience, lifetime, missing cloud-platform scope) in
+# Google's OAuth error shape (`{"error", "error_description"}`), and answers
+# `{"access_token": "ya29.fake-<n>", "expires_in": token_lifetime, "token_type": "Bearer"}`, n
+# counting the tokens issued since the fake was made. google-auth sets `aud` to Google's own token
+# URI whatever the key file's `token_uri`, so that audience is the one accepted (and, for other
+# clients, this fake's own URI).
+
+GOOGLE_TOKEN_AUDIENCE: Final = "https://oauth2.googleapis.com/token"
+GOOGLE_CLOUD_PLATFORM_SCOPE: Final = "https://www.googleapis.com/auth/cloud-platform"
+GOOGLE_TOKEN_LIFETIME: Final = 3600
+_JWT_BEARER_GRANT: Final = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
+
+@functools.cache
+def service_account_private_key() -> str:
+    """An RSA private key (PEM, PKCS#8) made once per process for the fake's service accounts.
+
+    `cryptography` comes with google-auth, which is the only thing that signs with it.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return pem.decode()
+
+
+def _oauth_error(status: int, error: str, description: str) -> web.Response:
+    return _json_response({"error": error, "error_description": description}, status)
+
+
+def _jwt_claims(assertion: str) -> Json | None:
+    """The payload of a JWT, its signature unchecked; None when it is not a JWT."""
+    pieces = assertion.split(".")
+    if len(pieces) != 3:
+        return None
+    try:
+        claims = orjson.loads(base64.urlsafe_b64decode(pieces[1] + "=" * (-len(pieces[1]) % 4)))
+    except (binascii.Error, ValueError):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+def _check_token_request(body: bytes, token_uri: str) -> web.Response | None:
+    form = dict(parse_qsl(body.decode("utf-8", "replace")))
+    grant_type = form.get("grant_type", "")
+    if grant_type != _JWT_BEARER_GRANT:
+        return _oauth_error(400, "unsupported_grant_type", f"Invalid grant_type: {grant_type}")
+    claims = _jwt_claims(form.get("assertion", ""))
+    if claims is None:
+        return _oauth_error(400, "invalid_grant", "Invalid JWT: the assertion is not a JWT.")
+    if claims.get("aud") not in (GOOGLE_TOKEN_AUDIENCE, token_uri):
+        return _oauth_error(
+            400,
+            "invalid_grant",
+            f"Invalid JWT: Failed audience check. The right audience is {GOOGLE_TOKEN_AUDIENCE}",
+        )
+    if not isinstance(claims.get("iss"), str) or not claims["iss"]:
+        return _oauth_error(400, "invalid_grant", "Invalid email or User ID")
+    issued, expires = claims.get("iat"), claims.get("exp")
+    if not (_is_int(issued) and _is_int(expires) and 0 < expires - issued <= 3600 and expires > time.time()):
+        return _oauth_error(
+            400,
+            "invalid_grant",
+            "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe. "
+            "Check your iat and exp values in the JWT claim.",
+        )
+    if GOOGLE_CLOUD_PLATFORM_SCOPE not in str(claims.get("scope", "")).split():
+        return _oauth_error(400, "invalid_scope", "Invalid OAuth scope or ID token audience provided.")
+    return None
+
+
 __all__ = [
     "ANTHROPIC_CACHE_CREATION_TOKENS",
     "ANTHROPIC_CACHE_READ_TOKENS",
@@ -2150,7 +3707,20 @@ __all__ = [
     "EMBEDDING_SIZE",
     "FAULT_WORDS",
     "FLAVORS",
+    "GOOGLE_CLOUD_PLATFORM_SCOPE",
+    "GOOGLE_TOKEN_AUDIENCE",
+    "GOOGLE_TOKEN_LIFETIME",
     "TOOL_ARGUMENTS",
+    "VERTEX_API_VERSIONS",
+    "VERTEX_FAULT_WORDS",
+    "VERTEX_MAX_PREDICT_INSTANCES",
+    "VERTEX_NO_ALT_SSE",
+    "VERTEX_PROJECT",
+    "VERTEX_SERVICE_ACCOUNT",
+    "VERTEX_SKIP_SIGNATURES",
+    "VERTEX_TASK_TYPES",
+    "VERTEX_THINKING_PREFIX",
+    "VERTEX_TOOL_ARGS",
     "FakeUpstream",
     "Flavor",
     "Recorded",
@@ -2158,4 +3728,7 @@ __all__ = [
     "anthropic_signature",
     "anthropic_thinking_block",
     "embedding_vector",
+    "service_account_private_key",
+    "vertex_function_call_part",
+    "vertex_thought_signature",
 ]
