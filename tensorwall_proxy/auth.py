@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Final, Literal
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, Literal
 
 from .config import ProviderConfig, Secret
+
+if TYPE_CHECKING:
+    from .providers import UpstreamCall
 from .errors import GatewayError
 
 CredentialKind = Literal["server", "caller", "ambient", "none"]
@@ -35,6 +38,9 @@ class Credential:
     # The cloud project ambient credentials belong to (google-auth reports it), for a vertex
     # provider whose YAML names none.
     project: str | None = None
+    # Signs a finished upstream call (SigV4 for bedrock): it covers the exact URL and body bytes,
+    # so the provider applies it last.
+    sign: Callable[[UpstreamCall], UpstreamCall] | None = field(default=None, compare=False)
 
     @property
     def health_digest(self) -> str | None:
@@ -101,8 +107,9 @@ def credential_for(provider: ProviderConfig, endpoint_key: Secret | None, caller
         return Credential("server", endpoint_key)
     if provider.api_key is not None:
         return Credential("server", provider.api_key)
-    if provider.auth == "ambient":
-        return AMBIENT
+    if provider.auth == "ambient" or (provider.type == "bedrock" and (
+            provider.aws_access_key_id is not None or provider.profile)):
+        return AMBIENT  # YAML AWS keys or a profile mean SigV4, whatever the caller sends
     if provider.auth == "none" or provider.type == "ollama":
         # Ollama never receives the caller's key (DESIGN §6): only a YAML api_key, handled above.
         return NO_CREDENTIAL

@@ -7,7 +7,6 @@ The tree::
     ├── ConfigError                   the YAML is wrong (never reaches a caller: startup/reload)
     ├── UnsupportedField              a translator cannot express a field for one endpoint (400
     │                                 only when no endpoint of the route can serve the request)
-    ├── UnsupportedProvider           a provider type this build cannot translate (501, likewise)
     ├── ProviderNotConfigured         a required setting or credential is missing (503, likewise)
     └── UpstreamError                 an attempt failed; ``kind`` decides fallback and health
           kinds: connect | timeout | rate_limited | overloaded | server | auth | bad_request
@@ -94,15 +93,6 @@ class UnsupportedField(GatewayError):
 
     def __init__(self, param: str, message: str) -> None:
         super().__init__(400, message, param=param, code="unsupported_parameter")
-
-
-class UnsupportedProvider(GatewayError):
-    """A provider type without a translator in this build: its endpoints are skipped like UnsupportedField."""
-
-    def __init__(self, provider_type: str) -> None:
-        super().__init__(501, f"Provider type '{provider_type}' is not available in this version of "
-                              "tensorwall-proxy.", type="server_error", code="provider_not_implemented",
-                         should_retry=False)
 
 
 class ProviderNotConfigured(GatewayError):

@@ -28,13 +28,12 @@ from .errors import (
     GatewayError,
     ProviderNotConfigured,
     UnsupportedField,
-    UnsupportedProvider,
     UpstreamError,
 )
 from .health import HealthBook, HealthKey, when_all_blocked
 from .providers import ChatRequest, EmbeddingsRequest, Provider, UpstreamCall, provider_for
 from .router import LLMRouter, Route, RouteEndpoint
-from .sse import SseDecoder, SseError, encode
+from .sse import SseError, encode
 
 JSON: Final = "application/json"
 # Upstream calls one request may have in flight at once (batched embeddings fan out).
@@ -156,7 +155,7 @@ async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Sec
             if credential.kind == "ambient":
                 credential = await gateway.ambient.resolve(attempt.provider)
             call = build(impl, attempt, credential)
-        except (UnsupportedField, UnsupportedProvider, ProviderNotConfigured) as exc:
+        except (UnsupportedField, ProviderNotConfigured) as exc:
             skipped = skipped or exc  # another endpoint may still serve the request
             continue
         except UpstreamError as exc:
@@ -317,7 +316,7 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
     provider = attempt.provider
     loop = asyncio.get_running_loop()
     decoder = impl.stream_decoder(req, provider)
-    events = SseDecoder()
+    events = impl.framer()
     # Events decoded but not yet written: everything before the commit point, and after it what
     # one upstream read produced, sent in one write (fewer syscalls than one write per event).
     pending: list[bytes] = []

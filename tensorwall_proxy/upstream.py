@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import time
 from collections.abc import Mapping
 from typing import Any, Final
@@ -184,11 +185,83 @@ class GoogleTokens:
         self._renew_at = time.monotonic() + lifetime - min(TOKEN_MARGIN_SECONDS, lifetime / 4)
 
 
+def sign_sigv4(credentials: Any, region: str, call: UpstreamCall) -> UpstreamCall:
+    """The call with botocore's SigV4 headers (service ``bedrock``) over its exact URL and body bytes."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
+    # The URL is already percent-encoded (model ids with %3A); botocore signs that path encoded
+    # once more, as AWS expects, and the same bytes go on the wire.
+    request = AWSRequest(method=call.method, url=str(call.url), data=call.body,
+                         headers={"Content-Type": call.headers.get("Content-Type", "application/json")})
+    SigV4Auth(credentials, "bedrock", region).add_auth(request)
+    headers = {k: v for k, v in call.headers.items() if k.lower() != "authorization"}
+    for name in ("Authorization", "X-Amz-Date", "X-Amz-Security-Token"):
+        value = request.headers.get(name)
+        if value:
+            headers[name] = value
+    return UpstreamCall(call.method, call.url, headers, call.body, call.stream)
+
+
+class AwsCredentials:
+    """The AWS credentials a bedrock provider signs with: its YAML keys, or aiobotocore's chain.
+
+    The chain (environment, shared profile, container and instance roles) is resolved once,
+    without blocking the event loop; refreshable credentials are frozen afresh for every request,
+    so a rotated role is picked up.
+    """
+
+    def __init__(self, provider: ProviderConfig) -> None:
+        self._provider = provider
+        self._source: Any = None
+        self._lock = asyncio.Lock()
+
+    async def frozen(self) -> Any:
+        """Credentials to sign one request with (access key, secret, token)."""
+        from botocore.exceptions import BotoCoreError, ProfileNotFound
+
+        try:
+            if self._source is None:
+                async with self._lock:
+                    if self._source is None:
+                        self._source = await self._resolve()
+            if hasattr(self._source, "get_frozen_credentials"):
+                frozen = self._source.get_frozen_credentials()
+                return await frozen if asyncio.iscoroutine(frozen) else frozen
+            return self._source
+        except ProfileNotFound:
+            raise ProviderNotConfigured(f"AWS profile '{self._provider.profile}' of provider "
+                                        f"'{self._provider.name}' does not exist.") from None
+        except BotoCoreError as exc:
+            # Refreshing role credentials failed: nothing reached Bedrock; another endpoint may serve.
+            raise UpstreamError("connect", 502, f"Could not get AWS credentials ({type(exc).__name__}).",
+                                reached_upstream=False) from None
+
+    async def _resolve(self) -> Any:
+        provider = self._provider
+        if provider.aws_access_key_id is not None and provider.aws_secret_access_key is not None:
+            from botocore.credentials import Credentials
+
+            return Credentials(provider.aws_access_key_id.reveal(), provider.aws_secret_access_key.reveal(),
+                               provider.aws_session_token.reveal() if provider.aws_session_token else None)
+        from aiobotocore.session import AioSession
+
+        session = AioSession(profile=provider.profile or None)
+        credentials = await session.get_credentials()
+        if credentials is None:
+            raise ProviderNotConfigured(
+                f"No AWS credentials for provider '{provider.name}': set aws_access_key_id and "
+                "aws_secret_access_key (or profile) in the YAML, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the "
+                "environment, or send a Bedrock API key as the Bearer key.")
+        return credentials
+
+
 class Ambient:
     """Ambient credentials per provider: what ``auth: ambient`` (and a forward without a key) signs with."""
 
     def __init__(self) -> None:
         self._google: dict[str, GoogleTokens] = {}
+        self._aws: dict[str, AwsCredentials] = {}
 
     async def resolve(self, provider: ProviderConfig) -> Credential:
         """The credential for one attempt on ``provider``."""
@@ -198,4 +271,10 @@ class Ambient:
                 tokens = self._google[provider.name] = GoogleTokens()
             token, project = await tokens.get()
             return Credential("ambient", token, project)
+        if provider.type == "bedrock":
+            aws = self._aws.get(provider.name)
+            if aws is None:
+                aws = self._aws[provider.name] = AwsCredentials(provider)
+            frozen = await aws.frozen()
+            return Credential("ambient", sign=functools.partial(sign_sigv4, frozen, provider.region or "us-east-1"))
         raise ProviderNotConfigured(f"Provider '{provider.name}' has no ambient credentials in this version.")

@@ -186,10 +186,3 @@ def test_embeddings_without_encoding_format_are_floats(proxy: Proxy) -> None:
     assert response.status == 200
     assert isinstance(response.json()["data"][0]["embedding"], list)
 
-
-def test_provider_types_without_a_translator_yet_answer_501(proxy: Proxy, fake: FakeUpstream) -> None:
-    response = post_json(proxy, "/v1/chat/completions",
-                         {"model": "bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0", "messages": USER})
-    assert response.status == 501
-    _assert_openai_error(response.body, code="provider_not_implemented")
-    assert fake.requests == []

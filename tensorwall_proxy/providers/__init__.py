@@ -16,7 +16,7 @@ from yarl import URL
 
 from ..auth import Credential
 from ..config import ProviderConfig
-from ..errors import GatewayError, UnsupportedProvider, UpstreamError
+from ..errors import GatewayError, UpstreamError
 from ..sse import SseEvent
 
 # Handles for the Python API of llm-providers.md: `RouteEndpoint(provider=openai_provider, ...)`.
@@ -82,8 +82,24 @@ class StreamDecoder(Protocol):
         ...
 
 
+class Framer(Protocol):
+    """Cuts a streamed body into upstream events as bytes arrive: SSE, or AWS event-stream messages."""
+
+    def feed(self, chunk: bytes) -> list[SseEvent]:
+        """Events completed by ``chunk``; raises UpstreamError or SseError on broken framing."""
+        ...
+
+    def flush(self) -> list[SseEvent]:
+        """What is left at the end of the body."""
+        ...
+
+
 class Provider(Protocol):
     """One wire format. Every method is pure."""
+
+    def framer(self) -> Framer:
+        """A fresh framer for one streamed attempt (SSE for every type but bedrock)."""
+        ...
 
     def build_request(self, req: ChatRequest, provider: ProviderConfig, model: str,
                       credential: Credential) -> UpstreamCall:
@@ -136,12 +152,13 @@ def path_segment(value: str, what: str) -> str:
 
 
 def _registry() -> dict[str, Provider]:
-    from . import anthropic, azure, openai, vertex
+    from . import anthropic, azure, bedrock, openai, vertex
 
     registry: dict[str, Provider] = {name: openai.OpenAICompatible(name) for name in openai.WIRE}
     registry["azure"] = azure.Azure()
     registry["anthropic"] = anthropic.Anthropic()
     registry["vertex"] = vertex.Vertex()
+    registry["bedrock"] = bedrock.Bedrock()
     return registry
 
 
@@ -149,8 +166,5 @@ PROVIDERS: Final[dict[str, Provider]] = _registry()
 
 
 def provider_for(type_: str) -> Provider:
-    """The implementation of a provider type; 501 for a type this build cannot translate yet."""
-    provider = PROVIDERS.get(type_)
-    if provider is None:
-        raise UnsupportedProvider(type_)
-    return provider
+    """The implementation of a provider type (config.py admits only the nine)."""
+    return PROVIDERS[type_]

@@ -27,7 +27,7 @@ import orjson
 from ..auth import Credential
 from ..config import ProviderConfig
 from ..errors import FailureKind, GatewayError, UnsupportedField, UpstreamError, bad_request
-from ..sse import SseEvent
+from ..sse import SseDecoder, SseEvent
 from . import ChatRequest, EmbeddingsRequest, UpstreamCall
 from .chunks import ChunkEncoder, completion, usage
 from .ids import attach, detach, for_upstream
@@ -561,6 +561,9 @@ class Anthropic:
     """The Provider for Anthropic's Messages API."""
 
     type = "anthropic"
+
+    def framer(self) -> SseDecoder:
+        return SseDecoder()
 
     def build_request(self, req: ChatRequest, provider: ProviderConfig, model: str,
                       credential: Credential) -> UpstreamCall:

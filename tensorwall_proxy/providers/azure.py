@@ -20,6 +20,7 @@ import orjson
 from ..auth import Credential
 from ..config import ProviderConfig
 from ..errors import UpstreamError
+from ..sse import SseDecoder
 from . import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
 from .openai import (
     USER_AGENT,
@@ -54,6 +55,9 @@ class Azure:
     def _url(self, provider: ProviderConfig, deployment: str, operation: str) -> str:
         segment = path_segment(deployment, "Azure deployment name")
         return f"/openai/deployments/{segment}/{operation}?api-version={provider.api_version}"
+
+    def framer(self) -> SseDecoder:
+        return SseDecoder()
 
     def build_request(self, req: ChatRequest, provider: ProviderConfig, model: str,
                       credential: Credential) -> UpstreamCall:

@@ -31,7 +31,7 @@ from ..errors import (
     openai_error_fields,
     retry_after_seconds,
 )
-from ..sse import DONE, DONE_EVENT, SseEvent, encode
+from ..sse import DONE, DONE_EVENT, SseDecoder, SseEvent, encode
 from . import ChatRequest, EmbeddingsRequest, UpstreamCall
 from .ids import IdStyle, for_upstream
 
@@ -317,6 +317,9 @@ class OpenAICompatible:
     def __init__(self, provider_type: str) -> None:
         self.type = provider_type
         self.wire = WIRE[provider_type]
+
+    def framer(self) -> SseDecoder:
+        return SseDecoder()
 
     def build_request(self, req: ChatRequest, provider: ProviderConfig, model: str,
                       credential: Credential) -> UpstreamCall:

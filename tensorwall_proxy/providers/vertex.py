@@ -35,7 +35,7 @@ from ..errors import (
     kind_for_status,
     retry_after_seconds,
 )
-from ..sse import SseEvent
+from ..sse import SseDecoder, SseEvent
 from . import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
 from .chunks import ChunkEncoder, usage
 from .ids import attach, detach
@@ -577,6 +577,9 @@ class Vertex:
     """The Provider for Vertex AI's Gemini models."""
 
     type = "vertex"
+
+    def framer(self) -> SseDecoder:
+        return SseDecoder()
 
     def build_request(self, req: ChatRequest, provider: ProviderConfig, model: str,
                       credential: Credential) -> UpstreamCall:

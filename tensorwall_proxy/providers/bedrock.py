@@ -1,0 +1,634 @@
+"""AWS Bedrock Runtime: Converse and ConverseStream translators, event-stream framing, InvokeModel embeddings.
+
+Requests: messages become Converse turns that alternate user/assistant (consecutive turns merged,
+tool results in user turns), images become bytes, sampling becomes ``inferenceConfig``, tools
+``toolConfig``, ``response_format`` ``outputConfig``, and ``reasoning_effort`` Claude's thinking in
+``additionalModelRequestFields``. Tool call ids pass through the codec in Bedrock's form (at most
+64 of ``[a-zA-Z0-9_.:-]``); a reasoning block rides inside the first tool call's id, as for
+Anthropic, and a turn that lost it is sent with reasoning off.
+
+Streams: the binary AWS event stream is cut into messages by botocore's own parser as bytes
+arrive; events (and exceptions inside an HTTP 200) become OpenAI chunks. botocore is imported only
+when a Bedrock stream first needs it. Signing (SigV4) is not done here: an ambient credential
+carries a signer from upstream.py, which build_request applies to the finished call.
+
+Pure: no I/O, no aiohttp.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import zlib
+from collections.abc import Mapping
+from typing import Any, Final
+
+import orjson
+
+from ..auth import Credential
+from ..config import ProviderConfig
+from ..errors import (
+    FailureKind,
+    UnsupportedField,
+    UpstreamError,
+    caller_status,
+    kind_for_status,
+    retry_after_seconds,
+)
+from ..sse import SseEvent
+from . import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
+from .anthropic import JSON_OBJECT_INSTRUCTION, THINKING_BUDGETS
+from .chunks import ChunkEncoder, completion, usage
+from .ids import attach, detach, for_upstream
+from .openai import USER_AGENT, embeddings_to_base64_list, upstream_url
+
+DEFAULT_MAX_TOKENS: Final = 4096
+FINISH_REASONS: Final[dict[str, str]] = {
+    "end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
+    "model_context_window_exceeded": "length", "tool_use": "tool_calls",
+    "guardrail_intervened": "content_filter", "content_filtered": "content_filter",
+}
+# Exception name (header or stream event, any case) → (failure kind, status the caller sees).
+EXCEPTIONS: Final[dict[str, tuple[FailureKind, int]]] = {
+    "throttlingexception": ("rate_limited", 429), "modelnotreadyexception": ("rate_limited", 429),
+    "serviceunavailableexception": ("overloaded", 503), "internalserverexception": ("server", 500),
+    "modeltimeoutexception": ("timeout", 408), "modelstreamerrorexception": ("server", 502),
+    "validationexception": ("bad_request", 400), "servicequotaexceededexception": ("bad_request", 400),
+    "accessdeniedexception": ("auth", 403), "resourcenotfoundexception": ("bad_request", 404),
+    "modelerrorexception": ("bad_request", 424),
+}
+IMAGE_FORMATS: Final = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/gif": "gif",
+                        "image/webp": "webp"}
+# Model ids as users send them: base ids, inference profiles (us.…), ARNs.
+_MODEL_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,2047}")
+COHERE_BATCH: Final = 96
+_STATE_TAG: Final = b"B1"
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _items(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+# --- URLs and credentials -----------------------------------------------------------------------
+
+
+def base_url(provider: ProviderConfig) -> str:
+    """The configured host root, else the regional Bedrock Runtime host."""
+    return provider.base_url or f"https://bedrock-runtime.{provider.region or 'us-east-1'}.amazonaws.com"
+
+
+def model_url(provider: ProviderConfig, model: str, operation: str) -> str:
+    """``/model/{model id, every reserved character percent-encoded}/{operation}``."""
+    if not _MODEL_ID.fullmatch(model):
+        raise UnsupportedField("model", f"'{model}' is not a Bedrock model id, inference profile or ARN.")
+    return f"/model/{path_segment(model, 'Bedrock model id')}/{operation}"
+
+
+def _call(provider: ProviderConfig, credential: Credential, model: str, operation: str, body: Any,
+          stream: bool = False) -> UpstreamCall:
+    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+    if stream:
+        headers["Accept"] = "application/vnd.amazon.eventstream"
+    if credential.secret is not None:
+        headers["Authorization"] = "Bearer " + credential.secret.reveal()  # a Bedrock API key
+    call = UpstreamCall("POST", upstream_url(base_url(provider), model_url(provider, model, operation)),
+                        headers, orjson.dumps(body), stream)
+    # SigV4 covers the exact URL and body bytes, so it is applied last, to the finished call.
+    return credential.sign(call) if credential.sign is not None else call
+
+
+# --- request ------------------------------------------------------------------------------------
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(str(p.get("text") or p.get("refusal") or "") for p in _items(content)
+                   if isinstance(p, dict) and p.get("type") in ("text", "refusal"))
+
+
+def _image(url: str, param: str) -> dict[str, Any]:
+    if not url.startswith("data:"):
+        raise UnsupportedField(param, f"'{param}': Bedrock's Converse API takes images as bytes; send a "
+                                      "base64 data: URL instead of a link.")
+    header, comma, data = url.partition(",")
+    media_type = header[5:].split(";")[0].lower()
+    image_format = IMAGE_FORMATS.get(media_type)
+    if not comma or ";base64" not in header or image_format is None:
+        raise UnsupportedField(param, f"'{param}': Bedrock takes png, jpeg, gif and webp images as base64 data: URLs.")
+    return {"image": {"format": image_format, "source": {"bytes": data}}}
+
+
+def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"text": content}] if content.strip() else []
+    blocks: list[dict[str, Any]] = []
+    for j, part in enumerate(_items(content)):
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        param = f"{where}.content[{j}]"
+        if kind == "text":
+            if str(part.get("text") or "").strip():
+                blocks.append({"text": str(part["text"])})
+        elif kind == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            blocks.append(_image(str(url or ""), f"{param}.image_url.url"))
+        else:
+            raise UnsupportedField(param, f"Content parts of type '{kind}' are not supported by Bedrock.")
+    return blocks
+
+
+def encode_reasoning(blocks: list[dict[str, Any]]) -> bytes:
+    """Reasoning blocks as compact state for a tool call id."""
+    return _STATE_TAG + zlib.compress(orjson.dumps(blocks), 6)
+
+
+def decode_reasoning(state: bytes | None) -> list[dict[str, Any]] | None:
+    """Reasoning blocks from a tool call id's state; None when it holds none of ours, or is damaged."""
+    if not state or not state.startswith(_STATE_TAG):
+        return None
+    try:
+        blocks = orjson.loads(zlib.decompress(state[len(_STATE_TAG):]))
+    except (zlib.error, orjson.JSONDecodeError):
+        return None
+    return blocks if isinstance(blocks, list) and all(isinstance(b, dict) for b in blocks) else None
+
+
+def _tool_input(arguments: Any) -> dict[str, Any]:
+    if isinstance(arguments, dict):
+        return arguments
+    if not arguments:
+        return {}
+    try:
+        value = orjson.loads(arguments)
+    except (orjson.JSONDecodeError, TypeError):
+        return {"arguments": str(arguments)}
+    return value if isinstance(value, dict) else {"arguments": value}
+
+
+def _assistant_blocks(message: Mapping[str, Any]) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    reasoning: list[dict[str, Any]] | None = None
+    tool_blocks = []
+    for k, call in enumerate(_items(message.get("tool_calls"))):
+        function = _obj(_obj(call).get("function"))
+        client_id = str(_obj(call).get("id") or f"call_{k}")
+        if reasoning is None:
+            reasoning = decode_reasoning(detach(client_id)[1])
+        tool_blocks.append({"toolUse": {"toolUseId": for_upstream(client_id, "bedrock"),
+                                        "name": str(function.get("name") or ""),
+                                        "input": _tool_input(function.get("arguments"))}})
+    if reasoning:
+        blocks.extend({"reasoningContent": block} for block in reasoning)
+    text = _text_of(message.get("content"))
+    if text.strip():
+        blocks.append({"text": text})
+    blocks.extend(tool_blocks)
+    return blocks
+
+
+def _tool_result(message: Mapping[str, Any]) -> dict[str, Any]:
+    text = _text_of(message.get("content"))
+    return {"toolResult": {"toolUseId": for_upstream(str(message.get("tool_call_id") or "call"), "bedrock"),
+                           "content": [{"text": text or " "}]}}
+
+
+def convert_messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """OpenAI messages → (Converse ``system``, ``messages``), alternating, tool results in user turns.
+
+    Bedrock refuses text in a user turn that holds tool results; a user message that follows tool
+    results is carried inside the last result's content instead, so no turn is invented.
+    """
+    system: list[dict[str, Any]] = []
+    turns: list[dict[str, Any]] = []
+    for i, message in enumerate(messages):
+        role = message.get("role")
+        where = f"messages[{i}]"
+        if role in ("system", "developer"):
+            text = _text_of(message.get("content"))
+            if text.strip():
+                system.append({"text": text})
+            continue
+        if role == "user":
+            blocks, turn_role = _user_blocks(message.get("content"), where), "user"
+        elif role == "assistant":
+            blocks, turn_role = _assistant_blocks(message), "assistant"
+        elif role == "tool":
+            blocks, turn_role = [_tool_result(message)], "user"
+        else:
+            raise UnsupportedField(f"{where}.role", f"Messages of role '{role}' are not supported by Bedrock.")
+        if not blocks:
+            continue
+        if turns and turns[-1]["role"] == turn_role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": turn_role, "content": blocks})
+    for turn in turns:
+        results = [b for b in turn["content"] if "toolResult" in b]
+        if results and len(results) < len(turn["content"]):
+            results[-1]["toolResult"]["content"].extend(b for b in turn["content"] if "toolResult" not in b)
+            turn["content"] = results
+    return system, turns
+
+
+def _has_tool_blocks(turns: list[dict[str, Any]]) -> bool:
+    return any("toolUse" in b or "toolResult" in b for t in turns for b in t["content"])
+
+
+def _tool_config(body: Mapping[str, Any], turns: list[dict[str, Any]]) -> dict[str, Any] | None:
+    tools = []
+    for i, tool in enumerate(_items(body.get("tools"))):
+        function = _obj(_obj(tool).get("function"))
+        if not function.get("name"):
+            raise UnsupportedField(f"tools[{i}]", f"'tools[{i}]': only function tools are supported by Bedrock.")
+        spec: dict[str, Any] = {"name": function["name"], "inputSchema": {
+            "json": function.get("parameters") or {"type": "object", "properties": {}}}}
+        if function.get("description"):
+            spec["description"] = function["description"]
+        tools.append({"toolSpec": spec})
+    declared = {t["toolSpec"]["name"] for t in tools}
+    for turn in turns:
+        for block in turn["content"]:
+            name = _obj(block.get("toolUse")).get("name")
+            if name and name not in declared:  # a tool history needs its tools declared
+                declared.add(name)
+                tools.append({"toolSpec": {"name": name, "inputSchema": {"json": {"type": "object"}}}})
+    choice = body.get("tool_choice")
+    if not tools or (choice == "none" and not _has_tool_blocks(turns)):
+        return None  # Converse has no "none": without tools the model cannot call one
+    config: dict[str, Any] = {"tools": tools}
+    if choice == "required":
+        config["toolChoice"] = {"any": {}}
+    elif choice == "auto":
+        config["toolChoice"] = {"auto": {}}
+    elif isinstance(choice, dict) and choice.get("type") == "function":
+        config["toolChoice"] = {"tool": {"name": _obj(choice.get("function")).get("name")}}
+    return config
+
+
+def _reasoning_budget(body: Mapping[str, Any], model: str, turns: list[dict[str, Any]],
+                      tool_config: Mapping[str, Any] | None) -> int | None:
+    effort = body.get("reasoning_effort")
+    budget = THINKING_BUDGETS.get(effort) if isinstance(effort, str) else None
+    # Only Claude takes a thinking budget on Bedrock; for other families the hint is dropped.
+    if budget is None or "anthropic.claude" not in model:
+        return None
+    if tool_config is not None and set(_obj(tool_config.get("toolChoice"))) & {"any", "tool"}:
+        return None  # thinking refuses forced tool use; the caller's tool_choice wins
+    last = next((t for t in reversed(turns) if t["role"] == "assistant"), None)
+    if last is not None and any("toolUse" in b for b in last["content"]) and "reasoningContent" not in last["content"][0]:
+        return None  # the tool-use turn's reasoning did not come back: Claude requires it
+    return budget
+
+
+def translate_request(req: ChatRequest, provider: ProviderConfig, model: str) -> dict[str, Any]:
+    """The Converse body for an OpenAI chat request."""
+    body = req.body
+    n = body.get("n")
+    if n is not None and n > 1:
+        raise UnsupportedField("n", "'n' greater than 1 is not supported by Bedrock.")
+    for name in ("logprobs", "top_logprobs", "audio"):
+        if body.get(name):
+            raise UnsupportedField(name, f"'{name}' is not supported by Bedrock.")
+    system, turns = convert_messages(body["messages"])
+    if not turns:
+        raise UnsupportedField("messages", "Bedrock needs at least one user or assistant message with content.")
+    out: dict[str, Any] = {"messages": turns}
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") \
+        or provider.default_max_tokens or DEFAULT_MAX_TOKENS
+    inference: dict[str, Any] = {"maxTokens": max_tokens}
+    tool_config = _tool_config(body, turns)
+    budget = _reasoning_budget(body, model, turns, tool_config)
+    extra: dict[str, Any] = {}
+    if budget is not None:
+        extra["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        if max_tokens <= budget:
+            inference["maxTokens"] = budget + max_tokens
+    else:
+        if body.get("temperature") is not None:
+            inference["temperature"] = min(max(float(body["temperature"]), 0.0), 1.0)
+        if body.get("top_p") is not None:
+            inference["topP"] = body["top_p"]
+    stop = body.get("stop")
+    if stop:
+        inference["stopSequences"] = [stop] if isinstance(stop, str) else [s for s in stop if s]
+    out["inferenceConfig"] = inference
+    response_format = _obj(body.get("response_format"))
+    if response_format.get("type") == "json_schema":
+        spec = _obj(response_format.get("json_schema"))
+        schema: dict[str, Any] = {"schema": orjson.dumps(spec.get("schema") or {"type": "object"}).decode()}
+        if spec.get("name"):
+            schema["name"] = spec["name"]
+        out["outputConfig"] = {"textFormat": {"type": "json_schema", "structure": {"jsonSchema": schema}}}
+    elif response_format.get("type") == "json_object":
+        system.append({"text": JSON_OBJECT_INSTRUCTION})
+    if system:
+        out["system"] = system
+    if tool_config is not None:
+        out["toolConfig"] = tool_config
+    if body.get("top_k") is not None:  # not OpenAI's, but callers send it as an extra for Bedrock models
+        extra["top_k"] = body["top_k"]
+    if extra:
+        out["additionalModelRequestFields"] = extra
+    return out
+
+
+# --- response -----------------------------------------------------------------------------------
+
+
+def _usage(raw: Any) -> dict[str, Any]:
+    raw = _obj(raw)
+    read = raw.get("cacheReadInputTokens")
+    write = raw.get("cacheWriteInputTokens")
+    prompt = int(raw.get("inputTokens") or 0) + int(read or 0) + int(write or 0)
+    cache_seen = read is not None or write is not None
+    return usage(prompt, int(raw.get("outputTokens") or 0), cached=int(read or 0) if cache_seen else None,
+                 cache_creation=int(write or 0) if cache_seen else None)
+
+
+def translate_response(response: Mapping[str, Any], model: str, created: int | None = None) -> bytes:
+    """A Converse response → an OpenAI ``chat.completion`` body."""
+    texts: list[str] = []
+    reasoning_text: list[str] = []
+    reasoning: list[dict[str, Any]] = []
+    tool_calls: list[dict[str, Any]] = []
+    for block in _items(_obj(_obj(response.get("output")).get("message")).get("content")):
+        block = _obj(block)
+        if "text" in block:
+            texts.append(str(block["text"]))
+        elif "reasoningContent" in block:
+            content = _obj(block["reasoningContent"])
+            reasoning.append(content)
+            reasoning_text.append(str(_obj(content.get("reasoningText")).get("text") or ""))
+        elif "toolUse" in block:
+            tool = _obj(block["toolUse"])
+            tool_id = str(tool.get("toolUseId") or "")
+            if not tool_calls and reasoning:
+                tool_id = attach(tool_id, encode_reasoning(reasoning))
+            tool_calls.append({"id": tool_id, "type": "function", "function": {
+                "name": tool.get("name"), "arguments": orjson.dumps(tool.get("input") or {}).decode()}})
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not tool_calls else None,
+                               "refusal": None}
+    if any(reasoning_text):
+        message["reasoning_content"] = "".join(reasoning_text)
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    finish = FINISH_REASONS.get(str(response.get("stopReason")), "stop")
+    # Converse answers carry no id of their own (the request id is a header): make one.
+    return completion("chatcmpl-" + secrets.token_hex(12), model, message, finish,
+                      _usage(response.get("usage")), created)
+
+
+def exception_error(provider: str, name: str, message: str, retry_after: float | None = None) -> UpstreamError:
+    """An AWS exception name (header or stream event) → the failure it stands for."""
+    kind, status = EXCEPTIONS.get(name.lower(), ("server", 502))
+    return UpstreamError(kind, status, message or name, provider=provider, code=name, retry_after=retry_after)
+
+
+def classify(provider: ProviderConfig, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
+    """``x-amzn-ErrorType`` (cut at ``:``, last ``#`` segment) and ``{"message"}`` → UpstreamError."""
+    try:
+        parsed = _obj(orjson.loads(body)) if body else {}
+    except orjson.JSONDecodeError:
+        parsed = {}
+    name = (headers.get("x-amzn-ErrorType") or headers.get("x-amzn-errortype") or str(
+        parsed.get("__type") or parsed.get("code") or "")).split(":")[0].rsplit("#", 1)[-1]
+    message = str(parsed.get("message") or parsed.get("Message") or f"Bedrock answered HTTP {status}.")
+    if name.lower() in EXCEPTIONS:
+        return exception_error(provider.name, name, message, retry_after_seconds(headers))
+    kind = kind_for_status(status)
+    return UpstreamError(kind, caller_status(status, kind), message, provider=provider.name, code=name or None,
+                         retry_after=retry_after_seconds(headers))
+
+
+# --- stream -------------------------------------------------------------------------------------
+
+
+class EventStreamFramer:
+    """AWS event-stream bytes → events, by botocore's parser, as the bytes arrive.
+
+    Each message becomes an ``SseEvent`` whose name is the ``:event-type`` (events) or
+    ``exception:<:exception-type>`` (exceptions inside the HTTP 200), and whose data is the payload.
+    """
+
+    def __init__(self) -> None:
+        from botocore.eventstream import EventStreamBuffer
+
+        self._buffer = EventStreamBuffer()
+
+    def feed(self, chunk: bytes) -> list[SseEvent]:
+        from botocore.exceptions import ParserError
+
+        self._buffer.add_data(chunk)
+        events = []
+        try:
+            for message in self._buffer:
+                headers = message.headers
+                kind = headers.get(":message-type")
+                if kind == "event":
+                    events.append(SseEvent(str(headers.get(":event-type") or ""), message.payload))
+                elif kind == "exception":
+                    events.append(SseEvent("exception:" + str(headers.get(":exception-type") or ""),
+                                           message.payload))
+                else:
+                    payload = orjson.dumps({"message": headers.get(":error-message") or "error"})
+                    events.append(SseEvent("exception:" + str(headers.get(":error-code") or "error"), payload))
+        except ParserError as exc:
+            raise UpstreamError("server", 502, f"Bedrock sent a broken event stream ({type(exc).__name__}).") from None
+        return events
+
+    def flush(self) -> list[SseEvent]:
+        return []
+
+
+class BedrockStream:
+    """ConverseStream events → OpenAI chunks; tool calls numbered over tool calls only."""
+
+    __slots__ = ("_blocks", "_chunks", "_provider", "_reasoning", "_stopped", "_tool_count", "done", "usage",
+                 "visible")
+
+    def __init__(self, provider: str, model: str, wants_usage: bool) -> None:
+        self._provider = provider
+        self._chunks = ChunkEncoder(wants_usage)
+        self._chunks.model = model
+        self._chunks.id = "chatcmpl-" + secrets.token_hex(12)
+        self._blocks: dict[int, dict[str, Any]] = {}
+        self._reasoning: list[dict[str, Any]] = []
+        self._tool_count = 0
+        self._stopped = False
+        self.visible = False
+        self.done = False
+        self.usage: Mapping[str, Any] | None = None
+
+    def feed(self, event: SseEvent) -> list[bytes]:
+        name = event.event or ""
+        try:
+            data = _obj(orjson.loads(event.data)) if event.data else {}
+        except orjson.JSONDecodeError:
+            raise UpstreamError("server", 502, "Bedrock sent an event that is not JSON.",
+                                provider=self._provider) from None
+        if name.startswith("exception:"):
+            raise exception_error(self._provider, name.partition(":")[2], str(data.get("message") or ""))
+        if name == "contentBlockDelta":
+            return self._delta(data)
+        if name == "messageStart":
+            return [self._chunks.chunk({"role": "assistant", "content": ""})]
+        if name == "contentBlockStart":
+            return self._start(data)
+        if name == "contentBlockStop":
+            return self._stop(data)
+        if name == "messageStop":
+            self._stopped = True
+            self.visible = True
+            return [self._chunks.chunk({}, FINISH_REASONS.get(str(data.get("stopReason")), "stop"))]
+        if name == "metadata":
+            self.usage = _usage(data.get("usage"))
+            self.done = True  # usage comes after messageStop: this is the end
+            return self._chunks.end(self.usage)
+        return []
+
+    def _block(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        index = int(data.get("contentBlockIndex") or 0)
+        return self._blocks.setdefault(index, {})  # text blocks often come without a start event
+
+    def _start(self, data: Mapping[str, Any]) -> list[bytes]:
+        tool = _obj(_obj(data.get("start")).get("toolUse"))
+        if not tool:
+            return []
+        block = self._block(data)
+        block.update(kind="tool", tool_index=self._tool_count, arguments_seen=False)
+        self._tool_count += 1
+        tool_id = str(tool.get("toolUseId") or "")
+        if block["tool_index"] == 0 and self._reasoning:
+            tool_id = attach(tool_id, encode_reasoning(self._reasoning))
+        self.visible = True
+        return [self._chunks.chunk({"tool_calls": [{"index": block["tool_index"], "id": tool_id, "type": "function",
+                                                    "function": {"name": tool.get("name"), "arguments": ""}}]})]
+
+    def _delta(self, data: Mapping[str, Any]) -> list[bytes]:
+        delta = _obj(data.get("delta"))
+        block = self._block(data)
+        if "text" in delta:
+            text = str(delta.get("text") or "")
+            if not text:
+                return []
+            self.visible = True
+            return [self._chunks.chunk({"content": text})]
+        if "toolUse" in delta and block.get("kind") == "tool":
+            fragment = str(_obj(delta["toolUse"]).get("input") or "")
+            if not fragment:
+                return []
+            block["arguments_seen"] = True
+            return [self._chunks.chunk({"tool_calls": [{"index": block["tool_index"],
+                                                        "function": {"arguments": fragment}}]})]
+        if "reasoningContent" in delta:
+            reasoning = _obj(delta["reasoningContent"])
+            block["kind"] = "reasoning"
+            if "text" in reasoning:
+                block["text"] = block.get("text", "") + str(reasoning.get("text") or "")
+                if reasoning.get("text"):
+                    self.visible = True
+                    return [self._chunks.chunk({"reasoning_content": str(reasoning["text"])})]
+            if "signature" in reasoning:
+                block["signature"] = block.get("signature", "") + str(reasoning.get("signature") or "")
+            if "redactedContent" in reasoning:
+                block["redacted"] = str(reasoning.get("redactedContent") or "")
+        return []
+
+    def _stop(self, data: Mapping[str, Any]) -> list[bytes]:
+        block = self._block(data)
+        if block.get("kind") == "reasoning":
+            if "redacted" in block:
+                self._reasoning.append({"redactedContent": block["redacted"]})
+            else:
+                self._reasoning.append({"reasoningText": {"text": block.get("text", ""),
+                                                          "signature": block.get("signature", "")}})
+        elif block.get("kind") == "tool" and not block.get("arguments_seen"):
+            return [self._chunks.chunk({"tool_calls": [{"index": block["tool_index"],
+                                                        "function": {"arguments": "{}"}}]})]
+        return []
+
+    def close(self) -> list[bytes]:
+        if self.done:
+            return []
+        if self._stopped:  # messageStop came but no metadata: end without usage
+            self.done = True
+            return self._chunks.end(None)
+        raise UpstreamError("server", 502, "Bedrock ended the stream before messageStop.", provider=self._provider)
+
+
+# --- the provider -------------------------------------------------------------------------------
+
+
+def _embedding_texts(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise UnsupportedField("input", "Bedrock embeds text only: 'input' must be a string or an array of strings.")
+
+
+class Bedrock:
+    """The Provider for AWS Bedrock Runtime."""
+
+    type = "bedrock"
+
+    def framer(self) -> EventStreamFramer:
+        return EventStreamFramer()
+
+    def build_request(self, req: ChatRequest, provider: ProviderConfig, model: str,
+                      credential: Credential) -> UpstreamCall:
+        body = translate_request(req, provider, model)
+        return _call(provider, credential, model, "converse-stream" if req.stream else "converse", body, req.stream)
+
+    def parse_response(self, req: ChatRequest, provider: ProviderConfig, body: bytes) -> bytes:
+        try:
+            response = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise UpstreamError("server", 502, "Bedrock returned a body that is not JSON.",
+                                provider=provider.name) from None
+        return translate_response(_obj(response), str(req.body.get("model") or ""))
+
+    def stream_decoder(self, req: ChatRequest, provider: ProviderConfig) -> BedrockStream:
+        return BedrockStream(provider.name, str(req.body.get("model") or ""), req.wants_usage)
+
+    def classify_error(self, provider: ProviderConfig, status: int, headers: Mapping[str, str],
+                       body: bytes) -> UpstreamError:
+        return classify(provider, status, headers, body)
+
+    def build_embeddings_request(self, req: EmbeddingsRequest, provider: ProviderConfig, model: str,
+                                 credential: Credential) -> list[UpstreamCall]:
+        texts = _embedding_texts(req.body.get("input"))
+        if "titan-embed" in model:
+            # Titan takes one text per call: the inputs fan out, concurrently.
+            extra = {"dimensions": req.body["dimensions"]} if req.body.get("dimensions") else {}
+            return [_call(provider, credential, model, "invoke", {"inputText": text, **extra}) for text in texts]
+        if "cohere.embed" in model:
+            input_type = req.body.get("input_type") or "search_document"
+            return [_call(provider, credential, model, "invoke", {"texts": texts[i:i + COHERE_BATCH],
+                                                                   "input_type": input_type})
+                    for i in range(0, len(texts), COHERE_BATCH)]
+        raise UnsupportedField("model", f"Bedrock embeddings are served for Titan and Cohere models, not '{model}'.")
+
+    def parse_embeddings_response(self, req: EmbeddingsRequest, provider: ProviderConfig,
+                                  bodies: list[bytes]) -> bytes:
+        vectors: list[list[float]] = []
+        tokens = 0
+        for body in bodies:
+            parsed = _obj(orjson.loads(body))
+            if "embedding" in parsed:
+                vectors.append(list(_items(parsed["embedding"])))
+                tokens += int(parsed.get("inputTextTokenCount") or 0)
+            else:
+                vectors.extend(list(_items(v)) for v in _items(parsed.get("embeddings")))
+        data = [{"object": "embedding", "index": i, "embedding": vector} for i, vector in enumerate(vectors)]
+        if req.base64:
+            embeddings_to_base64_list(data)
+        return orjson.dumps({"object": "list", "data": data, "model": str(req.body.get("model") or ""),
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
