@@ -17,8 +17,6 @@ Pure: no I/O, no aiohttp.
 
 from __future__ import annotations
 
-import binascii
-import zlib
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -29,9 +27,20 @@ from ..config import ProviderConfig
 from ..errors import FailureKind, GatewayError, UnsupportedField, UpstreamError, bad_request
 from ..sse import SseDecoder, SseEvent
 from . import ChatRequest, EmbeddingsRequest, UpstreamCall
-from .chunks import ChunkEncoder, completion, usage
 from .ids import attach, detach, for_upstream
 from .openai import USER_AGENT, classify_openai_error, upstream_url
+from .shapes import (
+    ChunkEncoder,
+    completion,
+    items,
+    load_object,
+    obj,
+    pack_state,
+    text_of,
+    tool_input,
+    unpack_state,
+    usage,
+)
 
 DEFAULT_VERSION: Final = "2023-06-01"
 DEFAULT_MAX_TOKENS: Final = 4096
@@ -63,26 +72,10 @@ _STATE_TAG: Final = b"A1"
 # --- request ------------------------------------------------------------------------------------
 
 
-def _obj(value: Any) -> dict[str, Any]:
-    """A JSON object from untrusted data, or an empty one."""
-    return value if isinstance(value, dict) else {}
 
 
-def _items(value: Any) -> list[Any]:
-    """A JSON array from untrusted data, or an empty one."""
-    return value if isinstance(value, list) else []
 
 
-def _text_of(content: Any) -> str:
-    """The text of an OpenAI content value: a string, or the text and refusal parts of a list."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            str(part.get("text") or part.get("refusal") or "") for part in content
-            if isinstance(part, dict) and part.get("type") in ("text", "refusal")
-        )
-    return ""
 
 
 def _image_block(url: str, param: str) -> dict[str, Any]:
@@ -128,38 +121,17 @@ def _document_block(file: Any, param: str) -> dict[str, Any]:
     raise UnsupportedField(param, f"'{param}': Anthropic takes files as base64 PDF data (file_data).")
 
 
-def _tool_input(arguments: Any) -> dict[str, Any]:
-    """``function.arguments`` (a JSON string) as the object Anthropic's ``input`` must be.
-
-    OpenAI accepts any string here and models do produce broken JSON; such a call is still part
-    of a valid conversation, so it is carried as ``{"arguments": <the text>}`` rather than refused.
-    """
-    if isinstance(arguments, dict):
-        return arguments
-    if not arguments:
-        return {}
-    try:
-        value = orjson.loads(arguments)
-    except (orjson.JSONDecodeError, TypeError):
-        return {"arguments": str(arguments)}
-    return value if isinstance(value, dict) else {"arguments": value}
 
 
 def encode_thinking(blocks: list[dict[str, Any]]) -> bytes:
     """Thinking blocks as compact state for a tool call id."""
-    return _STATE_TAG + zlib.compress(orjson.dumps(blocks), 6)
+    return pack_state(_STATE_TAG, blocks)
 
 
 def decode_thinking(state: bytes | None) -> list[dict[str, Any]] | None:
     """Thinking blocks from a tool call id's state; None when it holds none of ours, or is damaged."""
-    if not state or not state.startswith(_STATE_TAG):
-        return None
-    try:
-        blocks = orjson.loads(zlib.decompress(state[len(_STATE_TAG):]))
-    except (zlib.error, orjson.JSONDecodeError, binascii.Error):
-        return None
-    if isinstance(blocks, list) and all(isinstance(b, dict) and b.get("type") in ("thinking", "redacted_thinking")
-                                        for b in blocks):
+    blocks = unpack_state(_STATE_TAG, state)
+    if blocks is not None and all(b.get("type") in ("thinking", "redacted_thinking") for b in blocks):
         return blocks
     return None
 
@@ -167,12 +139,12 @@ def decode_thinking(state: bytes | None) -> list[dict[str, Any]] | None:
 def _assistant_blocks(message: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     thinking: list[dict[str, Any]] | None = None
-    calls = _items(message.get("tool_calls"))
+    calls = items(message.get("tool_calls"))
     tool_blocks = []
     for k, call in enumerate(calls):
         if not isinstance(call, dict):
             continue
-        function = _obj(call.get("function"))
+        function = obj(call.get("function"))
         client_id = str(call.get("id") or f"call_{k}")
         if thinking is None:
             thinking = decode_thinking(detach(client_id)[1])
@@ -181,10 +153,10 @@ def _assistant_blocks(message: Mapping[str, Any], where: str) -> list[dict[str, 
             raise bad_request(f"'{where}.tool_calls[{k}].function.name' is required.",
                               param=f"{where}.tool_calls[{k}].function.name")
         tool_blocks.append({"type": "tool_use", "id": for_upstream(client_id, "anthropic"), "name": name,
-                            "input": _tool_input(function.get("arguments"))})
+                            "input": tool_input(function.get("arguments"))})
     if thinking:
         blocks.extend(thinking)  # the thinking comes first on a tool-use turn, as Anthropic sent it
-    text = _text_of(message.get("content"))
+    text = text_of(message.get("content"))
     if text:
         blocks.append({"type": "text", "text": text})
     blocks.extend(tool_blocks)
@@ -196,7 +168,7 @@ def _tool_result(message: Mapping[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(tool_call_id, str) or not tool_call_id:
         raise bad_request(f"'{where}.tool_call_id' is required.", param=f"{where}.tool_call_id")
     block: dict[str, Any] = {"type": "tool_result", "tool_use_id": for_upstream(tool_call_id, "anthropic")}
-    text = _text_of(message.get("content"))
+    text = text_of(message.get("content"))
     if text:
         block["content"] = text
     return block
@@ -210,7 +182,7 @@ def convert_messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[di
         role = message.get("role")
         where = f"messages[{i}]"
         if role in ("system", "developer"):
-            text = _text_of(message.get("content"))
+            text = text_of(message.get("content"))
             if text:
                 system.append({"type": "text", "text": text})
             continue
@@ -237,7 +209,7 @@ def convert_messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[di
 
 def _tools(body: Mapping[str, Any], turns: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
     tools: list[dict[str, Any]] = []
-    for i, tool in enumerate(_items(body.get("tools"))):
+    for i, tool in enumerate(items(body.get("tools"))):
         function = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(function, dict) or not function.get("name"):
             raise UnsupportedField(f"tools[{i}]", f"'tools[{i}]': only function tools are supported by Anthropic.")
@@ -269,10 +241,10 @@ def _tool_choice(body: Mapping[str, Any]) -> dict[str, Any] | None:
     elif choice == "required":
         result = {"type": "any"}
     elif isinstance(choice, dict) and choice.get("type") == "function":
-        function = _obj(choice.get("function"))
+        function = obj(choice.get("function"))
         result = {"type": "tool", "name": function.get("name")}
     elif isinstance(choice, dict) and choice.get("type") == "allowed_tools":
-        allowed = _obj(choice.get("allowed_tools"))
+        allowed = obj(choice.get("allowed_tools"))
         result = {"type": "any" if allowed.get("mode") == "required" else "auto"}
     else:
         raise UnsupportedField("tool_choice", "'tool_choice' has a form Anthropic does not support.")
@@ -325,7 +297,7 @@ def translate_request(req: ChatRequest, provider: ProviderConfig, model: str) ->
     response_format = body.get("response_format")
     if isinstance(response_format, dict):
         if response_format.get("type") == "json_schema":
-            spec = _obj(response_format.get("json_schema"))
+            spec = obj(response_format.get("json_schema"))
             schema = spec.get("schema") or {"type": "object"}
             out["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
         elif response_format.get("type") == "json_object":
@@ -417,7 +389,7 @@ def translate_response(message: Mapping[str, Any], created: int | None = None) -
 
 def stream_error(provider: str, data: Mapping[str, Any]) -> UpstreamError:
     """An Anthropic ``error`` event → the failure it stands for."""
-    error = _obj(data.get("error"))
+    error = obj(data.get("error"))
     kind, status = _STREAM_ERRORS.get(str(error.get("type")), ("server", 502))
     return UpstreamError(kind, status, str(error.get("message") or "Anthropic stream error"),
                          provider=provider, type=str(error.get("type") or "api_error"))
@@ -446,14 +418,7 @@ class AnthropicStream:
         self.usage: Mapping[str, Any] | None = None
 
     def feed(self, event: SseEvent) -> list[bytes]:
-        try:
-            data = orjson.loads(event.data)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("server", 502, "Anthropic sent an event that is not JSON.",
-                                provider=self._provider) from None
-        if not isinstance(data, dict):
-            raise UpstreamError("server", 502, "Anthropic sent an event that is not an object.",
-                                provider=self._provider)
+        data = load_object(event.data, self._provider, "an event")
         kind = event.event or data.get("type")
         if kind == "content_block_delta":
             return self._delta(data)
@@ -462,13 +427,13 @@ class AnthropicStream:
         if kind == "content_block_stop":
             return self._stop(data)
         if kind == "message_start":
-            message = _obj(data.get("message"))
+            message = obj(data.get("message"))
             self._chunks.id = str(message.get("id") or "")
             self._chunks.model = str(message.get("model") or "")
             self._usage.update(message.get("usage") or {})
             return [self._chunks.chunk({"role": "assistant", "content": ""})]
         if kind == "message_delta":
-            delta = _obj(data.get("delta"))
+            delta = obj(data.get("delta"))
             self._finish = FINISH_REASONS.get(str(delta.get("stop_reason")), "stop")
             self._usage.update(data.get("usage") or {})  # output_tokens is a running total
             self.visible = True
@@ -509,7 +474,7 @@ class AnthropicStream:
         return []
 
     def _delta(self, data: Mapping[str, Any]) -> list[bytes]:
-        delta = _obj(data.get("delta"))
+        delta = obj(data.get("delta"))
         block = self._blocks.get(data.get("index"))  # type: ignore[arg-type]
         kind = delta.get("type")
         if kind == "text_delta":
@@ -572,15 +537,7 @@ class Anthropic:
                             _headers(provider, credential, req.headers), orjson.dumps(body), req.stream)
 
     def parse_response(self, req: ChatRequest, provider: ProviderConfig, body: bytes) -> bytes:
-        try:
-            message = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("server", 502, "Anthropic returned a body that is not JSON.",
-                                provider=provider.name) from None
-        if not isinstance(message, dict):
-            raise UpstreamError("server", 502, "Anthropic returned a body that is not an object.",
-                                provider=provider.name)
-        return translate_response(message)
+        return translate_response(load_object(body, provider.name))
 
     def stream_decoder(self, req: ChatRequest, provider: ProviderConfig) -> AnthropicStream:
         return AnthropicStream(provider.name, req.wants_usage)

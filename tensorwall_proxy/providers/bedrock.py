@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import zlib
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -38,9 +37,22 @@ from ..errors import (
 from ..sse import SseEvent
 from . import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
 from .anthropic import JSON_OBJECT_INSTRUCTION, THINKING_BUDGETS
-from .chunks import ChunkEncoder, completion, usage
 from .ids import attach, detach, for_upstream
-from .openai import USER_AGENT, embeddings_to_base64_list, upstream_url
+from .openai import USER_AGENT, upstream_url
+from .shapes import (
+    ChunkEncoder,
+    completion,
+    embedding_texts,
+    embeddings,
+    items,
+    load_object,
+    obj,
+    pack_state,
+    text_of,
+    tool_input,
+    unpack_state,
+    usage,
+)
 
 DEFAULT_MAX_TOKENS: Final = 4096
 FINISH_REASONS: Final[dict[str, str]] = {
@@ -65,12 +77,8 @@ COHERE_BATCH: Final = 96
 _STATE_TAG: Final = b"B1"
 
 
-def _obj(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
-def _items(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 # --- URLs and credentials -----------------------------------------------------------------------
@@ -104,11 +112,6 @@ def _call(provider: ProviderConfig, credential: Credential, model: str, operatio
 # --- request ------------------------------------------------------------------------------------
 
 
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    return "".join(str(p.get("text") or p.get("refusal") or "") for p in _items(content)
-                   if isinstance(p, dict) and p.get("type") in ("text", "refusal"))
 
 
 def _image(url: str, param: str) -> dict[str, Any]:
@@ -127,7 +130,7 @@ def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"text": content}] if content.strip() else []
     blocks: list[dict[str, Any]] = []
-    for j, part in enumerate(_items(content)):
+    for j, part in enumerate(items(content)):
         if not isinstance(part, dict):
             continue
         kind = part.get("type")
@@ -146,47 +149,29 @@ def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
 
 def encode_reasoning(blocks: list[dict[str, Any]]) -> bytes:
     """Reasoning blocks as compact state for a tool call id."""
-    return _STATE_TAG + zlib.compress(orjson.dumps(blocks), 6)
+    return pack_state(_STATE_TAG, blocks)
 
 
 def decode_reasoning(state: bytes | None) -> list[dict[str, Any]] | None:
     """Reasoning blocks from a tool call id's state; None when it holds none of ours, or is damaged."""
-    if not state or not state.startswith(_STATE_TAG):
-        return None
-    try:
-        blocks = orjson.loads(zlib.decompress(state[len(_STATE_TAG):]))
-    except (zlib.error, orjson.JSONDecodeError):
-        return None
-    return blocks if isinstance(blocks, list) and all(isinstance(b, dict) for b in blocks) else None
-
-
-def _tool_input(arguments: Any) -> dict[str, Any]:
-    if isinstance(arguments, dict):
-        return arguments
-    if not arguments:
-        return {}
-    try:
-        value = orjson.loads(arguments)
-    except (orjson.JSONDecodeError, TypeError):
-        return {"arguments": str(arguments)}
-    return value if isinstance(value, dict) else {"arguments": value}
+    return unpack_state(_STATE_TAG, state)
 
 
 def _assistant_blocks(message: Mapping[str, Any]) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     reasoning: list[dict[str, Any]] | None = None
     tool_blocks = []
-    for k, call in enumerate(_items(message.get("tool_calls"))):
-        function = _obj(_obj(call).get("function"))
-        client_id = str(_obj(call).get("id") or f"call_{k}")
+    for k, call in enumerate(items(message.get("tool_calls"))):
+        function = obj(obj(call).get("function"))
+        client_id = str(obj(call).get("id") or f"call_{k}")
         if reasoning is None:
             reasoning = decode_reasoning(detach(client_id)[1])
         tool_blocks.append({"toolUse": {"toolUseId": for_upstream(client_id, "bedrock"),
                                         "name": str(function.get("name") or ""),
-                                        "input": _tool_input(function.get("arguments"))}})
+                                        "input": tool_input(function.get("arguments"))}})
     if reasoning:
         blocks.extend({"reasoningContent": block} for block in reasoning)
-    text = _text_of(message.get("content"))
+    text = text_of(message.get("content"))
     if text.strip():
         blocks.append({"text": text})
     blocks.extend(tool_blocks)
@@ -194,7 +179,7 @@ def _assistant_blocks(message: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _tool_result(message: Mapping[str, Any]) -> dict[str, Any]:
-    text = _text_of(message.get("content"))
+    text = text_of(message.get("content"))
     return {"toolResult": {"toolUseId": for_upstream(str(message.get("tool_call_id") or "call"), "bedrock"),
                            "content": [{"text": text or " "}]}}
 
@@ -211,7 +196,7 @@ def convert_messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[di
         role = message.get("role")
         where = f"messages[{i}]"
         if role in ("system", "developer"):
-            text = _text_of(message.get("content"))
+            text = text_of(message.get("content"))
             if text.strip():
                 system.append({"text": text})
             continue
@@ -243,8 +228,8 @@ def _has_tool_blocks(turns: list[dict[str, Any]]) -> bool:
 
 def _tool_config(body: Mapping[str, Any], turns: list[dict[str, Any]]) -> dict[str, Any] | None:
     tools = []
-    for i, tool in enumerate(_items(body.get("tools"))):
-        function = _obj(_obj(tool).get("function"))
+    for i, tool in enumerate(items(body.get("tools"))):
+        function = obj(obj(tool).get("function"))
         if not function.get("name"):
             raise UnsupportedField(f"tools[{i}]", f"'tools[{i}]': only function tools are supported by Bedrock.")
         spec: dict[str, Any] = {"name": function["name"], "inputSchema": {
@@ -255,7 +240,7 @@ def _tool_config(body: Mapping[str, Any], turns: list[dict[str, Any]]) -> dict[s
     declared = {t["toolSpec"]["name"] for t in tools}
     for turn in turns:
         for block in turn["content"]:
-            name = _obj(block.get("toolUse")).get("name")
+            name = obj(block.get("toolUse")).get("name")
             if name and name not in declared:  # a tool history needs its tools declared
                 declared.add(name)
                 tools.append({"toolSpec": {"name": name, "inputSchema": {"json": {"type": "object"}}}})
@@ -268,7 +253,7 @@ def _tool_config(body: Mapping[str, Any], turns: list[dict[str, Any]]) -> dict[s
     elif choice == "auto":
         config["toolChoice"] = {"auto": {}}
     elif isinstance(choice, dict) and choice.get("type") == "function":
-        config["toolChoice"] = {"tool": {"name": _obj(choice.get("function")).get("name")}}
+        config["toolChoice"] = {"tool": {"name": obj(choice.get("function")).get("name")}}
     return config
 
 
@@ -279,7 +264,7 @@ def _reasoning_budget(body: Mapping[str, Any], model: str, turns: list[dict[str,
     # Only Claude takes a thinking budget on Bedrock; for other families the hint is dropped.
     if budget is None or "anthropic.claude" not in model:
         return None
-    if tool_config is not None and set(_obj(tool_config.get("toolChoice"))) & {"any", "tool"}:
+    if tool_config is not None and set(obj(tool_config.get("toolChoice"))) & {"any", "tool"}:
         return None  # thinking refuses forced tool use; the caller's tool_choice wins
     last = next((t for t in reversed(turns) if t["role"] == "assistant"), None)
     if last is not None and any("toolUse" in b for b in last["content"]) and "reasoningContent" not in last["content"][0]:
@@ -319,9 +304,9 @@ def translate_request(req: ChatRequest, provider: ProviderConfig, model: str) ->
     if stop:
         inference["stopSequences"] = [stop] if isinstance(stop, str) else [s for s in stop if s]
     out["inferenceConfig"] = inference
-    response_format = _obj(body.get("response_format"))
+    response_format = obj(body.get("response_format"))
     if response_format.get("type") == "json_schema":
-        spec = _obj(response_format.get("json_schema"))
+        spec = obj(response_format.get("json_schema"))
         schema: dict[str, Any] = {"schema": orjson.dumps(spec.get("schema") or {"type": "object"}).decode()}
         if spec.get("name"):
             schema["name"] = spec["name"]
@@ -343,7 +328,7 @@ def translate_request(req: ChatRequest, provider: ProviderConfig, model: str) ->
 
 
 def _usage(raw: Any) -> dict[str, Any]:
-    raw = _obj(raw)
+    raw = obj(raw)
     read = raw.get("cacheReadInputTokens")
     write = raw.get("cacheWriteInputTokens")
     prompt = int(raw.get("inputTokens") or 0) + int(read or 0) + int(write or 0)
@@ -358,16 +343,16 @@ def translate_response(response: Mapping[str, Any], model: str, created: int | N
     reasoning_text: list[str] = []
     reasoning: list[dict[str, Any]] = []
     tool_calls: list[dict[str, Any]] = []
-    for block in _items(_obj(_obj(response.get("output")).get("message")).get("content")):
-        block = _obj(block)
+    for block in items(obj(obj(response.get("output")).get("message")).get("content")):
+        block = obj(block)
         if "text" in block:
             texts.append(str(block["text"]))
         elif "reasoningContent" in block:
-            content = _obj(block["reasoningContent"])
+            content = obj(block["reasoningContent"])
             reasoning.append(content)
-            reasoning_text.append(str(_obj(content.get("reasoningText")).get("text") or ""))
+            reasoning_text.append(str(obj(content.get("reasoningText")).get("text") or ""))
         elif "toolUse" in block:
-            tool = _obj(block["toolUse"])
+            tool = obj(block["toolUse"])
             tool_id = str(tool.get("toolUseId") or "")
             if not tool_calls and reasoning:
                 tool_id = attach(tool_id, encode_reasoning(reasoning))
@@ -394,7 +379,7 @@ def exception_error(provider: str, name: str, message: str, retry_after: float |
 def classify(provider: ProviderConfig, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
     """``x-amzn-ErrorType`` (cut at ``:``, last ``#`` segment) and ``{"message"}`` → UpstreamError."""
     try:
-        parsed = _obj(orjson.loads(body)) if body else {}
+        parsed = obj(orjson.loads(body)) if body else {}
     except orjson.JSONDecodeError:
         parsed = {}
     name = (headers.get("x-amzn-ErrorType") or headers.get("x-amzn-errortype") or str(
@@ -468,11 +453,7 @@ class BedrockStream:
 
     def feed(self, event: SseEvent) -> list[bytes]:
         name = event.event or ""
-        try:
-            data = _obj(orjson.loads(event.data)) if event.data else {}
-        except orjson.JSONDecodeError:
-            raise UpstreamError("server", 502, "Bedrock sent an event that is not JSON.",
-                                provider=self._provider) from None
+        data = load_object(event.data, self._provider, "an event") if event.data else {}
         if name.startswith("exception:"):
             raise exception_error(self._provider, name.partition(":")[2], str(data.get("message") or ""))
         if name == "contentBlockDelta":
@@ -498,7 +479,7 @@ class BedrockStream:
         return self._blocks.setdefault(index, {})  # text blocks often come without a start event
 
     def _start(self, data: Mapping[str, Any]) -> list[bytes]:
-        tool = _obj(_obj(data.get("start")).get("toolUse"))
+        tool = obj(obj(data.get("start")).get("toolUse"))
         if not tool:
             return []
         block = self._block(data)
@@ -512,7 +493,7 @@ class BedrockStream:
                                                     "function": {"name": tool.get("name"), "arguments": ""}}]})]
 
     def _delta(self, data: Mapping[str, Any]) -> list[bytes]:
-        delta = _obj(data.get("delta"))
+        delta = obj(data.get("delta"))
         block = self._block(data)
         if "text" in delta:
             text = str(delta.get("text") or "")
@@ -521,14 +502,14 @@ class BedrockStream:
             self.visible = True
             return [self._chunks.chunk({"content": text})]
         if "toolUse" in delta and block.get("kind") == "tool":
-            fragment = str(_obj(delta["toolUse"]).get("input") or "")
+            fragment = str(obj(delta["toolUse"]).get("input") or "")
             if not fragment:
                 return []
             block["arguments_seen"] = True
             return [self._chunks.chunk({"tool_calls": [{"index": block["tool_index"],
                                                         "function": {"arguments": fragment}}]})]
         if "reasoningContent" in delta:
-            reasoning = _obj(delta["reasoningContent"])
+            reasoning = obj(delta["reasoningContent"])
             block["kind"] = "reasoning"
             if "text" in reasoning:
                 block["text"] = block.get("text", "") + str(reasoning.get("text") or "")
@@ -566,14 +547,6 @@ class BedrockStream:
 # --- the provider -------------------------------------------------------------------------------
 
 
-def _embedding_texts(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise UnsupportedField("input", "Bedrock embeds text only: 'input' must be a string or an array of strings.")
-
-
 class Bedrock:
     """The Provider for AWS Bedrock Runtime."""
 
@@ -588,12 +561,7 @@ class Bedrock:
         return _call(provider, credential, model, "converse-stream" if req.stream else "converse", body, req.stream)
 
     def parse_response(self, req: ChatRequest, provider: ProviderConfig, body: bytes) -> bytes:
-        try:
-            response = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("server", 502, "Bedrock returned a body that is not JSON.",
-                                provider=provider.name) from None
-        return translate_response(_obj(response), str(req.body.get("model") or ""))
+        return translate_response(load_object(body, provider.name), str(req.body.get("model") or ""))
 
     def stream_decoder(self, req: ChatRequest, provider: ProviderConfig) -> BedrockStream:
         return BedrockStream(provider.name, str(req.body.get("model") or ""), req.wants_usage)
@@ -604,7 +572,7 @@ class Bedrock:
 
     def build_embeddings_request(self, req: EmbeddingsRequest, provider: ProviderConfig, model: str,
                                  credential: Credential) -> list[UpstreamCall]:
-        texts = _embedding_texts(req.body.get("input"))
+        texts = embedding_texts(req.body.get("input"), "Bedrock")
         if "titan-embed" in model:
             # Titan takes one text per call: the inputs fan out, concurrently.
             extra = {"dimensions": req.body["dimensions"]} if req.body.get("dimensions") else {}
@@ -621,14 +589,10 @@ class Bedrock:
         vectors: list[list[float]] = []
         tokens = 0
         for body in bodies:
-            parsed = _obj(orjson.loads(body))
+            parsed = load_object(body, provider.name)
             if "embedding" in parsed:
-                vectors.append(list(_items(parsed["embedding"])))
+                vectors.append(list(items(parsed["embedding"])))
                 tokens += int(parsed.get("inputTextTokenCount") or 0)
             else:
-                vectors.extend(list(_items(v)) for v in _items(parsed.get("embeddings")))
-        data = [{"object": "embedding", "index": i, "embedding": vector} for i, vector in enumerate(vectors)]
-        if req.base64:
-            embeddings_to_base64_list(data)
-        return orjson.dumps({"object": "list", "data": data, "model": str(req.body.get("model") or ""),
-                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+                vectors.extend(list(items(v)) for v in items(parsed.get("embeddings")))
+        return embeddings(vectors, str(req.body.get("model") or ""), tokens, req.base64)

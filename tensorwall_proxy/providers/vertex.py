@@ -37,9 +37,19 @@ from ..errors import (
 )
 from ..sse import SseDecoder, SseEvent
 from . import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
-from .chunks import ChunkEncoder, usage
 from .ids import attach, detach
-from .openai import USER_AGENT, embeddings_to_base64_list, upstream_url
+from .openai import USER_AGENT, upstream_url
+from .shapes import (
+    ChunkEncoder,
+    embedding_texts,
+    embeddings,
+    items,
+    load_object,
+    obj,
+    text_of,
+    tool_input,
+    usage,
+)
 
 API_VERSION: Final = "v1"
 # reasoning_effort → thinkingConfig.thinkingBudget (tokens); "none" turns thinking off.
@@ -73,12 +83,8 @@ SCHEMA_KEYS: Final = frozenset({
 _STATE_TAG: Final = b"G1"
 
 
-def _obj(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
-def _items(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 # --- URLs ---------------------------------------------------------------------------------------
@@ -130,11 +136,11 @@ def reduce_schema(schema: Any, defs: Mapping[str, Any] | None = None, depth: int
     if not isinstance(schema, dict) or depth > 32:
         return {}
     if defs is None:
-        defs = {**_obj(schema.get("definitions")), **_obj(schema.get("$defs"))}
+        defs = {**obj(schema.get("definitions")), **obj(schema.get("$defs"))}
     ref = schema.get("$ref")
     if isinstance(ref, str) and ref.startswith("#/"):
         target = defs.get(ref.rsplit("/", 1)[-1])
-        merged = {**_obj(target), **{k: v for k, v in schema.items() if k != "$ref"}}
+        merged = {**obj(target), **{k: v for k, v in schema.items() if k != "$ref"}}
         return reduce_schema(merged, defs, depth + 1)
     out: dict[str, Any] = {}
     kind = schema.get("type")
@@ -147,7 +153,7 @@ def reduce_schema(schema: Any, defs: Mapping[str, Any] | None = None, depth: int
             out["anyOf"] = [{"type": k} for k in kinds]
     if isinstance(kind, str):
         out["type"] = kind
-    enum = _items(schema.get("enum")) if "enum" in schema else ([schema["const"]] if "const" in schema else None)
+    enum = items(schema.get("enum")) if "enum" in schema else ([schema["const"]] if "const" in schema else None)
     if enum is not None:
         if None in enum:
             out["nullable"] = True
@@ -159,15 +165,15 @@ def reduce_schema(schema: Any, defs: Mapping[str, Any] | None = None, depth: int
         if key not in SCHEMA_KEYS or key in ("type", "enum"):
             continue
         if key == "properties":
-            out[key] = {name: reduce_schema(sub, defs, depth + 1) for name, sub in _obj(value).items()}
+            out[key] = {name: reduce_schema(sub, defs, depth + 1) for name, sub in obj(value).items()}
         elif key == "items":
             out[key] = reduce_schema(value, defs, depth + 1)
         elif key == "anyOf":
-            out[key] = [reduce_schema(sub, defs, depth + 1) for sub in _items(value)]
+            out[key] = [reduce_schema(sub, defs, depth + 1) for sub in items(value)]
         else:
             out.setdefault(key, value)
     if "oneOf" in schema and "anyOf" not in out:
-        out["anyOf"] = [reduce_schema(sub, defs, depth + 1) for sub in _items(schema["oneOf"])]
+        out["anyOf"] = [reduce_schema(sub, defs, depth + 1) for sub in items(schema["oneOf"])]
     if out.get("type") == "object" and "properties" not in out and "anyOf" not in out:
         out["properties"] = {}
     return out
@@ -176,11 +182,6 @@ def reduce_schema(schema: Any, defs: Mapping[str, Any] | None = None, depth: int
 # --- request ------------------------------------------------------------------------------------
 
 
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    return "".join(str(p.get("text") or p.get("refusal") or "") for p in _items(content)
-                   if isinstance(p, dict) and p.get("type") in ("text", "refusal"))
 
 
 def _media_part(url: str, param: str) -> dict[str, Any]:
@@ -200,7 +201,7 @@ def _user_parts(content: Any, where: str) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"text": content}] if content else []
     parts: list[dict[str, Any]] = []
-    for j, part in enumerate(_items(content)):
+    for j, part in enumerate(items(content)):
         if not isinstance(part, dict):
             continue
         kind = part.get("type")
@@ -212,10 +213,10 @@ def _user_parts(content: Any, where: str) -> list[dict[str, Any]]:
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image
             parts.append(_media_part(str(url or ""), f"{param}.image_url.url"))
-        elif kind == "file" and isinstance(_obj(part.get("file")).get("file_data"), str):
-            parts.append(_media_part(_obj(part.get("file"))["file_data"], f"{param}.file.file_data"))
+        elif kind == "file" and isinstance(obj(part.get("file")).get("file_data"), str):
+            parts.append(_media_part(obj(part.get("file"))["file_data"], f"{param}.file.file_data"))
         elif kind == "input_audio":
-            audio = _obj(part.get("input_audio"))
+            audio = obj(part.get("input_audio"))
             parts.append({"inlineData": {"mimeType": f"audio/{audio.get('format') or 'wav'}",
                                          "data": str(audio.get("data") or "")}})
         else:
@@ -238,29 +239,19 @@ def decode_signature(state: bytes | None) -> str | None:
         return None
 
 
-def _args(arguments: Any) -> dict[str, Any]:
-    if isinstance(arguments, dict):
-        return arguments
-    if not arguments:
-        return {}
-    try:
-        value = orjson.loads(arguments)
-    except (orjson.JSONDecodeError, TypeError):
-        return {"arguments": str(arguments)}
-    return value if isinstance(value, dict) else {"arguments": value}
 
 
 def _model_parts(message: Mapping[str, Any], names: dict[str, str]) -> list[dict[str, Any]]:
     parts: list[dict[str, Any]] = []
-    text = _text_of(message.get("content"))
+    text = text_of(message.get("content"))
     if text:
         parts.append({"text": text})
-    for call in _items(message.get("tool_calls")):
-        function = _obj(_obj(call).get("function"))
+    for call in items(message.get("tool_calls")):
+        function = obj(obj(call).get("function"))
         name = str(function.get("name") or "")
-        client_id = str(_obj(call).get("id") or "")
+        client_id = str(obj(call).get("id") or "")
         names[client_id] = name
-        part: dict[str, Any] = {"functionCall": {"name": name, "args": _args(function.get("arguments"))}}
+        part: dict[str, Any] = {"functionCall": {"name": name, "args": tool_input(function.get("arguments"))}}
         signature = decode_signature(detach(client_id)[1])
         if signature:
             part["thoughtSignature"] = signature  # Gemini 3 wants it back on the very same part
@@ -274,7 +265,7 @@ def _function_response(message: Mapping[str, Any], names: Mapping[str, str], whe
     if not name:
         raise UnsupportedField(f"{where}.tool_call_id",
                                f"'{where}.tool_call_id' names no earlier tool call: Gemini needs the function name.")
-    text = _text_of(message.get("content"))
+    text = text_of(message.get("content"))
     try:
         value = orjson.loads(text) if text else None
     except orjson.JSONDecodeError:
@@ -293,7 +284,7 @@ def convert_messages(messages: list[Any]) -> tuple[dict[str, Any] | None, list[d
         role = message.get("role")
         where = f"messages[{i}]"
         if role in ("system", "developer"):
-            text = _text_of(message.get("content"))
+            text = text_of(message.get("content"))
             if text:
                 system.append({"text": text})
             continue
@@ -325,11 +316,11 @@ def _tool_config(body: Mapping[str, Any]) -> dict[str, Any] | None:
     if choice == "required":
         return {"functionCallingConfig": {"mode": "ANY"}}
     if isinstance(choice, dict) and choice.get("type") == "function":
-        name = _obj(choice.get("function")).get("name")
+        name = obj(choice.get("function")).get("name")
         return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}
     if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
-        allowed = _obj(choice.get("allowed_tools"))
-        names = [_obj(t.get("function")).get("name") for t in _items(allowed.get("tools")) if isinstance(t, dict)]
+        allowed = obj(choice.get("allowed_tools"))
+        names = [obj(t.get("function")).get("name") for t in items(allowed.get("tools")) if isinstance(t, dict)]
         mode = "ANY" if allowed.get("mode") == "required" else "AUTO"
         config: dict[str, Any] = {"mode": mode}
         if mode == "ANY" and names:
@@ -356,10 +347,10 @@ def _generation_config(body: Mapping[str, Any]) -> dict[str, Any]:
     n = body.get("n")
     if n is not None and n > 1:
         config["candidateCount"] = n
-    response_format = _obj(body.get("response_format"))
+    response_format = obj(body.get("response_format"))
     if response_format.get("type") in ("json_object", "json_schema"):
         config["responseMimeType"] = "application/json"
-        schema = _obj(response_format.get("json_schema")).get("schema")
+        schema = obj(response_format.get("json_schema")).get("schema")
         if response_format.get("type") == "json_schema" and isinstance(schema, dict):
             config["responseSchema"] = reduce_schema(schema)
     effort = body.get("reasoning_effort")
@@ -382,8 +373,8 @@ def translate_request(req: ChatRequest) -> dict[str, Any]:
     if system is not None:
         out["systemInstruction"] = system
     declarations = []
-    for i, tool in enumerate(_items(body.get("tools"))):
-        function = _obj(_obj(tool).get("function"))
+    for i, tool in enumerate(items(body.get("tools"))):
+        function = obj(obj(tool).get("function"))
         if not function.get("name"):
             raise UnsupportedField(f"tools[{i}]", f"'tools[{i}]': only function tools are supported by Gemini.")
         declaration: dict[str, Any] = {"name": function["name"]}
@@ -407,7 +398,7 @@ def translate_request(req: ChatRequest) -> dict[str, Any]:
 
 
 def _usage(raw: Any) -> dict[str, Any]:
-    raw = _obj(raw)
+    raw = obj(raw)
     thoughts = int(raw.get("thoughtsTokenCount") or 0)
     cached = raw.get("cachedContentTokenCount")
     return usage(int(raw.get("promptTokenCount") or 0), int(raw.get("candidatesTokenCount") or 0) + thoughts,
@@ -419,13 +410,13 @@ def _new_call_id() -> str:
 
 
 def _tool_call(part: Mapping[str, Any]) -> dict[str, Any]:
-    call = _obj(part.get("functionCall"))
+    call = obj(part.get("functionCall"))
     call_id = str(call.get("id") or _new_call_id())
     signature = part.get("thoughtSignature")
     if isinstance(signature, str) and signature:
         call_id = attach(call_id, encode_signature(signature))
     return {"id": call_id, "type": "function",
-            "function": {"name": call.get("name"), "arguments": orjson.dumps(_obj(call.get("args"))).decode()}}
+            "function": {"name": call.get("name"), "arguments": orjson.dumps(obj(call.get("args"))).decode()}}
 
 
 def _finish(reason: Any, has_calls: bool) -> str:
@@ -437,12 +428,12 @@ def _finish(reason: Any, has_calls: bool) -> str:
 def translate_response(response: Mapping[str, Any], model: str, created: int | None = None) -> bytes:
     """A Gemini response → an OpenAI ``chat.completion`` body with one choice per candidate."""
     choices = []
-    candidates = _items(response.get("candidates"))
+    candidates = items(response.get("candidates"))
     for position, candidate in enumerate(candidates):
-        candidate = _obj(candidate)
+        candidate = obj(candidate)
         texts, thoughts, calls = [], [], []
-        for part in _items(_obj(candidate.get("content")).get("parts")):
-            part = _obj(part)
+        for part in items(obj(candidate.get("content")).get("parts")):
+            part = obj(part)
             if "functionCall" in part:
                 calls.append(_tool_call(part))
             elif part.get("thought") is True:
@@ -475,9 +466,9 @@ def classify(provider: ProviderConfig, status: int, headers: Mapping[str, str], 
         parsed = orjson.loads(body) if body else None
     except orjson.JSONDecodeError:
         parsed = None
-    error = _obj(_obj(parsed).get("error")) if isinstance(parsed, dict) else {}
+    error = obj(obj(parsed).get("error")) if isinstance(parsed, dict) else {}
     if not error and isinstance(parsed, list) and parsed:
-        error = _obj(_obj(parsed[0]).get("error"))  # streamed errors may come as a one-item array
+        error = obj(obj(parsed[0]).get("error"))  # streamed errors may come as a one-item array
     google_status = str(error.get("status") or "")
     kind = STATUS_KINDS.get(google_status) or kind_for_status(status)
     message = str(error.get("message") or f"Vertex answered HTTP {status}.")
@@ -505,15 +496,9 @@ class VertexStream:
         self.usage: Mapping[str, Any] | None = None
 
     def feed(self, event: SseEvent) -> list[bytes]:
-        try:
-            data = orjson.loads(event.data)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("server", 502, "Vertex sent an event that is not JSON.",
-                                provider=self._provider) from None
-        if not isinstance(data, dict):
-            raise UpstreamError("server", 502, "Vertex sent an event that is not an object.", provider=self._provider)
+        data = load_object(event.data, self._provider, "an event")
         if "error" in data:
-            error = _obj(data["error"])
+            error = obj(data["error"])
             google_status = str(error.get("status") or "")
             kind = STATUS_KINDS.get(google_status, "server")
             raise UpstreamError(kind, caller_status(int(error.get("code") or 500), kind),
@@ -526,18 +511,18 @@ class VertexStream:
         if data.get("usageMetadata"):
             self.usage = _usage(data["usageMetadata"])
         out: list[bytes] = []
-        candidates = _items(data.get("candidates"))
-        if not candidates and _obj(data.get("promptFeedback")).get("blockReason"):
+        candidates = items(data.get("candidates"))
+        if not candidates and obj(data.get("promptFeedback")).get("blockReason"):
             out += self._role(0)
             out.append(self._chunks.chunk({}, "content_filter", index=0))
             self._finished.add(0)
             self.visible = True
         for position, candidate in enumerate(candidates):
-            candidate = _obj(candidate)
+            candidate = obj(candidate)
             index = int(candidate.get("index", position))
             out += self._role(index)
-            for part in _items(_obj(candidate.get("content")).get("parts")):
-                out += self._part(index, _obj(part))
+            for part in items(obj(candidate.get("content")).get("parts")):
+                out += self._part(index, obj(part))
             if candidate.get("finishReason"):
                 self._finished.add(index)
                 self.visible = True
@@ -589,12 +574,7 @@ class Vertex:
         return UpstreamCall("POST", url, _headers(credential), orjson.dumps(body), req.stream)
 
     def parse_response(self, req: ChatRequest, provider: ProviderConfig, body: bytes) -> bytes:
-        try:
-            response = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("server", 502, "Vertex returned a body that is not JSON.",
-                                provider=provider.name) from None
-        return translate_response(_obj(response), str(req.body.get("model") or ""))
+        return translate_response(load_object(body, provider.name), str(req.body.get("model") or ""))
 
     def stream_decoder(self, req: ChatRequest, provider: ProviderConfig) -> VertexStream:
         return VertexStream(provider.name, str(req.body.get("model") or ""), req.wants_usage)
@@ -605,7 +585,7 @@ class Vertex:
 
     def build_embeddings_request(self, req: EmbeddingsRequest, provider: ProviderConfig, model: str,
                                  credential: Credential) -> list[UpstreamCall]:
-        texts = _embedding_texts(req.body.get("input"))
+        texts = embedding_texts(req.body.get("input"), "Vertex")
         dimensions = req.body.get("dimensions")
         project = _project(provider, credential)
         headers = _headers(credential)
@@ -627,28 +607,16 @@ class Vertex:
         vectors: list[list[float]] = []
         tokens = 0
         for body in bodies:
-            parsed = _obj(orjson.loads(body))
+            parsed = load_object(body, provider.name)
             if "embedding" in parsed:
-                vectors.append(list(_obj(parsed["embedding"]).get("values") or []))
-                tokens += int(_obj(parsed.get("usageMetadata")).get("promptTokenCount") or 0)
+                vectors.append(list(obj(parsed["embedding"]).get("values") or []))
+                tokens += int(obj(parsed.get("usageMetadata")).get("promptTokenCount") or 0)
                 continue
-            for prediction in _items(parsed.get("predictions")):
-                embeddings = _obj(_obj(prediction).get("embeddings"))
-                vectors.append(list(embeddings.get("values") or []))
-                tokens += int(_obj(embeddings.get("statistics")).get("token_count") or 0)
-        data = [{"object": "embedding", "index": i, "embedding": vector} for i, vector in enumerate(vectors)]
-        if req.base64:
-            embeddings_to_base64_list(data)
-        return orjson.dumps({"object": "list", "data": data, "model": str(req.body.get("model") or ""),
-                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
-
-
-def _embedding_texts(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise UnsupportedField("input", "Vertex embeds text only: 'input' must be a string or an array of strings.")
+            for prediction in items(parsed.get("predictions")):
+                values = obj(obj(prediction).get("embeddings"))
+                vectors.append(list(values.get("values") or []))
+                tokens += int(obj(values.get("statistics")).get("token_count") or 0)
+        return embeddings(vectors, str(req.body.get("model") or ""), tokens, req.base64)
 
 
 def batches(texts: list[str]) -> list[list[str]]:

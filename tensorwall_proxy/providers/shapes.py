@@ -1,0 +1,163 @@
+"""OpenAI's shapes as the translating providers (anthropic, vertex, bedrock) read and write them.
+
+Reading: untrusted JSON taken apart without surprises (``obj``, ``items``), the text of a content
+value, tool-call arguments as the object other APIs want, provider state packed into a tool call
+id. Writing: a translated answer must look exactly like OpenAI's — a ``chat.completion`` object,
+or ``chat.completion.chunk`` events that share one id, ``created`` and ``model``, carry ``"usage":
+null`` while the caller asked for usage, end with exactly one ``choices: []`` usage chunk when it
+did, and then ``[DONE]``; embeddings as OpenAI's list. This module owns those rules so each
+translator only says what happened.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from ..errors import UnsupportedField, UpstreamError
+from ..sse import DONE_EVENT, encode
+from .openai import embeddings_to_base64_list
+
+
+def obj(value: Any) -> dict[str, Any]:
+    """A JSON object from untrusted data, or an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
+def items(value: Any) -> list[Any]:
+    """A JSON array from untrusted data, or an empty one."""
+    return value if isinstance(value, list) else []
+
+
+def load_object(body: bytes, provider: str, what: str = "a body") -> dict[str, Any]:
+    """An upstream JSON object; a 502 naming the provider when it is not one."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise UpstreamError("server", 502, f"Upstream '{provider}' sent {what} that is not JSON.",
+                            provider=provider) from None
+    if not isinstance(value, dict):
+        raise UpstreamError("server", 502, f"Upstream '{provider}' sent {what} that is not a JSON object.",
+                            provider=provider)
+    return value
+
+
+def text_of(content: Any) -> str:
+    """The text of an OpenAI content value: a string, or the text and refusal parts of a list."""
+    if isinstance(content, str):
+        return content
+    return "".join(str(part.get("text") or part.get("refusal") or "") for part in items(content)
+                   if isinstance(part, dict) and part.get("type") in ("text", "refusal"))
+
+
+def tool_input(arguments: Any) -> dict[str, Any]:
+    """``function.arguments`` (a JSON string) as the object other APIs take as a tool's input.
+
+    OpenAI accepts any string here and models do produce broken JSON; such a call is still part
+    of a valid conversation, so it is carried as ``{"arguments": <the text>}`` rather than refused.
+    """
+    if isinstance(arguments, dict):
+        return arguments
+    if not arguments:
+        return {}
+    try:
+        value = orjson.loads(arguments)
+    except (orjson.JSONDecodeError, TypeError):
+        return {"arguments": str(arguments)}
+    return value if isinstance(value, dict) else {"arguments": value}
+
+
+def pack_state(tag: bytes, blocks: list[dict[str, Any]]) -> bytes:
+    """Provider blocks (thinking, reasoning) as compact state for a tool call id, marked by ``tag``."""
+    return tag + zlib.compress(orjson.dumps(blocks), 6)
+
+
+def unpack_state(tag: bytes, state: bytes | None) -> list[dict[str, Any]] | None:
+    """The blocks packed under ``tag``; None for no state, another provider's, or a damaged one."""
+    if not state or not state.startswith(tag):
+        return None
+    try:
+        blocks = orjson.loads(zlib.decompress(state[len(tag):]))
+    except (zlib.error, orjson.JSONDecodeError):
+        return None
+    return blocks if isinstance(blocks, list) and all(isinstance(b, dict) for b in blocks) else None
+
+
+def embedding_texts(value: Any, provider: str) -> list[str]:
+    """``input`` as a list of texts; token arrays are refused where the API embeds text only."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise UnsupportedField("input", f"{provider} embeds text only: 'input' must be a string or an array of strings.")
+
+
+def embeddings(vectors: list[list[float]], model: str, tokens: int, as_base64: bool) -> bytes:
+    """OpenAI's embeddings list, vectors in input order, packed as base64 when asked."""
+    data = [{"object": "embedding", "index": i, "embedding": vector} for i, vector in enumerate(vectors)]
+    if as_base64:
+        embeddings_to_base64_list(data)
+    return orjson.dumps({"object": "list", "data": data, "model": model,
+                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
+def usage(prompt: int, completion: int, *, cached: int | None = None, cache_creation: int | None = None,
+          reasoning: int | None = None) -> dict[str, Any]:
+    """OpenAI's usage object; ``prompt`` already includes cached tokens (OpenAI counts them in)."""
+    result: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                              "total_tokens": prompt + completion}
+    if cached is not None or cache_creation is not None:
+        details: dict[str, int] = {"cached_tokens": cached or 0}
+        if cache_creation:
+            details["cache_creation_tokens"] = cache_creation
+        result["prompt_tokens_details"] = details
+    if reasoning is not None:
+        result["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return result
+
+
+def completion(completion_id: str, model: str, message: dict[str, Any], finish_reason: str,
+               usage_: Mapping[str, Any] | None, created: int | None = None) -> bytes:
+    """A whole ``chat.completion`` body with one choice."""
+    return orjson.dumps({
+        "id": completion_id, "object": "chat.completion",
+        "created": int(time.time()) if created is None else created, "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
+        "usage": usage_,
+    })
+
+
+class ChunkEncoder:
+    """Encodes the chunks of one translated stream with the fields every chunk must share."""
+
+    __slots__ = ("created", "id", "model", "wants_usage")
+
+    def __init__(self, wants_usage: bool, created: int | None = None) -> None:
+        self.wants_usage = wants_usage
+        self.created = int(time.time()) if created is None else created
+        self.id = ""
+        self.model = ""
+
+    def chunk(self, delta: Mapping[str, Any], finish_reason: str | None = None, index: int = 0) -> bytes:
+        """One ``chat.completion.chunk`` event for one choice."""
+        body: dict[str, Any] = {
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        }
+        if self.wants_usage:
+            body["usage"] = None  # as OpenAI: null on every chunk but the last
+        return encode(orjson.dumps(body))
+
+    def end(self, usage_: Mapping[str, Any] | None) -> list[bytes]:
+        """The closing events: the usage chunk when the caller asked for it, then ``[DONE]``."""
+        if not self.wants_usage:
+            return [DONE_EVENT]
+        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                "choices": [], "usage": usage_}
+        return [encode(orjson.dumps(body)), DONE_EVENT]
