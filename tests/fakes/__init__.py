@@ -1,11 +1,20 @@
 """Fakes for the gateway's tests: real servers on 127.0.0.1, never mocks of the transport.
 
 `FakeUpstream` speaks the providers' wire formats (six OpenAI-style flavors, Anthropic's Messages
-API and Vertex AI's Gemini API, with Google's OAuth token endpoint), records every request and
-misbehaves when a fault word (`FAULT_WORDS`, and for the anthropic and vertex flavors
-`ANTHROPIC_FAULT_WORDS` and `VERTEX_FAULT_WORDS`) appears in the model name.
+API, Vertex AI's Gemini API with Google's OAuth token endpoint, and AWS Bedrock Runtime with SigV4
+checked), records every request and misbehaves when a fault word (`FAULT_WORDS`, and for the
+anthropic, vertex and bedrock flavors `ANTHROPIC_FAULT_WORDS`, `VERTEX_FAULT_WORDS` and
+`BEDROCK_FAULT_WORDS`) appears in the model name. `tests.fakes.eventstream` encodes the AWS event
+stream that Bedrock's ConverseStream answers in.
 """
 
+from tests.fakes.eventstream import (
+    corrupt_message_crc,
+    encode_error,
+    encode_event,
+    encode_event_message,
+    encode_exception,
+)
 from tests.fakes.upstream import (
     ANTHROPIC_CACHE_CREATION_TOKENS,
     ANTHROPIC_CACHE_READ_TOKENS,
@@ -14,6 +23,23 @@ from tests.fakes.upstream import (
     ANTHROPIC_TOOL_INPUT,
     ANTHROPIC_TOOL_PREAMBLE,
     AZURE_MODEL,
+    BEDROCK_ACCESS_KEY,
+    BEDROCK_CACHE_READ_TOKENS,
+    BEDROCK_CACHE_WRITE_TOKENS,
+    BEDROCK_COHERE_EMBED_MODELS,
+    BEDROCK_COHERE_INPUT_TYPES,
+    BEDROCK_COHERE_MAX_TEXTS,
+    BEDROCK_FAULT_WORDS,
+    BEDROCK_LATENCY_MS,
+    BEDROCK_MAX_CLOCK_SKEW,
+    BEDROCK_SECRET_KEY,
+    BEDROCK_SIGNATURE_MISMATCH,
+    BEDROCK_SIGNING_NAME,
+    BEDROCK_SPLIT_BYTES,
+    BEDROCK_THINKING_PREFIX,
+    BEDROCK_TITAN_EMBED_MODEL,
+    BEDROCK_TOOL_INPUT,
+    BEDROCK_VALIDATION_ERROR_TYPE,
     EMBEDDING_SIZE,
     FAULT_WORDS,
     FLAVORS,
@@ -37,6 +63,9 @@ from tests.fakes.upstream import (
     Scripted,
     anthropic_signature,
     anthropic_thinking_block,
+    bedrock_reasoning_block,
+    bedrock_signature,
+    bedrock_sigv4_headers,
     embedding_vector,
     service_account_private_key,
     vertex_function_call_part,
@@ -51,6 +80,23 @@ __all__ = [
     "ANTHROPIC_TOOL_INPUT",
     "ANTHROPIC_TOOL_PREAMBLE",
     "AZURE_MODEL",
+    "BEDROCK_ACCESS_KEY",
+    "BEDROCK_CACHE_READ_TOKENS",
+    "BEDROCK_CACHE_WRITE_TOKENS",
+    "BEDROCK_COHERE_EMBED_MODELS",
+    "BEDROCK_COHERE_INPUT_TYPES",
+    "BEDROCK_COHERE_MAX_TEXTS",
+    "BEDROCK_FAULT_WORDS",
+    "BEDROCK_LATENCY_MS",
+    "BEDROCK_MAX_CLOCK_SKEW",
+    "BEDROCK_SECRET_KEY",
+    "BEDROCK_SIGNATURE_MISMATCH",
+    "BEDROCK_SIGNING_NAME",
+    "BEDROCK_SPLIT_BYTES",
+    "BEDROCK_THINKING_PREFIX",
+    "BEDROCK_TITAN_EMBED_MODEL",
+    "BEDROCK_TOOL_INPUT",
+    "BEDROCK_VALIDATION_ERROR_TYPE",
     "EMBEDDING_SIZE",
     "FAULT_WORDS",
     "FLAVORS",
@@ -74,7 +120,15 @@ __all__ = [
     "Scripted",
     "anthropic_signature",
     "anthropic_thinking_block",
+    "bedrock_reasoning_block",
+    "bedrock_signature",
+    "bedrock_sigv4_headers",
+    "corrupt_message_crc",
     "embedding_vector",
+    "encode_error",
+    "encode_event",
+    "encode_event_message",
+    "encode_exception",
     "service_account_private_key",
     "vertex_function_call_part",
     "vertex_thought_signature",

@@ -45,6 +45,13 @@ words (`VERTEX_FAULT_WORDS`). `POST /oauth2/token` is Google's OAuth token endpo
 service-account credentials, so google-auth can mint tokens against the fake. The "Vertex AI" and
 "Google OAuth" sections at the end say what they answer.
 
+The `bedrock` flavor speaks AWS Bedrock Runtime (wire-formats §5): Converse, ConverseStream (the
+binary AWS event stream, encoded by `tests.fakes.eventstream`) and InvokeModel for embeddings under
+`/bedrock/model/{percent-encoded model id}/{converse|converse-stream|invoke}`, authenticated by a
+SigV4 signature the fake recomputes with botocore (or a Bedrock API key as Bearer), with AWS's error
+shapes and its own fault words (`BEDROCK_FAULT_WORDS`). The "AWS Bedrock Runtime" section says what
+it answers.
+
 Adding a flavor: give it a `Flavor` entry in `FLAVORS`, register its routes in
 `FakeUpstream._add_routes`, and, for quirks, add small functions to the `_CHAT_CHECKS`,
 `_COMPLETION_DECORATORS` or `_STREAM_DECORATORS` tables keyed by the flavor name. A flavor with a
@@ -59,21 +66,26 @@ import binascii
 import datetime
 import functools
 import hashlib
+import hmac
+import itertools
 import json
 import random
 import re
 import string
 import struct
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
+
+from tests.fakes.eventstream import corrupt_message_crc, encode_event, encode_exception
 
 Json = dict[str, Any]
 """A decoded JSON object: the fake works on plain dicts, as the wire does."""
@@ -126,8 +138,11 @@ class Recorded:
     `raw_path` is the request target exactly as on the wire (`request.raw_path`: still
     percent-encoded, query string included); `path` is the decoded path. `headers` is a
     case-insensitive copy. `path_model` is the model named in a Vertex URL
-    (`…/models/{model}:{method}`), percent-decoded: Vertex bodies carry no model, so `model` falls
-    back to it. The three timestamps are `time.monotonic()` values: `finished_at` is set when the
+    (`…/models/{model}:{method}`) or a Bedrock one (`/bedrock/model/{model id}/…`), percent-decoded:
+    those bodies carry no model, so `model` falls back to it. `auth_scheme` says how a Bedrock request
+    authenticated (`"sigv4"` or `"bearer"`; None when it sent no scheme the fake knows, and for the
+    other flavors), and `aws_credential` is the `Credential=` value of its SigV4 header
+    (`<access key>/<date>/<region>/bedrock/aws4_request`). The three timestamps are `time.monotonic()` values: `finished_at` is set when the
     handler completed its script (an abrupt `cut-mid-stream` included), `disconnected_at` when the
     caller went away before that.
     """
@@ -143,6 +158,8 @@ class Recorded:
     started_at: float
     deployment: str | None = None
     path_model: str | None = None
+    auth_scheme: str | None = None
+    aws_credential: str | None = None
     finished_at: float | None = None
     disconnected_at: float | None = None
 
@@ -178,6 +195,10 @@ def _anthropic_tool_use_id() -> str:
     return "toolu_" + _alnum(24)
 
 
+def _bedrock_tool_use_id() -> str:
+    return "tooluse_" + _alnum(22)
+
+
 @dataclass(frozen=True, slots=True)
 class Flavor:
     """What distinguishes one OpenAI-style provider from another, as data.
@@ -187,8 +208,8 @@ class Flavor:
     """
 
     name: str
-    auth: Literal["bearer", "none", "azure", "anthropic", "google"]
-    error_shape: Literal["openai", "mistral", "anthropic", "google"]
+    auth: Literal["bearer", "none", "azure", "anthropic", "google", "aws"]
+    error_shape: Literal["openai", "mistral", "anthropic", "google", "aws"]
     models: tuple[str, ...]
     owned_by: str
     tool_call_id: Callable[[], str] = _openai_tool_call_id
@@ -270,6 +291,20 @@ FLAVORS: Final[Mapping[str, Flavor]] = {
             models=("gemini-2.5-flash", "gemini-3-pro-preview", "text-embedding-005", "gemini-embedding-001"),
             owned_by="google",
         ),
+        Flavor(
+            "bedrock",
+            auth="aws",
+            error_shape="aws",
+            models=(
+                "anthropic.claude-3-5-sonnet-20240620-v1:0",
+                "amazon.nova-lite-v1:0",
+                "amazon.titan-embed-text-v2:0",
+                "cohere.embed-english-v3",
+            ),
+            owned_by="aws",
+            tool_call_id=_bedrock_tool_use_id,
+            honours_n=False,
+        ),
     )
 }
 """Every flavor the fake speaks, by the path prefix that selects it."""
@@ -316,6 +351,10 @@ def _error(
         return _anthropic_error(status, message, headers=headers)
     if flavor.error_shape == "google":
         return _google_error(status, message, headers=headers)
+    if flavor.error_shape == "aws":
+        return _aws_error(
+            status, _AWS_ERROR_TYPES.get(status, "InternalServerException"), message, headers=headers
+        )
     error = {"message": message, "type": type_, "param": param, "code": code}
     body: Json = {"object": "error", **error} if flavor.error_shape == "mistral" else {"error": error}
     return _json_response(body, status, headers)
@@ -351,6 +390,10 @@ class _Call:
     # Vertex under `FakeUpstream.strict_tokens`: the tokens the OAuth endpoint issued, with their
     # expiry (monotonic). None accepts any Bearer token.
     issued_tokens: Mapping[str, float] | None = None
+    # Bedrock's SigV4 check: access key → (secret key, session token or None), and the largest
+    # clock skew accepted between X-Amz-Date and now (None: any).
+    aws_credentials: Mapping[str, tuple[str, str | None]] | None = None
+    aws_max_skew: float | None = None
 
     @property
     def body(self) -> Json:
@@ -389,7 +432,8 @@ class _CallerGone(Exception):
 
 class FakeUpstream:
     """A real HTTP server speaking six providers' OpenAI-style wire formats, Anthropic's Messages
-    API and Vertex AI's Gemini API (with Google's OAuth token endpoint), recording everything.
+    API, Vertex AI's Gemini API (with Google's OAuth token endpoint) and AWS Bedrock Runtime,
+    recording everything.
 
     Use it as `async with FakeUpstream() as fake:` or with `await fake.start()` and
     `await fake.stop()`. `fake.url(flavor)` gives a flavor's root, `fake.requests` what arrived.
@@ -402,6 +446,11 @@ class FakeUpstream:
     endpoints accept only issued, unexpired tokens. `vertex_tokens` lists the Bearer token of every
     Vertex request in order (`vertex_tokens_seen` as a set). `write_service_account(path)` writes a
     service-account key file whose `token_uri` is this fake.
+
+    AWS (the bedrock flavor): `aws_credentials` maps each access key the fake knows to its secret
+    key and session token (None for long-term keys); it starts with `BEDROCK_ACCESS_KEY` /
+    `BEDROCK_SECRET_KEY`, and tests add more. `aws_max_skew` is how far (seconds) a request's
+    X-Amz-Date may be from now, as AWS allows five minutes; None turns that check off.
     """
 
     def __init__(
@@ -428,6 +477,10 @@ class FakeUpstream:
         self.strict_tokens = False
         self.vertex_tokens: list[str] = []
         self._token_expiry: dict[str, float] = {}
+        self.aws_credentials: dict[str, tuple[str, str | None]] = {
+            BEDROCK_ACCESS_KEY: (BEDROCK_SECRET_KEY, None)
+        }
+        self.aws_max_skew: float | None = BEDROCK_MAX_CLOCK_SKEW
         self._add_routes()
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -616,6 +669,10 @@ class FakeUpstream:
                 self._endpoint("vertex", _vertex),
             )
         router.add_post("/oauth2/token", self._oauth_token)
+        # Bedrock: the model id is percent-encoded, `/` as %2F included, so the handler reads the
+        # model and the action from the raw path itself (`_bedrock_target`) rather than trusting
+        # how a given aiohttp version decodes %2F before matching.
+        router.add_post("/bedrock/model/{bedrock_target:.+}", self._endpoint("bedrock", _bedrock))
         # Everything else is a recorded 404, so a gateway that builds a wrong URL shows up in
         # `requests` instead of vanishing into aiohttp's default 404.
         router.add_route("*", "/{tail:.*}", self._unknown_url)
@@ -633,7 +690,16 @@ class FakeUpstream:
                 if token is not None:
                     self.vertex_tokens.append(token)
             issued = self._token_expiry if self.strict_tokens else None
-            call = _Call(profile, request, rec, self.delay, self.script, issued)
+            call = _Call(
+                profile,
+                request,
+                rec,
+                self.delay,
+                self.script,
+                issued,
+                aws_credentials=self.aws_credentials,
+                aws_max_skew=self.aws_max_skew,
+            )
             task = asyncio.current_task()
             if task is not None:
                 self._in_flight.add(task)
@@ -665,6 +731,10 @@ class FakeUpstream:
         started_at = time.monotonic()
         body = await request.read()
         target = request.match_info.get("target")
+        path_model = (target.rpartition(":")[0] or target) if target is not None else None
+        if flavor == "bedrock":
+            bedrock_target = _bedrock_target(request.raw_path)
+            path_model = bedrock_target[0] if bedrock_target is not None else None
         return Recorded(
             flavor=flavor,
             method=request.method,
@@ -676,7 +746,7 @@ class FakeUpstream:
             json=_parse_json(body),
             started_at=started_at,
             deployment=request.match_info.get("deployment"),
-            path_model=(target.rpartition(":")[0] or target) if target is not None else None,
+            path_model=path_model,
         )
 
     async def _unknown_url(self, request: web.Request) -> web.StreamResponse:
@@ -3696,6 +3766,1509 @@ def _check_token_request(body: bytes, token_uri: str) -> web.Response | None:
     return None
 
 
+# --------------------------------------------------------------------------------------------------
+# AWS Bedrock Runtime (wire-formats §5)
+#
+# `POST /bedrock/model/{model id}/{converse|converse-stream|invoke}`: the gateway's base_url is
+# `{fake}/bedrock`. The model id comes percent-encoded (`…v1%3A0`, ARNs with `%3A` and `%2F`); the
+# fake decodes it for behaviour and `Recorded.path_model`, and signs over the raw path. A raw `/`
+# inside the id leaves a path AWS does not serve: 404 UnknownOperationException, like any other
+# action. Order of play: record, the action, auth, the body checks (each a 400 ValidationException),
+# the script, the fault words, then the answer.
+#
+# Auth, as AWS checks it (every refusal a 403 with AWS's `x-amzn-ErrorType`):
+# - `Authorization: Bearer <key>`: a Bedrock API key, accepted as it is (`auth_scheme` "bearer").
+# - `AWS4-HMAC-SHA256 Credential=<key>/<yyyymmdd>/<region>/bedrock/aws4_request, SignedHeaders=…,
+#   Signature=…` (`auth_scheme` "sigv4"): the key must be in `FakeUpstream.aws_credentials`
+#   (UnrecognizedClientException otherwise, and when the X-Amz-Security-Token header does not match
+#   the key's session token, or comes with a long-term key), the scope's service `bedrock` and its
+#   date X-Amz-Date's, X-Amz-Date within `aws_max_skew` of now, `host` signed; then the signature is
+#   recomputed with botocore's SigV4 code from the request's own X-Amz-Date, the raw path and query,
+#   exactly the headers named in SignedHeaders and the body bytes, and must be equal
+#   (InvalidSignatureException, whose message carries the canonical request and string to sign the
+#   fake expected, as AWS's does). Any region is accepted (recorded in `aws_credential`).
+# - nothing: MissingAuthenticationTokenException; another scheme: IncompleteSignatureException.
+#
+# What Converse answers (ConverseStream the same, as events):
+# - text: `"[bedrock] " + the last user message's text` (text blocks joined by a space, an image
+#   counted as `<image>`, a document as `<document>`), or `"[bedrock] tool said: <first toolResult>"`
+#   when that message holds tool results (its text items, a `json` item as compact JSON, joined by a
+#   space); upper-cased when the system text holds the word `shout`; `{"answer":<text>}` as compact
+#   JSON under `outputConfig.textFormat`.
+# - tool use: with `toolConfig` and no tool result to read, one toolUse block (`tooluse_` + 22
+#   alphanumerics) of the first toolSpec (or `toolChoice.tool.name`) with `BEDROCK_TOOL_INPUT`,
+#   stopReason `tool_use`, and no text.
+# - reasoning: `additionalModelRequestFields.thinking` enabled on a model id holding
+#   `anthropic.claude` puts first a reasoningContent block "Thinking about: <text>" signed with
+#   `bedrock_signature`. With thinking on, every reasoningText sent back must carry that signature,
+#   and the last assistant message, when it has toolUse blocks, must start with such a block.
+# - `stopSequences` cut before the earliest hit (`stop_sequence`); more words than `maxTokens` cut to
+#   that many (`max_tokens`); else `end_turn`.
+# - usage counted in words (an image or document is one; a toolUse the JSON text of its input; the
+#   system text counts), `totalTokens` = input + output + cache tokens; a model id holding `cache`
+#   adds cacheReadInputTokens 7 and cacheWriteInputTokens 3. `metrics.latencyMs` is always
+#   `BEDROCK_LATENCY_MS`.
+# - streamed (`application/vnd.amazon.eventstream`, one frame per write): messageStart; the
+#   reasoning block as reasoningContent text deltas, one per word piece, then a signature delta, with
+#   no contentBlockStart; a text block as text deltas per word piece, also without
+#   contentBlockStart (as Bedrock often sends it); a toolUse block as contentBlockStart
+#   {toolUseId, name} then three string fragments of its input JSON; contentBlockStop after each
+#   block; messageStop; metadata {usage, metrics} last. Deltas and messageStop carry a `p` padding
+#   key, as Bedrock's do.
+#
+# InvokeModel serves embedding models only, the model told by a substring of the id (so a fault word
+# can ride along): `amazon.titan-embed-text-v2` takes `{"inputText", "dimensions"?: 256|512|1024,
+# "normalize"?, "embeddingTypes"?: ["float"|"binary"]}` and answers `{"embedding",
+# "inputTextTokenCount"}` (+ `embeddingsByType` when asked); `cohere.embed-english-v3` and
+# `cohere.embed-multilingual-v3` take `{"texts": [1..96], "input_type", "truncate"?,
+# "embedding_types"?}` and answer `{"embeddings", "id", "response_type": "embeddings_floats",
+# "texts"}` (`embeddings_by_type` with a dict of the types asked for). Vectors are
+# `embedding_vector(text)`: EMBEDDING_SIZE values, so Titan's `dimensions` returns the first
+# min(EMBEDDING_SIZE, dimensions) of them; `normalize` is accepted and changes nothing. Refusals
+# are ValidationExceptions worded like the models' own "Malformed input request" errors.
+
+BEDROCK_ACCESS_KEY: Final = "AKIDFAKEBEDROCK0001"
+"""The access key `FakeUpstream.aws_credentials` knows from the start (a long-term key: no token)."""
+
+BEDROCK_SECRET_KEY: Final = "fake-bedrock-secret-key"
+"""The secret key of `BEDROCK_ACCESS_KEY`."""
+
+BEDROCK_SIGNING_NAME: Final = "bedrock"
+"""The service in a SigV4 credential scope for Bedrock Runtime (not `bedrock-runtime`)."""
+
+BEDROCK_MAX_CLOCK_SKEW: Final = 300.0
+"""AWS refuses a SigV4 request whose X-Amz-Date is more than five minutes from its clock."""
+
+BEDROCK_FAULT_WORDS: Final[tuple[str, ...]] = (
+    "fail-400",
+    "fail-401",
+    "fail-403",
+    "fail-404",
+    "fail-408",
+    "fail-424",
+    "fail-429",
+    "not-ready",
+    "fail-500",
+    "fail-503",
+    "slow-first-byte",
+    "slow-stream",
+    "hang",
+    "cut-mid-stream",
+    "error-mid-stream",
+    "stream-throttled",
+    "corrupt-crc",
+    "split-frames",
+)
+"""The fault words of the bedrock flavor, found anywhere in the decoded model id.
+
+Before any byte, each an AWS error (`x-amzn-ErrorType` + `{"message"}`): `fail-400`
+ValidationException, `fail-401` 403 UnrecognizedClientException (AWS's answer to bad credentials),
+`fail-403` AccessDeniedException, `fail-404` ResourceNotFoundException, `fail-408`
+ModelTimeoutException, `fail-424` ModelErrorException, `fail-429` ThrottlingException with
+`retry-after: 7`, `not-ready` 429 ModelNotReadyException, `fail-500` InternalServerException,
+`fail-503` ServiceUnavailableException; `slow-first-byte` waits `delay` first; `hang` never answers.
+In a ConverseStream (HTTP 200): `slow-stream` waits `delay` after the first delta; `cut-mid-stream`
+sends half of the frame after the second delta and drops the connection; `stream-throttled` sends a
+`throttlingException` frame right after messageStart and ends; `error-mid-stream` sends a
+`modelStreamErrorException` frame (`originalStatusCode` 500) after the first text delta (the first
+delta when there is no text) and ends; `corrupt-crc` sends the frame after that delta with a wrong
+message CRC and ends; `split-frames` writes the whole normal stream in `BEDROCK_SPLIT_BYTES`-byte
+pieces. Not streamed (Converse, InvokeModel): `error-mid-stream` is a 500 InternalServerException,
+`stream-throttled` a 429 ThrottlingException, `slow-stream` a late answer, `cut-mid-stream` half the
+body after an honest content-length; `corrupt-crc` and `split-frames` change nothing.
+"""
+
+BEDROCK_TOOL_INPUT: Final[Json] = {"location": "Paris"}
+"""The `input` of every toolUse the fake makes (streamed as the fragments of its JSON text)."""
+
+BEDROCK_THINKING_PREFIX: Final = "Thinking about: "
+BEDROCK_CACHE_READ_TOKENS: Final = 7
+BEDROCK_CACHE_WRITE_TOKENS: Final = 3
+BEDROCK_LATENCY_MS: Final = 42
+"""`metrics.latencyMs` of every answer: fixed, so tests can compare whole bodies."""
+
+BEDROCK_TITAN_EMBED_MODEL: Final = "amazon.titan-embed-text-v2:0"
+BEDROCK_COHERE_EMBED_MODELS: Final = ("cohere.embed-english-v3", "cohere.embed-multilingual-v3")
+BEDROCK_COHERE_MAX_TEXTS: Final = 96
+BEDROCK_COHERE_INPUT_TYPES: Final = ("search_document", "search_query", "classification", "clustering")
+BEDROCK_SPLIT_BYTES: Final = 7
+"""The piece size of `split-frames`: smaller than a prelude, so every frame is cut across reads."""
+
+BEDROCK_VALIDATION_ERROR_TYPE: Final = (
+    "ValidationException:http://internal.amazon.com/coral/com.amazon.bedrock/"
+)
+"""The `x-amzn-ErrorType` header of a 400 (cut at `:` for the code)."""
+
+BEDROCK_SIGNATURE_MISMATCH: Final = (
+    "The request signature we calculated does not match the signature you provided. Check your AWS "
+    "Secret Access Key and signing method. Consult the service documentation for details."
+)
+
+_CORAL_BEDROCK: Final = "http://internal.amazon.com/coral/com.amazon.bedrock/"
+_CORAL_SERVICE: Final = "http://internal.amazon.com/coral/com.amazon.coral.service/"
+_AWS_ERROR_TYPES: Final[Mapping[int, str]] = {
+    400: "ValidationException",
+    403: "AccessDeniedException",
+    404: "UnknownOperationException",
+    408: "ModelTimeoutException",
+    424: "ModelErrorException",
+    429: "ThrottlingException",
+    500: "InternalServerException",
+    503: "ServiceUnavailableException",
+}
+_INVALID_TOKEN: Final = "The security token included in the request is invalid."
+_MODEL_ERRORS: Final = "The model returned the following errors: "
+_SIGV4_TIMESTAMP: Final = "%Y%m%dT%H%M%SZ"
+_BEDROCK_KEYS: Final = frozenset(
+    {
+        "messages",
+        "system",
+        "inferenceConfig",
+        "toolConfig",
+        "guardrailConfig",
+        "additionalModelRequestFields",
+        "additionalModelResponseFieldPaths",
+        "outputConfig",
+        "performanceConfig",
+        "serviceTier",
+        "requestMetadata",
+        "promptVariables",
+    }
+)
+_BEDROCK_BLOCKS: Final = (
+    "text",
+    "image",
+    "document",
+    "toolUse",
+    "toolResult",
+    "reasoningContent",
+    "cachePoint",
+)
+_BEDROCK_ROLE_OF_BLOCK: Final[Mapping[str, str]] = {
+    "toolUse": "assistant",
+    "reasoningContent": "assistant",
+    "toolResult": "user",
+}
+_BEDROCK_CONVERSATION_BLOCKS: Final = frozenset({"text", "image", "document"})
+_BEDROCK_TOOL_USE_ID: Final = re.compile(r"[a-zA-Z0-9_.:-]{1,64}")
+_BEDROCK_TOOL_NAME: Final = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+_BEDROCK_IMAGE_FORMATS: Final = ("png", "jpeg", "gif", "webp")
+_BEDROCK_DOCUMENT_FORMATS: Final = ("pdf", "csv", "doc", "docx", "xls", "xlsx", "html", "txt", "md")
+_TITAN_DIMENSIONS: Final = (256, 512, 1024)
+_TITAN_KEYS: Final = frozenset({"inputText", "dimensions", "normalize", "embeddingTypes"})
+_COHERE_KEYS: Final = frozenset({"texts", "input_type", "truncate", "embedding_types"})
+_COHERE_TYPES: Final = ("float", "int8", "uint8", "binary", "ubinary")
+_PADDING: Final = string.ascii_lowercase + string.ascii_uppercase + string.digits
+
+
+def bedrock_signature(text: str) -> str:
+    """The `signature` the fake gives a reasoningText with this text, and demands back."""
+    return base64.b64encode(hashlib.sha256(b"fake-bedrock-reasoning:" + text.encode()).digest()).decode()
+
+
+def bedrock_reasoning_block(text: str) -> Json:
+    """A reasoningContent block the fake accepts back: the text, signed with `bedrock_signature`."""
+    return {"reasoningContent": {"reasoningText": {"text": text, "signature": bedrock_signature(text)}}}
+
+
+def bedrock_sigv4_headers(
+    url: str,
+    body: bytes,
+    *,
+    access_key: str = BEDROCK_ACCESS_KEY,
+    secret_key: str = BEDROCK_SECRET_KEY,
+    session_token: str | None = None,
+    region: str = "us-east-1",
+    headers: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Sign a POST to `url` (already percent-encoded, sent as it is) with botocore's own signer, now.
+
+    Returns the headers to send with exactly `body`: the given ones (Content-Type defaults to
+    application/json) plus X-Amz-Date, Authorization and, with a session token, X-Amz-Security-Token.
+    For tests that talk SigV4 to the fake without an SDK.
+    """
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    request = AWSRequest(
+        method="POST", url=url, data=body, headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    SigV4Auth(Credentials(access_key, secret_key, session_token), BEDROCK_SIGNING_NAME, region).add_auth(
+        request
+    )
+    return dict(request.headers.items())
+
+
+# -- errors and auth -------------------------------------------------------------------------------
+
+
+def _bedrock_headers() -> dict[str, str]:
+    return {"x-amzn-RequestId": str(uuid.uuid4())}
+
+
+def _aws_error(
+    status: int,
+    error_type: str,
+    message: str,
+    *,
+    namespace: str = _CORAL_BEDROCK,
+    headers: Mapping[str, str] | None = None,
+    **fields: Any,
+) -> web.Response:
+    """AWS's rest-json error: the code in `x-amzn-ErrorType`, `{"message"}` in the body."""
+    return _json_response(
+        {"message": message, **fields},
+        status,
+        {**_bedrock_headers(), "x-amzn-ErrorType": f"{error_type}:{namespace}", **(headers or {})},
+    )
+
+
+def _auth_error(error_type: str, message: str) -> web.Response:
+    return _aws_error(403, error_type, message, namespace=_CORAL_SERVICE)
+
+
+def _bedrock_validation(message: str) -> web.Response:
+    return _aws_error(400, "ValidationException", message)
+
+
+def _bedrock_target(raw_path: str) -> tuple[str, str] | None:
+    """The decoded model id and the action of a raw `/bedrock/model/{id}/{action}` target.
+
+    None when the target is not of that form, a raw `/` inside the id included (AWS sees more path
+    segments than its routes have).
+    """
+    path = raw_path.split("?", 1)[0]
+    prefix = "/bedrock/model/"
+    if not path.startswith(prefix):
+        return None
+    encoded, _, action = path[len(prefix) :].rpartition("/")
+    if not encoded or "/" in encoded:
+        return None
+    return unquote(encoded), action
+
+
+def _bedrock_access(call: _Call) -> web.Response | None:
+    """Bearer (a Bedrock API key) as it is, or a SigV4 signature the fake recomputes."""
+    header = call.request.headers.get("Authorization", "").strip()
+    if not header:
+        return _auth_error("MissingAuthenticationTokenException", "Missing Authentication Token")
+    if _BEARER.fullmatch(header):
+        call.rec.auth_scheme = "bearer"
+        return None
+    scheme, _, params = header.partition(" ")
+    if scheme != "AWS4-HMAC-SHA256":
+        return _auth_error(
+            "IncompleteSignatureException",
+            f"Authorization header requires 'Credential' parameter. Authorization header requires "
+            f"'Signature' parameter. Authorization header requires 'SignedHeaders' parameter. "
+            f"Authorization={scheme}",
+        )
+    call.rec.auth_scheme = "sigv4"
+    return _check_sigv4(call, params)
+
+
+def _check_sigv4(call: _Call, params: str) -> web.Response | None:
+    fields: dict[str, str] = {}
+    for part in params.split(","):
+        name, sep, value = part.strip().partition("=")
+        if sep:
+            fields[name.strip()] = value.strip()
+    missing = [name for name in ("Credential", "Signature", "SignedHeaders") if name not in fields]
+    if missing:
+        return _auth_error(
+            "IncompleteSignatureException",
+            " ".join(f"Authorization header requires '{name}' parameter." for name in missing),
+        )
+    call.rec.aws_credential = fields["Credential"]
+    scope = fields["Credential"].split("/")
+    if len(scope) != 5 or scope[4] != "aws4_request":
+        return _auth_error(
+            "IncompleteSignatureException",
+            f"Credential should be scoped with a valid terminator: 'aws4_request', not '{scope[-1]}'.",
+        )
+    access_key, scope_date, region, service, _ = scope
+    if service != BEDROCK_SIGNING_NAME:
+        return _auth_error(
+            "InvalidSignatureException",
+            f"Credential should be scoped to correct service: '{BEDROCK_SIGNING_NAME}'. ",
+        )
+    known = (call.aws_credentials or {}).get(access_key)
+    headers = call.request.headers
+    if known is None or headers.get("X-Amz-Security-Token") != known[1]:
+        return _auth_error("UnrecognizedClientException", _INVALID_TOKEN)
+    secret_key, session_token = known
+    amz_date = headers.get("X-Amz-Date", "")
+    try:
+        stamp = datetime.datetime.strptime(amz_date, _SIGV4_TIMESTAMP).replace(tzinfo=datetime.UTC)
+    except ValueError:
+        return _auth_error(
+            "IncompleteSignatureException",
+            "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.",
+        )
+    if scope_date != amz_date[:8]:
+        return _auth_error(
+            "InvalidSignatureException",
+            "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: "
+            f"'{scope_date}' != '{amz_date[:8]}', from '{amz_date}'.",
+        )
+    skew = _clock_skew(stamp, call.aws_max_skew)
+    if skew is not None:
+        return _auth_error("InvalidSignatureException", skew)
+    signed = fields["SignedHeaders"].split(";")
+    if "host" not in signed:
+        return _auth_error(
+            "InvalidSignatureException",
+            "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.",
+        )
+    content_sha256 = headers.get("X-Amz-Content-SHA256")
+    if content_sha256 is not None and content_sha256 != hashlib.sha256(call.rec.body).hexdigest():
+        return _auth_error(
+            "InvalidSignatureException",
+            "The provided 'x-amz-content-sha256' header does not match what was computed.",
+        )
+    pairs = [(name, value) for name in signed for value in headers.getall(name, [])]
+    expected, canonical, string_to_sign = _sigv4_signature(
+        call.request.method,
+        call.request.raw_path,
+        pairs,
+        call.rec.body,
+        access_key=access_key,
+        secret_key=secret_key,
+        session_token=session_token,
+        region=region,
+        amz_date=amz_date,
+    )
+    if not hmac.compare_digest(expected, fields["Signature"]):
+        return _auth_error(
+            "InvalidSignatureException",
+            f"{BEDROCK_SIGNATURE_MISMATCH}\n\nThe Canonical String for this request should have been\n"
+            f"'{canonical}'\n\nThe String-to-Sign should have been\n'{string_to_sign}'\n",
+        )
+    return None
+
+
+def _clock_skew(stamp: datetime.datetime, max_skew: float | None) -> str | None:
+    """AWS's refusal of a request signed too long ago or too far ahead; None when it is in time."""
+    if max_skew is None:
+        return None
+    now = datetime.datetime.now(datetime.UTC)
+    allowed = datetime.timedelta(seconds=max_skew)
+    minutes = f"{max_skew / 60:g} min."
+    shown = stamp.strftime(_SIGV4_TIMESTAMP)
+    if stamp < now - allowed:
+        return (
+            f"Signature expired: {shown} is now earlier than {(now - allowed).strftime(_SIGV4_TIMESTAMP)} "
+            f"({now.strftime(_SIGV4_TIMESTAMP)} - {minutes})"
+        )
+    if stamp > now + allowed:
+        return (
+            f"Signature not yet current: {shown} is still later than {(now + allowed).strftime(_SIGV4_TIMESTAMP)} "
+            f"({now.strftime(_SIGV4_TIMESTAMP)} + {minutes})"
+        )
+    return None
+
+
+@functools.cache
+def _sigv4_checker() -> type:
+    """botocore's SigV4 signer, signing exactly the headers the request names in SignedHeaders.
+
+    botocore's own `headers_to_sign` leaves some out (User-Agent, Expect, ...), which is right for
+    signing but would make the fake refuse a client that signed one of them. Built on first use so
+    that importing the fake does not need botocore.
+    """
+    from botocore.auth import SigV4Auth
+    from botocore.compat import HTTPHeaders
+
+    class SignedHeadersOnly(SigV4Auth):  # type: ignore[misc]
+        def headers_to_sign(self, request: Any) -> Any:
+            chosen = HTTPHeaders()
+            for name, value in request.headers.items():
+                chosen[name.lower()] = value
+            return chosen
+
+    return SignedHeadersOnly
+
+
+def _sigv4_signature(
+    method: str,
+    raw_target: str,
+    signed_headers: list[tuple[str, str]],
+    body: bytes,
+    *,
+    access_key: str,
+    secret_key: str,
+    session_token: str | None,
+    region: str,
+    amz_date: str,
+) -> tuple[str, str, str]:
+    """The signature botocore computes for this request at `amz_date`, with the canonical request
+    and string to sign it came from. `raw_target` is the path and query exactly as received."""
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    # Plain http: botocore then always hashes the payload, as AWS checks it.
+    request = AWSRequest(method=method, url=f"http://fake-bedrock{raw_target}", data=body)
+    for name, value in signed_headers:
+        request.headers[name] = value
+    request.context["timestamp"] = amz_date
+    signer = _sigv4_checker()(
+        Credentials(access_key, secret_key, session_token), BEDROCK_SIGNING_NAME, region
+    )
+    canonical = signer.canonical_request(request)
+    string_to_sign = signer.string_to_sign(request, canonical)
+    return signer.signature(string_to_sign, request), canonical, string_to_sign
+
+
+# -- checking a Converse body ----------------------------------------------------------------------
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+def _violation(path: str, value: Any, constraint: str) -> _Refused:
+    """AWS's wording for a value that breaks the service model."""
+    return _Refused(
+        f"1 validation error detected: Value '{_shown(value)}' at '{path}' failed to satisfy constraint: "
+        f"{constraint}"
+    )
+
+
+def _ensure(ok: bool, path: str, value: Any, constraint: str) -> None:
+    if not ok:
+        raise _violation(path, value, constraint)
+
+
+def _known_keys(path: str, value: Json, allowed: frozenset[str] | tuple[str, ...]) -> None:
+    for key in value:
+        _require(key in allowed, f"Unknown member '{key}' at '{path or 'the request body'}'.")
+
+
+def _union(path: str, value: Any, members: tuple[str, ...]) -> str:
+    """The one member set in a union object (a content block, a tool, a tool choice, ...)."""
+    _ensure(isinstance(value, dict), path, value, "Member must be an object")
+    _require(
+        len(value) == 1,
+        f"Exactly one member must be set at '{path}' (one of: {', '.join(members)}); found {len(value)}.",
+    )
+    key = next(iter(value))
+    _require(key in members, f"Unknown member '{key}' at '{path}': expected one of {', '.join(members)}.")
+    return str(key)
+
+
+def _is_base64(value: Any) -> bool:
+    if not isinstance(value, str) or not value:
+        return False
+    try:
+        base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
+def _check_converse_body(body: Any, model: str) -> None:
+    """Raise `_Refused` for what Bedrock's Converse refuses with a 400 ValidationException."""
+    _require(isinstance(body, dict), "The request body is not a valid JSON object.")
+    _known_keys("", body, _BEDROCK_KEYS)
+    messages = body.get("messages")
+    _ensure(messages is not None, "messages", messages, "Member must not be null")
+    _ensure(isinstance(messages, list), "messages", messages, "Member must be a list")
+    _require(
+        bool(messages),
+        "A conversation must start with a user message. Try again with a conversation that starts with "
+        "a user message.",
+    )
+    for i, message in enumerate(messages):
+        _check_bedrock_message(i, message)
+    _require(
+        messages[0]["role"] == "user",
+        "A conversation must start with a user message. Try again with a conversation that starts with "
+        "a user message.",
+    )
+    for previous, current in itertools.pairwise(messages):
+        _require(
+            previous["role"] != current["role"],
+            "A conversation must alternate between user and assistant roles. Make sure the conversation "
+            "alternates between user and assistant roles and try again.",
+        )
+    _check_bedrock_system(body.get("system"))
+    inference = _check_inference_config(body.get("inferenceConfig"))
+    tool_names, choice = _check_bedrock_tool_config(body.get("toolConfig"))
+    _check_bedrock_output_config(body.get("outputConfig"))
+    thinking = _check_additional_fields(body.get("additionalModelRequestFields"), model, inference, choice)
+    _check_tool_turns(messages, has_tools=bool(tool_names))
+    if thinking:
+        _check_reasoning_turns(messages)
+
+
+def _check_bedrock_message(i: int, message: Any) -> None:
+    where = f"messages.{i}"
+    _ensure(isinstance(message, dict), where, message, "Member must be an object")
+    _known_keys(where, message, ("role", "content"))
+    role = message.get("role")
+    _ensure(
+        role in ("user", "assistant"),
+        f"{where}.member.role",
+        role,
+        "Member must satisfy enum value set: [user, assistant]",
+    )
+    content = message.get("content")
+    _ensure(content is not None, f"{where}.member.content", content, "Member must not be null")
+    _ensure(isinstance(content, list), f"{where}.member.content", content, "Member must be a list")
+    _require(
+        bool(content),
+        f"The content field in the Message object at {where} is empty. Add a ContentBlock object to the "
+        "content field and try again.",
+    )
+    for j, block in enumerate(content):
+        _check_bedrock_block(f"{where}.content.{j}", block, role)
+
+
+def _check_bedrock_block(where: str, block: Any, role: str) -> None:
+    kind = _union(where, block, _BEDROCK_BLOCKS)
+    needed = _BEDROCK_ROLE_OF_BLOCK.get(kind)
+    _require(
+        needed is None or role == needed,
+        f"The {kind} block at {where} is only allowed in a message whose role is {needed}.",
+    )
+    value = block[kind]
+    if kind == "text":
+        _ensure(isinstance(value, str), f"{where}.text", value, "Member must be a string")
+        _require(
+            bool(value.strip()),
+            f"The text field in the ContentBlock object at {where} is blank. Add text to the text field, "
+            "and try again.",
+        )
+    elif kind == "image":
+        _check_bedrock_image(f"{where}.image", value)
+    elif kind == "document":
+        _check_bedrock_document(f"{where}.document", value)
+    elif kind == "toolUse":
+        _check_tool_use(f"{where}.toolUse", value)
+    elif kind == "toolResult":
+        _check_tool_result(f"{where}.toolResult", value)
+    elif kind == "reasoningContent":
+        _check_reasoning_content(f"{where}.reasoningContent", value)
+    else:
+        _check_cache_point(f"{where}.cachePoint", value)
+
+
+def _check_bedrock_image(where: str, image: Any) -> None:
+    _ensure(isinstance(image, dict), where, image, "Member must be an object")
+    _known_keys(where, image, ("format", "source"))
+    fmt = image.get("format")
+    _ensure(
+        fmt in _BEDROCK_IMAGE_FORMATS,
+        f"{where}.format",
+        fmt,
+        "Member must satisfy enum value set: [png, jpeg, gif, webp]",
+    )
+    source = image.get("source")
+    _ensure(source is not None, f"{where}.source", source, "Member must not be null")
+    kind = _union(f"{where}.source", source, ("bytes", "s3Location"))
+    if kind == "bytes":
+        _require(
+            _is_base64(source["bytes"]),
+            f"Invalid base64 in '{where}.source.bytes': images travel as base64 bytes (or an S3 location), "
+            "never as URLs.",
+        )
+    else:
+        location = source["s3Location"]
+        _ensure(
+            isinstance(location, dict) and str(location.get("uri", "")).startswith("s3://"),
+            f"{where}.source.s3Location.uri",
+            location,
+            "Member must satisfy regular expression pattern: s3://.*",
+        )
+
+
+def _check_bedrock_document(where: str, document: Any) -> None:
+    _ensure(isinstance(document, dict), where, document, "Member must be an object")
+    _known_keys(where, document, ("format", "name", "source", "context", "citations"))
+    fmt = document.get("format")
+    _ensure(
+        fmt in _BEDROCK_DOCUMENT_FORMATS,
+        f"{where}.format",
+        fmt,
+        f"Member must satisfy enum value set: [{', '.join(_BEDROCK_DOCUMENT_FORMATS)}]",
+    )
+    name = document.get("name")
+    _ensure(
+        isinstance(name, str) and bool(name),
+        f"{where}.name",
+        name,
+        "Member must have length greater than or equal to 1",
+    )
+    source = _union(f"{where}.source", document.get("source"), ("bytes", "s3Location", "text", "content"))
+    if source == "bytes":
+        _require(_is_base64(document["source"]["bytes"]), f"Invalid base64 in '{where}.source.bytes'.")
+
+
+def _check_tool_use(where: str, tool_use: Any) -> None:
+    _ensure(isinstance(tool_use, dict), where, tool_use, "Member must be an object")
+    _known_keys(where, tool_use, ("toolUseId", "name", "input", "type"))
+    tool_use_id = tool_use.get("toolUseId")
+    _ensure(
+        isinstance(tool_use_id, str) and bool(_BEDROCK_TOOL_USE_ID.fullmatch(tool_use_id)),
+        f"{where}.toolUseId",
+        tool_use_id,
+        "Member must satisfy regular expression pattern: [a-zA-Z0-9_.:-]+ and have length between 1 and 64",
+    )
+    name = tool_use.get("name")
+    _ensure(
+        isinstance(name, str) and bool(_BEDROCK_TOOL_NAME.fullmatch(name)),
+        f"{where}.name",
+        name,
+        "Member must satisfy regular expression pattern: [a-zA-Z0-9_-]+ and have length between 1 and 64",
+    )
+    _ensure(
+        isinstance(tool_use.get("input"), dict),
+        f"{where}.input",
+        tool_use.get("input"),
+        "Member must be an object",
+    )
+
+
+def _check_tool_result(where: str, result: Any) -> None:
+    _ensure(isinstance(result, dict), where, result, "Member must be an object")
+    _known_keys(where, result, ("toolUseId", "content", "status", "type"))
+    tool_use_id = result.get("toolUseId")
+    _ensure(
+        isinstance(tool_use_id, str) and bool(_BEDROCK_TOOL_USE_ID.fullmatch(tool_use_id)),
+        f"{where}.toolUseId",
+        tool_use_id,
+        "Member must satisfy regular expression pattern: [a-zA-Z0-9_.:-]+ and have length between 1 and 64",
+    )
+    content = result.get("content")
+    _ensure(isinstance(content, list), f"{where}.content", content, "Member must be a list")
+    for k, item in enumerate(content):
+        path = f"{where}.content.{k}"
+        kind = _union(path, item, ("text", "json", "image"))
+        if kind == "text":
+            _ensure(isinstance(item["text"], str), f"{path}.text", item["text"], "Member must be a string")
+        elif kind == "json":
+            _ensure(item["json"] is not None, f"{path}.json", None, "Member must not be null")
+        else:
+            _check_bedrock_image(f"{path}.image", item["image"])
+    status = result.get("status")
+    _ensure(
+        status in (None, "success", "error"),
+        f"{where}.status",
+        status,
+        "Member must satisfy enum value set: [success, error]",
+    )
+
+
+def _check_reasoning_content(where: str, reasoning: Any) -> None:
+    kind = _union(where, reasoning, ("reasoningText", "redactedContent"))
+    value = reasoning[kind]
+    if kind == "redactedContent":
+        _require(_is_base64(value), f"Invalid base64 in '{where}.redactedContent'.")
+        return
+    _ensure(isinstance(value, dict), f"{where}.reasoningText", value, "Member must be an object")
+    _known_keys(f"{where}.reasoningText", value, ("text", "signature"))
+    _ensure(
+        isinstance(value.get("text"), str),
+        f"{where}.reasoningText.text",
+        value.get("text"),
+        "Member must be a string",
+    )
+    signature = value.get("signature")
+    _ensure(
+        signature is None or isinstance(signature, str),
+        f"{where}.reasoningText.signature",
+        signature,
+        "Member must be a string",
+    )
+
+
+def _check_cache_point(where: str, cache_point: Any) -> None:
+    _ensure(isinstance(cache_point, dict), where, cache_point, "Member must be an object")
+    _known_keys(where, cache_point, ("type", "ttl"))
+    _ensure(
+        cache_point.get("type") == "default",
+        f"{where}.type",
+        cache_point.get("type"),
+        "Member must satisfy enum value set: [default]",
+    )
+    ttl = cache_point.get("ttl")
+    _ensure(ttl in (None, "5m", "1h"), f"{where}.ttl", ttl, "Member must satisfy enum value set: [5m, 1h]")
+
+
+def _check_bedrock_system(system: Any) -> None:
+    if system is None:
+        return
+    _ensure(isinstance(system, list), "system", system, "Member must be a list")
+    for i, block in enumerate(system):
+        where = f"system.{i}"
+        kind = _union(where, block, ("text", "cachePoint", "guardContent"))
+        if kind == "text":
+            text = block["text"]
+            _ensure(
+                isinstance(text, str) and bool(text.strip()),
+                f"{where}.text",
+                text,
+                "Member must have length greater than or equal to 1",
+            )
+        elif kind == "cachePoint":
+            _check_cache_point(f"{where}.cachePoint", block["cachePoint"])
+
+
+def _check_inference_config(config: Any) -> Json:
+    if config is None:
+        return {}
+    _ensure(isinstance(config, dict), "inferenceConfig", config, "Member must be an object")
+    _known_keys("inferenceConfig", config, ("maxTokens", "temperature", "topP", "stopSequences"))
+    max_tokens = config.get("maxTokens")
+    if max_tokens is not None:
+        _ensure(_is_int(max_tokens), "inferenceConfig.maxTokens", max_tokens, "Member must be an integer")
+        _ensure(
+            max_tokens >= 1,
+            "inferenceConfig.maxTokens",
+            max_tokens,
+            "Member must have value greater than or equal to 1",
+        )
+    for name in ("temperature", "topP"):
+        value = config.get(name)
+        if value is None:
+            continue
+        path = f"inferenceConfig.{name}"
+        _ensure(_is_number(value), path, value, "Member must be a number")
+        _ensure(value >= 0, path, value, "Member must have value greater than or equal to 0")
+        _ensure(value <= 1, path, value, "Member must have value less than or equal to 1")
+    stops = config.get("stopSequences")
+    if stops is not None:
+        _ensure(isinstance(stops, list), "inferenceConfig.stopSequences", stops, "Member must be a list")
+        _ensure(
+            len(stops) <= 2500,
+            "inferenceConfig.stopSequences",
+            stops,
+            "Member must have length less than or equal to 2500",
+        )
+        for i, stop in enumerate(stops):
+            _ensure(
+                isinstance(stop, str) and bool(stop),
+                f"inferenceConfig.stopSequences.{i}",
+                stop,
+                "Member must have length greater than or equal to 1",
+            )
+    return config
+
+
+def _check_bedrock_tool_config(config: Any) -> tuple[list[str], str | None]:
+    """The toolSpec names and the toolChoice kind (auto, any, tool; None when not given)."""
+    if config is None:
+        return [], None
+    _ensure(isinstance(config, dict), "toolConfig", config, "Member must be an object")
+    _known_keys("toolConfig", config, ("tools", "toolChoice"))
+    tools = config.get("tools")
+    _ensure(tools is not None, "toolConfig.tools", tools, "Member must not be null")
+    _ensure(
+        isinstance(tools, list) and bool(tools),
+        "toolConfig.tools",
+        tools,
+        "Member must have length greater than or equal to 1",
+    )
+    names: list[str] = []
+    for i, tool in enumerate(tools):
+        where = f"toolConfig.tools.{i}"
+        if _union(where, tool, ("toolSpec", "cachePoint")) == "cachePoint":
+            _check_cache_point(f"{where}.cachePoint", tool["cachePoint"])
+            continue
+        spec = tool["toolSpec"]
+        where = f"{where}.toolSpec"
+        _ensure(isinstance(spec, dict), where, spec, "Member must be an object")
+        _known_keys(where, spec, ("name", "description", "inputSchema", "strict"))
+        name = spec.get("name")
+        _ensure(
+            isinstance(name, str) and bool(_BEDROCK_TOOL_NAME.fullmatch(name)),
+            f"{where}.name",
+            name,
+            "Member must satisfy regular expression pattern: [a-zA-Z0-9_-]+ and have length between 1 and 64",
+        )
+        description = spec.get("description")
+        _ensure(
+            description is None or (isinstance(description, str) and bool(description)),
+            f"{where}.description",
+            description,
+            "Member must have length greater than or equal to 1",
+        )
+        schema = spec.get("inputSchema")
+        _ensure(schema is not None, f"{where}.inputSchema", schema, "Member must not be null")
+        _union(f"{where}.inputSchema", schema, ("json",))
+        _ensure(
+            isinstance(schema["json"], dict),
+            f"{where}.inputSchema.json",
+            schema["json"],
+            "Member must be an object",
+        )
+        _require(
+            schema["json"].get("type") == "object",
+            f"{_MODEL_ERRORS}tools.{i}.custom.input_schema.type: Input should be 'object'",
+        )
+        _require(name not in names, f"{_MODEL_ERRORS}tools: Tool names must be unique.")
+        names.append(name)
+    _require(bool(names), "toolConfig.tools must hold at least one toolSpec.")
+    choice = config.get("toolChoice")
+    if choice is None:
+        return names, None
+    kind = _union("toolConfig.toolChoice", choice, ("auto", "any", "tool"))
+    if kind == "tool":
+        chosen = choice["tool"]
+        _ensure(isinstance(chosen, dict), "toolConfig.toolChoice.tool", chosen, "Member must be an object")
+        _known_keys("toolConfig.toolChoice.tool", chosen, ("name",))
+        _require(
+            chosen.get("name") in names,
+            f"The toolConfig.toolChoice.tool.name '{chosen.get('name')}' names no toolSpec in toolConfig.tools.",
+        )
+    else:
+        _ensure(
+            choice[kind] == {},
+            f"toolConfig.toolChoice.{kind}",
+            choice[kind],
+            "Member must be an empty object",
+        )
+    return names, kind
+
+
+def _check_bedrock_output_config(config: Any) -> None:
+    if config is None:
+        return
+    _ensure(isinstance(config, dict), "outputConfig", config, "Member must be an object")
+    _known_keys("outputConfig", config, ("textFormat", "effort"))
+    text_format = config.get("textFormat")
+    if text_format is None:
+        return
+    where = "outputConfig.textFormat"
+    _ensure(isinstance(text_format, dict), where, text_format, "Member must be an object")
+    _known_keys(where, text_format, ("type", "structure"))
+    _ensure(
+        text_format.get("type") == "json_schema",
+        f"{where}.type",
+        text_format.get("type"),
+        "Member must satisfy enum value set: [json_schema]",
+    )
+    structure = text_format.get("structure")
+    _ensure(structure is not None, f"{where}.structure", structure, "Member must not be null")
+    _union(f"{where}.structure", structure, ("jsonSchema",))
+    definition = structure["jsonSchema"]
+    where = f"{where}.structure.jsonSchema"
+    _ensure(isinstance(definition, dict), where, definition, "Member must be an object")
+    _known_keys(where, definition, ("schema", "name", "description"))
+    schema = definition.get("schema")
+    # The trap of wire-formats §5.2: the schema is a string holding JSON, never an object.
+    _ensure(
+        isinstance(schema, str), f"{where}.schema", schema, "Member must be a string containing a JSON schema"
+    )
+    parsed = _parse_json(schema.encode())
+    _require(isinstance(parsed, dict), f"The JSON schema at '{where}.schema' is not a valid JSON object.")
+
+
+def _check_additional_fields(fields: Any, model: str, inference: Json, choice: str | None) -> bool:
+    """Check `additionalModelRequestFields`; True when extended thinking is on (Claude models)."""
+    if fields is None:
+        return False
+    _ensure(isinstance(fields, dict), "additionalModelRequestFields", fields, "Member must be an object")
+    if "thinking" not in fields:
+        return False
+    _require(
+        "anthropic.claude" in model,
+        f"{_MODEL_ERRORS}Malformed input request: extraneous key [thinking] is not permitted, please "
+        "reformat your input and try again.",
+    )
+    thinking = fields["thinking"]
+    _require(isinstance(thinking, dict), f"{_MODEL_ERRORS}thinking: Input should be a valid dictionary")
+    kind = thinking.get("type")
+    _require(
+        kind in ("enabled", "disabled"),
+        f"{_MODEL_ERRORS}thinking: Input tag '{kind}' found using 'type' does not match any of the "
+        "expected tags: 'enabled', 'disabled'",
+    )
+    if kind == "disabled":
+        return False
+    budget = thinking.get("budget_tokens")
+    _require(
+        _is_int(budget), f"{_MODEL_ERRORS}thinking.enabled.budget_tokens: Input should be a valid integer"
+    )
+    _require(
+        budget >= 1024,
+        f"{_MODEL_ERRORS}thinking.enabled.budget_tokens: Input should be greater than or equal to 1024",
+    )
+    max_tokens = inference.get("maxTokens")
+    _require(
+        max_tokens is not None and budget < max_tokens,
+        f"{_MODEL_ERRORS}`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our "
+        f"documentation at {_ANTHROPIC_DOCS}#max-tokens-and-context-window-size",
+    )
+    _require(
+        inference.get("temperature") in (None, 1),
+        f"{_MODEL_ERRORS}`temperature` may only be set to 1 when thinking is enabled. Please consult our "
+        f"documentation at {_ANTHROPIC_DOCS}#feature-compatibility",
+    )
+    _require(
+        fields.get("top_k") is None,
+        f"{_MODEL_ERRORS}`top_k` must be unset when thinking is enabled. Please consult our documentation "
+        f"at {_ANTHROPIC_DOCS}#feature-compatibility",
+    )
+    _require(
+        choice not in ("any", "tool"),
+        f"{_MODEL_ERRORS}Thinking may not be enabled when tool_choice forces tool use.",
+    )
+    return True
+
+
+def _blocks_of(message: Json, kind: str) -> list[tuple[int, Json]]:
+    return [(j, block[kind]) for j, block in enumerate(message["content"]) if kind in block]
+
+
+def _check_tool_turns(messages: list[Json], *, has_tools: bool) -> None:
+    """Tool blocks need toolConfig; each toolUse is answered by the next user message, and only it."""
+    if any(_blocks_of(m, "toolUse") or _blocks_of(m, "toolResult") for m in messages):
+        _require(
+            has_tools,
+            "The toolConfig field must be defined when using toolUse and toolResult content blocks.",
+        )
+    # Tool results first, then unanswered calls: a result naming an unknown id is the clearer error.
+    for i, message in enumerate(messages):
+        results = _blocks_of(message, "toolResult")
+        if message["role"] != "user" or not results:
+            continue
+        _require(
+            not any(next(iter(block)) in _BEDROCK_CONVERSATION_BLOCKS for block in message["content"]),
+            "Conversation blocks and tool result blocks cannot be provided in the same turn.",
+        )
+        asked = {use["toolUseId"] for _, use in _blocks_of(messages[i - 1], "toolUse")} if i else set()
+        _require(
+            len(results) <= len(asked),
+            f"The number of toolResult blocks at messages.{i}.content exceeds the number of toolUse "
+            "blocks of previous turn.",
+        )
+        for j, result in results:
+            _require(
+                result["toolUseId"] in asked,
+                f"The toolResult block at messages.{i}.content.{j} answers the toolUseId "
+                f"'{result['toolUseId']}', which no toolUse block of the previous turn has.",
+            )
+    for i, message in enumerate(messages):
+        uses = [use["toolUseId"] for _, use in _blocks_of(message, "toolUse")]
+        _require(len(set(uses)) == len(uses), f"The toolUse ids at messages.{i}.content must be unique.")
+        following = messages[i + 1] if i + 1 < len(messages) else None
+        answered = {r["toolUseId"] for _, r in _blocks_of(following, "toolResult")} if following else set()
+        missing = [tool_use_id for tool_use_id in uses if tool_use_id not in answered]
+        _require(
+            not missing,
+            f"Expected toolResult blocks at messages.{i + 1}.content for the following Ids: {', '.join(missing)}",
+        )
+
+
+def _check_reasoning_turns(messages: list[Json]) -> None:
+    """With thinking on: signed reasoning only, and a last assistant message that used tools starts
+    with it (Anthropic's rule, relayed by Bedrock)."""
+    for i, message in enumerate(messages):
+        for j, reasoning in _blocks_of(message, "reasoningContent"):
+            text = reasoning.get("reasoningText")
+            if text is None:
+                continue
+            _require(
+                text.get("signature") == bedrock_signature(text["text"]),
+                f"{_MODEL_ERRORS}messages.{i}.content.{j}: Invalid `signature` in `thinking` block",
+            )
+    last = next((i for i in reversed(range(len(messages))) if messages[i]["role"] == "assistant"), None)
+    if last is None or not _blocks_of(messages[last], "toolUse"):
+        return
+    first = messages[last]["content"][0]
+    found = next(iter(first))
+    _require(
+        found == "reasoningContent" and "reasoningText" in first["reasoningContent"],
+        f"{_MODEL_ERRORS}messages.{last}.content.0.type: Expected `thinking` or `redacted_thinking`, but "
+        f"found `{found}`. When `thinking` is enabled, a final `assistant` message must start with a "
+        "thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks). We recommend "
+        "you include thinking blocks from previous turns. To avoid this requirement, disable `thinking`. "
+        f"Please consult our documentation at {_ANTHROPIC_DOCS}",
+    )
+
+
+# -- the answer ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _BedrockReply:
+    content: list[Json]
+    stop_reason: str
+    usage: Json
+
+
+def _bedrock_text_of(blocks: list[Json]) -> str:
+    """Text blocks joined by a space, an image counted as `<image>`, a document as `<document>`."""
+    parts = []
+    for block in blocks:
+        if "text" in block:
+            parts.append(str(block["text"]))
+        elif "image" in block:
+            parts.append("<image>")
+        elif "document" in block:
+            parts.append("<document>")
+    return " ".join(parts)
+
+
+def _tool_result_text(result: Json) -> str:
+    """A toolResult's text items, a json item as compact JSON and an image as `<image>`, by a space."""
+    parts = []
+    for item in result.get("content", []):
+        if "text" in item:
+            parts.append(str(item["text"]))
+        elif "json" in item:
+            parts.append(orjson.dumps(item["json"]).decode())
+        else:
+            parts.append("<image>")
+    return " ".join(parts)
+
+
+def _bedrock_block_words(block: Json) -> int:
+    if "text" in block:
+        return _words(str(block["text"]))
+    if "image" in block or "document" in block:
+        return 1
+    if "toolUse" in block:
+        return _words(json.dumps(block["toolUse"].get("input")))
+    if "toolResult" in block:
+        return _words(_tool_result_text(block["toolResult"]))
+    if "reasoningContent" in block:
+        return _words(str(block["reasoningContent"].get("reasoningText", {}).get("text", "")))
+    return 0
+
+
+def _bedrock_stop(text: str, inference: Json) -> tuple[str, str]:
+    """Apply stopSequences, then maxTokens: the text kept and the stopReason."""
+    reason = "end_turn"
+    hits = [text.find(s) for s in inference.get("stopSequences") or [] if s in text]
+    if hits:
+        text, reason = text[: min(hits)], "stop_sequence"
+    limit = inference.get("maxTokens")
+    if limit is not None and _words(text) > limit:
+        text, reason = " ".join(text.split()[:limit]), "max_tokens"
+    return text, reason
+
+
+def _bedrock_thinking_on(body: Json) -> bool:
+    thinking = (body.get("additionalModelRequestFields") or {}).get("thinking")
+    return isinstance(thinking, dict) and thinking.get("type") == "enabled"
+
+
+def _bedrock_generate(call: _Call, model: str) -> _BedrockReply:
+    body = call.body
+    messages: list[Json] = body["messages"]
+    last_user = next(m for m in reversed(messages) if m["role"] == "user")
+    results = [block["toolResult"] for block in last_user["content"] if "toolResult" in block]
+    if results:
+        reply = "[bedrock] tool said: " + _tool_result_text(results[0])
+    else:
+        reply = "[bedrock] " + _bedrock_text_of(last_user["content"])
+    system = " ".join(str(block["text"]) for block in body.get("system") or [] if "text" in block)
+    if _SHOUT.search(system):
+        reply = reply.upper()
+
+    content: list[Json] = []
+    if _bedrock_thinking_on(body):
+        content.append(bedrock_reasoning_block(BEDROCK_THINKING_PREFIX + reply))
+    tool_config = body.get("toolConfig")
+    if tool_config is not None and not results:
+        choice = tool_config.get("toolChoice") or {}
+        first = next(tool["toolSpec"]["name"] for tool in tool_config["tools"] if "toolSpec" in tool)
+        name = choice["tool"]["name"] if "tool" in choice else first
+        tool_use = {"toolUseId": call.flavor.tool_call_id(), "name": name, "input": dict(BEDROCK_TOOL_INPUT)}
+        content.append({"toolUse": tool_use})
+        stop_reason = "tool_use"
+    else:
+        text = (
+            orjson.dumps({"answer": reply}).decode()
+            if body.get("outputConfig", {}).get("textFormat")
+            else reply
+        )
+        text, stop_reason = _bedrock_stop(text, body.get("inferenceConfig") or {})
+        if text:
+            content.append({"text": text})
+
+    input_tokens = _words(system) + sum(_bedrock_block_words(b) for m in messages for b in m["content"])
+    output_tokens = sum(map(_bedrock_block_words, content))
+    usage: Json = {"inputTokens": input_tokens, "outputTokens": output_tokens}
+    cached = "cache" in model
+    if cached:
+        usage["cacheReadInputTokens"] = BEDROCK_CACHE_READ_TOKENS
+        usage["cacheWriteInputTokens"] = BEDROCK_CACHE_WRITE_TOKENS
+    usage["totalTokens"] = (
+        input_tokens
+        + output_tokens
+        + (BEDROCK_CACHE_READ_TOKENS + BEDROCK_CACHE_WRITE_TOKENS if cached else 0)
+    )
+    return _BedrockReply(content=content, stop_reason=stop_reason, usage=usage)
+
+
+def _converse_body(reply: _BedrockReply) -> Json:
+    return {
+        "output": {"message": {"role": "assistant", "content": reply.content}},
+        "stopReason": reply.stop_reason,
+        "usage": dict(reply.usage),
+        "metrics": {"latencyMs": BEDROCK_LATENCY_MS},
+    }
+
+
+async def _bedrock(call: _Call) -> web.StreamResponse:
+    """POST /bedrock/model/{id}/{action}: the action, auth, then its handler."""
+    target = _bedrock_target(call.request.raw_path)
+    handle = _BEDROCK_ACTIONS.get(target[1]) if target is not None else None
+    if target is None or handle is None:
+        return _aws_error(404, "UnknownOperationException", "Unknown operation.", namespace=_CORAL_SERVICE)
+    refusal = _bedrock_access(call)
+    if refusal is not None:
+        return refusal
+    return await handle(call, target[0])
+
+
+async def _bedrock_fault(call: _Call) -> web.StreamResponse | None:
+    """The script, then the faults that happen before any byte, in AWS's shapes."""
+    scripted = _scripted(call)
+    if scripted is not None:
+        return await scripted
+    if call.has_fault("hang"):
+        await asyncio.sleep(HANG_SECONDS)
+    if call.has_fault("fail-401"):
+        return _auth_error("UnrecognizedClientException", _INVALID_TOKEN)
+    faults: tuple[tuple[str, int, str, str, Json], ...] = (
+        ("fail-400", 400, "ValidationException", "Invalid request (fail-400 fault).", {}),
+        (
+            "fail-403",
+            403,
+            "AccessDeniedException",
+            "You don't have access to the model with the specified model ID.",
+            {},
+        ),
+        ("fail-404", 404, "ResourceNotFoundException", "The provided model identifier is invalid.", {}),
+        (
+            "fail-408",
+            408,
+            "ModelTimeoutException",
+            "Model has timed out in processing the request. Try your request again.",
+            {},
+        ),
+        (
+            "fail-424",
+            424,
+            "ModelErrorException",
+            "The system encountered an unexpected error during processing. Try your request again.",
+            {"originalStatusCode": 500, "resourceName": "fake-bedrock"},
+        ),
+        (
+            "not-ready",
+            429,
+            "ModelNotReadyException",
+            "Model is not ready for inference. Wait and try your request again.",
+            {},
+        ),
+        (
+            "fail-500",
+            500,
+            "InternalServerException",
+            "The server encountered an internal error while processing the request.",
+            {},
+        ),
+        ("fail-503", 503, "ServiceUnavailableException", "Bedrock is unable to process your request.", {}),
+    )
+    for word, status, error_type, message, extra in faults:
+        if call.has_fault(word):
+            return _aws_error(status, error_type, message, **extra)
+    if call.has_fault("fail-429"):
+        return _aws_error(
+            429,
+            "ThrottlingException",
+            "Too many requests, please wait before trying again.",
+            headers={"retry-after": "7"},
+        )
+    if call.has_fault("slow-first-byte"):
+        await asyncio.sleep(call.delay)
+    return None
+
+
+async def _bedrock_late_fault(call: _Call) -> web.StreamResponse | None:
+    """Not streamed: a generation error is a 500, a throttled stream a 429, a slow one a late answer."""
+    if call.has_fault("error-mid-stream"):
+        return _aws_error(500, "InternalServerException", "The model encountered an error while generating.")
+    if call.has_fault("stream-throttled"):
+        return _aws_error(429, "ThrottlingException", "Too many requests, please wait before trying again.")
+    if call.has_fault("slow-stream"):
+        await asyncio.sleep(call.delay)
+    return None
+
+
+async def _bedrock_converse(call: _Call, model: str, *, streamed: bool) -> web.StreamResponse:
+    try:
+        _check_converse_body(call.rec.json, model)
+    except _Refused as refused:
+        return _bedrock_validation(refused.message)
+    faulted = await _bedrock_fault(call)
+    if faulted is not None:
+        return faulted
+    reply = _bedrock_generate(call, model)
+    if streamed:
+        return await _bedrock_stream(call, reply)
+    late = await _bedrock_late_fault(call)
+    if late is not None:
+        return late
+    return await _answer(call, _converse_body(reply), _bedrock_headers())
+
+
+async def _bedrock_converse_once(call: _Call, model: str) -> web.StreamResponse:
+    return await _bedrock_converse(call, model, streamed=False)
+
+
+async def _bedrock_converse_stream(call: _Call, model: str) -> web.StreamResponse:
+    return await _bedrock_converse(call, model, streamed=True)
+
+
+# -- streaming -------------------------------------------------------------------------------------
+
+_FrameKind = Literal["start", "text", "delta", "block", "stop", "metadata"]
+
+
+def _padded(payload: Json, n: int) -> Json:
+    """Bedrock pads event payloads with a `p` key of varying length; decoders must ignore it."""
+    return {**payload, "p": _PADDING[: 1 + (n * 7) % len(_PADDING)]}
+
+
+def _bedrock_frames(reply: _BedrockReply) -> list[tuple[_FrameKind, bytes]]:
+    """Every frame of the ConverseStream answer, in order (wire-formats §5.4)."""
+    frames: list[tuple[_FrameKind, bytes]] = [("start", encode_event("messageStart", {"role": "assistant"}))]
+
+    def delta(index: int, payload: Json) -> bytes:
+        return encode_event(
+            "contentBlockDelta", _padded({"contentBlockIndex": index, "delta": payload}, len(frames))
+        )
+
+    for index, block in enumerate(reply.content):
+        if "reasoningContent" in block:
+            reasoning = block["reasoningContent"]["reasoningText"]
+            for piece in _word_pieces(reasoning["text"]):
+                frames.append(("delta", delta(index, {"reasoningContent": {"text": piece}})))
+            frames.append(
+                ("delta", delta(index, {"reasoningContent": {"signature": reasoning["signature"]}}))
+            )
+        elif "text" in block:
+            # No contentBlockStart for text, as Bedrock often sends it.
+            for piece in _word_pieces(block["text"]):
+                frames.append(("text", delta(index, {"text": piece})))
+        else:
+            tool_use = block["toolUse"]
+            start = {"toolUse": {"toolUseId": tool_use["toolUseId"], "name": tool_use["name"]}}
+            frames.append(
+                ("block", encode_event("contentBlockStart", {"contentBlockIndex": index, "start": start}))
+            )
+            for piece in _argument_pieces(json.dumps(tool_use["input"])):
+                frames.append(("delta", delta(index, {"toolUse": {"input": piece}})))
+        frames.append(("block", encode_event("contentBlockStop", {"contentBlockIndex": index})))
+    frames.append(
+        ("stop", encode_event("messageStop", _padded({"stopReason": reply.stop_reason}, len(frames))))
+    )
+    metadata = {"usage": dict(reply.usage), "metrics": {"latencyMs": BEDROCK_LATENCY_MS}}
+    frames.append(("metadata", encode_event("metadata", metadata)))
+    return frames
+
+
+async def _bedrock_stream(call: _Call, reply: _BedrockReply) -> web.StreamResponse:
+    """Write the frames one by one, applying the streaming faults at their points."""
+    frames = _bedrock_frames(reply)
+    response = web.StreamResponse(
+        headers={"Content-Type": "application/vnd.amazon.eventstream", **_bedrock_headers()}
+    )
+    await _prepare(response, call.request)
+    if call.has_fault("split-frames"):
+        data = b"".join(frame for _, frame in frames)
+        for start in range(0, len(data), BEDROCK_SPLIT_BYTES):
+            await _send(response, data[start : start + BEDROCK_SPLIT_BYTES])
+            await asyncio.sleep(0.001)
+        return response
+    cut = call.has_fault("cut-mid-stream")
+    has_text = any(kind == "text" for kind, _ in frames)
+    deltas = 0
+    struck = False
+    for position, (kind, frame) in enumerate(frames):
+        if cut and (deltas >= 2 or kind == "stop"):
+            # Half a frame, then the connection drops: a reply too short for two deltas is still cut
+            # before its messageStop.
+            await _send(response, frame[: len(frame) // 2])
+            _cut(call)
+            return response
+        await _send(response, frame)
+        if kind == "start" and call.has_fault("stream-throttled"):
+            await _send(
+                response,
+                encode_exception(
+                    "throttlingException", "Too many requests, please wait before trying again."
+                ),
+            )
+            return response
+        if kind not in ("text", "delta"):
+            continue
+        deltas += 1
+        if deltas == 1 and call.has_fault("slow-stream"):
+            await asyncio.sleep(call.delay)
+        if struck or not (kind == "text" or not has_text):
+            continue
+        struck = True
+        if call.has_fault("error-mid-stream"):
+            await _send(
+                response,
+                encode_exception(
+                    "modelStreamErrorException",
+                    "The model encountered an error while streaming its answer.",
+                    originalStatusCode=500,
+                    originalMessage="Internal server error",
+                ),
+            )
+            return response
+        if call.has_fault("corrupt-crc"):
+            await _send(response, corrupt_message_crc(frames[position + 1][1]))
+            return response
+    return response
+
+
+# -- embeddings (InvokeModel) ----------------------------------------------------------------------
+
+
+def _malformed(problem: str) -> _Refused:
+    """The models' own wording for a body they refuse, relayed as a ValidationException."""
+    return _Refused(f"Malformed input request: {problem}, please reformat your input and try again.")
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "Boolean"
+    if isinstance(value, int | float):
+        return "Number"
+    return {str: "String", list: "JSONArray", dict: "JSONObject"}.get(type(value), "Null")
+
+
+def _check_native_keys(body: Any, allowed: frozenset[str]) -> Json:
+    if not isinstance(body, dict):
+        raise _malformed(f"#: expected type: JSONObject, found: {_json_type(body)}")
+    for key in body:
+        if key not in allowed:
+            raise _malformed(f"extraneous key [{key}] is not permitted")
+    return body
+
+
+def _titan_embedding(body: Any) -> tuple[Json, int]:
+    request = _check_native_keys(body, _TITAN_KEYS)
+    text = request.get("inputText")
+    if text is None:
+        raise _malformed("#: required key [inputText] not found")
+    if not isinstance(text, str):
+        # One text per call: an OpenAI input list must be fanned out.
+        raise _malformed(f"#/inputText: expected type: String, found: {_json_type(text)}")
+    if not text:
+        raise _malformed("#/inputText: expected minLength: 1, actual: 0")
+    dimensions = request.get("dimensions", 1024)
+    if dimensions not in _TITAN_DIMENSIONS or isinstance(dimensions, bool):
+        raise _malformed(f"#/dimensions: {_shown(dimensions)} is not a valid enum value")
+    if not isinstance(request.get("normalize", True), bool):
+        raise _malformed(f"#/normalize: expected type: Boolean, found: {_json_type(request['normalize'])}")
+    types = request.get("embeddingTypes")
+    if types is not None and (
+        not isinstance(types, list) or not types or any(t not in ("float", "binary") for t in types)
+    ):
+        raise _malformed(f"#/embeddingTypes: {_shown(types)} is not a valid list of [float, binary]")
+    vector = embedding_vector(text)[: min(EMBEDDING_SIZE, dimensions)]
+    tokens = _words(text)
+    answer: Json = {"embedding": vector, "inputTextTokenCount": tokens}
+    if types:
+        answer["embeddingsByType"] = {
+            kind: vector if kind == "float" else [1 if v > 0 else 0 for v in vector] for kind in types
+        }
+    return answer, tokens
+
+
+def _cohere_typed(vectors: list[list[float]], kind: str) -> list[list[float]] | list[list[int]]:
+    if kind == "float":
+        return vectors
+    if kind in ("int8", "uint8"):
+        offset = 128 if kind == "uint8" else 0
+        return [[round(v * 127) + offset for v in vector] for vector in vectors]
+    # binary, ubinary: the signs packed 8 to a byte.
+    packed = [sum(1 << (7 - i) for i, v in enumerate(vector[:8]) if v > 0) for vector in vectors]
+    return [[byte - 128 if kind == "binary" else byte] for byte in packed]
+
+
+def _cohere_embedding(body: Any) -> tuple[Json, int]:
+    request = _check_native_keys(body, _COHERE_KEYS)
+    texts = request.get("texts")
+    if texts is None:
+        raise _malformed("#: required key [texts] not found")
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise _malformed("#/texts: expected type: JSONArray of String")
+    if not texts:
+        raise _malformed("#/texts: expected minimum item count: 1, found: 0")
+    if len(texts) > BEDROCK_COHERE_MAX_TEXTS:
+        raise _malformed(
+            f"#/texts: expected maximum item count: {BEDROCK_COHERE_MAX_TEXTS}, found: {len(texts)}"
+        )
+    input_type = request.get("input_type")
+    if input_type is None:
+        raise _malformed("#: required key [input_type] not found")
+    if input_type not in BEDROCK_COHERE_INPUT_TYPES:
+        raise _malformed(f"#/input_type: {_shown(input_type)} is not a valid enum value")
+    if request.get("truncate", "NONE") not in ("NONE", "START", "END"):
+        raise _malformed(f"#/truncate: {_shown(request['truncate'])} is not a valid enum value")
+    types = request.get("embedding_types")
+    if types is not None and (
+        not isinstance(types, list) or not types or any(t not in _COHERE_TYPES for t in types)
+    ):
+        raise _malformed(
+            f"#/embedding_types: {_shown(types)} is not a valid list of [{', '.join(_COHERE_TYPES)}]"
+        )
+    vectors = [embedding_vector(text) for text in texts]
+    answer: Json = {"id": str(uuid.uuid4()), "texts": list(texts)}
+    if types:
+        answer["embeddings"] = {kind: _cohere_typed(vectors, kind) for kind in types}
+        answer["response_type"] = "embeddings_by_type"
+    else:
+        answer["embeddings"] = vectors
+        answer["response_type"] = "embeddings_floats"
+    return answer, sum(_words(text) for text in texts)
+
+
+async def _bedrock_invoke(call: _Call, model: str) -> web.StreamResponse:
+    """POST /bedrock/model/{id}/invoke: the embedding models' native bodies (wire-formats §5.7)."""
+    if "amazon.titan-embed-text-v2" in model:
+        embed = _titan_embedding
+    elif any(name in model for name in BEDROCK_COHERE_EMBED_MODELS):
+        embed = _cohere_embedding
+    else:
+        return _bedrock_validation(
+            f"The fake serves InvokeModel for {BEDROCK_TITAN_EMBED_MODEL} and "
+            f"{', '.join(BEDROCK_COHERE_EMBED_MODELS)} only, not for '{model}'."
+        )
+    try:
+        answer, tokens = embed(call.rec.json)
+    except _Refused as refused:
+        return _bedrock_validation(refused.message)
+    faulted = await _bedrock_fault(call) or await _bedrock_late_fault(call)
+    if faulted is not None:
+        return faulted
+    headers = {
+        **_bedrock_headers(),
+        "X-Amzn-Bedrock-Input-Token-Count": str(tokens),
+        "X-Amzn-Bedrock-Invocation-Latency": str(BEDROCK_LATENCY_MS),
+    }
+    return await _answer(call, answer, headers)
+
+
+_BEDROCK_ACTIONS: Final[Mapping[str, Callable[[_Call, str], Awaitable[web.StreamResponse]]]] = {
+    "converse": _bedrock_converse_once,
+    "converse-stream": _bedrock_converse_stream,
+    "invoke": _bedrock_invoke,
+}
+
+
 __all__ = [
     "ANTHROPIC_CACHE_CREATION_TOKENS",
     "ANTHROPIC_CACHE_READ_TOKENS",
@@ -3704,6 +5277,23 @@ __all__ = [
     "ANTHROPIC_TOOL_INPUT",
     "ANTHROPIC_TOOL_PREAMBLE",
     "AZURE_MODEL",
+    "BEDROCK_ACCESS_KEY",
+    "BEDROCK_CACHE_READ_TOKENS",
+    "BEDROCK_CACHE_WRITE_TOKENS",
+    "BEDROCK_COHERE_EMBED_MODELS",
+    "BEDROCK_COHERE_INPUT_TYPES",
+    "BEDROCK_COHERE_MAX_TEXTS",
+    "BEDROCK_FAULT_WORDS",
+    "BEDROCK_LATENCY_MS",
+    "BEDROCK_MAX_CLOCK_SKEW",
+    "BEDROCK_SECRET_KEY",
+    "BEDROCK_SIGNATURE_MISMATCH",
+    "BEDROCK_SIGNING_NAME",
+    "BEDROCK_SPLIT_BYTES",
+    "BEDROCK_THINKING_PREFIX",
+    "BEDROCK_TITAN_EMBED_MODEL",
+    "BEDROCK_TOOL_INPUT",
+    "BEDROCK_VALIDATION_ERROR_TYPE",
     "EMBEDDING_SIZE",
     "FAULT_WORDS",
     "FLAVORS",
@@ -3727,6 +5317,9 @@ __all__ = [
     "Scripted",
     "anthropic_signature",
     "anthropic_thinking_block",
+    "bedrock_reasoning_block",
+    "bedrock_signature",
+    "bedrock_sigv4_headers",
     "embedding_vector",
     "service_account_private_key",
     "vertex_function_call_part",
