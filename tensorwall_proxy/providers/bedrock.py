@@ -403,13 +403,16 @@ class EventStreamFramer:
     """
 
     def __init__(self) -> None:
-        from botocore.eventstream import EventStreamBuffer
+        from botocore.eventstream import EventStreamBuffer, ParserError
 
         self._buffer = EventStreamBuffer()
+        self._parser_error: type[Exception] = ParserError
+        # A broken frame after good ones: the good ones are delivered first, the failure next.
+        self._broken: UpstreamError | None = None
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
-        from botocore.exceptions import ParserError
-
+        if self._broken is not None:
+            raise self._broken
         self._buffer.add_data(chunk)
         events = []
         try:
@@ -424,11 +427,15 @@ class EventStreamFramer:
                 else:
                     payload = orjson.dumps({"message": headers.get(":error-message") or "error"})
                     events.append(SseEvent("exception:" + str(headers.get(":error-code") or "error"), payload))
-        except ParserError as exc:
-            raise UpstreamError("server", 502, f"Bedrock sent a broken event stream ({type(exc).__name__}).") from None
+        except self._parser_error as exc:
+            self._broken = UpstreamError("server", 502, f"Bedrock sent a broken event stream ({type(exc).__name__}).")
+            if not events:
+                raise self._broken from None
         return events
 
     def flush(self) -> list[SseEvent]:
+        if self._broken is not None:
+            raise self._broken
         return []
 
 

@@ -1,0 +1,213 @@
+"""AWS Bedrock behind the proxy, as an OpenAI SDK user sees it, against the fake's Bedrock Runtime."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import openai
+import pytest
+
+from tests.conftest import PROVIDER_KEY, Proxy, config_text, post_json
+from tests.fakes import BEDROCK_ACCESS_KEY, BEDROCK_SECRET_KEY, FakeUpstream, embedding_vector
+
+CLAUDE = "anthropic.claude-3-5-sonnet-20240620-v1:0"
+MODEL = f"bedrock/{CLAUDE}"
+TOOLS: list[Any] = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Weather for a city",
+    "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}]
+PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+
+
+def _with(fake: FakeUpstream, providers: str) -> str:
+    return config_text(fake).replace("providers:\n", "providers:\n" + providers)
+
+
+@pytest.fixture
+def bedrock(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> Proxy:
+    return make_proxy(text=_with(fake, f'  bedrock: {{region: us-east-1, base_url: "{fake.base_url}/bedrock"}}\n'))
+
+
+@pytest.fixture
+def signed(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> Proxy:
+    return make_proxy(text=_with(fake, f"""  bedrock-signed:
+    type: bedrock
+    region: us-east-1
+    base_url: "{fake.base_url}/bedrock"
+    aws_access_key_id: {BEDROCK_ACCESS_KEY}
+    aws_secret_access_key: {BEDROCK_SECRET_KEY}
+"""))
+
+
+def test_api_key_path(bedrock: Proxy, fake: FakeUpstream) -> None:
+    response = bedrock.client().chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there"}])
+    completion = response.parse()
+    assert completion.choices[0].message.content == "[bedrock] hello there"
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None and completion.usage.prompt_tokens > 0
+    assert response.headers["x-tensorwall-provider"] == "bedrock"
+    record = fake.last("bedrock")
+    assert record.raw_path == "/bedrock/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse"
+    assert record.auth_scheme == "bearer" and record.header("Authorization") == f"Bearer {PROVIDER_KEY}"
+
+
+def test_signed_requests_pass_the_fakes_sigv4_check(signed: Proxy, fake: FakeUpstream) -> None:
+    client = signed.client(api_key="sk-openai-sdk-placeholder")
+    completion = client.chat.completions.create(model=f"bedrock-signed/{CLAUDE}",
+                                                messages=[{"role": "user", "content": "signed hello"}])
+    assert completion.choices[0].message.content == "[bedrock] signed hello"
+    chunks = list(client.chat.completions.create(model=f"bedrock-signed/{CLAUDE}", stream=True,
+                                                 messages=[{"role": "user", "content": "signed stream"}]))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "[bedrock] signed stream"
+    records = fake.for_flavor("bedrock")
+    assert [r.auth_scheme for r in records] == ["sigv4", "sigv4"]
+    assert all(BEDROCK_ACCESS_KEY in (r.aws_credential or "") for r in records)
+    assert "sk-openai-sdk-placeholder" not in json.dumps([dict(r.headers) for r in records])
+
+
+@pytest.mark.parametrize("model_id", [
+    "us.anthropic.claude-3-5-sonnet-20241022-v2:0",
+    "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-3-5-sonnet-20241022-v2:0",
+])
+def test_profiles_and_arns_are_signed_on_their_encoded_path(signed: Proxy, fake: FakeUpstream, model_id: str) -> None:
+    completion = signed.client().chat.completions.create(model=f"bedrock-signed/{model_id}",
+                                                         messages=[{"role": "user", "content": "hi"}])
+    assert completion.choices[0].message.content == "[bedrock] hi"
+    assert fake.last("bedrock").path_model == model_id
+
+
+def test_forward_without_a_key_signs_with_the_aws_chain(make_proxy: Callable[..., Proxy], fake: FakeUpstream,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"AWS_ACCESS_KEY_ID": BEDROCK_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": BEDROCK_SECRET_KEY,
+                        "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/nonexistent",
+                        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    proxy = make_proxy(text=_with(fake, f'  bedrock: {{region: us-east-1, base_url: "{fake.base_url}/bedrock"}}\n'))
+    response = post_json(proxy, "/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
+                         key=None)
+    assert response.status == 200, response.body
+    assert fake.last("bedrock").auth_scheme == "sigv4"
+
+
+def test_stream_with_usage(bedrock: Proxy) -> None:
+    chunks = list(bedrock.client().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "stream these words"}], stream=True,
+        stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "[bedrock] stream these words"
+    usage = [c for c in chunks if not c.choices]
+    assert len(usage) == 1 and usage[0] is chunks[-1] and usage[0].usage is not None
+
+
+def test_frames_split_across_reads(bedrock: Proxy) -> None:
+    chunks = list(bedrock.client().chat.completions.create(
+        model="bedrock/anthropic.claude-split-frames-v1:0", messages=[{"role": "user", "content": "tiny pieces"}],
+        stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "[bedrock] tiny pieces"
+
+
+def test_a_corrupt_crc_is_a_clean_in_band_error(bedrock: Proxy) -> None:
+    response = post_json(bedrock, "/v1/chat/completions", {
+        "model": "bedrock/anthropic.claude-corrupt-crc-v1:0", "messages": [{"role": "user", "content": "a b c"}],
+        "stream": True})
+    assert response.status == 200
+    last = response.text.rstrip().split("\n\n")[-1]
+    assert last.startswith('data: {"error"') and "broken event stream" in last
+    assert "[DONE]" not in response.text
+
+
+def test_an_exception_before_content_falls_back(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> None:
+    proxy = make_proxy(text=_with(fake, f'  bedrock: {{region: us-east-1, base_url: "{fake.base_url}/bedrock"}}\n') + f"""
+routes:
+  claude-ha:
+    strategy: priority
+    endpoints:
+      - {{provider: bedrock, model: "anthropic.claude-stream-throttled-v1:0", priority: 0}}
+      - {{provider: bedrock, model: "{CLAUDE}", priority: 1}}
+""")
+    chunks = list(proxy.client().chat.completions.create(
+        model="claude-ha", messages=[{"role": "user", "content": "hi"}], stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "[bedrock] hi"
+    assert len(fake.for_flavor("bedrock")) == 2
+
+
+def test_an_exception_after_content_is_in_band(bedrock: Proxy) -> None:
+    response = post_json(bedrock, "/v1/chat/completions", {
+        "model": "bedrock/anthropic.claude-error-mid-stream-v1:0", "messages": [{"role": "user", "content": "a b c"}],
+        "stream": True})
+    assert response.status == 200
+    assert response.text.rstrip().split("\n\n")[-1].startswith('data: {"error"')
+
+
+def test_tool_round_trip_streamed_and_not(bedrock: Proxy, fake: FakeUpstream) -> None:
+    client = bedrock.client()
+    messages: list[Any] = [{"role": "user", "content": "weather in Paris?"}]
+    with client.chat.completions.stream(model=MODEL, messages=messages, tools=TOOLS) as events:
+        for _ in events:
+            pass
+        streamed = events.get_final_completion()
+    (streamed_call,) = streamed.choices[0].message.tool_calls or []
+    assert json.loads(streamed_call.function.arguments) == {"location": "Paris"}
+    first = client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS)
+    assert first.choices[0].finish_reason == "tool_calls"
+    (call,) = first.choices[0].message.tool_calls or []
+    messages.append(first.choices[0].message.model_dump(exclude_none=True))
+    messages.append({"role": "tool", "tool_call_id": call.id, "content": "sunny"})
+    second = client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS)
+    assert second.choices[0].message.content == "[bedrock] tool said: sunny"
+
+
+def test_three_turn_tool_conversation_with_reasoning(bedrock: Proxy, fake: FakeUpstream) -> None:
+    client = bedrock.client()
+    model = "bedrock/anthropic.claude-3-7-sonnet-20250219-v1:0"
+    messages: list[Any] = [{"role": "user", "content": "weather in Paris?"}]
+    first = client.chat.completions.create(model=model, messages=messages, tools=TOOLS, reasoning_effort="low")
+    message = first.choices[0].message
+    assert getattr(message, "reasoning_content", "").startswith("Thinking about")
+    (call,) = message.tool_calls or []
+    messages.append(message.model_dump(exclude_none=True))
+    messages.append({"role": "tool", "tool_call_id": call.id, "content": "sunny"})
+    second = client.chat.completions.create(model=model, messages=messages, tools=TOOLS, reasoning_effort="low")
+    assert second.choices[0].message.content == "[bedrock] tool said: sunny"
+    sent = fake.last("bedrock").json
+    assert "reasoningContent" in sent["messages"][1]["content"][0]
+    assert sent["additionalModelRequestFields"]["thinking"]["type"] == "enabled"
+
+
+def test_image_input(bedrock: Proxy, fake: FakeUpstream) -> None:
+    completion = bedrock.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": [
+        {"type": "text", "text": "what is"}, {"type": "image_url", "image_url": {"url": PNG}}]}])
+    assert completion.choices[0].message.content == "[bedrock] what is <image>"
+    assert fake.last("bedrock").json["messages"][0]["content"][1]["image"]["format"] == "png"
+
+
+def test_https_image_is_a_clear_400(bedrock: Proxy, fake: FakeUpstream) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        bedrock.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}])
+    assert "bytes" in str(caught.value)
+    assert fake.for_flavor("bedrock") == []
+
+
+@pytest.mark.parametrize(("model", "count"), [("bedrock/amazon.titan-embed-text-v2:0", 3),
+                                              ("bedrock/cohere.embed-english-v3", 1)])
+def test_embeddings(bedrock: Proxy, fake: FakeUpstream, model: str, count: int) -> None:
+    result = bedrock.client().embeddings.create(model=model, input=["a", "b", "c"])
+    assert [d.embedding for d in result.data] == [pytest.approx(embedding_vector(t), rel=1e-6) for t in "abc"]
+    assert len(fake.for_flavor("bedrock")) == count
+    assert all(r.path.endswith("/invoke") for r in fake.for_flavor("bedrock"))
+
+
+@pytest.mark.parametrize(("word", "status"), [("fail-429", 429), ("not-ready", 429), ("fail-503", 503),
+                                              ("fail-500", 500), ("fail-408", 408), ("fail-400", 400),
+                                              ("fail-403", 403), ("fail-404", 404), ("fail-424", 424)])
+def test_aws_errors_keep_their_statuses_in_openai_shape(bedrock: Proxy, word: str, status: int) -> None:
+    response = post_json(bedrock, "/v1/chat/completions",
+                         {"model": f"bedrock/anthropic.claude-{word}-v1:0", "messages": [{"role": "user", "content": "x"}]})
+    assert response.status == status
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"] and error["code"]
