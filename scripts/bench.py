@@ -1,6 +1,6 @@
 """Benchmark: what tensorwall-proxy costs compared with calling the upstream directly.
 
-    python scripts/bench.py [--path openai,anthropic,vertex] [--seconds 5] [--concurrency 50]
+    python scripts/bench.py [--path openai,anthropic,vertex,bedrock] [--seconds 4] [--concurrency 50]
                             [--upstream lean|fake] [--workers 2] [--json bench-results.json]
                             [--relay] [--no-pin]
 
@@ -13,7 +13,7 @@ request *direct* (to the upstream's own URL) and *through the proxy* (`/v1/chat/
 
     unary  c=1     one connection, one request after the other: latency p50/p99 and requests/s
     unary  c=N     N connections (default 50): requests/s, and the proxy's CPU per request
-    stream c=1     20-chunk SSE streams, each read to the end: streams/s and chunks/s
+    stream c=1     20-chunk SSE streams (to the caller), each read to the end: streams/s and chunks/s
     stream c=N
 
 `--relay` adds a third target, a bare aiohttp relay (same path, same bytes, no parsing, no
@@ -27,7 +27,7 @@ relay) from /proc over exactly that window.
 
 Paths. A path (`--path`) is one way through the proxy: which model the caller asks for, how the
 proxy's provider is configured, which URL, headers and body a direct call uses and how its answer
-is checked, and which shape the lean upstream speaks. There are three:
+is checked, and which shape the lean upstream speaks. There are five:
 
     openai     model gpt-4o: the proxy passes the OpenAI request and answer through
     anthropic  model claude-3-5-sonnet-20241022: the caller still speaks OpenAI to the proxy, which
@@ -37,16 +37,34 @@ is checked, and which shape the lean upstream speaks. There are three:
                /vertex/v1/projects/bench-project/locations/us-central1/publishers/google/models/
                gemini-2.5-flash:generateContent, or :streamGenerateContent?alt=sse for streams),
                forwarding the caller's Bearer key as the OAuth token, and the answer back
+    bedrock    model bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0 (the `provider/model` form):
+               the proxy translates to AWS Bedrock's Converse API (POST /bedrock/model/anthropic.
+               claude-3-5-sonnet-20240620-v1%3A0/converse, the model id percent-encoded, or
+               /converse-stream for streams, answered as a binary AWS event stream), forwarding the
+               caller's Bearer key as a Bedrock API key (`Authorization: Bearer`), and the answer back
+    bedrock-sigv4  the same calls (model bedrock-sigv4/..., under /bedrock-sigv4/model/...) from a
+               bedrock provider with AWS keys in its YAML, so the proxy signs every call with
+               botocore's SigV4 instead (the lean upstream checks the `AWS4-HMAC-SHA256` scheme, not
+               the signature): the cost of signing, against `bedrock`. Not in the default run.
 
-`--path` takes a comma-separated list and defaults to all three (so `make bench` runs every path,
-in under three minutes). A translating path always brings `openai` along as its baseline: `--path
-vertex` runs openai and vertex, `--path openai` runs the passthrough alone. All paths share one
+`--path` takes a comma-separated list and defaults to openai, anthropic, vertex and bedrock (so
+`make bench` runs those, in about three minutes). A translating path always brings `openai` along
+as its baseline: `--path vertex` runs openai and vertex, `--path openai` runs the passthrough
+alone, and `--path bedrock-sigv4` runs openai, bedrock and bedrock-sigv4. All paths share one
 upstream, one proxy process (configured with every path's provider) and one relay, and the
 scenarios interleave the paths (unary c=1 for every path and target, then unary c=N, ...), so the
 paths see the same conditions. Each path gets its own table; with more than one path, a last
 "translation overhead" table sets each translating path's proxy CPU per request/stream and added
 latency at c=1 against openai's, as a ratio and a difference: what the translation costs on top of
 a passthrough hop.
+
+SigV4. With `bedrock-sigv4`, a last table sets it against `bedrock` alone: the same Converse
+calls, the same translation, a signature instead of an API key, so `bedrock-sigv4-bedrock` in its
+CPU rows is what SigV4 costs the proxy per request (and per stream: one signature each). A
+micro-benchmark before the runs times `tensorwall_proxy.upstream.sign_sigv4` alone with timeit on
+the proxy's (idle) CPU, for one representative Converse call, in microseconds per signature; the
+last line sets the two side by side. The difference in the proxy also holds what goes with a
+signature there (the credentials frozen for each call, caches colder than in a tight loop).
 
 How to read it.
 - `proxy/direct` below 1 for rates and above 1 for latencies is the cost of the extra hop.
@@ -72,15 +90,28 @@ How to read it.
   sends them; the proxy makes the role chunk and a content chunk of the first, a content chunk of
   each other, and a content and the finish chunk of the last, and adds [DONE] when the upstream's
   response ends. A direct run's chunks/s counts those 18 events.
+  bedrock: the upstream sends the same 22 event-stream messages either way (messageStart, 18
+  contentBlockDelta, one per word, contentBlockStop, messageStop, metadata with the usage), each
+  with its prelude, headers and CRCs; the proxy cuts them with botocore's parser and makes the role
+  chunk of messageStart, a content chunk of each delta and the finish chunk of messageStop, and
+  ends with [DONE] on metadata. A direct run cuts them by their length prefixes (cheap: it leaves
+  the CRCs to the proxy, and to the lean upstream, which decodes its own frames with botocore's
+  EventStreamBuffer once at start-up), and its chunks/s counts those 22 messages.
 - RSS is of the one proxy (and relay) process that served every path: idle before the first run,
   and after the last.
 
-Every run is bounded (`--warmup` + `--seconds` each): by default 4 scenarios x 3 paths x 2 targets
-(direct, proxy) = 24 runs of 6 s, under three minutes in all. Results, the translation overhead
-included, also go to `--json` (default ./bench-results.json).
+Every run is bounded (`--warmup` + `--seconds` each): by default 4 scenarios x 4 paths x 2 targets
+(direct, proxy) = 32 runs of 5 s (1 s warm-up + 4 s measured; the default was 5 s measured before
+bedrock joined), under three minutes in all; `--relay` makes it 48 runs, `--path bedrock-sigv4`
+24. Results, the translation overhead, the SigV4 table and the micro-benchmark included, also go to
+`--json` (default ./bench-results.json).
 
-Adding a path (bedrock): an entry in `PATHS` and its lean handler in `LEAN_SHAPES`; a path whose
-streams go to another URL than its unary calls (vertex) names it in `direct_stream_path`.
+`--upstream fake` knows no `/bedrock-sigv4` prefix: measure bedrock-sigv4 with the lean upstream.
+
+Adding a path: an entry in `PATHS` and its lean handler in `LEAN_SHAPES`; a path whose streams go
+to another URL than its unary calls (vertex, bedrock) names it in `direct_stream_path`; a variant of
+a path in one setting (bedrock-sigv4) names that path in `variant_of`, and may time what the
+setting adds alone in `microbench`.
 """
 
 from __future__ import annotations
@@ -95,19 +126,24 @@ import os
 import platform
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import timeit
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import IO, Any, Final
+from urllib.parse import quote
 
 import aiohttp
 import orjson
 from aiohttp import web
+from yarl import URL
 
 try:
     import uvloop
@@ -128,6 +164,11 @@ VERTEX_MODEL: Final = "gemini-2.5-flash"
 # What the proxy calls for VERTEX_MODEL under the `/vertex` base URL, up to the method (wire-formats §4.1).
 VERTEX_MODEL_PATH: Final = (f"/vertex/v1/projects/{VERTEX_PROJECT}/locations/{VERTEX_LOCATION}"
                             f"/publishers/google/models/{VERTEX_MODEL}")
+BEDROCK_REGION: Final = "us-east-1"
+BEDROCK_MODEL: Final = "anthropic.claude-3-5-sonnet-20240620-v1:0"
+# The model id as one path segment, every reserved character percent-encoded: `…v1%3A0` (wire-formats §5.1).
+BEDROCK_MODEL_SEGMENT: Final = quote(BEDROCK_MODEL, safe="")
+BEDROCK_SIGV4_KEY: Final = ("AKIDBENCH", "bench-secret")  # the SigV4 variant's YAML keys (never checked)
 # 17 words: the fake echoes "[openai] " + this, one chunk per word, so its stream is role chunk +
 # 18 content chunks + finish chunk = 20 chunks, the same count as the lean upstream's.
 PROMPT: Final = ("please answer with a short friendly benchmark greeting so that every run sends "
@@ -139,6 +180,133 @@ SLOW_WAKEUP_MS: Final = 1.0  # a probe p99 above this means wake-ups, not code, 
 Json = dict[str, Any]
 Check = Callable[[bytes, bool], tuple[int, str | None]]  # (body, stream?) -> (chunks, problem or None)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# --------------------------------------------------------------------------------------------------
+# AWS event stream: Bedrock's binary stream framing (wire-formats §5.4), string headers only
+
+EVENTSTREAM: Final = "application/vnd.amazon.eventstream"
+_PRELUDE: Final = 12  # total length, headers length, prelude CRC: three big-endian uint32
+
+
+def event_header(name: str, value: str) -> bytes:
+    """One string header: name length (uint8), name, value type 7 (string), value length (uint16), value."""
+    raw_name, raw_value = name.encode(), value.encode()
+    return struct.pack(">B", len(raw_name)) + raw_name + struct.pack(">BH", 7, len(raw_value)) + raw_value
+
+
+def encode_event(event_type: str, payload: Json) -> bytes:
+    """One event message: the prelude and its CRC32, the three headers, the JSON payload, the CRC32
+    of everything before it. botocore has a decoder and no encoder; `check_event_frames` checks this one."""
+    headers = (event_header(":event-type", event_type) + event_header(":content-type", "application/json")
+               + event_header(":message-type", "event"))
+    body = orjson.dumps(payload)
+    prelude = struct.pack(">II", _PRELUDE + len(headers) + len(body) + 4, len(headers))
+    message = prelude + struct.pack(">I", zlib.crc32(prelude)) + headers + body
+    return message + struct.pack(">I", zlib.crc32(message))
+
+
+def check_event_frames(frames: Sequence[bytes], events: Sequence[tuple[str, Json]]) -> None:
+    """Decode `frames` with botocore's own parser (CRCs checked) and insist they read back as `events`."""
+    from botocore.eventstream import EventStreamBuffer
+
+    # wire-formats §5.4's worked size: a messageStop of these headers and payload is 122 bytes.
+    if len(encode_event("messageStop", {"stopReason": "end_turn"})) != 122:
+        raise RuntimeError("event-stream encoder: a messageStop is not the 122 bytes of wire-formats §5.4")
+    buffer = EventStreamBuffer()
+    buffer.add_data(b"".join(frames))
+    decoded = [(message.headers, orjson.loads(message.payload)) for message in buffer]
+    expected = [({":event-type": name, ":content-type": "application/json", ":message-type": "event"}, payload)
+                for name, payload in events]
+    if decoded != expected:
+        raise RuntimeError(f"event-stream encoder: botocore reads {decoded[:2]}..., not {expected[:2]}...")
+
+
+def event_frames(data: bytes) -> list[bytes] | None:
+    """`data` cut into messages by their length prefixes (CRCs unchecked), or None when it is not
+    whole messages."""
+    frames: list[bytes] = []
+    offset = 0
+    while offset < len(data):
+        if len(data) - offset < _PRELUDE:
+            return None
+        (total,) = struct.unpack_from(">I", data, offset)
+        if total < _PRELUDE + 4 or offset + total > len(data):
+            return None
+        frames.append(data[offset:offset + total])
+        offset += total
+    return frames
+
+
+_TEXT_DELTA: Final = event_header(":event-type", "contentBlockDelta")
+_METADATA: Final = event_header(":event-type", "metadata")
+
+
+# --------------------------------------------------------------------------------------------------
+# Micro-benchmarks: one thing a path adds, timed alone in this process
+
+
+@dataclass
+class MicroBench:
+    """Microseconds per call of one function: timeit's best batch, and the median of the batches."""
+
+    what: str
+    calls_per_batch: int
+    batches: int
+    best_us: float
+    median_us: float
+    where: str = ""  # the CPU it ran on
+
+    def line(self) -> str:
+        return (f"micro-benchmark: {self.what}: {self.best_us:,.1f} us per call (best of {self.batches} "
+                f"batches of {self.calls_per_batch:,}; median {self.median_us:,.1f} us){self.where}")
+
+
+def time_calls(what: str, call: Callable[[], object], batches: int = 5) -> MicroBench:
+    """timeit: a batch size of about 0.2 s (autorange), then `batches` batches."""
+    timer = timeit.Timer(call)
+    calls, _ = timer.autorange()
+    per_call = sorted(t / calls * 1e6 for t in timer.repeat(repeat=batches, number=calls))
+    return MicroBench(what, calls, batches, per_call[0], per_call[len(per_call) // 2])
+
+
+def sigv4_microbench() -> MicroBench:
+    """SigV4 alone: `sign_sigv4` as the proxy calls it for every call of a bedrock provider with AWS keys.
+
+    One representative call: the Converse URL on AWS's regional host (model id percent-encoded),
+    the headers and the body the proxy sends for the bench's request. botocore hashes the body,
+    builds the canonical request and the string to sign, derives the signing key (four HMACs) and
+    signs (a fifth).
+    """
+    from botocore.credentials import Credentials
+
+    from tensorwall_proxy.providers import UpstreamCall
+    from tensorwall_proxy.upstream import sign_sigv4
+
+    url = URL(f"https://bedrock-runtime.{BEDROCK_REGION}.amazonaws.com/model/{BEDROCK_MODEL_SEGMENT}/converse",
+              encoded=True)
+    call = UpstreamCall("POST", url, {"Content-Type": "application/json", "User-Agent": "tensorwall-proxy/0.1"},
+                        bedrock_body(False))
+    credentials = Credentials("AKID", "secret")
+    signed = sign_sigv4(credentials, BEDROCK_REGION, call)
+    if not signed.headers.get("Authorization", "").startswith("AWS4-HMAC-SHA256 Credential=AKID/"):
+        raise RuntimeError(f"sign_sigv4 signed nothing: {dict(signed.headers)}")
+    return time_calls("sign_sigv4 (botocore SigV4Auth) of one Converse call",
+                      lambda: sign_sigv4(credentials, BEDROCK_REGION, call))
+
+
+def run_pinned(microbench: Callable[[], MicroBench], cpus: frozenset[int] | None) -> MicroBench:
+    """Run a micro-benchmark on `cpus` (the proxy's, idle between runs), then unpin this process."""
+    before = os.sched_getaffinity(0) if cpus is not None else None
+    try:
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+        result = microbench()
+    finally:
+        if before is not None:
+            os.sched_setaffinity(0, before)
+    result.where = f", on CPU {min(cpus)} (the proxy's)" if cpus is not None else ", unpinned"
+    return result
 
 
 # --------------------------------------------------------------------------------------------------
@@ -220,6 +388,36 @@ def check_vertex(data: bytes, stream: bool) -> tuple[int, str | None]:
     return events, None
 
 
+def bedrock_body(_stream: bool) -> bytes:
+    """A direct call's Converse request: what the proxy itself sends for `openai_body`'s request.
+
+    The user's text as one text block and the caller's max_tokens as inferenceConfig.maxTokens. A
+    stream asks with the same body: the operation in the URL (converse-stream) makes it one.
+    """
+    return orjson.dumps({"messages": [{"role": "user", "content": [{"text": PROMPT}]}],
+                         "inferenceConfig": {"maxTokens": 64}})
+
+
+def check_bedrock(data: bytes, stream: bool) -> tuple[int, str | None]:
+    """Whether a Bedrock answer is whole: a Converse response, or event-stream messages that add up
+    to the body, 18 of them text deltas, the last one metadata.
+
+    The messages are cut by their length prefixes, which is cheap; their CRCs are left to the proxy,
+    which parses every stream with botocore, and to the lean upstream's start-up self-check. The
+    chunks counted are the messages received (22 from the lean upstream).
+    """
+    if not stream:
+        ok = data.startswith(b"{") and b'"output"' in data and b'"stopReason"' in data
+        return 0, None if ok else f"unexpected body {data[:200]!r}"
+    frames = event_frames(data)
+    if frames is None:
+        return 0, f"{len(data)} bytes that are not whole event-stream messages, ending {data[-60:]!r}"
+    deltas = sum(_TEXT_DELTA in frame for frame in frames)
+    if deltas != CONTENT_CHUNKS or not frames or _METADATA not in frames[-1]:
+        return len(frames), f"stream of {len(frames)} messages, {deltas} text deltas, ending {data[-60:]!r}"
+    return len(frames), None
+
+
 @dataclass(frozen=True)
 class BenchPath:
     """What one path needs: the caller's model, the proxy config, the direct call, the lean shape."""
@@ -234,10 +432,51 @@ class BenchPath:
     lean_routes: tuple[str, ...]  # upstream paths the lean server answers
     lean_shape: str  # key of LEAN_SHAPES
     direct_stream_path: str | None = None  # a stream's URL path (and query), when not direct_path
+    variant_of: str | None = None  # the path this one differs from in one setting: run and compared with it
+    default: bool = True  # part of the default run
+    microbench: Callable[[], MicroBench] | None = None  # what the path adds, timed alone, run with it
 
     def direct_target(self, stream: bool) -> str:
         """The URL path (and query) a direct call, unary or streamed, sends its request to."""
         return self.direct_stream_path if stream and self.direct_stream_path else self.direct_path
+
+
+# A SigV4 call's headers for direct runs (the lean upstream checks the scheme only; the proxy's
+# own signatures are of this size).
+SIGV4_SAMPLE_HEADERS: Final = {
+    "Authorization": (f"AWS4-HMAC-SHA256 Credential={BEDROCK_SIGV4_KEY[0]}/20240620/{BEDROCK_REGION}/bedrock/"
+                      f"aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature={'0' * 64}"),
+    "X-Amz-Date": "20240620T120000Z",
+}
+
+
+def bedrock_path(name: str, provider: Json, auth_headers: dict[str, str], *,
+                 variant_of: str | None = None, default: bool = True,
+                 microbench: Callable[[], MicroBench] | None = None) -> BenchPath:
+    """A Converse path: the provider `name` (extra settings `provider`) under the upstream's `/name`.
+
+    The caller asks for `name/<model id>`, which the `provider/model` form routes to that provider
+    with the model id as is; the proxy calls `/name/model/<model id percent-encoded>/converse`. The
+    lean upstream's shape of the same name checks how the call is authenticated.
+    """
+    model_path = f"/{name}/model/{BEDROCK_MODEL_SEGMENT}"
+    # aiohttp routes on the decoded path (`…v1:0`); the lean handler checks the raw one itself.
+    route = f"/{name}/model/{BEDROCK_MODEL}"
+    return BenchPath(
+        name=name,
+        model=f"{name}/{BEDROCK_MODEL}",
+        provider_config=lambda base: {name: {**provider, "region": BEDROCK_REGION, "base_url": f"{base}/{name}"}},
+        direct_path=f"{model_path}/converse",
+        direct_headers={**auth_headers, "Content-Type": "application/json"},
+        direct_body=bedrock_body,
+        direct_check=check_bedrock,
+        lean_routes=(f"{route}/converse", f"{route}/converse-stream"),
+        lean_shape=name,
+        direct_stream_path=f"{model_path}/converse-stream",
+        variant_of=variant_of,
+        default=default,
+        microbench=microbench,
+    )
 
 
 PATHS: Final[dict[str, BenchPath]] = {
@@ -281,6 +520,14 @@ PATHS: Final[dict[str, BenchPath]] = {
         lean_shape="vertex",
         direct_stream_path=f"{VERTEX_MODEL_PATH}:streamGenerateContent?alt=sse",
     ),
+    # The proxy forwards the caller's Bearer key as a Bedrock API key (`Authorization: Bearer`).
+    "bedrock": bedrock_path("bedrock", {}, {"Authorization": f"Bearer {CALLER_KEY}"}),
+    # YAML AWS keys: the proxy signs every call with botocore's SigV4, whatever the caller sends.
+    "bedrock-sigv4": bedrock_path(
+        "bedrock-sigv4",
+        {"type": "bedrock", "aws_access_key_id": BEDROCK_SIGV4_KEY[0], "aws_secret_access_key": BEDROCK_SIGV4_KEY[1]},
+        SIGV4_SAMPLE_HEADERS, variant_of="bedrock", default=False,
+        microbench=sigv4_microbench),
 }
 BASELINE: Final = "openai"  # the passthrough every translating path is compared with
 
@@ -506,10 +753,70 @@ def lean_vertex_handler() -> Handler:
     return generate
 
 
+_BEDROCK_USAGE: Final = {"inputTokens": 19, "outputTokens": len(_LEAN_WORDS), "totalTokens": 19 + len(_LEAN_WORDS)}
+
+
+def lean_bedrock_response() -> bytes:
+    """A small, complete Converse answer: one text block, with the metrics the service model requires."""
+    return orjson.dumps({"output": {"message": {"role": "assistant", "content": [{"text": " ".join(_LEAN_WORDS)}]}},
+                         "stopReason": "end_turn", "usage": _BEDROCK_USAGE, "metrics": {"latencyMs": 1}})
+
+
+def lean_bedrock_stream() -> list[bytes]:
+    """The 22 event-stream messages of a ConverseStream text answer, checked with botocore's parser.
+
+    messageStart, one contentBlockDelta per word (no contentBlockStart: Bedrock often opens a text
+    block with its first delta), contentBlockStop, messageStop, then metadata with the usage. The
+    proxy turns messageStart into the role chunk, each delta into a content chunk and messageStop
+    into the finish chunk; contentBlockStop yields none, and metadata ends the stream ([DONE]; the
+    caller asked for no usage chunk). So the caller gets the openai path's 20 chunks.
+    """
+    words = [w if i == 0 else " " + w for i, w in enumerate(_LEAN_WORDS)]
+    events: list[tuple[str, Json]] = [("messageStart", {"role": "assistant"})]
+    events += [("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": w}}) for w in words]
+    events += [("contentBlockStop", {"contentBlockIndex": 0}), ("messageStop", {"stopReason": "end_turn"}),
+               ("metadata", {"usage": _BEDROCK_USAGE, "metrics": {"latencyMs": 1}})]
+    frames = [encode_event(name, payload) for name, payload in events]
+    check_event_frames(frames, events)  # once, at start-up: a broken encoder stops the upstream here
+    assert sum(name == "contentBlockDelta" for name, _ in events) == CONTENT_CHUNKS
+    return frames
+
+
+def lean_bedrock_handler(scheme: str) -> Handler:
+    """Bedrock's Converse and ConverseStream from fixed bytes. Refuses, in AWS's error shape
+    (x-amzn-ErrorType, `{"message"}`), a call whose Authorization does not start with `scheme`
+    (`Bearer ` for an API key, `AWS4-HMAC-SHA256 ` for SigV4, whose signature is not verified),
+    and one whose raw path does not carry the model id percent-encoded (the `%3A` that is signed)."""
+    response_body = lean_bedrock_response()
+    frames = lean_bedrock_stream()
+
+    def error(status: int, kind: str, text: str) -> web.Response:
+        return web.Response(status=status, body=orjson.dumps({"message": text}), content_type="application/json",
+                            headers={"x-amzn-ErrorType": kind})
+
+    async def converse(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        if not request.headers.get("Authorization", "").startswith(scheme):
+            return error(403, "AccessDeniedException", f"the lean upstream wants an Authorization of {scheme.strip()}")
+        if f"/model/{BEDROCK_MODEL_SEGMENT}/" not in request.raw_path:
+            return error(400, "ValidationException", f"the model id is not percent-encoded in {request.raw_path}")
+        if not request.path.endswith("/converse-stream"):
+            return web.Response(body=response_body, content_type="application/json")
+        response = web.StreamResponse(headers={"Content-Type": EVENTSTREAM})
+        await response.prepare(request)
+        for frame in frames:  # one write per message, as for openai
+            await response.write(frame)
+        return response
+
+    return converse
+
+
 LEAN_SHAPES: Final[dict[str, Callable[[], Handler]]] = {
     "openai": lean_openai_handler,
     "anthropic": lean_anthropic_handler,
     "vertex": lean_vertex_handler,
+    "bedrock": lambda: lean_bedrock_handler("Bearer "),
+    "bedrock-sigv4": lambda: lean_bedrock_handler("AWS4-HMAC-SHA256 "),
 }
 
 
@@ -538,6 +845,7 @@ def run_app(app: web.Application, port: int) -> int:
 RELAY_SESSION: Final = web.AppKey("relay_session", aiohttp.ClientSession)
 # Headers that describe one connection or one body, not the request: aiohttp sets its own.
 _HOP_HEADERS: Final = frozenset({"host", "content-length", "connection", "keep-alive", "transfer-encoding"})
+_STREAMED: Final = frozenset({"text/event-stream", EVENTSTREAM})
 
 
 def bare_relay_app(upstream_base: str) -> web.Application:
@@ -553,12 +861,13 @@ def bare_relay_app(upstream_base: str) -> web.Application:
     async def relay(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
-        url = upstream_base + request.path_qs
+        # The path as received, still percent-encoded (`…v1%3A0` stays as it came).
+        url = URL(upstream_base + request.path_qs, encoded=True)
         async with request.app[RELAY_SESSION].post(url, data=body, headers=headers) as upstream:
-            if upstream.content_type != "text/event-stream":
+            if upstream.content_type not in _STREAMED:
                 return web.Response(status=upstream.status, body=await upstream.read(),
                                     content_type=upstream.content_type)
-            response = web.StreamResponse(status=upstream.status, headers={"Content-Type": "text/event-stream"})
+            response = web.StreamResponse(status=upstream.status, headers={"Content-Type": upstream.content_type})
             await response.prepare(request)
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
@@ -786,8 +1095,9 @@ class Target:
     check: Check
     hop: Server | None  # the process between client and upstream, whose CPU is the hop's cost
 
-    def url(self, stream: bool) -> str:
-        return f"http://{HOST}:{self.port}{self.path(stream)}"
+    def url(self, stream: bool) -> URL:
+        # Paths are written encoded: yarl would otherwise decode `%3A` to `:` on the wire.
+        return URL(f"http://{HOST}:{self.port}{self.path(stream)}", encoded=True)
 
 
 @dataclass(frozen=True)
@@ -801,7 +1111,7 @@ class Scenario:
 class LoadSpec:
     """What one worker does: `connections` loops of request-after-request against one URL."""
 
-    url: str
+    url: URL
     headers: dict[str, str]
     body: bytes
     stream: bool
@@ -1147,7 +1457,7 @@ def translation_overhead(by_path: PathResults, scenarios: list[Scenario]) -> lis
     return rows
 
 
-def overhead_table(rows: list[OverheadRow], baseline: str) -> list[str]:
+def overhead_table(rows: list[OverheadRow], baseline: str, title: str | None = None) -> list[str]:
     """Every path's value, then each translating path's ratio to and difference from the baseline."""
     paths = list(rows[0].values)
     others = [p for p in paths if p != baseline]
@@ -1159,9 +1469,29 @@ def overhead_table(rows: list[OverheadRow], baseline: str) -> list[str]:
         cells.append([f"{row.metric:<19} {row.scenario}", *(_fmt(row.values[p], 3) for p in paths),
                       *(_ratio(row.values[p], base) for p in others),
                       *("-" if d is None else f"{d:+.3f}" for d in diffs)])
-    title = (f"translation overhead: {', '.join(others)} against the {baseline} passthrough "
-             "(same proxy process, same upstream, same run)")
+    title = title or (f"translation overhead: {', '.join(others)} against the {baseline} passthrough "
+                      "(same proxy process, same upstream, same run)")
     return [title, *render_table(header, cells)]
+
+
+def variant_rows(rows: list[OverheadRow], variant: str, of: str) -> list[OverheadRow]:
+    """The overhead rows of a variant and the path it varies only: what its one setting costs."""
+    return [OverheadRow(row.metric, row.scenario, {of: row.values[of], variant: row.values[variant]})
+            for row in rows]
+
+
+def variant_lines(rows: list[OverheadRow], variant: str, of: str, micro: MicroBench | None) -> list[str]:
+    """A variant against its path: the overhead table of the two, the micro-benchmark, a summary."""
+    title = (f"{variant} against {of}: the same calls, one setting apart; {variant}-{of} is what the "
+             "setting costs per request (same proxy process, same upstream, same run)")
+    lines = overhead_table(rows, of, title)
+    diffs = [(row.scenario, _minus(row.values[variant], row.values[of])) for row in rows
+             if row.metric.startswith("proxy CPU")]
+    summary = ", ".join(f"{d:+.3f} ms ({scenario})" for scenario, d in diffs if d is not None)
+    lines.append(f"{variant} costs the proxy {summary} of CPU per request/stream more than {of}")
+    if micro is not None:
+        lines += [micro.line(), f"  -> {micro.best_us / 1000:.3f} ms per call alone"]
+    return lines
 
 
 def busy_lines(results: Results, scenarios: list[Scenario], names: list[str]) -> list[str]:
@@ -1280,23 +1610,29 @@ def error_lines(measurements: Sequence[Measurement], hops: list[Server]) -> list
 
 
 def path_names(text: str) -> list[str]:
-    """`--path`: comma-separated path names, the openai baseline first when a translating path is asked for."""
+    """`--path`: comma-separated path names, the openai baseline first when a translating path is
+    asked for, and a variant's path just before the variant."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in PATHS]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown path {', '.join(unknown) or repr(text)}; "
                                          f"choose from {', '.join(PATHS)}")
-    if any(n != BASELINE for n in names):
-        names.insert(0, BASELINE)  # a translation's cost is only readable next to the passthrough's
-    return list(dict.fromkeys(names))  # in order, once each
+    # A translation's cost is only readable next to the passthrough's, a variant's next to its path's.
+    wanted = [BASELINE] if any(n != BASELINE for n in names) else []
+    for name in names:
+        variant_of = PATHS[name].variant_of
+        wanted += [variant_of, name] if variant_of else [name]
+    return list(dict.fromkeys(wanted))  # in order, once each
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Benchmark tensorwall-proxy against direct upstream calls.")
-    parser.add_argument("--path", type=path_names, default=path_names(",".join(PATHS)), metavar="PATH[,PATH]",
-                        help=f"ways through the proxy to measure, of {', '.join(PATHS)} (default all); "
-                             f"a translating path brings {BASELINE} along as its baseline")
-    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run (default 5)")
+    defaults = [name for name, path in PATHS.items() if path.default]
+    parser.add_argument("--path", type=path_names, default=path_names(",".join(defaults)), metavar="PATH[,PATH]",
+                        help=f"ways through the proxy to measure, of {', '.join(PATHS)} (default "
+                             f"{','.join(defaults)}); a translating path brings {BASELINE} along as its "
+                             "baseline, bedrock-sigv4 brings bedrock")
+    parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per run (default 4)")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each run (default 1)")
     parser.add_argument("--concurrency", type=int, default=50,
                         help="connections of the concurrent runs (default 50)")
@@ -1405,6 +1741,9 @@ def measure_all(args: argparse.Namespace, pinning: Pinning, targets: dict[str, l
         return 1
     probes = [wake_probe(pinning.generator, pinning.proxy)]
     print(probes[0].line(), flush=True)
+    micro = {path: run_pinned(timed, pinning.proxy) for path in targets if (timed := PATHS[path].microbench)}
+    for path, m in micro.items():
+        print(f"{path} {m.line()}", flush=True)
     by_path = run_scenarios(args, targets, upstream, pinning)
     for hop in hops:
         rss[hop.name]["after"] = rss_mib(hop.pid)
@@ -1424,10 +1763,14 @@ def measure_all(args: argparse.Namespace, pinning: Pinning, targets: dict[str, l
     if overhead:
         print()
         print("\n".join(overhead_table(overhead, BASELINE)))
+    variants = {path: of for path in by_path if (of := PATHS[path].variant_of) is not None and of in by_path}
+    for path, of in variants.items():
+        print()
+        print("\n".join(variant_lines(variant_rows(overhead, path, of), path, of, micro.get(path))))
     measurements = [m for results in by_path.values() for m in results.values()]
     print()
     print("\n".join(error_lines(measurements, hops)))
-    write_json(args, pinning, measurements, overhead, rss, probes)
+    write_json(args, pinning, measurements, overhead, rss, probes, micro, variants)
     return 1 if any(m.errors for m in measurements) else 0
 
 
@@ -1442,18 +1785,20 @@ def run_scenarios(args: argparse.Namespace, targets: dict[str, list[Target]], up
     """Every scenario against every path's targets, back to back, so paths and targets see the same
     conditions: a drift of the host between paths would otherwise pass for translation cost."""
     by_path: PathResults = {path: {} for path in targets}
+    width = max(map(len, targets))
     for scenario in scenarios_of(args):
         for path, path_targets in targets.items():
             for target in path_targets:
                 m = measure(target, scenario, upstream, args, pinning)
                 by_path[path][target.name, scenario.name] = m
-                print(f"  {path:<9} {target.name:<6} {scenario.name:<12} {m.rps:>9,.0f}/s  p50 {m.p50_ms:7.3f} ms  "
+                print(f"  {path:<{width}} {target.name:<6} {scenario.name:<12} {m.rps:>9,.0f}/s  p50 {m.p50_ms:7.3f} ms  "
                       f"p99 {m.p99_ms:7.3f} ms  errors {m.errors}", flush=True)
     return by_path
 
 
 def write_json(args: argparse.Namespace, pinning: Pinning, measurements: list[Measurement],
-               overhead: list[OverheadRow], rss: dict[str, dict[str, float]], probes: list[WakeProbe]) -> None:
+               overhead: list[OverheadRow], rss: dict[str, dict[str, float]], probes: list[WakeProbe],
+               micro: dict[str, MicroBench], variants: dict[str, str]) -> None:
     document = {
         "machine": machine_line(args),
         "pinning": pinning.description,
@@ -1469,6 +1814,10 @@ def write_json(args: argparse.Namespace, pinning: Pinning, measurements: list[Me
         "runs": [asdict(m) for m in measurements],
         # Empty with one path; otherwise one row per metric, with every path's value, ratio and difference.
         "translation_overhead": {"baseline": BASELINE, "rows": [row.as_json(BASELINE) for row in overhead]},
+        # A variant (bedrock-sigv4) against the path it varies (bedrock): the cost of its one setting.
+        "variants": {path: {"of": of, "rows": [row.as_json(of) for row in variant_rows(overhead, path, of)]}
+                     for path, of in variants.items()},
+        "micro_benchmarks": {path: asdict(m) for path, m in micro.items()},
     }
     Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
     print(f"results written to {args.json}")
