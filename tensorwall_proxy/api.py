@@ -16,14 +16,13 @@ import orjson
 from aiohttp import web
 
 from . import relay
-from .auth import FORWARDED_HEADERS, GatewayKeys, caller_key
+from .auth import FORWARDED_HEADERS, caller_key
 from .errors import GatewayError, UpstreamError, bad_request
 from .providers import ChatRequest, EmbeddingsRequest
 
 log = logging.getLogger("tensorwall_proxy")
 
 GATEWAY: Final = web.AppKey("gateway", relay.Gateway)
-KEYS: Final = web.AppKey("gateway_keys", GatewayKeys)
 
 REQUEST_ID: Final = web.RequestKey("request_id", str)
 JSON: Final = "application/json"
@@ -54,7 +53,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     request[REQUEST_ID] = request_id
     try:
         if request.path not in _OPEN_PATHS:
-            request.app[KEYS].check(request.headers.get("X-API-Key"))
+            request.app[GATEWAY].table.keys.check(request.headers.get("X-API-Key"))
         return await handler(request)
     except GatewayError as exc:
         return error_response(exc, request_id)

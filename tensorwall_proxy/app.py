@@ -19,11 +19,21 @@ from .router import LLMRouter
 
 
 def build_table(config: Config) -> Table:
-    """The request-facing view of a configuration: router and the /v1/models body."""
+    """The request-facing view of a configuration: router, gateway keys and the /v1/models body."""
     router = LLMRouter.from_config(config)
     routes = {name: (route.endpoints[0].provider,) for name, route in config.routes.items() if route.endpoints}
     provider_models = {name: p.models for name, p in config.providers.items() if p.models}
-    return Table(config, router, api.models_body(routes, provider_models, int(time.time())))
+    return Table(config, router, api.models_body(routes, provider_models, int(time.time())),
+                 GatewayKeys(config.gateway_keys))
+
+
+def apply_config(app: web.Application, config: Config) -> None:
+    """Swap a running app to a new, already validated configuration (SIGHUP).
+
+    Requests in flight keep the table they started with; new ones get the new routes, providers,
+    keys, timeouts and retries. `server.*` (address, body limit) takes a restart.
+    """
+    app[api.GATEWAY].table = build_table(config)
 
 
 async def _session_context(app: web.Application) -> AsyncIterator[None]:
@@ -39,7 +49,6 @@ def build_app(config: Config) -> web.Application:
     """The gateway as an aiohttp Application for one configuration."""
     app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[api.gateway_middleware])
     app[api.GATEWAY] = Gateway(build_table(config))
-    app[api.KEYS] = GatewayKeys(config.gateway_keys)
     app.cleanup_ctx.append(_session_context)
     api.add_routes(app)
     return app

@@ -16,13 +16,13 @@ import asyncio
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import aiohttp
 from aiohttp import web
 
 from . import upstream
-from .auth import Credential, credential_for, missing_provider_key
+from .auth import Credential, GatewayKeys, credential_for, missing_provider_key
 from .config import Config, ProviderConfig, Secret, Timeouts
 from .errors import (
     GatewayError,
@@ -49,6 +49,7 @@ class Table:
     config: Config
     router: LLMRouter
     models_body: bytes
+    keys: GatewayKeys
 
 
 @dataclass(slots=True)
@@ -59,7 +60,21 @@ class Gateway:
     health: HealthBook = field(default_factory=HealthBook)
     session: aiohttp.ClientSession | None = None
     ambient: upstream.Ambient = field(default_factory=lambda: upstream.Ambient())
+    # Streams past their commit point, so a drain that runs out of time can end them in-band.
+    streams: set[asyncio.Task[Any]] = field(default_factory=set)
     ready: bool = False
+
+
+# The cancel message that tells a committed stream the gateway is shutting down.
+DRAINING: Final = "tensorwall-proxy draining"
+
+
+def end_streams(gateway: Gateway) -> int:
+    """End every committed stream with an in-band error (the drain ran out of time); returns how many."""
+    streams = list(gateway.streams)
+    for task in streams:
+        task.cancel(DRAINING)
+    return len(streams)
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +330,8 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
     assert gateway.session is not None
     provider = attempt.provider
     loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
     decoder = impl.stream_decoder(req, provider)
     events = impl.framer()
     # Events decoded but not yet written: everything before the commit point, and after it what
@@ -339,12 +356,14 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
                     if client is None and decoder.visible:
                         deadline.reschedule(None)
                         client = await _commit(request, request_id, provider.name, response.headers, pending)
+                        gateway.streams.add(task)
                     if decoder.done:
                         break
                 if not chunk:
                     pending.extend(decoder.close())  # raises when the upstream stopped short
                     if client is None:
                         client = await _commit(request, request_id, provider.name, response.headers, pending)
+                        gateway.streams.add(task)
                 if client is not None and pending:
                     deadline.reschedule(None)
                     await _flush(client, pending)
@@ -364,7 +383,16 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
             "server", 502, f"Upstream '{provider.name}' broke the event stream: {exc}")
         error.provider = provider.name
         return await _fail_stream(gateway, attempt, client, pending, error)
+    except asyncio.CancelledError as exc:
+        if client is None or exc.args != (DRAINING,):
+            raise  # the client went away, or a cancel that is not ours: nothing to tell anyone
+        task.uncancel()
+        pending.append(encode(GatewayError(503, "The gateway is shutting down; the stream was cut short.",
+                                           type="server_error", code="shutting_down").body()))
+        await _flush(client, pending)
+        return client
     finally:
+        gateway.streams.discard(task)
         if response is not None:
             if finished:
                 response.release()
