@@ -51,9 +51,17 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     """Request id, gateway key, and OpenAI's error shape for everything that goes wrong."""
     request_id = relay.new_request_id(request.headers.get("x-request-id"))
     request[REQUEST_ID] = request_id
+    gateway = request.app[GATEWAY]
+    counted = False
     try:
         if request.path not in _OPEN_PATHS:
-            request.app[GATEWAY].table.keys.check(request.headers.get("X-API-Key"))
+            gateway.table.keys.check(request.headers.get("X-API-Key"))
+            if gateway.in_flight >= gateway.table.config.server.max_in_flight:
+                # Fast and honest: a queue here would only turn overload into timeouts.
+                raise GatewayError(503, "The gateway is at its limit of requests in flight; retry shortly.",
+                                   type="server_error", code="overloaded", retry_after=1)
+            gateway.in_flight += 1
+            counted = True
         return await handler(request)
     except GatewayError as exc:
         return error_response(exc, request_id)
@@ -75,6 +83,9 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         log.exception("unhandled error serving %s %s (request %s)", request.method, request.path, request_id)
         return error_response(GatewayError(500, "Internal gateway error.", type="server_error",
                                            code="internal_error"), request_id)
+    finally:
+        if counted:
+            gateway.in_flight -= 1
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from aiohttp import web
 from . import api, upstream
 from .auth import GatewayKeys
 from .config import Config
+from .health import RetryBudget
 from .relay import Gateway, Table
 from .router import LLMRouter
 
@@ -48,7 +49,9 @@ async def _session_context(app: web.Application) -> AsyncIterator[None]:
 def build_app(config: Config) -> web.Application:
     """The gateway as an aiohttp Application for one configuration."""
     app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[api.gateway_middleware])
-    app[api.GATEWAY] = Gateway(build_table(config))
+    retries = config.retries
+    app[api.GATEWAY] = Gateway(build_table(config),
+                               budget=RetryBudget(retries.budget_ratio, retries.budget_min_per_second))
     app.cleanup_ctx.append(_session_context)
     api.add_routes(app)
     return app

@@ -151,6 +151,8 @@ class ServerConfig:
     max_body_bytes: int = 32 * 1024 * 1024
     drain_seconds: float = 60.0
     shutdown_delay_seconds: float = 0.0
+    # Requests served at once; past it a fast 503 with Retry-After, never an unbounded queue.
+    max_in_flight: int = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +169,10 @@ class Timeouts:
 class Retries:
     attempts: int = 3
     cooldown_seconds: float = 30.0
+    # Retry budget: retries (fallbacks included) may add at most this share of the request rate,
+    # plus a small floor per second, so an outage does not multiply the load on what is left.
+    budget_ratio: float = 0.2
+    budget_min_per_second: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,6 +428,8 @@ def _read_server(raw: Any, errors: _Errors) -> ServerConfig:
         drain_seconds=_number(data.get("drain_seconds"), "server.drain_seconds", errors, d.drain_seconds),
         shutdown_delay_seconds=_number(data.get("shutdown_delay_seconds"), "server.shutdown_delay_seconds",
                                        errors, d.shutdown_delay_seconds),
+        max_in_flight=_integer(data.get("max_in_flight"), "server.max_in_flight", errors, d.max_in_flight,
+                               minimum=1),
     )
 
 
@@ -443,6 +451,9 @@ def _read_retries(raw: Any, errors: _Errors) -> Retries:
         attempts=_integer(data.get("attempts"), "retries.attempts", errors, d.attempts, minimum=1, maximum=20),
         cooldown_seconds=_number(data.get("cooldown_seconds"), "retries.cooldown_seconds", errors,
                                  d.cooldown_seconds),
+        budget_ratio=_number(data.get("budget_ratio"), "retries.budget_ratio", errors, d.budget_ratio),
+        budget_min_per_second=_number(data.get("budget_min_per_second"), "retries.budget_min_per_second", errors,
+                                      d.budget_min_per_second),
     )
 
 

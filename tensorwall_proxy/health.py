@@ -115,6 +115,42 @@ class HealthBook:
             del self._states[key]
 
 
+class RetryBudget:
+    """Keeps retries and fallbacks to a share of the traffic, so failures do not multiply load.
+
+    Every request deposits ``ratio`` of a token, and ``min_per_second`` tokens trickle in with time
+    so a quiet gateway can still retry; each retry or fallback spends one. The balance is capped
+    (ten seconds of the trickle plus a hundred), so a long calm does not buy an unbounded burst.
+    """
+
+    def __init__(self, ratio: float = 0.2, min_per_second: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._ratio = ratio
+        self._rate = min_per_second
+        self._clock = clock
+        self._cap = 10.0 * min_per_second + 100.0
+        self._tokens = self._cap
+        self._at = clock()
+
+    def deposit(self) -> None:
+        """A request arrived."""
+        self._refill()
+        self._tokens = min(self._cap, self._tokens + self._ratio)
+
+    def spend(self) -> bool:
+        """Whether one more retry or fallback may go out now (and take a token if so)."""
+        self._refill()
+        if self._tokens >= 1.0 - 1e-9:  # fifty deposits of 0.2 are one token less a rounding error
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self._cap, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+
+
 def when_all_blocked(blocks: Sequence[Block]) -> tuple[int | None, float]:
     """What to do when no endpoint is healthy (DESIGN §5).
 

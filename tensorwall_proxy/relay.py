@@ -13,6 +13,7 @@ after it, a failure becomes one ``data: {"error": ...}`` event and the stream en
 from __future__ import annotations
 
 import asyncio
+import random
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,12 +31,16 @@ from .errors import (
     UnsupportedField,
     UpstreamError,
 )
-from .health import HealthBook, HealthKey, when_all_blocked
+from .health import HealthBook, HealthKey, RetryBudget, when_all_blocked
 from .providers import ChatRequest, EmbeddingsRequest, Provider, UpstreamCall, provider_for
 from .router import LLMRouter, Route, RouteEndpoint
 from .sse import SseError, encode
 
 JSON: Final = "application/json"
+# A failure that never reached the upstream may try the same endpoint again, this often, after
+# RETRY_BACKOFF seconds (doubling, jittered ±50 %).
+SAME_ENDPOINT_RETRIES: Final = 1
+RETRY_BACKOFF: Final = 0.05
 # Upstream calls one request may have in flight at once (batched embeddings fan out).
 FAN_OUT: Final = 8
 # Upstream response headers worth passing to the caller (rate-limit state helps client back-off).
@@ -58,6 +63,8 @@ class Gateway:
 
     table: Table
     health: HealthBook = field(default_factory=HealthBook)
+    budget: RetryBudget = field(default_factory=RetryBudget)
+    in_flight: int = 0
     session: aiohttp.ClientSession | None = None
     ambient: upstream.Ambient = field(default_factory=lambda: upstream.Ambient())
     # Streams past their commit point, so a drain that runs out of time can end them in-band.
@@ -154,16 +161,21 @@ async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Sec
     """The one retry loop: try the plan's attempts until one answers or a failure forbids fallback."""
     attempts = plan(table, gateway, route, caller)
     cap = table.config.retries.attempts
+    gateway.budget.deposit()
     made = 0
     caller_type: str | None = None
     failure: GatewayError | None = None  # the last upstream failure: what the caller gets
     skipped: GatewayError | None = None  # why an endpoint could not express the request
-    for attempt in attempts:
-        if made >= cap:
-            break
+    position = 0
+    same = 0  # retries of the current endpoint
+    while position < len(attempts) and made < cap:
+        attempt = attempts[position]
         # The caller's key reaches one provider type per request (DESIGN §6).
         if attempt.credential.kind == "caller" and caller_type not in (None, attempt.provider.type):
+            position += 1
             continue
+        if made and not gateway.budget.spend():
+            break  # the retry budget is spent: in an outage, retries would only multiply the load
         try:
             impl = provider_for(attempt.provider.type)
             credential = attempt.credential
@@ -172,12 +184,14 @@ async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Sec
             call = build(impl, attempt, credential)
         except (UnsupportedField, ProviderNotConfigured) as exc:
             skipped = skipped or exc  # another endpoint may still serve the request
+            position += 1
             continue
         except UpstreamError as exc:
             # Minting ambient credentials failed: nothing reached the upstream, so the endpoint's
             # health is untouched, but another endpoint may still serve the request.
             exc.provider = attempt.provider.name
             failure = exc
+            position += 1
             continue
         if attempt.credential.kind == "caller":
             caller_type = attempt.provider.type
@@ -190,6 +204,14 @@ async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Sec
             failure = exc
             if not exc.falls_back:
                 break
+            if not exc.reached_upstream and same < SAME_ENDPOINT_RETRIES:
+                # Refused, DNS, TLS or pool wait: the request never left, so trying the same
+                # endpoint again cannot charge twice. A jittered pause lets a restart finish.
+                same += 1
+                await asyncio.sleep(min(RETRY_BACKOFF * 2 ** (same - 1), 1.0) * random.uniform(0.5, 1.5))
+                continue
+            position += 1
+            same = 0
             continue
         return response
     if failure is not None:

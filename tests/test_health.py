@@ -263,3 +263,30 @@ def test_when_some_are_ejected_the_earliest_ejected_is_tried() -> None:
 def test_a_single_ejected_endpoint_is_tried() -> None:
     index, _ = when_all_blocked([Block(1300.0, "cooling"), Block(1400.0, "ejected")])
     assert index == 1
+
+
+# --- retry budget ----------------------------------------------------------------------------------
+
+
+def test_retry_budget_lets_a_share_of_traffic_retry(clock: FakeClock) -> None:
+    from tensorwall_proxy.health import RetryBudget
+
+    budget = RetryBudget(ratio=0.2, min_per_second=1.0, clock=clock)
+    spent = sum(budget.spend() for _ in range(1000))
+    assert spent == 110  # the initial balance: ten seconds of the floor plus a hundred
+    assert not budget.spend()
+    for _ in range(50):
+        budget.deposit()  # fifty requests earn ten retries
+    assert sum(budget.spend() for _ in range(100)) == 10
+    clock.advance(3)  # the floor trickles in: three more
+    assert sum(budget.spend() for _ in range(100)) == 3
+
+
+def test_retry_budget_balance_is_capped(clock: FakeClock) -> None:
+    from tensorwall_proxy.health import RetryBudget
+
+    budget = RetryBudget(ratio=0.5, min_per_second=2.0, clock=clock)
+    clock.advance(10_000)
+    for _ in range(10_000):
+        budget.deposit()
+    assert sum(budget.spend() for _ in range(1000)) == 120

@@ -320,3 +320,60 @@ routes:
     fake.clear()
     client.chat.completions.create(model="ejecting", messages=USER)
     assert [r.flavor for r in fake.requests] == ["openai"]  # the failing endpoint is out of rotation
+
+
+def test_requests_past_the_in_flight_limit_get_a_fast_503(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> None:
+    import threading
+
+    proxy = make_proxy("server: {max_in_flight: 1}\nroutes:\n  stuck:\n    timeouts: {total: 2}\n"
+                       "    endpoints:\n      - {provider: openai, model: hang}\n")
+    occupant = threading.Thread(target=lambda: post_json(proxy, "/v1/chat/completions",
+                                                         {"model": "stuck", "messages": USER}))
+    occupant.start()
+    deadline = time.monotonic() + 2
+    while not fake.for_model("hang") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    started = time.monotonic()
+    response = post_json(proxy, "/v1/chat/completions", {"model": "gpt-4o", "messages": USER})
+    assert response.status == 503 and time.monotonic() - started < 0.5
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["error"]["code"] == "overloaded"
+    assert len(fake.for_model("gpt-4o")) == 0
+    occupant.join(5)
+    assert post_json(proxy, "/v1/chat/completions", {"model": "gpt-4o", "messages": USER}).status == 200
+
+
+def test_a_refused_connection_tries_the_same_endpoint_once_more(make_proxy: Callable[..., Proxy],
+                                                                 fake: FakeUpstream) -> None:
+    from tensorwall_proxy.api import GATEWAY
+
+    text = config_text(fake).replace(
+        "providers:\n", 'providers:\n  dead: {type: openai, base_url: "http://127.0.0.1:9/v1"}\n')
+    proxy = make_proxy(text=text + "routes:\n  lonely:\n    endpoints:\n      - {provider: dead, model: m, api_key: k}\n")
+    response = post_json(proxy, "/v1/chat/completions", {"model": "lonely", "messages": USER})
+    assert response.status == 502 and "127.0.0.1:9" in response.json()["error"]["message"]
+    health = proxy.app[GATEWAY].health
+    assert health._states[("dead", "m", None)].failures == 2  # the first try and one retry
+
+
+def test_the_retry_budget_stops_fallbacks_in_an_outage(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> None:
+    from tensorwall_proxy.api import GATEWAY
+    from tensorwall_proxy.health import RetryBudget
+
+    proxy = make_proxy("""
+routes:
+  pair:
+    strategy: priority
+    endpoints:
+      - {provider: azure-eu, model: fail-500, priority: 0}
+      - {provider: openai, model: gpt-4o, priority: 1}
+""")
+    budget = RetryBudget(ratio=0.0, min_per_second=0.0)
+    proxy.app[GATEWAY].budget = budget
+    assert post_json(proxy, "/v1/chat/completions", {"model": "pair", "messages": USER}).status == 200
+    while budget.spend():
+        pass  # an outage has used the balance up
+    fake.clear()
+    response = post_json(proxy, "/v1/chat/completions", {"model": "pair", "messages": USER})
+    assert response.status == 502  # the first endpoint's failure: no budget left to fall back
+    assert [r.flavor for r in fake.requests] == ["azure"]
