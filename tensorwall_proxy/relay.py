@@ -224,7 +224,9 @@ async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Sec
 def _record_failure(gateway: Gateway, attempt: Attempt, exc: UpstreamError) -> None:
     if exc.kind == "rate_limited":
         wait = exc.retry_after if exc.retry_after is not None else attempt.cooldown_seconds
-        gateway.health.cool(attempt.health_key, wait)
+        applied = gateway.health.cool(attempt.health_key, wait)
+        if exc.retry_after is None:
+            exc.retry_after = applied  # a 429 always tells the caller how long: here, our cooldown
     elif exc.falls_back:
         gateway.health.failed(attempt.health_key)
 
