@@ -30,22 +30,36 @@ def _carries_caller_key(config: Config) -> list[str]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .lifecycle import UnsafeBind, check_bind, serve
+    from .lifecycle import UnsafeBind, check_bind, serve, supervise
 
+    worker = args.channel_fd is not None  # started by a `--workers N` parent, which has warned already
+    if args.workers > 1 or worker:
+        # Several processes write to the same log: say which one speaks.
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"))
     config = _load(args.config)
     if config is None:
         return 1
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
-    for warning in _carries_caller_key(config):
-        logging.getLogger("tensorwall_proxy").warning("%s", warning)
+    if args.workers < 1:
+        print("tensorwall-proxy: --workers must be at least 1", file=sys.stderr)
+        return 1
+    if args.workers > 1 and port == 0:
+        print("tensorwall-proxy: --workers needs a fixed port (port 0 would give each worker its own)",
+              file=sys.stderr)
+        return 1
+    if not worker:
+        for warning in _carries_caller_key(config):
+            logging.getLogger("tensorwall_proxy").warning("%s", warning)
     try:
-        check_bind(config, host, args.no_gateway_key)
+        check_bind(config, host, args.no_gateway_key, warn=not worker)
     except UnsafeBind as exc:
         print(f"tensorwall-proxy: {exc}", file=sys.stderr)
         return 1
-    serve(config, host, port)
-    return 0
+    if args.workers > 1:
+        return supervise(config, host, port, args.workers, allow_no_key=args.no_gateway_key)
+    return serve(config, host, port, allow_no_key=args.no_gateway_key, channel_fd=args.channel_fd)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -134,8 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", default=default_config_path(), help=config_help)
     serve.add_argument("--host", help="bind address (default: server.host)")
     serve.add_argument("--port", type=int, help="port (default: server.port)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="worker processes sharing the port (SO_REUSEPORT) under one supervising parent "
+                            "(default: 1, a single process)")
     serve.add_argument("--no-gateway-key", action="store_true",
                        help="allow serving with gateway_keys: [] on a non-loopback address")
+    # Internal: set by a --workers parent on the processes it starts (the descriptor they report on).
+    serve.add_argument("--channel-fd", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check", help="validate a config: exit 0, or 1 with every error")
