@@ -8,6 +8,7 @@ talks to an upstream: that is relay.py's job.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
@@ -19,6 +20,7 @@ from . import relay
 from .auth import FORWARDED_HEADERS, caller_key
 from .errors import GatewayError, UpstreamError, bad_request
 from .providers import ChatRequest, EmbeddingsRequest
+from .sse import encode
 
 log = logging.getLogger("tensorwall_proxy")
 
@@ -76,13 +78,22 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
                    405: f"Method {request.method} is not allowed on {request.path!r}."}.get(exc.status, exc.reason)
         return error_response(GatewayError(exc.status, message, code="not_found" if exc.status == 404 else None),
                               request_id)
-    except (ConnectionResetError, OSError):
-        raise  # the client went away; there is nobody to answer
+    except ConnectionError:
+        # The client went away mid-write: nobody to answer, nothing to log. aiohttp finishes the
+        # response it is handed quietly on a closed connection.
+        gone: web.StreamResponse | None = request.get(relay.COMMITTED)
+        return gone or web.Response(status=499, reason="Client Closed Request")
     except Exception:
         # A bug of ours. The traceback holds no keys: credentials travel only in Secret.
         log.exception("unhandled error serving %s %s (request %s)", request.method, request.path, request_id)
-        return error_response(GatewayError(500, "Internal gateway error.", type="server_error",
-                                           code="internal_error"), request_id)
+        error = GatewayError(500, "Internal gateway error.", type="server_error", code="internal_error")
+        committed: web.StreamResponse | None = request.get(relay.COMMITTED)
+        if committed is None:
+            return error_response(error, request_id)
+        # Past the commit point a second response would corrupt the stream: end it in-band instead.
+        with contextlib.suppress(ConnectionError):
+            await committed.write(encode(error.body()))
+        return committed
     finally:
         if counted:
             gateway.in_flight -= 1

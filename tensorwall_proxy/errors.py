@@ -16,6 +16,7 @@ This module is a leaf: it imports nothing of the gateway and does no I/O.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -74,7 +75,8 @@ class GatewayError(Exception):
         """Headers the error response carries besides the content type."""
         headers: dict[str, str] = {}
         if self.retry_after is not None:
-            headers["Retry-After"] = str(max(1, round(self.retry_after)))
+            # Rounded up: a client that obeys it must not come back before the cooldown ends.
+            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
         if self.should_retry is False:
             headers["x-should-retry"] = "false"
         return headers

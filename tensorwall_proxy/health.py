@@ -80,7 +80,8 @@ class HealthBook:
         if state.failures >= EJECT_AFTER:
             state.failures = 0
             state.ejections += 1
-            seconds = min(EJECT_SECONDS * 2 ** (state.ejections - 1), MAX_EJECT_SECONDS)
+            # The exponent is capped too: after a long outage 2 ** ejections would overflow a float.
+            seconds = min(EJECT_SECONDS * 2 ** min(state.ejections - 1, 16), MAX_EJECT_SECONDS)
             state.ejected_until = self._clock() + seconds
 
     def block(self, key: HealthKey) -> Block | None:

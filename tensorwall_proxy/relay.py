@@ -72,6 +72,8 @@ class Gateway:
     ready: bool = False
 
 
+# The response a request committed to, so the HTTP layer never starts a second one after it.
+COMMITTED: Final = web.RequestKey("committed", web.StreamResponse)
 # The cancel message that tells a committed stream the gateway is shutting down.
 DRAINING: Final = "tensorwall-proxy draining"
 
@@ -433,6 +435,7 @@ async def _commit(request: web.Request, request_id: str, provider: str, upstream
     client = web.StreamResponse(headers=_response_headers(request_id, provider, upstream_headers,
                                                           "text/event-stream"))
     client.headers["Cache-Control"] = "no-cache"
+    request[COMMITTED] = client
     await client.prepare(request)
     await _flush(client, held)
     return client

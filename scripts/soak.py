@@ -1,0 +1,639 @@
+"""Soak test: does the proxy's memory or file-descriptor count creep under long mixed load and faults?
+
+    python scripts/soak.py [--minutes 4] [--requests 300000] [--concurrency 32] [--max-minutes 180]
+
+Not part of `make test`. It starts two subprocesses on 127.0.0.1: a lean OpenAI-style upstream
+(this file, `--serve-upstream`: fixed answers, faults chosen by model name, and, unlike the test
+suite's fake upstream, no record of the requests it served — that record would grow for the whole
+run and blur what we measure) and the proxy (`python -m tensorwall_proxy serve --config <tmp yaml>`).
+Then an aiohttp client with bounded concurrency runs phases of mixed streamed and non-streamed
+requests:
+
+    warmup        plain requests, half streamed, until at least 10,000 requests in all
+    upstream-500  a route that falls back from a 500 to a healthy endpoint, and one with no fallback
+    timeouts      an upstream that never answers (first_byte / total 0.5 s → 504) and one that stalls
+                  mid-stream (idle 0.5 s → in-band error)
+    disconnects   callers that leave before the headers and mid-stream
+    closed-port   a route whose first endpoint is a closed port (fallback), one with no other endpoint,
+                  and streams the upstream cuts mid-way
+    steady        plain requests again, until the request count reaches --requests
+
+Each phase gets an equal share of --minutes (the first and the last run longer when they must, to
+reach 10,000 and --requests). At the start and end of each phase it prints the proxy's RSS (VmRSS
+from /proc/PID/status) and open file descriptors (entries of /proc/PID/fd), the outcomes of the
+phase's requests, and what the upstream still has in flight (requests the proxy abandoned but did not
+cancel would pile up there). It prints the RSS after 10,000 requests and after the last, and
+whether the two are within 10 %; the exit status is 1 when they are not, when the descriptors at
+the end of the last phase exceed those at the end of the first (the same plain load) by more than a
+few, when any request had an outcome its route should never have (`EXPECTED`: a 500 from the
+gateway itself, a client timeout, a stream ending neither in [DONE] nor in an in-band error), or
+when the upstream is left with requests the proxy abandoned, or when the proxy logs an ERROR (it
+should not, for anything a caller or an upstream can do).
+
+`--requests 1000000` is the long run of the reliability issue (the steady phase then runs until the
+count is reached: about ten minutes at 2-CPU rates); the default fits in about five minutes.
+Everything is bounded: each phase by time, the whole run by --max-minutes, and the children are
+killed on any exit (they also get SIGKILL if this process dies, through PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import contextlib
+import ctypes
+import os
+import random
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Final, Literal, TypeVar
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+T = TypeVar("T")
+
+HOST: Final = "127.0.0.1"
+REPO: Final = Path(__file__).resolve().parent.parent
+GATEWAY_KEY: Final = "soak-gateway-key"
+PROVIDER_KEY: Final = "sk-soak-provider-key"
+RSS_MARK: Final = 10_000
+# How long the lean upstream's `hang` and `slow-stream` wait: far longer than any clock of the
+# proxy's routes, so only the proxy giving up (or a caller leaving) ends them.
+HANG_SECONDS: Final = 30.0
+# Descriptors the proxy may hold at the end of the last phase beyond the end of the first (the same
+# plain load, so the same pooled keep-alive connections both ways) before we call it a leak.
+FD_SLACK: Final = 8
+
+
+# --------------------------------------------------------------------------------------------------
+# The lean upstream: fixed bytes, faults by model name, counters instead of records
+
+
+_WORDS: Final = ("Soak", "test", "answer", "in", "eight", "small", "streamed", "chunks.")
+_CHUNK_BASE: Final = {"id": "chatcmpl-soak", "object": "chat.completion.chunk", "created": 1715367049,
+                      "model": "gpt-4o"}
+
+
+def _sse(data: Any) -> bytes:
+    return b"data: " + (data.encode() if isinstance(data, str) else orjson.dumps(data)) + b"\n\n"
+
+
+def _event(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    return _sse({**_CHUNK_BASE, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+
+COMPLETION: Final = orjson.dumps({
+    "id": "chatcmpl-soak", "object": "chat.completion", "created": 1715367049, "model": "gpt-4o",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": " ".join(_WORDS)}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 5, "completion_tokens": len(_WORDS), "total_tokens": 5 + len(_WORDS)},
+})
+EVENTS: Final = [_event({"role": "assistant", "content": ""}),
+                 *[_event({"content": (" " if i else "") + word}) for i, word in enumerate(_WORDS)],
+                 _event({}, "stop")]
+USAGE_EVENT: Final = _sse({**_CHUNK_BASE, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 8,
+                                                                   "total_tokens": 13}})
+DONE: Final = _sse("[DONE]")
+SERVER_ERROR: Final = orjson.dumps({"error": {"message": "The server had an error (soak fault).",
+                                              "type": "server_error", "param": None, "code": None}})
+
+
+def upstream_app() -> web.Application:
+    """POST /v1/chat/completions with the faults `fail-500`, `hang`, `slow-stream` and `cut`;
+    GET /stats: requests served, in flight, and cancelled (the proxy or its caller gave up)."""
+    stats = {"served": 0, "in_flight": 0, "cancelled": 0}
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        stats["in_flight"] += 1
+        try:
+            body = orjson.loads(await request.read())
+            model = str(body.get("model", ""))
+            if "fail-500" in model:
+                return web.Response(status=500, body=SERVER_ERROR, content_type="application/json")
+            if "hang" in model:
+                await asyncio.sleep(HANG_SECONDS)
+            if body.get("stream") is not True:
+                return web.Response(body=COMPLETION, content_type="application/json")
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            for i, event in enumerate(EVENTS):
+                await response.write(event)
+                if i == 2 and "slow-stream" in model:
+                    await asyncio.sleep(HANG_SECONDS)
+                if i == 3 and "cut" in model and request.transport is not None:
+                    request.transport.abort()
+                    return response
+            options = body.get("stream_options")
+            if isinstance(options, dict) and options.get("include_usage") is True:
+                await response.write(USAGE_EVENT)
+            await response.write(DONE)
+            return response
+        except asyncio.CancelledError:
+            stats["cancelled"] += 1
+            raise
+        finally:
+            stats["in_flight"] -= 1
+            stats["served"] += 1
+
+    async def stats_handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=orjson.dumps(stats), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/stats", stats_handler)
+    return app
+
+
+async def serve_upstream() -> None:
+    """Serve the lean upstream on a free port; print `PORT <n>` once listening; stop on SIGTERM/SIGINT."""
+    runner = web.AppRunner(upstream_app(), handler_cancellation=True, access_log=None, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, HOST, 0)
+    await site.start()
+    print(f"PORT {runner.addresses[0][1]}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+# --------------------------------------------------------------------------------------------------
+# Children: started, watched, always stopped
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the soak process dies, however it dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def tail(self, lines: int = 20) -> str:
+        self.log.flush()
+        return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-lines:])
+
+
+class Children:
+    """Every subprocess we start, stopped on exit (normal, exception, SIGTERM, SIGINT)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self._log_dir = log_dir
+        self.started: list[Child] = []
+        atexit.register(self.stop_all)
+
+    def start(self, name: str, argv: Sequence[str], *, stdout_pipe: bool = False) -> Child:
+        log = open(self._log_dir / f"{name}.log", "w+b")  # noqa: SIM115 - closed by stop_all
+        process = subprocess.Popen(list(argv), cwd=REPO, stdout=subprocess.PIPE if stdout_pipe else log,
+                                   stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+                                   preexec_fn=_die_with_parent)
+        child = Child(name, process, log)
+        self.started.append(child)
+        return child
+
+    def stop_all(self) -> None:
+        for child in reversed(self.started):
+            if child.process.poll() is None:
+                child.process.terminate()
+                try:
+                    child.process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    child.process.kill()
+                    child.process.wait()
+            if child.process.stdout is not None:
+                child.process.stdout.close()
+            child.log.close()
+        self.started.clear()
+
+
+class LogWatch:
+    """The proxy's ERROR and CRITICAL log records since the last look (its log is a file of ours)."""
+
+    def __init__(self, child: Child) -> None:
+        self._path = Path(child.log.name)
+        self._offset = 0
+
+    def new_errors(self) -> list[str]:
+        with self._path.open("rb") as log:
+            log.seek(self._offset)
+            text = log.read()
+        self._offset += len(text)
+        # basicConfig's format: "<date> <time> LEVEL logger: message"
+        return [line for line in text.decode(errors="replace").splitlines()
+                if line.split(" ", 3)[2:3] in (["ERROR"], ["CRITICAL"])]
+
+
+def read_port(child: Child, timeout: float = 20.0) -> int:
+    """The `PORT <n>` line the lean upstream prints once it listens."""
+    assert child.process.stdout is not None
+    ready, _, _ = select.select([child.process.stdout], [], [], timeout)
+    line = child.process.stdout.readline().decode() if ready else ""
+    if not line.startswith("PORT "):
+        raise RuntimeError(f"{child.name} did not start:\n{child.tail()}")
+    return int(line.split()[1])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def closed_port() -> tuple[socket.socket, int]:
+    """A port bound but never listening: connecting is refused, and nobody else can take it meanwhile."""
+    sock = socket.socket()
+    sock.bind((HOST, 0))
+    return sock, sock.getsockname()[1]
+
+
+async def wait_ready(session: aiohttp.ClientSession, child: Child, url: str, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if child.process.poll() is not None:
+            raise RuntimeError(f"{child.name} exited with {child.process.returncode}:\n{child.tail()}")
+        with contextlib.suppress(aiohttp.ClientError, OSError):
+            async with session.get(url) as response:
+                if response.status == 200:
+                    return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"{child.name} not ready within {within:g}s:\n{child.tail()}")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+# --------------------------------------------------------------------------------------------------
+# The proxy's configuration
+
+
+def proxy_config(proxy_port: int, upstream_port: int, dead_port: int) -> str:
+    up = f"http://{HOST}:{upstream_port}/v1"
+    return f"""\
+server: {{host: {HOST}, port: {proxy_port}, drain_seconds: 2}}
+gateway_keys: [{GATEWAY_KEY}]
+providers:
+  openai: {{base_url: "{up}"}}
+  backup: {{type: openai, base_url: "{up}"}}
+  dead:   {{type: openai, base_url: "http://{HOST}:{dead_port}/v1"}}
+timeouts: {{connect: 2, first_byte: 60, idle: 60, total: 60}}
+routes:
+  ok:       {{endpoints: [{{provider: openai, model: gpt-4o}}]}}
+  flaky:
+    strategy: priority
+    endpoints:
+      - {{provider: openai, model: fail-500, priority: 0}}
+      - {{provider: backup, model: gpt-4o, priority: 1}}
+  broken:   {{endpoints: [{{provider: openai, model: fail-500}}]}}
+  slow:     {{timeouts: {{first_byte: 0.5, total: 0.5}}, endpoints: [{{provider: openai, model: hang}}]}}
+  stall:    {{timeouts: {{idle: 0.5}}, endpoints: [{{provider: openai, model: slow-stream}}]}}
+  held:     {{endpoints: [{{provider: openai, model: slow-stream}}]}}
+  parked:   {{endpoints: [{{provider: openai, model: hang}}]}}
+  dead-first:
+    strategy: priority
+    endpoints:
+      - {{provider: dead, model: gpt-4o, priority: 0}}
+      - {{provider: openai, model: gpt-4o, priority: 1}}
+  dead:     {{endpoints: [{{provider: dead, model: gpt-4o}}]}}
+  cut:      {{endpoints: [{{provider: openai, model: cut}}]}}
+"""
+
+
+# --------------------------------------------------------------------------------------------------
+# Load: kinds of request, phases, the workers
+
+
+Action = Literal["read", "leave-mid-stream", "leave-before-headers"]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of request in a phase's mix."""
+
+    route: str
+    stream: bool
+    weight: int = 1
+    action: Action = "read"
+
+    @property
+    def label(self) -> str:
+        mode = "stream" if self.stream else "unary"
+        return f"{self.route}/{mode}" + ("" if self.action == "read" else f"/{self.action}")
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    kinds: tuple[Kind, ...]
+    at_least_requests: int = 0  # keep going past the time share until this many in all
+
+
+# What each route may answer; anything else (a 500 from the gateway itself, a client timeout, a
+# stream that neither ends with [DONE] nor with an in-band error) fails the soak. `flaky` and
+# `dead-first` may answer 502 when the retry budget refuses their fallback.
+EXPECTED: Final[dict[str, frozenset[str]]] = {
+    "ok": frozenset({"200"}),
+    "flaky": frozenset({"200", "502"}),
+    "broken": frozenset({"502"}),
+    "slow": frozenset({"504"}),
+    "stall": frozenset({"200 + in-band error"}),
+    "held": frozenset({"left mid-stream"}),
+    "parked": frozenset({"left before headers"}),
+    "dead-first": frozenset({"200", "502"}),
+    "dead": frozenset({"502"}),
+    "cut": frozenset({"200 + in-band error"}),
+}
+# No expected request takes more than about a second; a client timeout means something hung.
+CLIENT_TIMEOUT: Final = 15.0
+
+
+def plain(weight: int = 1) -> tuple[Kind, ...]:
+    return Kind("ok", False, weight), Kind("ok", True, weight)
+
+
+def phases(requests: int) -> list[Phase]:
+    return [
+        Phase("warmup", plain(), at_least_requests=RSS_MARK),
+        Phase("upstream-500", (*plain(), Kind("flaky", False, 2), Kind("flaky", True, 2),
+                               Kind("broken", False), Kind("broken", True))),
+        Phase("timeouts", (*plain(), Kind("slow", False), Kind("slow", True), Kind("stall", True, 2))),
+        Phase("disconnects", (*plain(), Kind("held", True, 2, "leave-mid-stream"),
+                              Kind("parked", False, 1, "leave-before-headers"),
+                              Kind("parked", True, 1, "leave-before-headers"))),
+        Phase("closed-port", (*plain(), Kind("dead-first", False, 2), Kind("dead-first", True, 2),
+                              Kind("dead", False), Kind("cut", True, 2))),
+        Phase("steady", plain(), at_least_requests=requests),
+    ]
+
+
+@dataclass
+class Run:
+    """Counters shared by the workers."""
+
+    total: int = 0
+    rss_at_mark: float | None = None
+    mark_at: float = 0.0
+    unexpected: Counter[str] = field(default_factory=Counter)
+
+
+def _last_event(body: bytes) -> bytes:
+    events = [e for e in body.split(b"\n\n") if e.strip()]
+    return events[-1] if events else b""
+
+
+async def one_request(session: aiohttp.ClientSession, url: str, kind: Kind) -> str:
+    """Send one request of a kind; its outcome as a short label."""
+    body: dict[str, Any] = {"model": kind.route, "messages": [{"role": "user", "content": "soak"}],
+                            "stream": kind.stream}
+    if kind.action == "leave-before-headers":
+        try:
+            async with asyncio.timeout(0.2):
+                async with session.post(url, json=body) as response:
+                    await response.read()
+                    return f"{response.status} (answered before the caller left)"
+        except TimeoutError:
+            return "left before headers"
+    async with session.post(url, json=body) as response:
+        if kind.action == "leave-mid-stream":
+            seen = b""
+            while b'"content":"Soak"' not in seen:
+                piece = await response.content.readany()
+                if not piece:
+                    return f"{response.status} ended before the caller could leave"
+                seen += piece
+            response.close()  # the caller goes away mid-stream
+            return "left mid-stream"
+        data = await response.read()
+        if response.status != 200 or not kind.stream:
+            return str(response.status)
+        last = _last_event(data)
+        if last == b"data: [DONE]":
+            return "200"
+        if last.startswith(b'data: {"error"'):
+            return "200 + in-band error"
+        return "200 truncated"
+
+
+async def worker(session: aiohttp.ClientSession, url: str, phase: Phase, run: Run, counts: Counter[str],
+                 until: Callable[[], bool], pid: int) -> None:
+    weights = [k.weight for k in phase.kinds]
+    while not until():
+        kind = random.choices(phase.kinds, weights)[0]
+        try:
+            outcome = await one_request(session, url, kind)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            outcome = f"client error {type(exc).__name__}"
+        counts[f"{kind.label}: {outcome}"] += 1
+        if outcome not in EXPECTED[kind.route]:
+            run.unexpected[f"{kind.label}: {outcome}"] += 1
+        run.total += 1
+        if run.total == RSS_MARK:
+            run.rss_at_mark = rss_mib(pid)
+            run.mark_at = time.monotonic()
+
+
+async def upstream_stats(session: aiohttp.ClientSession, upstream_url: str) -> dict[str, int]:
+    async with session.get(upstream_url + "/stats") as response:
+        stats: dict[str, int] = await response.json()
+        return stats
+
+
+def snapshot(pid: int) -> tuple[float, int]:
+    return rss_mib(pid), open_fds(pid)
+
+
+async def soak(args: argparse.Namespace, proxy: Child, upstream: Child, proxy_url: str, upstream_url: str) -> int:
+    plan = phases(args.requests)
+    share = args.minutes * 60 / len(plan)
+    hard_stop = time.monotonic() + args.max_minutes * 60
+    started = time.monotonic()
+    run = Run()
+    headers = {"X-API-Key": GATEWAY_KEY, "Authorization": f"Bearer {PROVIDER_KEY}"}
+    connector = aiohttp.TCPConnector(limit=args.concurrency, limit_per_host=0)
+    failed_checks: list[str] = []
+
+    # SIGTERM or SIGINT while the load runs: cancel it, so the children are stopped on the way out.
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    assert task is not None
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, task.cancel)
+
+    def stamp() -> str:
+        return f"[{time.monotonic() - started:7.1f}s]"
+
+    async with aiohttp.ClientSession(connector=connector, headers=headers,
+                                     timeout=aiohttp.ClientTimeout(total=CLIENT_TIMEOUT)) as session:
+        await wait_ready(session, proxy, proxy_url + "/healthz")
+        await wait_ready(session, upstream, upstream_url + "/stats")
+        chat_url = proxy_url + "/v1/chat/completions"
+        print(f"soak: proxy pid {proxy.pid} at {proxy_url}, lean upstream pid {upstream.pid} at {upstream_url}")
+        print(f"soak: {len(plan)} phases of ~{share:.0f} s, concurrency {args.concurrency}, "
+              f"RSS compared after {RSS_MARK:,} and after {args.requests:,} requests")
+        warm_fds: int | None = None  # at the end of the first phase
+        log = LogWatch(proxy)
+        for phase in plan:
+            rss, fds = snapshot(proxy.pid)
+            print(f"{stamp()} {phase.name:<12} start  RSS {rss:7.1f} MiB  fds {fds:4d}  requests {run.total:,}")
+            deadline = time.monotonic() + share
+            counts: Counter[str] = Counter()
+            phase_started, total_before = time.monotonic(), run.total
+
+            def until(deadline: float = deadline, phase: Phase = phase) -> bool:
+                now = time.monotonic()
+                return now >= hard_stop or (now >= deadline and run.total >= phase.at_least_requests)
+
+            await asyncio.gather(*(worker(session, chat_url, phase, run, counts, until, proxy.pid)
+                                   for _ in range(args.concurrency)))
+            if proxy.process.poll() is not None:
+                print(f"soak: the proxy exited with {proxy.process.returncode}:\n{proxy.tail()}")
+                return 1
+            await asyncio.sleep(1.0)  # let the upstream notice what the proxy abandoned
+            stats = await upstream_stats(session, upstream_url)
+            rss, fds = snapshot(proxy.pid)
+            warm_fds = fds if warm_fds is None else warm_fds
+            done = run.total - total_before
+            rate = done / max(time.monotonic() - phase_started - 1.0, 1e-9)
+            print(f"{stamp()} {phase.name:<12} end    RSS {rss:7.1f} MiB  fds {fds:4d}  requests {run.total:,} "
+                  f"(+{done:,}, {rate:,.0f}/s)")
+            for outcome, count in sorted(counts.items()):
+                flag = "   <-- unexpected" if outcome in run.unexpected else ""
+                print(f"{'':24}{count:>9,}  {outcome}{flag}")
+            print(f"{'':24}upstream: {stats['in_flight']} in flight, {stats['cancelled']:,} cancelled in all")
+            errors = log.new_errors()
+            print(f"{'':24}proxy log: {len(errors):,} ERROR records" + (f", the first: {errors[0][:150]}" if errors else ""))
+            if errors:
+                failed_checks.append(f"the proxy logged {len(errors):,} errors in {phase.name}")
+            if run.rss_at_mark is not None and phase.at_least_requests == RSS_MARK:
+                print(f"{'':24}RSS after {RSS_MARK:,} requests: {run.rss_at_mark:.1f} MiB")
+            bad = {o: c for o, c in counts.items() if o in run.unexpected}
+            if bad:
+                failed_checks.append(f"unexpected outcomes in {phase.name}: {bad}")
+            if stats["in_flight"] > args.concurrency:
+                failed_checks.append(f"after {phase.name} the upstream still has {stats['in_flight']} requests "
+                                     "in flight: the proxy did not cancel what it abandoned")
+            if time.monotonic() >= hard_stop:
+                print(f"soak: --max-minutes {args.max_minutes:g} reached, stopping early")
+                break
+        end_rss, end_fds = snapshot(proxy.pid)
+    print()
+    if run.rss_at_mark is None:
+        print(f"RSS: fewer than {RSS_MARK:,} requests were made; nothing to compare")
+    else:
+        growth = (end_rss - run.rss_at_mark) / run.rss_at_mark * 100
+        within = abs(growth) <= 10
+        print(f"RSS after {RSS_MARK:,} requests: {run.rss_at_mark:.1f} MiB; after {run.total:,}: {end_rss:.1f} MiB "
+              f"({growth:+.1f} %): {'within' if within else 'NOT within'} 10 %")
+        if not within:
+            failed_checks.append("RSS grew by more than 10 %")
+        if run.total < args.requests:
+            failed_checks.append(f"only {run.total:,} of --requests {args.requests:,} were made")
+    assert warm_fds is not None
+    fd_limit = warm_fds + FD_SLACK
+    print(f"fds at the end of the first phase: {warm_fds}; at the end of the last: {end_fds} (limit {fd_limit})")
+    if end_fds > fd_limit:
+        failed_checks.append("file descriptors leaked")
+    for check in failed_checks:
+        print(f"FAILED: {check}")
+    print("soak: ok" if not failed_checks else "soak: FAILED")
+    return 1 if failed_checks else 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Soak the proxy with mixed load and faults; watch RSS and fds.")
+    parser.add_argument("--minutes", type=float, default=4.0,
+                        help="time shared by the six phases (default 4; the first and last run longer "
+                             "if they must, to reach 10,000 and --requests)")
+    parser.add_argument("--requests", type=int, default=300_000,
+                        help="requests in all before the final RSS (default 300,000: about five minutes "
+                             "with the default --minutes on a 2-CPU machine; the issue's long run is 1000000)")
+    parser.add_argument("--concurrency", type=int, default=32, help="requests in flight at once (default 32)")
+    parser.add_argument("--max-minutes", type=float, default=180.0,
+                        help="hard limit on the whole run, whatever --requests says (default 180)")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the children's logs and print where")
+    parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.concurrency < 1 or args.requests < 1 or args.minutes <= 0 or args.max_minutes <= 0:
+        parser.error("--concurrency, --requests, --minutes and --max-minutes must be positive")
+    return args
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run, on uvloop when it is installed (as the proxy runs)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency of the proxy
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop the children
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.serve_upstream:
+        run_loop(serve_upstream())
+        return 0
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    log_dir = Path(tempfile.mkdtemp(prefix="tensorwall-soak-"))
+    children = Children(log_dir)
+    dead_socket, dead_port = closed_port()
+    try:
+        upstream = children.start("upstream", [sys.executable, __file__, "--serve-upstream"], stdout_pipe=True)
+        upstream_port = read_port(upstream)
+        proxy_port = free_port()
+        config = log_dir / "soak.yaml"
+        config.write_text(proxy_config(proxy_port, upstream_port, dead_port))
+        proxy = children.start("proxy", [sys.executable, "-m", "tensorwall_proxy", "serve", "--config", str(config)])
+        return run_loop(soak(args, proxy, upstream, f"http://{HOST}:{proxy_port}", f"http://{HOST}:{upstream_port}"))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("soak: interrupted")
+        return 130
+    finally:
+        children.stop_all()
+        dead_socket.close()
+        if args.keep_logs:
+            print(f"soak: logs and config in {log_dir}")
+        else:
+            for path in log_dir.iterdir():
+                path.unlink()
+            log_dir.rmdir()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
