@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
@@ -19,6 +20,7 @@ from aiohttp import web
 from . import relay
 from .auth import FORWARDED_HEADERS, caller_key
 from .errors import GatewayError, UpstreamError, bad_request
+from .observability import RequestRecord, access_log, log_line
 from .providers import ChatRequest, EmbeddingsRequest
 from .sse import encode
 
@@ -54,6 +56,30 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     request_id = relay.new_request_id(request.headers.get("x-request-id"))
     request[REQUEST_ID] = request_id
     gateway = request.app[GATEWAY]
+    record = RequestRecord(request_id, request.method, request.path)
+    request[relay.RECORD] = record
+    response: web.StreamResponse | None = None
+    try:
+        response = await _serve(request, handler, gateway, request_id)
+        return response
+    finally:
+        if request.path not in _OPEN_PATHS:
+            _account(gateway, record, response)
+
+
+def _account(gateway: relay.Gateway, record: RequestRecord, response: web.StreamResponse | None) -> None:
+    """One access-log line and the metrics for a finished request (never a key or a body)."""
+    record.status = response.status if response is not None else 499
+    latency = time.perf_counter() - record.started
+    if gateway.metrics is not None:
+        gateway.metrics.observe(record, latency)
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info("%s", log_line(record, latency).decode())
+
+
+async def _serve(request: web.Request, handler: Handler, gateway: relay.Gateway,
+                 request_id: str) -> web.StreamResponse:
+    """The key check, the in-flight bound, the handler, and OpenAI's error shape for what fails."""
     counted = False
     try:
         if request.path not in _OPEN_PATHS:
@@ -64,6 +90,8 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
                                    type="server_error", code="overloaded", retry_after=1)
             gateway.in_flight += 1
             counted = True
+            if gateway.metrics is not None:
+                gateway.metrics.in_flight.inc()
         return await handler(request)
     except GatewayError as exc:
         return error_response(exc, request_id)
@@ -97,6 +125,8 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     finally:
         if counted:
             gateway.in_flight -= 1
+            if gateway.metrics is not None:
+                gateway.metrics.in_flight.dec()
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
@@ -197,7 +227,7 @@ async def create_embeddings(request: web.Request) -> web.StreamResponse:
     """POST /v1/embeddings"""
     gateway = request.app[GATEWAY]
     req = parse_embeddings(await read_json(request))
-    return await relay.embeddings(gateway, req, caller_key(request.headers.get("Authorization")),
+    return await relay.embeddings(gateway, request, req, caller_key(request.headers.get("Authorization")),
                                   request[REQUEST_ID])
 
 
@@ -205,6 +235,21 @@ async def list_models(request: web.Request) -> web.StreamResponse:
     """GET /v1/models: route names, then <provider>/<model> for every provider's `models:`."""
     body = request.app[GATEWAY].table.models_body
     return web.Response(body=body, headers={"Content-Type": JSON, "x-request-id": request[REQUEST_ID]})
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    """GET /metrics: Prometheus exposition (every worker's together under --workers N)."""
+    gateway = request.app[GATEWAY]
+    if gateway.metrics is None:
+        raise GatewayError(404, "Metrics are off.", code="not_found")
+    gateway.metrics.health.clear()
+    for (provider, model, digest), state in gateway.health.states():
+        if digest is None:  # callers' keys stay out of the labels: they are unbounded
+            models = gateway.table.config.providers[provider].models if provider in gateway.table.config.providers \
+                else ()
+            gateway.metrics.health.labels(provider, model if model in models else "other", state).set(1)
+    body, content_type = gateway.metrics.render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
@@ -241,3 +286,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)

@@ -15,6 +15,7 @@ from . import api, upstream
 from .auth import GatewayKeys
 from .config import Config
 from .health import RetryBudget
+from .observability import metrics_from_environment
 from .relay import Gateway, Table
 from .router import LLMRouter
 
@@ -51,7 +52,8 @@ def build_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[api.gateway_middleware])
     retries = config.retries
     app[api.GATEWAY] = Gateway(build_table(config),
-                               budget=RetryBudget(retries.budget_ratio, retries.budget_min_per_second))
+                               budget=RetryBudget(retries.budget_ratio, retries.budget_min_per_second),
+                               metrics=metrics_from_environment())
     app.cleanup_ctx.append(_session_context)
     api.add_routes(app)
     return app

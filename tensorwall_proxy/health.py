@@ -96,6 +96,10 @@ class HealthBook:
             return Block(state.ejected_until, "ejected")
         return Block(state.cooling_until, "cooling")
 
+    def states(self) -> list[tuple[HealthKey, str]]:
+        """Every pair the book knows with its state now (for the health gauge)."""
+        return [(key, self.status(key)) for key in list(self._states)]
+
     def status(self, key: HealthKey) -> Literal["healthy", "cooling", "ejected"]:
         """healthy / cooling / ejected, for metrics and `route`."""
         block = self.block(key)

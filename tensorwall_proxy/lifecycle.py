@@ -307,6 +307,25 @@ class Worker:
                 self.process.send_signal(signum)
 
 
+def _clear_metrics_directory() -> None:
+    """A new parent starts the workers' shared metrics afresh (prometheus-client's multiprocess rule)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory and os.path.isdir(directory):
+        for name in os.listdir(directory):
+            if name.endswith(".db"):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(directory, name))
+
+
+def _forget_worker_metrics(pid: int) -> None:
+    """A dead worker's live gauges (requests in flight, endpoint health) stop counting."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+
+
 def supervise(config: Config, host: str, port: int, workers: int, *, allow_no_key: bool = False) -> int:
     """``serve --workers N``: run N workers on one port until SIGTERM or SIGINT; the exit code."""
     install_uvloop()
@@ -351,6 +370,7 @@ class Supervisor:
             loop.add_signal_handler(signum, self.stop, signal.Signals(signum).name)
         log.info("starting %d workers on %s port %d (config %s, pid %d)", len(self.workers), self.host,
                  self.port, self.config.source, os.getpid())
+        _clear_metrics_directory()
         watchdog = asyncio.create_task(self.notifier.watchdog(self.all_live))
         slots = [asyncio.create_task(self.keep(worker)) for worker in self.workers]
         try:
@@ -431,6 +451,7 @@ class Supervisor:
         code = await process.wait()
         worker.ready = False
         self.reload_done(worker.slot)
+        _forget_worker_metrics(process.pid)
         return code
 
     def on_report(self, worker: Worker, line: str) -> None:

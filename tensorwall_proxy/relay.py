@@ -15,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 import aiohttp
+import orjson
 from aiohttp import web
 
 from . import upstream
@@ -32,6 +34,7 @@ from .errors import (
     UpstreamError,
 )
 from .health import HealthBook, HealthKey, RetryBudget, when_all_blocked
+from .observability import Metrics, RequestRecord, outcome_of
 from .providers import ChatRequest, EmbeddingsRequest, Provider, UpstreamCall, provider_for
 from .router import LLMRouter, Route, RouteEndpoint
 from .sse import SseError, encode
@@ -65,6 +68,7 @@ class Gateway:
     health: HealthBook = field(default_factory=HealthBook)
     budget: RetryBudget = field(default_factory=RetryBudget)
     in_flight: int = 0
+    metrics: Metrics | None = None
     session: aiohttp.ClientSession | None = None
     ambient: upstream.Ambient = field(default_factory=lambda: upstream.Ambient())
     # Streams past their commit point, so a drain that runs out of time can end them in-band.
@@ -72,6 +76,8 @@ class Gateway:
     ready: bool = False
 
 
+# The request's record for the access log and the metrics, made by the HTTP layer.
+RECORD: Final = web.RequestKey("record", RequestRecord)
 # The response a request committed to, so the HTTP layer never starts a second one after it.
 COMMITTED: Final = web.RequestKey("committed", web.StreamResponse)
 # The cancel message that tells a committed stream the gateway is shutting down.
@@ -156,11 +162,12 @@ def plan(table: Table, gateway: Gateway, route: Route, caller: Secret | None) ->
 Call = TypeVar("Call")  # what one attempt sends: an UpstreamCall, or several for batched embeddings
 
 
-async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Secret | None,
+async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Secret | None, record: RequestRecord,
                        build: Callable[[Provider, Attempt, Credential], Call],
                        execute: Callable[[Provider, Attempt, Call], Awaitable[web.StreamResponse]],
                        ) -> web.StreamResponse:
     """The one retry loop: try the plan's attempts until one answers or a failure forbids fallback."""
+    record.route = route.label
     attempts = plan(table, gateway, route, caller)
     cap = table.config.retries.attempts
     gateway.budget.deposit()
@@ -198,10 +205,15 @@ async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Sec
         if attempt.credential.kind == "caller":
             caller_type = attempt.provider.type
         made += 1
+        record.provider = attempt.provider.name
+        record.model = attempt.model
+        record.model_label = attempt.model if attempt.model in attempt.provider.models else "other"
+        started = time.perf_counter()
         try:
             response = await execute(impl, attempt, call)
         except UpstreamError as exc:
             exc.provider = attempt.provider.name
+            record.attempt(attempt.provider.name, outcome_of(exc.status, exc.kind), exc.status, started)
             _record_failure(gateway, attempt, exc)
             failure = exc
             if not exc.falls_back:
@@ -215,6 +227,7 @@ async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Sec
             position += 1
             same = 0
             continue
+        record.attempt(attempt.provider.name, "ok", response.status, started)
         return response
     if failure is not None:
         raise failure
@@ -301,17 +314,31 @@ async def _unary_all(gateway: Gateway, calls: list[UpstreamCall], timeouts: Time
 
 
 async def _answer(gateway: Gateway, attempt: Attempt, impl: Provider, call: UpstreamCall, timeouts: Timeouts,
-                  request_id: str, translate: Callable[[bytes], bytes]) -> web.StreamResponse:
+                  request_id: str, record: RequestRecord, translate: Callable[[bytes], bytes]) -> web.StreamResponse:
     """A non-streamed attempt: the whole upstream body, translated, is the commit."""
     body, headers = await _unary(gateway, call, timeouts, attempt, impl)
-    return web.Response(body=translate(body),
-                        headers=_response_headers(request_id, attempt.provider.name, headers, JSON))
+    out = translate(body)
+    record.count(_usage_of(out))
+    record.committed()
+    return web.Response(body=out, headers=_response_headers(request_id, attempt.provider.name, headers, JSON))
+
+
+def _usage_of(body: bytes) -> Mapping[str, Any] | None:
+    """The usage of an OpenAI-shaped body, for token accounting (parsed once, here, after the answer)."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    usage = parsed.get("usage") if isinstance(parsed, dict) else None
+    return usage if isinstance(usage, dict) else None
 
 
 async def chat(gateway: Gateway, request: web.Request, req: ChatRequest, caller: Secret | None,
                request_id: str) -> web.StreamResponse:
     """Serve one ``/v1/chat/completions`` request, streamed or not."""
     table = gateway.table  # requests in flight keep the table they started with
+    record = request[RECORD]
+    record.stream = req.stream
     route = table.router.resolve(req.body["model"])
     timeouts = _timeouts(table, route)
 
@@ -321,16 +348,17 @@ async def chat(gateway: Gateway, request: web.Request, req: ChatRequest, caller:
     async def execute(impl: Provider, attempt: Attempt, call: UpstreamCall) -> web.StreamResponse:
         if req.stream:
             return await _stream(gateway, request, req, impl, attempt, call, timeouts, request_id)
-        return await _answer(gateway, attempt, impl, call, timeouts, request_id,
+        return await _answer(gateway, attempt, impl, call, timeouts, request_id, record,
                              lambda body: impl.parse_response(req, attempt.provider, body))
 
-    return await run_attempts(gateway, table, route, caller, build, execute)
+    return await run_attempts(gateway, table, route, caller, record, build, execute)
 
 
-async def embeddings(gateway: Gateway, req: EmbeddingsRequest, caller: Secret | None,
+async def embeddings(gateway: Gateway, request: web.Request, req: EmbeddingsRequest, caller: Secret | None,
                      request_id: str) -> web.StreamResponse:
     """Serve one ``/v1/embeddings`` request."""
     table = gateway.table
+    record = request[RECORD]
     route = table.router.resolve(req.body["model"])
     timeouts = _timeouts(table, route)
 
@@ -339,10 +367,12 @@ async def embeddings(gateway: Gateway, req: EmbeddingsRequest, caller: Secret | 
 
     async def execute(impl: Provider, attempt: Attempt, calls: list[UpstreamCall]) -> web.StreamResponse:
         bodies, headers = await _unary_all(gateway, calls, timeouts, attempt, impl)
-        return web.Response(body=impl.parse_embeddings_response(req, attempt.provider, bodies),
-                            headers=_response_headers(request_id, attempt.provider.name, headers, JSON))
+        out = impl.parse_embeddings_response(req, attempt.provider, bodies)
+        record.count(_usage_of(out))
+        record.committed()
+        return web.Response(body=out, headers=_response_headers(request_id, attempt.provider.name, headers, JSON))
 
-    return await run_attempts(gateway, table, route, caller, build, execute)
+    return await run_attempts(gateway, table, route, caller, record, build, execute)
 
 
 async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl: Provider, attempt: Attempt,
@@ -426,6 +456,7 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
                 response.close()
     assert client is not None
     gateway.health.succeeded(attempt.health_key)
+    request[RECORD].count(decoder.usage)
     return client
 
 
@@ -436,6 +467,7 @@ async def _commit(request: web.Request, request_id: str, provider: str, upstream
                                                           "text/event-stream"))
     client.headers["Cache-Control"] = "no-cache"
     request[COMMITTED] = client
+    request[RECORD].committed()
     await client.prepare(request)
     await _flush(client, held)
     return client

@@ -1,0 +1,191 @@
+"""Metrics, the access log and token accounting, after known traffic through the real proxy."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, config_text, post_json, raw_request
+from tests.fakes import FakeUpstream
+
+ROOT = Path(__file__).resolve().parent.parent
+USER = [{"role": "user", "content": "count my tokens please"}]
+
+
+def _all_providers(fake: FakeUpstream) -> str:
+    return config_text(fake).replace("providers:\n", f"""providers:
+  anthropic: {{base_url: "{fake.base_url}/anthropic/v1"}}
+  vertex: {{project: p, base_url: "{fake.base_url}/vertex"}}
+  bedrock: {{region: us-east-1, base_url: "{fake.base_url}/bedrock"}}
+""")
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of the Prometheus text exposition (0 when absent)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _scrape(proxy: Proxy) -> str:
+    response = raw_request(proxy.url + "/metrics", method="GET")
+    assert response.status == 200 and response.headers["content-type"].startswith("text/plain")
+    return response.text
+
+
+def _access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [json.loads(r.getMessage()) for r in caplog.records if r.name == "tensorwall_proxy.access"]
+
+
+def test_metrics_after_known_traffic(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> None:
+    proxy = make_proxy("""
+routes:
+  resilient:
+    strategy: priority
+    endpoints:
+      - {provider: openai, model: fail-500, priority: 0}
+      - {provider: azure-eu, model: gpt-4o-eu, priority: 1}
+""")
+    client = proxy.client()
+    for _ in range(2):
+        client.chat.completions.create(model="gpt-4o", messages=USER)
+    list(client.chat.completions.create(model="gpt-4o", messages=USER, stream=True))
+    client.chat.completions.create(model="resilient", messages=USER)
+    assert post_json(proxy, "/v1/chat/completions", {"model": "nope", "messages": USER}).status == 404
+    text = _scrape(proxy)
+    assert _metric(text, "tensorwall_requests_total", route="gpt-*", provider="openai", status_class="2xx",
+                   stream="false") == 2
+    assert _metric(text, "tensorwall_requests_total", route="gpt-*", provider="openai", status_class="2xx",
+                   stream="true") == 1
+    assert _metric(text, "tensorwall_requests_total", route="resilient", provider="azure-eu", status_class="2xx",
+                   stream="false") == 1
+    assert _metric(text, "tensorwall_fallbacks_total", route="resilient") == 1
+    assert _metric(text, "tensorwall_upstream_attempts_total", provider="openai", outcome="5xx") == 1
+    assert _metric(text, "tensorwall_upstream_attempts_total", provider="azure-eu", outcome="ok") == 1
+    assert _metric(text, "tensorwall_errors_total", blame="caller") == 1
+    assert _metric(text, "tensorwall_request_duration_seconds_count", route="gpt-*", provider="openai",
+                   stream="false") == 2
+    assert _metric(text, "tensorwall_time_to_first_byte_seconds_count", route="gpt-*", provider="openai",
+                   stream="true") == 1
+    # Tokens: the model is a label only when listed under the provider's models: (gpt-4o is).
+    usage = client.chat.completions.create(model="gpt-4o", messages=USER).usage
+    assert usage is not None
+    text = _scrape(proxy)
+    assert _metric(text, "tensorwall_tokens_total", provider="openai", model="gpt-4o", direction="in") == \
+        4 * usage.prompt_tokens
+    assert _metric(text, "tensorwall_tokens_total", provider="azure-eu", model="gpt-4o-eu", direction="out") > 0
+    assert "tensorwall_requests_in_flight" in text
+    assert 'route="nope"' not in text  # caller-sent names never become labels
+
+
+def test_endpoint_health_gauge(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> None:
+    proxy = make_proxy()
+    post_json(proxy, "/v1/chat/completions", {"model": "azure-eu/fail-429", "messages": USER})
+    text = _scrape(proxy)
+    assert _metric(text, "tensorwall_endpoint_health", provider="azure-eu", model="other", state="cooling") == 1
+
+
+def test_access_log_fields_and_redaction(make_proxy: Callable[..., Proxy], fake: FakeUpstream,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="tensorwall_proxy.access")
+    proxy = make_proxy("routes:\n  pair:\n    strategy: priority\n    endpoints:\n"
+                       "      - {provider: openai, model: fail-503, priority: 0}\n"
+                       "      - {provider: azure-eu, model: gpt-4o-eu, priority: 1}\n")
+    secret_text = "canary-message-text-7f3a9"
+    response = post_json(proxy, "/v1/chat/completions",
+                         {"model": "pair", "messages": [{"role": "user", "content": secret_text}]},
+                         **{"x-request-id": "trace-1"})
+    assert response.status == 200
+    (line,) = [entry for entry in _access_lines(caplog) if entry["id"] == "trace-1"]
+    assert line["route"] == "pair" and line["provider"] == "azure-eu" and line["model"] == "gpt-4o-eu"
+    assert line["status"] == 200 and line["stream"] is False and line["attempts"] == 2
+    assert [(a["provider"], a["outcome"], a["status"]) for a in line["attempt_log"]] == [
+        ("openai", "5xx", 503), ("azure-eu", "ok", 200)]
+    assert line["latency_ms"] > 0 and line["ttfb_ms"] is not None and line["tokens_in"] > 0
+    assert line["blame"] is None
+    raw = "\n".join(r.getMessage() for r in caplog.records)
+    for secret in (secret_text, PROVIDER_KEY, GATEWAY_KEY, "server-side-azure-key"):
+        assert secret not in raw
+
+
+MODELS = [
+    ("gpt-4o", "openai"), ("azure/gpt-4o", "azure"), ("groq/llama3-70b-8192", "groq"),
+    ("mistral/mistral-large-latest", "mistral"), ("lmstudio/qwen", "lmstudio"), ("ollama/llama3.2", "ollama"),
+    ("claude-3-5-sonnet-20241022", "anthropic"), ("gemini-2.5-flash", "vertex"),
+    ("bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0", "bedrock"),
+]
+
+
+@pytest.mark.parametrize(("model", "provider"), MODELS)
+@pytest.mark.parametrize("stream", [False, True])
+def test_tokens_are_counted_for_every_provider_type(make_proxy: Callable[..., Proxy], fake: FakeUpstream,
+                                                    caplog: pytest.LogCaptureFixture, model: str, provider: str,
+                                                    stream: bool) -> None:
+    caplog.set_level(logging.INFO, logger="tensorwall_proxy.access")
+    proxy = make_proxy(text=_all_providers(fake))
+    response = post_json(proxy, "/v1/chat/completions", {"model": model, "messages": USER, "stream": stream},
+                         **{"x-request-id": f"tokens-{provider}-{stream}"})
+    assert response.status == 200, response.body
+    if stream:
+        # The caller did not ask for usage: it is counted anyway, and not shown to the caller.
+        assert '"choices":[],"usage"' not in response.text
+    (line,) = [e for e in _access_lines(caplog) if e["id"] == f"tokens-{provider}-{stream}"]
+    assert line["provider"] == provider
+    assert line["tokens_in"] > 0 and line["tokens_out"] > 0, line
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_metrics_of_several_workers_are_reported_together(tmp_path: Path) -> None:
+    port = _free_port()
+    config = tmp_path / "proxy.yaml"
+    config.write_text("gateway_keys: [k]\n")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    (tmp_path / "metrics").mkdir()
+    process = subprocess.Popen([sys.executable, "-m", "tensorwall_proxy", "serve", "--config", str(config),
+                                "--port", str(port), "--workers", "2"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if raw_request(f"http://127.0.0.1:{port}/readyz", method="GET").status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.1)
+        requests = 40
+        for _ in range(requests):
+            # New connections, so the kernel spreads them over both workers.
+            assert raw_request(f"http://127.0.0.1:{port}/v1/models", headers={"X-API-Key": "k", "Connection": "close"},
+                               method="GET").status == 200
+        files = list((tmp_path / "metrics").glob("*.db"))
+        assert len({f.name.rsplit("_", 1)[-1] for f in files}) >= 2  # both workers wrote their share
+        text = raw_request(f"http://127.0.0.1:{port}/metrics", method="GET").text
+        assert _metric(text, "tensorwall_requests_total", route="none", provider="none", status_class="2xx",
+                       stream="false") == requests
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(20)
