@@ -8,6 +8,7 @@ talks to an upstream: that is relay.py's job.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -64,13 +65,15 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         return response
     finally:
         if request.path not in _OPEN_PATHS:
-            _account(gateway, record, response)
+            # After this returns aiohttp writes the response: account once it is on its way.
+            asyncio.get_running_loop().call_soon(_account, gateway, record, response, time.perf_counter())
 
 
-def _account(gateway: relay.Gateway, record: RequestRecord, response: web.StreamResponse | None) -> None:
+def _account(gateway: relay.Gateway, record: RequestRecord, response: web.StreamResponse | None,
+             finished: float) -> None:
     """One access-log line and the metrics for a finished request (never a key or a body)."""
     record.status = response.status if response is not None else 499
-    latency = time.perf_counter() - record.started
+    latency = finished - record.started
     if gateway.metrics is not None:
         gateway.metrics.observe(record, latency)
     if access_log.isEnabledFor(logging.INFO):

@@ -175,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tensorwall-proxy`` console script."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The access log writes a line per request: skip what no format here uses (the caller's source
+    # line and thread lookups), as the logging docs advise for hot paths.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     args = build_parser().parse_args(argv)
     code: int = args.func(args)
     return code

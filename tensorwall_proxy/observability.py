@@ -23,6 +23,7 @@ import orjson
 
 access_log = logging.getLogger("tensorwall_proxy.access")
 
+_STATUS_CLASSES: Final = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 # Buckets that resolve sub-millisecond overhead as well as minute-long streams.
 DURATION_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                            10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -131,27 +132,39 @@ class Metrics:
                                registry=self.registry, multiprocess_mode="livesum")
         self.health = Gauge("tensorwall_endpoint_health", "Endpoints (server-side credentials) by state.",
                             ["provider", "model", "state"], registry=self.registry, multiprocess_mode="livemax")
+        # Label values are bounded by the configuration, so this cache is too.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """A labelled child, looked up in our own dict: prometheus-client's labels() takes a lock
+        and validates on every call, which the hot path need not pay twice for the same labels."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def observe(self, record: RequestRecord, latency: float) -> None:
         """Count one finished request."""
         stream = "true" if record.stream else "false"
         route = record.route or "none"
         provider = record.provider or "none"
-        self.requests.labels(route, provider, f"{record.status // 100}xx", stream).inc()
-        self.duration.labels(route, provider, stream).observe(latency)
+        child = self._child
+        child(self.requests, route, provider, _STATUS_CLASSES.get(record.status // 100, "other"), stream).inc()
+        child(self.duration, route, provider, stream).observe(latency)
         if record.first_byte is not None:
-            self.first_byte.labels(route, provider, stream).observe(record.first_byte)
+            child(self.first_byte, route, provider, stream).observe(record.first_byte)
         for attempt_provider, outcome, _, _ in record.attempts:
-            self.attempts.labels(attempt_provider, outcome).inc()
+            child(self.attempts, attempt_provider, outcome).inc()
         if len(record.attempts) > 1:
-            self.fallbacks.labels(route).inc()
+            child(self.fallbacks, route).inc()
         if record.prompt_tokens or record.completion_tokens:
             model = record.model_label or "other"
-            self.tokens.labels(provider, model, "in").inc(record.prompt_tokens)
-            self.tokens.labels(provider, model, "out").inc(record.completion_tokens)
+            child(self.tokens, provider, model, "in").inc(record.prompt_tokens)
+            child(self.tokens, provider, model, "out").inc(record.completion_tokens)
         who = blame(record.status, record.provider)
         if who is not None:
-            self.errors.labels(who).inc()
+            child(self.errors, who).inc()
 
     def render(self) -> tuple[bytes, str]:
         """The exposition and its content type; every worker's together in multiprocess mode."""
