@@ -53,6 +53,18 @@ def _access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
     return [json.loads(r.getMessage()) for r in caplog.records if r.name == "tensorwall_proxy.access"]
 
 
+def _access_line(caplog: pytest.LogCaptureFixture, request_id: str) -> dict[str, Any]:
+    """The one line for a request; it is written just after the response leaves, so allow a moment."""
+    deadline = time.monotonic() + 2
+    while True:
+        lines = [e for e in _access_lines(caplog) if e["id"] == request_id]
+        if lines or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    (line,) = lines
+    return line
+
+
 def test_metrics_after_known_traffic(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> None:
     proxy = make_proxy("""
 routes:
@@ -112,7 +124,7 @@ def test_access_log_fields_and_redaction(make_proxy: Callable[..., Proxy], fake:
                          {"model": "pair", "messages": [{"role": "user", "content": secret_text}]},
                          **{"x-request-id": "trace-1"})
     assert response.status == 200
-    (line,) = [entry for entry in _access_lines(caplog) if entry["id"] == "trace-1"]
+    line = _access_line(caplog, "trace-1")
     assert line["route"] == "pair" and line["provider"] == "azure-eu" and line["model"] == "gpt-4o-eu"
     assert line["status"] == 200 and line["stream"] is False and line["attempts"] == 2
     assert [(a["provider"], a["outcome"], a["status"]) for a in line["attempt_log"]] == [
@@ -145,7 +157,7 @@ def test_tokens_are_counted_for_every_provider_type(make_proxy: Callable[..., Pr
     if stream:
         # The caller did not ask for usage: it is counted anyway, and not shown to the caller.
         assert '"choices":[],"usage"' not in response.text
-    (line,) = [e for e in _access_lines(caplog) if e["id"] == f"tokens-{provider}-{stream}"]
+    line = _access_line(caplog, f"tokens-{provider}-{stream}")
     assert line["provider"] == provider
     assert line["tokens_in"] > 0 and line["tokens_out"] > 0, line
 
