@@ -188,13 +188,17 @@ def test_metrics_of_several_workers_are_reported_together(tmp_path: Path) -> Non
                 pass
             assert time.monotonic() < deadline, "the workers did not start"
             time.sleep(0.1)
-        requests = 40
-        for _ in range(requests):
-            # New connections, so the kernel spreads them over both workers.
+        # New connections each time, so the kernel spreads them over the workers; keep going until
+        # both have served some (the second may bind a moment after the first answers).
+        requests = 0
+        deadline = time.monotonic() + 20
+        # Counters all carry labels, so counter_<pid>.db appears only once that worker counted a request.
+        while requests < 40 or len(list((tmp_path / "metrics").glob("counter_*.db"))) < 2:
+            assert time.monotonic() < deadline, "the requests never reached both workers"
             assert raw_request(f"http://127.0.0.1:{port}/v1/models", headers={"X-API-Key": "k", "Connection": "close"},
                                method="GET").status == 200
-        files = list((tmp_path / "metrics").glob("*.db"))
-        assert len({f.name.rsplit("_", 1)[-1] for f in files}) >= 2  # both workers wrote their share
+            requests += 1
+        time.sleep(0.1)  # each worker counts a request just after its response leaves
         text = raw_request(f"http://127.0.0.1:{port}/metrics", method="GET").text
         assert _metric(text, "tensorwall_requests_total", route="none", provider="none", status_class="2xx",
                        stream="false") == requests
