@@ -21,7 +21,7 @@ from aiohttp import web
 from . import relay
 from .auth import FORWARDED_HEADERS, caller_key
 from .errors import GatewayError, UpstreamError, bad_request
-from .observability import RequestRecord, access_log, log_line
+from .observability import RequestRecord, access_log, log_line, new_request_id
 from .providers import ChatRequest, EmbeddingsRequest
 from .sse import encode
 
@@ -54,7 +54,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, gateway key, and OpenAI's error shape for everything that goes wrong."""
-    request_id = relay.new_request_id(request.headers.get("x-request-id"))
+    request_id = new_request_id(request.headers.get("x-request-id"))
     request[REQUEST_ID] = request_id
     gateway = request.app[GATEWAY]
     record = RequestRecord(request_id, request.method, request.path)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -62,6 +63,13 @@ class RequestRecord:
         if usage:
             self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             self.completion_tokens = int(usage.get("completion_tokens") or 0)
+
+
+def new_request_id(given: str | None) -> str:
+    """The caller's ``x-request-id`` when it is sane (it reaches the access log), else a new one."""
+    if given and len(given) <= 128 and given.isprintable() and given.isascii():
+        return given
+    return "req_" + secrets.token_hex(12)
 
 
 def outcome_of(status: int, kind: str | None) -> str:

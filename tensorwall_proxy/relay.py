@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -106,13 +105,6 @@ class Attempt:
     def model(self) -> str:
         # The router fills every endpoint's model in; a RouteEndpoint without one never gets here.
         return self.endpoint.model or ""
-
-
-def new_request_id(given: str | None) -> str:
-    """The caller's ``x-request-id`` when it is sane, else a new one."""
-    if given and len(given) <= 128 and given.isprintable() and given.isascii():
-        return given
-    return "req_" + secrets.token_hex(12)
 
 
 def plan(table: Table, gateway: Gateway, route: Route, caller: Secret | None) -> list[Attempt]:
