@@ -35,6 +35,7 @@ from tests.fakes import (
     anthropic_signature,
     anthropic_thinking_block,
 )
+from tests.fakes.fixtures import fake, http  # noqa: F401  (pytest fixtures, used by name)
 
 PATH = "/anthropic/v1/messages"
 HEADERS = {"x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01"}
@@ -53,20 +54,6 @@ PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwACh
 ID_24 = re.compile(r"[A-Za-z0-9]{24}")
 
 EVENT_ADAPTER: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(RawMessageStreamEvent)
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeUpstream]:
-    upstream = FakeUpstream(delay=0.2)
-    await upstream.start()
-    yield upstream
-    await upstream.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.fixture

@@ -61,6 +61,7 @@ from tests.fakes import (
     encode_event_message,
     encode_exception,
 )
+from tests.fakes.fixtures import fake, http  # noqa: F401  (pytest fixtures, used by name)
 
 CLAUDE = "anthropic.claude-3-5-sonnet-20240620-v1:0"
 NOVA = "amazon.nova-lite-v1:0"
@@ -87,20 +88,6 @@ _SERVICE = botocore.session.get_session().get_service_model("bedrock-runtime")
 
 
 # -- fixtures and helpers ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeUpstream]:
-    upstream = FakeUpstream(delay=0.2)
-    await upstream.start()
-    yield upstream
-    await upstream.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @asynccontextmanager

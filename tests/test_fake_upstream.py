@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import struct
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -17,6 +16,7 @@ import pytest
 from yarl import URL
 
 from tests.fakes import AZURE_MODEL, TOOL_ARGUMENTS, FakeUpstream, embedding_vector
+from tests.fakes.fixtures import fake, http  # noqa: F401  (pytest fixtures, used by name)
 
 BEARER = {"Authorization": "Bearer sk-test"}
 HELLO = [{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Hello there world"}]
@@ -30,20 +30,6 @@ CHAT: dict[str, tuple[str, dict[str, str]]] = {
     "ollama": ("/ollama/v1/chat/completions", {}),
     "azure": ("/azure/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21", {"api-key": "k"}),
 }
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeUpstream]:
-    upstream = FakeUpstream(delay=0.2)
-    await upstream.start()
-    yield upstream
-    await upstream.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def post(

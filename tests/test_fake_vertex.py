@@ -17,7 +17,7 @@ import datetime
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from tests.fakes import (
     vertex_function_call_part,
     vertex_thought_signature,
 )
+from tests.fakes.fixtures import fake, http  # noqa: F401  (pytest fixtures, used by name)
 
 MODEL = "gemini-2.5-flash"
 GEMINI_3 = "gemini-3-pro-preview"
@@ -70,20 +71,6 @@ WEATHER: Any = {
 TIME: Any = {"name": "get_time", "parametersJsonSchema": {"type": "object", "properties": {}}}
 TOOLS: Any = [{"functionDeclarations": [WEATHER, TIME]}]
 RESPONSE_ID = re.compile(r"[A-Za-z0-9]{23}")
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeUpstream]:
-    upstream = FakeUpstream(delay=0.2)
-    await upstream.start()
-    yield upstream
-    await upstream.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def path(model: str = MODEL, method: str = "generateContent", version: str = "v1") -> str:
