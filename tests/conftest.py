@@ -40,6 +40,9 @@ providers:
   lmstudio: {{base_url: "{fake}/lmstudio/v1"}}
   ollama:   {{base_url: "{fake}/ollama"}}
   azure:    {{endpoint: "{fake}/azure"}}
+  anthropic: {{base_url: "{fake}/anthropic/v1"}}
+  vertex:   {{project: test-proj, base_url: "{fake}/vertex"}}
+  bedrock:  {{region: us-east-1, base_url: "{fake}/bedrock"}}
   azure-eu:
     type: azure
     endpoint: "{fake}/azure"
@@ -148,9 +151,13 @@ def fake(servers: ServerThread) -> Iterator[FakeUpstream]:
     servers.run(upstream.stop())
 
 
-def config_text(fake: FakeUpstream, extra: str = "") -> str:
-    """The test config with every provider on the fake, plus ``extra`` YAML appended."""
-    return BASE_CONFIG.format(fake=fake.base_url, gateway_key=GATEWAY_KEY) + textwrap.dedent(extra)
+def config_text(fake: FakeUpstream, extra: str = "", providers: str = "") -> str:
+    """The test config with every provider on the fake, ``providers`` (YAML lines, indented two
+    spaces) added to its providers, and ``extra`` YAML appended."""
+    base = BASE_CONFIG.format(fake=fake.base_url, gateway_key=GATEWAY_KEY)
+    if providers:
+        base = base.replace("providers:\n", "providers:\n" + providers, 1)
+    return base + textwrap.dedent(extra)
 
 
 @pytest.fixture

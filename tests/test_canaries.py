@@ -130,11 +130,9 @@ ANTHROPIC_SRV = "server-side-anthropic-key"
 
 
 def canary_config(fake: FakeUpstream, gateway_key: str = GATEWAY_KEY, routes: str = "") -> str:
-    text = config_text(fake).replace(f"gateway_keys: [{GATEWAY_KEY}]", f"gateway_keys: [{gateway_key}]")
-    text = text.replace("providers:\n", "providers:\n  anthropic-srv:\n    type: anthropic\n"
-                                        f'    base_url: "{fake.base_url}/anthropic/v1"\n'
-                                        f"    api_key: {ANTHROPIC_SRV}\n", 1)
-    return text + routes
+    text = config_text(fake, providers=(f'  anthropic-srv: {{type: anthropic, base_url: "{fake.base_url}/anthropic/v1",'
+                                        f" api_key: {ANTHROPIC_SRV}}}\n"))
+    return text.replace(f"gateway_keys: [{GATEWAY_KEY}]", f"gateway_keys: [{gateway_key}]") + routes
 
 
 FAILING_ROUTES = """

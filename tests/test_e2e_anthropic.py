@@ -8,7 +8,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, config_text, post_json
+from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, post_json
 from tests.fakes import FakeUpstream
 
 MODEL = "claude-3-5-sonnet-20241022"
@@ -20,9 +20,7 @@ PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUl
 
 @pytest.fixture
 def claude(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> Proxy:
-    text = config_text(fake).replace(
-        "providers:\n", f'providers:\n  anthropic: {{base_url: "{fake.base_url}/anthropic/v1"}}\n')
-    return make_proxy(text=text)
+    return make_proxy()
 
 
 @pytest.mark.parametrize("model", [MODEL, "anthropic/claude-3-haiku-20240307"])
@@ -145,9 +143,7 @@ def test_three_turn_tool_conversation_with_reasoning(claude: Proxy, fake: FakeUp
 
 
 def test_error_before_content_falls_back(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> None:
-    text = config_text(fake).replace(
-        "providers:\n", f'providers:\n  anthropic: {{base_url: "{fake.base_url}/anthropic/v1"}}\n')
-    proxy = make_proxy(text=text + """
+    proxy = make_proxy("""
 routes:
   claude-ha:
     strategy: priority

@@ -20,18 +20,14 @@ TOOLS: list[Any] = [{"type": "function", "function": {
 PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 
 
-def _with(fake: FakeUpstream, providers: str) -> str:
-    return config_text(fake).replace("providers:\n", "providers:\n" + providers)
-
-
 @pytest.fixture
 def bedrock(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> Proxy:
-    return make_proxy(text=_with(fake, f'  bedrock: {{region: us-east-1, base_url: "{fake.base_url}/bedrock"}}\n'))
+    return make_proxy()
 
 
 @pytest.fixture
 def signed(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> Proxy:
-    return make_proxy(text=_with(fake, f"""  bedrock-signed:
+    return make_proxy(text=config_text(fake, providers=f"""  bedrock-signed:
     type: bedrock
     region: us-east-1
     base_url: "{fake.base_url}/bedrock"
@@ -86,7 +82,7 @@ def test_forward_without_a_key_signs_with_the_aws_chain(make_proxy: Callable[...
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    proxy = make_proxy(text=_with(fake, f'  bedrock: {{region: us-east-1, base_url: "{fake.base_url}/bedrock"}}\n'))
+    proxy = make_proxy()
     response = post_json(proxy, "/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
                          key=None)
     assert response.status == 200, response.body
@@ -121,7 +117,7 @@ def test_a_corrupt_crc_is_a_clean_in_band_error(bedrock: Proxy) -> None:
 
 
 def test_an_exception_before_content_falls_back(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> None:
-    proxy = make_proxy(text=_with(fake, f'  bedrock: {{region: us-east-1, base_url: "{fake.base_url}/bedrock"}}\n') + f"""
+    proxy = make_proxy(f"""
 routes:
   claude-ha:
     strategy: priority

@@ -23,13 +23,9 @@ TOOLS: list[Any] = [{"type": "function", "function": {
 PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 
 
-def _with_vertex(fake: FakeUpstream, providers: str) -> str:
-    return config_text(fake).replace("providers:\n", "providers:\n" + providers)
-
-
 @pytest.fixture
 def gemini(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> Proxy:
-    return make_proxy(text=_with_vertex(fake, f'  vertex: {{project: test-proj, base_url: "{fake.base_url}/vertex"}}\n'))
+    return make_proxy()
 
 
 @pytest.mark.parametrize("model", [MODEL, "vertex/gemini-2.0-flash"])
@@ -173,7 +169,7 @@ def test_a_blocked_prompt_is_content_filter(gemini: Proxy) -> None:
 
 
 def test_unavailable_falls_back(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> None:
-    proxy = make_proxy(text=_with_vertex(fake, f'  vertex: {{project: p, base_url: "{fake.base_url}/vertex"}}\n') + """
+    proxy = make_proxy("""
 routes:
   gemini-ha:
     strategy: priority
@@ -202,8 +198,8 @@ def service_account(fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.Monk
 @pytest.fixture
 def ambient(make_proxy: Callable[..., Proxy], fake: FakeUpstream, service_account: Path) -> Proxy:
     # No project in the YAML: it comes from the service account's project_id.
-    return make_proxy(text=_with_vertex(
-        fake, f'  vertex-sa: {{type: vertex, auth: ambient, base_url: "{fake.base_url}/vertex"}}\n'))
+    return make_proxy(text=config_text(
+        fake, providers=f'  vertex-sa: {{type: vertex, auth: ambient, base_url: "{fake.base_url}/vertex"}}\n'))
 
 
 def test_ambient_mints_forwards_and_caches_a_token(ambient: Proxy, fake: FakeUpstream) -> None:
@@ -241,8 +237,8 @@ def test_ambient_without_credentials_is_a_clear_503(make_proxy: Callable[..., Pr
                                                     monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
     monkeypatch.setenv("NO_GCE_CHECK", "True")
-    proxy = make_proxy(text=_with_vertex(
-        fake, f'  vertex-sa: {{type: vertex, project: p, auth: ambient, base_url: "{fake.base_url}/vertex"}}\n'))
+    proxy = make_proxy(text=config_text(
+        fake, providers=f'  vertex-sa: {{type: vertex, project: p, auth: ambient, base_url: "{fake.base_url}/vertex"}}\n'))
     response = post_json(proxy, "/v1/chat/completions",
                          {"model": "vertex-sa/gemini-2.5-flash", "messages": [{"role": "user", "content": "x"}]})
     assert response.status == 503
@@ -252,7 +248,7 @@ def test_ambient_without_credentials_is_a_clear_503(make_proxy: Callable[..., Pr
 
 def test_forward_without_a_caller_key_uses_the_ambient_credentials(make_proxy: Callable[..., Proxy],
                                                                      fake: FakeUpstream, service_account: Path) -> None:
-    proxy = make_proxy(text=_with_vertex(fake, f'  vertex: {{project: p, base_url: "{fake.base_url}/vertex"}}\n'))
+    proxy = make_proxy()
     response = post_json(proxy, "/v1/chat/completions",
                          {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}, key=None)
     assert response.status == 200

@@ -98,8 +98,7 @@ def raw_proxy(make_proxy: Callable[..., Proxy], fake: FakeUpstream, raw: RawServ
               fallback: bool = True) -> Proxy:
     """A proxy whose route `faulty` tries the raw server first and, with `fallback`, the fake's
     openai flavor second; both are openai-type endpoints, so the caller's key may go to either."""
-    text = config_text(fake).replace(
-        "providers:\n", f'providers:\n  raw: {{type: openai, base_url: "{raw.base_url}/v1"}}\n')
+    text = config_text(fake, providers=f'  raw: {{type: openai, base_url: "{raw.base_url}/v1"}}\n')
     second = "\n      - {provider: openai, model: gpt-4o, priority: 1}" if fallback else ""
     return make_proxy(text=text + f"""
 routes:
@@ -596,8 +595,8 @@ def test_caller_leaving_closes_the_raw_upstream_connection(
                       else [READ, Send(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"), SILENCE])
     raw = raw_server(script)
     # Default (long) clocks: only the caller's departure may end the upstream connection here.
-    proxy = make_proxy(text=config_text(fake).replace(
-        "providers:\n", f'providers:\n  raw: {{type: openai, base_url: "{raw.base_url}/v1"}}\n') + """
+    proxy = make_proxy(text=config_text(fake, providers=f'  raw: {{type: openai, base_url: "{raw.base_url}/v1"}}\n')
+                       + """
 routes:
   faulty:
     endpoints:

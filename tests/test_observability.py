@@ -17,19 +17,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, config_text, post_json, raw_request
+from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, post_json, raw_request
 from tests.fakes import FakeUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
 USER = [{"role": "user", "content": "count my tokens please"}]
-
-
-def _all_providers(fake: FakeUpstream) -> str:
-    return config_text(fake).replace("providers:\n", f"""providers:
-  anthropic: {{base_url: "{fake.base_url}/anthropic/v1"}}
-  vertex: {{project: p, base_url: "{fake.base_url}/vertex"}}
-  bedrock: {{region: us-east-1, base_url: "{fake.base_url}/bedrock"}}
-""")
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
@@ -150,7 +142,7 @@ def test_tokens_are_counted_for_every_provider_type(make_proxy: Callable[..., Pr
                                                     caplog: pytest.LogCaptureFixture, model: str, provider: str,
                                                     stream: bool) -> None:
     caplog.set_level(logging.INFO, logger="tensorwall_proxy.access")
-    proxy = make_proxy(text=_all_providers(fake))
+    proxy = make_proxy()
     response = post_json(proxy, "/v1/chat/completions", {"model": model, "messages": USER, "stream": stream},
                          **{"x-request-id": f"tokens-{provider}-{stream}"})
     assert response.status == 200, response.body

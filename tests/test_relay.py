@@ -272,8 +272,7 @@ routes:
 
 def test_connect_error_falls_back(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> None:
     # Port 9 (discard) is closed on loopback: the connection is refused.
-    text = config_text(fake).replace(
-        "providers:\n", 'providers:\n  dead: {type: openai, base_url: "http://127.0.0.1:9/v1"}\n')
+    text = config_text(fake, providers='  dead: {type: openai, base_url: "http://127.0.0.1:9/v1"}\n')
     proxy = make_proxy(text=text + """
 routes:
   dead-first:
@@ -347,8 +346,7 @@ def test_a_refused_connection_tries_the_same_endpoint_once_more(make_proxy: Call
                                                                  fake: FakeUpstream) -> None:
     from tensorwall_proxy.api import GATEWAY
 
-    text = config_text(fake).replace(
-        "providers:\n", 'providers:\n  dead: {type: openai, base_url: "http://127.0.0.1:9/v1"}\n')
+    text = config_text(fake, providers='  dead: {type: openai, base_url: "http://127.0.0.1:9/v1"}\n')
     proxy = make_proxy(text=text + "routes:\n  lonely:\n    endpoints:\n      - {provider: dead, model: m, api_key: k}\n")
     response = post_json(proxy, "/v1/chat/completions", {"model": "lonely", "messages": USER})
     assert response.status == 502 and "127.0.0.1:9" in response.json()["error"]["message"]
