@@ -8,10 +8,8 @@ talks to an upstream: that is relay.py's job.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
@@ -21,7 +19,7 @@ from aiohttp import web
 from . import relay
 from .auth import FORWARDED_HEADERS, caller_key
 from .errors import GatewayError, UpstreamError, bad_request
-from .observability import RequestRecord, access_log, log_line, new_request_id
+from .observability import RequestRecord, new_request_id
 from .providers import ChatRequest, EmbeddingsRequest
 from .sse import encode
 
@@ -33,8 +31,6 @@ REQUEST_ID: Final = web.RequestKey("request_id", str)
 JSON: Final = "application/json"
 _ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _FORWARDED: Final = tuple({name for names in FORWARDED_HEADERS.values() for name in names})
-# Paths that answer without a gateway key (bind or firewall them like any metrics port).
-_OPEN_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 MAX_MODEL_NAME: Final = 256
 
 
@@ -51,41 +47,33 @@ def error_response(error: GatewayError, request_id: str) -> web.Response:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
-async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id, gateway key, and OpenAI's error shape for everything that goes wrong."""
-    request_id = new_request_id(request.headers.get("x-request-id"))
-    request[REQUEST_ID] = request_id
-    gateway = request.app[GATEWAY]
-    record = RequestRecord(request_id, request.method, request.path)
-    request[relay.RECORD] = record
-    response: web.StreamResponse | None = None
-    try:
-        response = await _serve(request, handler, gateway, request_id)
-        return response
-    finally:
-        if request.path not in _OPEN_PATHS:
-            # After this returns aiohttp writes the response: account once it is on its way.
-            asyncio.get_running_loop().call_soon(_account, gateway, record, response, time.perf_counter())
+def served(endpoint: Handler, *, accounted: bool = True) -> Handler:
+    """An endpoint with what every request gets: the request id, the gateway key, the in-flight
+    bound, OpenAI's error shape for whatever fails, the connection tracked for the drain, and the
+    request accounted (access log, metrics) once it is done.
 
+    A wrapper per route rather than aiohttp middlewares: on the hot path each middleware layer
+    costs a coroutine, a partial and a wrapper of aiohttp's per request; this costs one call.
+    ``accounted=False`` is for the open paths (/healthz, /readyz, /metrics): no key, no record.
+    """
 
-def _account(gateway: relay.Gateway, record: RequestRecord, response: web.StreamResponse | None,
-             finished: float) -> None:
-    """One access-log line and the metrics for a finished request (never a key or a body)."""
-    record.status = response.status if response is not None else 499
-    latency = finished - record.started
-    if gateway.metrics is not None:
-        gateway.metrics.observe(record, latency)
-    if access_log.isEnabledFor(logging.INFO):
-        access_log.info("%s", log_line(record, latency).decode())
-
-
-async def _serve(request: web.Request, handler: Handler, gateway: relay.Gateway,
-                 request_id: str) -> web.StreamResponse:
-    """The key check, the in-flight bound, the handler, and OpenAI's error shape for what fails."""
-    counted = False
-    try:
-        if request.path not in _OPEN_PATHS:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        gateway = request.app[GATEWAY]
+        connection = request.protocol
+        gateway.busy.add(connection)
+        request_id = new_request_id(request.headers.get("x-request-id"))
+        request[REQUEST_ID] = request_id
+        response: web.StreamResponse | None = None
+        if not accounted:
+            try:
+                response = await _answer(request, endpoint, request_id)
+                return response
+            finally:
+                gateway.release(connection)
+        record = RequestRecord(request_id, request.method, request.path)
+        request[relay.RECORD] = record
+        counted = False
+        try:
             gateway.table.keys.check(request.headers.get("X-API-Key"))
             if gateway.in_flight >= gateway.table.config.server.max_in_flight:
                 # Fast and honest: a queue here would only turn overload into timeouts.
@@ -93,9 +81,26 @@ async def _serve(request: web.Request, handler: Handler, gateway: relay.Gateway,
                                    type="server_error", code="overloaded", retry_after=1)
             gateway.in_flight += 1
             counted = True
-            if gateway.metrics is not None:
-                gateway.metrics.in_flight.inc()
-        return await handler(request)
+            gateway.ledger.touch()
+            response = await _answer(request, endpoint, request_id)
+            return response
+        except GatewayError as exc:
+            response = error_response(exc, request_id)
+            return response
+        finally:
+            if counted:
+                gateway.in_flight -= 1
+            gateway.release(connection)
+            # aiohttp writes the response after this returns; the ledger accounts for it a moment later.
+            gateway.ledger.add(record, response.status if response is not None else 499)
+
+    return handle
+
+
+async def _answer(request: web.Request, endpoint: Handler, request_id: str) -> web.StreamResponse:
+    """The endpoint's response, or OpenAI's error shape for what it raised."""
+    try:
+        return await endpoint(request)
     except GatewayError as exc:
         return error_response(exc, request_id)
     except web.HTTPRequestEntityTooLarge:
@@ -105,10 +110,7 @@ async def _serve(request: web.Request, handler: Handler, gateway: relay.Gateway,
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        message = {404: f"Unknown path {request.path!r}.",
-                   405: f"Method {request.method} is not allowed on {request.path!r}."}.get(exc.status, exc.reason)
-        return error_response(GatewayError(exc.status, message, code="not_found" if exc.status == 404 else None),
-                              request_id)
+        return error_response(GatewayError(exc.status, exc.reason), request_id)
     except ConnectionError:
         # The client went away mid-write: nobody to answer, nothing to log. aiohttp finishes the
         # response it is handed quietly on a closed connection.
@@ -125,11 +127,17 @@ async def _serve(request: web.Request, handler: Handler, gateway: relay.Gateway,
         with contextlib.suppress(ConnectionError):
             await committed.write(encode(error.body()))
         return committed
-    finally:
-        if counted:
-            gateway.in_flight -= 1
-            if gateway.metrics is not None:
-                gateway.metrics.in_flight.dec()
+
+
+async def unknown_path(request: web.Request) -> web.StreamResponse:
+    """Any path or method the gateway does not serve: 404, or 405 with Allow for a known path."""
+    allowed = _METHODS.get(request.path)
+    if allowed is None:
+        raise GatewayError(404, f"Unknown path {request.path!r}.", code="not_found")
+    response = error_response(GatewayError(405, f"Method {request.method} is not allowed on {request.path!r}."),
+                              request[REQUEST_ID])
+    response.headers["Allow"] = allowed
+    return response
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
@@ -245,6 +253,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     if gateway.metrics is None:
         raise GatewayError(404, "Metrics are off.", code="not_found")
+    gateway.ledger.flush()  # what finished a moment ago counts too
     gateway.metrics.health.clear()
     for (provider, model, digest), state in gateway.health.states():
         if digest is None:  # callers' keys stay out of the labels: they are unbounded
@@ -283,10 +292,20 @@ def models_body(table_routes: Mapping[str, tuple[str, ...]], provider_models: Ma
 
 
 def add_routes(app: web.Application) -> None:
-    """Register the HTTP surface on an application."""
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_post("/v1/embeddings", create_embeddings)
-    app.router.add_get("/v1/models", list_models)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    """Register the HTTP surface on an application, every endpoint wrapped by ``served``."""
+    for method, path, endpoint, accounted in _ROUTES:
+        app.router.add_route(method, path, served(endpoint, accounted=accounted))
+    # Last, so it sees only what nothing else matched: OpenAI's error shape for a wrong path or method.
+    app.router.add_route("*", "/{tail:.*}", served(unknown_path))
+
+
+_ROUTES: Final = (
+    ("POST", "/v1/chat/completions", chat_completions, True),
+    ("POST", "/v1/embeddings", create_embeddings, True),
+    ("GET", "/v1/models", list_models, True),
+    ("GET", "/healthz", healthz, False),
+    ("GET", "/readyz", readyz, False),
+    ("GET", "/metrics", metrics, False),
+)
+# The methods each path answers, for a 405's Allow header (aiohttp adds HEAD to every GET).
+_METHODS: Final = {path: "GET, HEAD" if method == "GET" else method for method, path, _, _ in _ROUTES}

@@ -1,4 +1,4 @@
-"""Builds the aiohttp Application: routes, the middleware, and the cleanup context that owns the session.
+"""Builds the aiohttp Application: routes, and the cleanup context that owns the session.
 
 Shared resources live in the application's lifecycle (aiohttp ``cleanup_ctx``), never in module
 globals: the upstream ``ClientSession`` is created when the app starts and closed when it stops.
@@ -44,12 +44,13 @@ async def _session_context(app: web.Application) -> AsyncIterator[None]:
     gateway.ready = True
     yield
     gateway.ready = False
+    gateway.ledger.flush()  # the last requests' log lines and counts
     await gateway.session.close()
 
 
 def build_app(config: Config) -> web.Application:
     """The gateway as an aiohttp Application for one configuration."""
-    app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[api.gateway_middleware])
+    app = web.Application(client_max_size=config.server.max_body_bytes)
     retries = config.retries
     app[api.GATEWAY] = Gateway(build_table(config),
                                budget=RetryBudget(retries.budget_ratio, retries.budget_min_per_second),

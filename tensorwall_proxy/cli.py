@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from .auth import NO_CREDENTIAL, credential_for, uses_caller_key
 from .config import Config, default_config_path, key_digest, load_config, route_warnings
 from .errors import ConfigError, GatewayError
+from .observability import LOG_FORMAT, configure_logging
 from .providers import ChatRequest, provider_for
 from .router import LLMRouter
 
@@ -33,10 +34,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .lifecycle import UnsafeBind, check_bind, serve, supervise
 
     worker = args.channel_fd is not None  # started by a `--workers N` parent, which has warned already
-    if args.workers > 1 or worker:
-        # Several processes write to the same log: say which one speaks.
-        for handler in logging.getLogger().handlers:
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"))
+    # Several processes write to the same log: then each line says which one speaks.
+    configure_logging(process_tag=args.workers > 1 or worker)
     config = _load(args.config)
     if config is None:
         return 1
@@ -174,12 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tensorwall-proxy`` console script."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # The access log writes a line per request: skip what no format here uses (the caller's source
-    # line and thread lookups), as the logging docs advise for hot paths.
-    logging._srcfile = None
-    logging.logThreads = False
-    logging.logMultiprocessing = False
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT.format(tag=""))
     args = build_parser().parse_args(argv)
     code: int = args.func(args)
     return code

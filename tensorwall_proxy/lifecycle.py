@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 
 from . import api, relay
 from .app import apply_config, build_app
@@ -128,42 +127,17 @@ def _describe(addresses: list[tuple[str, int]]) -> str:
                      for host, port in addresses)
 
 
-class InFlight:
-    """The requests being served, by connection, so that the drain knows when they are done.
-
-    Its middleware runs outermost. While draining, a connection is closed as soon as its request
-    is done (no keep-alive after it), and an idle one at once: neither holds the drain open.
-    """
-
-    def __init__(self) -> None:
-        self.busy: set[RequestHandler] = set()  # aiohttp serves one request at a time per connection
-        self.done = asyncio.Event()
-        self.done.set()
-        self.draining = False
-
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        connection = request.protocol
-        self.busy.add(connection)
-        self.done.clear()
-        try:
-            return await handler(request)
-        finally:
-            self.busy.discard(connection)
-            if self.draining:
-                # After this response the connection closes, rather than wait idle for another request.
-                connection.close()
-            if not self.busy:
-                self.done.set()
-
-    def close_idle(self, http: web.Server) -> None:
-        """Start draining: close every connection that has no request in flight."""
-        self.draining = True
-        for connection in http.connections:
-            if connection not in self.busy:
-                # force_close, not close: close() on a connection waiting for its next request only
-                # cancels the wait and leaves the socket open until aiohttp's shutdown.
-                connection.force_close()
+def close_idle(gateway: relay.Gateway, http: web.Server) -> None:
+    """Start draining: close every connection that has no request in flight; the busy ones close
+    as soon as their request is done (``Gateway.release``)."""
+    gateway.draining = True
+    if not gateway.busy:
+        gateway.idle.set()
+    for connection in http.connections:
+        if connection not in gateway.busy:
+            # force_close, not close: close() on a connection waiting for its next request only
+            # cancels the wait and leaves the socket open until aiohttp's shutdown.
+            connection.force_close()
 
 
 @dataclass
@@ -179,11 +153,9 @@ class Instance:
     draining: bool = False
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     app: web.Application | None = None
-    inflight: InFlight = field(default_factory=InFlight)
 
     async def run(self) -> int:
         app = self.app = build_app(self.config)
-        app.middlewares.insert(0, self.inflight.middleware)
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=CANCEL_SECONDS)
         await runner.setup()
         try:
@@ -256,12 +228,13 @@ class Instance:
             await site.stop()
         # One turn of the loop lets a request that reached an accepted connection start being served.
         await asyncio.sleep(0)
-        self.inflight.close_idle(runner.server)
-        if self.inflight.busy:
+        gateway = self.app[api.GATEWAY]
+        close_idle(gateway, runner.server)
+        if gateway.busy:
             log.info("listener closed; waiting up to %gs for %d request(s) in flight", server.drain_seconds,
-                     len(self.inflight.busy))
+                     len(gateway.busy))
             try:
-                await asyncio.wait_for(self.inflight.done.wait(), server.drain_seconds)
+                await asyncio.wait_for(gateway.idle.wait(), server.drain_seconds)
             except TimeoutError:
                 await self.end_streams()
         await runner.cleanup()
@@ -275,7 +248,7 @@ class Instance:
         ended = relay.end_streams(gateway)
         log.warning("drain time (%gs) is up: %d stream(s) ended with an in-band error, %d request(s) before "
                     "their commit point are cancelled", self.config.server.drain_seconds, ended,
-                    max(len(self.inflight.busy) - ended, 0))
+                    max(len(gateway.busy) - ended, 0))
         if streams:
             # The streams' tasks are their request handlers: done once the error event is written.
             await asyncio.wait(streams, timeout=GRACE_SECONDS)

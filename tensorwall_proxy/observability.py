@@ -12,17 +12,21 @@ models listed under ``models:``), so the metrics' cardinality stays bounded what
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-import secrets
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
 
+from .providers.ids import unique_id
+
 access_log = logging.getLogger("tensorwall_proxy.access")
+LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s{tag}: %(message)s"
 
 _STATUS_CLASSES: Final = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 # Buckets that resolve sub-millisecond overhead as well as minute-long streams.
@@ -45,6 +49,7 @@ class RequestRecord:
     stream: bool = False
     status: int = 0
     first_byte: float | None = None
+    latency: float = 0.0  # from arrival until the handler returned the response
     attempts: list[tuple[str, str, int, float]] = field(default_factory=list)  # provider, outcome, status, s
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -69,7 +74,7 @@ def new_request_id(given: str | None) -> str:
     """The caller's ``x-request-id`` when it is sane (it reaches the access log), else a new one."""
     if given and len(given) <= 128 and given.isprintable() and given.isascii():
         return given
-    return "req_" + secrets.token_hex(12)
+    return unique_id("req_")
 
 
 def outcome_of(status: int, kind: str | None) -> str:
@@ -96,7 +101,7 @@ def blame(status: int, provider: str) -> str | None:
     return "upstream" if provider else "gateway"
 
 
-def log_line(record: RequestRecord, latency: float) -> bytes:
+def log_line(record: RequestRecord) -> str:
     """The access-log JSON for one request (DESIGN §8 fields, plus each attempt)."""
     return orjson.dumps({
         "id": record.request_id, "method": record.method, "path": record.path, "route": record.route or None,
@@ -104,11 +109,53 @@ def log_line(record: RequestRecord, latency: float) -> bytes:
         "stream": record.stream, "attempts": len(record.attempts),
         "attempt_log": [{"provider": p, "outcome": o, "status": s, "ms": round(t * 1000, 3)}
                         for p, o, s, t in record.attempts],
-        "latency_ms": round(latency * 1000, 3),
+        "latency_ms": round(record.latency * 1000, 3),
         "ttfb_ms": round(record.first_byte * 1000, 3) if record.first_byte is not None else None,
         "tokens_in": record.prompt_tokens, "tokens_out": record.completion_tokens,
         "blame": blame(record.status, record.provider),
-    })
+    }).decode()
+
+
+class Ledger:
+    """Finished requests, logged and counted in batches a moment after they finish.
+
+    The response leaves first; then, once per batch, one timer, one pass over the metrics (each
+    counter incremented once with the batch's total) and one write of all the batch's access-log
+    lines, where a request at a time would pay each of these per request.
+    """
+
+    def __init__(self, metrics: Metrics | None, in_flight: Callable[[], int], delay: float = 0.05) -> None:
+        self.metrics = metrics
+        self.delay = delay
+        self._in_flight = in_flight
+        self._pending: list[RequestRecord] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def touch(self) -> None:
+        """A request started: make sure a batch comes soon, so the in-flight gauge follows."""
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.delay, self.flush)
+
+    def add(self, record: RequestRecord, status: int) -> None:
+        """A request finished with ``status`` (499 when the client left before any response)."""
+        record.status = status
+        record.latency = time.perf_counter() - record.started
+        self._pending.append(record)
+        self.touch()
+
+    def flush(self) -> None:
+        """Account for every finished request now (before a scrape, at shutdown, and on the timer)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._pending = self._pending, []
+        if self.metrics is not None:
+            self.metrics.observe(batch, self._in_flight())
+        if batch and access_log.isEnabledFor(logging.INFO):
+            for record in batch:
+                access_log.info(log_line(record))
+            for handler in access_log.handlers:
+                handler.flush()  # a BufferedStreamHandler writes the batch's lines now, in one go
 
 
 class Metrics:
@@ -152,27 +199,37 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def observe(self, record: RequestRecord, latency: float) -> None:
-        """Count one finished request."""
-        stream = "true" if record.stream else "false"
-        route = record.route or "none"
-        provider = record.provider or "none"
+    def observe(self, records: Iterable[RequestRecord], in_flight: int) -> None:
+        """Count a batch of finished requests, and set the in-flight gauge."""
+        counts: dict[tuple[Any, tuple[str, ...]], float] = {}
+
+        def add(metric: Any, labels: tuple[str, ...], amount: float = 1) -> None:
+            key = (metric, labels)
+            counts[key] = counts.get(key, 0) + amount
+
         child = self._child
-        child(self.requests, route, provider, _STATUS_CLASSES.get(record.status // 100, "other"), stream).inc()
-        child(self.duration, route, provider, stream).observe(latency)
-        if record.first_byte is not None:
-            child(self.first_byte, route, provider, stream).observe(record.first_byte)
-        for attempt_provider, outcome, _, _ in record.attempts:
-            child(self.attempts, attempt_provider, outcome).inc()
-        if len(record.attempts) > 1:
-            child(self.fallbacks, route).inc()
-        if record.prompt_tokens or record.completion_tokens:
-            model = record.model_label or "other"
-            child(self.tokens, provider, model, "in").inc(record.prompt_tokens)
-            child(self.tokens, provider, model, "out").inc(record.completion_tokens)
-        who = blame(record.status, record.provider)
-        if who is not None:
-            child(self.errors, who).inc()
+        for record in records:
+            stream = "true" if record.stream else "false"
+            route = record.route or "none"
+            provider = record.provider or "none"
+            add(self.requests, (route, provider, _STATUS_CLASSES.get(record.status // 100, "other"), stream))
+            child(self.duration, route, provider, stream).observe(record.latency)
+            if record.first_byte is not None:
+                child(self.first_byte, route, provider, stream).observe(record.first_byte)
+            for attempt_provider, outcome, _, _ in record.attempts:
+                add(self.attempts, (attempt_provider, outcome))
+            if len(record.attempts) > 1:
+                add(self.fallbacks, (route,))
+            if record.prompt_tokens or record.completion_tokens:
+                model = record.model_label or "other"
+                add(self.tokens, (provider, model, "in"), record.prompt_tokens)
+                add(self.tokens, (provider, model, "out"), record.completion_tokens)
+            who = blame(record.status, record.provider)
+            if who is not None:
+                add(self.errors, (who,))
+        for (metric, labels), amount in counts.items():
+            child(metric, *labels).inc(amount)
+        self.in_flight.set(in_flight)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition and its content type; every worker's together in multiprocess mode."""
@@ -185,6 +242,64 @@ class Metrics:
             multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class LineFormatter(logging.Formatter):
+    """The standard line format, with the date and time made once per second rather than once per
+    line (the access log writes thousands of lines a second)."""
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__(fmt)
+        self._second = -1
+        self._text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._text = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created))
+        return f"{self._text},{int(record.msecs):03d}"
+
+
+class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes lines into a buffer and leaves the flush to ``flush()``: the
+    ledger flushes once per batch of access-log lines, so a batch costs one write(2), not one per
+    line. A warning or worse is written at once."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(open(fd, "w", buffering=1 << 16, encoding="utf-8", errors="backslashreplace",  # noqa: SIM115
+                              closefd=False))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+            if record.levelno >= logging.WARNING:
+                self.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+
+def configure_logging(*, process_tag: bool = False) -> None:
+    """Log lines to stderr (the journal, under systemd); the access log on a buffered handler of its
+    own (it does not propagate). ``process_tag`` names the process in every line (``--workers``)."""
+    formatter = LineFormatter(LOG_FORMAT.format(tag=f"[{os.getpid()}]" if process_tag else ""))
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers = [console]
+    root.setLevel(logging.INFO)
+    access = BufferedStreamHandler(sys.stderr.fileno())
+    access.setFormatter(formatter)
+    access_log.handlers = [access]
+    access_log.propagate = False
+    # Skip what no format here uses (the caller's source line, the thread and process lookups),
+    # as the logging docs advise for hot paths; the process id is in the format itself.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
 
 
 def metrics_from_environment() -> Metrics:

@@ -33,7 +33,7 @@ from .errors import (
     UpstreamError,
 )
 from .health import HealthBook, HealthKey, RetryBudget, when_all_blocked
-from .observability import Metrics, RequestRecord, outcome_of
+from .observability import Ledger, Metrics, RequestRecord, outcome_of
 from .providers import ChatRequest, EmbeddingsRequest, Provider, UpstreamCall, provider_for
 from .router import LLMRouter, Route, RouteEndpoint
 from .sse import SseError, encode
@@ -73,6 +73,24 @@ class Gateway:
     # Streams past their commit point, so a drain that runs out of time can end them in-band.
     streams: set[asyncio.Task[Any]] = field(default_factory=set)
     ready: bool = False
+    # Connections with a request being served (aiohttp serves one at a time per connection), so
+    # the drain knows when they are done; `idle` is set once none is left while draining.
+    busy: set[object] = field(default_factory=set)
+    draining: bool = False
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    ledger: Ledger = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ledger = Ledger(self.metrics, lambda: self.in_flight)
+
+    def release(self, connection: Any) -> None:
+        """A request on ``connection`` is done. While draining the connection closes after it,
+        rather than wait idle for another request."""
+        self.busy.discard(connection)
+        if self.draining:
+            connection.close()
+            if not self.busy:
+                self.idle.set()
 
 
 # The request's record for the access log and the metrics, made by the HTTP layer.
@@ -259,9 +277,9 @@ async def _unary(gateway: Gateway, call: UpstreamCall, timeouts: Timeouts, attem
     provider = attempt.provider
     response: upstream.UpstreamResponse | None = None
     try:
-        async with asyncio.timeout(timeouts.total):
-            response = await upstream.send(gateway.session, call, timeouts.connect)
-            body = await response.read()
+        # aiohttp's timer, not asyncio.timeout: one clock instead of two for each call.
+        response = await upstream.send(gateway.session, call, timeouts.connect, timeouts.total)
+        body = await response.read()
     except TimeoutError:
         if response is not None:
             response.close()

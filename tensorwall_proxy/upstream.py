@@ -106,12 +106,24 @@ def _broken(exc: BaseException) -> UpstreamError:
     return UpstreamError("server", 502, f"Upstream connection broke while reading the answer ({type(exc).__name__}).")
 
 
-async def send(session: aiohttp.ClientSession, call: UpstreamCall, connect_timeout: float) -> UpstreamResponse:
-    """Send one call and wait for the status line and headers."""
-    timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_connect=connect_timeout)
+@functools.lru_cache(maxsize=64)
+def _client_timeout(connect: float, total: float | None) -> aiohttp.ClientTimeout:
+    # Made once per distinct configuration, not per request; the configured values are few.
+    return aiohttp.ClientTimeout(total=total, connect=connect, sock_connect=connect)
+
+
+async def send(session: aiohttp.ClientSession, call: UpstreamCall, connect_timeout: float,
+               total: float | None = None) -> UpstreamResponse:
+    """Send one call and wait for the status line and headers.
+
+    ``total`` bounds the whole exchange, body included, when the answer is read whole: aiohttp's
+    own timer then raises ``TimeoutError`` from ``send`` or ``read``. Streams pass None and time
+    their phases themselves.
+    """
     try:
         response = await session.request(
-            call.method, call.url, data=call.body, headers=call.headers, timeout=timeout,
+            call.method, call.url, data=call.body, headers=call.headers,
+            timeout=_client_timeout(connect_timeout, total),
             allow_redirects=False,
         )
     except aiohttp.ClientConnectorError as exc:

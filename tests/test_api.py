@@ -166,7 +166,10 @@ def test_unknown_path_and_method_are_openai_errors(proxy: Proxy) -> None:
     _assert_openai_error(missing.body, code="not_found")
     wrong = raw_request(proxy.url + "/v1/chat/completions", None, {"X-API-Key": GATEWAY_KEY}, method="GET")
     assert wrong.status == 405
+    assert wrong.headers["allow"] == "POST"
     _assert_openai_error(wrong.body)
+    keyless = raw_request(proxy.url + "/v1/completions", "{}", {})
+    assert keyless.status == 401  # an unknown path is no way around the gateway key
 
 
 @pytest.mark.parametrize("body", [

@@ -197,3 +197,61 @@ def test_metrics_of_several_workers_are_reported_together(tmp_path: Path) -> Non
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(20)
+
+
+def test_the_ledger_accounts_a_batch_after_its_delay(caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+
+    from tensorwall_proxy.observability import Ledger, Metrics, RequestRecord
+
+    caplog.set_level(logging.INFO, logger="tensorwall_proxy.access")
+    ok = {"route": "gpt-*", "provider": "openai", "status_class": "2xx", "stream": "false"}
+
+    async def run() -> tuple[float, int, str]:
+        metrics = Metrics()
+        ledger = Ledger(metrics, in_flight=lambda: 3, delay=0.05)
+        for i in range(5):
+            record = RequestRecord(f"ledger-{i}", "POST", "/v1/chat/completions")
+            record.route, record.provider = "gpt-*", "openai"
+            ledger.add(record, 200 if i else 502)
+        counted_at_once = _metric(metrics.render()[0].decode(), "tensorwall_requests_total", **ok)
+        logged_at_once = len([line for line in _access_lines(caplog) if line["id"].startswith("ledger-")])
+        await asyncio.sleep(0.2)
+        return counted_at_once, logged_at_once, metrics.render()[0].decode()
+
+    counted_at_once, logged_at_once, text = asyncio.run(run())
+    assert counted_at_once == 0 and logged_at_once == 0  # the responses leave first
+    assert _metric(text, "tensorwall_requests_total", **ok) == 4
+    assert _metric(text, "tensorwall_requests_total", **{**ok, "status_class": "5xx"}) == 1
+    assert _metric(text, "tensorwall_errors_total", blame="upstream") == 1
+    assert _metric(text, "tensorwall_requests_in_flight") == 3
+    lines = [line for line in _access_lines(caplog) if line["id"].startswith("ledger-")]
+    assert [line["status"] for line in lines] == [502, 200, 200, 200, 200]
+
+
+def test_access_lines_are_written_when_flushed_and_warnings_at_once(tmp_path: Path) -> None:
+    from tensorwall_proxy.observability import LOG_FORMAT, BufferedStreamHandler, LineFormatter
+
+    path = tmp_path / "log"
+    with path.open("w") as sink:
+        handler = BufferedStreamHandler(sink.fileno())
+        handler.setFormatter(LineFormatter(LOG_FORMAT.format(tag="")))
+        logger = logging.getLogger("tensorwall_proxy.test_buffered")
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+        try:
+            logger.warning("first")
+            assert path.read_text().endswith("WARNING tensorwall_proxy.test_buffered: first\n")
+            logger.info('{"id":"a"}')
+            logger.info('{"id":"b"}')
+            assert "id" not in path.read_text()
+            handler.flush()
+            lines = path.read_text().splitlines()
+        finally:
+            logger.removeHandler(handler)
+    assert [line.split(": ", 1)[1] for line in lines] == ["first", '{"id":"a"}', '{"id":"b"}']
+    # The same text as logging's own formatter gives, the date made once a second notwithstanding.
+    record = logging.LogRecord("x", logging.INFO, "", 0, "message", None, None)
+    standard = logging.Formatter(LOG_FORMAT.format(tag=""))
+    assert LineFormatter(LOG_FORMAT.format(tag="")).format(record) == standard.format(record)

@@ -18,7 +18,6 @@ Pure: no I/O, no aiohttp.
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -37,7 +36,7 @@ from ..errors import (
 from ..sse import SseEvent
 from . import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
 from .anthropic import JSON_OBJECT_INSTRUCTION, THINKING_BUDGETS
-from .ids import attach, detach, for_upstream
+from .ids import attach, detach, for_upstream, unique_id
 from .openai import USER_AGENT, upstream_url
 from .shapes import (
     ChunkEncoder,
@@ -366,7 +365,7 @@ def translate_response(response: Mapping[str, Any], model: str, created: int | N
         message["tool_calls"] = tool_calls
     finish = FINISH_REASONS.get(str(response.get("stopReason")), "stop")
     # Converse answers carry no id of their own (the request id is a header): make one.
-    return completion("chatcmpl-" + secrets.token_hex(12), model, message, finish,
+    return completion(unique_id("chatcmpl-"), model, message, finish,
                       _usage(response.get("usage")), created)
 
 
@@ -449,7 +448,7 @@ class BedrockStream:
         self._provider = provider
         self._chunks = ChunkEncoder(wants_usage)
         self._chunks.model = model
-        self._chunks.id = "chatcmpl-" + secrets.token_hex(12)
+        self._chunks.id = unique_id("chatcmpl-")
         self._blocks: dict[int, dict[str, Any]] = {}
         self._reasoning: list[dict[str, Any]] = []
         self._tool_count = 0

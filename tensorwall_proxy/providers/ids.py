@@ -1,6 +1,8 @@
 """The tool call id codec (DESIGN §7): one id the client keeps, a deterministic short id per upstream.
 
-Two jobs:
+Three jobs:
+
+* ``unique_id(prefix)``: a fresh id for a response or a request (``chatcmpl-…``, ``req_…``).
 
 * ``for_upstream(client_id, style)``: the id an upstream accepts. An id already valid for the
   style passes unchanged; any other is replaced by a hash of it in the style's alphabet and
@@ -10,13 +12,15 @@ Two jobs:
   turn (Gemini's ``thoughtSignature``, a thinking block) travels inside the id the client keeps,
   after a marker, base64url-encoded. The client treats the id as opaque, so it returns intact.
 
-Pure: no I/O.
+Pure but for ``unique_id``'s generator: no I/O.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import random
 import re
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -28,6 +32,17 @@ _ALNUM: Final = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # so a carried id can never be mistaken for a plain valid one.
 STATE_MARKER: Final = "~tw1~"
 _BASE64URL: Final = re.compile(r"[A-Za-z0-9_-]+")
+
+# Ids name responses and requests; they guard nothing, so they need to be unique, not unguessable.
+# secrets.token_hex would cost a getrandom() system call on every request; this generator is
+# seeded from os.urandom once, and again in a forked child so two processes never share a sequence.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
+
+
+def unique_id(prefix: str) -> str:
+    """``prefix`` and 24 random hex digits (96 bits), like OpenAI's own ids."""
+    return f"{prefix}{_ids.getrandbits(96):024x}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,6 @@ Pure: no I/O, no aiohttp. Tokens come from upstream.py's google-auth hook.
 from __future__ import annotations
 
 import mimetypes
-import secrets
 import time
 from collections.abc import Mapping
 from typing import Any, Final
@@ -37,7 +36,7 @@ from ..errors import (
 )
 from ..sse import SseDecoder, SseEvent
 from . import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
-from .ids import attach, detach
+from .ids import attach, detach, unique_id
 from .openai import USER_AGENT, upstream_url
 from .shapes import (
     ChunkEncoder,
@@ -406,7 +405,7 @@ def _usage(raw: Any) -> dict[str, Any]:
 
 
 def _new_call_id() -> str:
-    return "call_" + secrets.token_urlsafe(18).replace("-", "a").replace("_", "b")[:24]
+    return unique_id("call_")
 
 
 def _tool_call(part: Mapping[str, Any]) -> dict[str, Any]:
@@ -453,7 +452,7 @@ def translate_response(response: Mapping[str, Any], model: str, created: int | N
         choices.append({"index": 0, "message": {"role": "assistant", "content": "", "refusal": None},
                         "logprobs": None, "finish_reason": "content_filter"})
     return orjson.dumps({
-        "id": str(response.get("responseId") or "chatcmpl-" + secrets.token_hex(12)),
+        "id": str(response.get("responseId") or unique_id("chatcmpl-")),
         "object": "chat.completion", "created": int(time.time()) if created is None else created,
         "model": str(response.get("modelVersion") or model), "choices": choices,
         "usage": _usage(response.get("usageMetadata")),
@@ -487,7 +486,7 @@ class VertexStream:
         self._model = model
         self._chunks = ChunkEncoder(wants_usage)
         self._chunks.model = model
-        self._chunks.id = "chatcmpl-" + secrets.token_hex(12)
+        self._chunks.id = unique_id("chatcmpl-")
         self._started: set[int] = set()  # candidates whose role chunk went out
         self._tools: dict[int, int] = {}  # candidate → tool calls so far
         self._finished: set[int] = set()
