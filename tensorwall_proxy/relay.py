@@ -414,6 +414,20 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
                 raise impl.classify_error(provider, response.status, response.headers, body)
             while not decoder.done:
                 chunk = await response.read_chunk()
+                if chunk and events.idle:
+                    # Plain events (a passthrough's content) go out as they came: not cut, not parsed.
+                    plain, chunk = decoder.split_plain(chunk)
+                    if plain:
+                        pending.append(plain)
+                        deadline.reschedule(None)
+                        if client is None and decoder.visible:
+                            client = await _commit(request, request_id, provider.name, response.headers, pending)
+                            gateway.streams.add(task)
+                        elif client is not None:
+                            await _flush(client, pending)
+                        deadline.reschedule(loop.time() + timeouts.idle)
+                        if not chunk:
+                            continue
                 batch = events.feed(chunk) if chunk else events.flush()
                 # Event by event, so the commit happens at the first visible event even when
                 # a failure arrives in the same read: what the client saw decides fallback.

@@ -63,6 +63,11 @@ class SseDecoder:
                 events.append(event)
         return events
 
+    @property
+    def idle(self) -> bool:
+        """No part of an event is buffered: the next bytes start a new event."""
+        return not self._buffer and not self._after_cr
+
     def flush(self) -> list[SseEvent]:
         """The last event, when the stream ended without a blank line after it."""
         raw, self._buffer = self._buffer, b""

@@ -81,6 +81,12 @@ class StreamDecoder(Protocol):
         """At upstream end of stream: trailing events, or UpstreamError if the stream was cut short."""
         ...
 
+    def split_plain(self, chunk: bytes) -> tuple[bytes, bytes]:
+        """``chunk`` (read while the framer held nothing) as the leading whole events that go to the
+        client unchanged, neither framed nor fed, and the rest, to frame and feed. A translator's
+        plain part is always empty."""
+        ...
+
 
 class Framer(Protocol):
     """Cuts a streamed body into upstream events as bytes arrive: SSE, or AWS event-stream messages."""
@@ -91,6 +97,11 @@ class Framer(Protocol):
 
     def flush(self) -> list[SseEvent]:
         """What is left at the end of the body."""
+        ...
+
+    @property
+    def idle(self) -> bool:
+        """No part of an event is buffered: the next bytes start a new event."""
         ...
 
 

@@ -515,6 +515,9 @@ class AnthropicStream:
                                                         "function": {"arguments": "{}"}}]})]
         return []
 
+    def split_plain(self, chunk: bytes) -> tuple[bytes, bytes]:
+        return b"", chunk  # every event is translated
+
     def close(self) -> list[bytes]:
         if not self.done:
             raise UpstreamError("server", 502, "Anthropic ended the stream before message_stop.",

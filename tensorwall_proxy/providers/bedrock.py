@@ -437,6 +437,11 @@ class EventStreamFramer:
             raise self._broken
         return []
 
+    @property
+    def idle(self) -> bool:
+        # Not tracked: a Bedrock stream is translated, never relayed as raw bytes.
+        return False
+
 
 class BedrockStream:
     """ConverseStream events → OpenAI chunks; tool calls numbered over tool calls only."""
@@ -540,6 +545,9 @@ class BedrockStream:
             return [self._chunks.chunk({"tool_calls": [{"index": block["tool_index"],
                                                         "function": {"arguments": "{}"}}]})]
         return []
+
+    def split_plain(self, chunk: bytes) -> tuple[bytes, bytes]:
+        return b"", chunk  # every event is translated
 
     def close(self) -> list[bytes]:
         if self.done:

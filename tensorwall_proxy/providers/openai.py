@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import array
 import base64
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -238,6 +239,10 @@ def _visible(chunk: Mapping[str, Any]) -> bool:
     return False
 
 
+# A usage that is set (not null): its event goes through feed(), which counts and may hide it.
+_USAGE_SET: Final = re.compile(rb'"usage"\s*:\s*(?!null)')
+
+
 class PassthroughStream:
     """The stream decoder for OpenAI-shaped SSE: relays each event's own bytes.
 
@@ -303,6 +308,35 @@ class PassthroughStream:
         if not self.visible and _visible(chunk):
             self.visible = True
         return [encode(data)]
+
+    def split_plain(self, chunk: bytes) -> tuple[bytes, bytes]:
+        """The leading events of ``chunk`` that go out as they came: single-line ``data:`` events
+        holding no error, no usage but ``"usage":null`` and no [DONE] (content, the bulk of every
+        stream). Before the commit point they are parsed only until one is visible."""
+        if self.done or self._pending is not None or b"\r" in chunk:
+            return b"", chunk
+        end = chunk.rfind(b"\n\n") + 2  # past the last whole event
+        for found in (chunk.find(b'"error"', 0, end), chunk.find(b"[DONE]", 0, end),
+                      (match.start() if (match := _USAGE_SET.search(chunk, 0, end)) else -1)):
+            if found >= 0:
+                end = min(end, chunk.rfind(b"\n\n", 0, found) + 2)  # where that event begins
+        if end < 2:
+            return b"", chunk
+        plain = chunk[:end]
+        events = plain.count(b"\n\n")
+        if not plain.startswith(b"data:") or plain.count(b"\n") != 2 * events \
+                or plain.count(b"\n\ndata:") != events - 1:
+            return b"", chunk  # comments, named or multi-line events: the framer's job
+        if not self.visible:
+            for raw in plain[:-2].split(b"\n\n"):
+                try:
+                    parsed = orjson.loads(raw[5:])
+                except orjson.JSONDecodeError:
+                    return b"", chunk  # the event-by-event path reports it
+                if isinstance(parsed, dict) and _visible(parsed):
+                    self.visible = True
+                    break
+        return plain, chunk[end:]
 
     def close(self) -> list[bytes]:
         if not self.done:

@@ -549,6 +549,9 @@ class VertexStream:
         key = "reasoning_content" if part.get("thought") is True else "content"
         return [self._chunks.chunk({key: text}, index=index)]
 
+    def split_plain(self, chunk: bytes) -> tuple[bytes, bytes]:
+        return b"", chunk  # every event is translated
+
     def close(self) -> list[bytes]:
         if not self._finished or self._finished != self._started:
             raise UpstreamError("server", 502, "Vertex ended the stream before every candidate finished.",

@@ -8,6 +8,7 @@ and ``golden/<type>/stream_*.json`` (upstream events in → client events out), 
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import re
 import struct
@@ -128,6 +129,61 @@ def test_stream_golden(path: Path) -> None:
             expected.append(b"data: " + orjson.dumps(usage_chunk) + b"\n\n")
     assert out == expected
     assert decoder.usage == case["expect"]["usage"]
+
+
+def _relayed(case: dict[str, Any], reads: list[bytes], *, plain_path: bool) -> tuple[bytes, Any, bool, bool]:
+    """What the relay's stream loop sends for these reads: the plain split first (as the relay
+    does when the framer holds nothing), the framer and feed() for the rest; or feed() alone."""
+    impl = PROVIDERS[case["type"]]
+    provider = _provider({"name": case["type"], "type": case["type"], "api_version": "2024-10-21"})
+    decoder = impl.stream_decoder(ChatRequest({"model": "m", "messages": [], "stream": True}, stream=True,
+                                              wants_usage=case["wants_usage"]), provider)
+    framer = impl.framer()
+    out: list[bytes] = []
+    visible_before_done = False
+    for chunk in reads:
+        if plain_path and framer.idle:
+            plain, chunk = decoder.split_plain(chunk)
+            out.append(plain)
+            visible_before_done = visible_before_done or decoder.visible
+            if not chunk:
+                continue
+        for event in framer.feed(chunk):
+            out += decoder.feed(event)
+            visible_before_done = visible_before_done or (decoder.visible and not decoder.done)
+            if decoder.done:
+                break
+        if decoder.done:
+            break
+    return b"".join(out), decoder.usage, decoder.done, visible_before_done
+
+
+@pytest.mark.parametrize("path", _fixtures("stream", OPENAI_STYLE), ids=lambda p: f"{p.parent.name}/{p.stem}")
+@settings(max_examples=60, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=12))
+def test_plain_events_pass_unchanged_however_the_reads_fall(path: Path, cuts: list[int]) -> None:
+    """The plain split sends exactly the bytes event-by-event relaying sends, counts the same usage,
+    and commits as visibly, for any way the upstream's bytes are cut into reads."""
+    case = json.loads(path.read_text())
+    body = b"".join(b"data: " + _encode_event(e) + b"\n\n" for e in case["events"])
+    edges = sorted({0, len(body), *(c % (len(body) + 1) for c in cuts)})
+    reads = [body[a:b] for a, b in itertools.pairwise(edges) if b > a]
+    assert _relayed(case, reads, plain_path=True) == _relayed(case, reads, plain_path=False)
+
+
+def test_content_past_the_commit_point_is_split_off_whole() -> None:
+    decoder = PROVIDERS["openai"].stream_decoder(ChatRequest({}, stream=True), _provider({"name": "p", "type": "openai"}))
+    role = b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}],"usage":null}\n\n'
+    text = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}],"usage":null}\n\n'
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}\n\n'
+    assert decoder.split_plain(role) == (role, b"")
+    assert not decoder.visible  # a role alone is not the commit point
+    assert decoder.split_plain(text + text + usage + b"data: [DONE]\n\n") == (text + text, usage + b"data: [DONE]\n\n")
+    assert decoder.visible
+    assert decoder.split_plain(text + text[:10]) == (text, text[:10])  # a partial event stays for the framer
+    for odd in (b": keep-alive\n\n" + text, b"event: x\n" + text, text.replace(b"\n\n", b"\r\n\r\n"),
+                b'data: {"error":{"message":"boom"}}\n\n'):
+        assert decoder.split_plain(odd) == (b"", odd)
 
 
 @pytest.mark.parametrize("provider_type", ["openai", "groq", "mistral", "lmstudio", "ollama", "azure"])
