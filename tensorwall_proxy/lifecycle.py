@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -43,6 +44,8 @@ GRACE_SECONDS: Final = 1.0
 # What still runs after the drain and the grace (a request before its commit point) is cancelled;
 # this bounds how long its cancellation may take.
 CANCEL_SECONDS: Final = 0.25
+# Allocations between young collections, then young collections per middle one and middle per old.
+GC_THRESHOLDS: Final = (10_000, 50, 100)
 # A worker that dies is restarted after BACKOFF_SECONDS, doubling while it keeps dying, up to
 # BACKOFF_MAX_SECONDS; a worker that served for HEALTHY_SECONDS starts again from the bottom.
 BACKOFF_SECONDS: Final = 0.2
@@ -83,6 +86,21 @@ def install_uvloop() -> None:
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def tune_gc() -> None:
+    """Leave start-up's objects out of garbage collection, and collect young objects less often.
+
+    Measured under load with the default settings, the collector took 20 to 50 µs per request:
+    a collection every 700 net allocations, each walking the tens of thousands of objects that
+    50 requests in flight hold, and now and then every object the imports made. Almost all
+    garbage here is freed by reference counting the moment it is dropped; the collector is for
+    the rare cycle (an exception and its traceback), and 10,000 allocations between looks still
+    bounds those to a few megabytes. ``gc.freeze()`` is what the gc module offers for exactly this:
+    objects alive now (modules, the configuration, the app) are never examined again.
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def load_for_reload(path: str, host: str, allow_no_key: bool, *, warn: bool = True) -> Config | None:
@@ -165,6 +183,7 @@ class Instance:
             log.error("cannot listen on %s port %d: %s", self.host, self.port, exc.strerror or exc)
             await runner.cleanup()
             return 1
+        tune_gc()  # after the imports and the app: what they made is here to stay
         where = _describe([address[:2] for address in runner.addresses])
         log.info("tensorwall-proxy listening on %s (config %s, pid %d)", where, self.config.source, os.getpid())
         loop = asyncio.get_running_loop()
