@@ -25,6 +25,7 @@ from aiohttp import web
 
 from . import upstream
 from .auth import Credential, GatewayKeys, credential_for, missing_provider_key
+from .clock import SilenceClock
 from .config import Config, ProviderConfig, Secret, Timeouts
 from .errors import (
     GatewayError,
@@ -390,8 +391,8 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
     """One streamed attempt: hold until the commit point, then relay event by event.
 
     Clocks: ``first_byte`` runs from sending until the first upstream event, then ``idle``
-    between events. Both are one reschedulable deadline, paused while we write to the client so
-    a slow reader is never mistaken for a silent upstream.
+    between events, on one ``SilenceClock``, paused while we write to the client so a slow
+    reader is never mistaken for a silent upstream.
     """
     assert gateway.session is not None
     provider = attempt.provider
@@ -406,64 +407,65 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
     client: web.StreamResponse | None = None
     response: upstream.UpstreamResponse | None = None
     finished = False
+    clock = SilenceClock(loop, task, timeouts.first_byte)
+    heard = False  # any upstream event yet: the clock's phase
     try:
-        async with asyncio.timeout(timeouts.first_byte) as deadline:
-            response = await upstream.send(gateway.session, call, timeouts.connect)
-            if response.status >= 300:
-                body = await response.read()
-                raise impl.classify_error(provider, response.status, response.headers, body)
-            while not decoder.done:
-                chunk = await response.read_chunk()
-                if chunk and events.idle:
-                    # Plain events (a passthrough's content) go out as they came: not cut, not parsed.
-                    plain, chunk = decoder.split_plain(chunk)
-                    if plain:
-                        pending.append(plain)
-                        deadline.reschedule(None)
-                        if client is None and decoder.visible:
-                            client = await _commit(request, request_id, provider.name, response.headers, pending)
-                            gateway.streams.add(task)
-                        elif client is not None:
-                            await _flush(client, pending)
-                        deadline.reschedule(loop.time() + timeouts.idle)
-                        if not chunk:
-                            continue
-                batch = events.feed(chunk) if chunk else events.flush()
-                # Event by event, so the commit happens at the first visible event even when
-                # a failure arrives in the same read: what the client saw decides fallback.
-                for event in batch:
-                    pending.extend(decoder.feed(event))
+        response = await upstream.send(gateway.session, call, timeouts.connect)
+        if response.status >= 300:
+            body = await response.read()
+            raise impl.classify_error(provider, response.status, response.headers, body)
+        while not decoder.done:
+            chunk = await response.read_chunk()
+            if chunk and events.idle:
+                # Plain events (a passthrough's content) go out as they came: not cut, not parsed.
+                plain, chunk = decoder.split_plain(chunk)
+                if plain:
+                    heard = _heard(clock, heard, timeouts)
+                    pending.append(plain)
+                    clock.paused = True
                     if client is None and decoder.visible:
-                        deadline.reschedule(None)
                         client = await _commit(request, request_id, provider.name, response.headers, pending)
                         gateway.streams.add(task)
-                    if decoder.done:
-                        break
-                if not chunk:
-                    pending.extend(decoder.close())  # raises when the upstream stopped short
-                    if client is None:
-                        client = await _commit(request, request_id, provider.name, response.headers, pending)
-                        gateway.streams.add(task)
-                if client is not None and pending:
-                    deadline.reschedule(None)
-                    await _flush(client, pending)
-                if not chunk:
+                    elif client is not None:
+                        await _flush(client, pending)
+                    clock.paused = False
+                    clock.heard()
+                    if not chunk:
+                        continue
+            batch = events.feed(chunk) if chunk else events.flush()
+            if batch:  # whole events, not bytes: a trickle that never completes one is silence
+                heard = _heard(clock, heard, timeouts)
+            clock.paused = True
+            # Event by event, so the commit happens at the first visible event even when
+            # a failure arrives in the same read: what the client saw decides fallback.
+            for event in batch:
+                pending.extend(decoder.feed(event))
+                if client is None and decoder.visible:
+                    client = await _commit(request, request_id, provider.name, response.headers, pending)
+                    gateway.streams.add(task)
+                if decoder.done:
                     break
-                if batch:
-                    deadline.reschedule(loop.time() + timeouts.idle)
-            finished = True
-    except TimeoutError:
-        phase = "first_byte" if client is None and not decoder.visible else "idle"
-        limit = timeouts.first_byte if phase == "first_byte" else timeouts.idle
-        error = UpstreamError("timeout", 504, f"Upstream '{provider.name}' sent nothing for {limit:g}s "
-                                              f"({phase} timeout).", provider=provider.name)
-        return await _fail_stream(gateway, attempt, client, pending, error)
-    except (UpstreamError, SseError) as exc:
-        error = exc if isinstance(exc, UpstreamError) else UpstreamError(
-            "server", 502, f"Upstream '{provider.name}' broke the event stream: {exc}")
-        error.provider = provider.name
-        return await _fail_stream(gateway, attempt, client, pending, error)
+            if not chunk:
+                pending.extend(decoder.close())  # raises when the upstream stopped short
+                if client is None:
+                    client = await _commit(request, request_id, provider.name, response.headers, pending)
+                    gateway.streams.add(task)
+            if client is not None and pending:
+                await _flush(client, pending)
+            clock.paused = False
+            if batch:
+                clock.heard()  # the write took its time; the silence starts after it
+            if not chunk:
+                break
+        finished = True
     except asyncio.CancelledError as exc:
+        clock.stop()
+        if clock.expired:
+            task.uncancel()
+            phase, limit = ("idle", timeouts.idle) if heard else ("first_byte", timeouts.first_byte)
+            error = UpstreamError("timeout", 504, f"Upstream '{provider.name}' sent nothing for {limit:g}s "
+                                                  f"({phase} timeout).", provider=provider.name)
+            return await _fail_stream(gateway, attempt, client, pending, error)
         if client is None or exc.args != (DRAINING,):
             raise  # the client went away, or a cancel that is not ours: nothing to tell anyone
         task.uncancel()
@@ -471,7 +473,14 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
                                            type="server_error", code="shutting_down").body()))
         await _flush(client, pending)
         return client
+    except (UpstreamError, SseError) as exc:
+        clock.stop()
+        error = exc if isinstance(exc, UpstreamError) else UpstreamError(
+            "server", 502, f"Upstream '{provider.name}' broke the event stream: {exc}")
+        error.provider = provider.name
+        return await _fail_stream(gateway, attempt, client, pending, error)
     finally:
+        clock.stop()
         gateway.streams.discard(task)
         if response is not None:
             if finished:
@@ -482,6 +491,15 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
     gateway.health.succeeded(attempt.health_key)
     request[RECORD].count(decoder.usage)
     return client
+
+
+def _heard(clock: SilenceClock, heard: bool, timeouts: Timeouts) -> bool:
+    """An upstream event arrived: the first one ends the first_byte phase, every one resets idle."""
+    if heard:
+        clock.heard()
+    else:
+        clock.change(timeouts.idle)
+    return True
 
 
 async def _commit(request: web.Request, request_id: str, provider: str, upstream_headers: Mapping[str, str],
