@@ -235,7 +235,7 @@ def test_access_lines_are_written_when_flushed_and_warnings_at_once(tmp_path: Pa
     path = tmp_path / "log"
     with path.open("w") as sink:
         handler = BufferedStreamHandler(sink.fileno())
-        handler.setFormatter(LineFormatter(LOG_FORMAT.format(tag="")))
+        handler.setFormatter(LineFormatter())
         logger = logging.getLogger("tensorwall_proxy.test_buffered")
         logger.propagate = False
         logger.setLevel(logging.INFO)
@@ -251,7 +251,11 @@ def test_access_lines_are_written_when_flushed_and_warnings_at_once(tmp_path: Pa
         finally:
             logger.removeHandler(handler)
     assert [line.split(": ", 1)[1] for line in lines] == ["first", '{"id":"a"}', '{"id":"b"}']
-    # The same text as logging's own formatter gives, the date made once a second notwithstanding.
-    record = logging.LogRecord("x", logging.INFO, "", 0, "message", None, None)
-    standard = logging.Formatter(LOG_FORMAT.format(tag=""))
-    assert LineFormatter(LOG_FORMAT.format(tag="")).format(record) == standard.format(record)
+    # The same text as logging's own formatter gives, with and without a process tag and a traceback.
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        failed = logging.LogRecord("x", logging.ERROR, "", 0, "failed %s", ("here",), sys.exc_info())
+    for tag in ("", "[42]"):
+        for record in (logging.LogRecord("x", logging.INFO, "", 0, "message %d", (7,), None), failed):
+            assert LineFormatter(tag).format(record) == logging.Formatter(LOG_FORMAT.format(tag=tag)).format(record)
