@@ -75,11 +75,22 @@ class SseDecoder:
         return [event] if event is not None else []
 
 
+# Event names seen, decoded once each (bounded: the names come from upstreams).
+_NAMES: dict[bytes, str] = {}
+
+
 def _parse_event(raw: bytes) -> SseEvent | None:
-    # Fast path: the overwhelmingly common single-line `data: ...` event.
-    if raw.startswith(b"data:") and b"\n" not in raw:
-        data = raw[5:]
-        return SseEvent(None, data[1:] if data.startswith(b" ") else data)
+    # Fast paths: the overwhelmingly common single-line `data: ...` event (OpenAI, Google), and
+    # `event: name` + one `data: ...` line (Anthropic).
+    if raw.startswith(b"data:"):
+        if b"\n" not in raw:
+            data = raw[5:]
+            return SseEvent(None, data[1:] if data.startswith(b" ") else data)
+    elif raw.startswith(b"event:"):
+        head, _, data = raw.partition(b"\n")
+        if data.startswith(b"data:") and b"\n" not in data and head:
+            data = data[5:]
+            return SseEvent(_name(head[6:]), data[1:] if data.startswith(b" ") else data)
     name: str | None = None
     data_lines: list[bytes] = []
     for line in raw.split(b"\n"):
@@ -95,6 +106,15 @@ def _parse_event(raw: bytes) -> SseEvent | None:
     if not data_lines:
         return None
     return SseEvent(name, b"\n".join(data_lines))
+
+
+def _name(value: bytes) -> str:
+    name = _NAMES.get(value)
+    if name is None:
+        name = (value[1:] if value.startswith(b" ") else value).decode("utf-8", "replace")
+        if len(_NAMES) < 64:
+            _NAMES[value] = name
+    return name
 
 
 def encode(data: bytes, event: str | None = None) -> bytes:
