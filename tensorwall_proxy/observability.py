@@ -121,20 +121,23 @@ class Ledger:
 
     The response leaves first; then, once per batch, one timer, one pass over the metrics (each
     counter incremented once with the batch's total) and one write of all the batch's access-log
-    lines, where a request at a time would pay each of these per request.
+    lines, where a request at a time would pay each of these per request. A batch is worked off
+    in slices, the loop serving I/O between them, so no request waits behind a long one.
     """
+
+    SLICE: Final = 16  # requests accounted at a time: about 0.1 ms of work
 
     def __init__(self, metrics: Metrics | None, in_flight: Callable[[], int], delay: float = 0.05) -> None:
         self.metrics = metrics
         self.delay = delay
         self._in_flight = in_flight
         self._pending: list[RequestRecord] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
 
     def touch(self) -> None:
         """A request started: make sure a batch comes soon, so the in-flight gauge follows."""
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.delay, self.flush)
+            self._timer = asyncio.get_running_loop().call_later(self.delay, self._slice)
 
     def add(self, record: RequestRecord, status: int) -> None:
         """A request finished with ``status`` (499 when the client left before any response)."""
@@ -144,11 +147,21 @@ class Ledger:
         self.touch()
 
     def flush(self) -> None:
-        """Account for every finished request now (before a scrape, at shutdown, and on the timer)."""
+        """Account for every finished request now (before a scrape, and at shutdown)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         batch, self._pending = self._pending, []
+        self._account(batch)
+
+    def _slice(self) -> None:
+        batch = self._pending[:self.SLICE]
+        del self._pending[:self.SLICE]
+        # The rest after the I/O that is ready now; requests that finish meanwhile join the queue.
+        self._timer = asyncio.get_running_loop().call_soon(self._slice) if self._pending else None
+        self._account(batch)
+
+    def _account(self, batch: list[RequestRecord]) -> None:
         if self.metrics is not None:
             self.metrics.observe(batch, self._in_flight())
         if batch and access_log.isEnabledFor(logging.INFO):

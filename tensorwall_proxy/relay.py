@@ -420,21 +420,19 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
                 # Plain events (a passthrough's content) go out as they came: not cut, not parsed.
                 plain, chunk = decoder.split_plain(chunk)
                 if plain:
-                    heard = _heard(clock, heard, timeouts)
-                    pending.append(plain)
                     clock.paused = True
-                    if client is None and decoder.visible:
-                        client = await _commit(request, request_id, provider.name, response.headers, pending)
-                        gateway.streams.add(task)
-                    elif client is not None:
-                        await _flush(client, pending)
+                    if client is not None:
+                        await client.write(plain)
+                    else:
+                        pending.append(plain)
+                        if decoder.visible:
+                            client = await _commit(request, request_id, provider.name, response.headers, pending)
+                            gateway.streams.add(task)
                     clock.paused = False
-                    clock.heard()
+                    heard = _heard(clock, heard, timeouts)  # the silence starts after the write
                     if not chunk:
                         continue
             batch = events.feed(chunk) if chunk else events.flush()
-            if batch:  # whole events, not bytes: a trickle that never completes one is silence
-                heard = _heard(clock, heard, timeouts)
             clock.paused = True
             # Event by event, so the commit happens at the first visible event even when
             # a failure arrives in the same read: what the client saw decides fallback.
@@ -453,8 +451,8 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
             if client is not None and pending:
                 await _flush(client, pending)
             clock.paused = False
-            if batch:
-                clock.heard()  # the write took its time; the silence starts after it
+            if batch:  # whole events, not bytes: a trickle that never completes one is silence
+                heard = _heard(clock, heard, timeouts)
             if not chunk:
                 break
         finished = True

@@ -210,7 +210,7 @@ def test_the_ledger_accounts_a_batch_after_its_delay(caplog: pytest.LogCaptureFi
     async def run() -> tuple[float, int, str]:
         metrics = Metrics()
         ledger = Ledger(metrics, in_flight=lambda: 3, delay=0.05)
-        for i in range(5):
+        for i in range(40):  # more than a slice: worked off in three
             record = RequestRecord(f"ledger-{i}", "POST", "/v1/chat/completions")
             record.route, record.provider = "gpt-*", "openai"
             ledger.add(record, 200 if i else 502)
@@ -221,12 +221,13 @@ def test_the_ledger_accounts_a_batch_after_its_delay(caplog: pytest.LogCaptureFi
 
     counted_at_once, logged_at_once, text = asyncio.run(run())
     assert counted_at_once == 0 and logged_at_once == 0  # the responses leave first
-    assert _metric(text, "tensorwall_requests_total", **ok) == 4
+    assert _metric(text, "tensorwall_requests_total", **ok) == 39
     assert _metric(text, "tensorwall_requests_total", **{**ok, "status_class": "5xx"}) == 1
     assert _metric(text, "tensorwall_errors_total", blame="upstream") == 1
     assert _metric(text, "tensorwall_requests_in_flight") == 3
     lines = [line for line in _access_lines(caplog) if line["id"].startswith("ledger-")]
-    assert [line["status"] for line in lines] == [502, 200, 200, 200, 200]
+    assert [line["id"] for line in lines] == [f"ledger-{i}" for i in range(40)]
+    assert [line["status"] for line in lines] == [502] + [200] * 39
 
 
 def test_access_lines_are_written_when_flushed_and_warnings_at_once(tmp_path: Path) -> None:

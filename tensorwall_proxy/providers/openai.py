@@ -316,26 +316,29 @@ class PassthroughStream:
         if self.done or self._pending is not None or b"\r" in chunk:
             return b"", chunk
         end = chunk.rfind(b"\n\n") + 2  # past the last whole event
-        for found in (chunk.find(b'"error"', 0, end), chunk.find(b"[DONE]", 0, end),
-                      (match.start() if (match := _USAGE_SET.search(chunk, 0, end)) else -1)):
-            if found >= 0:
-                end = min(end, chunk.rfind(b"\n\n", 0, found) + 2)  # where that event begins
+        found = [chunk.find(b'"error"', 0, end), chunk.find(b"[DONE]", 0, end)]
+        if chunk.count(b'"usage"', 0, end) != chunk.count(b'"usage":null', 0, end):
+            match = _USAGE_SET.search(chunk, 0, end)  # rare: the one event with the counts
+            found.append(match.start() if match else 0)
+        for at in found:
+            if at >= 0:
+                end = min(end, chunk.rfind(b"\n\n", 0, at) + 2)  # where that event begins
         if end < 2:
             return b"", chunk
-        plain = chunk[:end]
+        plain = chunk[:end] if end < len(chunk) else chunk
         events = plain.count(b"\n\n")
         if not plain.startswith(b"data:") or plain.count(b"\n") != 2 * events \
                 or plain.count(b"\n\ndata:") != events - 1:
             return b"", chunk  # comments, named or multi-line events: the framer's job
-        if not self.visible:
-            for raw in plain[:-2].split(b"\n\n"):
-                try:
-                    parsed = orjson.loads(raw[5:])
-                except orjson.JSONDecodeError:
-                    return b"", chunk  # the event-by-event path reports it
-                if isinstance(parsed, dict) and _visible(parsed):
-                    self.visible = True
-                    break
+        start = 0
+        while not self.visible and start < end:
+            stop = plain.find(b"\n\n", start)
+            try:
+                parsed = orjson.loads(plain[start + 5:stop])
+            except orjson.JSONDecodeError:
+                return b"", chunk  # the event-by-event path reports it
+            self.visible = isinstance(parsed, dict) and _visible(parsed)
+            start = stop + 2
         return plain, chunk[end:]
 
     def close(self) -> list[bytes]:
