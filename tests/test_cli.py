@@ -155,3 +155,25 @@ def test_serve_answers_and_stops_cleanly_on_sigterm() -> None:
             process.kill()
         _, stderr = process.communicate()
     assert "gateway auth is off" in stderr
+
+
+def test_serving_the_default_config_imports_neither_google_auth_nor_botocore() -> None:
+    """They cost about 30 MiB between them: a Vertex or Bedrock provider imports its library when
+    it first needs it, not at start-up (the idle RSS stays under 50 MiB with the default config)."""
+    script = (
+        "import sys, asyncio\n"
+        "from tensorwall_proxy.app import build_app\n"
+        "from tensorwall_proxy.cli import build_parser\n"
+        "from tensorwall_proxy.config import load_config\n"
+        "from tensorwall_proxy import lifecycle\n"
+        "from aiohttp import web\n"
+        "async def main():\n"
+        "    runner = web.AppRunner(build_app(load_config('config/tensorwall.yaml')))\n"
+        "    await runner.setup()\n"
+        "    await runner.cleanup()\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('botocore', 'aiobotocore', 'google', 'requests')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            check=True)
+    assert result.stdout.strip() == "[]"
