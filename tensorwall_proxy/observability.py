@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -117,58 +117,58 @@ def log_line(record: RequestRecord) -> str:
 
 
 class Ledger:
-    """Finished requests, logged and counted in batches a moment after they finish.
+    """Accounts for each finished request just after its response leaves, and flushes in batches.
 
-    The response leaves first; then, once per batch, one timer, one pass over the metrics (each
-    counter incremented once with the batch's total) and one write of all the batch's access-log
-    lines, where a request at a time would pay each of these per request. A batch is worked off
-    in slices, the loop serving I/O between them, so no request waits behind a long one.
+    Each request's log line and metric observations are made by a callback queued behind the
+    response's write (so the response never waits for them), one request at a time (so no request
+    waits behind a long batch). What is cheaper done once for many is done on a timer about every
+    ``delay`` seconds: the buffered log lines written with one write(2), the counters incremented
+    once with their totals, the in-flight gauge set.
     """
-
-    SLICE: Final = 16  # requests accounted at a time: about 0.1 ms of work
 
     def __init__(self, metrics: Metrics | None, in_flight: Callable[[], int], delay: float = 0.05) -> None:
         self.metrics = metrics
         self.delay = delay
         self._in_flight = in_flight
-        self._pending: list[RequestRecord] = []
-        self._timer: asyncio.Handle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def touch(self) -> None:
-        """A request started: make sure a batch comes soon, so the in-flight gauge follows."""
+        """A request started: make sure a flush comes soon, so the in-flight gauge follows."""
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.delay, self._slice)
+            self._timer = self._loop_now().call_later(self.delay, self.flush)
 
     def add(self, record: RequestRecord, status: int) -> None:
         """A request finished with ``status`` (499 when the client left before any response)."""
         record.status = status
         record.latency = time.perf_counter() - record.started
-        self._pending.append(record)
-        self.touch()
+        loop = self._loop_now()
+        loop.call_soon(self._account, record)
+        if self._timer is None:
+            self._timer = loop.call_later(self.delay, self.flush)
 
     def flush(self) -> None:
-        """Account for every finished request now (before a scrape, and at shutdown)."""
+        """Write the buffered lines and apply the counters (on the timer, before a scrape, at shutdown)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        batch, self._pending = self._pending, []
-        self._account(batch)
-
-    def _slice(self) -> None:
-        batch = self._pending[:self.SLICE]
-        del self._pending[:self.SLICE]
-        # The rest after the I/O that is ready now; requests that finish meanwhile join the queue.
-        self._timer = asyncio.get_running_loop().call_soon(self._slice) if self._pending else None
-        self._account(batch)
-
-    def _account(self, batch: list[RequestRecord]) -> None:
         if self.metrics is not None:
-            self.metrics.observe(batch, self._in_flight())
-        if batch and access_log.isEnabledFor(logging.INFO):
-            for record in batch:
-                access_log.info(log_line(record))
-            for handler in access_log.handlers:
-                handler.flush()  # a BufferedStreamHandler writes the batch's lines now, in one go
+            self.metrics.apply(self._in_flight())
+        for handler in access_log.handlers:
+            handler.flush()  # a BufferedStreamHandler writes what it holds now, in one go
+
+    def _account(self, record: RequestRecord) -> None:
+        if self.metrics is not None:
+            self.metrics.observe(record)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(log_line(record))
+
+    def _loop_now(self) -> asyncio.AbstractEventLoop:
+        # Looked up once: on Python 3.11 every get_running_loop() is a getpid() system call.
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
 
 class Metrics:
@@ -202,6 +202,8 @@ class Metrics:
                             ["provider", "model", "state"], registry=self.registry, multiprocess_mode="livemax")
         # Label values are bounded by the configuration, so this cache is too.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        # Counter increments waiting for apply(): one inc per labelled child per flush.
+        self._counts: dict[tuple[Any, tuple[str, ...]], float] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """A labelled child, looked up in our own dict: prometheus-client's labels() takes a lock
@@ -212,36 +214,41 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def observe(self, records: Iterable[RequestRecord], in_flight: int) -> None:
-        """Count a batch of finished requests, and set the in-flight gauge."""
-        counts: dict[tuple[Any, tuple[str, ...]], float] = {}
-
-        def add(metric: Any, labels: tuple[str, ...], amount: float = 1) -> None:
-            key = (metric, labels)
-            counts[key] = counts.get(key, 0) + amount
-
+    def observe(self, record: RequestRecord) -> None:
+        """Count one finished request: histograms at once, counters into totals for ``apply``."""
+        counts = self._counts
+        stream = "true" if record.stream else "false"
+        route = record.route or "none"
+        provider = record.provider or "none"
         child = self._child
-        for record in records:
-            stream = "true" if record.stream else "false"
-            route = record.route or "none"
-            provider = record.provider or "none"
-            add(self.requests, (route, provider, _STATUS_CLASSES.get(record.status // 100, "other"), stream))
-            child(self.duration, route, provider, stream).observe(record.latency)
-            if record.first_byte is not None:
-                child(self.first_byte, route, provider, stream).observe(record.first_byte)
-            for attempt_provider, outcome, _, _ in record.attempts:
-                add(self.attempts, (attempt_provider, outcome))
-            if len(record.attempts) > 1:
-                add(self.fallbacks, (route,))
-            if record.prompt_tokens or record.completion_tokens:
-                model = record.model_label or "other"
-                add(self.tokens, (provider, model, "in"), record.prompt_tokens)
-                add(self.tokens, (provider, model, "out"), record.completion_tokens)
-            who = blame(record.status, record.provider)
-            if who is not None:
-                add(self.errors, (who,))
+        key: tuple[Any, tuple[str, ...]] = (self.requests, (route, provider,
+                                            _STATUS_CLASSES.get(record.status // 100, "other"), stream))
+        counts[key] = counts.get(key, 0) + 1
+        child(self.duration, route, provider, stream).observe(record.latency)
+        if record.first_byte is not None:
+            child(self.first_byte, route, provider, stream).observe(record.first_byte)
+        for attempt_provider, outcome, _, _ in record.attempts:
+            key = (self.attempts, (attempt_provider, outcome))
+            counts[key] = counts.get(key, 0) + 1
+        if len(record.attempts) > 1:
+            key = (self.fallbacks, (route,))
+            counts[key] = counts.get(key, 0) + 1
+        if record.prompt_tokens or record.completion_tokens:
+            model = record.model_label or "other"
+            key = (self.tokens, (provider, model, "in"))
+            counts[key] = counts.get(key, 0) + record.prompt_tokens
+            key = (self.tokens, (provider, model, "out"))
+            counts[key] = counts.get(key, 0) + record.completion_tokens
+        who = blame(record.status, record.provider)
+        if who is not None:
+            key = (self.errors, (who,))
+            counts[key] = counts.get(key, 0) + 1
+
+    def apply(self, in_flight: int) -> None:
+        """Add the counters' totals since the last time to the metrics, and set the in-flight gauge."""
+        counts, self._counts = self._counts, {}
         for (metric, labels), amount in counts.items():
-            child(metric, *labels).inc(amount)
+            self._child(metric, *labels).inc(amount)
         self.in_flight.set(in_flight)
 
     def render(self) -> tuple[bytes, str]:

@@ -210,7 +210,7 @@ def test_the_ledger_accounts_a_batch_after_its_delay(caplog: pytest.LogCaptureFi
     async def run() -> tuple[float, int, str]:
         metrics = Metrics()
         ledger = Ledger(metrics, in_flight=lambda: 3, delay=0.05)
-        for i in range(40):  # more than a slice: worked off in three
+        for i in range(40):
             record = RequestRecord(f"ledger-{i}", "POST", "/v1/chat/completions")
             record.route, record.provider = "gpt-*", "openai"
             ledger.add(record, 200 if i else 502)
