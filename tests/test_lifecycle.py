@@ -372,3 +372,18 @@ def test_a_port_in_use_exits_1(tmp_path: Path, spawn: Callable[..., Proc], worke
     assert f"cannot listen on 127.0.0.1 port {port}" in proc.log()
     if workers == "2":
         assert "exited before serving (exit code 1): stopping" in proc.log()
+
+
+def test_serving_freezes_start_up_objects_and_collects_young_ones_less_often() -> None:
+    import gc
+
+    from tensorwall_proxy.lifecycle import GC_THRESHOLDS, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
