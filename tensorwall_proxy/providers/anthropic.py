@@ -421,6 +421,13 @@ class AnthropicStream:
         data = load_object(event.data, self._provider, "an event")
         kind = event.event or data.get("type")
         if kind == "content_block_delta":
+            delta = data.get("delta")
+            if type(delta) is dict and delta.get("type") == "text_delta":  # the common event, first
+                text = delta.get("text")
+                if not text or type(text) is not str:
+                    return []
+                self.visible = True
+                return [self._chunks.content(text)]
             return self._delta(data)
         if kind == "content_block_start":
             return self._start(data)
@@ -477,12 +484,6 @@ class AnthropicStream:
         delta = obj(data.get("delta"))
         block = self._blocks.get(data.get("index"))  # type: ignore[arg-type]
         kind = delta.get("type")
-        if kind == "text_delta":
-            text = delta.get("text") or ""
-            if not text:
-                return []
-            self.visible = True
-            return [self._chunks.chunk({"content": text})]
         if kind == "input_json_delta" and block is not None and block.get("type") == "tool_use":
             fragment = delta.get("partial_json") or ""
             if not fragment:

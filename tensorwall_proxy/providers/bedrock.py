@@ -542,7 +542,7 @@ class BedrockStream:
             if not text:
                 return []
             self.visible = True
-            return [self._chunks.chunk({"content": text})]
+            return [self._chunks.content(text)]
         if "toolUse" in delta and block.get("kind") == "tool":
             fragment = str(obj(delta["toolUse"]).get("input") or "")
             if not fragment:

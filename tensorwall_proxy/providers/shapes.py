@@ -174,15 +174,23 @@ class ChunkEncoder:
 
     def chunk(self, delta: Mapping[str, Any], finish_reason: str | None = None, index: int = 0) -> bytes:
         """One ``chat.completion.chunk`` event for one choice."""
-        head = self._head
-        if head is None:
-            head = self._head = (b'data: {"id":' + orjson.dumps(self._id) + b',"object":"chat.completion.chunk",'
-                                 b'"created":' + b"%d" % self._created + b',"model":' + orjson.dumps(self._model)
-                                 + b',"choices":[{"index":')
+        return b"".join((self._head or self._make_head(), b"%d" % index, b',"delta":', orjson.dumps(delta),
+                         b',"logprobs":null,"finish_reason":',
+                         b"null" if finish_reason is None else orjson.dumps(finish_reason), self._tail()))
+
+    def content(self, text: str, index: int = 0) -> bytes:
+        """``chunk({"content": text}, index=index)``: the chunk almost every event of a stream is."""
+        return b"".join((self._head or self._make_head(), b"%d" % index, b',"delta":{"content":', orjson.dumps(text),
+                         b'},"logprobs":null,"finish_reason":null', self._tail()))
+
+    def _make_head(self) -> bytes:
+        self._head = (b'data: {"id":' + orjson.dumps(self._id) + b',"object":"chat.completion.chunk","created":'
+                      + b"%d" % self._created + b',"model":' + orjson.dumps(self._model) + b',"choices":[{"index":')
+        return self._head
+
+    def _tail(self) -> bytes:
         # As OpenAI: usage is null on every chunk but the last, when the caller asked for it.
-        tail = b'}],"usage":null}\n\n' if self.wants_usage else b"}]}\n\n"
-        return b"".join((head, b"%d" % index, b',"delta":', orjson.dumps(delta), b',"logprobs":null,"finish_reason":',
-                         b"null" if finish_reason is None else orjson.dumps(finish_reason), tail))
+        return b'}],"usage":null}\n\n' if self.wants_usage else b"}]}\n\n"
 
     def end(self, usage_: Mapping[str, Any] | None) -> list[bytes]:
         """The closing events: the usage chunk when the caller asked for it, then ``[DONE]``."""

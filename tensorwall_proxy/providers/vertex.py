@@ -546,8 +546,9 @@ class VertexStream:
         if not isinstance(text, str) or not text:
             return []
         self.visible = True
-        key = "reasoning_content" if part.get("thought") is True else "content"
-        return [self._chunks.chunk({key: text}, index=index)]
+        if part.get("thought") is True:
+            return [self._chunks.chunk({"reasoning_content": text}, index=index)]
+        return [self._chunks.content(text, index=index)]
 
     def split_plain(self, chunk: bytes) -> tuple[bytes, bytes]:
         return b"", chunk  # every event is translated

@@ -35,3 +35,5 @@ def test_chunks_are_orjson_of_the_whole_chunk(wants_usage: bool, ids: list[str],
         if wants_usage:
             whole["usage"] = None
         assert encoder.chunk(delta, finish, index=index) == encode(orjson.dumps(whole))
+        if set(delta) == {"content"} and finish is None:
+            assert encoder.content(delta["content"], index=index) == encode(orjson.dumps(whole))
