@@ -142,10 +142,7 @@ class Ledger:
         """A request finished with ``status`` (499 when the client left before any response)."""
         record.status = status
         record.latency = time.perf_counter() - record.started
-        loop = self._loop_now()
-        loop.call_soon(self._account, record)
-        if self._timer is None:
-            self._timer = loop.call_later(self.delay, self.flush)
+        self._loop_now().call_soon(self._account, record)
 
     def flush(self) -> None:
         """Write the buffered lines and apply the counters (on the timer, before a scrape, at shutdown)."""
@@ -162,6 +159,7 @@ class Ledger:
             self.metrics.observe(record)
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(log_line(record))
+        self.touch()  # here, not in add(): a flush that ran in between must not strand this one
 
     def _loop_now(self) -> asyncio.AbstractEventLoop:
         # Looked up once: on Python 3.11 every get_running_loop() is a getpid() system call.
