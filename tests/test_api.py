@@ -168,6 +168,7 @@ def test_unknown_path_and_method_are_openai_errors(proxy: Proxy) -> None:
     assert wrong.status == 405
     assert wrong.headers["allow"] == "POST"
     _assert_openai_error(wrong.body)
+    assert wrong.json()["error"]["type"] == "invalid_request_error"
     keyless = raw_request(proxy.url + "/v1/completions", "{}", {})
     assert keyless.status == 401  # an unknown path is no way around the gateway key
 
