@@ -203,14 +203,14 @@ async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Sec
                 credential = await gateway.ambient.resolve(attempt.provider)
             call = build(impl, attempt, credential)
         except (UnsupportedField, ProviderNotConfigured) as exc:
-            skipped = skipped or exc  # another endpoint may still serve the request
+            skipped = skipped or exc.with_traceback(None)  # another endpoint may still serve the request
             position += 1
             continue
         except UpstreamError as exc:
             # Minting ambient credentials failed: nothing reached the upstream, so the endpoint's
             # health is untouched, but another endpoint may still serve the request.
             exc.provider = attempt.provider.name
-            failure = exc
+            failure = exc.with_traceback(None)  # kept past the handler: no frames, no reference cycle
             position += 1
             continue
         if attempt.credential.kind == "caller":
@@ -226,7 +226,7 @@ async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Sec
             exc.provider = attempt.provider.name
             record.attempt(attempt.provider.name, outcome_of(exc.status, exc.kind), exc.status, started)
             _record_failure(gateway, attempt, exc)
-            failure = exc
+            failure = exc.with_traceback(None)  # kept past the handler: no frames, no reference cycle
             if not exc.falls_back:
                 break
             if not exc.reached_upstream and same < SAME_ENDPOINT_RETRIES:
@@ -240,11 +240,12 @@ async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Sec
             continue
         record.attempt(attempt.provider.name, "ok", response.status, started)
         return response
-    if failure is not None:
-        raise failure
-    if skipped is not None:
-        raise skipped
-    raise missing_provider_key(route.endpoints[0].provider)
+    error = failure or skipped or missing_provider_key(route.endpoints[0].provider)
+    failure = skipped = None  # this frame, in the traceback, must not hold what it raises: a cycle
+    try:
+        raise error
+    finally:
+        del error
 
 
 def _record_failure(gateway: Gateway, attempt: Attempt, exc: UpstreamError) -> None:
@@ -461,9 +462,10 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
         if clock.expired:
             task.uncancel()
             phase, limit = ("idle", timeouts.idle) if heard else ("first_byte", timeouts.first_byte)
-            error = UpstreamError("timeout", 504, f"Upstream '{provider.name}' sent nothing for {limit:g}s "
-                                                  f"({phase} timeout).", provider=provider.name)
-            return await _fail_stream(gateway, attempt, client, pending, error)
+            # Passed, not kept in a local: raised from here, it would hold this frame and be held by it.
+            return await _fail_stream(gateway, attempt, client, pending, UpstreamError(
+                "timeout", 504, f"Upstream '{provider.name}' sent nothing for {limit:g}s ({phase} timeout).",
+                provider=provider.name))
         if client is None or exc.args != (DRAINING,):
             raise  # the client went away, or a cancel that is not ours: nothing to tell anyone
         task.uncancel()
@@ -473,10 +475,11 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
         return client
     except (UpstreamError, SseError) as exc:
         clock.stop()
-        error = exc if isinstance(exc, UpstreamError) else UpstreamError(
-            "server", 502, f"Upstream '{provider.name}' broke the event stream: {exc}")
-        error.provider = provider.name
-        return await _fail_stream(gateway, attempt, client, pending, error)
+        if isinstance(exc, SseError):
+            return await _fail_stream(gateway, attempt, client, pending, UpstreamError(
+                "server", 502, f"Upstream '{provider.name}' broke the event stream: {exc}", provider=provider.name))
+        exc.provider = provider.name
+        return await _fail_stream(gateway, attempt, client, pending, exc.with_traceback(None))
     finally:
         clock.stop()
         gateway.streams.discard(task)
@@ -523,7 +526,10 @@ async def _fail_stream(gateway: Gateway, attempt: Attempt, client: web.StreamRes
                        pending: list[bytes], error: UpstreamError) -> web.StreamResponse:
     """Before the commit point: raise, so the relay may fall back. After it: one in-band error event."""
     if client is None:
-        raise error
+        try:
+            raise error
+        finally:
+            del error  # no cycle between this frame and the exception's traceback
     _record_failure(gateway, attempt, error)
     pending.append(encode(error.body()))
     await _flush(client, pending)

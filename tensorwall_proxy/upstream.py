@@ -102,6 +102,19 @@ def _reason(exc: aiohttp.ClientConnectorError) -> str:
     return (error.strerror if error is not None else None) or type(exc).__name__
 
 
+def _forget(exc: BaseException) -> None:
+    """Drop the tracebacks of an aiohttp exception we have turned into an UpstreamError, down its
+    chain. They hold aiohttp's connector frames, whose locals hold the exception again: a cycle
+    only the garbage collector frees, with the request and its body inside. Nothing logs these
+    exceptions (they can carry request details), so the tracebacks have no reader."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__ or getattr(current, "os_error", None)
+
+
 def _broken(exc: BaseException) -> UpstreamError:
     return UpstreamError("server", 502, f"Upstream connection broke while reading the answer ({type(exc).__name__}).")
 
@@ -120,22 +133,32 @@ async def send(session: aiohttp.ClientSession, call: UpstreamCall, connect_timeo
     own timer then raises ``TimeoutError`` from ``send`` or ``read``. Streams pass None and time
     their phases themselves.
     """
+    failure: UpstreamError
     try:
         response = await session.request(
             call.method, call.url, data=call.body, headers=call.headers,
             timeout=_client_timeout(connect_timeout, total),
             allow_redirects=False,
         )
+        return UpstreamResponse(response)
     except aiohttp.ClientConnectorError as exc:
         # Refused, DNS, TLS: the request provably never reached the upstream.
-        raise UpstreamError("connect", 502, f"Could not connect to {_where(call)} ({_reason(exc)}).",
-                            reached_upstream=False) from None
-    except aiohttp.ConnectionTimeoutError:
-        raise UpstreamError("connect", 504, f"Connecting to {_where(call)} took longer than {connect_timeout:g}s.",
-                            reached_upstream=False) from None
+        failure = UpstreamError("connect", 502, f"Could not connect to {_where(call)} ({_reason(exc)}).",
+                                reached_upstream=False)
+        _forget(exc)
+    except aiohttp.ConnectionTimeoutError as exc:
+        failure = UpstreamError("connect", 504, f"Connecting to {_where(call)} took longer than "
+                                                f"{connect_timeout:g}s.", reached_upstream=False)
+        _forget(exc)
     except aiohttp.ClientError as exc:
-        raise UpstreamError("connect", 502, f"The connection to {_where(call)} failed ({type(exc).__name__}).") from None
-    return UpstreamResponse(response)
+        failure = UpstreamError("connect", 502, f"The connection to {_where(call)} failed ({type(exc).__name__}).")
+        _forget(exc)
+    # Raised here, outside the handlers, so it carries no __context__: aiohttp's exception and the
+    # dozen connector frames its traceback holds are freed now, not at the next garbage collection.
+    try:
+        raise failure
+    finally:
+        del failure
 
 
 class GoogleTokens:
