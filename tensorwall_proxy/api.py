@@ -174,6 +174,19 @@ def _check_type(body: Mapping[str, Any], name: str, types: type | tuple[type, ..
         raise bad_request(f"'{name}' must be {what}.", param=name)
 
 
+# The fields of a chat body whose type the gateway itself relies on: (types, what the error says).
+_CHAT_TYPED: Final[dict[str, tuple[type | tuple[type, ...], str]]] = {
+    "stream": (bool, "a boolean"),
+    "stream_options": (dict, "an object"),
+    "tools": (list, "an array"),
+    "n": (int, "an integer"),
+    "max_tokens": (int, "an integer"),
+    "max_completion_tokens": (int, "an integer"),
+    "temperature": ((int, float), "a number"),
+    "top_p": ((int, float), "a number"),
+}
+
+
 def parse_chat(body: dict[str, Any], headers: Mapping[str, str]) -> ChatRequest:
     """Validate what the gateway itself relies on; the upstream validates the rest."""
     _check_model(body)
@@ -191,14 +204,9 @@ def parse_chat(body: dict[str, Any], headers: Mapping[str, str]) -> ChatRequest:
         if content is not None and not isinstance(content, str | list):
             raise bad_request(f"'messages[{i}].content' must be a string or an array of parts.",
                               param=f"messages[{i}].content")
-    _check_type(body, "stream", bool, "a boolean")
-    _check_type(body, "stream_options", dict, "an object")
-    _check_type(body, "tools", list, "an array")
-    _check_type(body, "n", int, "an integer")
-    _check_type(body, "max_tokens", int, "an integer")
-    _check_type(body, "max_completion_tokens", int, "an integer")
-    _check_type(body, "temperature", (int, float), "a number")
-    _check_type(body, "top_p", (int, float), "a number")
+    for name, (types, what) in _CHAT_TYPED.items():
+        if name in body:
+            _check_type(body, name, types, what)
     n = body.get("n")
     if n is not None and n < 1:
         raise bad_request("'n' must be at least 1.", param="n")

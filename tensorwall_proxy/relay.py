@@ -153,9 +153,9 @@ def plan(table: Table, gateway: Gateway, route: Route, caller: Secret | None) ->
         raise reason
     health = gateway.health
     blocks = [health.block(a.health_key) for a in usable]
-    if all(b is None for b in blocks):
+    if blocks.count(None) == len(blocks):
         if len(usable) == 1:
-            return usable
+            return usable  # the common case: one endpoint, healthy
         healthy = [True] * len(usable)
     else:
         healthy = [b is None for b in blocks]
