@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -201,7 +202,7 @@ class Metrics:
         # Label values are bounded by the configuration, so this cache is too.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         # Counter increments waiting for apply(): one inc per labelled child per flush.
-        self._counts: dict[tuple[Any, tuple[str, ...]], float] = {}
+        self._counts: defaultdict[tuple[Any, tuple[str, ...]], float] = defaultdict(float)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """A labelled child, looked up in our own dict: prometheus-client's labels() takes a lock
@@ -219,32 +220,25 @@ class Metrics:
         route = record.route or "none"
         provider = record.provider or "none"
         child = self._child
-        key: tuple[Any, tuple[str, ...]] = (self.requests, (route, provider,
-                                            _STATUS_CLASSES.get(record.status // 100, "other"), stream))
-        counts[key] = counts.get(key, 0) + 1
+        counts[self.requests, (route, provider, _STATUS_CLASSES.get(record.status // 100, "other"), stream)] += 1
         child(self.duration, route, provider, stream).observe(record.latency)
         if record.first_byte is not None:
             child(self.first_byte, route, provider, stream).observe(record.first_byte)
         for attempt_provider, outcome, _, _ in record.attempts:
-            key = (self.attempts, (attempt_provider, outcome))
-            counts[key] = counts.get(key, 0) + 1
+            counts[self.attempts, (attempt_provider, outcome)] += 1
         if len(record.attempts) > 1:
-            key = (self.fallbacks, (route,))
-            counts[key] = counts.get(key, 0) + 1
+            counts[self.fallbacks, (route,)] += 1
         if record.prompt_tokens or record.completion_tokens:
             model = record.model_label or "other"
-            key = (self.tokens, (provider, model, "in"))
-            counts[key] = counts.get(key, 0) + record.prompt_tokens
-            key = (self.tokens, (provider, model, "out"))
-            counts[key] = counts.get(key, 0) + record.completion_tokens
+            counts[self.tokens, (provider, model, "in")] += record.prompt_tokens
+            counts[self.tokens, (provider, model, "out")] += record.completion_tokens
         who = blame(record.status, record.provider)
         if who is not None:
-            key = (self.errors, (who,))
-            counts[key] = counts.get(key, 0) + 1
+            counts[self.errors, (who,)] += 1
 
     def apply(self, in_flight: int) -> None:
         """Add the counters' totals since the last time to the metrics, and set the in-flight gauge."""
-        counts, self._counts = self._counts, {}
+        counts, self._counts = self._counts, defaultdict(float)
         for (metric, labels), amount in counts.items():
             self._child(metric, *labels).inc(amount)
         self.in_flight.set(in_flight)

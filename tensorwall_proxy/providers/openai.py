@@ -319,7 +319,7 @@ class PassthroughStream:
         found = [chunk.find(b'"error"', 0, end), chunk.find(b"[DONE]", 0, end)]
         if chunk.count(b'"usage"', 0, end) != chunk.count(b'"usage":null', 0, end):
             match = _USAGE_SET.search(chunk, 0, end)  # rare: the one event with the counts
-            found.append(match.start() if match else 0)
+            found.append(match.start() if match else 0)  # no match (a spaced null): all to feed()
         for at in found:
             if at >= 0:
                 end = min(end, chunk.rfind(b"\n\n", 0, at) + 2)  # where that event begins
