@@ -87,14 +87,14 @@ REQUIRED_SETTINGS: Final[dict[str, tuple[str, str]]] = {
     "bedrock": ("region", "AWS_REGION"),
 }
 
-_COMMON_KEYS: Final = frozenset({"type", "auth", "api_key", "models"})
+_COMMON_KEYS: Final = frozenset({"type", "auth", "api_key", "models", "key_scope"})
 _TYPE_KEYS: Final[dict[str, frozenset[str]]] = {
     "openai": frozenset({"base_url"}),
     "groq": frozenset({"base_url"}),
     "mistral": frozenset({"base_url"}),
     "lmstudio": frozenset({"base_url"}),
     "ollama": frozenset({"base_url"}),
-    "anthropic": frozenset({"base_url", "version", "default_max_tokens"}),
+    "anthropic": frozenset({"base_url", "version", "default_max_tokens", "betas"}),
     "azure": frozenset({"endpoint", "api_version"}),
     "vertex": frozenset({"project", "location", "base_url"}),
     "bedrock": frozenset(
@@ -153,6 +153,22 @@ class ServerConfig:
     shutdown_delay_seconds: float = 0.0
     # Requests served at once; past it a fast 503 with Retry-After, never an unbounded queue.
     max_in_flight: int = 1024
+    # Connection bounds (DESIGN §4): what one connection may cost before it sends a whole request.
+    header_timeout_seconds: float = 10.0   # the request head must arrive within this
+    body_timeout_seconds: float = 30.0     # at most this between two reads of a request body (408)
+    keepalive_seconds: float = 75.0        # an idle connection between requests is closed after this
+    max_connections: int = 4096            # past it a new connection is closed at once (and counted)
+    max_header_bytes: int = 32 * 1024      # the whole request head; 431 past it
+    # Memory bounds: request bodies held across requests (per process; 503 past it), an upstream
+    # answer counted after decompression (502 past it), what a stream holds before its commit point.
+    max_buffered_body_bytes: int = 64 * 1024 * 1024
+    max_upstream_body_bytes: int = 64 * 1024 * 1024
+    max_held_bytes: int = 1024 * 1024
+    # With gateway auth off: browser Origins and Host names allowed besides loopback (DESIGN §6, §14).
+    allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    # A port of its own for /metrics; when set, the API port serves no /metrics.
+    metrics_port: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +210,11 @@ class ProviderConfig:
     aws_secret_access_key: Secret | None = None
     aws_session_token: Secret | None = None
     profile: str = ""
+    # Providers that share a key_scope may receive the same caller key (DESIGN §14); default: the name.
+    key_scope: str = ""
+    # Anthropic betas (globs) passed from callers under a server-side credential; None: the default
+    # table of behavioural betas (DESIGN §14).
+    betas: tuple[str, ...] | None = None
     # Why a request routed here cannot be sent (a required setting is empty), or None.
     unconfigured: str | None = None
 
@@ -430,7 +451,42 @@ def _read_server(raw: Any, errors: _Errors) -> ServerConfig:
                                        errors, d.shutdown_delay_seconds),
         max_in_flight=_integer(data.get("max_in_flight"), "server.max_in_flight", errors, d.max_in_flight,
                                minimum=1),
+        header_timeout_seconds=_number(data.get("header_timeout_seconds"), "server.header_timeout_seconds",
+                                       errors, d.header_timeout_seconds, positive=True),
+        body_timeout_seconds=_number(data.get("body_timeout_seconds"), "server.body_timeout_seconds", errors,
+                                     d.body_timeout_seconds, positive=True),
+        keepalive_seconds=_number(data.get("keepalive_seconds"), "server.keepalive_seconds", errors,
+                                  d.keepalive_seconds, positive=True),
+        max_connections=_integer(data.get("max_connections"), "server.max_connections", errors,
+                                 d.max_connections, minimum=1),
+        max_header_bytes=_integer(data.get("max_header_bytes"), "server.max_header_bytes", errors,
+                                  d.max_header_bytes, minimum=1024, maximum=1024 * 1024),
+        max_buffered_body_bytes=_integer(data.get("max_buffered_body_bytes"), "server.max_buffered_body_bytes",
+                                         errors, d.max_buffered_body_bytes, minimum=1024),
+        max_upstream_body_bytes=_integer(data.get("max_upstream_body_bytes"), "server.max_upstream_body_bytes",
+                                         errors, d.max_upstream_body_bytes, minimum=1024),
+        max_held_bytes=_integer(data.get("max_held_bytes"), "server.max_held_bytes", errors, d.max_held_bytes,
+                                minimum=1024),
+        allowed_origins=_strings(data.get("allowed_origins"), "server.allowed_origins", errors),
+        allowed_hosts=_strings(data.get("allowed_hosts"), "server.allowed_hosts", errors),
+        metrics_port=(None if data.get("metrics_port") is None else
+                      _integer(data.get("metrics_port"), "server.metrics_port", errors, 0, minimum=0, maximum=65535)),
     )
+
+
+def _strings(raw: Any, path: str, errors: _Errors) -> tuple[str, ...]:
+    """A list of non-empty strings (origins, host names, globs)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        errors.add(path, f"expected a list of strings, got {type(raw).__name__}")
+        return ()
+    out: list[str] = []
+    for i, item in enumerate(raw):
+        value = _string(item, _join(path, i), errors).strip()
+        if value:
+            out.append(value)
+    return tuple(out)
 
 
 def _read_timeouts(raw: Any, path: str, errors: _Errors, base: Timeouts) -> Timeouts:
@@ -540,6 +596,8 @@ def _read_provider(name: str, raw: Mapping[str, Any], errors: _Errors) -> Provid
                                       errors),
         aws_session_token=_secret(raw.get("aws_session_token"), _join(path, "aws_session_token"), errors),
         profile=text("profile"),
+        key_scope=text("key_scope") or name,
+        betas=_strings(raw["betas"], _join(path, "betas"), errors) if raw.get("betas") is not None else None,
     )
     setting, env_var = REQUIRED_SETTINGS[ptype]
     if not getattr(provider, setting):

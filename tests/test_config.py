@@ -590,6 +590,12 @@ def test_server_timeouts_and_retries_have_the_documented_defaults() -> None:
     assert config.server.max_body_bytes == 32 * 1024 * 1024
     assert config.server.drain_seconds == 60
     assert config.server.shutdown_delay_seconds == 0
+    server = config.server
+    assert (server.header_timeout_seconds, server.body_timeout_seconds, server.keepalive_seconds) == (10, 30, 75)
+    assert (server.max_connections, server.max_header_bytes) == (4096, 32 * 1024)
+    assert (server.max_buffered_body_bytes, server.max_upstream_body_bytes) == (64 << 20, 64 << 20)
+    assert server.max_held_bytes == 1 << 20
+    assert (server.allowed_origins, server.allowed_hosts, server.metrics_port) == ((), (), None)
     assert config.timeouts == Timeouts(connect=10, first_byte=120, idle=120, total=600)
     assert config.retries.attempts == 3
     assert config.retries.cooldown_seconds == 30
@@ -1065,3 +1071,29 @@ def test_default_config_path() -> None:
     assert default_config_path({"TENSORWALL_CONFIG": "/etc/tw.yaml"}) == "/etc/tw.yaml"
     assert default_config_path({}) == "config/tensorwall.yaml"
     assert default_config_path({"TENSORWALL_CONFIG": ""}) == "config/tensorwall.yaml"
+
+
+def test_server_bounds_are_read_and_checked() -> None:
+    config = parse(auth_off(
+        "server: {header_timeout_seconds: 2.5, max_connections: 10, max_header_bytes: 4096,"
+        " allowed_origins: ['https://app.example'], allowed_hosts: [gw.internal], metrics_port: 9100}\n"))
+    server = config.server
+    assert (server.header_timeout_seconds, server.max_connections, server.max_header_bytes) == (2.5, 10, 4096)
+    assert (server.allowed_origins, server.allowed_hosts, server.metrics_port) == (
+        ("https://app.example",), ("gw.internal",), 9100)
+    with pytest.raises(ConfigError) as info:
+        parse(auth_off("server: {header_timeout_seconds: 0, max_header_bytes: 10, allowed_origins: x}\n"))
+    text = str(info.value)
+    assert "server.header_timeout_seconds: must be greater than 0" in text
+    assert "server.max_header_bytes: must be between 1024" in text
+    assert "server.allowed_origins: expected a list of strings" in text
+
+
+def test_key_scope_defaults_to_the_provider_name_and_betas_to_the_table() -> None:
+    config = parse(auth_off(
+        "providers:\n  openai-eu: {type: openai, key_scope: openai}\n  anthropic: {betas: ['*']}\n"))
+    assert config.providers["openai"].key_scope == "openai"
+    assert config.providers["openai-eu"].key_scope == "openai"
+    assert config.providers["groq"].key_scope == "groq"
+    assert config.providers["anthropic"].betas == ("*",)
+    assert config.providers["groq"].betas is None
