@@ -263,7 +263,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         raise GatewayError(404, "Metrics are off.", code="not_found")
     gateway.ledger.flush()  # what finished a moment ago counts too
     gateway.metrics.health.clear()
-    for (provider, model, digest), state in gateway.health.states():
+    for (provider, model, digest), state in gateway.health.server_states():
         if digest is None:  # callers' keys stay out of the labels: they are unbounded
             models = gateway.table.config.providers[provider].models if provider in gateway.table.config.providers \
                 else ()
