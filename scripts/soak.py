@@ -18,12 +18,27 @@ requests:
                   and streams the upstream cuts mid-way
     steady        plain requests again, until the request count reaches --requests
 
+Then the attack phases, each beside the plain load (which must go on being served):
+
+    slowloris     --attack-connections connections trickling a request head, one header line a
+                  second, never finishing it (reopened when the proxy closes one)
+    fat-heads     as many connections each sending a head just under server.max_header_bytes,
+                  never finishing it, and holding on
+    id-bombs      chat requests whose assistant tool call id packs a decompression bomb (zlib state,
+                  --bomb-mib when inflated) for an Anthropic endpoint (on the lean upstream)
+    gzip-bombs    an upstream answer with Content-Encoding: gzip that inflates to --gzip-bomb-mib
+
+For each phase it prints the RSS at the start, at the end and the peak (sampled every 0.1 s). The
+proxy's bounds should keep the peak down and bring the RSS back near where the attacks started:
+the RSS after the last attack is compared with the RSS before the first (`--no-attacks` skips them).
+
 Each phase gets an equal share of --minutes (the first and the last run longer when they must, to
 reach 10,000 and --requests). At the start and end of each phase it prints the proxy's RSS (VmRSS
 from /proc/PID/status) and open file descriptors (entries of /proc/PID/fd), the outcomes of the
 phase's requests, and what the upstream still has in flight (requests the proxy abandoned but did not
 cancel would pile up there). It prints the RSS after 10,000 requests and after the last, and
-whether the two are within 10 %; the exit status is 1 when they are not, when the descriptors at
+whether the two are within 10 % (both before the attacks); the exit status is 1 when they are not,
+when the RSS after the attacks is more than ATTACK_SLACK above the RSS before them, when the descriptors at
 the end of the last phase exceed those at the end of the first (the same plain load) by more than a
 few, when any request had an outcome its route should never have (`EXPECTED`: a 500 from the
 gateway itself, a client timeout, a stream ending neither in [DONE] nor in an in-band error), or
@@ -32,8 +47,10 @@ should not, for anything a caller or an upstream can do).
 
 `--requests 1000000` is the long run of the reliability issue (the steady phase then runs until the
 count is reached: about ten minutes at 2-CPU rates); the default fits in about five minutes.
-Everything is bounded: each phase by time, the whole run by --max-minutes, and the children are
-killed on any exit (they also get SIGKILL if this process dies, through PR_SET_PDEATHSIG).
+Everything is bounded: each phase by time, the whole run by --max-minutes, every raw socket
+operation by a timeout, the attacks by their connection count and bomb sizes, and the children are
+killed on any exit (they also get SIGKILL if this process dies, through PR_SET_PDEATHSIG). All of
+it on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -41,6 +58,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import base64
 import contextlib
 import ctypes
 import os
@@ -52,8 +70,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections import Counter
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final, Literal, TypeVar
@@ -61,6 +80,9 @@ from typing import IO, Any, Final, Literal, TypeVar
 import aiohttp
 import orjson
 from aiohttp import web
+
+from tensorwall_proxy.config import ServerConfig
+from tensorwall_proxy.providers.ids import STATE_MARKER
 
 T = TypeVar("T")
 
@@ -75,6 +97,14 @@ HANG_SECONDS: Final = 30.0
 # Descriptors the proxy may hold at the end of the last phase beyond the end of the first (the same
 # plain load, so the same pooled keep-alive connections both ways) before we call it a leak.
 FD_SLACK: Final = 8
+# After the attacks the RSS may stay this much above where they started (a share, or MiB if more):
+# the allocator keeps some freed memory, but bounded attacks must not leave hundreds of MiB behind.
+ATTACK_SLACK: Final = (0.25, 32.0)
+# Every raw socket operation of an attack (connect, write) gives up after this long.
+SOCKET_TIMEOUT: Final = 5.0
+# How often a slowloris connection sends one more header line.
+TRICKLE_SECONDS: Final = 1.0
+MiB: Final = 1024 * 1024
 
 
 # --------------------------------------------------------------------------------------------------
@@ -109,10 +139,32 @@ SERVER_ERROR: Final = orjson.dumps({"error": {"message": "The server had an erro
                                               "type": "server_error", "param": None, "code": None}})
 
 
-def upstream_app() -> web.Application:
-    """POST /v1/chat/completions with the faults `fail-500`, `hang`, `slow-stream` and `cut`;
-    GET /stats: requests served, in flight, and cancelled (the proxy or its caller gave up)."""
+MESSAGE: Final = orjson.dumps({
+    "id": "msg_soak", "type": "message", "role": "assistant", "model": "claude-soak",
+    "content": [{"type": "text", "text": " ".join(_WORDS)}], "stop_reason": "end_turn", "stop_sequence": None,
+    "usage": {"input_tokens": 5, "output_tokens": len(_WORDS)},
+})
+
+
+def gzip_bomb(inflated_mib: int) -> bytes:
+    """A chat completion whose content is ``inflated_mib`` MiB of one letter, gzip-compressed (about
+    a thousandth of that), made a MiB at a time so the upstream never holds it inflated."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: the gzip container
+    head, tail = COMPLETION.split(b'"' + " ".join(_WORDS).encode() + b'"')
+    parts = [packer.compress(head + b'"')]
+    block = b"a" * MiB
+    parts.extend(packer.compress(block) for _ in range(inflated_mib))
+    parts.append(packer.compress(b'"' + tail))
+    parts.append(packer.flush())
+    return b"".join(parts)
+
+
+def upstream_app(gzip_bomb_mib: int = 96) -> web.Application:
+    """POST /v1/chat/completions with the faults `fail-500`, `hang`, `slow-stream`, `cut` and
+    `gzip-bomb`; POST /v1/messages (Anthropic's shape, the body read and dropped); GET /stats:
+    requests served, in flight, and cancelled (the proxy or its caller gave up)."""
     stats = {"served": 0, "in_flight": 0, "cancelled": 0}
+    bomb = gzip_bomb(gzip_bomb_mib)
 
     async def chat(request: web.Request) -> web.StreamResponse:
         stats["in_flight"] += 1
@@ -121,6 +173,9 @@ def upstream_app() -> web.Application:
             model = str(body.get("model", ""))
             if "fail-500" in model:
                 return web.Response(status=500, body=SERVER_ERROR, content_type="application/json")
+            if "gzip-bomb" in model:
+                return web.Response(body=bomb, headers={"Content-Type": "application/json",
+                                                        "Content-Encoding": "gzip"})
             if "hang" in model:
                 await asyncio.sleep(HANG_SECONDS)
             if body.get("stream") is not True:
@@ -146,18 +201,26 @@ def upstream_app() -> web.Application:
             stats["in_flight"] -= 1
             stats["served"] += 1
 
+    async def messages(request: web.Request) -> web.StreamResponse:
+        # Read in pieces and dropped: what the proxy sends is its business, not the upstream's memory.
+        async for _ in request.content.iter_any():
+            pass
+        return web.Response(body=MESSAGE, content_type="application/json")
+
     async def stats_handler(request: web.Request) -> web.StreamResponse:
         return web.Response(body=orjson.dumps(stats), content_type="application/json")
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/messages", messages)
     app.router.add_get("/stats", stats_handler)
     return app
 
 
-async def serve_upstream() -> None:
+async def serve_upstream(gzip_bomb_mib: int) -> None:
     """Serve the lean upstream on a free port; print `PORT <n>` once listening; stop on SIGTERM/SIGINT."""
-    runner = web.AppRunner(upstream_app(), handler_cancellation=True, access_log=None, shutdown_timeout=1)
+    runner = web.AppRunner(upstream_app(gzip_bomb_mib), handler_cancellation=True, access_log=None,
+                           shutdown_timeout=1)
     await runner.setup()
     site = web.TCPSite(runner, HOST, 0)
     await site.start()
@@ -306,6 +369,7 @@ providers:
   openai: {{base_url: "{up}"}}
   backup: {{type: openai, base_url: "{up}"}}
   dead:   {{type: openai, base_url: "http://{HOST}:{dead_port}/v1"}}
+  claude: {{type: anthropic, base_url: "{up}", api_key: soak-anthropic-key}}
 timeouts: {{connect: 2, first_byte: 60, idle: 60, total: 60}}
 routes:
   ok:       {{endpoints: [{{provider: openai, model: gpt-4o}}]}}
@@ -326,6 +390,8 @@ routes:
       - {{provider: openai, model: gpt-4o, priority: 1}}
   dead:     {{endpoints: [{{provider: dead, model: gpt-4o}}]}}
   cut:      {{endpoints: [{{provider: openai, model: cut}}]}}
+  id-bomb:  {{endpoints: [{{provider: claude, model: claude-sonnet-4-5}}]}}
+  gzip-bomb: {{endpoints: [{{provider: openai, model: gzip-bomb}}]}}
 """
 
 
@@ -356,6 +422,8 @@ class Phase:
     name: str
     kinds: tuple[Kind, ...]
     at_least_requests: int = 0  # keep going past the time share until this many in all
+    attack: str | None = None  # raw connections run beside the requests: a key of ATTACKS
+    concurrency: int | None = None  # requests in flight at once, if fewer than --concurrency
 
 
 # What each route may answer; anything else (a 500 from the gateway itself, a client timeout, a
@@ -372,6 +440,10 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
     "dead-first": frozenset({"200", "502"}),
     "dead": frozenset({"502"}),
     "cut": frozenset({"200 + in-band error"}),
+    # Before the bounds: 200 (the bomb inflated and sent on); after: 400 (packed state too large)
+    # and 502 (the upstream answer past max_upstream_body_bytes).
+    "id-bomb": frozenset({"200", "400"}),
+    "gzip-bomb": frozenset({"200", "502"}),
 }
 # No expected request takes more than about a second; a client timeout means something hung.
 CLIENT_TIMEOUT: Final = 15.0
@@ -396,11 +468,22 @@ def phases(requests: int) -> list[Phase]:
     ]
 
 
+def attack_phases() -> list[Phase]:
+    # Few bombs in flight at once: each may cost the proxy several times its inflated size.
+    return [
+        Phase("slowloris", plain(), attack="slowloris"),
+        Phase("fat-heads", plain(), attack="fat-heads"),
+        Phase("id-bombs", (*plain(), Kind("id-bomb", False, 2)), concurrency=4),
+        Phase("gzip-bombs", (*plain(), Kind("gzip-bomb", False, 2)), concurrency=4),
+    ]
+
+
 @dataclass
 class Run:
     """Counters shared by the workers."""
 
     total: int = 0
+    bomb: str = ""  # the id bomb, made once
     rss_at_mark: float | None = None
     mark_at: float = 0.0
     unexpected: Counter[str] = field(default_factory=Counter)
@@ -411,10 +494,30 @@ def _last_event(body: bytes) -> bytes:
     return events[-1] if events else b""
 
 
-async def one_request(session: aiohttp.ClientSession, url: str, kind: Kind) -> str:
+def id_bomb(inflated_mib: int) -> str:
+    """A tool call id packing Anthropic thinking state (ids.py's marker, shapes.pack_state's tag and
+    zlib) that inflates to ``inflated_mib`` MiB: a few dozen KiB on the wire."""
+    packer = zlib.compressobj(9)
+    parts = [packer.compress(b'[{"type":"thinking","signature":"s","thinking":"')]
+    block = b"a" * MiB
+    parts.extend(packer.compress(block) for _ in range(inflated_mib))
+    parts.append(packer.compress(b'"}]'))
+    parts.append(packer.flush())
+    state = b"A1" + b"".join(parts)
+    return "call_soakbomb" + STATE_MARKER + base64.urlsafe_b64encode(state).rstrip(b"=").decode()
+
+
+def id_bomb_messages(tool_id: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": "soak"},
+            {"role": "assistant", "content": None,
+             "tool_calls": [{"id": tool_id, "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": tool_id, "content": "done"}]
+
+
+async def one_request(session: aiohttp.ClientSession, url: str, kind: Kind, bomb: str = "") -> str:
     """Send one request of a kind; its outcome as a short label."""
-    body: dict[str, Any] = {"model": kind.route, "messages": [{"role": "user", "content": "soak"}],
-                            "stream": kind.stream}
+    messages = id_bomb_messages(bomb) if kind.route == "id-bomb" else [{"role": "user", "content": "soak"}]
+    body: dict[str, Any] = {"model": kind.route, "messages": messages, "stream": kind.stream}
     if kind.action == "leave-before-headers":
         try:
             async with asyncio.timeout(0.2):
@@ -450,7 +553,7 @@ async def worker(session: aiohttp.ClientSession, url: str, phase: Phase, run: Ru
     while not until():
         kind = random.choices(phase.kinds, weights)[0]
         try:
-            outcome = await one_request(session, url, kind)
+            outcome = await one_request(session, url, kind, run.bomb)
         except (aiohttp.ClientError, TimeoutError) as exc:
             outcome = f"client error {type(exc).__name__}"
         counts[f"{kind.label}: {outcome}"] += 1
@@ -472,15 +575,108 @@ def snapshot(pid: int) -> tuple[float, int]:
     return rss_mib(pid), open_fds(pid)
 
 
+async def sample_peak(pid: int, peak: list[float]) -> None:
+    """Keep ``peak[0]`` at the highest RSS seen, every 0.1 s, until cancelled."""
+    while True:
+        with contextlib.suppress(OSError, RuntimeError):  # the proxy may be gone; the phase says so
+            peak[0] = max(peak[0], rss_mib(pid))
+        await asyncio.sleep(0.1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Attacks on the listener: raw connections that never finish their request head
+
+
+async def _open(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.wait_for(asyncio.open_connection(HOST, port), SOCKET_TIMEOUT)
+
+
+async def _send(writer: asyncio.StreamWriter, data: bytes) -> None:
+    writer.write(data)
+    await asyncio.wait_for(writer.drain(), SOCKET_TIMEOUT)
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError, TimeoutError):
+        await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+
+def _answer_of(data: bytes) -> str:
+    """What the proxy did to a connection whose head was not finished."""
+    if data.startswith(b"HTTP/1."):
+        return f"answered {data[9:12].decode(errors='replace')}"
+    return "closed by the proxy"
+
+
+Attacker = Callable[[int, Counter[str], Callable[[], bool]], Awaitable[None]]
+
+
+async def _hold(port: int, stats: Counter[str], until: Callable[[], bool], head: bytes,
+                trickle: bool) -> None:
+    """One attacking connection, opened again whenever the proxy closes it, until the phase ends:
+    send ``head`` (a request head without its final blank line), then either trickle one more
+    header line every TRICKLE_SECONDS or just hold on, watching for the proxy's answer or close."""
+    while not until():
+        try:
+            reader, writer = await _open(port)
+        except (OSError, TimeoutError) as exc:
+            stats[f"connect failed ({type(exc).__name__})"] += 1
+            await asyncio.sleep(TRICKLE_SECONDS)
+            continue
+        stats["connections opened"] += 1
+        try:
+            await _send(writer, head)
+            line = 0
+            while not until():
+                try:
+                    data = await asyncio.wait_for(reader.read(4096), TRICKLE_SECONDS)
+                except TimeoutError:  # silence: the proxy still waits for the rest of the head
+                    if trickle:
+                        await _send(writer, b"X-Trickle-%d: %s\r\n" % (line, b"t" * 32))
+                        line += 1
+                    continue
+                stats[_answer_of(data)] += 1
+                break
+            else:
+                stats["held until the phase ended"] += 1
+        except (OSError, TimeoutError) as exc:
+            stats[f"closed by the proxy ({type(exc).__name__})"] += 1
+        finally:
+            await _close(writer)
+        await asyncio.sleep(0.2)  # not a tight loop when the proxy closes at once
+
+
+def fat_head(size: int) -> bytes:
+    """A request head of about ``size`` bytes in 1 KB header lines, without its final blank line."""
+    lines = [b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"]
+    total = len(lines[0])
+    while total + 1100 < size:
+        lines.append(b"X-Fat-%d: %s\r\n" % (len(lines), b"f" * 1000))
+        total += len(lines[-1])
+    return b"".join(lines)
+
+
+SLOW_HEAD: Final = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+# Just under the proxy's default bound on a request head.
+FAT_HEAD: Final = fat_head(ServerConfig().max_header_bytes - 1024)
+
+ATTACKS: Final[dict[str, Attacker]] = {
+    "slowloris": lambda port, stats, until: _hold(port, stats, until, SLOW_HEAD, trickle=True),
+    "fat-heads": lambda port, stats, until: _hold(port, stats, until, FAT_HEAD, trickle=False),
+}
+
+
 async def soak(args: argparse.Namespace, proxy: Child, upstream: Child, proxy_url: str, upstream_url: str) -> int:
-    plan = phases(args.requests)
+    plan = phases(args.requests) + ([] if args.no_attacks else attack_phases())
     share = args.minutes * 60 / len(plan)
     hard_stop = time.monotonic() + args.max_minutes * 60
     started = time.monotonic()
-    run = Run()
+    run = Run(bomb=id_bomb(args.bomb_mib))
     headers = {"X-API-Key": GATEWAY_KEY, "Authorization": f"Bearer {PROVIDER_KEY}"}
     connector = aiohttp.TCPConnector(limit=args.concurrency, limit_per_host=0)
     failed_checks: list[str] = []
+    proxy_port = int(proxy_url.rsplit(":", 1)[1])
 
     # SIGTERM or SIGINT while the load runs: cancel it, so the children are stopped on the way out.
     loop, task = asyncio.get_running_loop(), asyncio.current_task()
@@ -499,11 +695,18 @@ async def soak(args: argparse.Namespace, proxy: Child, upstream: Child, proxy_ur
         print(f"soak: proxy pid {proxy.pid} at {proxy_url}, lean upstream pid {upstream.pid} at {upstream_url}")
         print(f"soak: {len(plan)} phases of ~{share:.0f} s, concurrency {args.concurrency}, "
               f"RSS compared after {RSS_MARK:,} and after {args.requests:,} requests")
+        if not args.no_attacks:
+            print(f"soak: attacks with {args.attack_connections} connections, id bombs of {args.bomb_mib} MiB "
+                  f"and gzip bombs of {args.gzip_bomb_mib} MiB inflated")
         warm_fds: int | None = None  # at the end of the first phase
+        steady_rss: float | None = None  # at the end of the steady phase, before any attack
+        attack_rss: tuple[float, float, float] | None = None  # before the first attack, peak, after the last
         log = LogWatch(proxy)
         for phase in plan:
             rss, fds = snapshot(proxy.pid)
             print(f"{stamp()} {phase.name:<12} start  RSS {rss:7.1f} MiB  fds {fds:4d}  requests {run.total:,}")
+            if phase.attack is not None or phase.concurrency is not None:
+                attack_rss = attack_rss or (rss, rss, rss)
             deadline = time.monotonic() + share
             counts: Counter[str] = Counter()
             phase_started, total_before = time.monotonic(), run.total
@@ -512,8 +715,19 @@ async def soak(args: argparse.Namespace, proxy: Child, upstream: Child, proxy_ur
                 now = time.monotonic()
                 return now >= hard_stop or (now >= deadline and run.total >= phase.at_least_requests)
 
-            await asyncio.gather(*(worker(session, chat_url, phase, run, counts, until, proxy.pid)
-                                   for _ in range(args.concurrency)))
+            peak = [rss]
+            sampler = asyncio.create_task(sample_peak(proxy.pid, peak))
+            load: list[Awaitable[None]] = [
+                worker(session, chat_url, phase, run, counts, until, proxy.pid)
+                for _ in range(min(phase.concurrency or args.concurrency, args.concurrency))]
+            attack_stats: Counter[str] = Counter()
+            if phase.attack is not None:
+                attacker = ATTACKS[phase.attack]
+                load.extend(attacker(proxy_port, attack_stats, until) for _ in range(args.attack_connections))
+            try:
+                await asyncio.gather(*load)
+            finally:
+                sampler.cancel()
             if proxy.process.poll() is not None:
                 print(f"soak: the proxy exited with {proxy.process.returncode}:\n{proxy.tail()}")
                 return 1
@@ -521,13 +735,19 @@ async def soak(args: argparse.Namespace, proxy: Child, upstream: Child, proxy_ur
             stats = await upstream_stats(session, upstream_url)
             rss, fds = snapshot(proxy.pid)
             warm_fds = fds if warm_fds is None else warm_fds
+            if phase.name == "steady":
+                steady_rss = rss
+            if attack_rss is not None:
+                attack_rss = (attack_rss[0], max(attack_rss[1], peak[0]), rss)
             done = run.total - total_before
             rate = done / max(time.monotonic() - phase_started - 1.0, 1e-9)
             print(f"{stamp()} {phase.name:<12} end    RSS {rss:7.1f} MiB  fds {fds:4d}  requests {run.total:,} "
-                  f"(+{done:,}, {rate:,.0f}/s)")
+                  f"(+{done:,}, {rate:,.0f}/s)  peak RSS {peak[0]:.1f} MiB")
             for outcome, count in sorted(counts.items()):
                 flag = "   <-- unexpected" if outcome in run.unexpected else ""
                 print(f"{'':24}{count:>9,}  {outcome}{flag}")
+            for outcome, count in sorted(attack_stats.items()):
+                print(f"{'':24}{count:>9,}  {phase.attack} connection: {outcome}")
             print(f"{'':24}upstream: {stats['in_flight']} in flight, {stats['cancelled']:,} cancelled in all")
             errors = log.new_errors()
             print(f"{'':24}proxy log: {len(errors):,} ERROR records" + (f", the first: {errors[0][:150]}" if errors else ""))
@@ -549,14 +769,22 @@ async def soak(args: argparse.Namespace, proxy: Child, upstream: Child, proxy_ur
     if run.rss_at_mark is None:
         print(f"RSS: fewer than {RSS_MARK:,} requests were made; nothing to compare")
     else:
-        growth = (end_rss - run.rss_at_mark) / run.rss_at_mark * 100
+        steady = end_rss if steady_rss is None else steady_rss
+        growth = (steady - run.rss_at_mark) / run.rss_at_mark * 100
         within = abs(growth) <= 10
-        print(f"RSS after {RSS_MARK:,} requests: {run.rss_at_mark:.1f} MiB; after {run.total:,}: {end_rss:.1f} MiB "
+        print(f"RSS after {RSS_MARK:,} requests: {run.rss_at_mark:.1f} MiB; after the steady phase: {steady:.1f} MiB "
               f"({growth:+.1f} %): {'within' if within else 'NOT within'} 10 %")
         if not within:
             failed_checks.append("RSS grew by more than 10 %")
         if run.total < args.requests:
             failed_checks.append(f"only {run.total:,} of --requests {args.requests:,} were made")
+    if attack_rss is not None:
+        before, peak_rss, after = attack_rss
+        limit = before + max(before * ATTACK_SLACK[0], ATTACK_SLACK[1])
+        print(f"RSS before the attacks: {before:.1f} MiB; peak during them: {peak_rss:.1f} MiB; after: {after:.1f} MiB "
+              f"(limit {limit:.1f}): {'back near the start' if after <= limit else 'NOT back near the start'}")
+        if after > limit:
+            failed_checks.append("RSS stayed high after the attacks")
     assert warm_fds is not None
     fd_limit = warm_fds + FD_SLACK
     print(f"fds at the end of the first phase: {warm_fds}; at the end of the last: {end_fds} (limit {fd_limit})")
@@ -583,11 +811,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight at once (default 32)")
     parser.add_argument("--max-minutes", type=float, default=180.0,
                         help="hard limit on the whole run, whatever --requests says (default 180)")
+    parser.add_argument("--no-attacks", action="store_true",
+                        help="skip the attack phases (slowloris, fat heads, id bombs, gzip bombs)")
+    parser.add_argument("--attack-connections", type=int, default=256,
+                        help="connections each of slowloris and fat-heads holds at once (default 256)")
+    parser.add_argument("--bomb-mib", type=int, default=32,
+                        help="what a tool call id bomb inflates to, in MiB (default 32)")
+    parser.add_argument("--gzip-bomb-mib", type=int, default=96,
+                        help="what the upstream's gzip bomb inflates to, in MiB (default 96: past the "
+                             "default max_upstream_body_bytes)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the children's logs and print where")
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.concurrency < 1 or args.requests < 1 or args.minutes <= 0 or args.max_minutes <= 0:
         parser.error("--concurrency, --requests, --minutes and --max-minutes must be positive")
+    # Bounded on purpose: the attacks share the machine with everything else.
+    if not 1 <= args.attack_connections <= 2000:
+        parser.error("--attack-connections must be between 1 and 2000")
+    if not 1 <= args.bomb_mib <= 512 or not 1 <= args.gzip_bomb_mib <= 512:
+        parser.error("--bomb-mib and --gzip-bomb-mib must be between 1 and 512")
     return args
 
 
@@ -607,14 +849,15 @@ def _exit_on_signal(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve_upstream:
-        run_loop(serve_upstream())
+        run_loop(serve_upstream(args.gzip_bomb_mib))
         return 0
     signal.signal(signal.SIGTERM, _exit_on_signal)
     log_dir = Path(tempfile.mkdtemp(prefix="tensorwall-soak-"))
     children = Children(log_dir)
     dead_socket, dead_port = closed_port()
     try:
-        upstream = children.start("upstream", [sys.executable, __file__, "--serve-upstream"], stdout_pipe=True)
+        upstream = children.start("upstream", [sys.executable, __file__, "--serve-upstream",
+                                               "--gzip-bomb-mib", str(args.gzip_bomb_mib)], stdout_pipe=True)
         upstream_port = read_port(upstream)
         proxy_port = free_port()
         config = log_dir / "soak.yaml"

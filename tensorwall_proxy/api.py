@@ -256,20 +256,49 @@ async def list_models(request: web.Request) -> web.StreamResponse:
     return web.Response(body=body, headers={"Content-Type": JSON, "x-request-id": request[REQUEST_ID]})
 
 
+# True on the API app when /metrics has a listener of its own (server.metrics_port): the API port
+# then answers /metrics like any unknown path.
+METRICS_ELSEWHERE: Final = web.AppKey("metrics_elsewhere", bool)
+
+
 async def metrics(request: web.Request) -> web.StreamResponse:
     """GET /metrics: Prometheus exposition (every worker's together under --workers N)."""
     gateway = request.app[GATEWAY]
-    if gateway.metrics is None:
-        raise GatewayError(404, "Metrics are off.", code="not_found")
-    gateway.ledger.flush()  # what finished a moment ago counts too
-    gateway.metrics.health.clear()
-    for (provider, model, digest), state in gateway.health.states():
-        if digest is None:  # callers' keys stay out of the labels: they are unbounded
-            models = gateway.table.config.providers[provider].models if provider in gateway.table.config.providers \
-                else ()
-            gateway.metrics.health.labels(provider, model if model in models else "other", state).set(1)
-    body, content_type = gateway.metrics.render()
+    if gateway.metrics is None or request.app.get(METRICS_ELSEWHERE):
+        raise GatewayError(404, f"Unknown path {request.path!r}.", code="not_found")
+    try:
+        gateway.ledger.flush()  # what finished a moment ago counts too
+        providers = gateway.table.config.providers
+        # Only the server's own credentials: callers' digests are unbounded and never labels.
+        gateway.metrics.report_health(
+            (provider, model if provider in providers and model in providers[provider].models else "other", state)
+            for (provider, model, _), state in gateway.health.server_states())
+        body, content_type = gateway.metrics.render()
+    except Exception:
+        # Once per failing spell, not once per scrape: a scraper retries every few seconds.
+        if not gateway.metrics.failing:
+            log.exception("cannot render /metrics; answering 500 until it works again")
+        gateway.metrics.failing = True
+        raise GatewayError(500, "The metrics could not be rendered; the gateway's log says why.",
+                           type="server_error", code="internal_error") from None
+    gateway.metrics.failing = False
     return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def metrics_port_path(request: web.Request) -> web.StreamResponse:
+    """Anything but GET /metrics on the metrics listener: 404, or 405 with Allow for /metrics."""
+    if request.path != "/metrics":
+        raise GatewayError(404, f"Unknown path {request.path!r}.", code="not_found")
+    response = error_response(GatewayError(405, f"Method {request.method} is not allowed on {request.path!r}."),
+                              request[REQUEST_ID])
+    response.headers["Allow"] = "GET, HEAD"
+    return response
+
+
+def add_metrics_routes(app: web.Application) -> None:
+    """The metrics listener's surface (server.metrics_port): /metrics and nothing else, open."""
+    app.router.add_route("GET", "/metrics", served(metrics, accounted=False))
+    app.router.add_route("*", "/{tail:.*}", served(metrics_port_path, accounted=False))
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:

@@ -55,6 +55,15 @@ def build_app(config: Config) -> web.Application:
     app[api.GATEWAY] = Gateway(build_table(config),
                                budget=RetryBudget(retries.budget_ratio, retries.budget_min_per_second),
                                metrics=metrics_from_environment())
+    app[api.METRICS_ELSEWHERE] = config.server.metrics_port is not None
     app.cleanup_ctx.append(_session_context)
     api.add_routes(app)
     return app
+
+
+def build_metrics_app(app: web.Application) -> web.Application:
+    """The metrics listener's application (``server.metrics_port``): /metrics of ``app``'s gateway."""
+    metrics_app = web.Application()
+    metrics_app[api.GATEWAY] = app[api.GATEWAY]
+    api.add_metrics_routes(metrics_app)
+    return metrics_app

@@ -715,6 +715,42 @@ def _read_rules(raw: Any, present: bool, providers: Mapping[str, ProviderConfig]
 _TOP_KEYS: Final = frozenset({"server", "gateway_keys", "providers", "routes", "rules", "timeouts", "retries"})
 
 
+# The quoted pieces of PyYAML's problems that are its own words: a token name like '<block end>',
+# or one character like ']' or '\t'. Any other quoted piece is the file's own text (a tag, an
+# alias name) and may be a secret.
+_QUOTED: Final = re.compile(r"'([^']*)'")
+_OWN_WORD: Final = re.compile(r"<[a-z ]+>|\\?.")
+
+
+def _without_file_text(problem: str) -> str:
+    """The problem up to the first quoted piece of the file's own text."""
+    for match in _QUOTED.finditer(problem):
+        if not _OWN_WORD.fullmatch(match.group(1)):
+            return problem[:match.start()] + "(not shown)"
+    return problem
+
+
+def yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """What is wrong with the YAML and where (line and column), never the offending line itself.
+
+    PyYAML's own message quotes the line under a caret, and that line may hold a key pasted in by
+    hand: only the position and the kind of problem are kept.
+    """
+    if isinstance(exc, yaml.reader.ReaderError):
+        before = text[:max(exc.position, 0)]
+        line, column = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+        code = f" (#x{exc.character:04x})" if isinstance(exc.character, int) else ""
+        return f"line {line}, column {column}: a character YAML does not allow{code}: {exc.reason}"
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return type(exc).__name__
+    problem = _without_file_text(exc.problem or exc.context or "invalid syntax")
+    where = f"line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1}: " if exc.problem_mark else ""
+    if exc.context and exc.problem and exc.context_mark is not None:
+        context = _without_file_text(exc.context)
+        problem += f" ({context} at line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1})"
+    return where + problem
+
+
 def parse_config(text: str, *, env: Mapping[str, str] | None = None, source: str = "<memory>",
                  base_dir: Path | None = None) -> Config:
     """Parse and validate YAML text. Raises ConfigError listing every problem with its YAML path."""
@@ -722,7 +758,7 @@ def parse_config(text: str, *, env: Mapping[str, str] | None = None, source: str
     try:
         loaded = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{source}: not valid YAML: {exc}"]) from None
+        raise ConfigError([f"{source}: not valid YAML: {yaml_problem(exc, text)}"]) from None
     if loaded is None:
         loaded = {}
     if not isinstance(loaded, dict):

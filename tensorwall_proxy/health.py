@@ -11,8 +11,10 @@ for everyone else; a server-side credential has digest ``None`` and cools the en
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Literal
 
 HealthKey = tuple[str, str, str | None]  # (provider name, upstream model, credential digest or None)
@@ -26,8 +28,19 @@ MAX_COOLDOWN_SECONDS = 300.0
 EJECT_AFTER = 5
 EJECT_SECONDS = 5.0
 MAX_EJECT_SECONDS = 300.0
-# Entries are pruned once the book holds this many, so callers' digests cannot grow it without bound.
-_PRUNE_AT = 10_000
+# What the book forgets, so callers' digests (one per key they send) cannot grow it without bound.
+# An entry untouched (no failure, no 429) for STALE_SECONDS is dropped: twice the longest ejection
+# or cooldown, so its block is long over and a fresh streak starting from one ejection is fair.
+STALE_SECONDS = 600.0
+# And at most this many entries per kind (about 300 bytes each): past it the least recently
+# touched goes, a caller's key first (its cost is one more 429 or failure for that caller only).
+MAX_CALLER_ENTRIES = 20_000
+MAX_SERVER_ENTRIES = 1_000
+# Stale entries dropped per touch: more than one, so the book shrinks faster than it can grow,
+# and few, so no request pays for a long sweep.
+_PRUNE_STEP = 4
+# Under the cap, how many of the least recently touched are looked at for one whose block is over.
+_EVICT_LOOK = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,16 +57,37 @@ class _State:
     ejected_until: float = 0.0
     failures: int = 0  # consecutive, since the last success or ejection
     ejections: int = 0  # consecutive, since the last success
+    touched: float = 0.0  # the last failure or 429
+
+
+_Shelf = OrderedDict[HealthKey, _State]  # least recently touched first
 
 
 class HealthBook:
-    """The health of every (endpoint, credential) pair this process has tried."""
+    """The health of the (endpoint, credential) pairs that failed or were told to wait lately.
+
+    Two shelves: the server's own credentials (few, bounded by the configuration; the health gauge
+    walks them) and callers' keys by digest (as many as callers send; never walked whole). Each is
+    kept in the order entries were last touched, so forgetting the stale ones costs a look at the
+    front, a few at a time, as new failures arrive.
+    """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic,
-                 max_cooldown: float = MAX_COOLDOWN_SECONDS) -> None:
+                 max_cooldown: float = MAX_COOLDOWN_SECONDS, *, max_callers: int = MAX_CALLER_ENTRIES,
+                 max_servers: int = MAX_SERVER_ENTRIES) -> None:
         self._clock = clock
         self._max_cooldown = max_cooldown
-        self._states: dict[HealthKey, _State] = {}
+        # Long enough that a forgotten entry was unblocked well before: its block ends at most the
+        # longest cooldown or ejection after its last touch.
+        self._stale = max(STALE_SECONDS, 2 * max_cooldown, 2 * MAX_EJECT_SECONDS)
+        self._states: _Shelf = OrderedDict()  # server-side credentials (digest None)
+        self._callers: _Shelf = OrderedDict()  # callers' keys, by digest
+        self._max_servers = max_servers
+        self._max_callers = max_callers
+
+    def __len__(self) -> int:
+        """How many pairs the book holds now."""
+        return len(self._states) + len(self._callers)
 
     def now(self) -> float:
         """The book's clock."""
@@ -68,7 +102,7 @@ class HealthBook:
 
     def succeeded(self, key: HealthKey) -> None:
         """An attempt on the pair succeeded: failures and ejections start again from zero."""
-        state = self._states.get(key)
+        state = (self._states if key[2] is None else self._callers).get(key)
         if state is not None:
             state.failures = 0
             state.ejections = 0
@@ -86,7 +120,7 @@ class HealthBook:
 
     def block(self, key: HealthKey) -> Block | None:
         """The pair's block, or None while it is healthy; when cooling and ejected, the later one."""
-        state = self._states.get(key)
+        state = (self._states if key[2] is None else self._callers).get(key)
         if state is None:
             return None
         now = self._clock()
@@ -96,8 +130,9 @@ class HealthBook:
             return Block(state.ejected_until, "ejected")
         return Block(state.cooling_until, "cooling")
 
-    def states(self) -> list[tuple[HealthKey, str]]:
-        """Every pair the book knows with its state now (for the health gauge)."""
+    def server_states(self) -> list[tuple[HealthKey, str]]:
+        """The server-side credentials' pairs with their state now (for the health gauge); callers'
+        digests are not walked (they never become labels)."""
         return [(key, self.status(key)) for key in list(self._states)]
 
     def status(self, key: HealthKey) -> Literal["healthy", "cooling", "ejected"]:
@@ -106,18 +141,38 @@ class HealthBook:
         return "healthy" if block is None else block.reason
 
     def _state(self, key: HealthKey) -> _State:
-        state = self._states.get(key)
+        """The pair's entry, created if need be, marked as touched now."""
+        shelf, limit = (self._states, self._max_servers) if key[2] is None else (self._callers, self._max_callers)
+        now = self._clock()
+        self._prune(shelf, now)
+        state = shelf.get(key)
         if state is None:
-            if len(self._states) >= _PRUNE_AT:
-                self._prune()
-            state = self._states[key] = _State()
+            if len(shelf) >= limit:
+                self._evict(shelf, now)
+            state = shelf[key] = _State()
+        else:
+            shelf.move_to_end(key)
+        state.touched = now
         return state
 
-    def _prune(self) -> None:
-        now = self._clock()
-        for key in [k for k, s in self._states.items()
-                    if s.cooling_until <= now and s.ejected_until <= now and not s.failures and not s.ejections]:
-            del self._states[key]
+    def _prune(self, shelf: _Shelf, now: float) -> None:
+        """Forget up to a few entries untouched for the stale time (the front holds the oldest)."""
+        for _ in range(_PRUNE_STEP):
+            if not shelf:
+                return
+            key, state = next(iter(shelf.items()))
+            if state.touched + self._stale > now:
+                return
+            del shelf[key]
+
+    def _evict(self, shelf: _Shelf, now: float) -> None:
+        """The shelf is full: forget the least recently touched entry whose block is over, among
+        the first few; if all of those are blocked, the least recently touched one."""
+        for key, state in islice(shelf.items(), _EVICT_LOOK):
+            if state.cooling_until <= now and state.ejected_until <= now:
+                del shelf[key]
+                return
+        shelf.popitem(last=False)
 
 
 class RetryBudget:

@@ -30,7 +30,7 @@ from typing import Final
 from aiohttp import web
 
 from . import api, relay
-from .app import apply_config, build_app
+from .app import apply_config, build_app, build_metrics_app
 from .auth import uses_caller_key
 from .config import Config, is_loopback, load_config, route_warnings
 from .errors import ConfigError
@@ -171,6 +171,7 @@ class Instance:
     draining: bool = False
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     app: web.Application | None = None
+    metrics_runner: web.AppRunner | None = None
 
     async def run(self) -> int:
         app = self.app = build_app(self.config)
@@ -181,6 +182,9 @@ class Instance:
             await site.start()
         except OSError as exc:
             log.error("cannot listen on %s port %d: %s", self.host, self.port, exc.strerror or exc)
+            await runner.cleanup()
+            return 1
+        if not await self.open_metrics(app):
             await runner.cleanup()
             return 1
         tune_gc()  # after the imports and the app: what they made is here to stay
@@ -202,6 +206,27 @@ class Instance:
             for signum in (signal.SIGHUP, *_STOP_SIGNALS):
                 loop.remove_signal_handler(signum)
         return 0
+
+    async def open_metrics(self, app: web.Application) -> bool:
+        """``server.metrics_port``: /metrics on a listener of its own, same host; False if it cannot bind.
+
+        Under ``--workers N`` every worker binds it with SO_REUSEPORT like the API port: whichever
+        one the kernel picks reads every worker's numbers from the shared metrics directory.
+        """
+        port = self.config.server.metrics_port
+        if port is None:
+            return True
+        runner = self.metrics_runner = web.AppRunner(build_metrics_app(app), access_log=None,
+                                                     shutdown_timeout=CANCEL_SECONDS)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.host, port, reuse_port=self.reuse_port or None).start()
+        except OSError as exc:
+            log.error("cannot listen for metrics on %s port %d: %s", self.host, port, exc.strerror or exc)
+            await runner.cleanup()
+            return False
+        log.info("metrics on %s/metrics", _describe([address[:2] for address in runner.addresses]))
+        return True
 
     def reload(self) -> None:
         """SIGHUP: load and validate the YAML, then swap the table; on any error keep the running one."""
@@ -257,6 +282,8 @@ class Instance:
             except TimeoutError:
                 await self.end_streams()
         await runner.cleanup()
+        if self.metrics_runner is not None:  # last, so the drain itself can be watched
+            await self.metrics_runner.cleanup()
         log.info("drained; exiting")
 
     async def end_streams(self) -> None:
@@ -320,6 +347,9 @@ def _forget_worker_metrics(pid: int) -> None:
 
 def supervise(config: Config, host: str, port: int, workers: int, *, allow_no_key: bool = False) -> int:
     """``serve --workers N``: run N workers on one port until SIGTERM or SIGINT; the exit code."""
+    if config.server.metrics_port == 0:
+        log.error("server.metrics_port: --workers needs a fixed port (port 0 would give each worker its own)")
+        return 1
     install_uvloop()
     notifier = Notifier.from_environ()
     try:

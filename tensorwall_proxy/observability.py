@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -201,6 +202,14 @@ class Metrics:
                             ["provider", "model", "state"], registry=self.registry, multiprocess_mode="livemax")
         # Label values are bounded by the configuration, so this cache is too.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        # The (provider, model, state) health samples set to 1 at the last scrape.
+        self._health_now: set[tuple[str, str, str]] = set()
+        self.failing = False  # the last render failed (it is logged once per spell)
+        # A scrape with nothing new since the last one gets the same text without rendering it again
+        # (single-process mode only: other workers' changes are not seen here).
+        self._changes = 0
+        self._in_flight_now = 0
+        self._rendered: tuple[int, bytes] | None = None
         # Counter increments waiting for apply(): one inc per labelled child per flush.
         self._counts: defaultdict[tuple[Any, tuple[str, ...]], float] = defaultdict(float)
 
@@ -215,6 +224,7 @@ class Metrics:
 
     def observe(self, record: RequestRecord) -> None:
         """Count one finished request: histograms at once, counters into totals for ``apply``."""
+        self._changes += 1
         counts = self._counts
         stream = "true" if record.stream else "false"
         route = record.route or "none"
@@ -228,10 +238,11 @@ class Metrics:
             counts[self.attempts, (attempt_provider, outcome)] += 1
         if len(record.attempts) > 1:
             counts[self.fallbacks, (route,)] += 1
-        if record.prompt_tokens or record.completion_tokens:
+        if record.prompt_tokens > 0 or record.completion_tokens > 0:
+            # Upstream numbers: a negative one would make the counter refuse the whole batch.
             model = record.model_label or "other"
-            counts[self.tokens, (provider, model, "in")] += record.prompt_tokens
-            counts[self.tokens, (provider, model, "out")] += record.completion_tokens
+            counts[self.tokens, (provider, model, "in")] += max(record.prompt_tokens, 0)
+            counts[self.tokens, (provider, model, "out")] += max(record.completion_tokens, 0)
         who = blame(record.status, record.provider)
         if who is not None:
             counts[self.errors, (who,)] += 1
@@ -240,8 +251,28 @@ class Metrics:
         """Add the counters' totals since the last time to the metrics, and set the in-flight gauge."""
         counts, self._counts = self._counts, defaultdict(float)
         for (metric, labels), amount in counts.items():
-            self._child(metric, *labels).inc(amount)
+            if 0 < amount < math.inf:  # a counter only goes up, and by a number (not NaN)
+                self._child(metric, *labels).inc(amount)
+        if in_flight != self._in_flight_now:
+            self._in_flight_now = in_flight
+            self._changes += 1
         self.in_flight.set(in_flight)
+
+    def report_health(self, samples: Iterable[tuple[str, str, str]]) -> None:
+        """Set the endpoint health gauge to these (provider, model, state) samples.
+
+        Samples of the last scrape that are gone are set to 0 rather than removed: in multiprocess
+        mode a removed sample keeps its last value in this worker's file, so a state long over
+        would be reported forever.
+        """
+        now = set(samples)
+        if now != self._health_now:
+            self._changes += 1
+        for labels in self._health_now - now:
+            self._child(self.health, *labels).set(0)
+        for labels in now - self._health_now:
+            self._child(self.health, *labels).set(1)
+        self._health_now = now
 
     def render(self) -> tuple[bytes, str]:
         """The exposition and its content type; every worker's together in multiprocess mode."""
@@ -253,7 +284,9 @@ class Metrics:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
             return generate_latest(registry), CONTENT_TYPE_LATEST
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        if self._rendered is None or self._rendered[0] != self._changes:
+            self._rendered = (self._changes, generate_latest(self.registry))
+        return self._rendered[1], CONTENT_TYPE_LATEST
 
 
 class LineFormatter(logging.Formatter):

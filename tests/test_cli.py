@@ -177,3 +177,13 @@ def test_serving_the_default_config_imports_neither_google_auth_nor_botocore() -
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
                             check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_check_shows_where_the_yaml_is_broken_but_not_the_line(tmp_path: Path) -> None:
+    """The broken line may be the one with a key pasted in: `check` prints its position only."""
+    config = tmp_path / "broken.yaml"
+    config.write_text("gateway_keys: []\nproviders:\n  openai:\n    api_key: sk-live-FAKE0123456789abcdef: x\n")
+    result = run("check", "--config", str(config))
+    assert result.returncode == 1
+    assert "line 4, column" in result.stderr and "mapping values are not allowed here" in result.stderr
+    assert "FAKE0123456789abcdef" not in result.stdout + result.stderr

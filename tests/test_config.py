@@ -7,6 +7,7 @@ machine's own variables never leak in.
 from __future__ import annotations
 
 import hashlib
+import re
 import textwrap
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -1097,3 +1098,20 @@ def test_key_scope_defaults_to_the_provider_name_and_betas_to_the_table() -> Non
     assert config.providers["groq"].key_scope == "groq"
     assert config.providers["anthropic"].betas == ("*",)
     assert config.providers["groq"].betas is None
+
+
+@pytest.mark.parametrize("broken", [
+    "gateway_keys: []\nproviders:\n  openai: {api_key: sk-live-FAKE0123456789abcdef: oops}\n",
+    "gateway_keys: []\nproviders:\n  openai:\n    api_key: sk-live-FAKE0123456789abcdef: oops\n",
+    "gateway_keys: []\nproviders:\n  openai:\n    api_key: !sk-live-FAKE0123456789abcdef x\n",
+    "gateway_keys: []\nproviders:\n  openai:\n    api_key: *sk-live-FAKE0123456789abcdef\n",
+    "gateway_keys: []\nproviders:\n  openai:\n    api_key: \"sk-live-FAKE0123456789abcdef\x07\"\n",
+    "gateway_keys: [sk-live-FAKE0123456789abcdef\n",
+])
+def test_invalid_yaml_names_the_position_and_never_the_line_that_may_hold_a_key(broken: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(broken, env={}, source="tw.yaml")
+    message = str(info.value)
+    assert "FAKE0123456789abcdef" not in message
+    assert "sk-live" not in message
+    assert re.search(r"tw\.yaml: not valid YAML: line \d+, column \d+: \S", info.value.errors[0]), message

@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import pytest
 
-from tensorwall_proxy.health import MAX_COOLDOWN_SECONDS, Block, HealthBook, HealthKey, when_all_blocked
+from tensorwall_proxy.health import (
+    MAX_CALLER_ENTRIES,
+    MAX_COOLDOWN_SECONDS,
+    STALE_SECONDS,
+    Block,
+    HealthBook,
+    HealthKey,
+    when_all_blocked,
+)
 
 OPENAI: HealthKey = ("openai", "gpt-4o", None)
 TENANT_A: HealthKey = ("openai", "gpt-4o", "sha256:" + "a" * 64)
@@ -234,6 +242,60 @@ def test_a_key_pruned_after_its_cooldown_can_cool_again(book: HealthBook, clock:
     assert book.status(OPENAI) == "healthy"
     book.cool(OPENAI, 5)
     assert book.status(OPENAI) == "cooling"
+
+
+def _caller(i: int) -> HealthKey:
+    return ("openai", "gpt-4o", f"sha256:{i:064x}")
+
+
+def test_callers_digests_that_failed_do_not_grow_the_book_without_bound(book: HealthBook,
+                                                                         clock: FakeClock) -> None:
+    """Every random caller key that fails leaves an entry; failures and ejections used to keep it forever."""
+    for i in range(30_000):
+        book.failed(_caller(i))
+        clock.advance(0.001)
+    for i in range(30_000, 32_000):
+        fail_until_ejected(book, _caller(i))
+    assert len(book) <= MAX_CALLER_ENTRIES
+    # Well after the last of them, new traffic sweeps the stale ones away, a few per failure.
+    clock.advance(STALE_SECONDS + 1)
+    for i in range(100_000, 110_000):
+        book.failed(_caller(i))
+    assert len(book) <= 10_000
+    assert book.status(_caller(31_999)) == "healthy"
+
+
+def test_a_full_book_forgets_the_least_recently_touched_caller_first(clock: FakeClock) -> None:
+    book = HealthBook(clock=clock, max_callers=100)
+    fail_until_ejected(book, TENANT_A)
+    for i in range(500):
+        book.failed(_caller(i))
+    assert len(book) == 100
+    assert book.status(TENANT_A) == "ejected"  # a live block is kept while older, unblocked ones can go
+    fail_until_ejected(book, TENANT_B)
+    assert book.status(TENANT_B) == "ejected"
+    assert book.status(OPENAI) == "healthy"
+
+
+def test_server_credentials_are_kept_apart_from_callers_digests(book: HealthBook) -> None:
+    fail_until_ejected(book, OPENAI)
+    for i in range(MAX_CALLER_ENTRIES + 10):
+        book.failed(_caller(i))
+    assert book.server_states() == [(OPENAI, "ejected")]
+
+
+def test_an_entry_stays_while_it_keeps_failing(book: HealthBook, clock: FakeClock) -> None:
+    for _ in range(3):
+        fail_until_ejected(book, TENANT_A)
+        clock.advance(STALE_SECONDS - 1)
+        for i in range(10):
+            book.failed(_caller(i))
+    # Three ejections in a row, none forgotten: the next one is longer than the first.
+    book.failed(TENANT_A)
+    assert book.block(TENANT_A) is None
+    fail_until_ejected(book, TENANT_A)
+    block = book.block(TENANT_A)
+    assert block is not None and block.until - clock.now > 5.0
 
 
 # --- when_all_blocked ------------------------------------------------------------------------------

@@ -16,8 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
-from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, post_json, raw_request
+from tests.conftest import (
+    GATEWAY_KEY,
+    PROVIDER_KEY,
+    Proxy,
+    ServerThread,
+    _start_app,
+    config_text,
+    post_json,
+    raw_request,
+)
 from tests.fakes import FakeUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -261,3 +271,123 @@ def test_access_lines_are_written_when_flushed_and_warnings_at_once(tmp_path: Pa
     for tag in ("", "[42]"):
         for record in (logging.LogRecord("x", logging.INFO, "", 0, "message %d", (7,), None), failed):
             assert LineFormatter(tag).format(record) == logging.Formatter(LOG_FORMAT.format(tag=tag)).format(record)
+
+
+def _wait_ready(url: str, process: subprocess.Popen[Any]) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if raw_request(url + "/readyz", method="GET").status == 200:
+                return
+        except OSError:
+            pass
+        assert process.poll() is None, "the gateway exited"
+        assert time.monotonic() < deadline, "the gateway did not start"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_metrics_port_serves_metrics_and_the_api_port_does_not(tmp_path: Path, workers: int) -> None:
+    port, metrics_port = _free_port(), _free_port()
+    config = tmp_path / "proxy.yaml"
+    config.write_text(f"gateway_keys: [k]\nserver: {{metrics_port: {metrics_port}}}\n")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    (tmp_path / "metrics").mkdir()
+    process = subprocess.Popen([sys.executable, "-m", "tensorwall_proxy", "serve", "--config", str(config),
+                                "--port", str(port), "--workers", str(workers)], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    api, metrics = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}"
+    try:
+        _wait_ready(api, process)
+        on_api = raw_request(api + "/metrics", method="GET")
+        assert on_api.status == 404
+        assert on_api.json()["error"]["code"] == "not_found" and "tensorwall_" not in on_api.text
+        # New connections each time, so the kernel spreads them over the workers.
+        requests = 0
+        deadline = time.monotonic() + 20
+        while requests < 20 or len(list((tmp_path / "metrics").glob("counter_*.db"))) < workers:
+            assert time.monotonic() < deadline, "the requests never reached every worker"
+            assert raw_request(api + "/v1/models", headers={"X-API-Key": "k", "Connection": "close"},
+                               method="GET").status == 200
+            requests += 1
+        time.sleep(0.1)  # each worker counts a request just after its response leaves
+        scraped = raw_request(metrics + "/metrics", method="GET")
+        assert scraped.status == 200 and scraped.headers["content-type"].startswith("text/plain")
+        # Every worker's requests, whichever worker answered the scrape.
+        assert _metric(scraped.text, "tensorwall_requests_total", route="none", provider="none",
+                       status_class="2xx", stream="false") == requests
+        # The metrics listener serves /metrics alone, and asks for no key.
+        other = raw_request(metrics + "/v1/models", headers={"X-API-Key": "k"}, method="GET")
+        assert other.status == 404 and other.json()["error"]["code"] == "not_found"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(20)
+    assert process.returncode == 0
+
+
+def test_a_negative_token_count_from_upstream_does_not_break_metrics(
+        make_proxy: Callable[..., Proxy], servers: ServerThread, fake: FakeUpstream) -> None:
+
+    async def completion(request: web.Request) -> web.Response:
+        return web.json_response({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "odd",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": -7, "completion_tokens": 3, "total_tokens": -4}})
+
+    upstream = web.Application()
+    upstream.router.add_post("/v1/chat/completions", completion)
+    runner, url = servers.run(_start_app(upstream))
+    try:
+        proxy = make_proxy(text=config_text(
+            fake, providers=f'  odd: {{type: openai, base_url: "{url}/v1", api_key: k, models: [odd]}}\n'))
+        assert post_json(proxy, "/v1/chat/completions", {"model": "odd/odd", "messages": USER}).status == 200
+        time.sleep(0.1)
+        text = _scrape(proxy)
+        assert _metric(text, "tensorwall_tokens_total", provider="odd", model="odd", direction="out") == 3
+        assert _metric(text, "tensorwall_tokens_total", provider="odd", model="odd", direction="in") == 0
+    finally:
+        servers.run(runner.cleanup())
+
+
+def test_a_metrics_render_failure_is_a_500_in_openai_shape_logged_once(tmp_path: Path) -> None:
+    port = _free_port()
+    config = tmp_path / "proxy.yaml"
+    config.write_text("gateway_keys: [k]\n")
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    process = subprocess.Popen([sys.executable, "-m", "tensorwall_proxy", "serve", "--config", str(config),
+                                "--port", str(port)], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, process)
+        assert raw_request(url + "/metrics", method="GET").status == 200
+        directory.rename(tmp_path / "gone")  # the shared metrics directory vanished under the gateway
+        for _ in range(3):
+            response = raw_request(url + "/metrics", method="GET")
+            assert response.status == 500
+            assert response.headers["content-type"] == "application/json"
+            assert response.json()["error"]["code"] == "internal_error"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=20)
+    assert stderr.count("Traceback") == 1, stderr
+
+
+def test_a_scrape_with_nothing_new_reuses_the_last_text() -> None:
+    """What makes a repeated /metrics cheap: no new request, no new health state, no rendering."""
+    from tensorwall_proxy.observability import Metrics, RequestRecord
+
+    metrics = Metrics()
+    first = metrics.render()[0]
+    assert metrics.render()[0] is first
+    metrics.report_health([("openai", "gpt-4o", "ejected")])
+    second = metrics.render()[0]
+    assert second is not first and b'state="ejected"} 1.0' in second
+    metrics.observe(RequestRecord("r", "GET", "/v1/models", status=200))
+    metrics.apply(0)
+    third = metrics.render()[0]
+    assert third is not second and b"tensorwall_requests_total" in third
+    metrics.report_health([])
+    assert b'state="ejected"} 0.0' in metrics.render()[0]  # a state that is over reads 0
