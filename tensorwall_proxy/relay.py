@@ -225,6 +225,7 @@ async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Sec
             response = await execute(impl, attempt, call)
         except UpstreamError as exc:
             exc.provider = attempt.provider.name
+            _scrub(exc, attempt, credential)
             record.attempt(attempt.provider.name, outcome_of(exc.status, exc.kind), exc.status, started)
             _record_failure(gateway, attempt, exc)
             failure = exc.with_traceback(None)  # kept past the handler: no frames, no reference cycle
@@ -247,6 +248,19 @@ async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Sec
         raise error
     finally:
         del error
+
+
+def _scrub(exc: UpstreamError, attempt: Attempt, credential: Credential | None = None) -> None:
+    """Upstream text loses the attempt's credential (``credential``: the one it carried, ambient
+    ones resolved) and anything key-shaped (DESIGN §6); a 401/403 to the operator's own credential
+    tells the caller nothing of the upstream's reasons."""
+    secret = (credential or attempt.credential).secret
+    exc.redact(secret.reveal() if secret is not None else None)
+    if exc.kind == "auth" and attempt.credential.kind in ("server", "ambient"):
+        exc.message = (f"Upstream '{attempt.provider.name}' refused the gateway's configured credential "
+                       f"(HTTP {exc.status}); the gateway's operator must check it.")
+        exc.args = (exc.message,)
+        exc.param = exc.code = None
 
 
 def _record_failure(gateway: Gateway, attempt: Attempt, exc: UpstreamError) -> None:
@@ -531,6 +545,7 @@ async def _fail_stream(gateway: Gateway, attempt: Attempt, client: web.StreamRes
             raise error
         finally:
             del error  # no cycle between this frame and the exception's traceback
+    _scrub(error, attempt)
     _record_failure(gateway, attempt, error)
     pending.append(encode(error.body()))
     await _flush(client, pending)

@@ -10,15 +10,34 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import secrets
+from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, post_json
-from tests.fakes import FakeUpstream
+from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, config_text, post_json, raw_request
+from tests.fakes import FakeUpstream, Scripted
 
 USER = [{"role": "user", "content": "hello"}]
 CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture
+def scripted(fake: FakeUpstream) -> Iterator[Callable[[str, Scripted], str]]:
+    """A canned fake answer under a fresh model name, removed after the test."""
+    names: list[str] = []
+
+    def add(prefix: str, entry: Scripted) -> str:
+        name = f"{prefix}-{secrets.token_hex(4)}"
+        fake.script[name] = entry
+        names.append(name)
+        return name
+
+    yield add
+    for name in names:
+        fake.script.pop(name, None)
 
 
 # --- The caller's key: one key scope per request, never another vendor ------------------------------
@@ -73,3 +92,102 @@ def test_non_utf8_bytes_in_authorization_are_a_400_without_a_traceback(
     assert fake.requests == []
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert PROVIDER_KEY not in json.dumps(payload)
+
+
+# --- Server-side keys stay with the operator -------------------------------------------------------
+
+
+SRV_KEY = "srv-operator-key-canary-5e1f"
+SHAPED = "sk-proj-EchoedShapedKey0123456789"
+
+
+@pytest.fixture
+def keyed(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> Proxy:
+    """`srv`: an openai-type provider with the operator's key, serving gpt-4o and the gpt-4.1 family."""
+    return make_proxy(text=config_text(fake, providers=(
+        f'  srv: {{type: openai, base_url: "{fake.base_url}/openai/v1", api_key: {SRV_KEY},'
+        f' models: [gpt-4o, "gpt-4.1-*", "echo-*"]}}\n'
+        f'  anthropic-srv: {{type: anthropic, base_url: "{fake.base_url}/anthropic/v1", api_key: {SRV_KEY}}}\n')) + """
+rules:
+  - {match: "x-*", provider: srv, strip: "x-"}
+  - {match: "claude-*", provider: anthropic-srv}
+routes:
+  explicit:
+    endpoints: [{provider: srv, model: o3-mini}]
+""")
+
+
+def test_a_server_side_key_serves_only_the_models_its_provider_lists(keyed: Proxy, fake: FakeUpstream) -> None:
+    for model in ("srv/gpt-4o", "srv/gpt-4.1-mini", "x-gpt-4o", "explicit"):
+        response = post_json(keyed, CHAT, {"model": model, "messages": USER})
+        assert response.status == 200, (model, response.body)
+    assert [r.json["model"] for r in fake.requests] == ["gpt-4o", "gpt-4.1-mini", "gpt-4o", "o3-mini"]
+    fake.clear()
+    # Prefix, rules and the pattern table alike: anything else is 404 and nothing is sent.
+    for model in ("srv/o3", "srv/gpt-4.1", "x-o3", "claude-3-5-sonnet-20241022", "anthropic-srv/claude-3-opus"):
+        response = post_json(keyed, CHAT, {"model": model, "messages": USER})
+        assert response.status == 404, (model, response.body)
+        assert response.json()["error"]["code"] == "model_not_found"
+    assert fake.requests == []
+    listed = {m["id"] for m in raw_request(keyed.url + "/v1/models", method="GET",
+                                           headers={"X-API-Key": GATEWAY_KEY}).json()["data"]}
+    assert "srv/gpt-4o" in listed and not any("*" in m for m in listed)
+
+
+def _echoing(message: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+
+
+@pytest.mark.parametrize(("status", "headers", "body"), [
+    (400, {}, _echoing(f"Invalid request for key {SRV_KEY} (also {SHAPED}, Bearer {SRV_KEY})")),
+    (429, {"retry-after": "1"}, _echoing(f"Rate limit reached for key {SRV_KEY}; AKIAIOSFODNN7EXAMPLE")),
+    (500, {"Content-Type": "text/html"}, f"<html>upstream proxy: Authorization: Bearer {SRV_KEY} {SHAPED}</html>"),
+])
+def test_upstream_error_text_never_carries_a_key(keyed: Proxy, scripted: Callable[[str, Scripted], str],
+                                                 caplog: pytest.LogCaptureFixture, status: int,
+                                                 headers: dict[str, str], body: Any) -> None:
+    caplog.set_level(logging.DEBUG)
+    model = scripted("echo", (status, headers, body))
+    response = post_json(keyed, CHAT, {"model": f"srv/{model}", "messages": USER})
+    assert response.status == (status if status < 500 else 502), response.body
+    message = response.json()["error"]["message"]
+    assert "[redacted]" in message
+    for secret in (SRV_KEY, SHAPED, "AKIAIOSFODNN7EXAMPLE"):
+        assert secret not in response.text
+        assert all(secret not in record.getMessage() for record in caplog.records)
+
+
+def _events(*chunks: dict[str, Any]) -> str:
+    return "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks)
+
+
+CONTENT = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+           "choices": [{"index": 0, "delta": {"content": f"content may say {SHAPED}"}, "finish_reason": None}]}
+
+
+@pytest.mark.parametrize("committed", [False, True])
+def test_an_in_band_error_event_never_carries_a_key(keyed: Proxy, scripted: Callable[[str, Scripted], str],
+                                                    committed: bool) -> None:
+    error = {"error": {"message": f"stream failed for key {SRV_KEY} / {SHAPED}", "type": "server_error"}}
+    stream = _events(CONTENT, error) if committed else _events(error)
+    model = scripted("echo", (200, {"Content-Type": "text/event-stream"}, stream))
+    response = post_json(keyed, CHAT, {"model": f"srv/{model}", "messages": USER, "stream": True})
+    assert SRV_KEY not in response.text
+    if committed:
+        # Content is the model's answer and passes untouched; only the error event is redacted.
+        assert response.status == 200
+        *content, last = [e for e in response.text.split("\n\n") if e.strip()]
+        assert SHAPED in "".join(content)
+        assert SHAPED not in last and "[redacted]" in last
+    else:
+        assert response.status == 502 and SHAPED not in response.text and "[redacted]" in response.text
+
+
+def test_a_401_to_the_operators_key_reaches_the_caller_as_a_generic_message(
+        keyed: Proxy, scripted: Callable[[str, Scripted], str]) -> None:
+    model = scripted("echo", (401, {}, _echoing("Incorrect API key provided: srv-op***5e1f. Your org is acme-internal.")))
+    response = post_json(keyed, CHAT, {"model": f"srv/{model}", "messages": USER})
+    assert response.status == 401
+    message = response.json()["error"]["message"]
+    assert "acme-internal" not in message and "srv-op" not in message
+    assert "configured credential" in message
