@@ -191,3 +191,50 @@ def test_a_401_to_the_operators_key_reaches_the_caller_as_a_generic_message(
     message = response.json()["error"]["message"]
     assert "acme-internal" not in message and "srv-op" not in message
     assert "configured credential" in message
+
+
+# --- Anthropic: tokens as a Bearer, betas under the operator's key --------------------------------------
+
+
+@pytest.mark.parametrize("token", [
+    "sk-ant-oat01-callertoken0123456789",
+    "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJjYWxsZXIifQ.c2lnbmF0dXJl",
+])
+def test_an_anthropic_token_that_is_not_an_api_key_goes_as_a_bearer(proxy: Proxy, fake: FakeUpstream,
+                                                                    token: str) -> None:
+    response = post_json(proxy, CHAT, {"model": "claude-3-5-sonnet-20241022", "messages": USER}, key=token)
+    assert response.status == 200, response.body
+    record = fake.last("anthropic")
+    assert record.header("Authorization") == f"Bearer {token}"
+    assert record.header("x-api-key") is None
+
+
+@pytest.mark.parametrize(("betas", "expected"), [
+    ("", "interleaved-thinking-2025-05-14,claude-code-20250219"),
+    ("  betas: [\"*\"]\n", "context-1m-2025-08-07,interleaved-thinking-2025-05-14,claude-code-20250219"),
+    ("  betas: [\"context-1m-*\"]\n", "context-1m-2025-08-07"),
+])
+def test_billed_betas_need_the_operators_consent(make_proxy: Callable[..., Proxy], fake: FakeUpstream,
+                                                 betas: str, expected: str) -> None:
+    proxy = make_proxy(text=config_text(fake, providers=(
+        f'  anthropic-srv:\n    type: anthropic\n    base_url: "{fake.base_url}/anthropic/v1"\n'
+        f'    api_key: {SRV_KEY}\n    models: ["*"]\n' + betas.replace("  betas", "    betas"))))
+    sent = "context-1m-2025-08-07, interleaved-thinking-2025-05-14,claude-code-20250219"
+    response = post_json(proxy, CHAT, {"model": "anthropic-srv/claude-sonnet-4-5", "messages": USER},
+                         **{"anthropic-beta": sent})
+    assert response.status == 200, response.body
+    assert fake.last("anthropic").header("anthropic-beta") == expected
+
+
+def test_with_the_callers_own_key_every_beta_passes_capped(proxy: Proxy, fake: FakeUpstream) -> None:
+    key = "sk-ant-api03-callerkey0123456789"
+    response = post_json(proxy, CHAT, {"model": "claude-sonnet-4-5", "messages": USER}, key=key,
+                         **{"anthropic-beta": "context-1m-2025-08-07,web-search-2025-03-05"})
+    assert response.status == 200, response.body
+    assert fake.last("anthropic").header("anthropic-beta") == "context-1m-2025-08-07,web-search-2025-03-05"
+    many = ",".join(f"claude-code-{i:08d}" for i in range(200))  # about 4 KB
+    response = post_json(proxy, CHAT, {"model": "claude-sonnet-4-5", "messages": USER}, key=key,
+                         **{"anthropic-beta": many})
+    assert response.status == 200, response.body
+    passed = fake.last("anthropic").header("anthropic-beta") or ""
+    assert 0 < len(passed) <= 1024 and many.startswith(passed) and not passed.endswith(",")
