@@ -113,6 +113,7 @@ KEY_PREFIX_TYPES: Final[tuple[tuple[str, frozenset[str]], ...]] = (
     ("gsk_", frozenset({"groq"})),
     ("AIza", frozenset({"vertex"})),
 )
+_VENDOR_PREFIXES: Final = tuple(prefix for prefix, _ in KEY_PREFIX_TYPES)
 
 SHA256_PREFIX: Final = "sha256:"
 _DIGEST_RE: Final = re.compile(r"sha256:[0-9a-fA-F]{64}", re.IGNORECASE)
@@ -228,6 +229,16 @@ class ProviderConfig:
     betas: tuple[str, ...] | None = None
     # Why a request routed here cannot be sent (a required setting is empty), or None.
     unconfigured: str | None = None
+    # Derived once here, read on every request (credential_for): see the properties below.
+    _server: bool = field(init=False, repr=False, compare=False, default=False)
+    _forwards: bool = field(init=False, repr=False, compare=False, default=False)
+
+    def __post_init__(self) -> None:
+        server = (self.api_key is not None or self.auth == "ambient" or self.aws_access_key_id is not None
+                  or bool(self.profile))
+        object.__setattr__(self, "_server", server)
+        object.__setattr__(self, "_forwards", not server and self.auth == "forward"
+                           and self.type not in _NO_CALLER_KEY_TYPES)
 
     @property
     def scope(self) -> str:
@@ -238,8 +249,7 @@ class ProviderConfig:
     def server_credential(self) -> bool:
         """Whether the provider authenticates with a credential of the operator's: a YAML
         ``api_key``, ``auth: ambient``, or YAML AWS keys / a profile (SigV4, DESIGN §14)."""
-        return (self.api_key is not None or self.auth == "ambient" or self.aws_access_key_id is not None
-                or bool(self.profile))
+        return self._server
 
     @property
     def ambient_kind(self) -> Literal["google", "aws"] | None:
@@ -249,12 +259,13 @@ class ProviderConfig:
     def carries_caller_key(self, endpoint_key: Secret | None = None) -> bool:
         """Whether attempts on this provider (through an endpoint with ``endpoint_key``) carry the
         caller's key when the caller sends one."""
-        return (endpoint_key is None and not self.server_credential and self.auth == "forward"
-                and self.type not in _NO_CALLER_KEY_TYPES)
+        return endpoint_key is None and self._forwards
 
     def accepts_caller_key(self, key: str) -> bool:
         """False for a key with another vendor's well-known prefix (``sk-ant-`` to a non-anthropic
         provider, ...): such a key is never sent here."""
+        if not key.startswith(_VENDOR_PREFIXES):
+            return True  # the common case: one C-level test
         for prefix, types in KEY_PREFIX_TYPES:
             if key.startswith(prefix):
                 return self.type in types
