@@ -24,7 +24,9 @@ def build_table(config: Config) -> Table:
     """The request-facing view of a configuration: router, gateway keys and the /v1/models body."""
     router = LLMRouter.from_config(config)
     routes = {name: (route.endpoints[0].provider,) for name, route in config.routes.items() if route.endpoints}
-    provider_models = {name: p.models for name, p in config.providers.items() if p.models}
+    # Glob entries of `models:` (`claude-*`, `*`) gate names; they are not models to list.
+    provider_models = {name: tuple(m for m in p.models if not any(c in m for c in "*?["))
+                       for name, p in config.providers.items() if p.models}
     return Table(config, router, api.models_body(routes, provider_models, int(time.time())),
                  GatewayKeys(config.gateway_keys))
 

@@ -1,17 +1,21 @@
 """Who may call the gateway (X-API-Key against sha256 digests) and which credential an attempt carries.
 
 DESIGN §6 precedence, first that applies: the endpoint's or provider's YAML ``api_key``; ``auth:
-ambient`` (vertex, bedrock); ``auth: none``; ``auth: forward`` with the caller's Bearer (vertex and
-bedrock fall back to ambient credentials when the caller sent none); otherwise 401
-``missing_provider_key``. Keys are held in ``Secret`` and compared only as digests.
+ambient`` or YAML AWS keys (vertex, bedrock); ``auth: none``; ``auth: forward`` with the caller's
+Bearer; otherwise 401 ``missing_provider_key``. ``auth: forward`` never falls back to the host's
+ambient credentials (DESIGN §14): the machine's cloud identity serves only where the YAML says
+``auth: ambient``. A caller key with another vendor's well-known prefix is never sent. Keys are held
+in ``Secret`` and compared only as digests.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
 
 from .config import ProviderConfig, Secret
@@ -47,6 +51,13 @@ class Credential:
         """The digest health is kept under: the caller's key's, or None for the server's own."""
         return self.secret.digest() if self.kind == "caller" and self.secret is not None else None
 
+
+# Types that are called without a key when the caller sends none (LM Studio wants one only when its
+# "Require Authentication" is on).
+_KEY_OPTIONAL_TYPES: Final = frozenset({"lmstudio"})
+# A Bearer token: visible ASCII only (RFC 6750's b64token is narrower still). Anything else cannot be
+# a provider key and cannot travel in an upstream header.
+_PRINTABLE_ASCII: Final = frozenset(map(chr, range(0x21, 0x7F)))
 
 NO_CREDENTIAL: Final = Credential("none")
 AMBIENT: Final = Credential("ambient")
@@ -91,13 +102,20 @@ class GatewayKeys:
 
 
 def caller_key(authorization: str | None) -> Secret | None:
-    """The caller's provider key from ``Authorization: Bearer <key>``, or None."""
+    """The caller's provider key from ``Authorization: Bearer <key>``, or None.
+
+    400 for a token that is not visible ASCII (raw non-UTF-8 bytes arrive as surrogates): it is
+    a malformed request (RFC 6750 §3.1 ``invalid_request``), not a key any provider could accept.
+    """
     if not authorization:
         return None
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         return None
+    if not (token.isascii() and _PRINTABLE_ASCII.issuperset(token)):
+        raise GatewayError(400, "The Authorization header is malformed: a Bearer key is visible ASCII only.",
+                           code="invalid_authorization_header")
     return Secret(token)
 
 
@@ -107,34 +125,72 @@ def credential_for(provider: ProviderConfig, endpoint_key: Secret | None, caller
         return Credential("server", endpoint_key)
     if provider.api_key is not None:
         return Credential("server", provider.api_key)
-    if provider.auth == "ambient" or (provider.type == "bedrock" and (
-            provider.aws_access_key_id is not None or provider.profile)):
-        return AMBIENT  # YAML AWS keys or a profile mean SigV4, whatever the caller sends
-    if provider.auth == "none" or provider.type == "ollama":
-        # Ollama never receives the caller's key (DESIGN §6): only a YAML api_key, handled above.
+    if provider.server_credential:
+        return AMBIENT  # auth: ambient, or YAML AWS keys / a profile: SigV4, whatever the caller sends
+    if not provider.carries_caller_key():
+        # auth: none, or Ollama, which never receives the caller's key (DESIGN §6).
         return NO_CREDENTIAL
     if caller is not None:
-        return Credential("caller", caller)
-    if provider.type in ("vertex", "bedrock"):
-        return AMBIENT
-    if provider.type == "lmstudio":
-        # LM Studio wants no key unless "Require Authentication" is on: send the caller's when given.
+        # Another vendor's key is never sent here (DESIGN §14); the caller gets 401 instead.
+        return Credential("caller", caller) if provider.accepts_caller_key(caller.reveal()) else None
+    if provider.type in _KEY_OPTIONAL_TYPES:
         return NO_CREDENTIAL
-    return None
+    return None  # auth: forward without a key: never the host's ambient credentials
 
 
-def uses_caller_key(provider: ProviderConfig, endpoint_key: Secret | None) -> bool:
-    """Whether attempts on this endpoint carry the caller's key (when the caller sends one)."""
-    return (endpoint_key is None and provider.api_key is None and provider.auth == "forward"
-            and provider.type != "ollama")
+def missing_provider_key(provider: ProviderConfig | str, caller: Secret | None = None) -> GatewayError:
+    """401 ``missing_provider_key``: no credential for ``provider``, and nothing sent.
+
+    With a caller key, it was another vendor's. Without one, on a vertex/bedrock provider of a
+    host that has ambient credentials, the message names the setting that would use them.
+    """
+    name = provider if isinstance(provider, str) else provider.name
+    if caller is not None:
+        message = (f"The provider key sent as 'Authorization: Bearer' belongs to another vendor than "
+                   f"provider '{name}'; it was not sent.")
+    else:
+        message = (f"No provider key for '{name}': send it as 'Authorization: Bearer <key>' "
+                   "or configure an api_key for the provider.")
+        if not isinstance(provider, str) and ambient_credentials_present(provider):
+            message += (f" The host's own cloud credentials are used only where the configuration says "
+                        f"`providers.{name}.auth: ambient`.")
+    return GatewayError(401, message, type="invalid_request_error", code="missing_provider_key")
 
 
-def missing_provider_key(provider: str) -> GatewayError:
-    """401 for a request whose endpoints all need the caller's key and got none."""
-    return GatewayError(
-        401,
-        f"No provider key for '{provider}': send it as 'Authorization: Bearer <key>' "
-        "or configure an api_key for the provider.",
-        type="invalid_request_error",
-        code="missing_provider_key",
-    )
+# Environment variables through which the AWS credential chain finds credentials.
+_AWS_ENV: Final = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
+                   "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI")
+
+
+def ambient_credentials_present(provider: ProviderConfig, env: Mapping[str, str] | None = None) -> bool:
+    """Whether this host seems to have the ambient credentials a provider's type would use.
+
+    Cheap on purpose (environment variables and one or two file tests, no botocore, no
+    google-auth, no metadata-server call), so serving never imports the SDKs just to warn. An
+    instance role reached only through the metadata server is not seen.
+    """
+    kind = provider.ambient_kind
+    if kind is None:
+        return False
+    environ = os.environ if env is None else env
+    home = Path(environ.get("HOME") or "~").expanduser()
+    if kind == "aws":
+        if any(environ.get(name) for name in _AWS_ENV):
+            return True
+        shared = environ.get("AWS_SHARED_CREDENTIALS_FILE") or str(home / ".aws" / "credentials")
+        return Path(shared).is_file()
+    if environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+        return True
+    gcloud = Path(environ["CLOUDSDK_CONFIG"]) if environ.get("CLOUDSDK_CONFIG") else home / ".config" / "gcloud"
+    return (gcloud / "application_default_credentials.json").is_file()
+
+
+def ambient_warnings(providers: Iterable[ProviderConfig], env: Mapping[str, str] | None = None) -> list[str]:
+    """One line per vertex/bedrock provider left on ``auth: forward`` on a host whose ambient
+    credentials it will NOT use (DESIGN §14), naming the setting that would."""
+    return [
+        f"providers.{p.name}: this host has ambient cloud credentials, but `auth: forward` (the default) "
+        f"sends only the caller's key; set `providers.{p.name}.auth: ambient` to use the host's own identity"
+        for p in providers
+        if p.carries_caller_key() and ambient_credentials_present(p, env)
+    ]

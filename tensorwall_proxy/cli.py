@@ -8,8 +8,8 @@ import secrets
 import sys
 from collections.abc import Sequence
 
-from .auth import NO_CREDENTIAL, credential_for, uses_caller_key
-from .config import Config, default_config_path, key_digest, load_config, route_warnings
+from .auth import NO_CREDENTIAL, ambient_warnings, credential_for
+from .config import Config, default_config_path, key_digest, load_config
 from .errors import ConfigError, GatewayError
 from .observability import LOG_FORMAT, configure_logging
 from .providers import ChatRequest, provider_for
@@ -26,8 +26,12 @@ def _load(path: str) -> Config | None:
         return None
 
 
-def _carries_caller_key(config: Config) -> list[str]:
-    return route_warnings(config, lambda provider, endpoint: uses_caller_key(provider, endpoint.api_key))
+def _warnings(config: Config) -> list[str]:
+    """What `serve` logs and `check` prints about a valid configuration (DESIGN §14)."""
+    closed = [f"providers.{p.name}: a server-side credential and no `models:`, so it serves only the routes "
+              "under `routes:` (list its models, or `models: [\"*\"]` for every model)"
+              for p in config.providers.values() if p.server_credential and not p.models]
+    return ambient_warnings(config.providers.values()) + closed
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -49,7 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     if not worker:
-        for warning in _carries_caller_key(config):
+        for warning in _warnings(config):
             logging.getLogger("tensorwall_proxy").warning("%s", warning)
     try:
         check_bind(config, host, args.no_gateway_key, warn=not worker)
@@ -65,7 +69,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
-    for warning in _carries_caller_key(config):
+    for warning in _warnings(config):
         print(f"warning: {warning}")
     print(f"{args.config}: ok ({len(config.routes)} routes, {len(config.providers)} providers, "
           f"gateway auth {'on' if config.gateway_keys else 'off'})")

@@ -17,7 +17,7 @@ import ipaddress
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -101,7 +101,19 @@ _TYPE_KEYS: Final[dict[str, frozenset[str]]] = {
         {"region", "base_url", "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "profile"}
     ),
 }
-_AMBIENT_TYPES: Final = frozenset({"vertex", "bedrock"})
+# The ambient credentials a type can use: google-auth application default credentials, or the AWS chain.
+AMBIENT_KINDS: Final[dict[str, Literal["google", "aws"]]] = {"vertex": "google", "bedrock": "aws"}
+_AMBIENT_TYPES: Final = frozenset(AMBIENT_KINDS)
+# Types that never receive the caller's key, whatever `auth` says: Ollama gets only a YAML api_key.
+_NO_CALLER_KEY_TYPES: Final = frozenset({"ollama"})
+# Well-known key prefixes of one vendor (DESIGN §14): a caller key that starts with one is sent only
+# to providers of the listed types, never to another vendor that would log or reject it.
+KEY_PREFIX_TYPES: Final[tuple[tuple[str, frozenset[str]], ...]] = (
+    ("sk-ant-", frozenset({"anthropic"})),
+    ("gsk_", frozenset({"groq"})),
+    ("AIza", frozenset({"vertex"})),
+)
+_VENDOR_PREFIXES: Final = tuple(prefix for prefix, _ in KEY_PREFIX_TYPES)
 
 SHA256_PREFIX: Final = "sha256:"
 _DIGEST_RE: Final = re.compile(r"sha256:[0-9a-fA-F]{64}", re.IGNORECASE)
@@ -217,6 +229,47 @@ class ProviderConfig:
     betas: tuple[str, ...] | None = None
     # Why a request routed here cannot be sent (a required setting is empty), or None.
     unconfigured: str | None = None
+    # Derived once here, read on every request (credential_for): see the properties below.
+    _server: bool = field(init=False, repr=False, compare=False, default=False)
+    _forwards: bool = field(init=False, repr=False, compare=False, default=False)
+
+    def __post_init__(self) -> None:
+        server = (self.api_key is not None or self.auth == "ambient" or self.aws_access_key_id is not None
+                  or bool(self.profile))
+        object.__setattr__(self, "_server", server)
+        object.__setattr__(self, "_forwards", not server and self.auth == "forward"
+                           and self.type not in _NO_CALLER_KEY_TYPES)
+
+    @property
+    def scope(self) -> str:
+        """The key scope the caller's key is bound to within one request (DESIGN §14)."""
+        return self.key_scope or self.name
+
+    @property
+    def server_credential(self) -> bool:
+        """Whether the provider authenticates with a credential of the operator's: a YAML
+        ``api_key``, ``auth: ambient``, or YAML AWS keys / a profile (SigV4, DESIGN §14)."""
+        return self._server
+
+    @property
+    def ambient_kind(self) -> Literal["google", "aws"] | None:
+        """The ambient credentials the type can use (google-auth ADC, the AWS chain), or None."""
+        return AMBIENT_KINDS.get(self.type)
+
+    def carries_caller_key(self, endpoint_key: Secret | None = None) -> bool:
+        """Whether attempts on this provider (through an endpoint with ``endpoint_key``) carry the
+        caller's key when the caller sends one."""
+        return endpoint_key is None and self._forwards
+
+    def accepts_caller_key(self, key: str) -> bool:
+        """False for a key with another vendor's well-known prefix (``sk-ant-`` to a non-anthropic
+        provider, ...): such a key is never sent here."""
+        if not key.startswith(_VENDOR_PREFIXES):
+            return True  # the common case: one C-level test
+        for prefix, types in KEY_PREFIX_TYPES:
+            if key.startswith(prefix):
+                return self.type in types
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -712,6 +765,32 @@ def _read_rules(raw: Any, present: bool, providers: Mapping[str, ProviderConfig]
     return tuple(rules)
 
 
+def _check_key_scopes(routes: Mapping[str, RouteConfig], providers: Mapping[str, ProviderConfig],
+                      errors: _Errors) -> None:
+    """Within one request the caller's key reaches at most one key scope (DESIGN §6, §14): a route
+    whose endpoints would carry it to two is refused, naming the endpoint and the remedies."""
+    for route in routes.values():
+        first: tuple[int, ProviderConfig] | None = None
+        for i, endpoint in enumerate(route.endpoints):
+            provider = providers[endpoint.provider]
+            if not provider.carries_caller_key(endpoint.api_key):
+                continue
+            if first is None:
+                first = (i, provider)
+                continue
+            j, other = first
+            if provider.scope == other.scope:
+                continue
+            errors.add(
+                f"routes.{route.name}.endpoints[{i}]",
+                f"would carry the caller's key to provider '{provider.name}' (key scope '{provider.scope}') "
+                f"while endpoints[{j}] carries it to '{other.name}' (key scope '{other.scope}'); within one "
+                "request the caller's key reaches one key scope. Give this endpoint (or its provider) an "
+                "api_key, set `auth: none` on a provider that needs no key, or give providers that may "
+                "share the caller's key one `key_scope`",
+            )
+
+
 _TOP_KEYS: Final = frozenset({"server", "gateway_keys", "providers", "routes", "rules", "timeouts", "retries"})
 
 
@@ -778,6 +857,7 @@ def parse_config(text: str, *, env: Mapping[str, str] | None = None, source: str
     retries = _read_retries(raw.get("retries"), errors)
     routes = _read_routes(raw.get("routes"), providers, timeouts, errors)
     rules = _read_rules(raw.get("rules"), "rules" in raw, providers, errors)
+    _check_key_scopes(routes, providers, errors)
     if errors.items:
         raise ConfigError(errors.items)
     return Config(server=server, gateway_keys=gateway_keys, providers=providers, routes=routes, rules=rules,
@@ -808,25 +888,3 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def route_warnings(config: Config, carries_caller_key: Callable[[ProviderConfig, EndpointConfig], bool]) -> list[str]:
-    """Routes whose fallbacks can never be tried with the caller's key (DESIGN §6).
-
-    The caller's key reaches one provider type per request, so in a route whose endpoints forward
-    the caller's key to two or more types, an attempt on one type leaves the others without a key.
-    """
-    warnings: list[str] = []
-    for route in config.routes.values():
-        types = sorted({
-            config.providers[e.provider].type
-            for e in route.endpoints
-            if carries_caller_key(config.providers[e.provider], e)
-        })
-        if len(types) > 1:
-            warnings.append(
-                f"routes.{route.name}: endpoints of types {', '.join(types)} all use the caller's key, "
-                "which reaches one provider type per request; give the others an api_key, or they are "
-                "skipped as fallbacks"
-            )
-    return warnings

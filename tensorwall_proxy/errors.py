@@ -17,8 +17,9 @@ This module is a leaf: it imports nothing of the gateway and does no I/O.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import orjson
 
@@ -38,6 +39,31 @@ _TYPE_BY_STATUS = {
     422: "invalid_request_error",
     429: "rate_limit_error",
 }
+
+
+REDACTED: Final = "[redacted]"
+# Anything shaped like a credential in upstream text (DESIGN §6, §14): OpenAI-style `sk-…` keys
+# (Anthropic's `sk-ant-…` among them), Groq `gsk_…`, Google API keys `AIza…` and OAuth tokens
+# `ya29.…`, AWS access key ids, JWTs, and whatever follows `Bearer`. Compiled once; used only on
+# error text, never on content.
+_KEY_SHAPED: Final = re.compile(
+    r"(?i:\bbearer\s+)[^\s\"',;]+"
+    r"|\b(?:sk-|gsk_)[A-Za-z0-9_\-]{6,}"
+    r"|\bAIza[0-9A-Za-z_\-]{10,}"
+    r"|\bya29\.[0-9A-Za-z_.\-]+"
+    r"|\b(?:AKIA|ASIA)[0-9A-Z]{12,}"
+    r"|\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"
+)
+# A credential shorter than this is not searched for verbatim: replacing a two-letter "key"
+# everywhere would garble the message and protect nothing.
+_MIN_SECRET: Final = 6
+
+
+def redact(text: str, secret: str | None = None) -> str:
+    """``text`` with ``secret`` and anything shaped like a key replaced by ``[redacted]``."""
+    if secret is not None and len(secret) >= _MIN_SECRET and secret in text:
+        text = text.replace(secret, REDACTED)
+    return _KEY_SHAPED.sub(REDACTED, text)
 
 
 class GatewayError(Exception):
@@ -127,6 +153,14 @@ class UpstreamError(GatewayError):
         # False only when the request provably never left this process (refused, DNS, TLS, pool
         # wait): only then may the same endpoint be tried again without risking a double charge.
         self.reached_upstream = reached_upstream
+
+    def redact(self, secret: str | None) -> None:
+        """Remove ``secret`` (the attempt's own credential) and key-shaped text from what came from
+        the upstream, before a caller or a log sees it."""
+        self.message = redact(self.message, secret)
+        self.args = (self.message,)
+        if self.param is not None:
+            self.param = redact(self.param, secret)
 
     @property
     def falls_back(self) -> bool:

@@ -31,8 +31,8 @@ from aiohttp import web
 
 from . import api, relay
 from .app import apply_config, build_app, build_metrics_app
-from .auth import uses_caller_key
-from .config import Config, is_loopback, load_config, route_warnings
+from .auth import ambient_warnings
+from .config import Config, is_loopback, load_config
 from .errors import ConfigError
 from .systemd import Notifier
 
@@ -119,7 +119,7 @@ def load_for_reload(path: str, host: str, allow_no_key: bool, *, warn: bool = Tr
         log.error("reload of %s refused: %s; still serving the previous configuration", path, exc)
         return None
     if warn:
-        for warning in route_warnings(config, lambda provider, endpoint: uses_caller_key(provider, endpoint.api_key)):
+        for warning in ambient_warnings(config.providers.values()):
             log.warning("%s", warning)
     return config
 

@@ -127,7 +127,7 @@ class Attempt:
 
 
 def plan(table: Table, gateway: Gateway, route: Route, caller: Secret | None) -> list[Attempt]:
-    """The attempts for one request in order, before the attempt cap and the one-type rule.
+    """The attempts for one request in order, before the attempt cap and the one-key-scope rule.
 
     Endpoints that cannot be tried at all (provider not configured, no credential) are left out;
     when that leaves none, the reason is the error. Unhealthy endpoints are skipped while any is
@@ -144,7 +144,7 @@ def plan(table: Table, gateway: Gateway, route: Route, caller: Secret | None) ->
             reason = reason or ProviderNotConfigured(provider.unconfigured)
             continue
         if credential is None:
-            reason = reason or missing_provider_key(provider.name)
+            reason = reason or missing_provider_key(provider, caller)
             continue
         key: HealthKey = (provider.name, endpoint.model or route.name, credential.health_digest)
         usable.append(Attempt(endpoint, provider, credential, key, table.config.retries.cooldown_seconds))
@@ -183,15 +183,16 @@ async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Sec
     cap = table.config.retries.attempts
     gateway.budget.deposit()
     made = 0
-    caller_type: str | None = None
+    caller_scope: str | None = None
     failure: GatewayError | None = None  # the last upstream failure: what the caller gets
     skipped: GatewayError | None = None  # why an endpoint could not express the request
     position = 0
     same = 0  # retries of the current endpoint
     while position < len(attempts) and made < cap:
         attempt = attempts[position]
-        # The caller's key reaches one provider type per request (DESIGN §6).
-        if attempt.credential.kind == "caller" and caller_type not in (None, attempt.provider.type):
+        # The caller's key reaches one key scope per request (DESIGN §6, §14). Loading refuses routes
+        # that would break this; here it holds for any route, however it was made.
+        if attempt.credential.kind == "caller" and caller_scope not in (None, attempt.provider.scope):
             position += 1
             continue
         if made and not gateway.budget.spend():
@@ -214,7 +215,7 @@ async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Sec
             position += 1
             continue
         if attempt.credential.kind == "caller":
-            caller_type = attempt.provider.type
+            caller_scope = attempt.provider.scope
         made += 1
         record.provider = attempt.provider.name
         record.model = attempt.model
@@ -224,6 +225,7 @@ async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Sec
             response = await execute(impl, attempt, call)
         except UpstreamError as exc:
             exc.provider = attempt.provider.name
+            _scrub(exc, attempt, credential)
             record.attempt(attempt.provider.name, outcome_of(exc.status, exc.kind), exc.status, started)
             _record_failure(gateway, attempt, exc)
             failure = exc.with_traceback(None)  # kept past the handler: no frames, no reference cycle
@@ -246,6 +248,19 @@ async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Sec
         raise error
     finally:
         del error
+
+
+def _scrub(exc: UpstreamError, attempt: Attempt, credential: Credential | None = None) -> None:
+    """Upstream text loses the attempt's credential (``credential``: the one it carried, ambient
+    ones resolved) and anything key-shaped (DESIGN §6); a 401/403 to the operator's own credential
+    tells the caller nothing of the upstream's reasons."""
+    secret = (credential or attempt.credential).secret
+    exc.redact(secret.reveal() if secret is not None else None)
+    if exc.kind == "auth" and attempt.credential.kind in ("server", "ambient"):
+        exc.message = (f"Upstream '{attempt.provider.name}' refused the gateway's configured credential "
+                       f"(HTTP {exc.status}); the gateway's operator must check it.")
+        exc.args = (exc.message,)
+        exc.param = exc.code = None
 
 
 def _record_failure(gateway: Gateway, attempt: Attempt, exc: UpstreamError) -> None:
@@ -530,6 +545,7 @@ async def _fail_stream(gateway: Gateway, attempt: Attempt, client: web.StreamRes
             raise error
         finally:
             del error  # no cycle between this frame and the exception's traceback
+    _scrub(error, attempt)
     _record_failure(gateway, attempt, error)
     pending.append(encode(error.body()))
     await _flush(client, pending)

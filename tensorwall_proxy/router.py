@@ -1,7 +1,10 @@
 """Name resolution and attempt order: ``LLMRouter`` and ``RouteEndpoint`` (the Python API of llm-providers.md).
 
 A public model name resolves in DESIGN §5's order: an exact route, then ``<provider>/<model>``
-for any configured provider, then the pattern table (built in, or ``rules:``), else 404. The
+for any configured provider, then the pattern table (built in, or ``rules:``), else 404. A
+provider with a server-side credential serves through the prefix form and the patterns only the
+upstream models its ``models:`` matches (DESIGN §14): a gateway key must not unlock the operator's
+account for any model; routes under ``routes:`` are explicit and not gated. The
 router then orders a route's healthy endpoints for one request: a weighted pick first, then the
 fallbacks by ascending priority and descending weight.
 
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import translate
 from typing import Final
@@ -106,6 +109,22 @@ def _compile(rule: RuleConfig) -> _CompiledRule:
     return _CompiledRule(rule, None, re.compile(translate(rule.match)))
 
 
+ModelGate = Callable[[str], bool]
+
+
+def model_gate(models: Sequence[str]) -> ModelGate:
+    """Whether an upstream model id is one of ``models`` (exact ids and fnmatch globs, case-sensitive;
+    ``*`` alone opens every model). The globs are compiled here, once per table."""
+    if "*" in models:
+        return lambda model: True
+    exact = frozenset(m for m in models if not any(c in m for c in "*?["))
+    globs = [m for m in models if m not in exact]
+    if not globs:
+        return exact.__contains__
+    pattern = re.compile("|".join(f"(?:{translate(glob)})" for glob in globs))
+    return lambda model: model in exact or pattern.match(model) is not None
+
+
 class LLMRouter:
     """Routes by model name and orders endpoints by weight and priority.
 
@@ -117,8 +136,10 @@ class LLMRouter:
     """
 
     def __init__(self, providers: Iterable[str] | None = None, rules: Sequence[RuleConfig] | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, gates: Mapping[str, ModelGate] | None = None) -> None:
         self._providers = frozenset(providers if providers is not None else DEFAULT_PROVIDERS)
+        # provider → which upstream models its prefix and patterns may reach; absent: any.
+        self._gates = dict(gates or {})
         self._rules = tuple(_compile(r) for r in (BUILTIN_RULES if rules is None else rules)
                             if r.provider in self._providers)
         self._routes: dict[str, Route] = {}
@@ -128,7 +149,8 @@ class LLMRouter:
     @classmethod
     def from_config(cls, config: Config, rng: random.Random | None = None) -> LLMRouter:
         """The router the YAML describes."""
-        router = cls(config.providers, config.rules, rng)
+        gates = {name: model_gate(p.models) for name, p in config.providers.items() if p.server_credential}
+        router = cls(config.providers, config.rules, rng, gates)
         for route in config.routes.values():
             router.add_route(
                 route.name,
@@ -176,15 +198,26 @@ class LLMRouter:
     def _resolve_uncached(self, model: str) -> Route:
         prefix, slash, rest = model.partition("/")
         if slash and rest and prefix in self._providers:
-            return Route(model, f"{prefix}/*", (RouteEndpoint(prefix, rest),))
-        for compiled in self._rules:
-            if compiled.matches(model):
-                rule = compiled.rule
-                upstream = model[len(rule.strip):] if rule.strip and model.startswith(rule.strip) else model
-                if upstream:
-                    return Route(model, rule.match, (RouteEndpoint(rule.provider, upstream),))
+            if self._admits(prefix, rest):
+                return Route(model, f"{prefix}/*", (RouteEndpoint(prefix, rest),))
+        else:
+            for compiled in self._rules:
+                if compiled.matches(model):
+                    rule = compiled.rule
+                    upstream = model[len(rule.strip):] if rule.strip and model.startswith(rule.strip) else model
+                    if not upstream:
+                        continue
+                    # First match wins: a gated provider that does not serve the model is a 404,
+                    # not a reason to try the next rule.
+                    if self._admits(rule.provider, upstream):
+                        return Route(model, rule.match, (RouteEndpoint(rule.provider, upstream),))
+                    break
         raise GatewayError(404, f"The model '{model}' does not exist or is not routed by this gateway.",
                            param="model", code="model_not_found")
+
+    def _admits(self, provider: str, upstream: str) -> bool:
+        gate = self._gates.get(provider)
+        return gate is None or gate(upstream)
 
     def order(self, route: Route, healthy: Sequence[bool]) -> list[int]:
         """Indices of the healthy endpoints of ``route`` in the order one request should try them.

@@ -59,7 +59,9 @@ timeouts: {connect: -1}
         assert expected in result.stderr, result.stderr
 
 
-def test_check_warns_about_fallbacks_that_cannot_carry_the_callers_key(tmp_path: Path) -> None:
+def test_check_refuses_a_route_carrying_the_callers_key_to_two_key_scopes(tmp_path: Path) -> None:
+    """DESIGN §14: a route that would carry the caller's key to two key scopes is a load error (it
+    used to be a warning while the key still went to the first type picked, which could be either)."""
     config = tmp_path / "mixed.yaml"
     config.write_text("""
 gateway_keys: []
@@ -67,11 +69,66 @@ routes:
   mixed:
     endpoints:
       - {provider: openai, model: gpt-4o}
-      - {provider: groq, model: llama3-70b-8192}
+      - {provider: anthropic, model: claude-3-5-sonnet-latest}
 """)
     result = run("check", "--config", str(config))
-    assert result.returncode == 0
-    assert "warning: routes.mixed" in result.stdout and "groq, openai" in result.stdout
+    assert result.returncode == 1
+    assert "routes.mixed.endpoints[1]: would carry the caller's key to provider 'anthropic'" in result.stderr
+    for remedy in ("api_key", "auth: none", "key_scope"):
+        assert remedy in result.stderr
+
+
+def _ambient_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The clean environment with a home of its own (no ~/.aws, no gcloud ADC) plus ``extra``."""
+    env = {k: v for k, v in CLEAN_ENV.items()
+           if not k.startswith(("AWS_", "GOOGLE_", "CLOUDSDK_"))}
+    return {**env, "HOME": str(tmp_path), **extra}
+
+
+def test_serve_logs_one_warning_when_ambient_credentials_exist_but_auth_is_forward(tmp_path: Path) -> None:
+    port = _free_port()
+    env = _ambient_env(tmp_path, AWS_ACCESS_KEY_ID="AKIAHOSTROLE00000000", AWS_SECRET_ACCESS_KEY="host-secret")
+    process = subprocess.Popen([*CLI, "serve", "--config", "config/tensorwall.yaml", "--port", str(port)],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline, "the proxy did not start"
+                time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        _, stderr = process.communicate()
+    warnings = [line for line in stderr.splitlines() if "auth: ambient" in line]
+    assert len(warnings) == 1 and "WARNING" in warnings[0], stderr
+    assert "providers.bedrock.auth: ambient" in warnings[0]
+    assert "host-secret" not in stderr
+
+
+def test_check_warns_when_ambient_credentials_exist_but_auth_is_forward(tmp_path: Path) -> None:
+    """DESIGN §14: forward never falls back to the host's identity; `check` says which setting would use it."""
+    quiet = run("check", "--config", "config/tensorwall.yaml", env=_ambient_env(tmp_path))
+    assert quiet.returncode == 0, quiet.stderr
+    assert "auth: ambient" not in quiet.stdout + quiet.stderr
+    aws = _ambient_env(tmp_path, AWS_ACCESS_KEY_ID="AKIAHOSTROLE00000000", AWS_SECRET_ACCESS_KEY="host-secret")
+    result = run("check", "--config", "config/tensorwall.yaml", env=aws)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    assert len(lines) == 1 and "providers.bedrock.auth: ambient" in lines[0], result.stdout
+    assert "host-secret" not in result.stdout and "AKIAHOSTROLE" not in result.stdout
+    adc = tmp_path / ".config" / "gcloud" / "application_default_credentials.json"
+    adc.parent.mkdir(parents=True)
+    adc.write_text("{}")
+    result = run("check", "--config", "config/tensorwall.yaml", env=_ambient_env(tmp_path))
+    assert [line for line in result.stdout.splitlines() if line.startswith("warning:")] == [
+        line for line in result.stdout.splitlines() if "providers.vertex.auth: ambient" in line]
+    assert "providers.vertex.auth: ambient" in result.stdout
 
 
 @pytest.mark.parametrize(("model", "expected"), [
@@ -172,6 +229,10 @@ def test_serving_the_default_config_imports_neither_google_auth_nor_botocore() -
         "    await runner.setup()\n"
         "    await runner.cleanup()\n"
         "asyncio.run(main())\n"
+        # The start-up warning about ambient credentials looks for them without the SDKs.
+        "from tensorwall_proxy.auth import ambient_warnings\n"
+        "assert ambient_warnings(load_config('config/tensorwall.yaml').providers.values(),\n"
+        "                        {'AWS_ACCESS_KEY_ID': 'x', 'GOOGLE_APPLICATION_CREDENTIALS': '/x'})\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('botocore', 'aiobotocore', 'google', 'requests')))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import textwrap
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,6 @@ from tensorwall_proxy.config import (
     PROVIDER_TYPES,
     Config,
     EndpointConfig,
-    ProviderConfig,
     RuleConfig,
     Secret,
     Timeouts,
@@ -27,7 +26,6 @@ from tensorwall_proxy.config import (
     key_digest,
     load_config,
     parse_config,
-    route_warnings,
 )
 from tensorwall_proxy.errors import ConfigError, GatewayError
 
@@ -345,7 +343,7 @@ def test_an_unset_variable_in_a_list_item_names_the_index() -> None:
           gpt-4:
             endpoints:
               - {provider: openai}
-              - {provider: azure, model: "${DEPLOYMENT}"}
+              - {provider: azure, model: "${DEPLOYMENT}", api_key: azure-server-key}
     """ % ("a" * 64))
     assert len(errors) == 1
     assert errors[0].startswith("routes.gpt-4.endpoints[1].model: environment variable DEPLOYMENT is not set")
@@ -774,7 +772,7 @@ def test_an_endpoint_that_is_not_a_mapping_is_an_error() -> None:
 def test_endpoint_weight_zero_and_string_numbers_are_accepted() -> None:
     config = parse(auth_off("""
         routes:
-          r: {endpoints: [{provider: openai, weight: 0}, {provider: groq, weight: "5", priority: "2"}]}
+          r: {endpoints: [{provider: openai, weight: 0}, {provider: openai, weight: "5", priority: "2"}]}
     """))
     first, second = config.routes["r"].endpoints
     assert first.weight == 0
@@ -993,7 +991,7 @@ def test_an_unknown_auth_mode_is_an_error() -> None:
     assert errors == ["providers.openai.auth: expected forward, ambient or none, got 'bearer'"]
 
 
-# --- Secret, is_loopback, route_warnings, default_config_path --------------------------------------
+# --- Secret, is_loopback, key scopes, default_config_path --------------------------------------
 
 
 def test_secret_repr_and_str_never_show_the_value() -> None:
@@ -1039,33 +1037,45 @@ def test_is_loopback(host: str, expected: bool) -> None:
     assert is_loopback(host) is expected
 
 
-def _forwards_caller_key(provider: ProviderConfig, endpoint: EndpointConfig) -> bool:
-    return provider.api_key is None and endpoint.api_key is None and provider.auth == "forward"
-
-
-def test_route_warnings_flag_routes_forwarding_the_callers_key_to_two_types() -> None:
-    config = parse(auth_off("""
+def test_a_route_carrying_the_callers_key_to_two_key_scopes_is_a_load_error() -> None:
+    """DESIGN §14: within one request the caller's key reaches one key scope; a route that would
+    carry it to two (a weighted openai/anthropic pair, or a second `type: openai` host) is refused
+    at load, with its YAML path and the remedies."""
+    errors = errors_of(auth_off("""
+        providers:
+          openai-eu: {type: openai, base_url: "https://eu.example.com/v1"}
         routes:
           mixed:
             endpoints: [{provider: openai}, {provider: anthropic, model: claude-3-5-sonnet-latest}]
-          same-type:
+          two-hosts:
+            endpoints: [{provider: openai}, {provider: openai-eu, model: gpt-4o-mini}]
+    """))
+    assert len(errors) == 2
+    mixed = next(e for e in errors if e.startswith("routes.mixed.endpoints[1]: "))
+    assert "'anthropic'" in mixed and "'openai'" in mixed
+    for remedy in ("api_key", "auth: none", "key_scope"):
+        assert remedy in mixed
+    assert any(e.startswith("routes.two-hosts.endpoints[1]: ") for e in errors)
+
+
+def test_routes_within_one_key_scope_or_with_server_side_keys_load() -> None:
+    config = parse(auth_off("""
+        providers:
+          openai-eu: {type: openai, base_url: "https://eu.example.com/v1", key_scope: openai}
+          local: {type: openai, base_url: "http://127.0.0.1:9/v1", auth: none}
+        routes:
+          same-provider:
             endpoints: [{provider: openai}, {provider: openai, model: gpt-4o-mini}]
+          shared-scope:
+            endpoints: [{provider: openai}, {provider: openai-eu}]
           keyed:
             endpoints: [{provider: openai}, {provider: anthropic, api_key: server-side}]
+          keyless:
+            endpoints: [{provider: openai}, {provider: local}, {provider: ollama}]
     """))
-    warnings = route_warnings(config, _forwards_caller_key)
-    assert len(warnings) == 1
-    assert warnings[0].startswith("routes.mixed: endpoints of types anthropic, openai all use the caller's key")
-
-
-def test_route_warnings_consult_the_given_predicate() -> None:
-    config = parse(auth_off("""
-        routes:
-          mixed: {endpoints: [{provider: openai}, {provider: groq}]}
-    """))
-    never: Callable[[ProviderConfig, EndpointConfig], bool] = lambda provider, endpoint: False  # noqa: E731
-    assert route_warnings(config, never) == []
-    assert len(route_warnings(config, _forwards_caller_key)) == 1
+    assert set(config.routes) == {"same-provider", "shared-scope", "keyed", "keyless"}
+    assert config.providers["openai-eu"].scope == "openai"
+    assert config.providers["anthropic"].scope == "anthropic"  # default: the provider's name
 
 
 def test_default_config_path() -> None:

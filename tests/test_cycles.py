@@ -68,8 +68,8 @@ async def _failing_requests() -> list[str]:
 gateway_keys: []
 providers:
   openai: {{base_url: "{base}"}}
-  backup: {{type: openai, base_url: "{base}"}}
-  dead: {{type: openai, base_url: "http://127.0.0.1:{_closed_port()}/v1"}}
+  backup: {{type: openai, base_url: "{base}", key_scope: openai}}
+  dead: {{type: openai, base_url: "http://127.0.0.1:{_closed_port()}/v1", key_scope: openai}}
 routes:
   flaky:
     strategy: priority

@@ -33,6 +33,7 @@ def signed(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> Proxy:
     base_url: "{fake.base_url}/bedrock"
     aws_access_key_id: {BEDROCK_ACCESS_KEY}
     aws_secret_access_key: {BEDROCK_SECRET_KEY}
+    models: ["*"]
 """))
 
 
@@ -74,19 +75,50 @@ def test_profiles_and_arns_are_signed_on_their_encoded_path(signed: Proxy, fake:
     assert fake.last("bedrock").path_model == model_id
 
 
-def test_forward_without_a_key_signs_with_the_aws_chain(make_proxy: Callable[..., Proxy], fake: FakeUpstream,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def _aws_chain_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host's AWS identity, as an instance role or exported keys give it: in the environment."""
     for name, value in {"AWS_ACCESS_KEY_ID": BEDROCK_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": BEDROCK_SECRET_KEY,
                         "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/nonexistent",
                         "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+def test_forward_without_a_key_never_uses_the_hosts_aws_identity(make_proxy: Callable[..., Proxy],
+                                                                 fake: FakeUpstream,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """DESIGN §14: a keyless caller on the default `auth: forward` gets 401, not the operator's role;
+    the 401 names the setting that would use it. (It used to be signed with the host's credentials.)"""
+    _aws_chain_env(monkeypatch)
     proxy = make_proxy()
+    response = post_json(proxy, "/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
+                         key=None)
+    assert response.status == 401, response.body
+    error = response.json()["error"]
+    assert error["code"] == "missing_provider_key"
+    assert "providers.bedrock.auth: ambient" in error["message"]
+    assert BEDROCK_ACCESS_KEY not in response.text and "AWS_" not in response.text
+    assert fake.requests == []
+
+
+def test_ambient_signs_with_the_aws_chain_for_its_models(make_proxy: Callable[..., Proxy], fake: FakeUpstream,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    _aws_chain_env(monkeypatch)
+    proxy = make_proxy(text=config_text(fake).replace(
+        f'bedrock:  {{region: us-east-1, base_url: "{fake.base_url}/bedrock"}}',
+        f'bedrock:  {{region: us-east-1, base_url: "{fake.base_url}/bedrock", auth: ambient,'
+        f' models: ["anthropic.*"]}}'))
     response = post_json(proxy, "/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
                          key=None)
     assert response.status == 200, response.body
     assert fake.last("bedrock").auth_scheme == "sigv4"
+    # The operator's identity serves only the models `models:` lists: any other name is 404, nothing sent.
+    fake.clear()
+    response = post_json(proxy, "/v1/chat/completions",
+                         {"model": "bedrock/meta.llama3-70b-instruct-v1:0", "messages": [{"role": "user", "content": "x"}]})
+    assert response.status == 404 and response.json()["error"]["code"] == "model_not_found"
+    assert fake.requests == []
 
 
 def test_stream_with_usage(bedrock: Proxy) -> None:

@@ -199,7 +199,8 @@ def service_account(fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.Monk
 def ambient(make_proxy: Callable[..., Proxy], fake: FakeUpstream, service_account: Path) -> Proxy:
     # No project in the YAML: it comes from the service account's project_id.
     return make_proxy(text=config_text(
-        fake, providers=f'  vertex-sa: {{type: vertex, auth: ambient, base_url: "{fake.base_url}/vertex"}}\n'))
+        fake, providers=f'  vertex-sa: {{type: vertex, auth: ambient, base_url: "{fake.base_url}/vertex",'
+                        f' models: ["gemini-*"]}}\n'))
 
 
 def test_ambient_mints_forwards_and_caches_a_token(ambient: Proxy, fake: FakeUpstream) -> None:
@@ -238,7 +239,8 @@ def test_ambient_without_credentials_is_a_clear_503(make_proxy: Callable[..., Pr
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
     monkeypatch.setenv("NO_GCE_CHECK", "True")
     proxy = make_proxy(text=config_text(
-        fake, providers=f'  vertex-sa: {{type: vertex, project: p, auth: ambient, base_url: "{fake.base_url}/vertex"}}\n'))
+        fake, providers=f'  vertex-sa: {{type: vertex, project: p, auth: ambient, base_url: "{fake.base_url}/vertex",'
+                        f' models: ["*"]}}\n'))
     response = post_json(proxy, "/v1/chat/completions",
                          {"model": "vertex-sa/gemini-2.5-flash", "messages": [{"role": "user", "content": "x"}]})
     assert response.status == 503
@@ -246,10 +248,26 @@ def test_ambient_without_credentials_is_a_clear_503(make_proxy: Callable[..., Pr
     assert "GOOGLE_APPLICATION_CREDENTIALS" in response.json()["error"]["message"]
 
 
-def test_forward_without_a_caller_key_uses_the_ambient_credentials(make_proxy: Callable[..., Proxy],
-                                                                     fake: FakeUpstream, service_account: Path) -> None:
+def test_forward_without_a_caller_key_never_uses_the_ambient_credentials(make_proxy: Callable[..., Proxy],
+                                                                           fake: FakeUpstream,
+                                                                           service_account: Path) -> None:
+    """DESIGN §14: with google-auth credentials on the host, a keyless caller on the default
+    `auth: forward` gets 401 naming `providers.vertex.auth: ambient`, and no token is minted.
+    (It used to be served with the host's service account.)"""
     proxy = make_proxy()
     response = post_json(proxy, "/v1/chat/completions",
                          {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}, key=None)
-    assert response.status == 200
-    assert fake.last("vertex").header("Authorization") == f"Bearer {fake.issued_tokens[-1]}"
+    assert response.status == 401, response.body
+    error = response.json()["error"]
+    assert error["code"] == "missing_provider_key"
+    assert "providers.vertex.auth: ambient" in error["message"]
+    assert "GOOGLE_APPLICATION_CREDENTIALS" not in error["message"]
+    assert fake.requests == [] and fake.token_requests == []
+
+
+def test_ambient_serves_only_the_models_it_lists(ambient: Proxy, fake: FakeUpstream) -> None:
+    """A provider with the host's identity serves through its prefix only what `models:` matches."""
+    response = post_json(ambient, "/v1/chat/completions",
+                         {"model": "vertex-sa/text-embedding-005", "messages": [{"role": "user", "content": "x"}]})
+    assert response.status == 404 and response.json()["error"]["code"] == "model_not_found"
+    assert fake.requests == [] and fake.token_requests == []

@@ -97,8 +97,8 @@ def scripted(fake: FakeUpstream) -> Iterator[Callable[[str, Scripted], str]]:
 def raw_proxy(make_proxy: Callable[..., Proxy], fake: FakeUpstream, raw: RawServer, *,
               fallback: bool = True) -> Proxy:
     """A proxy whose route `faulty` tries the raw server first and, with `fallback`, the fake's
-    openai flavor second; both are openai-type endpoints, so the caller's key may go to either."""
-    text = config_text(fake, providers=f'  raw: {{type: openai, base_url: "{raw.base_url}/v1"}}\n')
+    openai flavor second; both share the `openai` key scope, so the caller's key may go to either."""
+    text = config_text(fake, providers=f'  raw: {{type: openai, base_url: "{raw.base_url}/v1", key_scope: openai}}\n')
     second = "\n      - {provider: openai, model: gpt-4o, priority: 1}" if fallback else ""
     return make_proxy(text=text + f"""
 routes:

@@ -109,8 +109,9 @@ routes:
 
 
 def test_endpoint_health_gauge(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> None:
-    proxy = make_proxy()
-    post_json(proxy, "/v1/chat/completions", {"model": "azure-eu/fail-429", "messages": USER})
+    # A route: azure-eu's server-side key serves only its `models:` through the prefix.
+    proxy = make_proxy("routes:\n  cooled:\n    endpoints:\n      - {provider: azure-eu, model: fail-429}\n")
+    post_json(proxy, "/v1/chat/completions", {"model": "cooled", "messages": USER})
     text = _scrape(proxy)
     assert _metric(text, "tensorwall_endpoint_health", provider="azure-eu", model="other", state="cooling") == 1
 

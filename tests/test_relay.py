@@ -8,6 +8,8 @@ from collections.abc import Callable
 import openai
 import pytest
 
+from tensorwall_proxy.api import GATEWAY
+from tensorwall_proxy.router import RouteEndpoint
 from tests.conftest import PROVIDER_KEY, Proxy, RawResponse, config_text, post_json
 from tests.fakes import FakeUpstream
 
@@ -171,18 +173,19 @@ routes:
     assert len(fake.requests) == 1
 
 
-def test_caller_key_reaches_one_provider_type_per_request(make_proxy: Callable[..., Proxy],
-                                                           fake: FakeUpstream) -> None:
-    """A fallback of another type that would need the caller's key is skipped, never sent that key."""
-    proxy = make_proxy("""
-routes:
-  mixed:
-    strategy: priority
-    endpoints:
-      - {provider: openai, model: fail-500, priority: 0}
-      - {provider: groq, model: llama3-70b-8192, priority: 1}
-      - {provider: azure-eu, model: gpt-4o, priority: 2}
-""")
+def test_caller_key_reaches_one_key_scope_per_request(make_proxy: Callable[..., Proxy],
+                                                      fake: FakeUpstream) -> None:
+    """Loading refuses a route that would carry the caller's key to two key scopes; a route made
+    through the Python API is held to the same rule at run time: a fallback of another key scope
+    that would need the caller's key is skipped, never sent that key. (Another `type: openai` host
+    is another scope: the rule used to be one provider type per request, which let the key through.)"""
+    proxy = make_proxy(text=config_text(fake, providers=f'  openai-other: {{type: openai, base_url: "{fake.base_url}/openai/v1"}}\n'))
+    proxy.app[GATEWAY].table.router.add_route("mixed", [
+        RouteEndpoint("openai", "fail-500", priority=0),
+        RouteEndpoint("openai-other", "gpt-4o", priority=1),
+        RouteEndpoint("groq", "llama3-70b-8192", priority=2),
+        RouteEndpoint("azure-eu", "gpt-4o", priority=3),
+    ], strategy="priority")
     completion = proxy.client().chat.completions.create(model="mixed", messages=USER)
     assert completion.choices[0].message.content == "[azure] hello"
     assert [r.flavor for r in fake.requests] == ["openai", "azure"]
@@ -272,7 +275,7 @@ routes:
 
 def test_connect_error_falls_back(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> None:
     # Port 9 (discard) is closed on loopback: the connection is refused.
-    text = config_text(fake, providers='  dead: {type: openai, base_url: "http://127.0.0.1:9/v1"}\n')
+    text = config_text(fake, providers='  dead: {type: openai, base_url: "http://127.0.0.1:9/v1", key_scope: openai}\n')
     proxy = make_proxy(text=text + """
 routes:
   dead-first:
@@ -346,7 +349,7 @@ def test_a_refused_connection_tries_the_same_endpoint_once_more(make_proxy: Call
                                                                  fake: FakeUpstream) -> None:
     from tensorwall_proxy.api import GATEWAY
 
-    text = config_text(fake, providers='  dead: {type: openai, base_url: "http://127.0.0.1:9/v1"}\n')
+    text = config_text(fake, providers='  dead: {type: openai, base_url: "http://127.0.0.1:9/v1", key_scope: openai}\n')
     proxy = make_proxy(text=text + "routes:\n  lonely:\n    endpoints:\n      - {provider: dead, model: m, api_key: k}\n")
     response = post_json(proxy, "/v1/chat/completions", {"model": "lonely", "messages": USER})
     assert response.status == 502 and "127.0.0.1:9" in response.json()["error"]["message"]

@@ -58,7 +58,7 @@ routes:
 
 
 def test_server_side_key_replaces_the_callers(proxy: Proxy, fake: FakeUpstream) -> None:
-    assert post_json(proxy, "/v1/chat/completions", {"model": "azure-eu/gpt-4o", "messages": USER}).status == 200
+    assert post_json(proxy, "/v1/chat/completions", {"model": "azure-eu/gpt-4o-eu", "messages": USER}).status == 200
     record = fake.last("azure")
     assert record.header("api-key") == "server-side-azure-key"
     assert PROVIDER_KEY not in str(dict(record.headers))

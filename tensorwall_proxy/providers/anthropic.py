@@ -27,6 +27,7 @@ from ..config import ProviderConfig
 from ..errors import FailureKind, GatewayError, UnsupportedField, UpstreamError, bad_request
 from ..sse import SseDecoder, SseEvent
 from . import ChatRequest, EmbeddingsRequest, UpstreamCall
+from .anthropic_headers import auth_header, passed_betas
 from .ids import attach, detach, for_upstream
 from .openai import USER_AGENT, classify_openai_error, upstream_url
 from .shapes import (
@@ -331,10 +332,13 @@ def _headers(provider: ProviderConfig, credential: Credential, req_headers: Mapp
     headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
                "anthropic-version": provider.version or DEFAULT_VERSION}
     if credential.secret is not None:
-        headers["x-api-key"] = credential.secret.reveal()
+        name, value = auth_header(credential.secret.reveal())
+        headers[name] = value
     beta = req_headers.get("anthropic-beta")
     if beta:
-        headers["anthropic-beta"] = beta
+        passed = passed_betas(beta, provider, credential)
+        if passed:
+            headers["anthropic-beta"] = passed
     return headers
 
 
