@@ -31,6 +31,7 @@ from .ids import attach, detach, for_upstream
 from .openai import USER_AGENT, classify_openai_error, upstream_url
 from .shapes import (
     ChunkEncoder,
+    StateBudget,
     completion,
     items,
     load_object,
@@ -128,15 +129,17 @@ def encode_thinking(blocks: list[dict[str, Any]]) -> bytes:
     return pack_state(_STATE_TAG, blocks)
 
 
-def decode_thinking(state: bytes | None) -> list[dict[str, Any]] | None:
-    """Thinking blocks from a tool call id's state; None when it holds none of ours, or is damaged."""
-    blocks = unpack_state(_STATE_TAG, state)
+def decode_thinking(state: bytes | None, param: str = "messages",
+                    budget: StateBudget | None = None) -> list[dict[str, Any]] | None:
+    """Thinking blocks from a tool call id's state; None when it holds none of ours, or is damaged;
+    400 naming ``param`` when it inflates past its bound."""
+    blocks = unpack_state(_STATE_TAG, state, param, budget)
     if blocks is not None and all(b.get("type") in ("thinking", "redacted_thinking") for b in blocks):
         return blocks
     return None
 
 
-def _assistant_blocks(message: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
+def _assistant_blocks(message: Mapping[str, Any], where: str, budget: StateBudget) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     thinking: list[dict[str, Any]] | None = None
     calls = items(message.get("tool_calls"))
@@ -147,7 +150,7 @@ def _assistant_blocks(message: Mapping[str, Any], where: str) -> list[dict[str, 
         function = obj(call.get("function"))
         client_id = str(call.get("id") or f"call_{k}")
         if thinking is None:
-            thinking = decode_thinking(detach(client_id)[1])
+            thinking = decode_thinking(detach(client_id)[1], f"{where}.tool_calls[{k}].id", budget)
         name = function.get("name")
         if not isinstance(name, str) or not name:
             raise bad_request(f"'{where}.tool_calls[{k}].function.name' is required.",
@@ -178,6 +181,7 @@ def convert_messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[di
     """OpenAI messages → (Anthropic ``system`` blocks, Anthropic ``messages``), merged and ordered."""
     system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
+    budget = StateBudget()
     for i, message in enumerate(messages):
         role = message.get("role")
         where = f"messages[{i}]"
@@ -189,7 +193,7 @@ def convert_messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[di
         if role == "user":
             blocks, turn_role = _user_blocks(message.get("content"), where), "user"
         elif role == "assistant":
-            blocks, turn_role = _assistant_blocks(message, where), "assistant"
+            blocks, turn_role = _assistant_blocks(message, where, budget), "assistant"
         elif role == "tool":
             blocks, turn_role = [_tool_result(message, where)], "user"
         else:

@@ -41,6 +41,7 @@ from .ids import attach, detach, for_upstream, unique_id
 from .openai import USER_AGENT, upstream_url
 from .shapes import (
     ChunkEncoder,
+    StateBudget,
     completion,
     embedding_texts,
     embeddings,
@@ -152,12 +153,14 @@ def encode_reasoning(blocks: list[dict[str, Any]]) -> bytes:
     return pack_state(_STATE_TAG, blocks)
 
 
-def decode_reasoning(state: bytes | None) -> list[dict[str, Any]] | None:
-    """Reasoning blocks from a tool call id's state; None when it holds none of ours, or is damaged."""
-    return unpack_state(_STATE_TAG, state)
+def decode_reasoning(state: bytes | None, param: str = "messages",
+                     budget: StateBudget | None = None) -> list[dict[str, Any]] | None:
+    """Reasoning blocks from a tool call id's state; None when it holds none of ours, or is damaged;
+    400 naming ``param`` when it inflates past its bound."""
+    return unpack_state(_STATE_TAG, state, param, budget)
 
 
-def _assistant_blocks(message: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _assistant_blocks(message: Mapping[str, Any], where: str, budget: StateBudget) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     reasoning: list[dict[str, Any]] | None = None
     tool_blocks = []
@@ -165,7 +168,7 @@ def _assistant_blocks(message: Mapping[str, Any]) -> list[dict[str, Any]]:
         function = obj(obj(call).get("function"))
         client_id = str(obj(call).get("id") or f"call_{k}")
         if reasoning is None:
-            reasoning = decode_reasoning(detach(client_id)[1])
+            reasoning = decode_reasoning(detach(client_id)[1], f"{where}.tool_calls[{k}].id", budget)
         tool_blocks.append({"toolUse": {"toolUseId": for_upstream(client_id, "bedrock"),
                                         "name": str(function.get("name") or ""),
                                         "input": tool_input(function.get("arguments"))}})
@@ -192,6 +195,7 @@ def convert_messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[di
     """
     system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
+    budget = StateBudget()
     for i, message in enumerate(messages):
         role = message.get("role")
         where = f"messages[{i}]"
@@ -203,7 +207,7 @@ def convert_messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[di
         if role == "user":
             blocks, turn_role = _user_blocks(message.get("content"), where), "user"
         elif role == "assistant":
-            blocks, turn_role = _assistant_blocks(message), "assistant"
+            blocks, turn_role = _assistant_blocks(message, where, budget), "assistant"
         elif role == "tool":
             blocks, turn_role = [_tool_result(message)], "user"
         else:

@@ -16,11 +16,11 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
-from ..errors import UnsupportedField, UpstreamError
+from ..errors import UnsupportedField, UpstreamError, bad_request
 from ..sse import DONE_EVENT, encode
 from .openai import embeddings_to_base64_list
 
@@ -78,13 +78,51 @@ def pack_state(tag: bytes, blocks: list[dict[str, Any]]) -> bytes:
     return tag + zlib.compress(orjson.dumps(blocks), 6)
 
 
-def unpack_state(tag: bytes, state: bytes | None) -> list[dict[str, Any]] | None:
-    """The blocks packed under ``tag``; None for no state, another provider's, or a damaged one."""
+# Packed state comes back from the caller, so it is inflated under bounds (DESIGN §14): one id's
+# state at most 4 MiB (a 32k-token thinking block is about 130 KB), all the ids of one request
+# together at most 32 MiB. Without them a 1 MB id inflates to a gigabyte.
+MAX_STATE_BYTES: Final = 4 * 1024 * 1024
+MAX_REQUEST_STATE_BYTES: Final = 32 * 1024 * 1024
+
+
+class StateBudget:
+    """What the packed state of one request may still inflate to, in bytes."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, left: int = MAX_REQUEST_STATE_BYTES) -> None:
+        self.left = left
+
+
+def unpack_state(tag: bytes, state: bytes | None, param: str = "messages",
+                 budget: StateBudget | None = None) -> list[dict[str, Any]] | None:
+    """The blocks packed under ``tag``; None for no state, another provider's, or a damaged one.
+
+    State that would inflate past its bound is a 400 naming ``param`` (the tool call id): it was
+    made to be a bomb, not damaged in transit.
+    """
     if not state or not state.startswith(tag):
         return None
+    limit = MAX_STATE_BYTES if budget is None else min(MAX_STATE_BYTES, budget.left)
+    inflater = zlib.decompressobj()
     try:
-        blocks = orjson.loads(zlib.decompress(state[len(tag):]))
-    except (zlib.error, orjson.JSONDecodeError):
+        raw = inflater.decompress(state[len(tag):], limit)
+    except zlib.error:
+        return None
+    if inflater.unconsumed_tail:
+        if limit < MAX_STATE_BYTES:
+            raise bad_request(f"The tool call ids of this request carry more than {MAX_REQUEST_STATE_BYTES >> 20} "
+                              f"MiB of packed state; '{param}' is past it.", param=param,
+                              code="packed_state_too_large")
+        raise bad_request(f"'{param}' carries packed state larger than {MAX_STATE_BYTES >> 20} MiB.", param=param,
+                          code="packed_state_too_large")
+    if budget is not None:
+        budget.left -= len(raw)
+    if not inflater.eof:
+        return None  # truncated
+    try:
+        blocks = orjson.loads(raw)
+    except orjson.JSONDecodeError:
         return None
     return blocks if isinstance(blocks, list) and all(isinstance(b, dict) for b in blocks) else None
 

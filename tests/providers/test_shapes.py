@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tensorwall_proxy.providers.shapes import ChunkEncoder
+from tensorwall_proxy.errors import GatewayError
+from tensorwall_proxy.providers.shapes import (
+    MAX_REQUEST_STATE_BYTES,
+    ChunkEncoder,
+    StateBudget,
+    pack_state,
+    unpack_state,
+)
 from tensorwall_proxy.sse import encode
 
 _TEXT = st.text(max_size=20)
@@ -37,3 +46,37 @@ def test_chunks_are_orjson_of_the_whole_chunk(wants_usage: bool, ids: list[str],
         assert encoder.chunk(delta, finish, index=index) == encode(orjson.dumps(whole))
         if set(delta) == {"content"} and finish is None:
             assert encoder.content(delta["content"], index=index) == encode(orjson.dumps(whole))
+
+
+# --- packed state: inflated under bounds -----------------------------------------------------------
+
+
+def _bomb(tag: bytes, inflated: int) -> bytes:
+    """State under ``tag`` that inflates to ``inflated`` bytes of one repeated byte, made in 1 MiB steps."""
+    packer = zlib.compressobj(1)
+    chunk = b" " * (1 << 20)
+    parts = [packer.compress(chunk) for _ in range(inflated >> 20)]
+    return tag + b"".join(parts) + packer.flush()
+
+
+def test_state_that_inflates_past_4_mib_is_a_400_naming_the_tool_call() -> None:
+    with pytest.raises(GatewayError) as caught:
+        unpack_state(b"A1", _bomb(b"A1", 8 << 20), "messages[1].tool_calls[0].id")
+    assert caught.value.status == 400 and caught.value.param == "messages[1].tool_calls[0].id"
+    assert "4 MiB" in caught.value.message
+
+
+def test_state_within_the_bound_still_unpacks() -> None:
+    blocks = [{"type": "thinking", "thinking": "t" * 200_000, "signature": "s"}]
+    assert unpack_state(b"A1", pack_state(b"A1", blocks)) == blocks
+    assert unpack_state(b"A1", b"A1" + zlib.compress(b"[{}]")[:-3]) is None  # truncated: damaged, not a bomb
+
+
+def test_the_packed_state_of_one_request_is_bounded_as_a_whole() -> None:
+    budget = StateBudget()
+    state = _bomb(b"A1", 3 << 20)  # under the bound for one id, not JSON: damaged, ignored
+    for _ in range(MAX_REQUEST_STATE_BYTES // (3 << 20)):
+        assert unpack_state(b"A1", state, "x", budget) is None
+    with pytest.raises(GatewayError) as caught:
+        unpack_state(b"A1", state, "messages[9].tool_calls[0].id", budget)
+    assert caught.value.status == 400 and caught.value.param == "messages[9].tool_calls[0].id"

@@ -1,0 +1,90 @@
+"""Caller input the gateway must refuse cheaply and clearly: bombs in packed tool call ids,
+embeddings fan-out, and field values of the wrong JSON type — through the real proxy."""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tensorwall_proxy.providers.ids import attach
+from tests.test_lifecycle import Proc, request, start_proxy, write_config
+
+MIB = 1 << 20
+
+
+def bomb(tag: bytes, mib: int) -> bytes:
+    """Packed state under ``tag`` that inflates to ``mib`` MiB: one deflate block repeated after
+    full flushes (each one is then byte-identical), closed with the right checksum. About 1 KB per MiB."""
+    chunk = b"[" * MIB
+    packer = zlib.compressobj(9)
+    head = packer.compress(chunk) + packer.flush(zlib.Z_FULL_FLUSH)
+    unit = packer.compress(chunk) + packer.flush(zlib.Z_FULL_FLUSH)
+    end = packer.flush()[:-4]
+    checksum = 1
+    for _ in range(mib):
+        checksum = zlib.adler32(chunk, checksum)
+    return tag + head + unit * (mib - 1) + end + struct.pack(">I", checksum)
+
+
+def _peak_rss(pid: int) -> int:
+    """The process's peak resident set (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    started: list[Proc] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(list(args), tmp_path / f"proc{len(started)}.log", env)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.close()
+
+
+@pytest.mark.slow
+def test_a_gigabyte_bomb_in_a_tool_call_id_costs_little_memory_and_time(tmp_path: Path,
+                                                                         spawn: Callable[..., Proc]) -> None:
+    # Nothing listens on the upstream: the request must be refused before any upstream call.
+    config = write_config(tmp_path, 'gateway_keys: []\nproviders:\n  anthropic: {base_url: "http://127.0.0.1:9/v1"}\n')
+    proc, port = start_proxy(spawn, config)
+    headers = {"Authorization": "Bearer sk-ant-api03-test"}
+    model = "anthropic/claude-3-7-sonnet-20250219"
+
+    def turn(tool_id: str) -> dict[str, object]:
+        return {"model": model, "messages": [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": tool_id, "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": tool_id, "content": "sunny"}]}
+
+    # A warm-up with an ordinary packed id of the same length, so the peak below is the bomb's own.
+    plain = attach("toolu_A", b"A1" + bytes(1_060_000))
+    status, _ = request(port, "/v1/chat/completions", turn(plain), headers)
+    assert status == 502  # nothing listens upstream
+    before = _peak_rss(proc.pid)
+
+    bombed = attach("toolu_A", bomb(b"A1", 1024))  # 1 GiB inflated, a 1.4 MB request
+    started = time.monotonic()
+    status, body = request(port, "/v1/chat/completions", turn(bombed), headers)
+    elapsed = time.monotonic() - started
+    grown = _peak_rss(proc.pid) - before
+    assert status == 400, body
+    error = json.loads(body)["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == "messages[1].tool_calls[0].id"
+    # DESIGN §4: a bomb in a packed id costs at most 50 MiB of peak RSS and less than a second.
+    assert grown <= 50 * MIB, f"peak RSS grew {grown / MIB:.0f} MiB"
+    assert elapsed < 1.0, f"answered after {elapsed:.2f} s"
+    assert "Traceback" not in proc.log()
