@@ -12,7 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from tensorwall_proxy.api import MAX_EMBEDDING_INPUTS, parse_embeddings
+from tensorwall_proxy.errors import GatewayError
 from tensorwall_proxy.providers.ids import attach
+from tests.conftest import Proxy, post_json
+from tests.fakes import FakeUpstream
 from tests.test_lifecycle import Proc, request, start_proxy, write_config
 
 MIB = 1 << 20
@@ -88,3 +92,27 @@ def test_a_gigabyte_bomb_in_a_tool_call_id_costs_little_memory_and_time(tmp_path
     assert grown <= 50 * MIB, f"peak RSS grew {grown / MIB:.0f} MiB"
     assert elapsed < 1.0, f"answered after {elapsed:.2f} s"
     assert "Traceback" not in proc.log()
+
+
+# --- embeddings: a bounded number of inputs ------------------------------------------------------
+
+
+def test_embeddings_take_at_most_2048_inputs_and_any_token_array() -> None:
+    assert MAX_EMBEDDING_INPUTS == 2048  # OpenAI's own limit
+    assert len(parse_embeddings({"model": "m", "input": ["x"] * 2048}).body["input"]) == 2048
+    parse_embeddings({"model": "m", "input": list(range(10_000))})  # one token array, however long
+    for value in (["x"] * 2049, [[1, 2]] * 2049, [1] * 2048 + ["x"]):
+        with pytest.raises(GatewayError) as caught:
+            parse_embeddings({"model": "m", "input": value})
+        assert caught.value.status == 400 and caught.value.param == "input"
+
+
+@pytest.mark.parametrize("model", ["bedrock/amazon.titan-embed-text-v2:0", "vertex/gemini-embedding-001",
+                                   "openai/text-embedding-3-small"])
+def test_too_many_embedding_inputs_are_refused_before_any_upstream_call(proxy: Proxy, fake: FakeUpstream,
+                                                                         model: str) -> None:
+    response = post_json(proxy, "/v1/embeddings", {"model": model, "input": [f"text {i}" for i in range(2049)]})
+    assert response.status == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == "input" and "2048" in error["message"]
+    assert fake.requests == []
