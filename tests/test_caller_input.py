@@ -4,6 +4,7 @@ embeddings fan-out, and field values of the wrong JSON type — through the real
 from __future__ import annotations
 
 import json
+import logging
 import struct
 import time
 import zlib
@@ -116,3 +117,51 @@ def test_too_many_embedding_inputs_are_refused_before_any_upstream_call(proxy: P
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == "input" and "2048" in error["message"]
     assert fake.requests == []
+
+
+# --- wrong JSON types: a 400, never a 500 ------------------------------------------------------------
+
+_HELLO = [{"role": "user", "content": "Hello"}]
+_TRANSLATED = ["anthropic/claude-sonnet-4-5", "vertex/gemini-2.5-flash", "bedrock/anthropic.claude-sonnet-4-5-v1:0"]
+
+
+@pytest.mark.parametrize("model", _TRANSLATED)
+@pytest.mark.parametrize("stop", [5, True, 1.5, {"a": "b"}, [1, 2]])
+def test_a_stop_that_is_not_text_is_a_400_naming_it(proxy: Proxy, fake: FakeUpstream, caplog: pytest.LogCaptureFixture,
+                                                     model: str, stop: object) -> None:
+    caplog.set_level(logging.INFO)
+    response = post_json(proxy, "/v1/chat/completions", {"model": model, "messages": _HELLO, "stop": stop})
+    assert response.status == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == "stop"
+    assert fake.requests == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("modalities", [5, "audio", True, {"audio": 1}])
+def test_modalities_that_are_not_an_array_are_a_400_on_anthropic(proxy: Proxy, caplog: pytest.LogCaptureFixture,
+                                                                 modalities: object) -> None:
+    caplog.set_level(logging.INFO)
+    response = post_json(proxy, "/v1/chat/completions",
+                         {"model": "anthropic/claude-sonnet-4-5", "messages": _HELLO, "modalities": modalities})
+    assert response.status == 400, response.text
+    assert response.json()["error"]["param"] == "modalities"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("model", ["openai/gpt-4o", "mistral/mistral-large-latest", *_TRANSLATED])
+@pytest.mark.parametrize("fields", [
+    {"tools": [{"type": "function", "function": {"name": {"n": 1}}}]},
+    {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "function", "function": {"name": 7}}},
+    {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": ["f"], "arguments": 5}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": 3}]}]},
+    {"response_format": {"type": "json_schema", "json_schema": [1]}, "reasoning_effort": 3, "user": 5},
+    {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": 5}}]}]},
+])
+def test_odd_values_of_other_fields_never_give_a_500(proxy: Proxy, caplog: pytest.LogCaptureFixture, model: str,
+                                                     fields: dict[str, object]) -> None:
+    caplog.set_level(logging.INFO)
+    response = post_json(proxy, "/v1/chat/completions", {"model": model, "messages": _HELLO, **fields})
+    assert response.status < 500, response.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -37,8 +37,11 @@ from .shapes import (
     load_object,
     obj,
     pack_state,
+    stop_sequences,
+    strings,
     text_of,
     tool_input,
+    tool_name,
     unpack_state,
     usage,
 )
@@ -151,10 +154,7 @@ def _assistant_blocks(message: Mapping[str, Any], where: str, budget: StateBudge
         client_id = str(call.get("id") or f"call_{k}")
         if thinking is None:
             thinking = decode_thinking(detach(client_id)[1], f"{where}.tool_calls[{k}].id", budget)
-        name = function.get("name")
-        if not isinstance(name, str) or not name:
-            raise bad_request(f"'{where}.tool_calls[{k}].function.name' is required.",
-                              param=f"{where}.tool_calls[{k}].function.name")
+        name = tool_name(function.get("name"), f"{where}.tool_calls[{k}].function.name")
         tool_blocks.append({"type": "tool_use", "id": for_upstream(client_id, "anthropic"), "name": name,
                             "input": tool_input(function.get("arguments"))})
     if thinking:
@@ -217,7 +217,7 @@ def _tools(body: Mapping[str, Any], turns: list[dict[str, Any]]) -> list[dict[st
         function = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(function, dict) or not function.get("name"):
             raise UnsupportedField(f"tools[{i}]", f"'tools[{i}]': only function tools are supported by Anthropic.")
-        spec: dict[str, Any] = {"name": function["name"],
+        spec: dict[str, Any] = {"name": tool_name(function["name"], f"tools[{i}].function.name"),
                                 "input_schema": function.get("parameters") or {"type": "object", "properties": {}}}
         if function.get("description"):
             spec["description"] = function["description"]
@@ -246,7 +246,7 @@ def _tool_choice(body: Mapping[str, Any]) -> dict[str, Any] | None:
         result = {"type": "any"}
     elif isinstance(choice, dict) and choice.get("type") == "function":
         function = obj(choice.get("function"))
-        result = {"type": "tool", "name": function.get("name")}
+        result = {"type": "tool", "name": tool_name(function.get("name"), "tool_choice.function.name")}
     elif isinstance(choice, dict) and choice.get("type") == "allowed_tools":
         allowed = obj(choice.get("allowed_tools"))
         result = {"type": "any" if allowed.get("mode") == "required" else "auto"}
@@ -279,7 +279,7 @@ def translate_request(req: ChatRequest, provider: ProviderConfig, model: str) ->
     for name in _REFUSED:
         if body.get(name):
             raise UnsupportedField(name, f"'{name}' is not supported by Anthropic.")
-    if "audio" in (body.get("modalities") or []):
+    if "audio" in strings(body, "modalities"):
         raise UnsupportedField("modalities", "Audio output is not supported by Anthropic.")
     system, turns = convert_messages(body["messages"])
     if not turns:
@@ -309,9 +309,9 @@ def translate_request(req: ChatRequest, provider: ProviderConfig, model: str) ->
     if system:
         out["system"] = system
 
-    stop = body.get("stop")
+    stop = stop_sequences(body)
     if stop:
-        out["stop_sequences"] = [stop] if isinstance(stop, str) else [s for s in stop if s]
+        out["stop_sequences"] = stop
     if tools:
         out["tools"] = tools
         if choice is not None:

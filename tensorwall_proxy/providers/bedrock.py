@@ -49,8 +49,10 @@ from .shapes import (
     load_object,
     obj,
     pack_state,
+    stop_sequences,
     text_of,
     tool_input,
+    tool_name,
     unpack_state,
     usage,
 )
@@ -170,7 +172,7 @@ def _assistant_blocks(message: Mapping[str, Any], where: str, budget: StateBudge
         if reasoning is None:
             reasoning = decode_reasoning(detach(client_id)[1], f"{where}.tool_calls[{k}].id", budget)
         tool_blocks.append({"toolUse": {"toolUseId": for_upstream(client_id, "bedrock"),
-                                        "name": str(function.get("name") or ""),
+                                        "name": tool_name(function.get("name"), f"{where}.tool_calls[{k}].function.name"),
                                         "input": tool_input(function.get("arguments"))}})
     if reasoning:
         blocks.extend({"reasoningContent": block} for block in reasoning)
@@ -236,7 +238,7 @@ def _tool_config(body: Mapping[str, Any], turns: list[dict[str, Any]]) -> dict[s
         function = obj(obj(tool).get("function"))
         if not function.get("name"):
             raise UnsupportedField(f"tools[{i}]", f"'tools[{i}]': only function tools are supported by Bedrock.")
-        spec: dict[str, Any] = {"name": function["name"], "inputSchema": {
+        spec: dict[str, Any] = {"name": tool_name(function["name"], f"tools[{i}].function.name"), "inputSchema": {
             "json": function.get("parameters") or {"type": "object", "properties": {}}}}
         if function.get("description"):
             spec["description"] = function["description"]
@@ -257,7 +259,8 @@ def _tool_config(body: Mapping[str, Any], turns: list[dict[str, Any]]) -> dict[s
     elif choice == "auto":
         config["toolChoice"] = {"auto": {}}
     elif isinstance(choice, dict) and choice.get("type") == "function":
-        config["toolChoice"] = {"tool": {"name": obj(choice.get("function")).get("name")}}
+        config["toolChoice"] = {"tool": {"name": tool_name(obj(choice.get("function")).get("name"),
+                                                           "tool_choice.function.name")}}
     return config
 
 
@@ -304,9 +307,9 @@ def translate_request(req: ChatRequest, provider: ProviderConfig, model: str) ->
             inference["temperature"] = min(max(float(body["temperature"]), 0.0), 1.0)
         if body.get("top_p") is not None:
             inference["topP"] = body["top_p"]
-    stop = body.get("stop")
+    stop = stop_sequences(body)
     if stop:
-        inference["stopSequences"] = [stop] if isinstance(stop, str) else [s for s in stop if s]
+        inference["stopSequences"] = stop
     out["inferenceConfig"] = inference
     response_format = obj(body.get("response_format"))
     if response_format.get("type") == "json_schema":

@@ -35,6 +35,37 @@ def items(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+# Caller input read by the translators. parse_chat checks the types the gateway itself relies on;
+# these check the rest where a translator reads them, so a wrong JSON type is a 400 naming the
+# field, never an exception (a 500). Each is one type test on the common path.
+
+
+def strings(body: Mapping[str, Any], name: str, *, single: bool = False) -> list[str]:
+    """``body[name]`` as a list of strings (empty when absent or null); with ``single``, a lone
+    string is taken as a one-item list. 400 naming the field for any other value."""
+    value = body.get(name)
+    if value is None:
+        return []
+    if type(value) is list and all(type(item) is str for item in value):
+        return value
+    if single and type(value) is str:
+        return [value]
+    kind = "a string or an array of strings" if single else "an array of strings"
+    raise bad_request(f"'{name}' must be {kind}.", param=name)
+
+
+def stop_sequences(body: Mapping[str, Any]) -> list[str]:
+    """``stop`` as the non-empty sequences it names."""
+    return [stop for stop in strings(body, "stop", single=True) if stop]
+
+
+def tool_name(value: Any, param: str) -> str:
+    """A function name the caller sent; 400 naming where it is unless it is a non-empty string."""
+    if type(value) is not str or not value:
+        raise bad_request(f"'{param}' must be a non-empty string.", param=param)
+    return value
+
+
 def load_object(body: bytes, provider: str, what: str = "a body") -> dict[str, Any]:
     """An upstream JSON object; a 502 naming the provider when it is not one."""
     try:

@@ -45,6 +45,7 @@ from .shapes import (
     items,
     load_object,
     obj,
+    stop_sequences,
     text_of,
     tool_input,
     usage,
@@ -340,9 +341,9 @@ def _generation_config(body: Mapping[str, Any]) -> dict[str, Any]:
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     if max_tokens:
         config["maxOutputTokens"] = max_tokens
-    stop = body.get("stop")
+    stop = stop_sequences(body)
     if stop:
-        config["stopSequences"] = [stop] if isinstance(stop, str) else [s for s in stop if s]
+        config["stopSequences"] = stop
     n = body.get("n")
     if n is not None and n > 1:
         config["candidateCount"] = n
