@@ -33,6 +33,7 @@ from .shapes import (
     ChunkEncoder,
     StateBudget,
     completion,
+    data_url,
     items,
     load_object,
     obj,
@@ -84,11 +85,10 @@ _STATE_TAG: Final = b"A1"
 
 def _image_block(url: str, param: str) -> dict[str, Any]:
     if url.startswith("data:"):
-        header, comma, data = url.partition(",")
-        media_type = header[5:].split(";")[0]
-        if not comma or ";base64" not in header or not media_type.startswith("image/"):
+        parsed = data_url(url)
+        if parsed is None or not parsed[0].startswith("image/"):
             raise UnsupportedField(param, f"'{param}' must be a base64 data: URL of an image or an https: URL.")
-        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+        return {"type": "image", "source": {"type": "base64", "media_type": parsed[0], "data": parsed[1]}}
     if url.startswith(("https://", "http://")):
         return {"type": "image", "source": {"type": "url", "url": url}}
     raise UnsupportedField(param, f"'{param}': Anthropic takes images as data: or https: URLs.")
@@ -119,9 +119,9 @@ def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
 
 def _document_block(file: Any, param: str) -> dict[str, Any]:
     data = file.get("file_data") if isinstance(file, dict) else None
-    if isinstance(data, str) and data.startswith("data:application/pdf;base64,"):
-        return {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
-                                                "data": data.partition(",")[2]}}
+    parsed = data_url(data) if isinstance(data, str) else None
+    if parsed is not None and parsed[0] == "application/pdf":
+        return {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": parsed[1]}}
     raise UnsupportedField(param, f"'{param}': Anthropic takes files as base64 PDF data (file_data).")
 
 

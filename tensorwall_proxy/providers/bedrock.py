@@ -43,6 +43,7 @@ from .shapes import (
     ChunkEncoder,
     StateBudget,
     completion,
+    data_url,
     embedding_texts,
     embeddings,
     items,
@@ -72,8 +73,8 @@ EXCEPTIONS: Final[dict[str, tuple[FailureKind, int]]] = {
     "accessdeniedexception": ("auth", 403), "resourcenotfoundexception": ("bad_request", 404),
     "modelerrorexception": ("bad_request", 424),
 }
-IMAGE_FORMATS: Final = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/gif": "gif",
-                        "image/webp": "webp"}
+# By media type as shapes.data_url spells it (image/jpg is image/jpeg there).
+IMAGE_FORMATS: Final = {"image/png": "png", "image/jpeg": "jpeg", "image/gif": "gif", "image/webp": "webp"}
 # Model ids as users send them: base ids, inference profiles (us.…), ARNs.
 _MODEL_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,2047}")
 COHERE_BATCH: Final = 96
@@ -121,12 +122,11 @@ def _image(url: str, param: str) -> dict[str, Any]:
     if not url.startswith("data:"):
         raise UnsupportedField(param, f"'{param}': Bedrock's Converse API takes images as bytes; send a "
                                       "base64 data: URL instead of a link.")
-    header, comma, data = url.partition(",")
-    media_type = header[5:].split(";")[0].lower()
-    image_format = IMAGE_FORMATS.get(media_type)
-    if not comma or ";base64" not in header or image_format is None:
+    parsed = data_url(url)
+    image_format = IMAGE_FORMATS.get(parsed[0]) if parsed is not None else None
+    if parsed is None or image_format is None:
         raise UnsupportedField(param, f"'{param}': Bedrock takes png, jpeg, gif and webp images as base64 data: URLs.")
-    return {"image": {"format": image_format, "source": {"bytes": data}}}
+    return {"image": {"format": image_format, "source": {"bytes": parsed[1]}}}
 
 
 def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:

@@ -66,6 +66,23 @@ def tool_name(value: Any, param: str) -> str:
     return value
 
 
+# Media types callers write that the providers know under another name (browsers and many
+# libraries say image/jpg; Anthropic, Gemini and Bedrock all want image/jpeg).
+MEDIA_TYPE_ALIASES: Final = {"image/jpg": "image/jpeg"}
+
+
+def data_url(url: str) -> tuple[str, str] | None:
+    """``(media type, base64 data)`` of a base64 ``data:`` URL, the type lowercased and spelt as the
+    providers want it; None for a data: URL that is not base64 or names no type."""
+    header, comma, data = url.partition(",")
+    if not comma or not header.startswith("data:") or ";base64" not in header:
+        return None
+    media_type = header[5:].partition(";")[0].strip().lower()
+    if not media_type:
+        return None
+    return MEDIA_TYPE_ALIASES.get(media_type, media_type), data
+
+
 def load_object(body: bytes, provider: str, what: str = "a body") -> dict[str, Any]:
     """An upstream JSON object; a 502 naming the provider when it is not one."""
     try:

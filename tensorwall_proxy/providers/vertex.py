@@ -40,6 +40,7 @@ from .ids import attach, detach, unique_id
 from .openai import USER_AGENT, upstream_url
 from .shapes import (
     ChunkEncoder,
+    data_url,
     embedding_texts,
     embeddings,
     items,
@@ -186,11 +187,10 @@ def reduce_schema(schema: Any, defs: Mapping[str, Any] | None = None, depth: int
 
 def _media_part(url: str, param: str) -> dict[str, Any]:
     if url.startswith("data:"):
-        header, comma, data = url.partition(",")
-        mime = header[5:].split(";")[0]
-        if not comma or ";base64" not in header or not mime:
+        parsed = data_url(url)
+        if parsed is None:
             raise UnsupportedField(param, f"'{param}' must be a base64 data: URL or a gs:// or https: URL.")
-        return {"inlineData": {"mimeType": mime, "data": data}}
+        return {"inlineData": {"mimeType": parsed[0], "data": parsed[1]}}
     if url.startswith(("gs://", "https://", "http://")):
         mime = mimetypes.guess_type(url.split("?")[0])[0] or "image/jpeg"
         return {"fileData": {"mimeType": mime, "fileUri": url}}

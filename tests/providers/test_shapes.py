@@ -10,11 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tensorwall_proxy.config import ProviderConfig
 from tensorwall_proxy.errors import GatewayError
+from tensorwall_proxy.providers import ChatRequest, anthropic, bedrock, vertex
 from tensorwall_proxy.providers.shapes import (
     MAX_REQUEST_STATE_BYTES,
     ChunkEncoder,
     StateBudget,
+    data_url,
     pack_state,
     unpack_state,
 )
@@ -80,3 +83,30 @@ def test_the_packed_state_of_one_request_is_bounded_as_a_whole() -> None:
     with pytest.raises(GatewayError) as caught:
         unpack_state(b"A1", state, "messages[9].tool_calls[0].id", budget)
     assert caught.value.status == 400 and caught.value.param == "messages[9].tool_calls[0].id"
+
+
+# --- data: URLs, read in one place ------------------------------------------------------------------
+
+
+def test_data_urls_name_their_media_type_as_the_providers_spell_it() -> None:
+    assert data_url("data:image/jpg;base64,AAAA") == ("image/jpeg", "AAAA")
+    assert data_url("data:Image/PNG;base64,AA==") == ("image/png", "AA==")
+    assert data_url("data:application/pdf;name=a.pdf;base64,JVBE") == ("application/pdf", "JVBE")
+    for url in ("data:image/png,AAAA", "data:;base64,AAAA", "data:image/png;base64", "https://x/a.png"):
+        assert data_url(url) is None
+
+
+def _image_request(url: str) -> ChatRequest:
+    return ChatRequest({"model": "m", "messages": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]})
+
+
+def test_an_image_jpg_data_url_reaches_every_translator_as_image_jpeg() -> None:
+    req = _image_request("data:image/jpg;base64,/9j/AAAA")
+    anthropic_body = anthropic.translate_request(req, ProviderConfig(name="anthropic", type="anthropic"), "claude")
+    assert anthropic_body["messages"][0]["content"][0]["source"] == {
+        "type": "base64", "media_type": "image/jpeg", "data": "/9j/AAAA"}
+    vertex_body = vertex.translate_request(req)
+    assert vertex_body["contents"][0]["parts"][0] == {"inlineData": {"mimeType": "image/jpeg", "data": "/9j/AAAA"}}
+    bedrock_body = bedrock.translate_request(req, ProviderConfig(name="bedrock", type="bedrock"), "amazon.nova-pro-v1:0")
+    assert bedrock_body["messages"][0]["content"][0] == {"image": {"format": "jpeg", "source": {"bytes": "/9j/AAAA"}}}
