@@ -17,6 +17,8 @@ Pure: no I/O, no aiohttp.
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -49,6 +51,12 @@ from .shapes import (
 
 DEFAULT_VERSION: Final = "2023-06-01"
 DEFAULT_MAX_TOKENS: Final = 4096
+# From this API version on Anthropic refuses temperature, top_p and top_k for every model.
+SAMPLING_DROPPED_SINCE: Final = "2026-10-21"
+# The version in a Claude model id: claude-opus-4-1-20250805, claude-3-7-sonnet, claude-2.1, claude-v2, and the
+# same inside Bedrock (anthropic.claude-…-v1:0) and Vertex (claude-…@date) ids. A minor version is
+# one or two digits, so the date after claude-sonnet-4 is not taken for one.
+_CLAUDE_VERSION: Final = re.compile(r"claude-(?:(?:opus|sonnet|haiku)-)?v?(\d+)(?:[-.](\d{1,2})(?!\d))?")
 
 # reasoning_effort → extended thinking budget_tokens (Anthropic's minimum is 1024).
 THINKING_BUDGETS: Final[dict[str, int]] = {
@@ -270,6 +278,32 @@ def _thinking_budget(body: Mapping[str, Any], turns: list[dict[str, Any]]) -> in
     return budget
 
 
+@functools.lru_cache(maxsize=256)  # bounded: with the prefix form the model id is the caller's
+def one_sampling_field(model: str) -> bool:
+    """Whether a model takes ``temperature`` or ``top_p`` but refuses both together: Claude 4.1 and
+    later, and a Claude whose id names no version. Other models keep both."""
+    match = _CLAUDE_VERSION.search(model)
+    if match is None:
+        return "claude" in model
+    return (int(match[1]), int(match[2] or 0)) >= (4, 1)
+
+
+def sampling(body: Mapping[str, Any], version: str, model: str) -> dict[str, Any]:
+    """``temperature`` (clamped to Anthropic's 0 to 1) and ``top_p`` as the API version and the model
+    take them (DESIGN §14): none from 2026-10-21 on; one of them, temperature first, for Claude 4.1
+    and later; both for older models."""
+    if version[:10] >= SAMPLING_DROPPED_SINCE:
+        return {}
+    out: dict[str, Any] = {}
+    temperature = body.get("temperature")
+    if temperature is not None:
+        out["temperature"] = min(max(float(temperature), 0.0), 1.0)
+    top_p = body.get("top_p")
+    if top_p is not None and not (out and one_sampling_field(model)):
+        out["top_p"] = top_p
+    return out
+
+
 def translate_request(req: ChatRequest, provider: ProviderConfig, model: str) -> dict[str, Any]:
     """The Anthropic Messages body for an OpenAI chat request."""
     body = req.body
@@ -319,13 +353,8 @@ def translate_request(req: ChatRequest, provider: ProviderConfig, model: str) ->
     user = body.get("user")
     if isinstance(user, str) and user:
         out["metadata"] = {"user_id": user}
-    if budget is None:
-        # Thinking takes no sampling parameters; without it, Anthropic's temperature is 0 to 1.
-        temperature = body.get("temperature")
-        if temperature is not None:
-            out["temperature"] = min(max(float(temperature), 0.0), 1.0)
-        if body.get("top_p") is not None:
-            out["top_p"] = body["top_p"]
+    if budget is None:  # thinking takes no sampling parameters
+        out.update(sampling(body, provider.version or DEFAULT_VERSION, model))
     if req.stream:
         out["stream"] = True
     return out

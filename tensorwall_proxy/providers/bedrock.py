@@ -36,7 +36,7 @@ from ..errors import (
 )
 from ..sse import SseEvent
 from . import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
-from .anthropic import JSON_OBJECT_INSTRUCTION, THINKING_BUDGETS
+from .anthropic import JSON_OBJECT_INSTRUCTION, THINKING_BUDGETS, one_sampling_field
 from .ids import attach, detach, for_upstream, unique_id
 from .openai import USER_AGENT, upstream_url
 from .shapes import (
@@ -305,7 +305,9 @@ def translate_request(req: ChatRequest, provider: ProviderConfig, model: str) ->
     else:
         if body.get("temperature") is not None:
             inference["temperature"] = min(max(float(body["temperature"]), 0.0), 1.0)
-        if body.get("top_p") is not None:
+        # Claude 4.1 and later refuse temperature and top_p together, here as on Anthropic's API.
+        if body.get("top_p") is not None and not (
+                "temperature" in inference and "anthropic.claude" in model and one_sampling_field(model)):
             inference["topP"] = body["top_p"]
     stop = stop_sequences(body)
     if stop:

@@ -301,3 +301,26 @@ def test_a_bomb_in_a_packed_tool_call_id_is_a_400_naming_the_call() -> None:
     with pytest.raises(GatewayError) as caught:
         translate_request(ChatRequest(body), PROVIDER, "claude-3-7-sonnet-20250219")
     assert caught.value.status == 400 and caught.value.param == "messages[1].tool_calls[1].id"
+
+
+@pytest.mark.parametrize(("version", "model", "sent"), [
+    ("2023-06-01", "claude-opus-4-1-20250805", {"temperature": 1.0}),
+    ("2023-06-01", "claude-sonnet-4-5", {"temperature": 1.0}),
+    ("2023-06-01", "claude-haiku-4-5@20251001", {"temperature": 1.0}),
+    ("2023-06-01", "claude-sonnet-4-20250514", {"temperature": 1.0, "top_p": 0.9}),
+    ("2023-06-01", "claude-3-7-sonnet-20250219", {"temperature": 1.0, "top_p": 0.9}),
+    ("2026-10-21", "claude-3-7-sonnet-20250219", {}),
+    ("2027-01-01", "claude-sonnet-4-5", {}),
+])
+def test_temperature_and_top_p_as_the_api_version_and_model_take_them(version: str, model: str,
+                                                                       sent: dict[str, float]) -> None:
+    provider = ProviderConfig(name="anthropic", type="anthropic", version=version)
+    body = translate_request(ChatRequest({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                                          "temperature": 1.4, "top_p": 0.9, "top_k": 5}), provider, model)
+    assert {k: body[k] for k in ("temperature", "top_p", "top_k") if k in body} == sent
+
+
+def test_top_p_alone_is_sent_to_current_models() -> None:
+    body = translate_request(ChatRequest({"model": "m", "messages": [{"role": "user", "content": "x"}], "top_p": 0.5}),
+                             PROVIDER, "claude-opus-4-1")
+    assert body["top_p"] == 0.5 and "temperature" not in body

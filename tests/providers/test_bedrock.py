@@ -323,3 +323,15 @@ def test_a_bomb_in_a_packed_tool_call_id_is_a_400_naming_the_call() -> None:
     with pytest.raises(GatewayError) as caught:
         _request(body)
     assert caught.value.status == 400 and caught.value.param == "messages[1].tool_calls[0].id"
+
+
+@pytest.mark.parametrize(("model", "sent"), [
+    ("us.anthropic.claude-opus-4-1-20250805-v1:0", {"temperature": 1.0}),
+    ("anthropic.claude-sonnet-4-5-20250929-v1:0", {"temperature": 1.0}),
+    ("anthropic.claude-3-7-sonnet-20250219-v1:0", {"temperature": 1.0, "topP": 0.9}),
+    ("amazon.nova-pro-v1:0", {"temperature": 1.0, "topP": 0.9}),
+])
+def test_claude_4_1_and_later_get_temperature_or_top_p_never_both(model: str, sent: dict[str, float]) -> None:
+    inference = _request({"model": "bedrock/x", "messages": [{"role": "user", "content": "x"}],
+                          "temperature": 1.4, "top_p": 0.9}, model)["inferenceConfig"]
+    assert {k: inference[k] for k in ("temperature", "topP") if k in inference} == sent
