@@ -165,3 +165,39 @@ def test_odd_values_of_other_fields_never_give_a_500(proxy: Proxy, caplog: pytes
     response = post_json(proxy, "/v1/chat/completions", {"model": model, "messages": _HELLO, **fields})
     assert response.status < 500, response.text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# --- usage: OpenAI's names, the same streamed or not ------------------------------------------------
+
+
+def _usage_of(proxy: Proxy, model: str, stream: bool) -> dict[str, object]:
+    body = {"model": model, "messages": [{"role": "user", "content": "one two three"}], "reasoning_effort": "low"}
+    if stream:
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
+    response = post_json(proxy, "/v1/chat/completions", body)
+    assert response.status == 200, response.text
+    if not stream:
+        usage: dict[str, object] = response.json()["usage"]
+        return usage
+    events = [line[6:] for line in response.text.split("\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    last = json.loads(events[-2])
+    assert last["choices"] == []
+    streamed: dict[str, object] = last["usage"]
+    return streamed
+
+
+@pytest.mark.parametrize(("model", "cache_write"), [("anthropic/claude-sonnet-4-5-cache", 3),
+                                                    ("bedrock/anthropic.claude-sonnet-4-5-cache-v1:0", 3),
+                                                    ("anthropic/claude-sonnet-4-5", None),
+                                                    ("vertex/gemini-2.5-flash", None)])
+def test_usage_is_the_same_streamed_or_not_and_cache_writes_keep_anthropics_name(
+        proxy: Proxy, model: str, cache_write: int | None) -> None:
+    whole, streamed = _usage_of(proxy, model, False), _usage_of(proxy, model, True)
+    assert whole == streamed
+    # OpenAI's prompt_tokens_details holds cached_tokens (and audio_tokens); writes go beside them.
+    details = whole.get("prompt_tokens_details") or {}
+    assert isinstance(details, dict) and set(details) <= {"cached_tokens", "audio_tokens"}
+    assert whole.get("cache_creation_input_tokens") == cache_write
+    if cache_write:
+        assert details == {"cached_tokens": 7}

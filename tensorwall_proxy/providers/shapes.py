@@ -195,14 +195,19 @@ def embeddings(vectors: list[list[float]], model: str, tokens: int, as_base64: b
 
 def usage(prompt: int, completion: int, *, cached: int | None = None, cache_creation: int | None = None,
           reasoning: int | None = None) -> dict[str, Any]:
-    """OpenAI's usage object; ``prompt`` already includes cached tokens (OpenAI counts them in)."""
+    """OpenAI's usage object; ``prompt`` already includes cached tokens (OpenAI counts them in).
+
+    Cache reads are OpenAI's ``prompt_tokens_details.cached_tokens``. OpenAI has no field for cache
+    writes, so they go beside its own fields under Anthropic's name, ``cache_creation_input_tokens``
+    (as other OpenAI-compatible gateways report them), never into ``prompt_tokens_details``, whose
+    keys OpenAI defines. Both appear whenever the provider reported its cache counts.
+    """
     result: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
                               "total_tokens": prompt + completion}
     if cached is not None or cache_creation is not None:
-        details: dict[str, int] = {"cached_tokens": cached or 0}
-        if cache_creation:
-            details["cache_creation_tokens"] = cache_creation
-        result["prompt_tokens_details"] = details
+        result["prompt_tokens_details"] = {"cached_tokens": cached or 0}
+    if cache_creation is not None:
+        result["cache_creation_input_tokens"] = cache_creation
     if reasoning is not None:
         result["completion_tokens_details"] = {"reasoning_tokens": reasoning}
     return result

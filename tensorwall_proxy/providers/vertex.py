@@ -498,7 +498,8 @@ def classify(provider: ProviderConfig, status: int, headers: Mapping[str, str], 
 class VertexStream:
     """Gemini's SSE responses (new text only, calls whole) → OpenAI chunks; ends when the connection does."""
 
-    __slots__ = ("_chunks", "_finished", "_model", "_provider", "_started", "_tools", "done", "usage", "visible")
+    __slots__ = ("_chunks", "_finished", "_model", "_provider", "_started", "_tools", "_usage", "done", "usage",
+                 "visible")
 
     def __init__(self, provider: str, model: str, wants_usage: bool) -> None:
         self._provider = provider
@@ -509,6 +510,7 @@ class VertexStream:
         self._started: set[int] = set()  # candidates whose role chunk went out
         self._tools: dict[int, int] = {}  # candidate → tool calls so far
         self._finished: set[int] = set()
+        self._usage: dict[str, Any] = {}  # usageMetadata as merged over the events so far
         self.visible = False
         self.done = False
         self.usage: Mapping[str, Any] | None = None
@@ -526,8 +528,12 @@ class VertexStream:
             self._chunks.model = str(data["modelVersion"])
         if not self._started and data.get("responseId"):
             self._chunks.id = str(data["responseId"])  # the same id a non-streamed answer would carry
-        if data.get("usageMetadata"):
-            self.usage = _usage(data["usageMetadata"])
+        metadata = data.get("usageMetadata")
+        if metadata and type(metadata) is dict:
+            # Merged, not replaced: an event may carry only some counts (or only trafficType), and
+            # the streamed usage must be the one the same answer gives unstreamed.
+            self._usage.update(metadata)
+            self.usage = _usage(self._usage)
         out: list[bytes] = []
         candidates = items(data.get("candidates"))
         if not candidates and obj(data.get("promptFeedback")).get("blockReason"):

@@ -153,7 +153,7 @@ def test_response_finish_reasons_and_usage(reason: str, finish: str) -> None:
     assert out["choices"][0] == {"index": 0, "message": {"role": "assistant", "content": "Hi", "refusal": None},
                                  "logprobs": None, "finish_reason": finish}
     assert out["usage"] == {"prompt_tokens": 110, "completion_tokens": 2, "total_tokens": 112,
-                            "prompt_tokens_details": {"cached_tokens": 90, "cache_creation_tokens": 10}}
+                            "prompt_tokens_details": {"cached_tokens": 90}, "cache_creation_input_tokens": 10}
     assert out["model"] == "bedrock/claude" and out["object"] == "chat.completion"
 
 

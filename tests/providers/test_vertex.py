@@ -302,3 +302,17 @@ def test_a_function_name_gemini_cannot_take_in_any_form_is_a_400_naming_the_tool
         translate_request(ChatRequest({"model": "m", "messages": [{"role": "user", "content": "x"}],
                                        "tools": [{"type": "function", "function": {"name": name}}]}))
     assert caught.value.status == 400 and caught.value.param == "tools[0].function.name"
+
+
+def test_streamed_usage_is_the_whole_answers_when_the_last_event_carries_part_of_it() -> None:
+    counts = {"promptTokenCount": 4, "candidatesTokenCount": 2, "thoughtsTokenCount": 3, "cachedContentTokenCount": 1}
+    text = {"content": {"role": "model", "parts": [{"text": "Hi"}]}}
+    whole = orjson.loads(translate_response({"candidates": [{**text, "finishReason": "STOP"}],
+                                             "usageMetadata": counts}, "m"))["usage"]
+    stream = VertexStream("vertex", "m", True)
+    stream.feed(SseEvent("", orjson.dumps({"candidates": [text], "usageMetadata": counts})))
+    stream.feed(SseEvent("", orjson.dumps({"candidates": [{"finishReason": "STOP"}],
+                                           "usageMetadata": {"trafficType": "ON_DEMAND"}})))
+    end = stream.close()
+    assert orjson.loads(end[0][6:])["usage"] == whole == stream.usage
+    assert whole["prompt_tokens_details"] == {"cached_tokens": 1} and "cache_creation_input_tokens" not in whole
