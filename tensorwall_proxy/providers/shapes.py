@@ -1,8 +1,9 @@
 """OpenAI's shapes as the translating providers (anthropic, vertex, bedrock) read and write them.
 
-Reading: untrusted JSON taken apart without surprises (``obj``, ``items``), the text of a content
-value, tool-call arguments as the object other APIs want, provider state packed into a tool call
-id. Writing: a translated answer must look exactly like OpenAI's — a ``chat.completion`` object,
+Reading: untrusted JSON taken apart without surprises (``obj``, ``items``), caller fields of the
+wrong type refused as 400s where a translator reads them (``strings``, ``stop_sequences``,
+``tool_name``), base64 ``data:`` URLs, the text of a content value, tool-call arguments as the
+object other APIs want, provider state packed into a tool call id and inflated under bounds. Writing: a translated answer must look exactly like OpenAI's — a ``chat.completion`` object,
 or ``chat.completion.chunk`` events that share one id, ``created`` and ``model``, carry ``"usage":
 null`` while the caller asked for usage, end with exactly one ``choices: []`` usage chunk when it
 did, and then ``[DONE]``; embeddings as OpenAI's list. This module owns those rules so each
