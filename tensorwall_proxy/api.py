@@ -32,6 +32,9 @@ JSON: Final = "application/json"
 _ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _FORWARDED: Final = tuple({name for names in FORWARDED_HEADERS.values() for name in names})
 MAX_MODEL_NAME: Final = 256
+# Inputs in one embeddings request: OpenAI's own limit. Some providers take one input per upstream
+# call (Bedrock Titan, Gemini embeddings), so this also bounds one request's upstream calls.
+MAX_EMBEDDING_INPUTS: Final = 2048
 
 
 def error_response(error: GatewayError, request_id: str) -> web.Response:
@@ -227,6 +230,10 @@ def parse_embeddings(body: dict[str, Any]) -> EmbeddingsRequest:
         raise bad_request("'input' is required: a string, an array of strings or of token arrays.", param="input")
     if not isinstance(value, str | list):
         raise bad_request("'input' must be a string or an array.", param="input")
+    # A list of integers is one input (a token array), however long.
+    if len(value) > MAX_EMBEDDING_INPUTS and isinstance(value, list) and not all(type(v) is int for v in value):
+        raise bad_request(f"'input' holds {len(value)} inputs; at most {MAX_EMBEDDING_INPUTS} are allowed per request.",
+                          param="input", code="too_many_inputs")
     encoding = body.get("encoding_format")
     if encoding is not None and encoding not in ("float", "base64"):
         raise bad_request("'encoding_format' must be 'float' or 'base64'.", param="encoding_format")

@@ -271,3 +271,29 @@ def test_ambient_serves_only_the_models_it_lists(ambient: Proxy, fake: FakeUpstr
                          {"model": "vertex-sa/text-embedding-005", "messages": [{"role": "user", "content": "x"}]})
     assert response.status == 404 and response.json()["error"]["code"] == "model_not_found"
     assert fake.requests == [] and fake.token_requests == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_function_name_with_a_leading_digit_round_trips(gemini: Proxy, fake: FakeUpstream, stream: bool) -> None:
+    """Gemini wants a letter or '_' first: the name goes under a prefix and comes back as the caller's."""
+    tools: list[Any] = [{"type": "function", "function": {
+        "name": "2fa_lookup", "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}}]
+    client = gemini.client()
+    messages: list[Any] = [{"role": "user", "content": "code for Paris?"}]
+    if stream:
+        with client.chat.completions.stream(model=MODEL, messages=messages, tools=tools) as events:
+            for _ in events:
+                pass
+            first = events.get_final_completion()
+    else:
+        first = client.chat.completions.create(model=MODEL, messages=messages, tools=tools)
+    (call,) = first.choices[0].message.tool_calls or []
+    assert call.function.name == "2fa_lookup"
+    messages.append({"role": "assistant", "content": None, "tool_calls": [call.model_dump()]})
+    messages.append({"role": "tool", "tool_call_id": call.id, "content": "123456"})
+    second = client.chat.completions.create(model=MODEL, messages=messages, tools=tools,
+                                            tool_choice={"type": "function", "function": {"name": "2fa_lookup"}})
+    assert second.choices[0].message.content == "[vertex] tool said: 123456"
+    sent = fake.last("vertex").json
+    assert sent["tools"][0]["functionDeclarations"][0]["name"] == "tw.2fa_lookup"
+    assert sent["contents"][2]["parts"][0]["functionResponse"]["name"] == "tw.2fa_lookup"

@@ -17,6 +17,8 @@ Pure: no I/O, no aiohttp.
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -32,19 +34,30 @@ from .ids import attach, detach, for_upstream
 from .openai import USER_AGENT, classify_openai_error, upstream_url
 from .shapes import (
     ChunkEncoder,
+    StateBudget,
     completion,
+    data_url,
     items,
     load_object,
     obj,
     pack_state,
+    stop_sequences,
+    strings,
     text_of,
     tool_input,
+    tool_name,
     unpack_state,
     usage,
 )
 
 DEFAULT_VERSION: Final = "2023-06-01"
 DEFAULT_MAX_TOKENS: Final = 4096
+# From this API version on Anthropic refuses temperature, top_p and top_k for every model.
+SAMPLING_DROPPED_SINCE: Final = "2026-10-21"
+# The version in a Claude model id: claude-opus-4-1-20250805, claude-3-7-sonnet, claude-2.1, claude-v2, and the
+# same inside Bedrock (anthropic.claude-…-v1:0) and Vertex (claude-…@date) ids. A minor version is
+# one or two digits, so the date after claude-sonnet-4 is not taken for one.
+_CLAUDE_VERSION: Final = re.compile(r"claude-(?:(?:opus|sonnet|haiku)-)?v?(\d+)(?:[-.](\d{1,2})(?!\d))?")
 
 # reasoning_effort → extended thinking budget_tokens (Anthropic's minimum is 1024).
 THINKING_BUDGETS: Final[dict[str, int]] = {
@@ -81,11 +94,10 @@ _STATE_TAG: Final = b"A1"
 
 def _image_block(url: str, param: str) -> dict[str, Any]:
     if url.startswith("data:"):
-        header, comma, data = url.partition(",")
-        media_type = header[5:].split(";")[0]
-        if not comma or ";base64" not in header or not media_type.startswith("image/"):
+        parsed = data_url(url)
+        if parsed is None or not parsed[0].startswith("image/"):
             raise UnsupportedField(param, f"'{param}' must be a base64 data: URL of an image or an https: URL.")
-        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+        return {"type": "image", "source": {"type": "base64", "media_type": parsed[0], "data": parsed[1]}}
     if url.startswith(("https://", "http://")):
         return {"type": "image", "source": {"type": "url", "url": url}}
     raise UnsupportedField(param, f"'{param}': Anthropic takes images as data: or https: URLs.")
@@ -116,9 +128,9 @@ def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
 
 def _document_block(file: Any, param: str) -> dict[str, Any]:
     data = file.get("file_data") if isinstance(file, dict) else None
-    if isinstance(data, str) and data.startswith("data:application/pdf;base64,"):
-        return {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
-                                                "data": data.partition(",")[2]}}
+    parsed = data_url(data) if isinstance(data, str) else None
+    if parsed is not None and parsed[0] == "application/pdf":
+        return {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": parsed[1]}}
     raise UnsupportedField(param, f"'{param}': Anthropic takes files as base64 PDF data (file_data).")
 
 
@@ -129,15 +141,17 @@ def encode_thinking(blocks: list[dict[str, Any]]) -> bytes:
     return pack_state(_STATE_TAG, blocks)
 
 
-def decode_thinking(state: bytes | None) -> list[dict[str, Any]] | None:
-    """Thinking blocks from a tool call id's state; None when it holds none of ours, or is damaged."""
-    blocks = unpack_state(_STATE_TAG, state)
+def decode_thinking(state: bytes | None, param: str = "messages",
+                    budget: StateBudget | None = None) -> list[dict[str, Any]] | None:
+    """Thinking blocks from a tool call id's state; None when it holds none of ours, or is damaged;
+    400 naming ``param`` when it inflates past its bound."""
+    blocks = unpack_state(_STATE_TAG, state, param, budget)
     if blocks is not None and all(b.get("type") in ("thinking", "redacted_thinking") for b in blocks):
         return blocks
     return None
 
 
-def _assistant_blocks(message: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
+def _assistant_blocks(message: Mapping[str, Any], where: str, budget: StateBudget) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     thinking: list[dict[str, Any]] | None = None
     calls = items(message.get("tool_calls"))
@@ -148,11 +162,8 @@ def _assistant_blocks(message: Mapping[str, Any], where: str) -> list[dict[str, 
         function = obj(call.get("function"))
         client_id = str(call.get("id") or f"call_{k}")
         if thinking is None:
-            thinking = decode_thinking(detach(client_id)[1])
-        name = function.get("name")
-        if not isinstance(name, str) or not name:
-            raise bad_request(f"'{where}.tool_calls[{k}].function.name' is required.",
-                              param=f"{where}.tool_calls[{k}].function.name")
+            thinking = decode_thinking(detach(client_id)[1], f"{where}.tool_calls[{k}].id", budget)
+        name = tool_name(function.get("name"), f"{where}.tool_calls[{k}].function.name")
         tool_blocks.append({"type": "tool_use", "id": for_upstream(client_id, "anthropic"), "name": name,
                             "input": tool_input(function.get("arguments"))})
     if thinking:
@@ -179,6 +190,7 @@ def convert_messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[di
     """OpenAI messages → (Anthropic ``system`` blocks, Anthropic ``messages``), merged and ordered."""
     system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
+    budget = StateBudget()
     for i, message in enumerate(messages):
         role = message.get("role")
         where = f"messages[{i}]"
@@ -190,7 +202,7 @@ def convert_messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[di
         if role == "user":
             blocks, turn_role = _user_blocks(message.get("content"), where), "user"
         elif role == "assistant":
-            blocks, turn_role = _assistant_blocks(message, where), "assistant"
+            blocks, turn_role = _assistant_blocks(message, where, budget), "assistant"
         elif role == "tool":
             blocks, turn_role = [_tool_result(message, where)], "user"
         else:
@@ -214,7 +226,7 @@ def _tools(body: Mapping[str, Any], turns: list[dict[str, Any]]) -> list[dict[st
         function = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(function, dict) or not function.get("name"):
             raise UnsupportedField(f"tools[{i}]", f"'tools[{i}]': only function tools are supported by Anthropic.")
-        spec: dict[str, Any] = {"name": function["name"],
+        spec: dict[str, Any] = {"name": tool_name(function["name"], f"tools[{i}].function.name"),
                                 "input_schema": function.get("parameters") or {"type": "object", "properties": {}}}
         if function.get("description"):
             spec["description"] = function["description"]
@@ -243,7 +255,7 @@ def _tool_choice(body: Mapping[str, Any]) -> dict[str, Any] | None:
         result = {"type": "any"}
     elif isinstance(choice, dict) and choice.get("type") == "function":
         function = obj(choice.get("function"))
-        result = {"type": "tool", "name": function.get("name")}
+        result = {"type": "tool", "name": tool_name(function.get("name"), "tool_choice.function.name")}
     elif isinstance(choice, dict) and choice.get("type") == "allowed_tools":
         allowed = obj(choice.get("allowed_tools"))
         result = {"type": "any" if allowed.get("mode") == "required" else "auto"}
@@ -267,6 +279,32 @@ def _thinking_budget(body: Mapping[str, Any], turns: list[dict[str, Any]]) -> in
     return budget
 
 
+@functools.lru_cache(maxsize=256)  # bounded: with the prefix form the model id is the caller's
+def one_sampling_field(model: str) -> bool:
+    """Whether a model takes ``temperature`` or ``top_p`` but refuses both together: Claude 4.1 and
+    later, and a Claude whose id names no version. Other models keep both."""
+    match = _CLAUDE_VERSION.search(model)
+    if match is None:
+        return "claude" in model
+    return (int(match[1]), int(match[2] or 0)) >= (4, 1)
+
+
+def sampling(body: Mapping[str, Any], version: str, model: str) -> dict[str, Any]:
+    """``temperature`` (clamped to Anthropic's 0 to 1) and ``top_p`` as the API version and the model
+    take them (DESIGN §14): none from 2026-10-21 on; one of them, temperature first, for Claude 4.1
+    and later; both for older models."""
+    if version[:10] >= SAMPLING_DROPPED_SINCE:
+        return {}
+    out: dict[str, Any] = {}
+    temperature = body.get("temperature")
+    if temperature is not None:
+        out["temperature"] = min(max(float(temperature), 0.0), 1.0)
+    top_p = body.get("top_p")
+    if top_p is not None and not (out and one_sampling_field(model)):
+        out["top_p"] = top_p
+    return out
+
+
 def translate_request(req: ChatRequest, provider: ProviderConfig, model: str) -> dict[str, Any]:
     """The Anthropic Messages body for an OpenAI chat request."""
     body = req.body
@@ -276,7 +314,7 @@ def translate_request(req: ChatRequest, provider: ProviderConfig, model: str) ->
     for name in _REFUSED:
         if body.get(name):
             raise UnsupportedField(name, f"'{name}' is not supported by Anthropic.")
-    if "audio" in (body.get("modalities") or []):
+    if "audio" in strings(body, "modalities"):
         raise UnsupportedField("modalities", "Audio output is not supported by Anthropic.")
     system, turns = convert_messages(body["messages"])
     if not turns:
@@ -306,9 +344,9 @@ def translate_request(req: ChatRequest, provider: ProviderConfig, model: str) ->
     if system:
         out["system"] = system
 
-    stop = body.get("stop")
+    stop = stop_sequences(body)
     if stop:
-        out["stop_sequences"] = [stop] if isinstance(stop, str) else [s for s in stop if s]
+        out["stop_sequences"] = stop
     if tools:
         out["tools"] = tools
         if choice is not None:
@@ -316,13 +354,8 @@ def translate_request(req: ChatRequest, provider: ProviderConfig, model: str) ->
     user = body.get("user")
     if isinstance(user, str) and user:
         out["metadata"] = {"user_id": user}
-    if budget is None:
-        # Thinking takes no sampling parameters; without it, Anthropic's temperature is 0 to 1.
-        temperature = body.get("temperature")
-        if temperature is not None:
-            out["temperature"] = min(max(float(temperature), 0.0), 1.0)
-        if body.get("top_p") is not None:
-            out["top_p"] = body["top_p"]
+    if budget is None:  # thinking takes no sampling parameters
+        out.update(sampling(body, provider.version or DEFAULT_VERSION, model))
     if req.stream:
         out["stream"] = True
     return out

@@ -36,20 +36,24 @@ from ..errors import (
 )
 from ..sse import SseEvent
 from . import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
-from .anthropic import JSON_OBJECT_INSTRUCTION, THINKING_BUDGETS
+from .anthropic import JSON_OBJECT_INSTRUCTION, THINKING_BUDGETS, one_sampling_field
 from .ids import attach, detach, for_upstream, unique_id
 from .openai import USER_AGENT, upstream_url
 from .shapes import (
     ChunkEncoder,
+    StateBudget,
     completion,
+    data_url,
     embedding_texts,
     embeddings,
     items,
     load_object,
     obj,
     pack_state,
+    stop_sequences,
     text_of,
     tool_input,
+    tool_name,
     unpack_state,
     usage,
 )
@@ -69,8 +73,8 @@ EXCEPTIONS: Final[dict[str, tuple[FailureKind, int]]] = {
     "accessdeniedexception": ("auth", 403), "resourcenotfoundexception": ("bad_request", 404),
     "modelerrorexception": ("bad_request", 424),
 }
-IMAGE_FORMATS: Final = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/gif": "gif",
-                        "image/webp": "webp"}
+# By media type as shapes.data_url spells it (image/jpg is image/jpeg there).
+IMAGE_FORMATS: Final = {"image/png": "png", "image/jpeg": "jpeg", "image/gif": "gif", "image/webp": "webp"}
 # Model ids as users send them: base ids, inference profiles (us.…), ARNs.
 _MODEL_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,2047}")
 COHERE_BATCH: Final = 96
@@ -118,12 +122,11 @@ def _image(url: str, param: str) -> dict[str, Any]:
     if not url.startswith("data:"):
         raise UnsupportedField(param, f"'{param}': Bedrock's Converse API takes images as bytes; send a "
                                       "base64 data: URL instead of a link.")
-    header, comma, data = url.partition(",")
-    media_type = header[5:].split(";")[0].lower()
-    image_format = IMAGE_FORMATS.get(media_type)
-    if not comma or ";base64" not in header or image_format is None:
+    parsed = data_url(url)
+    image_format = IMAGE_FORMATS.get(parsed[0]) if parsed is not None else None
+    if parsed is None or image_format is None:
         raise UnsupportedField(param, f"'{param}': Bedrock takes png, jpeg, gif and webp images as base64 data: URLs.")
-    return {"image": {"format": image_format, "source": {"bytes": data}}}
+    return {"image": {"format": image_format, "source": {"bytes": parsed[1]}}}
 
 
 def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
@@ -152,12 +155,14 @@ def encode_reasoning(blocks: list[dict[str, Any]]) -> bytes:
     return pack_state(_STATE_TAG, blocks)
 
 
-def decode_reasoning(state: bytes | None) -> list[dict[str, Any]] | None:
-    """Reasoning blocks from a tool call id's state; None when it holds none of ours, or is damaged."""
-    return unpack_state(_STATE_TAG, state)
+def decode_reasoning(state: bytes | None, param: str = "messages",
+                     budget: StateBudget | None = None) -> list[dict[str, Any]] | None:
+    """Reasoning blocks from a tool call id's state; None when it holds none of ours, or is damaged;
+    400 naming ``param`` when it inflates past its bound."""
+    return unpack_state(_STATE_TAG, state, param, budget)
 
 
-def _assistant_blocks(message: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _assistant_blocks(message: Mapping[str, Any], where: str, budget: StateBudget) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     reasoning: list[dict[str, Any]] | None = None
     tool_blocks = []
@@ -165,9 +170,9 @@ def _assistant_blocks(message: Mapping[str, Any]) -> list[dict[str, Any]]:
         function = obj(obj(call).get("function"))
         client_id = str(obj(call).get("id") or f"call_{k}")
         if reasoning is None:
-            reasoning = decode_reasoning(detach(client_id)[1])
+            reasoning = decode_reasoning(detach(client_id)[1], f"{where}.tool_calls[{k}].id", budget)
         tool_blocks.append({"toolUse": {"toolUseId": for_upstream(client_id, "bedrock"),
-                                        "name": str(function.get("name") or ""),
+                                        "name": tool_name(function.get("name"), f"{where}.tool_calls[{k}].function.name"),
                                         "input": tool_input(function.get("arguments"))}})
     if reasoning:
         blocks.extend({"reasoningContent": block} for block in reasoning)
@@ -192,6 +197,7 @@ def convert_messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[di
     """
     system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
+    budget = StateBudget()
     for i, message in enumerate(messages):
         role = message.get("role")
         where = f"messages[{i}]"
@@ -203,7 +209,7 @@ def convert_messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[di
         if role == "user":
             blocks, turn_role = _user_blocks(message.get("content"), where), "user"
         elif role == "assistant":
-            blocks, turn_role = _assistant_blocks(message), "assistant"
+            blocks, turn_role = _assistant_blocks(message, where, budget), "assistant"
         elif role == "tool":
             blocks, turn_role = [_tool_result(message)], "user"
         else:
@@ -232,7 +238,7 @@ def _tool_config(body: Mapping[str, Any], turns: list[dict[str, Any]]) -> dict[s
         function = obj(obj(tool).get("function"))
         if not function.get("name"):
             raise UnsupportedField(f"tools[{i}]", f"'tools[{i}]': only function tools are supported by Bedrock.")
-        spec: dict[str, Any] = {"name": function["name"], "inputSchema": {
+        spec: dict[str, Any] = {"name": tool_name(function["name"], f"tools[{i}].function.name"), "inputSchema": {
             "json": function.get("parameters") or {"type": "object", "properties": {}}}}
         if function.get("description"):
             spec["description"] = function["description"]
@@ -253,7 +259,8 @@ def _tool_config(body: Mapping[str, Any], turns: list[dict[str, Any]]) -> dict[s
     elif choice == "auto":
         config["toolChoice"] = {"auto": {}}
     elif isinstance(choice, dict) and choice.get("type") == "function":
-        config["toolChoice"] = {"tool": {"name": obj(choice.get("function")).get("name")}}
+        config["toolChoice"] = {"tool": {"name": tool_name(obj(choice.get("function")).get("name"),
+                                                           "tool_choice.function.name")}}
     return config
 
 
@@ -298,11 +305,13 @@ def translate_request(req: ChatRequest, provider: ProviderConfig, model: str) ->
     else:
         if body.get("temperature") is not None:
             inference["temperature"] = min(max(float(body["temperature"]), 0.0), 1.0)
-        if body.get("top_p") is not None:
+        # Claude 4.1 and later refuse temperature and top_p together, here as on Anthropic's API.
+        if body.get("top_p") is not None and not (
+                "temperature" in inference and "anthropic.claude" in model and one_sampling_field(model)):
             inference["topP"] = body["top_p"]
-    stop = body.get("stop")
+    stop = stop_sequences(body)
     if stop:
-        inference["stopSequences"] = [stop] if isinstance(stop, str) else [s for s in stop if s]
+        inference["stopSequences"] = stop
     out["inferenceConfig"] = inference
     response_format = obj(body.get("response_format"))
     if response_format.get("type") == "json_schema":

@@ -1,4 +1,4 @@
-"""The tool call id codec (DESIGN §7): one id the client keeps, a deterministic short id per upstream.
+"""The tool call id codec (DESIGN §7), and its twin for function names: one id the client keeps, a deterministic short id per upstream.
 
 Three jobs:
 
@@ -11,6 +11,9 @@ Three jobs:
 * ``attach(id, state)`` / ``detach(client_id)``: provider state that must come back on the next
   turn (Gemini's ``thoughtSignature``, a thinking block) travels inside the id the client keeps,
   after a marker, base64url-encoded. The client treats the id as opaque, so it returns intact.
+* ``for_gemini(name)`` / ``from_gemini(name)``: function names the same way. Gemini refuses some
+  names OpenAI accepts (``2fa_lookup``: a leading digit); those are sent under a prefix that is
+  stripped from the names Gemini answers with, so the caller sees its own names back.
 
 Pure but for ``unique_id``'s generator: no I/O.
 """
@@ -103,3 +106,25 @@ def detach(client_id: str) -> tuple[str, bytes | None]:
     except ValueError:
         return base, None
     return base, state
+
+
+# Gemini's function names: a letter or an underscore, then letters, digits, "_", ".", ":" and "-",
+# at most 64 in all (Vertex's FunctionDeclaration).
+_GEMINI_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}")
+# Marks a name the gateway changed. OpenAI's function names never hold a ".", and a caller's name
+# that starts with the prefix is prefixed again, so the mapping is one to one and reversible.
+NAME_PREFIX: Final = "tw."
+
+
+def for_gemini(name: str) -> str | None:
+    """The function name Gemini is sent for a caller's: the same when Gemini takes it, else under
+    the prefix; None when no prefix makes it one Gemini takes (a space, too long)."""
+    if not name.startswith(NAME_PREFIX) and _GEMINI_NAME.fullmatch(name):
+        return name
+    prefixed = NAME_PREFIX + name
+    return prefixed if _GEMINI_NAME.fullmatch(prefixed) else None
+
+
+def from_gemini(name: str) -> str:
+    """The caller's function name for one Gemini answers with (``for_gemini`` reversed)."""
+    return name[len(NAME_PREFIX):] if name.startswith(NAME_PREFIX) else name

@@ -1,8 +1,9 @@
 """OpenAI's shapes as the translating providers (anthropic, vertex, bedrock) read and write them.
 
-Reading: untrusted JSON taken apart without surprises (``obj``, ``items``), the text of a content
-value, tool-call arguments as the object other APIs want, provider state packed into a tool call
-id. Writing: a translated answer must look exactly like OpenAI's — a ``chat.completion`` object,
+Reading: untrusted JSON taken apart without surprises (``obj``, ``items``), caller fields of the
+wrong type refused as 400s where a translator reads them (``strings``, ``stop_sequences``,
+``tool_name``), base64 ``data:`` URLs, the text of a content value, tool-call arguments as the
+object other APIs want, provider state packed into a tool call id and inflated under bounds. Writing: a translated answer must look exactly like OpenAI's — a ``chat.completion`` object,
 or ``chat.completion.chunk`` events that share one id, ``created`` and ``model``, carry ``"usage":
 null`` while the caller asked for usage, end with exactly one ``choices: []`` usage chunk when it
 did, and then ``[DONE]``; embeddings as OpenAI's list. This module owns those rules so each
@@ -16,11 +17,11 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
-from ..errors import UnsupportedField, UpstreamError
+from ..errors import UnsupportedField, UpstreamError, bad_request
 from ..sse import DONE_EVENT, encode
 from .openai import embeddings_to_base64_list
 
@@ -33,6 +34,54 @@ def obj(value: Any) -> dict[str, Any]:
 def items(value: Any) -> list[Any]:
     """A JSON array from untrusted data, or an empty one."""
     return value if isinstance(value, list) else []
+
+
+# Caller input read by the translators. parse_chat checks the types the gateway itself relies on;
+# these check the rest where a translator reads them, so a wrong JSON type is a 400 naming the
+# field, never an exception (a 500). Each is one type test on the common path.
+
+
+def strings(body: Mapping[str, Any], name: str, *, single: bool = False) -> list[str]:
+    """``body[name]`` as a list of strings (empty when absent or null); with ``single``, a lone
+    string is taken as a one-item list. 400 naming the field for any other value."""
+    value = body.get(name)
+    if value is None:
+        return []
+    if type(value) is list and all(type(item) is str for item in value):
+        return value
+    if single and type(value) is str:
+        return [value]
+    kind = "a string or an array of strings" if single else "an array of strings"
+    raise bad_request(f"'{name}' must be {kind}.", param=name)
+
+
+def stop_sequences(body: Mapping[str, Any]) -> list[str]:
+    """``stop`` as the non-empty sequences it names."""
+    return [stop for stop in strings(body, "stop", single=True) if stop]
+
+
+def tool_name(value: Any, param: str) -> str:
+    """A function name the caller sent; 400 naming where it is unless it is a non-empty string."""
+    if type(value) is not str or not value:
+        raise bad_request(f"'{param}' must be a non-empty string.", param=param)
+    return value
+
+
+# Media types callers write that the providers know under another name (browsers and many
+# libraries say image/jpg; Anthropic, Gemini and Bedrock all want image/jpeg).
+MEDIA_TYPE_ALIASES: Final = {"image/jpg": "image/jpeg"}
+
+
+def data_url(url: str) -> tuple[str, str] | None:
+    """``(media type, base64 data)`` of a base64 ``data:`` URL, the type lowercased and spelt as the
+    providers want it; None for a data: URL that is not base64 or names no type."""
+    header, comma, data = url.partition(",")
+    if not comma or not header.startswith("data:") or ";base64" not in header:
+        return None
+    media_type = header[5:].partition(";")[0].strip().lower()
+    if not media_type:
+        return None
+    return MEDIA_TYPE_ALIASES.get(media_type, media_type), data
 
 
 def load_object(body: bytes, provider: str, what: str = "a body") -> dict[str, Any]:
@@ -78,13 +127,51 @@ def pack_state(tag: bytes, blocks: list[dict[str, Any]]) -> bytes:
     return tag + zlib.compress(orjson.dumps(blocks), 6)
 
 
-def unpack_state(tag: bytes, state: bytes | None) -> list[dict[str, Any]] | None:
-    """The blocks packed under ``tag``; None for no state, another provider's, or a damaged one."""
+# Packed state comes back from the caller, so it is inflated under bounds (DESIGN §14): one id's
+# state at most 4 MiB (a 32k-token thinking block is about 130 KB), all the ids of one request
+# together at most 32 MiB. Without them a 1 MB id inflates to a gigabyte.
+MAX_STATE_BYTES: Final = 4 * 1024 * 1024
+MAX_REQUEST_STATE_BYTES: Final = 32 * 1024 * 1024
+
+
+class StateBudget:
+    """What the packed state of one request may still inflate to, in bytes."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, left: int = MAX_REQUEST_STATE_BYTES) -> None:
+        self.left = left
+
+
+def unpack_state(tag: bytes, state: bytes | None, param: str = "messages",
+                 budget: StateBudget | None = None) -> list[dict[str, Any]] | None:
+    """The blocks packed under ``tag``; None for no state, another provider's, or a damaged one.
+
+    State that would inflate past its bound is a 400 naming ``param`` (the tool call id): it was
+    made to be a bomb, not damaged in transit.
+    """
     if not state or not state.startswith(tag):
         return None
+    limit = MAX_STATE_BYTES if budget is None else min(MAX_STATE_BYTES, budget.left)
+    inflater = zlib.decompressobj()
     try:
-        blocks = orjson.loads(zlib.decompress(state[len(tag):]))
-    except (zlib.error, orjson.JSONDecodeError):
+        raw = inflater.decompress(state[len(tag):], limit)
+    except zlib.error:
+        return None
+    if inflater.unconsumed_tail:
+        if limit < MAX_STATE_BYTES:
+            raise bad_request(f"The tool call ids of this request carry more than {MAX_REQUEST_STATE_BYTES >> 20} "
+                              f"MiB of packed state; '{param}' is past it.", param=param,
+                              code="packed_state_too_large")
+        raise bad_request(f"'{param}' carries packed state larger than {MAX_STATE_BYTES >> 20} MiB.", param=param,
+                          code="packed_state_too_large")
+    if budget is not None:
+        budget.left -= len(raw)
+    if not inflater.eof:
+        return None  # truncated
+    try:
+        blocks = orjson.loads(raw)
+    except orjson.JSONDecodeError:
         return None
     return blocks if isinstance(blocks, list) and all(isinstance(b, dict) for b in blocks) else None
 
@@ -109,14 +196,19 @@ def embeddings(vectors: list[list[float]], model: str, tokens: int, as_base64: b
 
 def usage(prompt: int, completion: int, *, cached: int | None = None, cache_creation: int | None = None,
           reasoning: int | None = None) -> dict[str, Any]:
-    """OpenAI's usage object; ``prompt`` already includes cached tokens (OpenAI counts them in)."""
+    """OpenAI's usage object; ``prompt`` already includes cached tokens (OpenAI counts them in).
+
+    Cache reads are OpenAI's ``prompt_tokens_details.cached_tokens``. OpenAI has no field for cache
+    writes, so they go beside its own fields under Anthropic's name, ``cache_creation_input_tokens``
+    (as other OpenAI-compatible gateways report them), never into ``prompt_tokens_details``, whose
+    keys OpenAI defines. Both appear whenever the provider reported its cache counts.
+    """
     result: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
                               "total_tokens": prompt + completion}
     if cached is not None or cache_creation is not None:
-        details: dict[str, int] = {"cached_tokens": cached or 0}
-        if cache_creation:
-            details["cache_creation_tokens"] = cache_creation
-        result["prompt_tokens_details"] = details
+        result["prompt_tokens_details"] = {"cached_tokens": cached or 0}
+    if cache_creation is not None:
+        result["cache_creation_input_tokens"] = cache_creation
     if reasoning is not None:
         result["completion_tokens_details"] = {"reasoning_tokens": reasoning}
     return result

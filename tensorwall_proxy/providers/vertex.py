@@ -4,7 +4,8 @@ Requests: messages become ``contents`` (roles user/model, consecutive turns merg
 ``systemInstruction``; images become ``inlineData`` / ``fileData``; the sampling fields,
 ``response_format`` and ``reasoning_effort`` become ``generationConfig``; tools become one
 ``functionDeclarations`` list with each JSON schema reduced to Google's OpenAPI subset; tool
-results become ``functionResponse`` parts named after the call they answer.
+results become ``functionResponse`` parts named after the call they answer. Function names Gemini
+refuses travel under the prefix of ``ids.for_gemini`` and come back without it.
 
 Responses: candidates become choices (``n`` > 1 works); function calls get ids, and a Gemini 3
 ``thoughtSignature`` rides inside that id (``ids.attach``) to be restored on the ``functionCall``
@@ -30,23 +31,27 @@ from ..errors import (
     ProviderNotConfigured,
     UnsupportedField,
     UpstreamError,
+    bad_request,
     caller_status,
     kind_for_status,
     retry_after_seconds,
 )
 from ..sse import SseDecoder, SseEvent
 from . import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
-from .ids import attach, detach, unique_id
+from .ids import attach, detach, for_gemini, from_gemini, unique_id
 from .openai import USER_AGENT, upstream_url
 from .shapes import (
     ChunkEncoder,
+    data_url,
     embedding_texts,
     embeddings,
     items,
     load_object,
     obj,
+    stop_sequences,
     text_of,
     tool_input,
+    tool_name,
     usage,
 )
 
@@ -185,11 +190,10 @@ def reduce_schema(schema: Any, defs: Mapping[str, Any] | None = None, depth: int
 
 def _media_part(url: str, param: str) -> dict[str, Any]:
     if url.startswith("data:"):
-        header, comma, data = url.partition(",")
-        mime = header[5:].split(";")[0]
-        if not comma or ";base64" not in header or not mime:
+        parsed = data_url(url)
+        if parsed is None:
             raise UnsupportedField(param, f"'{param}' must be a base64 data: URL or a gs:// or https: URL.")
-        return {"inlineData": {"mimeType": mime, "data": data}}
+        return {"inlineData": {"mimeType": parsed[0], "data": parsed[1]}}
     if url.startswith(("gs://", "https://", "http://")):
         mime = mimetypes.guess_type(url.split("?")[0])[0] or "image/jpeg"
         return {"fileData": {"mimeType": mime, "fileUri": url}}
@@ -223,6 +227,17 @@ def _user_parts(content: Any, where: str) -> list[dict[str, Any]]:
     return parts
 
 
+def function_name(value: Any, param: str) -> str:
+    """A caller's function name as Gemini is sent it (``ids.for_gemini``); 400 naming where it is
+    when Gemini can take it in no form."""
+    name = tool_name(value, param)
+    mapped = for_gemini(name)
+    if mapped is None:
+        raise bad_request(f"'{param}': Gemini takes function names of at most 64 letters, digits, '_', '.', ':' "
+                          f"and '-', starting with a letter or '_'; {name[:80]!r} cannot be sent.", param=param)
+    return mapped
+
+
 def encode_signature(signature: str) -> bytes:
     """A thought signature as state for a tool call id."""
     return _STATE_TAG + signature.encode("utf-8")
@@ -240,14 +255,14 @@ def decode_signature(state: bytes | None) -> str | None:
 
 
 
-def _model_parts(message: Mapping[str, Any], names: dict[str, str]) -> list[dict[str, Any]]:
+def _model_parts(message: Mapping[str, Any], names: dict[str, str], where: str) -> list[dict[str, Any]]:
     parts: list[dict[str, Any]] = []
     text = text_of(message.get("content"))
     if text:
         parts.append({"text": text})
-    for call in items(message.get("tool_calls")):
+    for k, call in enumerate(items(message.get("tool_calls"))):
         function = obj(obj(call).get("function"))
-        name = str(function.get("name") or "")
+        name = function_name(function.get("name"), f"{where}.tool_calls[{k}].function.name")
         client_id = str(obj(call).get("id") or "")
         names[client_id] = name
         part: dict[str, Any] = {"functionCall": {"name": name, "args": tool_input(function.get("arguments"))}}
@@ -290,7 +305,7 @@ def convert_messages(messages: list[Any]) -> tuple[dict[str, Any] | None, list[d
         if role == "user":
             parts, turn_role = _user_parts(message.get("content"), where), "user"
         elif role == "assistant":
-            parts, turn_role = _model_parts(message, names), "model"
+            parts, turn_role = _model_parts(message, names, where), "model"
         elif role == "tool":
             parts, turn_role = [_function_response(message, names, where)], "user"
         else:
@@ -315,11 +330,13 @@ def _tool_config(body: Mapping[str, Any]) -> dict[str, Any] | None:
     if choice == "required":
         return {"functionCallingConfig": {"mode": "ANY"}}
     if isinstance(choice, dict) and choice.get("type") == "function":
-        name = obj(choice.get("function")).get("name")
+        name = function_name(obj(choice.get("function")).get("name"), "tool_choice.function.name")
         return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}
     if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
         allowed = obj(choice.get("allowed_tools"))
-        names = [obj(t.get("function")).get("name") for t in items(allowed.get("tools")) if isinstance(t, dict)]
+        names = [function_name(obj(t.get("function")).get("name"),
+                               f"tool_choice.allowed_tools.tools[{j}].function.name")
+                 for j, t in enumerate(items(allowed.get("tools"))) if isinstance(t, dict)]
         mode = "ANY" if allowed.get("mode") == "required" else "AUTO"
         config: dict[str, Any] = {"mode": mode}
         if mode == "ANY" and names:
@@ -340,9 +357,9 @@ def _generation_config(body: Mapping[str, Any]) -> dict[str, Any]:
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     if max_tokens:
         config["maxOutputTokens"] = max_tokens
-    stop = body.get("stop")
+    stop = stop_sequences(body)
     if stop:
-        config["stopSequences"] = [stop] if isinstance(stop, str) else [s for s in stop if s]
+        config["stopSequences"] = stop
     n = body.get("n")
     if n is not None and n > 1:
         config["candidateCount"] = n
@@ -376,7 +393,7 @@ def translate_request(req: ChatRequest) -> dict[str, Any]:
         function = obj(obj(tool).get("function"))
         if not function.get("name"):
             raise UnsupportedField(f"tools[{i}]", f"'tools[{i}]': only function tools are supported by Gemini.")
-        declaration: dict[str, Any] = {"name": function["name"]}
+        declaration: dict[str, Any] = {"name": function_name(function["name"], f"tools[{i}].function.name")}
         if function.get("description"):
             declaration["description"] = function["description"]
         if isinstance(function.get("parameters"), dict) and function["parameters"].get("properties"):
@@ -414,8 +431,10 @@ def _tool_call(part: Mapping[str, Any]) -> dict[str, Any]:
     signature = part.get("thoughtSignature")
     if isinstance(signature, str) and signature:
         call_id = attach(call_id, encode_signature(signature))
+    name = call.get("name")
     return {"id": call_id, "type": "function",
-            "function": {"name": call.get("name"), "arguments": orjson.dumps(obj(call.get("args"))).decode()}}
+            "function": {"name": from_gemini(name) if isinstance(name, str) else name,
+                         "arguments": orjson.dumps(obj(call.get("args"))).decode()}}
 
 
 def _finish(reason: Any, has_calls: bool) -> str:
@@ -479,7 +498,8 @@ def classify(provider: ProviderConfig, status: int, headers: Mapping[str, str], 
 class VertexStream:
     """Gemini's SSE responses (new text only, calls whole) → OpenAI chunks; ends when the connection does."""
 
-    __slots__ = ("_chunks", "_finished", "_model", "_provider", "_started", "_tools", "done", "usage", "visible")
+    __slots__ = ("_chunks", "_finished", "_model", "_provider", "_started", "_tools", "_usage", "done", "usage",
+                 "visible")
 
     def __init__(self, provider: str, model: str, wants_usage: bool) -> None:
         self._provider = provider
@@ -490,6 +510,7 @@ class VertexStream:
         self._started: set[int] = set()  # candidates whose role chunk went out
         self._tools: dict[int, int] = {}  # candidate → tool calls so far
         self._finished: set[int] = set()
+        self._usage: dict[str, Any] = {}  # usageMetadata as merged over the events so far
         self.visible = False
         self.done = False
         self.usage: Mapping[str, Any] | None = None
@@ -507,8 +528,12 @@ class VertexStream:
             self._chunks.model = str(data["modelVersion"])
         if not self._started and data.get("responseId"):
             self._chunks.id = str(data["responseId"])  # the same id a non-streamed answer would carry
-        if data.get("usageMetadata"):
-            self.usage = _usage(data["usageMetadata"])
+        metadata = data.get("usageMetadata")
+        if metadata and type(metadata) is dict:
+            # Merged, not replaced: an event may carry only some counts (or only trafficType), and
+            # the streamed usage must be the one the same answer gives unstreamed.
+            self._usage.update(metadata)
+            self.usage = _usage(self._usage)
         out: list[bytes] = []
         candidates = items(data.get("candidates"))
         if not candidates and obj(data.get("promptFeedback")).get("blockReason"):

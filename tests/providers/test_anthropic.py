@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tensorwall_proxy.config import ProviderConfig
-from tensorwall_proxy.errors import UnsupportedField, UpstreamError
+from tensorwall_proxy.errors import GatewayError, UnsupportedField, UpstreamError
 from tensorwall_proxy.providers import ChatRequest
 from tensorwall_proxy.providers.anthropic import (
     AnthropicStream,
@@ -22,7 +23,7 @@ from tensorwall_proxy.providers.anthropic import (
     translate_request,
     translate_response,
 )
-from tensorwall_proxy.providers.ids import detach, for_upstream
+from tensorwall_proxy.providers.ids import attach, detach, for_upstream
 from tensorwall_proxy.sse import SseEvent
 
 GOLDEN = Path(__file__).parent / "golden" / "anthropic"
@@ -286,3 +287,40 @@ def test_any_event_sequence_yields_valid_chunks(events: list[tuple[str, dict[str
     assert tool_indices == list(range(len(tool_indices)))  # 0, 1, 2, … over tool calls only
     usage_chunks = [orjson.loads(r[6:]) for r in out[:-1] if orjson.loads(r[6:])["choices"] == []]
     assert len(usage_chunks) == (1 if wants_usage else 0)
+
+
+def test_a_bomb_in_a_packed_tool_call_id_is_a_400_naming_the_call() -> None:
+    packer = zlib.compressobj(1)
+    bomb = b"A1" + b"".join(packer.compress(b"[" * (1 << 20)) for _ in range(16)) + packer.flush()
+    body = {"model": "claude", "messages": [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "toolu_A", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}},
+            {"id": attach("toolu_B", bomb), "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "toolu_A", "content": "sunny"}]}
+    with pytest.raises(GatewayError) as caught:
+        translate_request(ChatRequest(body), PROVIDER, "claude-3-7-sonnet-20250219")
+    assert caught.value.status == 400 and caught.value.param == "messages[1].tool_calls[1].id"
+
+
+@pytest.mark.parametrize(("version", "model", "sent"), [
+    ("2023-06-01", "claude-opus-4-1-20250805", {"temperature": 1.0}),
+    ("2023-06-01", "claude-sonnet-4-5", {"temperature": 1.0}),
+    ("2023-06-01", "claude-haiku-4-5@20251001", {"temperature": 1.0}),
+    ("2023-06-01", "claude-sonnet-4-20250514", {"temperature": 1.0, "top_p": 0.9}),
+    ("2023-06-01", "claude-3-7-sonnet-20250219", {"temperature": 1.0, "top_p": 0.9}),
+    ("2026-10-21", "claude-3-7-sonnet-20250219", {}),
+    ("2027-01-01", "claude-sonnet-4-5", {}),
+])
+def test_temperature_and_top_p_as_the_api_version_and_model_take_them(version: str, model: str,
+                                                                       sent: dict[str, float]) -> None:
+    provider = ProviderConfig(name="anthropic", type="anthropic", version=version)
+    body = translate_request(ChatRequest({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                                          "temperature": 1.4, "top_p": 0.9, "top_k": 5}), provider, model)
+    assert {k: body[k] for k in ("temperature", "top_p", "top_k") if k in body} == sent
+
+
+def test_top_p_alone_is_sent_to_current_models() -> None:
+    body = translate_request(ChatRequest({"model": "m", "messages": [{"role": "user", "content": "x"}], "top_p": 0.5}),
+                             PROVIDER, "claude-opus-4-1")
+    assert body["top_p"] == 0.5 and "temperature" not in body

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import zlib
 from typing import Any
 
 import botocore.session
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 
 from tensorwall_proxy.auth import Credential
 from tensorwall_proxy.config import ProviderConfig, Secret
-from tensorwall_proxy.errors import UnsupportedField, UpstreamError
+from tensorwall_proxy.errors import GatewayError, UnsupportedField, UpstreamError
 from tensorwall_proxy.providers import ChatRequest, EmbeddingsRequest, UpstreamCall
 from tensorwall_proxy.providers.bedrock import (
     Bedrock,
@@ -25,7 +26,7 @@ from tensorwall_proxy.providers.bedrock import (
     translate_request,
     translate_response,
 )
-from tensorwall_proxy.providers.ids import detach
+from tensorwall_proxy.providers.ids import attach, detach
 from tensorwall_proxy.sse import SseEvent
 
 PROVIDER = ProviderConfig(name="bedrock", type="bedrock", region="us-east-1")
@@ -152,7 +153,7 @@ def test_response_finish_reasons_and_usage(reason: str, finish: str) -> None:
     assert out["choices"][0] == {"index": 0, "message": {"role": "assistant", "content": "Hi", "refusal": None},
                                  "logprobs": None, "finish_reason": finish}
     assert out["usage"] == {"prompt_tokens": 110, "completion_tokens": 2, "total_tokens": 112,
-                            "prompt_tokens_details": {"cached_tokens": 90, "cache_creation_tokens": 10}}
+                            "prompt_tokens_details": {"cached_tokens": 90}, "cache_creation_input_tokens": 10}
     assert out["model"] == "bedrock/claude" and out["object"] == "chat.completion"
 
 
@@ -309,3 +310,28 @@ def test_any_valid_request_gives_a_body_botocore_accepts(body: dict[str, Any]) -
     for message in out["messages"]:
         kinds = {next(iter(b)) for b in message["content"]}
         assert not ("toolResult" in kinds and "text" in kinds), "no text beside tool results"
+
+
+def test_a_bomb_in_a_packed_tool_call_id_is_a_400_naming_the_call() -> None:
+    packer = zlib.compressobj(1)
+    bomb = b"B1" + b"".join(packer.compress(b"[" * (1 << 20)) for _ in range(16)) + packer.flush()
+    body = {"model": "bedrock/x", "messages": [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": attach("tooluse_B", bomb), "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "tooluse_B", "content": "sunny"}]}
+    with pytest.raises(GatewayError) as caught:
+        _request(body)
+    assert caught.value.status == 400 and caught.value.param == "messages[1].tool_calls[0].id"
+
+
+@pytest.mark.parametrize(("model", "sent"), [
+    ("us.anthropic.claude-opus-4-1-20250805-v1:0", {"temperature": 1.0}),
+    ("anthropic.claude-sonnet-4-5-20250929-v1:0", {"temperature": 1.0}),
+    ("anthropic.claude-3-7-sonnet-20250219-v1:0", {"temperature": 1.0, "topP": 0.9}),
+    ("amazon.nova-pro-v1:0", {"temperature": 1.0, "topP": 0.9}),
+])
+def test_claude_4_1_and_later_get_temperature_or_top_p_never_both(model: str, sent: dict[str, float]) -> None:
+    inference = _request({"model": "bedrock/x", "messages": [{"role": "user", "content": "x"}],
+                          "temperature": 1.4, "top_p": 0.9}, model)["inferenceConfig"]
+    assert {k: inference[k] for k in ("temperature", "topP") if k in inference} == sent

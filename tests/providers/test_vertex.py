@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from tensorwall_proxy.auth import Credential
 from tensorwall_proxy.config import ProviderConfig, Secret
-from tensorwall_proxy.errors import ProviderNotConfigured, UnsupportedField, UpstreamError
+from tensorwall_proxy.errors import GatewayError, ProviderNotConfigured, UnsupportedField, UpstreamError
 from tensorwall_proxy.providers import ChatRequest, EmbeddingsRequest
 from tensorwall_proxy.providers.ids import detach
 from tensorwall_proxy.providers.vertex import (
@@ -262,3 +262,57 @@ def test_any_valid_request_gives_a_body_genai_accepts(body: dict[str, Any]) -> N
     roles = [c["role"] for c in out["contents"]]
     assert all(r in ("user", "model") for r in roles)
     assert all(a != b for a, b in itertools.pairwise(roles))
+
+
+_LOOKUP = [{"type": "function", "function": {"name": "2fa_lookup", "parameters": {
+    "type": "object", "properties": {"user": {"type": "string"}}}}}]
+
+
+def test_function_names_gemini_refuses_are_sent_prefixed_everywhere_and_come_back_as_they_were() -> None:
+    body = translate_request(ChatRequest({"model": "m", "tools": [*_LOOKUP, {"type": "function", "function": {
+        "name": "tw.own"}}], "tool_choice": {"type": "function", "function": {"name": "2fa_lookup"}}, "messages": [
+        {"role": "user", "content": "Code?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "2fa_lookup", "arguments": "{}"}},
+            {"id": "call_2", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "123456"},
+        {"role": "tool", "tool_call_id": "call_2", "content": "sunny"}]}))
+    check_with_genai(body)
+    assert [d["name"] for d in body["tools"][0]["functionDeclarations"]] == ["tw.2fa_lookup", "tw.tw.own"]
+    assert body["toolConfig"]["functionCallingConfig"]["allowedFunctionNames"] == ["tw.2fa_lookup"]
+    calls = [p["functionCall"]["name"] for p in body["contents"][1]["parts"]]
+    results = [p["functionResponse"]["name"] for p in body["contents"][2]["parts"]]
+    assert calls == results == ["tw.2fa_lookup", "get_weather"]
+
+    answer = {"candidates": [{"content": {"role": "model", "parts": [
+        {"functionCall": {"name": "tw.2fa_lookup", "args": {}}}, {"functionCall": {"name": "tw.tw.own", "args": {}}},
+        {"functionCall": {"name": "get_weather", "args": {}}}]}, "finishReason": "STOP"}]}
+    message = orjson.loads(translate_response(answer, "m"))["choices"][0]["message"]
+    assert [c["function"]["name"] for c in message["tool_calls"]] == ["2fa_lookup", "tw.own", "get_weather"]
+    stream = VertexStream("vertex", "m", False)
+    chunks = stream.feed(SseEvent("", orjson.dumps(answer)))
+    names = [c["function"]["name"] for raw in chunks for choice in orjson.loads(raw[6:])["choices"]
+             for c in choice["delta"].get("tool_calls", [])]
+    assert names == ["2fa_lookup", "tw.own", "get_weather"]
+
+
+@pytest.mark.parametrize("name", ["9" * 62, "has space", "naïve"])
+def test_a_function_name_gemini_cannot_take_in_any_form_is_a_400_naming_the_tool(name: str) -> None:
+    with pytest.raises(GatewayError) as caught:
+        translate_request(ChatRequest({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                                       "tools": [{"type": "function", "function": {"name": name}}]}))
+    assert caught.value.status == 400 and caught.value.param == "tools[0].function.name"
+
+
+def test_streamed_usage_is_the_whole_answers_when_the_last_event_carries_part_of_it() -> None:
+    counts = {"promptTokenCount": 4, "candidatesTokenCount": 2, "thoughtsTokenCount": 3, "cachedContentTokenCount": 1}
+    text = {"content": {"role": "model", "parts": [{"text": "Hi"}]}}
+    whole = orjson.loads(translate_response({"candidates": [{**text, "finishReason": "STOP"}],
+                                             "usageMetadata": counts}, "m"))["usage"]
+    stream = VertexStream("vertex", "m", True)
+    stream.feed(SseEvent("", orjson.dumps({"candidates": [text], "usageMetadata": counts})))
+    stream.feed(SseEvent("", orjson.dumps({"candidates": [{"finishReason": "STOP"}],
+                                           "usageMetadata": {"trafficType": "ON_DEMAND"}})))
+    end = stream.close()
+    assert orjson.loads(end[0][6:])["usage"] == whole == stream.usage
+    assert whole["prompt_tokens_details"] == {"cached_tokens": 1} and "cache_creation_input_tokens" not in whole
