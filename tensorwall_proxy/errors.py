@@ -28,6 +28,11 @@ FailureKind = Literal["connect", "timeout", "rate_limited", "overloaded", "serve
 # may well succeed, so the relay falls back on them and they count against the endpoint's health.
 FALLBACK_KINDS: frozenset[FailureKind] = frozenset({"connect", "timeout", "rate_limited", "overloaded", "server"})
 
+# The longest wait an upstream's Retry-After may impose, on our cooldown and on the caller: the
+# same cap as the cooldown itself (health.MAX_COOLDOWN_SECONDS), so a hostile or broken upstream
+# cannot park an endpoint, or tell every client to go away, for a day.
+MAX_RETRY_AFTER_SECONDS = 300.0
+
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -75,9 +80,9 @@ class GatewayError(Exception):
     def headers(self) -> dict[str, str]:
         """Headers the error response carries besides the content type."""
         headers: dict[str, str] = {}
-        if self.retry_after is not None:
+        if self.retry_after is not None and math.isfinite(self.retry_after):
             # Rounded up: a client that obeys it must not come back before the cooldown ends.
-            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
+            headers["Retry-After"] = str(max(1, math.ceil(min(self.retry_after, MAX_RETRY_AFTER_SECONDS))))
         if self.should_retry is False:
             headers["x-should-retry"] = "false"
         return headers
@@ -167,28 +172,29 @@ def caller_status(status: int, kind: FailureKind) -> int:
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """Seconds an upstream asked us to wait: ``retry-after-ms`` first (finer), then ``retry-after``.
+    """Seconds an upstream asked us to wait: ``retry-after-ms`` first (finer), then ``retry-after``,
+    capped at ``MAX_RETRY_AFTER_SECONDS``.
 
     Only the delta-seconds form of Retry-After is read; an HTTP date is rare from these APIs and
-    falls back to the configured cooldown.
+    falls back to the configured cooldown, as does any value that is not a finite, non-negative
+    number (``inf``, ``1e400``, ``nan``, ``-1``): a header we cannot trust is treated as absent.
     """
-    raw_ms = headers.get("retry-after-ms")
-    if raw_ms:
-        try:
-            value = float(raw_ms) / 1000.0
-            if value >= 0:
-                return value
-        except ValueError:
-            pass
-    raw = headers.get("retry-after")
-    if raw:
-        try:
-            value = float(raw)
-            if value >= 0:
-                return value
-        except ValueError:
-            pass
-    return None
+    seconds = _seconds(headers.get("retry-after-ms"), 1000.0)
+    if seconds is None:
+        seconds = _seconds(headers.get("retry-after"), 1.0)
+    return seconds
+
+
+def _seconds(raw: str | None, per_second: float) -> float | None:
+    if not raw or len(raw) > 32:
+        return None
+    try:
+        value = float(raw) / per_second
+    except ValueError:
+        return None
+    if not math.isfinite(value) or value < 0:
+        return None
+    return min(value, MAX_RETRY_AFTER_SECONDS)
 
 
 def openai_error_fields(body: Any) -> tuple[str | None, str | None, str | None, str | None]:

@@ -1,0 +1,248 @@
+"""A hostile or broken upstream: what comes back from it is bounded and checked before the caller sees it.
+
+Bodies are counted after decompression against `server.max_upstream_body_bytes` (chat) and a
+stream holds at most `server.max_held_bytes` before its commit point; statuses that are not an
+answer (3xx, 204, 304), empty or non-JSON 200s and answers of the wrong shape are 502s that fall
+back; Retry-After and usage numbers are validated; only named rate-limit headers pass, short;
+a client that stops reading does not keep its upstream connection. The upstream is the raw TCP
+server of `tests.rawtcp` (or the fake, scripted), on 127.0.0.1; every exchange is a few KiB and
+a fraction of a second. The memory bounds of DESIGN §4 are measured on a `serve` subprocess in
+the `slow` tests at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import GATEWAY_KEY, Proxy, ServerThread, config_text, raw_request
+from tests.fakes import FakeUpstream, Scripted
+from tests.rawtcp import (
+    CLOSE,
+    DONE,
+    LAST_CHUNK,
+    READ,
+    SSE_HEAD,
+    RawServer,
+    Script,
+    Send,
+    chunk,
+    completion_body,
+    completion_chunk,
+    json_response,
+)
+from tests.test_faults import FAST, RATE_LIMITED, answer_text, chat, events
+from tests.test_lifecycle import Proc
+
+# --------------------------------------------------------------------------------------------------
+# Fixtures (as in tests/test_faults.py and tests/test_lifecycle.py)
+
+
+@pytest.fixture
+def raw_server(servers: ServerThread) -> Iterator[Callable[[Script], RawServer]]:
+    """Start raw TCP servers on the servers thread; stopped after the test."""
+    started: list[RawServer] = []
+
+    def start(script: Script) -> RawServer:
+        server = RawServer(script)
+        servers.run(server.start())
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        servers.run(server.stop())
+
+
+@pytest.fixture
+def scripted(fake: FakeUpstream) -> Iterator[Callable[[str, Scripted], str]]:
+    """A canned answer of the fake for a fresh model name, removed after the test."""
+    names: list[str] = []
+
+    def add(prefix: str, entry: Scripted) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        fake.script[name] = entry
+        names.append(name)
+        return name
+
+    yield add
+    for name in names:
+        fake.script.pop(name, None)
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """Subprocesses for one test; whatever still runs at the end is killed."""
+    started: list[Proc] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(list(args), tmp_path / f"proc{len(started)}.log", env)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def bounded_proxy(make_proxy: Callable[..., Proxy], fake: FakeUpstream, raw: RawServer, *, provider_type: str = "openai",
+                  fallback: bool = True, server: str = "{max_upstream_body_bytes: 1024, max_held_bytes: 4096}") -> Proxy:
+    """A proxy whose route `faulty` tries the raw server first (as `provider_type`) and, with
+    `fallback`, the fake's openai flavor second; small upstream bounds."""
+    base = "/v1"
+    text = config_text(fake, providers=f'  raw: {{type: {provider_type}, base_url: "{raw.base_url}{base}"}}\n')
+    second = "\n      - {provider: openai, model: gpt-4o, priority: 1}" if fallback else ""
+    return make_proxy(text=text + f"""
+server: {server}
+routes:
+  faulty:
+    strategy: priority
+    timeouts: {FAST}
+    endpoints:
+      - {{provider: raw, model: raw-model, priority: 0, api_key: raw-key}}{second}
+""")
+
+
+def padded_completion(size: int) -> bytes:
+    """A valid chat.completion body of about `size` bytes."""
+    return completion_body("x" * size)
+
+
+def answered_by_fallback(response: Any, stream: bool = False) -> None:
+    assert answer_text(response, stream) == "[openai] hello"
+    assert response.headers["x-tensorwall-provider"] == "openai"
+
+
+# --------------------------------------------------------------------------------------------------
+# 13. Hostile numbers: Retry-After, usage
+
+
+@pytest.mark.parametrize("value", ["inf", "1e400", "nan", "-5", "soon", "9" * 400])
+def test_a_retry_after_that_is_not_a_finite_non_negative_number_is_treated_as_absent(
+        make_proxy: Callable[..., Proxy], scripted: Callable[[str, Scripted], str], value: str) -> None:
+    model = scripted("limited", (429, {"retry-after": value}, RATE_LIMITED))
+    proxy = make_proxy(f"""
+retries: {{cooldown_seconds: 9}}
+routes:
+  limited:
+    endpoints: [{{provider: openai, model: {model}}}]
+""")
+    response = chat(proxy, "limited")
+    assert response.status == 429, response.body
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.headers["retry-after"] == "9"  # the configured cooldown
+
+
+@pytest.mark.parametrize("header", ["retry-after", "retry-after-ms"])
+def test_retry_after_reaches_the_caller_capped_at_300_seconds(
+        make_proxy: Callable[..., Proxy], scripted: Callable[[str, Scripted], str], header: str) -> None:
+    model = scripted("limited", (429, {header: "86400000"}, RATE_LIMITED))
+    proxy = make_proxy(f"""
+routes:
+  limited:
+    endpoints: [{{provider: openai, model: {model}}}]
+""")
+    response = chat(proxy, "limited")
+    assert response.status == 429, response.body
+    assert response.headers["retry-after"] == "300"
+
+
+HOSTILE_USAGE = [
+    {"prompt_tokens": "many", "completion_tokens": 2, "total_tokens": 2},
+    {"prompt_tokens": -5, "completion_tokens": -7, "total_tokens": -12},
+    {"prompt_tokens": 1.5, "completion_tokens": True, "total_tokens": []},
+    {"prompt_tokens": 10**30, "completion_tokens": None},
+]
+
+
+def _metrics(proxy: Proxy) -> tuple[int, str]:
+    response = raw_request(proxy.url + "/metrics", method="GET", headers={"X-API-Key": GATEWAY_KEY})
+    return response.status, response.text
+
+
+@pytest.mark.parametrize("usage", HOSTILE_USAGE, ids=["string", "negative", "fraction-bool-list", "huge"])
+def test_bad_usage_in_an_answer_serves_the_answer_and_counts_nothing_bad(
+        make_proxy: Callable[..., Proxy], fake: FakeUpstream, raw_server: Callable[..., RawServer],
+        usage: dict[str, Any]) -> None:
+    body = json.loads(completion_body("counted"))
+    body["usage"] = usage
+    raw = raw_server([READ, Send(json_response(json.dumps(body).encode())), CLOSE])
+    proxy = bounded_proxy(make_proxy, fake, raw, fallback=False)
+    response = chat(proxy)
+    assert response.status == 200, response.body
+    assert response.json()["choices"][0]["message"]["content"] == "counted"
+    status, text = _metrics(proxy)
+    assert status == 200, text
+    assert "-" not in "".join(line.rsplit(" ", 1)[-1] for line in text.splitlines()
+                              if line.startswith("tensorwall_tokens_total"))
+
+
+@pytest.mark.parametrize("usage", HOSTILE_USAGE, ids=["string", "negative", "fraction-bool-list", "huge"])
+def test_bad_usage_in_a_stream_ends_it_with_done_and_nothing_after(
+        make_proxy: Callable[..., Proxy], fake: FakeUpstream, raw_server: Callable[..., RawServer],
+        usage: dict[str, Any]) -> None:
+    usage_event = ("data: " + json.dumps({"id": "chatcmpl-raw", "object": "chat.completion.chunk", "created": 1,
+                                          "model": "raw-model", "choices": [], "usage": usage}) + "\n\n").encode()
+    body = completion_chunk("counted") + completion_chunk(finish="stop") + usage_event + DONE
+    raw = raw_server([READ, Send(SSE_HEAD + chunk(body) + LAST_CHUNK), CLOSE])
+    proxy = bounded_proxy(make_proxy, fake, raw, fallback=False)
+    response = chat(proxy, stream=True, stream_options={"include_usage": True})
+    assert answer_text(response, True) == "counted"
+    assert not any('"error"' in event for event in events(response))
+    status, text = _metrics(proxy)
+    assert status == 200, text
+
+
+@pytest.mark.parametrize("usage", [{"input_tokens": "many", "output_tokens": -3},
+                                   {"input_tokens": 1e300, "output_tokens": [1],
+                                    "cache_read_input_tokens": "x"}], ids=["string-negative", "huge-list"])
+def test_bad_usage_from_a_translated_provider_serves_the_answer(
+        make_proxy: Callable[..., Proxy], fake: FakeUpstream, raw_server: Callable[..., RawServer],
+        usage: dict[str, Any]) -> None:
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-raw",
+               "content": [{"type": "text", "text": "counted"}], "stop_reason": "end_turn", "usage": usage}
+    raw = raw_server([READ, Send(json_response(json.dumps(message).encode())), CLOSE])
+    proxy = bounded_proxy(make_proxy, fake, raw, provider_type="anthropic", fallback=False)
+    response = chat(proxy)
+    assert response.status == 200, response.body
+    answer = response.json()
+    assert answer["choices"][0]["message"]["content"] == "counted"
+    assert answer["usage"]["prompt_tokens"] == 0 and answer["usage"]["completion_tokens"] == 0
+
+
+def _anthropic_stream(*events_: tuple[str, dict[str, Any]]) -> bytes:
+    return b"".join(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events_)
+
+
+ANTHROPIC_START = ("message_start", {"type": "message_start", "message": {
+    "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-raw", "content": [],
+    "usage": "not an object"}})
+
+
+def test_bad_usage_in_a_translated_stream_ends_it_with_done(
+        make_proxy: Callable[..., Proxy], fake: FakeUpstream, raw_server: Callable[..., RawServer]) -> None:
+    body = _anthropic_stream(
+        ANTHROPIC_START,
+        ("content_block_start", {"type": "content_block_start", "index": 0,
+                                 "content_block": {"type": "text", "text": ""}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "text_delta", "text": "counted"}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                           "usage": {"output_tokens": "lots", "input_tokens": -4}}),
+        ("message_stop", {"type": "message_stop"}))
+    raw = raw_server([READ, Send(SSE_HEAD + chunk(body) + LAST_CHUNK), CLOSE])
+    proxy = bounded_proxy(make_proxy, fake, raw, provider_type="anthropic", fallback=False)
+    response = chat(proxy, stream=True, stream_options={"include_usage": True})
+    assert answer_text(response, True) == "counted"
+    usage = json.loads(events(response)[-2].removeprefix("data: "))["usage"]
+    assert usage["prompt_tokens"] == 0 and usage["completion_tokens"] == 0
