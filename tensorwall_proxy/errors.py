@@ -145,7 +145,11 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 
 
 def kind_for_status(status: int) -> FailureKind:
-    """The failure kind an upstream HTTP status stands for, before any provider-specific reading."""
+    """The failure kind an upstream HTTP status stands for, before any provider-specific reading.
+
+    A status below 400 that is not an answer (a redirect, 204, 304) is the upstream's failure."""
+    if status < 400:
+        return "server"
     if status == 429:
         return "rate_limited"
     if status in (401, 403):
@@ -166,7 +170,7 @@ def caller_status(status: int, kind: FailureKind) -> int:
         return 504
     if kind == "overloaded":
         return 503
-    if status >= 500:
+    if status >= 500 or status < 400:
         return 502
     return status
 

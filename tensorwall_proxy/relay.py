@@ -13,6 +13,7 @@ after it, a failure becomes one ``data: {"error": ...}`` event and the stream en
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -46,8 +47,13 @@ SAME_ENDPOINT_RETRIES: Final = 1
 RETRY_BACKOFF: Final = 0.05
 # Upstream calls one request may have in flight at once (batched embeddings fan out).
 FAN_OUT: Final = 8
+log = logging.getLogger(__name__)
+
 # Upstream response headers worth passing to the caller (rate-limit state helps client back-off).
 _PASSED_PREFIX: Final = "x-ratelimit-"
+# What a translator or a body check may raise on an upstream answer of the wrong shape: that
+# answer is the upstream's failure (502, may fall back), not the gateway's (500).
+MALFORMED: Final = (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError, RecursionError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +274,18 @@ def _response_headers(request_id: str, provider: str, upstream_headers: Mapping[
     return headers
 
 
+def _not_an_answer(provider: str, status: int) -> UpstreamError:
+    """A status below 400 other than 200 (a redirect, 204, 304): no answer, and no error to relay."""
+    return UpstreamError("server", 502, f"Upstream '{provider}' answered HTTP {status} instead of an answer.",
+                         provider=provider)
+
+
+def _malformed(provider: str, what: str, exc: BaseException) -> UpstreamError:
+    log.warning("upstream %r sent %s the gateway cannot read (%s)", provider, what, type(exc).__name__)
+    return UpstreamError("server", 502, f"Upstream '{provider}' sent {what} that is not in its API's shape.",
+                         provider=provider)
+
+
 def _timeouts(table: Table, route: Route) -> Timeouts:
     return route.timeouts or table.config.timeouts
 
@@ -292,7 +310,9 @@ async def _unary(gateway: Gateway, call: UpstreamCall, timeouts: Timeouts, attem
             response.close()
         raise
     response.release()
-    if response.status >= 300:
+    if response.status != 200:
+        if response.status < 400:
+            raise _not_an_answer(provider.name, response.status)
         raise impl.classify_error(provider, response.status, response.headers, body)
     gateway.health.succeeded(attempt.health_key)
     return body, response.headers
@@ -329,19 +349,30 @@ async def _answer(gateway: Gateway, attempt: Attempt, impl: Provider, call: Upst
                   request_id: str, record: RequestRecord, translate: Callable[[bytes], bytes]) -> web.StreamResponse:
     """A non-streamed attempt: the whole upstream body, translated, is the commit."""
     body, headers = await _unary(gateway, call, timeouts, attempt, impl)
-    out = translate(body)
-    record.count(_usage_of(out))
+    name = attempt.provider.name
+    try:
+        out = translate(body)
+    except MALFORMED as exc:
+        raise _malformed(name, "an answer", exc) from None
+    record.count(_usage_of(out, "choices", name))
     record.committed()
-    return web.Response(body=out, headers=_response_headers(request_id, attempt.provider.name, headers, JSON))
+    return web.Response(body=out, headers=_response_headers(request_id, name, headers, JSON))
 
 
-def _usage_of(body: bytes) -> Mapping[str, Any] | None:
-    """The usage of an OpenAI-shaped body, for token accounting (parsed once, here, after the answer)."""
+def _usage_of(body: bytes, items: str, provider: str) -> Mapping[str, Any] | None:
+    """The usage of an OpenAI-shaped body, for token accounting (parsed once, here, after the answer).
+
+    A body that is not a JSON object with a list under ``items`` (an empty or non-JSON 200 from
+    a passthrough upstream) is no answer: 502, and the next endpoint may serve.
+    """
     try:
         parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    usage = parsed.get("usage") if isinstance(parsed, dict) else None
+    except orjson.JSONDecodeError as exc:
+        raise _malformed(provider, "an answer", exc) from None
+    if not isinstance(parsed, dict) or not isinstance(parsed.get(items), list):
+        raise UpstreamError("server", 502, f"Upstream '{provider}' sent an answer that is not in its API's shape.",
+                            provider=provider)
+    usage = parsed.get("usage")
     return usage if isinstance(usage, dict) else None
 
 
@@ -379,8 +410,11 @@ async def embeddings(gateway: Gateway, request: web.Request, req: EmbeddingsRequ
 
     async def execute(impl: Provider, attempt: Attempt, calls: list[UpstreamCall]) -> web.StreamResponse:
         bodies, headers = await _unary_all(gateway, calls, timeouts, attempt, impl)
-        out = impl.parse_embeddings_response(req, attempt.provider, bodies)
-        record.count(_usage_of(out))
+        try:
+            out = impl.parse_embeddings_response(req, attempt.provider, bodies)
+        except MALFORMED as exc:
+            raise _malformed(attempt.provider.name, "an answer", exc) from None
+        record.count(_usage_of(out, "data", attempt.provider.name))
         record.committed()
         return web.Response(body=out, headers=_response_headers(request_id, attempt.provider.name, headers, JSON))
 
@@ -412,7 +446,9 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
     heard = False  # any upstream event yet: the clock's phase
     try:
         response = await upstream.send(gateway.session, call, timeouts.connect)
-        if response.status >= 300:
+        if response.status != 200:
+            if response.status < 400:
+                raise _not_an_answer(provider.name, response.status)
             body = await response.read()
             raise impl.classify_error(provider, response.status, response.headers, body)
         while not decoder.done:
@@ -480,6 +516,10 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
                 "server", 502, f"Upstream '{provider.name}' broke the event stream: {exc}", provider=provider.name))
         exc.provider = provider.name
         return await _fail_stream(gateway, attempt, client, pending, exc.with_traceback(None))
+    except MALFORMED as exc:
+        # A decoder met an event of the wrong shape (a hostile number, an object where a list was).
+        clock.stop()
+        return await _fail_stream(gateway, attempt, client, pending, _malformed(provider.name, "an event", exc))
     finally:
         clock.stop()
         gateway.streams.discard(task)

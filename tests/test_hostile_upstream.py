@@ -31,9 +31,11 @@ from tests.rawtcp import (
     RawServer,
     Script,
     Send,
+    Silence,
     chunk,
     completion_body,
     completion_chunk,
+    head,
     json_response,
 )
 from tests.test_faults import FAST, RATE_LIMITED, answer_text, chat, events
@@ -246,3 +248,62 @@ def test_bad_usage_in_a_translated_stream_ends_it_with_done(
     assert answer_text(response, True) == "counted"
     usage = json.loads(events(response)[-2].removeprefix("data: "))["usage"]
     assert usage["prompt_tokens"] == 0 and usage["completion_tokens"] == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# 14. Statuses that are no answer, and answers that are not in the API's shape
+
+
+NOT_ANSWERS = {
+    "302": head(302, {"Location": "http://10.1.2.3:8080/elsewhere", "Content-Length": "0", "Connection": "close"}),
+    "204": head(204, {"Connection": "close"}),
+    "304": head(304, {"Connection": "close"}),
+    "empty-200": json_response(b""),
+    "text-200": head(200, {"Content-Type": "text/html", "Content-Length": "13", "Connection": "close"})
+    + b"<html></html>",
+    "choices-not-a-list": json_response(b'{"id":"x","choices":"nope"}'),
+    "json-array": json_response(b"[1,2,3]"),
+}
+
+
+@pytest.mark.parametrize("answer", list(NOT_ANSWERS))
+def test_an_upstream_reply_that_is_no_answer_is_a_502_that_falls_back(
+        make_proxy: Callable[..., Proxy], fake: FakeUpstream, raw_server: Callable[..., RawServer],
+        answer: str) -> None:
+    raw = raw_server([READ, Send(NOT_ANSWERS[answer]), CLOSE])
+    proxy = bounded_proxy(make_proxy, fake, raw)
+    answered_by_fallback(chat(proxy))
+
+    alone = bounded_proxy(make_proxy, fake, raw, fallback=False)
+    response = chat(alone)
+    assert response.status == 502, (response.status, response.body)
+    assert response.json()["error"]["type"] == "server_error"
+    assert "location" not in response.headers and "10.1.2.3" not in response.text
+
+
+@pytest.mark.parametrize("answer", ["302", "204"])
+def test_a_stream_answered_with_no_answer_falls_back(
+        make_proxy: Callable[..., Proxy], fake: FakeUpstream, raw_server: Callable[..., RawServer],
+        answer: str) -> None:
+    raw = raw_server([READ, Send(NOT_ANSWERS[answer]), CLOSE])
+    proxy = bounded_proxy(make_proxy, fake, raw)
+    answered_by_fallback(chat(proxy, stream=True), stream=True)
+
+
+def test_a_translated_answer_of_the_wrong_shape_is_a_502(
+        make_proxy: Callable[..., Proxy], fake: FakeUpstream, raw_server: Callable[..., RawServer]) -> None:
+    message = {"id": "msg_1", "type": "message", "content": "not a list of blocks", "usage": {}}
+    raw = raw_server([READ, Send(json_response(json.dumps(message).encode())), CLOSE])
+    proxy = bounded_proxy(make_proxy, fake, raw, provider_type="anthropic", fallback=False)
+    response = chat(proxy)
+    assert response.status == 502, response.body
+    assert "not in its API's shape" in response.json()["error"]["message"]
+
+
+def test_a_translated_stream_event_of_the_wrong_shape_is_a_502_that_falls_back(
+        make_proxy: Callable[..., Proxy], fake: FakeUpstream, raw_server: Callable[..., RawServer]) -> None:
+    body = _anthropic_stream(ANTHROPIC_START, ("content_block_start", {
+        "type": "content_block_start", "index": 0, "content_block": "not an object"}))
+    raw = raw_server([READ, Send(SSE_HEAD + chunk(body)), Silence(5)])
+    proxy = bounded_proxy(make_proxy, fake, raw, provider_type="anthropic")
+    answered_by_fallback(chat(proxy, stream=True), stream=True)
