@@ -49,8 +49,12 @@ RETRY_BACKOFF: Final = 0.05
 FAN_OUT: Final = 8
 log = logging.getLogger(__name__)
 
-# Upstream response headers worth passing to the caller (rate-limit state helps client back-off).
-_PASSED_PREFIX: Final = "x-ratelimit-"
+# Upstream response headers worth passing to the caller (rate-limit state helps client back-off):
+# OpenAI's, by name, so an upstream cannot fill the caller's response with headers of its choosing.
+PASSED_HEADERS: Final = ("x-ratelimit-limit-requests", "x-ratelimit-limit-tokens", "x-ratelimit-remaining-requests",
+                         "x-ratelimit-remaining-tokens", "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
+# A passed header's value is short printable ASCII ("1m30s", "149984"); anything else is dropped.
+MAX_PASSED_VALUE: Final = 64
 # What a translator or a body check may raise on an upstream answer of the wrong shape: that
 # answer is the upstream's failure (502, may fall back), not the gateway's (500).
 MALFORMED: Final = (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError, RecursionError)
@@ -268,8 +272,10 @@ def _response_headers(request_id: str, provider: str, upstream_headers: Mapping[
                       content_type: str) -> dict[str, str]:
     headers = {"Content-Type": content_type, "x-request-id": request_id, "x-tensorwall-provider": provider}
     if upstream_headers is not None:
-        for name, value in upstream_headers.items():
-            if name.lower().startswith(_PASSED_PREFIX):
+        get = upstream_headers.get
+        for name in PASSED_HEADERS:
+            value = get(name)
+            if value is not None and len(value) <= MAX_PASSED_VALUE and value.isascii() and value.isprintable():
                 headers[name] = value
     return headers
 

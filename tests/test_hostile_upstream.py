@@ -307,3 +307,25 @@ def test_a_translated_stream_event_of_the_wrong_shape_is_a_502_that_falls_back(
     raw = raw_server([READ, Send(SSE_HEAD + chunk(body)), Silence(5)])
     proxy = bounded_proxy(make_proxy, fake, raw, provider_type="anthropic")
     answered_by_fallback(chat(proxy, stream=True), stream=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# 16. Rate-limit headers: a fixed list of names, short printable values
+
+
+def test_only_the_known_rate_limit_headers_pass_and_only_short_printable_values(
+        make_proxy: Callable[..., Proxy], fake: FakeUpstream, raw_server: Callable[..., RawServer]) -> None:
+    headers = {
+        "x-ratelimit-remaining-requests": "99",
+        "x-ratelimit-reset-tokens": "1m30s",
+        "x-ratelimit-limit-tokens": "9" * 200,  # too long: dropped
+        "x-ratelimit-limit-requests": "a\tb",  # not printable: dropped
+        "x-ratelimit-evil": "passed-before",
+        **{f"x-ratelimit-flood-{i}": "z" * 50 for i in range(100)},
+    }
+    raw = raw_server([READ, Send(json_response(completion_body("hi"), headers=headers)), CLOSE])
+    proxy = bounded_proxy(make_proxy, fake, raw, fallback=False)
+    response = chat(proxy)
+    assert response.status == 200, response.body
+    passed = {name: value for name, value in response.headers.items() if "ratelimit" in name}
+    assert passed == {"x-ratelimit-remaining-requests": "99", "x-ratelimit-reset-tokens": "1m30s"}
