@@ -104,10 +104,19 @@ class UnsupportedField(GatewayError):
 
 
 class ProviderNotConfigured(GatewayError):
-    """A provider that cannot be called as configured: its endpoints are skipped, 503 when none is left."""
+    """A provider that cannot be called as configured: its endpoints are skipped, 503 when none is left.
 
-    def __init__(self, message: str) -> None:
-        super().__init__(503, message, type="server_error", code="provider_not_configured", should_retry=False)
+    The caller learns only which provider it is; ``detail`` (the missing setting, its environment
+    variable, the credential source that failed) is for the log and ``check``: it describes the
+    host the gateway runs on, which is not the caller's business.
+    """
+
+    def __init__(self, provider: str, detail: str) -> None:
+        super().__init__(503, f"Provider '{provider}' is not configured on this gateway (the gateway's log says "
+                              "what is missing).", type="server_error", code="provider_not_configured",
+                         should_retry=False)
+        self.provider = provider
+        self.detail = detail
 
 
 class UpstreamError(GatewayError):

@@ -68,6 +68,8 @@ class Table:
     router: LLMRouter
     models_body: bytes
     keys: GatewayKeys
+    # Unconfigured providers this table has named in the log: once each, not once per request.
+    logged: set[str] = field(default_factory=set, compare=False)
 
 
 @dataclass(slots=True)
@@ -151,7 +153,7 @@ def plan(table: Table, gateway: Gateway, route: Route, caller: Secret | None) ->
         # A vertex provider without a project may still get one from its ambient credentials.
         if provider.unconfigured is not None and not (
                 provider.type == "vertex" and credential is not None and credential.kind == "ambient"):
-            reason = reason or ProviderNotConfigured(provider.unconfigured)
+            reason = reason or _not_configured(table, provider.name, provider.unconfigured)
             continue
         if credential is None:
             reason = reason or missing_provider_key(provider.name)
@@ -268,6 +270,15 @@ def _record_failure(gateway: Gateway, attempt: Attempt, exc: UpstreamError) -> N
         gateway.health.failed(attempt.health_key)
 
 
+def _not_configured(table: Table, provider: str, detail: str) -> ProviderNotConfigured:
+    """The 503 for an unconfigured provider; its missing setting goes to the log (once per loaded
+    configuration, so a flood of requests is not a flood of lines), never to the caller."""
+    if provider not in table.logged:
+        table.logged.add(provider)  # bounded: the names are the configuration's providers
+        log.warning("%s", detail)
+    return ProviderNotConfigured(provider, detail)
+
+
 def _response_headers(request_id: str, provider: str, upstream_headers: Mapping[str, str] | None,
                       content_type: str) -> dict[str, str]:
     headers = {"Content-Type": content_type, "x-request-id": request_id, "x-tensorwall-provider": provider}
@@ -304,7 +315,8 @@ async def _unary(gateway: Gateway, call: UpstreamCall, timeouts: Timeouts, attem
     response: upstream.UpstreamResponse | None = None
     try:
         # aiohttp's timer, not asyncio.timeout: one clock instead of two for each call.
-        response = await upstream.send(gateway.session, call, timeouts.connect, timeouts.total)
+        response = await upstream.send(gateway.session, call, timeouts.connect, timeouts.total,
+                                       provider=provider.name)
         body = await response.read()
     except TimeoutError:
         if response is not None:
@@ -451,7 +463,7 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
     clock = SilenceClock(loop, task, timeouts.first_byte)
     heard = False  # any upstream event yet: the clock's phase
     try:
-        response = await upstream.send(gateway.session, call, timeouts.connect)
+        response = await upstream.send(gateway.session, call, timeouts.connect, provider=provider.name)
         if response.status != 200:
             if response.status < 400:
                 raise _not_an_answer(provider.name, response.status)

@@ -111,7 +111,8 @@ def model_path(provider: ProviderConfig, project: str, model: str, method: str) 
 def _project(provider: ProviderConfig, credential: Credential) -> str:
     project = provider.project or credential.project
     if not project:
-        raise ProviderNotConfigured(provider.unconfigured or f"provider '{provider.name}' has no project")
+        raise ProviderNotConfigured(provider.name, provider.unconfigured or "project is empty, and the credentials "
+                                                                            "name none")
     return project
 
 
