@@ -27,7 +27,7 @@ from aiohttp import web
 from . import upstream
 from .auth import Credential, GatewayKeys, credential_for, missing_provider_key
 from .clock import SilenceClock
-from .config import Config, ProviderConfig, Secret, Timeouts
+from .config import Config, ProviderConfig, Secret, ServerConfig, Timeouts
 from .errors import (
     GatewayError,
     ProviderNotConfigured,
@@ -308,8 +308,9 @@ def _timeouts(table: Table, route: Route) -> Timeouts:
 
 
 async def _unary(gateway: Gateway, call: UpstreamCall, timeouts: Timeouts, attempt: Attempt,
-                 impl: Provider) -> tuple[bytes, Mapping[str, str]]:
-    """Send a non-streamed call and read the whole answer within ``total``; errors classified."""
+                 impl: Provider, limit: int) -> tuple[bytes, Mapping[str, str]]:
+    """Send a non-streamed call and read the whole answer (at most ``limit`` bytes) within
+    ``total``; errors classified."""
     assert gateway.session is not None
     provider = attempt.provider
     response: upstream.UpstreamResponse | None = None
@@ -317,7 +318,7 @@ async def _unary(gateway: Gateway, call: UpstreamCall, timeouts: Timeouts, attem
         # aiohttp's timer, not asyncio.timeout: one clock instead of two for each call.
         response = await upstream.send(gateway.session, call, timeouts.connect, timeouts.total,
                                        provider=provider.name)
-        body = await response.read()
+        body = await (response.read(limit) if response.status == 200 else response.read_error())
     except TimeoutError:
         if response is not None:
             response.close()
@@ -338,15 +339,17 @@ async def _unary(gateway: Gateway, call: UpstreamCall, timeouts: Timeouts, attem
 
 async def _unary_all(gateway: Gateway, calls: list[UpstreamCall], timeouts: Timeouts, attempt: Attempt,
                      impl: Provider) -> tuple[list[bytes], Mapping[str, str]]:
-    """Several calls of one attempt, concurrently but bounded; the first failure cancels the rest."""
+    """Several calls of one attempt (embeddings), concurrently but bounded; the first failure
+    cancels the rest. Each answer may be up to EMBEDDINGS_MAX_BODY_BYTES (DESIGN §14)."""
+    size = upstream.EMBEDDINGS_MAX_BODY_BYTES
     if len(calls) == 1:
-        body, headers = await _unary(gateway, calls[0], timeouts, attempt, impl)
+        body, headers = await _unary(gateway, calls[0], timeouts, attempt, impl, size)
         return [body], headers
     limit = asyncio.Semaphore(FAN_OUT)
 
     async def one(call: UpstreamCall) -> tuple[bytes, Mapping[str, str]]:
         async with limit:
-            return await _unary(gateway, call, timeouts, attempt, impl)
+            return await _unary(gateway, call, timeouts, attempt, impl, size)
 
     tasks = [asyncio.ensure_future(one(call)) for call in calls]
     try:
@@ -364,9 +367,10 @@ async def _unary_all(gateway: Gateway, calls: list[UpstreamCall], timeouts: Time
 
 
 async def _answer(gateway: Gateway, attempt: Attempt, impl: Provider, call: UpstreamCall, timeouts: Timeouts,
-                  request_id: str, record: RequestRecord, translate: Callable[[bytes], bytes]) -> web.StreamResponse:
+                  request_id: str, record: RequestRecord, translate: Callable[[bytes], bytes],
+                  limit: int) -> web.StreamResponse:
     """A non-streamed attempt: the whole upstream body, translated, is the commit."""
-    body, headers = await _unary(gateway, call, timeouts, attempt, impl)
+    body, headers = await _unary(gateway, call, timeouts, attempt, impl, limit)
     name = attempt.provider.name
     try:
         out = translate(body)
@@ -402,15 +406,17 @@ async def chat(gateway: Gateway, request: web.Request, req: ChatRequest, caller:
     record.stream = req.stream
     route = table.router.resolve(req.body["model"])
     timeouts = _timeouts(table, route)
+    server = table.config.server
 
     def build(impl: Provider, attempt: Attempt, credential: Credential) -> UpstreamCall:
         return impl.build_request(req, attempt.provider, attempt.model, credential)
 
     async def execute(impl: Provider, attempt: Attempt, call: UpstreamCall) -> web.StreamResponse:
         if req.stream:
-            return await _stream(gateway, request, req, impl, attempt, call, timeouts, request_id)
+            return await _stream(gateway, request, req, impl, attempt, call, timeouts, request_id, server)
         return await _answer(gateway, attempt, impl, call, timeouts, request_id, record,
-                             lambda body: impl.parse_response(req, attempt.provider, body))
+                             lambda body: impl.parse_response(req, attempt.provider, body),
+                             server.max_upstream_body_bytes)
 
     return await run_attempts(gateway, table, route, caller, record, build, execute)
 
@@ -440,12 +446,15 @@ async def embeddings(gateway: Gateway, request: web.Request, req: EmbeddingsRequ
 
 
 async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl: Provider, attempt: Attempt,
-                  call: UpstreamCall, timeouts: Timeouts, request_id: str) -> web.StreamResponse:
+                  call: UpstreamCall, timeouts: Timeouts, request_id: str, server: ServerConfig) -> web.StreamResponse:
     """One streamed attempt: hold until the commit point, then relay event by event.
 
     Clocks: ``first_byte`` runs from sending until the first upstream event, then ``idle``
     between events, on one ``SilenceClock``, paused while we write to the client so a slow
     reader is never mistaken for a silent upstream.
+
+    Before the commit point at most ``server.max_held_bytes`` of upstream bytes are read (and
+    held): past them the attempt fails (502) and the next endpoint may serve.
     """
     assert gateway.session is not None
     provider = attempt.provider
@@ -462,15 +471,21 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
     finished = False
     clock = SilenceClock(loop, task, timeouts.first_byte)
     heard = False  # any upstream event yet: the clock's phase
+    max_held = server.max_held_bytes
+    held = 0  # upstream bytes read; compared with max_held only before the commit point
     try:
         response = await upstream.send(gateway.session, call, timeouts.connect, provider=provider.name)
         if response.status != 200:
             if response.status < 400:
                 raise _not_an_answer(provider.name, response.status)
-            body = await response.read()
+            body = await response.read_error()
             raise impl.classify_error(provider, response.status, response.headers, body)
         while not decoder.done:
+            if client is None and held > max_held:
+                raise UpstreamError("server", 502, f"Upstream '{provider.name}' sent more than {max_held} bytes "
+                                                   "before any content.")
             chunk = await response.read_chunk()
+            held += len(chunk)
             if chunk and events.idle:
                 # Plain events (a passthrough's content) go out as they came: not cut, not parsed.
                 plain, chunk = decoder.split_plain(chunk)

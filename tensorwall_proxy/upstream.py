@@ -36,8 +36,12 @@ log = logging.getLogger(__name__)
 
 # Bounded so a burst cannot open unbounded sockets; waiting for a free one counts as connecting.
 POOL_LIMIT = 1024
-# A non-streamed body larger than this is a broken upstream, not an answer.
-MAX_BODY_BYTES = 256 * 1024 * 1024
+# An embeddings answer larger than this is a broken upstream (DESIGN §14); chat answers have
+# server.max_upstream_body_bytes, far less.
+EMBEDDINGS_MAX_BODY_BYTES = 256 * 1024 * 1024
+# Of an error answer only this much is read: its message is in its first bytes, and a 4xx/5xx
+# with a huge body is not worth the memory.
+ERROR_BODY_BYTES = 64 * 1024
 
 
 def create_session() -> aiohttp.ClientSession:
@@ -68,13 +72,41 @@ class UpstreamResponse:
         self.status = response.status
         self.headers: Mapping[str, str] = response.headers
 
-    async def read(self) -> bytes:
-        """The whole body (non-streamed answers and error bodies)."""
+    async def read(self, limit: int) -> bytes:
+        """The whole body (non-streamed answers); 502 once it passes ``limit`` bytes.
+
+        The bytes are counted as they arrive, after decompression: neither a Content-Length that
+        lies, nor a chunked or close-delimited body, nor a gzip bomb gets past the limit (aiohttp
+        inflates a compressed body a bounded piece at a time, and stops reading the socket while
+        its buffer is full, so no more than the limit and one piece is ever held).
+        """
         try:
             length = self._response.content_length
-            if length is not None and length > MAX_BODY_BYTES:
-                raise UpstreamError("server", 502, "Upstream response body is too large.")
-            return await self._response.read()
+            if length is not None and length > limit:
+                raise _too_large(limit)
+            content = self._response.content
+            chunks: list[bytes] = []
+            size = 0
+            while chunk := await content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        except aiohttp.ClientError as exc:
+            raise _broken(exc) from None
+
+    async def read_error(self) -> bytes:
+        """The first ``ERROR_BODY_BYTES`` of an error answer; the rest is never read (the caller
+        then closes the connection rather than release it half-read)."""
+        content = self._response.content
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while size < ERROR_BODY_BYTES and (chunk := await content.read(ERROR_BODY_BYTES - size)):
+                chunks.append(chunk)
+                size += len(chunk)
+            return b"".join(chunks)
         except aiohttp.ClientError as exc:
             raise _broken(exc) from None
 
@@ -121,6 +153,10 @@ def _forget(exc: BaseException) -> None:
 
 def _broken(exc: BaseException) -> UpstreamError:
     return UpstreamError("server", 502, f"Upstream connection broke while reading the answer ({type(exc).__name__}).")
+
+
+def _too_large(limit: int) -> UpstreamError:
+    return UpstreamError("server", 502, f"Upstream answer is larger than {limit} bytes.")
 
 
 @functools.lru_cache(maxsize=64)

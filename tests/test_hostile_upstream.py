@@ -12,7 +12,9 @@ the `slow` tests at the end.
 
 from __future__ import annotations
 
+import gzip
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import GATEWAY_KEY, Proxy, ServerThread, config_text, raw_request
+from tests.conftest import GATEWAY_KEY, Proxy, ServerThread, config_text, post_json, raw_request
 from tests.fakes import FakeUpstream, Scripted
 from tests.rawtcp import (
     CLOSE,
@@ -38,8 +40,8 @@ from tests.rawtcp import (
     head,
     json_response,
 )
-from tests.test_faults import FAST, RATE_LIMITED, answer_text, chat, events
-from tests.test_lifecycle import Proc
+from tests.test_faults import FAST, RATE_LIMITED, answer_text, chat, events, wait_for
+from tests.test_lifecycle import Proc, start_proxy, write_config
 
 # --------------------------------------------------------------------------------------------------
 # Fixtures (as in tests/test_faults.py and tests/test_lifecycle.py)
@@ -329,3 +331,150 @@ def test_only_the_known_rate_limit_headers_pass_and_only_short_printable_values(
     assert response.status == 200, response.body
     passed = {name: value for name, value in response.headers.items() if "ratelimit" in name}
     assert passed == {"x-ratelimit-remaining-requests": "99", "x-ratelimit-reset-tokens": "1m30s"}
+
+
+# --------------------------------------------------------------------------------------------------
+# 7. Upstream bodies: counted as read, after decompression
+
+
+def _gzip_head(body: bytes, extra: dict[str, str] | None = None) -> bytes:
+    return head(200, {"Content-Type": "application/json", "Content-Encoding": "gzip",
+                      "Content-Length": str(len(body)), "Connection": "close", **(extra or {})}) + body
+
+
+BIG = padded_completion(4096)
+BODIES = {
+    # The length is announced and too large: refused before a byte is read.
+    "content-length": json_response(BIG),
+    # No length at all: only counting finds it.
+    "chunked": head(200, {"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    + chunk(BIG[:2000]) + chunk(BIG[2000:]) + LAST_CHUNK,
+    "close-delimited": head(200, {"Content-Type": "application/json", "Connection": "close"}) + BIG,
+    # A Content-Length far under the bound, a body far over it once inflated.
+    "gzip": _gzip_head(gzip.compress(padded_completion(100_000))),
+}
+
+
+@pytest.mark.parametrize("form", list(BODIES))
+def test_a_chat_answer_past_max_upstream_body_bytes_is_a_502_that_falls_back(
+        make_proxy: Callable[..., Proxy], fake: FakeUpstream, raw_server: Callable[..., RawServer],
+        form: str) -> None:
+    assert form != "gzip" or len(gzip.compress(padded_completion(100_000))) < 1024
+    raw = raw_server([READ, Send(BODIES[form]), CLOSE])
+    proxy = bounded_proxy(make_proxy, fake, raw)
+    answered_by_fallback(chat(proxy))
+    assert [r.flavor for r in fake.requests] == ["openai"]
+
+    alone = bounded_proxy(make_proxy, fake, raw, fallback=False)
+    response = chat(alone)
+    assert response.status == 502, response.body
+    assert "larger than 1024 bytes" in response.json()["error"]["message"]
+
+
+def test_an_answer_within_the_bound_is_served_gzip_included(
+        make_proxy: Callable[..., Proxy], fake: FakeUpstream, raw_server: Callable[..., RawServer]) -> None:
+    raw = raw_server([READ, Send(_gzip_head(gzip.compress(padded_completion(200)))), CLOSE])
+    proxy = bounded_proxy(make_proxy, fake, raw)
+    response = chat(proxy)
+    assert response.status == 200, response.body
+    assert response.headers["x-tensorwall-provider"] == "raw"
+    assert response.json()["choices"][0]["message"]["content"] == "x" * 200
+
+
+def test_embeddings_answers_are_not_held_to_the_chat_bound(
+        make_proxy: Callable[..., Proxy], fake: FakeUpstream, raw_server: Callable[..., RawServer]) -> None:
+    """DESIGN §14: max_upstream_body_bytes is for chat answers; embeddings get 256 MiB."""
+    vectors = {"object": "list", "model": "raw-model", "usage": {"prompt_tokens": 1, "total_tokens": 1},
+               "data": [{"object": "embedding", "index": 0, "embedding": [0.125] * 1000}]}
+    raw = raw_server([READ, Send(json_response(json.dumps(vectors).encode())), CLOSE])
+    proxy = bounded_proxy(make_proxy, fake, raw, fallback=False)
+    response = post_json(proxy, "/v1/embeddings", {"model": "faulty", "input": "hi", "encoding_format": "float"})
+    assert response.status == 200, response.body
+    assert len(response.json()["data"][0]["embedding"]) == 1000
+
+
+def test_a_stream_holding_more_than_max_held_bytes_before_its_commit_point_fails_the_attempt(
+        make_proxy: Callable[..., Proxy], fake: FakeUpstream, raw_server: Callable[..., RawServer]) -> None:
+    """Role-only chunks show the client nothing, so they are held; past max_held_bytes, 502."""
+    roles = completion_chunk(role=True) * 400  # about 80 KiB, far past the 4 KiB bound
+    raw = raw_server([READ, Send(SSE_HEAD + chunk(roles)), Silence(5)])
+    alone = bounded_proxy(make_proxy, fake, raw, fallback=False)
+    response = chat(alone, stream=True)
+    assert response.status == 502, response.body
+    assert response.headers["content-type"].startswith("application/json")  # nothing was committed
+    assert "more than 4096 bytes before any content" in response.json()["error"]["message"]
+    assert wait_for(lambda: raw.connections[0].closed_at is not None)
+    assert raw.connections[0].closed_by == "peer"
+
+    proxy = bounded_proxy(make_proxy, fake, raw)
+    answered_by_fallback(chat(proxy, stream=True), stream=True)
+
+
+def test_a_stream_whose_prelude_fits_is_served(make_proxy: Callable[..., Proxy], fake: FakeUpstream,
+                                               raw_server: Callable[..., RawServer]) -> None:
+    body = completion_chunk(role=True) * 10 + completion_chunk("fine") + completion_chunk(finish="stop") + DONE
+    raw = raw_server([READ, Send(SSE_HEAD + chunk(body) + LAST_CHUNK), CLOSE])
+    proxy = bounded_proxy(make_proxy, fake, raw, fallback=False)
+    response = chat(proxy, stream=True)
+    assert answer_text(response, True) == "fine"
+
+
+# --------------------------------------------------------------------------------------------------
+# DESIGN §4: what an attack may cost, as peak RSS growth of one `serve` process
+
+
+def _rss_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def _attack_growth(spawn: Callable[..., Any], tmp_path: Path, raw: RawServer, stream: bool) -> float:
+    """Peak RSS growth (MiB) of a `serve` subprocess while one request meets `raw`; the answer must be a 502."""
+    config = write_config(tmp_path, f"""gateway_keys: []
+providers:
+  raw: {{type: openai, base_url: "{raw.base_url}/v1"}}
+timeouts: {{connect: 2, first_byte: 10, idle: 10, total: 20}}
+""")
+    proc, port = start_proxy(spawn, config)
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    body = json.dumps({"model": "raw/m", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
+    warm = raw_request(f"http://127.0.0.1:{port}/v1/models", method="GET")
+    assert warm.status == 200
+    before = _rss_kib(proc.pid, "VmRSS")
+    started = time.monotonic()
+    response = raw_request(url, body, {"Content-Type": "application/json", "Authorization": "Bearer sk-k"})
+    assert response.status == 502, response.body[:300]
+    assert time.monotonic() - started < 20
+    return (_rss_kib(proc.pid, "VmHWM") - before) / 1024
+
+
+@pytest.mark.slow
+def test_an_upstream_gzip_bomb_costs_at_most_200_mib(servers: ServerThread, tmp_path: Path,
+                                                      spawn: Callable[..., Any]) -> None:
+    member = gzip.compress(bytes(16 * 1024 * 1024), 9)  # 16 MiB of zeros in ~16 KiB
+    bomb = member * 32  # 512 MiB once inflated, in about half a megabyte
+    raw = RawServer([READ, Send(_gzip_head(bomb)), CLOSE])
+    servers.run(raw.start())
+    try:
+        growth = _attack_growth(spawn, tmp_path, raw, stream=False)
+    finally:
+        servers.run(raw.stop())
+    assert growth <= 200, f"peak RSS grew {growth:.0f} MiB"
+
+
+@pytest.mark.slow
+def test_a_flood_of_held_events_costs_at_most_100_mib(servers: ServerThread, tmp_path: Path,
+                                                       spawn: Callable[..., Any]) -> None:
+    # Role-only chunks never reach the commit point; 64 KiB each (a padded id), 200 MiB in all.
+    role = json.dumps({"id": "c" * 65000, "object": "chat.completion.chunk", "created": 1, "model": "m",
+                       "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})
+    block = chunk(f"data: {role}\n\n".encode() * 16)  # ~1 MiB per write, the same bytes each time
+    raw = RawServer([READ, Send(SSE_HEAD), *[Send(block) for _ in range(200)], Send(chunk(DONE) + LAST_CHUNK), CLOSE])
+    servers.run(raw.start())
+    try:
+        growth = _attack_growth(spawn, tmp_path, raw, stream=True)
+    finally:
+        servers.run(raw.stop())
+    assert growth <= 100, f"peak RSS grew {growth:.0f} MiB"
