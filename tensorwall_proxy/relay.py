@@ -451,7 +451,8 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
 
     Clocks: ``first_byte`` runs from sending until the first upstream event, then ``idle``
     between events, on one ``SilenceClock``, paused while we write to the client so a slow
-    reader is never mistaken for a silent upstream.
+    reader is never mistaken for a silent upstream. A client that takes nothing for a whole
+    ``idle`` is ended as one that left, so it cannot hold the upstream connection.
 
     Before the commit point at most ``server.max_held_bytes`` of upstream bytes are read (and
     held): past them the attempt fails (502) and the next endpoint may serve.
@@ -528,6 +529,15 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
         finished = True
     except asyncio.CancelledError as exc:
         clock.stop()
+        if clock.stalled:
+            # The client took nothing for a whole idle period: end it as a client that left (no
+            # in-band error: it would not be read either). The upstream call is closed below.
+            task.uncancel()
+            log.info("request %s: the client read nothing for %gs; stream ended", request_id, clock.limit)
+            transport = request.transport
+            if transport is not None:
+                transport.abort()
+            raise ConnectionResetError("the client stopped reading") from None
         if clock.expired:
             task.uncancel()
             phase, limit = ("idle", timeouts.idle) if heard else ("first_byte", timeouts.first_byte)

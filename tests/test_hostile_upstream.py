@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import GATEWAY_KEY, Proxy, ServerThread, config_text, post_json, raw_request
+from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, ServerThread, config_text, post_json, raw_request
 from tests.fakes import FakeUpstream, Scripted
 from tests.rawtcp import (
     CLOSE,
@@ -478,3 +479,29 @@ def test_a_flood_of_held_events_costs_at_most_100_mib(servers: ServerThread, tmp
     finally:
         servers.run(raw.stop())
     assert growth <= 100, f"peak RSS grew {growth:.0f} MiB"
+
+# --------------------------------------------------------------------------------------------------
+# 8. A client that stops reading: its stream ends, and so does its upstream call
+
+
+def test_a_client_that_never_reads_loses_its_stream_and_its_upstream_connection(
+        make_proxy: Callable[..., Proxy], fake: FakeUpstream, raw_server: Callable[..., RawServer]) -> None:
+    event = completion_chunk("y" * 65000)
+    # ~13 MiB: far more than the socket buffers between the gateway and a client that reads nothing.
+    raw = raw_server([READ, Send(SSE_HEAD), *[Send(chunk(event)) for _ in range(200)],
+                      Send(chunk(DONE) + LAST_CHUNK), Silence(20)])
+    proxy = bounded_proxy(make_proxy, fake, raw, fallback=False)
+    port = int(proxy.url.rsplit(":", 1)[1])
+    body = json.dumps({"model": "faulty", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    client = socket.socket()
+    try:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(("127.0.0.1", port))
+        client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                       + f"X-API-Key: {GATEWAY_KEY}\r\nAuthorization: Bearer {PROVIDER_KEY}\r\n".encode()
+                       + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        # Never read. idle is 0.3 s: the stream must end within a few idle periods of filling the buffers.
+        assert wait_for(lambda: bool(raw.connections) and raw.connections[0].closed_at is not None, 10.0)
+        assert raw.connections[0].closed_by == "peer"
+    finally:
+        client.close()
