@@ -480,6 +480,23 @@ def test_a_flood_of_held_events_costs_at_most_100_mib(servers: ServerThread, tmp
         servers.run(raw.stop())
     assert growth <= 100, f"peak RSS grew {growth:.0f} MiB"
 
+
+@pytest.mark.slow
+def test_a_gzipped_stream_of_held_events_costs_at_most_100_mib(servers: ServerThread, tmp_path: Path,
+                                                                 spawn: Callable[..., Any]) -> None:
+    """The stream's bound counts decompressed bytes, and one read never inflates without bound."""
+    role = completion_chunk(role=True)
+    member = gzip.compress(role * (16 * 1024 * 1024 // len(role)), 9)  # 16 MiB of role chunks in ~64 KiB
+    head_ = head(200, {"Content-Type": "text/event-stream", "Content-Encoding": "gzip", "Connection": "close"})
+    raw = RawServer([READ, Send(head_ + member * 32), CLOSE])  # 512 MiB once inflated
+    servers.run(raw.start())
+    try:
+        growth = _attack_growth(spawn, tmp_path, raw, stream=True)
+    finally:
+        servers.run(raw.stop())
+    assert growth <= 100, f"peak RSS grew {growth:.0f} MiB"
+
+
 # --------------------------------------------------------------------------------------------------
 # 8. A client that stops reading: its stream ends, and so does its upstream call
 
