@@ -29,6 +29,11 @@ FailureKind = Literal["connect", "timeout", "rate_limited", "overloaded", "serve
 # may well succeed, so the relay falls back on them and they count against the endpoint's health.
 FALLBACK_KINDS: frozenset[FailureKind] = frozenset({"connect", "timeout", "rate_limited", "overloaded", "server"})
 
+# The longest wait an upstream's Retry-After may impose, on our cooldown and on the caller: the
+# same cap as the cooldown itself (health.MAX_COOLDOWN_SECONDS), so a hostile or broken upstream
+# cannot park an endpoint, or tell every client to go away, for a day.
+MAX_RETRY_AFTER_SECONDS = 300.0
+
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -101,9 +106,9 @@ class GatewayError(Exception):
     def headers(self) -> dict[str, str]:
         """Headers the error response carries besides the content type."""
         headers: dict[str, str] = {}
-        if self.retry_after is not None:
+        if self.retry_after is not None and math.isfinite(self.retry_after):
             # Rounded up: a client that obeys it must not come back before the cooldown ends.
-            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
+            headers["Retry-After"] = str(max(1, math.ceil(min(self.retry_after, MAX_RETRY_AFTER_SECONDS))))
         if self.should_retry is False:
             headers["x-should-retry"] = "false"
         return headers
@@ -125,10 +130,19 @@ class UnsupportedField(GatewayError):
 
 
 class ProviderNotConfigured(GatewayError):
-    """A provider that cannot be called as configured: its endpoints are skipped, 503 when none is left."""
+    """A provider that cannot be called as configured: its endpoints are skipped, 503 when none is left.
 
-    def __init__(self, message: str) -> None:
-        super().__init__(503, message, type="server_error", code="provider_not_configured", should_retry=False)
+    The caller learns only which provider it is; ``detail`` (the missing setting, its environment
+    variable, the credential source that failed) is for the log and ``check``: it describes the
+    host the gateway runs on, which is not the caller's business.
+    """
+
+    def __init__(self, provider: str, detail: str) -> None:
+        super().__init__(503, f"Provider '{provider}' is not configured on this gateway (the gateway's log says "
+                              "what is missing).", type="server_error", code="provider_not_configured",
+                         should_retry=False)
+        self.provider = provider
+        self.detail = detail
 
 
 class UpstreamError(GatewayError):
@@ -174,7 +188,11 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 
 
 def kind_for_status(status: int) -> FailureKind:
-    """The failure kind an upstream HTTP status stands for, before any provider-specific reading."""
+    """The failure kind an upstream HTTP status stands for, before any provider-specific reading.
+
+    A status below 400 that is not an answer (a redirect, 204, 304) is the upstream's failure."""
+    if status < 400:
+        return "server"
     if status == 429:
         return "rate_limited"
     if status in (401, 403):
@@ -195,34 +213,35 @@ def caller_status(status: int, kind: FailureKind) -> int:
         return 504
     if kind == "overloaded":
         return 503
-    if status >= 500:
+    if status >= 500 or status < 400:
         return 502
     return status
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """Seconds an upstream asked us to wait: ``retry-after-ms`` first (finer), then ``retry-after``.
+    """Seconds an upstream asked us to wait: ``retry-after-ms`` first (finer), then ``retry-after``,
+    capped at ``MAX_RETRY_AFTER_SECONDS``.
 
     Only the delta-seconds form of Retry-After is read; an HTTP date is rare from these APIs and
-    falls back to the configured cooldown.
+    falls back to the configured cooldown, as does any value that is not a finite, non-negative
+    number (``inf``, ``1e400``, ``nan``, ``-1``): a header we cannot trust is treated as absent.
     """
-    raw_ms = headers.get("retry-after-ms")
-    if raw_ms:
-        try:
-            value = float(raw_ms) / 1000.0
-            if value >= 0:
-                return value
-        except ValueError:
-            pass
-    raw = headers.get("retry-after")
-    if raw:
-        try:
-            value = float(raw)
-            if value >= 0:
-                return value
-        except ValueError:
-            pass
-    return None
+    seconds = _seconds(headers.get("retry-after-ms"), 1000.0)
+    if seconds is None:
+        seconds = _seconds(headers.get("retry-after"), 1.0)
+    return seconds
+
+
+def _seconds(raw: str | None, per_second: float) -> float | None:
+    if not raw or len(raw) > 32:
+        return None
+    try:
+        value = float(raw) / per_second
+    except ValueError:
+        return None
+    if not math.isfinite(value) or value < 0:
+        return None
+    return min(value, MAX_RETRY_AFTER_SECONDS)
 
 
 def openai_error_fields(body: Any) -> tuple[str | None, str | None, str | None, str | None]:

@@ -26,6 +26,7 @@ from typing import Any, Final
 import orjson
 
 from .providers.ids import unique_id
+from .tokens import count_of
 
 access_log = logging.getLogger("tensorwall_proxy.access")
 LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s{tag}: %(message)s"
@@ -66,10 +67,12 @@ class RequestRecord:
             self.first_byte = time.perf_counter() - self.started
 
     def count(self, usage: Mapping[str, Any] | None) -> None:
-        """Tokens from the provider's own usage (OpenAI's shape, after translation)."""
+        """Tokens from the provider's own usage (OpenAI's shape, after translation); a count that
+        is not a non-negative integer counts as 0 (tokens.py), so it can neither fail the answer
+        nor reach a counter."""
         if usage:
-            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            self.completion_tokens = int(usage.get("completion_tokens") or 0)
+            self.prompt_tokens = count_of(usage, "prompt_tokens")
+            self.completion_tokens = count_of(usage, "completion_tokens")
 
 
 def new_request_id(given: str | None) -> str:

@@ -13,6 +13,7 @@ after it, a failure becomes one ``data: {"error": ...}`` event and the stream en
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -26,7 +27,7 @@ from aiohttp import web
 from . import upstream
 from .auth import Credential, GatewayKeys, credential_for, missing_provider_key
 from .clock import SilenceClock
-from .config import Config, ProviderConfig, Secret, Timeouts
+from .config import Config, ProviderConfig, Secret, ServerConfig, Timeouts
 from .errors import (
     GatewayError,
     ProviderNotConfigured,
@@ -46,8 +47,17 @@ SAME_ENDPOINT_RETRIES: Final = 1
 RETRY_BACKOFF: Final = 0.05
 # Upstream calls one request may have in flight at once (batched embeddings fan out).
 FAN_OUT: Final = 8
-# Upstream response headers worth passing to the caller (rate-limit state helps client back-off).
-_PASSED_PREFIX: Final = "x-ratelimit-"
+log = logging.getLogger(__name__)
+
+# Upstream response headers worth passing to the caller (rate-limit state helps client back-off):
+# OpenAI's, by name, so an upstream cannot fill the caller's response with headers of its choosing.
+PASSED_HEADERS: Final = ("x-ratelimit-limit-requests", "x-ratelimit-limit-tokens", "x-ratelimit-remaining-requests",
+                         "x-ratelimit-remaining-tokens", "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
+# A passed header's value is short printable ASCII ("1m30s", "149984"); anything else is dropped.
+MAX_PASSED_VALUE: Final = 64
+# What a translator or a body check may raise on an upstream answer of the wrong shape: that
+# answer is the upstream's failure (502, may fall back), not the gateway's (500).
+MALFORMED: Final = (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError, RecursionError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +68,8 @@ class Table:
     router: LLMRouter
     models_body: bytes
     keys: GatewayKeys
+    # Unconfigured providers this table has named in the log: once each, not once per request.
+    logged: set[str] = field(default_factory=set, compare=False)
 
 
 @dataclass(slots=True)
@@ -141,7 +153,7 @@ def plan(table: Table, gateway: Gateway, route: Route, caller: Secret | None) ->
         # A vertex provider without a project may still get one from its ambient credentials.
         if provider.unconfigured is not None and not (
                 provider.type == "vertex" and credential is not None and credential.kind == "ambient"):
-            reason = reason or ProviderNotConfigured(provider.unconfigured)
+            reason = reason or _not_configured(table, provider.name, provider.unconfigured)
             continue
         if credential is None:
             reason = reason or missing_provider_key(provider, caller)
@@ -273,14 +285,37 @@ def _record_failure(gateway: Gateway, attempt: Attempt, exc: UpstreamError) -> N
         gateway.health.failed(attempt.health_key)
 
 
+def _not_configured(table: Table, provider: str, detail: str) -> ProviderNotConfigured:
+    """The 503 for an unconfigured provider; its missing setting goes to the log (once per loaded
+    configuration, so a flood of requests is not a flood of lines), never to the caller."""
+    if provider not in table.logged:
+        table.logged.add(provider)  # bounded: the names are the configuration's providers
+        log.warning("%s", detail)
+    return ProviderNotConfigured(provider, detail)
+
+
 def _response_headers(request_id: str, provider: str, upstream_headers: Mapping[str, str] | None,
                       content_type: str) -> dict[str, str]:
     headers = {"Content-Type": content_type, "x-request-id": request_id, "x-tensorwall-provider": provider}
     if upstream_headers is not None:
-        for name, value in upstream_headers.items():
-            if name.lower().startswith(_PASSED_PREFIX):
+        get = upstream_headers.get
+        for name in PASSED_HEADERS:
+            value = get(name)
+            if value is not None and len(value) <= MAX_PASSED_VALUE and value.isascii() and value.isprintable():
                 headers[name] = value
     return headers
+
+
+def _not_an_answer(provider: str, status: int) -> UpstreamError:
+    """A status below 400 other than 200 (a redirect, 204, 304): no answer, and no error to relay."""
+    return UpstreamError("server", 502, f"Upstream '{provider}' answered HTTP {status} instead of an answer.",
+                         provider=provider)
+
+
+def _malformed(provider: str, what: str, exc: BaseException) -> UpstreamError:
+    log.warning("upstream %r sent %s the gateway cannot read (%s)", provider, what, type(exc).__name__)
+    return UpstreamError("server", 502, f"Upstream '{provider}' sent {what} that is not in its API's shape.",
+                         provider=provider)
 
 
 def _timeouts(table: Table, route: Route) -> Timeouts:
@@ -288,15 +323,17 @@ def _timeouts(table: Table, route: Route) -> Timeouts:
 
 
 async def _unary(gateway: Gateway, call: UpstreamCall, timeouts: Timeouts, attempt: Attempt,
-                 impl: Provider) -> tuple[bytes, Mapping[str, str]]:
-    """Send a non-streamed call and read the whole answer within ``total``; errors classified."""
+                 impl: Provider, limit: int) -> tuple[bytes, Mapping[str, str]]:
+    """Send a non-streamed call and read the whole answer (at most ``limit`` bytes) within
+    ``total``; errors classified."""
     assert gateway.session is not None
     provider = attempt.provider
     response: upstream.UpstreamResponse | None = None
     try:
         # aiohttp's timer, not asyncio.timeout: one clock instead of two for each call.
-        response = await upstream.send(gateway.session, call, timeouts.connect, timeouts.total)
-        body = await response.read()
+        response = await upstream.send(gateway.session, call, timeouts.connect, timeouts.total,
+                                       provider=provider.name)
+        body = await (response.read(limit) if response.status == 200 else response.read_error())
     except TimeoutError:
         if response is not None:
             response.close()
@@ -307,7 +344,9 @@ async def _unary(gateway: Gateway, call: UpstreamCall, timeouts: Timeouts, attem
             response.close()
         raise
     response.release()
-    if response.status >= 300:
+    if response.status != 200:
+        if response.status < 400:
+            raise _not_an_answer(provider.name, response.status)
         raise impl.classify_error(provider, response.status, response.headers, body)
     gateway.health.succeeded(attempt.health_key)
     return body, response.headers
@@ -315,15 +354,17 @@ async def _unary(gateway: Gateway, call: UpstreamCall, timeouts: Timeouts, attem
 
 async def _unary_all(gateway: Gateway, calls: list[UpstreamCall], timeouts: Timeouts, attempt: Attempt,
                      impl: Provider) -> tuple[list[bytes], Mapping[str, str]]:
-    """Several calls of one attempt, concurrently but bounded; the first failure cancels the rest."""
+    """Several calls of one attempt (embeddings), concurrently but bounded; the first failure
+    cancels the rest. Each answer may be up to EMBEDDINGS_MAX_BODY_BYTES (DESIGN §14)."""
+    size = upstream.EMBEDDINGS_MAX_BODY_BYTES
     if len(calls) == 1:
-        body, headers = await _unary(gateway, calls[0], timeouts, attempt, impl)
+        body, headers = await _unary(gateway, calls[0], timeouts, attempt, impl, size)
         return [body], headers
     limit = asyncio.Semaphore(FAN_OUT)
 
     async def one(call: UpstreamCall) -> tuple[bytes, Mapping[str, str]]:
         async with limit:
-            return await _unary(gateway, call, timeouts, attempt, impl)
+            return await _unary(gateway, call, timeouts, attempt, impl, size)
 
     tasks = [asyncio.ensure_future(one(call)) for call in calls]
     try:
@@ -341,22 +382,34 @@ async def _unary_all(gateway: Gateway, calls: list[UpstreamCall], timeouts: Time
 
 
 async def _answer(gateway: Gateway, attempt: Attempt, impl: Provider, call: UpstreamCall, timeouts: Timeouts,
-                  request_id: str, record: RequestRecord, translate: Callable[[bytes], bytes]) -> web.StreamResponse:
+                  request_id: str, record: RequestRecord, translate: Callable[[bytes], bytes],
+                  limit: int) -> web.StreamResponse:
     """A non-streamed attempt: the whole upstream body, translated, is the commit."""
-    body, headers = await _unary(gateway, call, timeouts, attempt, impl)
-    out = translate(body)
-    record.count(_usage_of(out))
+    body, headers = await _unary(gateway, call, timeouts, attempt, impl, limit)
+    name = attempt.provider.name
+    try:
+        out = translate(body)
+    except MALFORMED as exc:
+        raise _malformed(name, "an answer", exc) from None
+    record.count(_usage_of(out, "choices", name))
     record.committed()
-    return web.Response(body=out, headers=_response_headers(request_id, attempt.provider.name, headers, JSON))
+    return web.Response(body=out, headers=_response_headers(request_id, name, headers, JSON))
 
 
-def _usage_of(body: bytes) -> Mapping[str, Any] | None:
-    """The usage of an OpenAI-shaped body, for token accounting (parsed once, here, after the answer)."""
+def _usage_of(body: bytes, items: str, provider: str) -> Mapping[str, Any] | None:
+    """The usage of an OpenAI-shaped body, for token accounting (parsed once, here, after the answer).
+
+    A body that is not a JSON object with a list under ``items`` (an empty or non-JSON 200 from
+    a passthrough upstream) is no answer: 502, and the next endpoint may serve.
+    """
     try:
         parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    usage = parsed.get("usage") if isinstance(parsed, dict) else None
+    except orjson.JSONDecodeError as exc:
+        raise _malformed(provider, "an answer", exc) from None
+    if not isinstance(parsed, dict) or not isinstance(parsed.get(items), list):
+        raise UpstreamError("server", 502, f"Upstream '{provider}' sent an answer that is not in its API's shape.",
+                            provider=provider)
+    usage = parsed.get("usage")
     return usage if isinstance(usage, dict) else None
 
 
@@ -368,15 +421,17 @@ async def chat(gateway: Gateway, request: web.Request, req: ChatRequest, caller:
     record.stream = req.stream
     route = table.router.resolve(req.body["model"])
     timeouts = _timeouts(table, route)
+    server = table.config.server
 
     def build(impl: Provider, attempt: Attempt, credential: Credential) -> UpstreamCall:
         return impl.build_request(req, attempt.provider, attempt.model, credential)
 
     async def execute(impl: Provider, attempt: Attempt, call: UpstreamCall) -> web.StreamResponse:
         if req.stream:
-            return await _stream(gateway, request, req, impl, attempt, call, timeouts, request_id)
+            return await _stream(gateway, request, req, impl, attempt, call, timeouts, request_id, server)
         return await _answer(gateway, attempt, impl, call, timeouts, request_id, record,
-                             lambda body: impl.parse_response(req, attempt.provider, body))
+                             lambda body: impl.parse_response(req, attempt.provider, body),
+                             server.max_upstream_body_bytes)
 
     return await run_attempts(gateway, table, route, caller, record, build, execute)
 
@@ -394,8 +449,11 @@ async def embeddings(gateway: Gateway, request: web.Request, req: EmbeddingsRequ
 
     async def execute(impl: Provider, attempt: Attempt, calls: list[UpstreamCall]) -> web.StreamResponse:
         bodies, headers = await _unary_all(gateway, calls, timeouts, attempt, impl)
-        out = impl.parse_embeddings_response(req, attempt.provider, bodies)
-        record.count(_usage_of(out))
+        try:
+            out = impl.parse_embeddings_response(req, attempt.provider, bodies)
+        except MALFORMED as exc:
+            raise _malformed(attempt.provider.name, "an answer", exc) from None
+        record.count(_usage_of(out, "data", attempt.provider.name))
         record.committed()
         return web.Response(body=out, headers=_response_headers(request_id, attempt.provider.name, headers, JSON))
 
@@ -403,12 +461,16 @@ async def embeddings(gateway: Gateway, request: web.Request, req: EmbeddingsRequ
 
 
 async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl: Provider, attempt: Attempt,
-                  call: UpstreamCall, timeouts: Timeouts, request_id: str) -> web.StreamResponse:
+                  call: UpstreamCall, timeouts: Timeouts, request_id: str, server: ServerConfig) -> web.StreamResponse:
     """One streamed attempt: hold until the commit point, then relay event by event.
 
     Clocks: ``first_byte`` runs from sending until the first upstream event, then ``idle``
     between events, on one ``SilenceClock``, paused while we write to the client so a slow
-    reader is never mistaken for a silent upstream.
+    reader is never mistaken for a silent upstream. A client that takes nothing for a whole
+    ``idle`` is ended as one that left, so it cannot hold the upstream connection.
+
+    Before the commit point at most ``server.max_held_bytes`` of upstream bytes are read (and
+    held): past them the attempt fails (502) and the next endpoint may serve.
     """
     assert gateway.session is not None
     provider = attempt.provider
@@ -425,13 +487,21 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
     finished = False
     clock = SilenceClock(loop, task, timeouts.first_byte)
     heard = False  # any upstream event yet: the clock's phase
+    max_held = server.max_held_bytes
+    held = 0  # upstream bytes read; compared with max_held only before the commit point
     try:
-        response = await upstream.send(gateway.session, call, timeouts.connect)
-        if response.status >= 300:
-            body = await response.read()
+        response = await upstream.send(gateway.session, call, timeouts.connect, provider=provider.name)
+        if response.status != 200:
+            if response.status < 400:
+                raise _not_an_answer(provider.name, response.status)
+            body = await response.read_error()
             raise impl.classify_error(provider, response.status, response.headers, body)
         while not decoder.done:
+            if client is None and held > max_held:
+                raise UpstreamError("server", 502, f"Upstream '{provider.name}' sent more than {max_held} bytes "
+                                                   "before any content.")
             chunk = await response.read_chunk()
+            held += len(chunk)
             if chunk and events.idle:
                 # Plain events (a passthrough's content) go out as they came: not cut, not parsed.
                 plain, chunk = decoder.split_plain(chunk)
@@ -474,6 +544,15 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
         finished = True
     except asyncio.CancelledError as exc:
         clock.stop()
+        if clock.stalled:
+            # The client took nothing for a whole idle period: end it as a client that left (no
+            # in-band error: it would not be read either). The upstream call is closed below.
+            task.uncancel()
+            log.info("request %s: the client read nothing for %gs; stream ended", request_id, clock.limit)
+            transport = request.transport
+            if transport is not None:
+                transport.abort()
+            raise ConnectionResetError("the client stopped reading") from None
         if clock.expired:
             task.uncancel()
             phase, limit = ("idle", timeouts.idle) if heard else ("first_byte", timeouts.first_byte)
@@ -495,6 +574,10 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
                 "server", 502, f"Upstream '{provider.name}' broke the event stream: {exc}", provider=provider.name))
         exc.provider = provider.name
         return await _fail_stream(gateway, attempt, client, pending, exc.with_traceback(None))
+    except MALFORMED as exc:
+        # A decoder met an event of the wrong shape (a hostile number, an object where a list was).
+        clock.stop()
+        return await _fail_stream(gateway, attempt, client, pending, _malformed(provider.name, "an event", exc))
     finally:
         clock.stop()
         gateway.streams.discard(task)

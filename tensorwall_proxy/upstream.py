@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import functools
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any, Final
@@ -31,10 +32,16 @@ CLOUD_PLATFORM_SCOPE: Final = "https://www.googleapis.com/auth/cloud-platform"
 # so a request never leaves with a token that dies on the way.
 TOKEN_MARGIN_SECONDS: Final = 300.0
 
+log = logging.getLogger(__name__)
+
 # Bounded so a burst cannot open unbounded sockets; waiting for a free one counts as connecting.
 POOL_LIMIT = 1024
-# A non-streamed body larger than this is a broken upstream, not an answer.
-MAX_BODY_BYTES = 256 * 1024 * 1024
+# An embeddings answer larger than this is a broken upstream (DESIGN §14); chat answers have
+# server.max_upstream_body_bytes, far less.
+EMBEDDINGS_MAX_BODY_BYTES = 256 * 1024 * 1024
+# Of an error answer only this much is read: its message is in its first bytes, and a 4xx/5xx
+# with a huge body is not worth the memory.
+ERROR_BODY_BYTES = 64 * 1024
 
 
 def create_session() -> aiohttp.ClientSession:
@@ -65,13 +72,41 @@ class UpstreamResponse:
         self.status = response.status
         self.headers: Mapping[str, str] = response.headers
 
-    async def read(self) -> bytes:
-        """The whole body (non-streamed answers and error bodies)."""
+    async def read(self, limit: int) -> bytes:
+        """The whole body (non-streamed answers); 502 once it passes ``limit`` bytes.
+
+        The bytes are counted as they arrive, after decompression: neither a Content-Length that
+        lies, nor a chunked or close-delimited body, nor a gzip bomb gets past the limit (aiohttp
+        inflates a compressed body a bounded piece at a time, and stops reading the socket while
+        its buffer is full, so no more than the limit and one piece is ever held).
+        """
         try:
             length = self._response.content_length
-            if length is not None and length > MAX_BODY_BYTES:
-                raise UpstreamError("server", 502, "Upstream response body is too large.")
-            return await self._response.read()
+            if length is not None and length > limit:
+                raise _too_large(limit)
+            content = self._response.content
+            chunks: list[bytes] = []
+            size = 0
+            while chunk := await content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        except aiohttp.ClientError as exc:
+            raise _broken(exc) from None
+
+    async def read_error(self) -> bytes:
+        """The first ``ERROR_BODY_BYTES`` of an error answer; the rest is never read (the caller
+        then closes the connection rather than release it half-read)."""
+        content = self._response.content
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while size < ERROR_BODY_BYTES and (chunk := await content.read(ERROR_BODY_BYTES - size)):
+                chunks.append(chunk)
+                size += len(chunk)
+            return b"".join(chunks)
         except aiohttp.ClientError as exc:
             raise _broken(exc) from None
 
@@ -92,7 +127,8 @@ class UpstreamResponse:
 
 
 def _where(call: UpstreamCall) -> str:
-    # Host and port only: a path or query could carry a model id we were asked not to echo.
+    # For the log only: host and port (a path or query could carry a model id we were asked not
+    # to echo). The caller is told the provider's name, never where it lives.
     return f"{call.url.host}:{call.url.port}"
 
 
@@ -119,6 +155,10 @@ def _broken(exc: BaseException) -> UpstreamError:
     return UpstreamError("server", 502, f"Upstream connection broke while reading the answer ({type(exc).__name__}).")
 
 
+def _too_large(limit: int) -> UpstreamError:
+    return UpstreamError("server", 502, f"Upstream answer is larger than {limit} bytes.")
+
+
 @functools.lru_cache(maxsize=64)
 def _client_timeout(connect: float, total: float | None) -> aiohttp.ClientTimeout:
     # Made once per distinct configuration, not per request; the configured values are few.
@@ -126,12 +166,13 @@ def _client_timeout(connect: float, total: float | None) -> aiohttp.ClientTimeou
 
 
 async def send(session: aiohttp.ClientSession, call: UpstreamCall, connect_timeout: float,
-               total: float | None = None) -> UpstreamResponse:
+               total: float | None = None, *, provider: str = "") -> UpstreamResponse:
     """Send one call and wait for the status line and headers.
 
     ``total`` bounds the whole exchange, body included, when the answer is read whole: aiohttp's
     own timer then raises ``TimeoutError`` from ``send`` or ``read``. Streams pass None and time
-    their phases themselves.
+    their phases themselves. Failures name ``provider`` to the caller; the host and port, and the
+    operating system's reason, go to the log.
     """
     failure: UpstreamError
     try:
@@ -143,15 +184,18 @@ async def send(session: aiohttp.ClientSession, call: UpstreamCall, connect_timeo
         return UpstreamResponse(response)
     except aiohttp.ClientConnectorError as exc:
         # Refused, DNS, TLS: the request provably never reached the upstream.
-        failure = UpstreamError("connect", 502, f"Could not connect to {_where(call)} ({_reason(exc)}).",
+        log.warning("upstream %r: could not connect to %s (%s)", provider, _where(call), _reason(exc))
+        failure = UpstreamError("connect", 502, f"Could not connect to upstream '{provider}'.",
                                 reached_upstream=False)
         _forget(exc)
     except aiohttp.ConnectionTimeoutError as exc:
-        failure = UpstreamError("connect", 504, f"Connecting to {_where(call)} took longer than "
+        log.warning("upstream %r: connecting to %s took longer than %gs", provider, _where(call), connect_timeout)
+        failure = UpstreamError("connect", 504, f"Connecting to upstream '{provider}' took longer than "
                                                 f"{connect_timeout:g}s.", reached_upstream=False)
         _forget(exc)
     except aiohttp.ClientError as exc:
-        failure = UpstreamError("connect", 502, f"The connection to {_where(call)} failed ({type(exc).__name__}).")
+        log.warning("upstream %r: the connection to %s failed (%s)", provider, _where(call), type(exc).__name__)
+        failure = UpstreamError("connect", 502, f"The connection to upstream '{provider}' failed.")
         _forget(exc)
     # Raised here, outside the handlers, so it carries no __context__: aiohttp's exception and the
     # dozen connector frames its traceback holds are freed now, not at the next garbage collection.
@@ -169,7 +213,9 @@ class GoogleTokens:
     concurrent requests that find it stale wait for one refresh, made in a thread.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, provider: str) -> None:
+        self._provider = provider
+        self.warned: str | None = None  # what the log was last told is missing
         self._credentials: Any = None
         self._project: str | None = None
         self._token: Secret | None = None
@@ -204,11 +250,13 @@ class GoogleTokens:
             session.trust_env = False  # no proxy variables, as for every upstream call
             self._credentials.refresh(google.auth.transport.requests.Request(session=session))
         except google.auth.exceptions.DefaultCredentialsError:
-            raise ProviderNotConfigured(
-                "No Google application default credentials: set GOOGLE_APPLICATION_CREDENTIALS to a "
-                "service-account file, or send an OAuth token as the Bearer key.") from None
+            raise _not_configured(self, self._provider, (
+                "no Google application default credentials: set GOOGLE_APPLICATION_CREDENTIALS to a "
+                "service-account file, or have callers send an OAuth token as the Bearer key")) from None
         except (google.auth.exceptions.GoogleAuthError, requests.RequestException) as exc:
-            raise UpstreamError("connect", 502, f"Could not mint a Google access token ({type(exc).__name__}).",
+            # The exception's text can name the token endpoint: the log gets its type only.
+            log.warning("provider %r: could not mint a Google access token (%s)", self._provider, type(exc).__name__)
+            raise UpstreamError("connect", 502, f"Could not get an access token for provider '{self._provider}'.",
                                 reached_upstream=False) from None
         token = self._credentials.token
         expiry = self._credentials.expiry  # naive UTC, or None for tokens without an expiry
@@ -248,6 +296,7 @@ class AwsCredentials:
 
     def __init__(self, provider: ProviderConfig) -> None:
         self._provider = provider
+        self.warned: str | None = None  # what the log was last told is missing
         self._source: Any = None
         self._lock = asyncio.Lock()
 
@@ -265,12 +314,13 @@ class AwsCredentials:
                 return await frozen if asyncio.iscoroutine(frozen) else frozen
             return self._source
         except ProfileNotFound:
-            raise ProviderNotConfigured(f"AWS profile '{self._provider.profile}' of provider "
-                                        f"'{self._provider.name}' does not exist.") from None
+            raise _not_configured(self, self._provider.name, f"AWS profile '{self._provider.profile}' does not "
+                                                       "exist") from None
         except BotoCoreError as exc:
             # Refreshing role credentials failed: nothing reached Bedrock; another endpoint may serve.
-            raise UpstreamError("connect", 502, f"Could not get AWS credentials ({type(exc).__name__}).",
-                                reached_upstream=False) from None
+            log.warning("provider %r: could not get AWS credentials (%s)", self._provider.name, type(exc).__name__)
+            raise UpstreamError("connect", 502, f"Could not get AWS credentials for provider "
+                                                f"'{self._provider.name}'.", reached_upstream=False) from None
 
     async def _resolve(self) -> Any:
         provider = self._provider
@@ -284,10 +334,10 @@ class AwsCredentials:
         session = AioSession(profile=provider.profile or None)
         credentials = await session.get_credentials()
         if credentials is None:
-            raise ProviderNotConfigured(
-                f"No AWS credentials for provider '{provider.name}': set aws_access_key_id and "
-                "aws_secret_access_key (or profile) in the YAML, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the "
-                "environment, or send a Bedrock API key as the Bearer key.")
+            raise _not_configured(self, provider.name, (
+                "no AWS credentials: set aws_access_key_id and aws_secret_access_key (or profile) in the YAML, "
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment, or have callers send a Bedrock API "
+                "key as the Bearer key"))
         return credentials
 
 
@@ -303,7 +353,7 @@ class Ambient:
         if provider.type == "vertex":
             tokens = self._google.get(provider.name)
             if tokens is None:
-                tokens = self._google[provider.name] = GoogleTokens()
+                tokens = self._google[provider.name] = GoogleTokens(provider.name)
             token, project = await tokens.get()
             return Credential("ambient", token, project)
         if provider.type == "bedrock":
@@ -312,4 +362,15 @@ class Ambient:
                 aws = self._aws[provider.name] = AwsCredentials(provider)
             frozen = await aws.frozen()
             return Credential("ambient", sign=functools.partial(sign_sigv4, frozen, provider.region or "us-east-1"))
-        raise ProviderNotConfigured(f"Provider '{provider.name}' has no ambient credentials in this version.")
+        raise _not_configured(None, provider.name, f"provider type '{provider.type}' has no ambient credentials in this "
+                                             "version")
+
+
+def _not_configured(source: GoogleTokens | AwsCredentials | None, provider: str, detail: str) -> ProviderNotConfigured:
+    """The caller learns the provider is not configured; the log learns why (``detail`` holds no
+    key), once per credential source and reason rather than once per request."""
+    if source is None or source.warned != detail:
+        if source is not None:
+            source.warned = detail
+        log.warning("provider %r is not configured: %s", provider, detail)
+    return ProviderNotConfigured(provider, detail)

@@ -124,12 +124,16 @@ def test_missing_provider_key_gets_401_and_sends_nothing(proxy: Proxy, fake: Fak
     assert fake.requests == []
 
 
-def test_unconfigured_provider_gets_503_naming_the_setting(make_proxy: Callable[..., Proxy]) -> None:
+def test_unconfigured_provider_gets_503_naming_the_provider_and_logs_the_setting(
+        make_proxy: Callable[..., Proxy], caplog: pytest.LogCaptureFixture) -> None:
     proxy = make_proxy(text=f"gateway_keys: [{GATEWAY_KEY}]\n")  # azure without AZURE_OPENAI_ENDPOINT
     response = post_json(proxy, "/v1/chat/completions", {"model": "azure/gpt-4o", "messages": USER})
     assert response.status == 503
     error = _assert_openai_error(response.body, code="provider_not_configured")
-    assert "AZURE_OPENAI_ENDPOINT" in str(error["message"])
+    # The caller learns which provider; the setting and its environment variable go to the log.
+    assert "'azure'" in str(error["message"])
+    assert "AZURE_OPENAI_ENDPOINT" not in str(error["message"]) and "endpoint" not in str(error["message"])
+    assert any("AZURE_OPENAI_ENDPOINT" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
     assert response.headers["x-should-retry"] == "false"
 
 

@@ -235,7 +235,8 @@ def test_an_expired_token_is_refreshed_once_under_concurrency(ambient: Proxy, fa
 
 
 def test_ambient_without_credentials_is_a_clear_503(make_proxy: Callable[..., Proxy], fake: FakeUpstream,
-                                                    monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+                                                    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
     monkeypatch.setenv("NO_GCE_CHECK", "True")
     proxy = make_proxy(text=config_text(
@@ -245,7 +246,10 @@ def test_ambient_without_credentials_is_a_clear_503(make_proxy: Callable[..., Pr
                          {"model": "vertex-sa/gemini-2.5-flash", "messages": [{"role": "user", "content": "x"}]})
     assert response.status == 503
     assert response.json()["error"]["code"] == "provider_not_configured"
-    assert "GOOGLE_APPLICATION_CREDENTIALS" in response.json()["error"]["message"]
+    # The provider's name for the caller; the environment variable for the log only.
+    assert "'vertex-sa'" in response.json()["error"]["message"]
+    assert "GOOGLE_APPLICATION_CREDENTIALS" not in response.json()["error"]["message"]
+    assert any("GOOGLE_APPLICATION_CREDENTIALS" in r.getMessage() for r in caplog.records)
 
 
 def test_forward_without_a_caller_key_never_uses_the_ambient_credentials(make_proxy: Callable[..., Proxy],

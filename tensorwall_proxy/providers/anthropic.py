@@ -28,6 +28,7 @@ from ..auth import Credential
 from ..config import ProviderConfig
 from ..errors import FailureKind, GatewayError, UnsupportedField, UpstreamError, bad_request
 from ..sse import SseDecoder, SseEvent
+from ..tokens import count_of
 from . import ChatRequest, EmbeddingsRequest, UpstreamCall
 from .anthropic_headers import auth_header, passed_betas
 from .ids import attach, detach, for_upstream
@@ -380,12 +381,12 @@ def _headers(provider: ProviderConfig, credential: Credential, req_headers: Mapp
 
 def _usage(raw: Any) -> dict[str, Any]:
     raw = raw if isinstance(raw, dict) else {}
-    read = int(raw.get("cache_read_input_tokens") or 0)
-    created = int(raw.get("cache_creation_input_tokens") or 0)
+    read = count_of(raw, "cache_read_input_tokens")
+    created = count_of(raw, "cache_creation_input_tokens")
     # Anthropic's input_tokens leave the cached ones out; OpenAI's prompt_tokens count them.
-    prompt = int(raw.get("input_tokens") or 0) + read + created
+    prompt = count_of(raw, "input_tokens") + read + created
     cache_seen = "cache_read_input_tokens" in raw or "cache_creation_input_tokens" in raw
-    return usage(prompt, int(raw.get("output_tokens") or 0),
+    return usage(prompt, count_of(raw, "output_tokens"),
                  cached=read if cache_seen else None, cache_creation=created if cache_seen else None)
 
 
@@ -474,12 +475,12 @@ class AnthropicStream:
             message = obj(data.get("message"))
             self._chunks.id = str(message.get("id") or "")
             self._chunks.model = str(message.get("model") or "")
-            self._usage.update(message.get("usage") or {})
+            self._usage.update(obj(message.get("usage")))
             return [self._chunks.chunk({"role": "assistant", "content": ""})]
         if kind == "message_delta":
             delta = obj(data.get("delta"))
             self._finish = FINISH_REASONS.get(str(delta.get("stop_reason")), "stop")
-            self._usage.update(data.get("usage") or {})  # output_tokens is a running total
+            self._usage.update(obj(data.get("usage")))  # output_tokens is a running total
             self.visible = True
             return [self._chunks.chunk({}, self._finish)]
         if kind == "message_stop":

@@ -35,6 +35,7 @@ from ..errors import (
     retry_after_seconds,
 )
 from ..sse import SseEvent
+from ..tokens import count_of
 from . import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
 from .anthropic import JSON_OBJECT_INSTRUCTION, THINKING_BUDGETS, one_sampling_field
 from .ids import attach, detach, for_upstream, unique_id
@@ -338,12 +339,12 @@ def translate_request(req: ChatRequest, provider: ProviderConfig, model: str) ->
 
 def _usage(raw: Any) -> dict[str, Any]:
     raw = obj(raw)
-    read = raw.get("cacheReadInputTokens")
-    write = raw.get("cacheWriteInputTokens")
-    prompt = int(raw.get("inputTokens") or 0) + int(read or 0) + int(write or 0)
-    cache_seen = read is not None or write is not None
-    return usage(prompt, int(raw.get("outputTokens") or 0), cached=int(read or 0) if cache_seen else None,
-                 cache_creation=int(write or 0) if cache_seen else None)
+    read = count_of(raw, "cacheReadInputTokens")
+    write = count_of(raw, "cacheWriteInputTokens")
+    prompt = count_of(raw, "inputTokens") + read + write
+    cache_seen = raw.get("cacheReadInputTokens") is not None or raw.get("cacheWriteInputTokens") is not None
+    return usage(prompt, count_of(raw, "outputTokens"), cached=read if cache_seen else None,
+                 cache_creation=write if cache_seen else None)
 
 
 def translate_response(response: Mapping[str, Any], model: str, created: int | None = None) -> bytes:
@@ -646,7 +647,7 @@ class Bedrock:
             parsed = load_object(body, provider.name)
             if "embedding" in parsed:
                 vectors.append(list(items(parsed["embedding"])))
-                tokens += int(parsed.get("inputTextTokenCount") or 0)
+                tokens += count_of(parsed, "inputTextTokenCount")
             else:
                 vectors.extend(list(items(v)) for v in items(parsed.get("embeddings")))
         return embeddings(vectors, str(req.body.get("model") or ""), tokens, req.base64)

@@ -37,6 +37,7 @@ from ..errors import (
     retry_after_seconds,
 )
 from ..sse import SseDecoder, SseEvent
+from ..tokens import count_of, token_count
 from . import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
 from .ids import attach, detach, for_gemini, from_gemini, unique_id
 from .openai import USER_AGENT, upstream_url
@@ -115,7 +116,8 @@ def model_path(provider: ProviderConfig, project: str, model: str, method: str) 
 def _project(provider: ProviderConfig, credential: Credential) -> str:
     project = provider.project or credential.project
     if not project:
-        raise ProviderNotConfigured(provider.unconfigured or f"provider '{provider.name}' has no project")
+        raise ProviderNotConfigured(provider.name, provider.unconfigured or "project is empty, and the credentials "
+                                                                            "name none")
     return project
 
 
@@ -415,10 +417,9 @@ def translate_request(req: ChatRequest) -> dict[str, Any]:
 
 def _usage(raw: Any) -> dict[str, Any]:
     raw = obj(raw)
-    thoughts = int(raw.get("thoughtsTokenCount") or 0)
-    cached = raw.get("cachedContentTokenCount")
-    return usage(int(raw.get("promptTokenCount") or 0), int(raw.get("candidatesTokenCount") or 0) + thoughts,
-                 cached=int(cached) if cached is not None else None, reasoning=thoughts if thoughts else None)
+    thoughts = count_of(raw, "thoughtsTokenCount")
+    return usage(count_of(raw, "promptTokenCount"), count_of(raw, "candidatesTokenCount") + thoughts,
+                 cached=token_count(raw.get("cachedContentTokenCount")), reasoning=thoughts if thoughts else None)
 
 
 def _new_call_id() -> str:
@@ -638,12 +639,12 @@ class Vertex:
             parsed = load_object(body, provider.name)
             if "embedding" in parsed:
                 vectors.append(list(obj(parsed["embedding"]).get("values") or []))
-                tokens += int(obj(parsed.get("usageMetadata")).get("promptTokenCount") or 0)
+                tokens += count_of(obj(parsed.get("usageMetadata")), "promptTokenCount")
                 continue
             for prediction in items(parsed.get("predictions")):
                 values = obj(obj(prediction).get("embeddings"))
                 vectors.append(list(values.get("values") or []))
-                tokens += int(obj(values.get("statistics")).get("token_count") or 0)
+                tokens += count_of(obj(values.get("statistics")), "token_count")
         return embeddings(vectors, str(req.body.get("model") or ""), tokens, req.base64)
 
 
