@@ -13,6 +13,7 @@ from aiohttp import web
 
 from . import api, upstream
 from .auth import GatewayKeys
+from .bodies import BodyBudget
 from .config import Config
 from .health import RetryBudget
 from .observability import metrics_from_environment
@@ -33,7 +34,7 @@ def apply_config(app: web.Application, config: Config) -> None:
     """Swap a running app to a new, already validated configuration (SIGHUP).
 
     Requests in flight keep the table they started with; new ones get the new routes, providers,
-    keys, timeouts and retries. `server.*` (address, body limit) takes a restart.
+    keys, timeouts and retries. `server.*` (address, body bounds) takes a restart.
     """
     app[api.GATEWAY].table = build_table(config)
 
@@ -51,6 +52,7 @@ async def _session_context(app: web.Application) -> AsyncIterator[None]:
 def build_app(config: Config) -> web.Application:
     """The gateway as an aiohttp Application for one configuration."""
     app = web.Application(client_max_size=config.server.max_body_bytes)
+    app[api.BUDGET] = BodyBudget(config.server.max_buffered_body_bytes)
     retries = config.retries
     app[api.GATEWAY] = Gateway(build_table(config),
                                budget=RetryBudget(retries.budget_ratio, retries.budget_min_per_second),

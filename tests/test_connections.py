@@ -1,0 +1,250 @@
+"""Attacks on the listener and the HTTP layer, by a raw TCP client on 127.0.0.1.
+
+Each attack is small and bounded in time: the bounds under test are set to fractions of a second
+(`server.header_timeout_seconds: 0.5` and the like), and every socket read has a deadline, so a
+gateway without the bound fails the test instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit
+
+import pytest
+
+from tensorwall_proxy.api import BUDGET, ErrorThrottle
+from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, RawResponse, post_json, raw_request
+
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+# aiohttp's keep-alive timer also runs from accept: kept longer here, so the head's own bound shows.
+FAST_BOUNDS = """
+server:
+  header_timeout_seconds: 0.5
+  body_timeout_seconds: 0.5
+  keepalive_seconds: 5
+"""
+
+
+def address(proxy: Proxy) -> tuple[str, int]:
+    parts = urlsplit(proxy.url)
+    assert parts.hostname is not None and parts.port is not None
+    return parts.hostname, parts.port
+
+
+@pytest.fixture
+def sockets() -> Iterator[Callable[[Proxy], socket.socket]]:
+    """Raw client sockets to a proxy, every one closed after the test."""
+    opened: list[socket.socket] = []
+
+    def connect(proxy: Proxy) -> socket.socket:
+        sock = socket.create_connection(address(proxy), timeout=5)
+        opened.append(sock)
+        return sock
+
+    yield connect
+    for sock in opened:
+        sock.close()
+
+
+def receive(sock: socket.socket, seconds: float) -> tuple[bytes, bool]:
+    """What arrives within ``seconds``, and whether the proxy closed the connection by then."""
+    deadline = time.monotonic() + seconds
+    data = b""
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            piece = sock.recv(65536)
+        except TimeoutError:
+            return data, False
+        except ConnectionResetError:
+            return data, True
+        if not piece:
+            return data, True
+        data += piece
+    return data, False
+
+
+def parse(data: bytes) -> RawResponse:
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0].startswith("HTTP/1."), data[:200]
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    return RawResponse(int(lines[0].split()[1]), headers, body)
+
+
+def chat_head(length: int | None, extra: str = "") -> bytes:
+    size = f"Content-Length: {length}\r\n" if length is not None else "Transfer-Encoding: chunked\r\n"
+    return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {GATEWAY_KEY}\r\n"
+            f"Authorization: Bearer {PROVIDER_KEY}\r\nContent-Type: application/json\r\n{size}{extra}\r\n").encode()
+
+
+def assert_openai_error(response: RawResponse, status: int, code: str) -> None:
+    assert response.status == status, response.body[:300]
+    error = json.loads(response.body)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code
+
+
+# --------------------------------------------------------------------------------------------------
+# 8 (first half). A trickled body holds its connection, not a slot of max_in_flight
+
+
+def test_trickled_bodies_do_not_take_in_flight_slots_and_get_408(
+        make_proxy: Callable[..., Proxy], sockets: Callable[[Proxy], socket.socket]) -> None:
+    proxy = make_proxy(FAST_BOUNDS.replace("body_timeout_seconds: 0.5", "body_timeout_seconds: 1")
+                       + "  max_in_flight: 2\n")
+    body = json.dumps(CHAT).encode()
+    stalled = [sockets(proxy) for _ in range(4)]
+    for sock in stalled:
+        sock.sendall(chat_head(len(body)) + body[:10])
+    time.sleep(0.3)
+    # Four bodies half-sent, two slots: every other caller is still served.
+    assert post_json(proxy, "/v1/chat/completions", CHAT).status == 200
+    for sock in stalled:
+        data, closed = receive(sock, 3)
+        assert closed
+        response = parse(data)
+        assert_openai_error(response, 408, "request_timeout")
+        assert response.headers.get("connection", "").lower() == "close"
+
+
+def test_a_body_that_keeps_trickling_is_served_while_each_gap_is_short(
+        make_proxy: Callable[..., Proxy], sockets: Callable[[Proxy], socket.socket]) -> None:
+    proxy = make_proxy(FAST_BOUNDS)
+    body = json.dumps(CHAT).encode()
+    sock = sockets(proxy)
+    sock.sendall(chat_head(len(body)))
+    for i in range(0, len(body), 8):  # the whole body takes longer than the timeout; no gap does
+        sock.sendall(body[i:i + 8])
+        time.sleep(0.05)
+    data, _ = receive(sock, 3)
+    assert parse(data).status == 200
+
+
+def test_a_large_body_in_many_writes_is_served(proxy: Proxy, sockets: Callable[[Proxy], socket.socket]) -> None:
+    # The read that ends a body must count as the body's, not as the start of the next head.
+    body = json.dumps({**CHAT, "messages": [{"role": "system", "content": "z" * 500_000},
+                                            {"role": "user", "content": "hi"}]}).encode()
+    sock = sockets(proxy)
+    sock.sendall(chat_head(len(body), "Connection: close\r\n"))
+    tail = len(body) - 200_000  # the read that ends the body is far larger than a head may be
+    for i in range(0, tail, 50_000):
+        sock.sendall(body[i:min(i + 50_000, tail)])
+        time.sleep(0.005)
+    sock.sendall(body[tail:])
+    data, _ = receive(sock, 5)
+    assert parse(data).status == 200
+
+
+# --------------------------------------------------------------------------------------------------
+# 10. A budget for the body bytes held across requests
+
+
+def test_past_the_buffered_body_budget_a_request_gets_503_with_retry_after(
+        make_proxy: Callable[..., Proxy], sockets: Callable[[Proxy], socket.socket]) -> None:
+    proxy = make_proxy("server: {max_buffered_body_bytes: 1048576, body_timeout_seconds: 5}\n")
+    first = sockets(proxy)
+    first.sendall(chat_head(700_000) + b"{")  # reserved by its Content-Length, then held
+    time.sleep(0.2)
+    second = sockets(proxy)
+    second.sendall(chat_head(700_000) + b"{")
+    data, _ = receive(second, 2)
+    response = parse(data)
+    assert_openai_error(response, 503, "overloaded")
+    assert response.headers["retry-after"] == "1"
+    first.close()
+    time.sleep(0.2)  # the first request is gone: its reservation is given back
+    assert post_json(proxy, "/v1/chat/completions", CHAT).status == 200
+    assert proxy.app[BUDGET].held == 0
+
+
+def test_a_chunked_body_is_read_and_counted_as_it_arrives(proxy: Proxy,
+                                                          sockets: Callable[[Proxy], socket.socket]) -> None:
+    body = json.dumps(CHAT).encode()
+    sock = sockets(proxy)
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 7]), body[i:i + 7]) for i in range(0, len(body), 7))
+    sock.sendall(chat_head(None, "Connection: close\r\n") + chunks + b"0\r\n\r\n")
+    data, _ = receive(sock, 3)
+    assert parse(data).status == 200
+    assert proxy.app[BUDGET].held == 0
+
+
+def test_a_body_over_max_body_bytes_by_its_content_length_gets_413_unread(
+        make_proxy: Callable[..., Proxy], sockets: Callable[[Proxy], socket.socket]) -> None:
+    proxy = make_proxy("server: {max_body_bytes: 2000}\n")
+    sock = sockets(proxy)
+    sock.sendall(chat_head(5000) + b"{")
+    data, _ = receive(sock, 2)
+    assert_openai_error(parse(data), 413, "request_too_large")
+
+
+# --------------------------------------------------------------------------------------------------
+# 12 (part). Caller input that used to be a 500 with an ERROR traceback
+
+
+def nested(depth: int) -> bytes:
+    return ('{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "metadata": '
+            + "[" * depth + "]" * depth + "}").encode()
+
+
+@pytest.mark.parametrize("depth", [260, 600, 1020])
+def test_json_nested_deeper_than_orjson_writes_is_a_400(proxy: Proxy, caplog: pytest.LogCaptureFixture,
+                                                       depth: int) -> None:
+    with caplog.at_level(logging.ERROR):
+        response = raw_request(proxy.url + "/v1/chat/completions", nested(depth),
+                               {"X-API-Key": GATEWAY_KEY, "Authorization": f"Bearer {PROVIDER_KEY}"})
+    assert_openai_error(response, 400, "invalid_json")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_json_nested_within_the_bound_is_served(proxy: Proxy) -> None:
+    response = raw_request(proxy.url + "/v1/chat/completions", nested(250),
+                           {"X-API-Key": GATEWAY_KEY, "Authorization": f"Bearer {PROVIDER_KEY}"})
+    assert response.status == 200
+
+
+def test_an_invalid_gzip_body_is_a_400_without_an_error_line(proxy: Proxy, caplog: pytest.LogCaptureFixture
+                                                             ) -> None:
+    headers = {"X-API-Key": GATEWAY_KEY, "Authorization": f"Bearer {PROVIDER_KEY}", "Content-Encoding": "gzip"}
+    with caplog.at_level(logging.ERROR):
+        broken = raw_request(proxy.url + "/v1/chat/completions", b"\x1f\x8bnot really gzip at all" * 10, headers)
+        truncated = raw_request(proxy.url + "/v1/chat/completions", gzip.compress(json.dumps(CHAT).encode())[:20],
+                                headers)
+    assert_openai_error(broken, 400, "invalid_body")
+    assert truncated.status == 400
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    # And a valid one is served.
+    assert raw_request(proxy.url + "/v1/chat/completions", gzip.compress(json.dumps(CHAT).encode()),
+                       headers).status == 200
+
+
+def test_unhandled_errors_log_one_traceback_a_minute_per_kind(caplog: pytest.LogCaptureFixture) -> None:
+    throttle = ErrorThrottle()
+
+    def fail(kind: type[Exception]) -> Exception:
+        try:
+            raise kind("boom")
+        except Exception as exc:
+            return exc
+
+    with caplog.at_level(logging.ERROR, logger="tensorwall_proxy"):
+        for _ in range(5):
+            throttle.log(fail(ValueError), "POST", "/v1/chat/completions", "req_1")
+        throttle.log(fail(KeyError), "POST", "/v1/chat/completions", "req_2")
+    lines = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(lines) == 2  # one ValueError, one KeyError: another kind is logged at once
+    assert all(r.exc_info for r in lines)
+    kind = next(iter(throttle._kinds))
+    last, suppressed = throttle._kinds[kind]
+    assert suppressed == 4
+    throttle._kinds[kind] = (last - ErrorThrottle.PERIOD, suppressed)  # a minute later
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="tensorwall_proxy"):
+        throttle.log(fail(ValueError), "POST", "/v1/chat/completions", "req_3")
+    assert "4 more like it since the last one were not logged" in caplog.records[0].getMessage()
