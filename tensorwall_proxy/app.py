@@ -34,7 +34,7 @@ def apply_config(app: web.Application, config: Config) -> None:
     """Swap a running app to a new, already validated configuration (SIGHUP).
 
     Requests in flight keep the table they started with; new ones get the new routes, providers,
-    keys, timeouts and retries. `server.*` (address, body bounds) takes a restart.
+    keys, timeouts and retries. `server.*` (address, body and connection bounds) takes a restart.
     """
     app[api.GATEWAY].table = build_table(config)
 

@@ -34,6 +34,7 @@ from .app import apply_config, build_app
 from .auth import uses_caller_key
 from .config import Config, is_loopback, load_config, route_warnings
 from .errors import ConfigError
+from .listener import make_runner
 from .systemd import Notifier
 
 log = logging.getLogger("tensorwall_proxy")
@@ -174,7 +175,7 @@ class Instance:
 
     async def run(self) -> int:
         app = self.app = build_app(self.config)
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=CANCEL_SECONDS)
+        runner = make_runner(app, self.config.server, shutdown_timeout=CANCEL_SECONDS)
         await runner.setup()
         try:
             site = web.TCPSite(runner, self.host, self.port, reuse_port=self.reuse_port or None)
@@ -217,8 +218,8 @@ class Instance:
             return
         apply_config(self.app, config)
         if config.server != self.config.server:
-            log.warning("reload: server.* changed; the address and the body limit take a restart, the "
-                        "drain times apply from now")
+            log.warning("reload: server.* changed; the address and the body and connection bounds take a "
+                        "restart, the drain times apply from now")
         self.config = config
         log.info("reloaded %s: %d routes, %d providers, gateway auth %s", path, len(config.routes),
                  len(config.providers), "on" if config.gateway_keys else "off")

@@ -91,6 +91,152 @@ def assert_openai_error(response: RawResponse, status: int, code: str) -> None:
     assert error["code"] == code
 
 
+def closed_reasons(proxy: Proxy, reason: str) -> float:
+    response = raw_request(proxy.url + "/metrics", method="GET")
+    for line in response.text.splitlines():
+        if line.startswith(f'tensorwall_connections_closed_total{{reason="{reason}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. Connection timeouts and max_connections
+
+
+def test_a_head_trickled_byte_by_byte_gets_408_after_the_header_timeout(
+        make_proxy: Callable[..., Proxy], sockets: Callable[[Proxy], socket.socket]) -> None:
+    proxy = make_proxy(FAST_BOUNDS)
+    sock = sockets(proxy)
+    started = time.monotonic()
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    data = b""
+    closed = False
+    for _ in range(30):  # a header byte every 0.1 s: aiohttp's keep-alive timer never sees an idle gap
+        try:
+            sock.sendall(b"X")
+        except (BrokenPipeError, ConnectionResetError):
+            closed = True
+            break
+        data, closed = receive(sock, 0.1)
+        if closed:
+            break
+    if not closed:
+        data, closed = receive(sock, 0.5)
+    assert closed, "a trickled head still held its connection 3 s later"
+    assert time.monotonic() - started < 2.5
+    assert_openai_error(parse(data), 408, "request_timeout")
+    assert closed_reasons(proxy, "header_timeout") >= 1
+
+
+def test_the_next_head_on_a_keep_alive_connection_has_the_header_timeout_too(
+        make_proxy: Callable[..., Proxy], sockets: Callable[[Proxy], socket.socket]) -> None:
+    proxy = make_proxy(FAST_BOUNDS)
+    sock = sockets(proxy)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    data, closed = receive(sock, 0.3)
+    assert parse(data).status == 200 and not closed
+    sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+    for _ in range(20):  # well within keepalive_seconds (5), far past header_timeout_seconds (0.5)
+        time.sleep(0.1)
+        try:
+            sock.sendall(b"X")
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        data, closed = receive(sock, 0.01)
+        if closed or data:
+            break
+    if not closed:
+        more, closed = receive(sock, 0.5)
+        data += more
+    assert closed
+    assert_openai_error(parse(data), 408, "request_timeout")
+
+
+def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(
+        make_proxy: Callable[..., Proxy], sockets: Callable[[Proxy], socket.socket]) -> None:
+    proxy = make_proxy(FAST_BOUNDS)
+    sock = sockets(proxy)
+    data, closed = receive(sock, 3)
+    assert closed and data == b""
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_keepalive_seconds(
+        make_proxy: Callable[..., Proxy], sockets: Callable[[Proxy], socket.socket]) -> None:
+    proxy = make_proxy("server: {keepalive_seconds: 0.5}\n")
+    sock = sockets(proxy)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    data, closed = receive(sock, 0.3)
+    assert parse(data).status == 200 and not closed
+    data, closed = receive(sock, 3)
+    assert closed and data == b""
+
+
+def test_past_max_connections_a_new_connection_is_closed_at_once_and_counted(
+        make_proxy: Callable[..., Proxy], sockets: Callable[[Proxy], socket.socket]) -> None:
+    proxy = make_proxy("server: {max_connections: 20}\n")
+    held = [sockets(proxy) for _ in range(20)]
+    time.sleep(0.2)  # every one accepted
+    extra = sockets(proxy)
+    data, closed = receive(extra, 2)
+    assert closed and data == b"", "the connection past max_connections was kept open"
+    for sock in held:
+        sock.close()
+    time.sleep(0.2)
+    assert closed_reasons(proxy, "max_connections") >= 1  # and the gateway serves again
+    assert post_json(proxy, "/v1/chat/completions", CHAT).status == 200
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. Request heads: the whole head within max_header_bytes, at most 64 header lines
+
+
+def test_a_head_larger_than_max_header_bytes_in_pieces_gets_431(
+        make_proxy: Callable[..., Proxy], sockets: Callable[[Proxy], socket.socket]) -> None:
+    proxy = make_proxy()
+    sock = sockets(proxy)
+    sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    for i in range(12):  # 12 x 4 KiB lines, each well within aiohttp's own 8,190-byte line limit
+        try:
+            sock.sendall(f"X-Filler-{i}: {'a' * 4000}\r\n".encode())
+        except (BrokenPipeError, ConnectionResetError):
+            break  # refused before the head ended
+        time.sleep(0.02)
+    data, closed = receive(sock, 2)
+    assert closed
+    assert_openai_error(parse(data), 431, "request_header_fields_too_large")
+
+
+def test_a_head_larger_than_max_header_bytes_in_one_write_gets_431(
+        make_proxy: Callable[..., Proxy], sockets: Callable[[Proxy], socket.socket]) -> None:
+    proxy = make_proxy()
+    sock = sockets(proxy)
+    filler = "".join(f"X-Filler-{i}: {'a' * 4000}\r\n" for i in range(12))
+    sock.sendall(f"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {GATEWAY_KEY}\r\n{filler}\r\n".encode())
+    data, closed = receive(sock, 2)
+    assert closed
+    assert_openai_error(parse(data), 431, "request_header_fields_too_large")
+
+
+def test_more_than_64_header_lines_get_431(make_proxy: Callable[..., Proxy],
+                                           sockets: Callable[[Proxy], socket.socket]) -> None:
+    proxy = make_proxy()
+    sock = sockets(proxy)
+    lines = "".join(f"X-Line-{i}: {i}\r\n" for i in range(70))
+    sock.sendall(f"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {GATEWAY_KEY}\r\n{lines}\r\n".encode())
+    data, _ = receive(sock, 2)
+    assert_openai_error(parse(data), 431, "request_header_fields_too_large")
+
+
+def test_a_head_of_64_lines_within_the_bound_is_served(proxy: Proxy, sockets: Callable[[Proxy], socket.socket]
+                                                      ) -> None:
+    sock = sockets(proxy)
+    lines = "".join(f"X-Line-{i}: {'v' * 200}\r\n" for i in range(60))
+    sock.sendall(f"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {GATEWAY_KEY}\r\n{lines}"
+                 "Connection: close\r\n\r\n".encode())
+    data, _ = receive(sock, 2)
+    assert parse(data).status == 200
+
+
 # --------------------------------------------------------------------------------------------------
 # 8 (first half). A trickled body holds its connection, not a slot of max_in_flight
 

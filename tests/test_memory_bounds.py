@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,6 +55,31 @@ providers:
     assert connection.getresponse().read()
     connection.close()
     return proc, port
+
+
+@pytest.mark.slow
+def test_200_connections_with_unfinished_heads_cost_at_most_64_mib(
+        tmp_path: Path, spawn: Callable[..., Proc], fake_url: str) -> None:
+    proc, port = proxy_on(tmp_path, spawn, fake_url)
+    before = reset_peak(proc.pid)
+    line = b"X-Filler: " + b"a" * 8000 + b"\r\n"  # within aiohttp's own line limit
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(200):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=2)
+            sockets.append(sock)
+            try:
+                sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                for _ in range(100):  # up to 800 KB of head that never ends
+                    sock.sendall(line)
+            except OSError:
+                pass  # refused once past max_header_bytes
+        time.sleep(0.5)  # every byte sent has been read by the proxy
+        growth = memory(proc.pid)["VmHWM"] - before
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert growth <= 64 * MiB, f"peak RSS grew by {growth / MiB:.0f} MiB"
 
 
 @pytest.mark.slow
