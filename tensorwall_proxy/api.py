@@ -21,6 +21,7 @@ from . import relay
 from .auth import FORWARDED_HEADERS, caller_key
 from .bodies import MAX_DEPTH, Body, BodyBudget, read_body, too_deep
 from .errors import GatewayError, UpstreamError, bad_request
+from .hosts import HostGuard
 from .observability import RequestRecord, new_request_id
 from .providers import ChatRequest, EmbeddingsRequest
 from .sse import encode
@@ -29,6 +30,7 @@ log = logging.getLogger("tensorwall_proxy")
 
 GATEWAY: Final = web.AppKey("gateway", relay.Gateway)
 BUDGET: Final = web.AppKey("body_budget", BodyBudget)
+HOSTS: Final = web.AppKey("hosts", HostGuard)
 
 REQUEST_ID: Final = web.RequestKey("request_id", str)
 # The request body as read by ``served``, until read_json parses it (and drops it).
@@ -52,15 +54,17 @@ def error_response(error: GatewayError, request_id: str) -> web.Response:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def served(endpoint: Handler, *, accounted: bool = True) -> Handler:
-    """An endpoint with what every request gets: the request id, the gateway key, the body read
-    whole (within its bounds) before the in-flight bound, OpenAI's error shape for whatever fails,
-    the connection tracked for the drain, and the request accounted (access log, metrics) once it
-    is done.
+def served(endpoint: Handler, *, accounted: bool = True, any_host: bool = False) -> Handler:
+    """An endpoint with what every request gets: the request id, the Host/Origin rule when auth is
+    off, the gateway key, the body read whole (within its bounds) before the in-flight bound, OpenAI's
+    error shape for whatever fails, the connection tracked for the drain, and the request accounted
+    (access log, metrics) once it is done.
 
     A wrapper per route rather than aiohttp middlewares: on the hot path each middleware layer
     costs a coroutine, a partial and a wrapper of aiohttp's per request; this costs one call.
     ``accounted=False`` is for the open paths (/healthz, /readyz, /metrics): no key, no record.
+    ``any_host`` skips the Host/Origin rule: /healthz and /readyz tell a web page nothing, and load
+    balancers probe them by address.
     """
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -72,9 +76,12 @@ def served(endpoint: Handler, *, accounted: bool = True) -> Handler:
         request[REQUEST_ID] = request_id
         response: web.StreamResponse | None = None
         table = gateway.table
+        rule = None if any_host else app[HOSTS].rule(table.config)
         if not accounted:
             try:
-                response = await _answer(request, endpoint, request_id)
+                refusal = rule.refusal(request.headers) if rule is not None else None
+                response = error_response(refusal, request_id) if refusal is not None else \
+                    await _answer(request, endpoint, request_id)
                 return response
             finally:
                 gateway.release(connection)
@@ -83,6 +90,8 @@ def served(endpoint: Handler, *, accounted: bool = True) -> Handler:
         counted = False
         reserved = 0
         try:
+            if rule is not None and (refusal := rule.refusal(request.headers)) is not None:
+                raise refusal
             table.keys.check(request.headers.get("X-API-Key"))
             if request.can_read_body:
                 # Read whole before the request counts as in flight: a caller that trickles its body
@@ -361,7 +370,7 @@ def models_body(table_routes: Mapping[str, tuple[str, ...]], provider_models: Ma
 def add_routes(app: web.Application) -> None:
     """Register the HTTP surface on an application, every endpoint wrapped by ``served``."""
     for method, path, endpoint, accounted in _ROUTES:
-        app.router.add_route(method, path, served(endpoint, accounted=accounted))
+        app.router.add_route(method, path, served(endpoint, accounted=accounted, any_host=path in _ANY_HOST))
     # Last, so it sees only what nothing else matched: OpenAI's error shape for a wrong path or method.
     app.router.add_route("*", "/{tail:.*}", served(unknown_path))
 
@@ -374,5 +383,7 @@ _ROUTES: Final = (
     ("GET", "/readyz", readyz, False),
     ("GET", "/metrics", metrics, False),
 )
+# Paths open whatever the Host or Origin (see served).
+_ANY_HOST: Final = frozenset({"/healthz", "/readyz"})
 # The methods each path answers, for a 405's Allow header (aiohttp adds HEAD to every GET).
 _METHODS: Final = {path: "GET, HEAD" if method == "GET" else method for method, path, _, _ in _ROUTES}

@@ -174,7 +174,7 @@ class Instance:
     app: web.Application | None = None
 
     async def run(self) -> int:
-        app = self.app = build_app(self.config)
+        app = self.app = build_app(self.config, self.host)
         runner = make_runner(app, self.config.server, shutdown_timeout=CANCEL_SECONDS)
         await runner.setup()
         try:
@@ -219,7 +219,7 @@ class Instance:
         apply_config(self.app, config)
         if config.server != self.config.server:
             log.warning("reload: server.* changed; the address and the body and connection bounds take a "
-                        "restart, the drain times apply from now")
+                        "restart, the drain times and allowed_hosts/allowed_origins apply from now")
         self.config = config
         log.info("reloaded %s: %d routes, %d providers, gateway auth %s", path, len(config.routes),
                  len(config.providers), "on" if config.gateway_keys else "off")

@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from tensorwall_proxy.api import BUDGET, ErrorThrottle
-from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, RawResponse, post_json, raw_request
+from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, RawResponse, config_text, post_json, raw_request
+from tests.fakes import FakeUpstream
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -328,6 +329,67 @@ def test_a_body_over_max_body_bytes_by_its_content_length_gets_413_unread(
     sock.sendall(chat_head(5000) + b"{")
     data, _ = receive(sock, 2)
     assert_openai_error(parse(data), 413, "request_too_large")
+
+
+# --------------------------------------------------------------------------------------------------
+# 11. DNS rebinding and cross-site requests while gateway auth is off
+
+NO_KEYS = """
+server:
+  allowed_hosts: [gateway.internal]
+  allowed_origins: ["https://app.example.com"]
+"""
+
+
+@pytest.fixture
+def open_proxy(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> Proxy:
+    """A proxy with gateway auth off (the shipped default), bound to 127.0.0.1."""
+    return make_proxy(text=config_text(fake, NO_KEYS).replace(f"gateway_keys: [{GATEWAY_KEY}]", "gateway_keys: []"))
+
+
+def browser_post(proxy: Proxy, path: str = "/v1/chat/completions", **headers: str) -> RawResponse:
+    """A browser's "simple" request: text/plain, no preflight."""
+    return raw_request(proxy.url + path, json.dumps(CHAT),
+                       {"Content-Type": "text/plain", "Authorization": f"Bearer {PROVIDER_KEY}", **headers})
+
+
+def test_with_auth_off_a_foreign_host_is_refused(open_proxy: Proxy) -> None:
+    assert_openai_error(browser_post(open_proxy, Host="attacker.example:8000"), 403, "forbidden_host")
+    assert_openai_error(browser_post(open_proxy, Host="rebind.attacker.example"), 403, "forbidden_host")
+    assert_openai_error(raw_request(open_proxy.url + "/v1/models", method="GET", headers={"Host": "evil.test"}),
+                        403, "forbidden_host")
+    assert_openai_error(raw_request(open_proxy.url + "/metrics", method="GET", headers={"Host": "evil.test"}),
+                        403, "forbidden_host")
+
+
+@pytest.mark.parametrize("host", ["localhost", "LOCALHOST:8000", "127.0.0.1", "127.0.0.1:1234", "[::1]:80",
+                                  "127.9.9.9", "Gateway.Internal:443", "localhost."])
+def test_with_auth_off_loopback_and_allowed_hosts_are_served(open_proxy: Proxy, host: str) -> None:
+    assert browser_post(open_proxy, Host=host).status == 200
+
+
+def test_with_auth_off_a_foreign_origin_is_refused(open_proxy: Proxy) -> None:
+    for origin in ("https://attacker.example", "null", "http://localhost.attacker.example",
+                   "file://", "https://app.example.com.attacker.example"):
+        assert_openai_error(browser_post(open_proxy, Origin=origin), 403, "forbidden_origin")
+
+
+@pytest.mark.parametrize("origin", ["http://localhost:3000", "http://127.0.0.1:8080", "http://[::1]",
+                                    "https://app.example.com", "HTTPS://APP.EXAMPLE.COM/"])
+def test_with_auth_off_loopback_and_allowed_origins_are_served(open_proxy: Proxy, origin: str) -> None:
+    assert browser_post(open_proxy, Origin=origin).status == 200
+
+
+def test_health_probes_answer_whatever_the_host(open_proxy: Proxy) -> None:
+    for path in ("/healthz", "/readyz"):
+        response = raw_request(open_proxy.url + path, method="GET",
+                               headers={"Host": "lb.example", "Origin": "https://attacker.example"})
+        assert response.status == 200
+
+
+def test_with_gateway_keys_on_the_host_rule_does_not_apply(proxy: Proxy) -> None:
+    assert post_json(proxy, "/v1/chat/completions", CHAT, Host="anything.example",
+                     Origin="https://elsewhere.example").status == 200
 
 
 # --------------------------------------------------------------------------------------------------
