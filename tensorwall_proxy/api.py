@@ -147,7 +147,7 @@ async def _answer(request: web.Request, endpoint: Handler, request_id: str) -> w
         return gone or web.Response(status=499, reason="Client Closed Request")
     except Exception as exc:
         # A bug of ours. The traceback holds no keys: credentials travel only in Secret.
-        UNHANDLED.log(exc, request.method, request.path, request_id)
+        UNHANDLED.log(exc, "unhandled error serving %s %s (request %s)", request.method, request.path, request_id)
         error = GatewayError(500, "Internal gateway error.", type="server_error", code="internal_error")
         committed: web.StreamResponse | None = request.get(relay.COMMITTED)
         if committed is None:
@@ -201,7 +201,8 @@ class ErrorThrottle:
     def __init__(self) -> None:
         self._kinds: dict[tuple[str, str, int], tuple[float, int]] = {}
 
-    def log(self, exc: BaseException, method: str, path: str, request_id: str) -> None:
+    def log(self, exc: BaseException, message: str, *args: object) -> None:
+        """``log.error(message % args)`` with the traceback, unless this kind was logged within the minute."""
         tb = exc.__traceback__
         while tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
@@ -216,7 +217,7 @@ class ErrorThrottle:
             self._kinds.clear()
         self._kinds[kind] = (now, 0)
         more = f"; {suppressed} more like it since the last one were not logged" if suppressed else ""
-        log.error("unhandled error serving %s %s (request %s)%s", method, path, request_id, more, exc_info=exc)
+        log.error(message + "%s", *args, more, exc_info=exc)
 
 
 UNHANDLED: Final = ErrorThrottle()

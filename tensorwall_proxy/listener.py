@@ -182,6 +182,14 @@ class Connection(RequestHandler):
         self._discarding = True
         self._loop.call_later(LINGER_SECONDS, self.force_close)
 
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """aiohttp's own error lines (an exception while it drains or writes), at most once a minute per kind."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, BaseException) and args:
+            UNHANDLED.log(exc, str(args[0]), *args[1:])
+        else:
+            super().log_exception(*args, **kw)
+
     def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
         """What the parser refused (or a handler failed with), in OpenAI's error shape; a caller's
@@ -190,7 +198,7 @@ class Connection(RequestHandler):
             # A handler failed outside the endpoint's own error handling: a bug of ours, logged
             # like the endpoint's (at most once a minute per kind).
             if exc is not None:
-                UNHANDLED.log(exc, request.method, request.path, "-")
+                UNHANDLED.log(exc, "unhandled error serving %s %s", request.method, request.path)
             error = GatewayError(status, "Internal gateway error.", type="server_error", code="internal_error")
         elif status == 431 or isinstance(exc, LineTooLong) or "Too many headers" in (message or ""):
             error = head_too_large(self._limits.max_header_bytes)

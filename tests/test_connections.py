@@ -443,8 +443,8 @@ def test_unhandled_errors_log_one_traceback_a_minute_per_kind(caplog: pytest.Log
 
     with caplog.at_level(logging.ERROR, logger="tensorwall_proxy"):
         for _ in range(5):
-            throttle.log(fail(ValueError), "POST", "/v1/chat/completions", "req_1")
-        throttle.log(fail(KeyError), "POST", "/v1/chat/completions", "req_2")
+            throttle.log(fail(ValueError), "unhandled error serving %s", "req_1")
+        throttle.log(fail(KeyError), "unhandled error serving %s", "req_2")
     lines = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(lines) == 2  # one ValueError, one KeyError: another kind is logged at once
     assert all(r.exc_info for r in lines)
@@ -454,5 +454,6 @@ def test_unhandled_errors_log_one_traceback_a_minute_per_kind(caplog: pytest.Log
     throttle._kinds[kind] = (last - ErrorThrottle.PERIOD, suppressed)  # a minute later
     caplog.clear()
     with caplog.at_level(logging.ERROR, logger="tensorwall_proxy"):
-        throttle.log(fail(ValueError), "POST", "/v1/chat/completions", "req_3")
-    assert "4 more like it since the last one were not logged" in caplog.records[0].getMessage()
+        throttle.log(fail(ValueError), "unhandled error serving %s", "req_3")
+    assert caplog.records[0].getMessage() == ("unhandled error serving req_3; 4 more like it since the last one "
+                                              "were not logged")
