@@ -417,6 +417,12 @@ def test_json_nested_within_the_bound_is_served(proxy: Proxy) -> None:
     assert response.status == 200
 
 
+def test_a_wide_body_with_many_brackets_is_served(proxy: Proxy) -> None:
+    # Hundreds of brackets, nested two deep: the depth walk runs and finds nothing to refuse.
+    messages = [{"role": "user", "content": [{"type": "text", "text": f"part {i}"}]} for i in range(300)]
+    assert post_json(proxy, "/v1/chat/completions", {"model": "gpt-4o", "messages": messages}).status == 200
+
+
 def test_an_invalid_gzip_body_is_a_400_without_an_error_line(proxy: Proxy, caplog: pytest.LogCaptureFixture
                                                              ) -> None:
     headers = {"X-API-Key": GATEWAY_KEY, "Authorization": f"Bearer {PROVIDER_KEY}", "Content-Encoding": "gzip"}
