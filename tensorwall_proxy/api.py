@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
@@ -18,7 +19,9 @@ from aiohttp import web
 
 from . import relay
 from .auth import FORWARDED_HEADERS, caller_key
+from .bodies import MAX_DEPTH, Body, BodyBudget, read_body, too_deep
 from .errors import GatewayError, UpstreamError, bad_request
+from .hosts import HostGuard
 from .observability import RequestRecord, new_request_id
 from .providers import ChatRequest, EmbeddingsRequest
 from .sse import encode
@@ -26,8 +29,12 @@ from .sse import encode
 log = logging.getLogger("tensorwall_proxy")
 
 GATEWAY: Final = web.AppKey("gateway", relay.Gateway)
+BUDGET: Final = web.AppKey("body_budget", BodyBudget)
+HOSTS: Final = web.AppKey("hosts", HostGuard)
 
 REQUEST_ID: Final = web.RequestKey("request_id", str)
+# The request body as read by ``served``, until read_json parses it (and drops it).
+BODY: Final[web.RequestKey[Body]] = web.RequestKey("body")
 JSON: Final = "application/json"
 _ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _FORWARDED: Final = tuple({name for names in FORWARDED_HEADERS.values() for name in names})
@@ -50,35 +57,55 @@ def error_response(error: GatewayError, request_id: str) -> web.Response:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def served(endpoint: Handler, *, accounted: bool = True) -> Handler:
-    """An endpoint with what every request gets: the request id, the gateway key, the in-flight
-    bound, OpenAI's error shape for whatever fails, the connection tracked for the drain, and the
-    request accounted (access log, metrics) once it is done.
+def served(endpoint: Handler, *, accounted: bool = True, any_host: bool = False) -> Handler:
+    """An endpoint with what every request gets: the request id, the Host/Origin rule when auth is
+    off, the gateway key, the body read whole (within its bounds) before the in-flight bound, OpenAI's
+    error shape for whatever fails, the connection tracked for the drain, and the request accounted
+    (access log, metrics) once it is done.
 
     A wrapper per route rather than aiohttp middlewares: on the hot path each middleware layer
     costs a coroutine, a partial and a wrapper of aiohttp's per request; this costs one call.
     ``accounted=False`` is for the open paths (/healthz, /readyz, /metrics): no key, no record.
+    ``any_host`` skips the Host/Origin rule: /healthz and /readyz tell a web page nothing, and load
+    balancers probe them by address.
     """
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        gateway = request.app[GATEWAY]
+        app = request.app
+        gateway = app[GATEWAY]
         connection = request.protocol
         gateway.busy.add(connection)
         request_id = new_request_id(request.headers.get("x-request-id"))
         request[REQUEST_ID] = request_id
         response: web.StreamResponse | None = None
+        table = gateway.table
+        rule = None if any_host else app[HOSTS].rule(table.config)
         if not accounted:
             try:
-                response = await _answer(request, endpoint, request_id)
+                refusal = rule.refusal(request.headers) if rule is not None else None
+                response = error_response(refusal, request_id) if refusal is not None else \
+                    await _answer(request, endpoint, request_id)
                 return response
             finally:
                 gateway.release(connection)
         record = RequestRecord(request_id, request.method, request.path)
         request[relay.RECORD] = record
         counted = False
+        reserved = 0
         try:
-            gateway.table.keys.check(request.headers.get("X-API-Key"))
-            if gateway.in_flight >= gateway.table.config.server.max_in_flight:
+            if rule is not None and (refusal := rule.refusal(request.headers)) is not None:
+                raise refusal
+            table.keys.check(request.headers.get("X-API-Key"))
+            if request.can_read_body:
+                # Read whole before the request counts as in flight: a caller that trickles its body
+                # holds its own connection, not a slot everyone else needs.
+                try:
+                    request[BODY], reserved = await read_body(request, app[BUDGET], table.config.server)
+                except GatewayError as exc:
+                    response = error_response(exc, request_id)
+                    response.force_close()  # the rest of the body is not worth reading
+                    return response
+            if gateway.in_flight >= table.config.server.max_in_flight:
                 # Fast and honest: a queue here would only turn overload into timeouts.
                 raise GatewayError(503, "The gateway is at its limit of requests in flight; retry shortly.",
                                    type="server_error", code="overloaded", retry_after=1)
@@ -93,6 +120,8 @@ def served(endpoint: Handler, *, accounted: bool = True) -> Handler:
         finally:
             if counted:
                 gateway.in_flight -= 1
+            if reserved:
+                app[BUDGET].give(reserved)
             gateway.release(connection)
             # aiohttp writes the response after this returns; the ledger accounts for it a moment later.
             gateway.ledger.add(record, response.status if response is not None else 499)
@@ -119,9 +148,9 @@ async def _answer(request: web.Request, endpoint: Handler, request_id: str) -> w
         # response it is handed quietly on a closed connection.
         gone: web.StreamResponse | None = request.get(relay.COMMITTED)
         return gone or web.Response(status=499, reason="Client Closed Request")
-    except Exception:
+    except Exception as exc:
         # A bug of ours. The traceback holds no keys: credentials travel only in Secret.
-        log.exception("unhandled error serving %s %s (request %s)", request.method, request.path, request_id)
+        UNHANDLED.log(exc, "unhandled error serving %s %s (request %s)", request.method, request.path, request_id)
         error = GatewayError(500, "Internal gateway error.", type="server_error", code="internal_error")
         committed: web.StreamResponse | None = request.get(relay.COMMITTED)
         if committed is None:
@@ -144,8 +173,13 @@ async def unknown_path(request: web.Request) -> web.StreamResponse:
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
-    """The body as a JSON object, whatever Content-Type says; 400 for anything else."""
-    raw = await request.read()
+    """The body as a JSON object, whatever Content-Type says; 400 for anything else.
+
+    The bytes ``served`` read are dropped here once parsed: from now on the parsed body is the copy.
+    """
+    raw: Body | None = request.pop(BODY, None)
+    if raw is None:
+        raw = await request.read()
     if not raw:
         raise bad_request("The request body is empty; send a JSON object.", code="invalid_json")
     try:
@@ -154,7 +188,42 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         raise bad_request(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    if too_deep(raw, body):
+        raise bad_request(f"The request body nests deeper than {MAX_DEPTH} levels.", code="invalid_json")
     return body
+
+
+class ErrorThrottle:
+    """Logs an unhandled error's traceback at most once a minute per kind (exception type and the
+    line it was raised at), so a caller who found a bug cannot fill the log with it; the next line
+    logged for a kind says how many of it were left out since the last one."""
+
+    PERIOD: Final = 60.0
+    KINDS: Final = 1024  # kinds come from code locations, so they are few; this only bounds the dict
+
+    def __init__(self) -> None:
+        self._kinds: dict[tuple[str, str, int], tuple[float, int]] = {}
+
+    def log(self, exc: BaseException, message: str, *args: object) -> None:
+        """``log.error(message % args)`` with the traceback, unless this kind was logged within the minute."""
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        kind = (type(exc).__qualname__, tb.tb_frame.f_code.co_filename if tb else "", tb.tb_lineno if tb else 0)
+        del tb
+        now = time.monotonic()
+        last, suppressed = self._kinds.get(kind, (-self.PERIOD, 0))
+        if now - last < self.PERIOD:
+            self._kinds[kind] = (last, suppressed + 1)
+            return
+        if len(self._kinds) >= self.KINDS and kind not in self._kinds:
+            self._kinds.clear()
+        self._kinds[kind] = (now, 0)
+        more = f"; {suppressed} more like it since the last one were not logged" if suppressed else ""
+        log.error(message + "%s", *args, more, exc_info=exc)
+
+
+UNHANDLED: Final = ErrorThrottle()
 
 
 def _check_model(body: Mapping[str, Any]) -> str:
@@ -338,7 +407,7 @@ def models_body(table_routes: Mapping[str, tuple[str, ...]], provider_models: Ma
 def add_routes(app: web.Application) -> None:
     """Register the HTTP surface on an application, every endpoint wrapped by ``served``."""
     for method, path, endpoint, accounted in _ROUTES:
-        app.router.add_route(method, path, served(endpoint, accounted=accounted))
+        app.router.add_route(method, path, served(endpoint, accounted=accounted, any_host=path in _ANY_HOST))
     # Last, so it sees only what nothing else matched: OpenAI's error shape for a wrong path or method.
     app.router.add_route("*", "/{tail:.*}", served(unknown_path))
 
@@ -351,5 +420,7 @@ _ROUTES: Final = (
     ("GET", "/readyz", readyz, False),
     ("GET", "/metrics", metrics, False),
 )
+# Paths open whatever the Host or Origin (see served).
+_ANY_HOST: Final = frozenset({"/healthz", "/readyz"})
 # The methods each path answers, for a 405's Allow header (aiohttp adds HEAD to every GET).
 _METHODS: Final = {path: "GET, HEAD" if method == "GET" else method for method, path, _, _ in _ROUTES}

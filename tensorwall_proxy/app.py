@@ -13,8 +13,10 @@ from aiohttp import web
 
 from . import api, upstream
 from .auth import GatewayKeys
+from .bodies import BodyBudget
 from .config import Config
 from .health import RetryBudget
+from .hosts import HostGuard
 from .observability import metrics_from_environment
 from .relay import Gateway, Table
 from .router import LLMRouter
@@ -35,7 +37,8 @@ def apply_config(app: web.Application, config: Config) -> None:
     """Swap a running app to a new, already validated configuration (SIGHUP).
 
     Requests in flight keep the table they started with; new ones get the new routes, providers,
-    keys, timeouts and retries. `server.*` (address, body limit) takes a restart.
+    keys, timeouts, retries, and `server.allowed_hosts`/`allowed_origins`; the rest of `server.*`
+    (address, body and connection bounds) takes a restart.
     """
     app[api.GATEWAY].table = build_table(config)
 
@@ -50,9 +53,12 @@ async def _session_context(app: web.Application) -> AsyncIterator[None]:
     await gateway.session.close()
 
 
-def build_app(config: Config) -> web.Application:
-    """The gateway as an aiohttp Application for one configuration."""
+def build_app(config: Config, bind: str | None = None) -> web.Application:
+    """The gateway as an aiohttp Application for one configuration, served on ``bind``
+    (default ``server.host``: the Host rule of gateway auth off names it)."""
     app = web.Application(client_max_size=config.server.max_body_bytes)
+    app[api.BUDGET] = BodyBudget(config.server.max_buffered_body_bytes)
+    app[api.HOSTS] = HostGuard(config.server.host if bind is None else bind)
     retries = config.retries
     app[api.GATEWAY] = Gateway(build_table(config),
                                budget=RetryBudget(retries.budget_ratio, retries.budget_min_per_second),
@@ -66,6 +72,9 @@ def build_app(config: Config) -> web.Application:
 def build_metrics_app(app: web.Application) -> web.Application:
     """The metrics listener's application (``server.metrics_port``): /metrics of ``app``'s gateway."""
     metrics_app = web.Application()
+    # The same gateway, and the same Host/Origin rule: a page must not read metrics by rebinding either.
     metrics_app[api.GATEWAY] = app[api.GATEWAY]
+    metrics_app[api.HOSTS] = app[api.HOSTS]
+    metrics_app[api.BUDGET] = app[api.BUDGET]
     api.add_metrics_routes(metrics_app)
     return metrics_app

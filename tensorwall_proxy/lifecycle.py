@@ -20,6 +20,7 @@ import contextlib
 import gc
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -34,6 +35,7 @@ from .app import apply_config, build_app, build_metrics_app
 from .auth import ambient_warnings
 from .config import Config, is_loopback, load_config
 from .errors import ConfigError
+from .listener import make_runner
 from .systemd import Notifier
 
 log = logging.getLogger("tensorwall_proxy")
@@ -54,6 +56,8 @@ HEALTHY_SECONDS: Final = 10.0
 # On TERM the parent waits for the workers' own drains, plus this, before it kills what is left.
 KILL_SLACK_SECONDS: Final = 5.0
 _STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
+# Descriptors besides the connections' own: the listener, logs, the state files, DNS, a worker's channel.
+DESCRIPTOR_SLACK: Final = 256
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -86,6 +90,25 @@ def install_uvloop() -> None:
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def raise_descriptor_limit(max_connections: int) -> None:
+    """Raise the soft limit on open files towards the hard one, as far as ``max_connections`` needs.
+
+    Every connection is a descriptor, and so is its upstream connection: with the usual soft limit
+    of 1,024, accept() would fail for everyone long before ``server.max_connections`` refuses
+    anyone. Past the hard limit only the operator can go (``LimitNOFILE=``, ``ulimit -n``): a warning.
+    """
+    needed = 2 * max_connections + DESCRIPTOR_SLACK
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning("open files are limited to %d, fewer than server.max_connections (%d) needs (about %d): "
+                    "raise LimitNOFILE= or ulimit -n, or lower max_connections", soft, max_connections, needed)
 
 
 def tune_gc() -> None:
@@ -132,6 +155,7 @@ def serve(config: Config, host: str, port: int, *, allow_no_key: bool = False,
     reports to its parent over that descriptor instead of to systemd, and drains when the parent dies.
     """
     install_uvloop()
+    raise_descriptor_limit(config.server.max_connections)
     notifier = Notifier.from_environ() if channel_fd is None else Notifier.to_parent(channel_fd)
     instance = Instance(config, host, port, allow_no_key, notifier, reuse_port=channel_fd is not None)
     try:
@@ -174,8 +198,8 @@ class Instance:
     metrics_runner: web.AppRunner | None = None
 
     async def run(self) -> int:
-        app = self.app = build_app(self.config)
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=CANCEL_SECONDS)
+        app = self.app = build_app(self.config, self.host)
+        runner = make_runner(app, self.config.server, shutdown_timeout=CANCEL_SECONDS)
         await runner.setup()
         try:
             site = web.TCPSite(runner, self.host, self.port, reuse_port=self.reuse_port or None)
@@ -216,8 +240,9 @@ class Instance:
         port = self.config.server.metrics_port
         if port is None:
             return True
-        runner = self.metrics_runner = web.AppRunner(build_metrics_app(app), access_log=None,
-                                                     shutdown_timeout=CANCEL_SECONDS)
+        # The API port's connection bounds apply here too: a scraper's port is a port like any other.
+        runner = self.metrics_runner = make_runner(build_metrics_app(app), self.config.server,
+                                                   shutdown_timeout=CANCEL_SECONDS)
         await runner.setup()
         try:
             await web.TCPSite(runner, self.host, port, reuse_port=self.reuse_port or None).start()
@@ -242,8 +267,8 @@ class Instance:
             return
         apply_config(self.app, config)
         if config.server != self.config.server:
-            log.warning("reload: server.* changed; the address and the body limit take a restart, the "
-                        "drain times apply from now")
+            log.warning("reload: server.* changed; the address and the body and connection bounds take a "
+                        "restart, the drain times and allowed_hosts/allowed_origins apply from now")
         self.config = config
         log.info("reloaded %s: %d routes, %d providers, gateway auth %s", path, len(config.routes),
                  len(config.providers), "on" if config.gateway_keys else "off")

@@ -201,6 +201,9 @@ class Metrics:
                               registry=self.registry)
         self.in_flight = Gauge("tensorwall_requests_in_flight", "Requests being served.",
                                registry=self.registry, multiprocess_mode="livesum")
+        self.connections_closed = Counter("tensorwall_connections_closed", "Connections the listener closed "
+                                          "before serving them, by reason: max_connections, header_timeout, "
+                                          "header_too_large.", ["reason"], registry=self.registry)
         self.health = Gauge("tensorwall_endpoint_health", "Endpoints (server-side credentials) by state.",
                             ["provider", "model", "state"], registry=self.registry, multiprocess_mode="livemax")
         # Label values are bounded by the configuration, so this cache is too.
@@ -276,6 +279,10 @@ class Metrics:
         for labels in now - self._health_now:
             self._child(self.health, *labels).set(1)
         self._health_now = now
+
+    def connection_closed(self, reason: str) -> None:
+        """The listener closed a connection before serving it (too many open, a head too slow or too large)."""
+        self._child(self.connections_closed, reason).inc()
 
     def render(self) -> tuple[bytes, str]:
         """The exposition and its content type; every worker's together in multiprocess mode."""

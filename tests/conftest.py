@@ -22,7 +22,8 @@ from aiohttp import web
 from openai import AsyncOpenAI, OpenAI
 
 from tensorwall_proxy.app import build_app
-from tensorwall_proxy.config import Config, parse_config
+from tensorwall_proxy.config import Config, ServerConfig, parse_config
+from tensorwall_proxy.listener import make_runner
 from tests.fakes import FakeUpstream
 
 T = TypeVar("T")
@@ -127,8 +128,10 @@ def post_json(proxy: Proxy, path: str, body: Any, key: str | None = PROVIDER_KEY
     return raw_request(proxy.url + path, json.dumps(body), sent)
 
 
-async def _start_app(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
+async def _start_app(app: web.Application, config: Config | None = None) -> tuple[web.AppRunner, str]:
+    # The runner `serve` uses, so the tests meet the connection bounds the gateway really has
+    # (an upstream of a test's own gets the default bounds).
+    runner = make_runner(app, config.server if config is not None else ServerConfig(), shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -168,7 +171,7 @@ def make_proxy(servers: ServerThread, fake: FakeUpstream) -> Iterator[Callable[.
     def start(extra: str = "", text: str | None = None) -> Proxy:
         config = parse_config(text if text is not None else config_text(fake, extra))
         app = build_app(config)
-        runner, url = servers.run(_start_app(app))
+        runner, url = servers.run(_start_app(app, config))
         runners.append(runner)
         fake.clear()
         return Proxy(url, app, config)

@@ -387,3 +387,27 @@ def test_serving_freezes_start_up_objects_and_collects_young_ones_less_often() -
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def open_files_limits(pid: int) -> tuple[int, int]:
+    """The soft and hard limits on open files of a process ("unlimited" as a large number)."""
+    line = next(line for line in Path(f"/proc/{pid}/limits").read_text().splitlines()
+                if line.startswith("Max open files"))
+    soft, hard = (int(value) if value.isdigit() else 1 << 62 for value in line.split()[3:5])
+    return soft, hard
+
+
+def test_serve_raises_the_open_files_limit_for_max_connections(tmp_path: Path, spawn: Callable[..., Proc]) -> None:
+    # Started under a soft limit of 512 (the hard one as it is): the 4,096 default connections
+    # need about 8,448 descriptors, so serve raises its soft limit as far as the hard one allows.
+    config = write_config(tmp_path, "gateway_keys: []\n")
+    lowered = ("import resource, runpy, sys; hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]; "
+               "resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard)); sys.argv[0] = 'tensorwall-proxy'; "
+               "runpy.run_module('tensorwall_proxy', run_name='__main__')")
+    port = free_port()
+    proc = spawn(sys.executable, "-c", lowered, "serve", "--config", str(config), "--port", str(port))
+    proc.wait_log(r"listening on http")
+    soft, hard = open_files_limits(proc.pid)
+    assert soft == min(2 * 4096 + 256, hard)
+    if hard < 2 * 4096 + 256:
+        assert "raise LimitNOFILE= or ulimit -n" in proc.log()

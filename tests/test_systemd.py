@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tensorwall_proxy.config import ServerConfig
 from tensorwall_proxy.systemd import Notifier, watchdog_interval
 from tests.test_lifecycle import CLEAN_ENV, ROOT, Proc, request, spawn, start_proxy, write_config
 
@@ -211,6 +212,14 @@ def test_unit_gives_the_drain_time_to_finish() -> None:
     assert float(unit_value("TimeoutStopSec")) >= seconds("drain_seconds") + seconds("shutdown_delay_seconds") + 5
     assert unit_value("Type") == "notify" and unit_value("NotifyAccess") == "main"
     assert unit_value("ExecReload") == "/bin/kill -HUP $MAINPID"
+
+
+def test_unit_raises_the_descriptor_limit_above_max_connections() -> None:
+    """Each connection is a descriptor: the 1,024 default would run out before server.max_connections."""
+    config = (ROOT / "config" / "tensorwall.yaml").read_text()
+    match = re.search(r"^\s*max_connections:\s*(\d+)", config, re.MULTILINE)
+    max_connections = int(match.group(1)) if match else ServerConfig().max_connections
+    assert int(unit_value("LimitNOFILE")) >= 2 * max_connections  # upstream connections need theirs too
 
 
 def test_the_parent_stops_pinging_the_watchdog_while_a_worker_hangs(
