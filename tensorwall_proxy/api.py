@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
@@ -22,7 +21,7 @@ from .auth import FORWARDED_HEADERS, caller_key
 from .bodies import MAX_DEPTH, Body, BodyBudget, read_body, too_deep
 from .errors import GatewayError, UpstreamError, bad_request
 from .hosts import HostGuard
-from .observability import RequestRecord, new_request_id
+from .observability import THROTTLE, RequestRecord, new_request_id
 from .providers import ChatRequest, EmbeddingsRequest
 from .sse import encode
 
@@ -150,7 +149,7 @@ async def _answer(request: web.Request, endpoint: Handler, request_id: str) -> w
         return gone or web.Response(status=499, reason="Client Closed Request")
     except Exception as exc:
         # A bug of ours. The traceback holds no keys: credentials travel only in Secret.
-        UNHANDLED.log(exc, "unhandled error serving %s %s (request %s)", request.method, request.path, request_id)
+        THROTTLE.error(log, exc, "unhandled error serving %s %s (request %s)", request.method, request.path, request_id)
         error = GatewayError(500, "Internal gateway error.", type="server_error", code="internal_error")
         committed: web.StreamResponse | None = request.get(relay.COMMITTED)
         if committed is None:
@@ -193,37 +192,6 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     return body
 
 
-class ErrorThrottle:
-    """Logs an unhandled error's traceback at most once a minute per kind (exception type and the
-    line it was raised at), so a caller who found a bug cannot fill the log with it; the next line
-    logged for a kind says how many of it were left out since the last one."""
-
-    PERIOD: Final = 60.0
-    KINDS: Final = 1024  # kinds come from code locations, so they are few; this only bounds the dict
-
-    def __init__(self) -> None:
-        self._kinds: dict[tuple[str, str, int], tuple[float, int]] = {}
-
-    def log(self, exc: BaseException, message: str, *args: object) -> None:
-        """``log.error(message % args)`` with the traceback, unless this kind was logged within the minute."""
-        tb = exc.__traceback__
-        while tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-        kind = (type(exc).__qualname__, tb.tb_frame.f_code.co_filename if tb else "", tb.tb_lineno if tb else 0)
-        del tb
-        now = time.monotonic()
-        last, suppressed = self._kinds.get(kind, (-self.PERIOD, 0))
-        if now - last < self.PERIOD:
-            self._kinds[kind] = (last, suppressed + 1)
-            return
-        if len(self._kinds) >= self.KINDS and kind not in self._kinds:
-            self._kinds.clear()
-        self._kinds[kind] = (now, 0)
-        more = f"; {suppressed} more like it since the last one were not logged" if suppressed else ""
-        log.error(message + "%s", *args, more, exc_info=exc)
-
-
-UNHANDLED: Final = ErrorThrottle()
 
 
 def _check_model(body: Mapping[str, Any]) -> str:

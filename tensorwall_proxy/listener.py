@@ -16,6 +16,7 @@ own timeout, inside the request's handler.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -27,9 +28,12 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
 
-from .api import GATEWAY, UNHANDLED
+from .api import GATEWAY
 from .config import ServerConfig
 from .errors import GatewayError
+from .observability import THROTTLE
+
+log = logging.getLogger("tensorwall_proxy")
 
 # Header lines in one request head. Clients send a dozen or two; aiohttp's default is 128.
 MAX_HEADERS: Final = 64
@@ -186,7 +190,7 @@ class Connection(RequestHandler):
         """aiohttp's own error lines (an exception while it drains or writes), at most once a minute per kind."""
         exc = kw.get("exc_info")
         if isinstance(exc, BaseException) and args:
-            UNHANDLED.log(exc, str(args[0]), *args[1:])
+            THROTTLE.error(log, exc, str(args[0]), *args[1:])
         else:
             super().log_exception(*args, **kw)
 
@@ -198,7 +202,7 @@ class Connection(RequestHandler):
             # A handler failed outside the endpoint's own error handling: a bug of ours, logged
             # like the endpoint's (at most once a minute per kind).
             if exc is not None:
-                UNHANDLED.log(exc, "unhandled error serving %s %s", request.method, request.path)
+                THROTTLE.error(log, exc, "unhandled error serving %s %s", request.method, request.path)
             error = GatewayError(status, "Internal gateway error.", type="server_error", code="internal_error")
         elif status == 431 or isinstance(exc, LineTooLong) or "Too many headers" in (message or ""):
             error = head_too_large(self._limits.max_header_bytes)

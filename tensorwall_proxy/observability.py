@@ -37,6 +37,59 @@ DURATION_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                            10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
+
+class LogThrottle:
+    """At most one log line a minute per kind, so neither a caller who found a bug nor an upstream
+    in an outage can fill the log: the next line logged for a kind says how many of it were left
+    out since the last one. Kinds come from code locations and provider names, so they are few;
+    ``KINDS`` only bounds the table."""
+
+    PERIOD: Final = 60.0
+    KINDS: Final = 1024
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._kinds: dict[object, tuple[float, int]] = {}
+
+    def admit(self, kind: object) -> int | None:
+        """None when ``kind`` was logged within the period (it is counted); else how many of it were
+        left out since its last line."""
+        now = self._clock()
+        last, suppressed = self._kinds.get(kind, (-math.inf, 0))
+        if now - last < self.PERIOD:
+            self._kinds[kind] = (last, suppressed + 1)
+            return None
+        if len(self._kinds) >= self.KINDS and kind not in self._kinds:
+            self._kinds.clear()
+        self._kinds[kind] = (now, 0)
+        return suppressed
+
+    def error(self, logger: logging.Logger, exc: BaseException, message: str, *args: object) -> None:
+        """``logger.error(message % args)`` with the traceback, at most once a minute per kind of error
+        (exception type and the line it was raised at)."""
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        kind = (type(exc).__qualname__, tb.tb_frame.f_code.co_filename if tb else "", tb.tb_lineno if tb else 0)
+        del tb
+        left = self.admit(kind)
+        if left is not None:
+            logger.error(message + "%s", *args, _left_out(left), exc_info=exc)
+
+    def warning(self, logger: logging.Logger, kind: object, message: str, *args: object) -> None:
+        """``logger.warning(message % args)``, at most once a minute per ``kind``."""
+        left = self.admit(kind)
+        if left is not None:
+            logger.warning(message + "%s", *args, _left_out(left))
+
+
+def _left_out(count: int) -> str:
+    return f"; {count} more like it since the last one were not logged" if count else ""
+
+
+# The process's throttle: unhandled errors, upstream failures the gateway logs for its operator.
+THROTTLE: Final = LogThrottle()
+
 @dataclass(slots=True)
 class RequestRecord:
     """One request's journey in names and numbers, filled in by the api and the relay."""

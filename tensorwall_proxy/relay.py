@@ -35,7 +35,7 @@ from .errors import (
     UpstreamError,
 )
 from .health import HealthBook, HealthKey, RetryBudget, when_all_blocked
-from .observability import Ledger, Metrics, RequestRecord, outcome_of
+from .observability import THROTTLE, Ledger, Metrics, RequestRecord, outcome_of
 from .providers import ChatRequest, EmbeddingsRequest, Provider, UpstreamCall, provider_for
 from .router import LLMRouter, Route, RouteEndpoint
 from .sse import SseError, encode
@@ -313,7 +313,8 @@ def _not_an_answer(provider: str, status: int) -> UpstreamError:
 
 
 def _malformed(provider: str, what: str, exc: BaseException) -> UpstreamError:
-    log.warning("upstream %r sent %s the gateway cannot read (%s)", provider, what, type(exc).__name__)
+    THROTTLE.warning(log, ("malformed", provider), "upstream %r sent %s the gateway cannot read (%s)", provider, what,
+                     type(exc).__name__)
     return UpstreamError("server", 502, f"Upstream '{provider}' sent {what} that is not in its API's shape.",
                          provider=provider)
 

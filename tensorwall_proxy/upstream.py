@@ -25,6 +25,7 @@ import aiohttp
 from .auth import Credential
 from .config import ProviderConfig, Secret
 from .errors import ProviderNotConfigured, UpstreamError
+from .observability import THROTTLE
 from .providers import UpstreamCall
 
 CLOUD_PLATFORM_SCOPE: Final = "https://www.googleapis.com/auth/cloud-platform"
@@ -184,17 +185,20 @@ async def send(session: aiohttp.ClientSession, call: UpstreamCall, connect_timeo
         return UpstreamResponse(response)
     except aiohttp.ClientConnectorError as exc:
         # Refused, DNS, TLS: the request provably never reached the upstream.
-        log.warning("upstream %r: could not connect to %s (%s)", provider, _where(call), _reason(exc))
+        THROTTLE.warning(log, ("connect", provider), "upstream %r: could not connect to %s (%s)", provider,
+                         _where(call), _reason(exc))
         failure = UpstreamError("connect", 502, f"Could not connect to upstream '{provider}'.",
                                 reached_upstream=False)
         _forget(exc)
     except aiohttp.ConnectionTimeoutError as exc:
-        log.warning("upstream %r: connecting to %s took longer than %gs", provider, _where(call), connect_timeout)
+        THROTTLE.warning(log, ("connect timeout", provider), "upstream %r: connecting to %s took longer than %gs",
+                         provider, _where(call), connect_timeout)
         failure = UpstreamError("connect", 504, f"Connecting to upstream '{provider}' took longer than "
                                                 f"{connect_timeout:g}s.", reached_upstream=False)
         _forget(exc)
     except aiohttp.ClientError as exc:
-        log.warning("upstream %r: the connection to %s failed (%s)", provider, _where(call), type(exc).__name__)
+        THROTTLE.warning(log, ("connection", provider), "upstream %r: the connection to %s failed (%s)", provider,
+                         _where(call), type(exc).__name__)
         failure = UpstreamError("connect", 502, f"The connection to upstream '{provider}' failed.")
         _forget(exc)
     # Raised here, outside the handlers, so it carries no __context__: aiohttp's exception and the

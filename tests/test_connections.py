@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tensorwall_proxy.api import BUDGET, ErrorThrottle
+from tensorwall_proxy.api import BUDGET
+from tensorwall_proxy.observability import LogThrottle
 from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, RawResponse, config_text, post_json, raw_request
 from tests.fakes import FakeUpstream
 
@@ -441,7 +442,9 @@ def test_an_invalid_gzip_body_is_a_400_without_an_error_line(proxy: Proxy, caplo
 
 
 def test_unhandled_errors_log_one_traceback_a_minute_per_kind(caplog: pytest.LogCaptureFixture) -> None:
-    throttle = ErrorThrottle()
+    now = [100.0]
+    throttle = LogThrottle(lambda: now[0])
+    log = logging.getLogger("tensorwall_proxy")
 
     def fail(kind: type[Exception]) -> Exception:
         try:
@@ -451,17 +454,30 @@ def test_unhandled_errors_log_one_traceback_a_minute_per_kind(caplog: pytest.Log
 
     with caplog.at_level(logging.ERROR, logger="tensorwall_proxy"):
         for _ in range(5):
-            throttle.log(fail(ValueError), "unhandled error serving %s", "req_1")
-        throttle.log(fail(KeyError), "unhandled error serving %s", "req_2")
+            throttle.error(log, fail(ValueError), "unhandled error serving %s", "req_1")
+        throttle.error(log, fail(KeyError), "unhandled error serving %s", "req_2")
     lines = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(lines) == 2  # one ValueError, one KeyError: another kind is logged at once
     assert all(r.exc_info for r in lines)
-    kind = next(iter(throttle._kinds))
-    last, suppressed = throttle._kinds[kind]
-    assert suppressed == 4
-    throttle._kinds[kind] = (last - ErrorThrottle.PERIOD, suppressed)  # a minute later
+    now[0] += LogThrottle.PERIOD  # a minute later
     caplog.clear()
     with caplog.at_level(logging.ERROR, logger="tensorwall_proxy"):
-        throttle.log(fail(ValueError), "unhandled error serving %s", "req_3")
+        throttle.error(log, fail(ValueError), "unhandled error serving %s", "req_3")
     assert caplog.records[0].getMessage() == ("unhandled error serving req_3; 4 more like it since the last one "
                                               "were not logged")
+
+
+def test_an_upstream_outage_logs_one_warning_a_minute_per_provider(
+        make_proxy: Callable[..., Proxy], fake: FakeUpstream, caplog: pytest.LogCaptureFixture) -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: every attempt is refused
+    proxy = make_proxy(text=config_text(fake, providers=(
+        f'  down: {{type: openai, base_url: "http://127.0.0.1:{port}/v1", api_key: k, models: ["*"]}}\n')))
+    with caplog.at_level(logging.WARNING, logger="tensorwall_proxy"):
+        for _ in range(5):
+            response = post_json(proxy, "/v1/chat/completions", {**CHAT, "model": "down/m"})
+            assert response.status == 502
+    refused = [r for r in caplog.records if "could not connect" in r.getMessage()]
+    assert len(refused) == 1, [r.getMessage() for r in refused]  # ten refusals (one retry each), one line
