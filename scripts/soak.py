@@ -363,12 +363,12 @@ def open_fds(pid: int) -> int:
 def proxy_config(proxy_port: int, upstream_port: int, dead_port: int) -> str:
     up = f"http://{HOST}:{upstream_port}/v1"
     return f"""\
-server: {{host: {HOST}, port: {proxy_port}, drain_seconds: 2}}
+server: {{host: {HOST}, port: {proxy_port}, drain_seconds: 2, header_timeout_seconds: 2}}
 gateway_keys: [{GATEWAY_KEY}]
 providers:
   openai: {{base_url: "{up}"}}
-  backup: {{type: openai, base_url: "{up}"}}
-  dead:   {{type: openai, base_url: "http://{HOST}:{dead_port}/v1"}}
+  backup: {{type: openai, base_url: "{up}", key_scope: openai}}
+  dead:   {{type: openai, base_url: "http://{HOST}:{dead_port}/v1", key_scope: openai}}
   claude: {{type: anthropic, base_url: "{up}", api_key: soak-anthropic-key}}
 timeouts: {{connect: 2, first_byte: 60, idle: 60, total: 60}}
 routes:
