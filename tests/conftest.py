@@ -10,10 +10,14 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import secrets
+import signal
+import sys
 import textwrap
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -24,7 +28,9 @@ from openai import AsyncOpenAI, OpenAI
 from tensorwall_proxy.app import build_app
 from tensorwall_proxy.config import Config, ServerConfig, parse_config
 from tensorwall_proxy.listener import make_runner
-from tests.fakes import FakeUpstream
+from tests.fakes import FakeUpstream, Scripted
+from tests.processes import Proc
+from tests.rawtcp import RawServer, Script
 
 T = TypeVar("T")
 
@@ -185,3 +191,65 @@ def make_proxy(servers: ServerThread, fake: FakeUpstream) -> Iterator[Callable[.
 def proxy(make_proxy: Callable[..., Proxy]) -> Proxy:
     """A proxy on the base config (no routes: prefixes and patterns only)."""
     return make_proxy()
+
+
+@pytest.fixture
+def scripted(fake: FakeUpstream) -> Iterator[Callable[[str, Scripted], str]]:
+    """Give the fake a canned answer under a fresh model name; the entry is removed after the test
+    (the fake is shared by the whole session and ``clear()`` keeps scripts)."""
+    names: list[str] = []
+
+    def add(prefix: str, entry: Scripted) -> str:
+        name = f"{prefix}-{secrets.token_hex(4)}"
+        fake.script[name] = entry
+        names.append(name)
+        return name
+
+    yield add
+    for name in names:
+        fake.script.pop(name, None)
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """Start subprocesses for one test; whatever still runs at the end is killed."""
+    started: list[Proc] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(list(args), tmp_path / f"proc{len(started)}.log", env)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.close()
+
+
+@pytest.fixture(scope="module")
+def fake_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The fake upstream in its own process; `gpt-slow-stream` pauses 1.5 s after its first content chunk."""
+    proc = Proc([sys.executable, "scripts/fake_upstream.py", "--port", "0", "--delay", "1.5"],
+                tmp_path_factory.mktemp("fake") / "fake.log")
+    try:
+        yield proc.wait_log(r"fake upstream on (http://\S+)")[0].group(1)
+    finally:
+        proc.signal(signal.SIGTERM)
+        proc.wait(5)
+        proc.close()
+
+
+
+@pytest.fixture
+def raw_server(servers: ServerThread) -> Iterator[Callable[[Script | Callable[[int], Script]], RawServer]]:
+    """Start raw TCP servers on the servers thread; stopped after the test."""
+    started: list[RawServer] = []
+
+    def start(script: Script | Callable[[int], Script]) -> RawServer:
+        server = RawServer(script)
+        servers.run(server.start())
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        servers.run(server.stop())

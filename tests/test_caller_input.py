@@ -8,7 +8,7 @@ import logging
 import struct
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ from tensorwall_proxy.errors import GatewayError
 from tensorwall_proxy.providers.ids import attach
 from tests.conftest import Proxy, post_json
 from tests.fakes import FakeUpstream
-from tests.test_lifecycle import Proc, request, start_proxy, write_config
+from tests.processes import Proc, memory, request, start_proxy, write_config
 
 MIB = 1 << 20
 
@@ -37,26 +37,6 @@ def bomb(tag: bytes, mib: int) -> bytes:
     return tag + head + unit * (mib - 1) + end + struct.pack(">I", checksum)
 
 
-def _peak_rss(pid: int) -> int:
-    """The process's peak resident set (VmHWM), in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
-    started: list[Proc] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> Proc:
-        proc = Proc(list(args), tmp_path / f"proc{len(started)}.log", env)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.close()
 
 
 @pytest.mark.slow
@@ -79,13 +59,13 @@ def test_a_gigabyte_bomb_in_a_tool_call_id_costs_little_memory_and_time(tmp_path
     plain = attach("toolu_A", b"A1" + bytes(1_060_000))
     status, _ = request(port, "/v1/chat/completions", turn(plain), headers)
     assert status == 502  # nothing listens upstream
-    before = _peak_rss(proc.pid)
+    before = memory(proc.pid)["VmHWM"]
 
     bombed = attach("toolu_A", bomb(b"A1", 1024))  # 1 GiB inflated, a 1.4 MB request
     started = time.monotonic()
     status, body = request(port, "/v1/chat/completions", turn(bombed), headers)
     elapsed = time.monotonic() - started
-    grown = _peak_rss(proc.pid) - before
+    grown = memory(proc.pid)["VmHWM"] - before
     assert status == 400, body
     error = json.loads(body)["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == "messages[1].tool_calls[0].id"

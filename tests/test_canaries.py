@@ -156,22 +156,6 @@ EVERY_PROVIDER = ["gpt-4o", "groq/llama3-70b-8192", "mistral-large-latest", "lms
                   "azure/gpt-4o", "azure-eu/gpt-4o", "anthropic-srv/claude-3-5-sonnet-20241022"]
 
 
-@pytest.fixture
-def scripted(fake: FakeUpstream) -> Iterator[Callable[[str, Scripted], str]]:
-    """A canned fake answer under a fresh model name, removed after the test."""
-    names: list[str] = []
-
-    def add(prefix: str, entry: Scripted) -> str:
-        name = f"{prefix}-{secrets.token_hex(4)}"
-        fake.script[name] = entry
-        names.append(name)
-        return name
-
-    yield add
-    for name in names:
-        fake.script.pop(name, None)
-
-
 def exercise(proxy: Proxy, scripted: Callable[[str, Scripted], str], send: Callable[..., RawResponse]
              ) -> list[RawResponse]:
     """Every kind of request, good and bad, through `send(path, body)`; returns what the caller got."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tensorwall_proxy.config import key_digest
+from tests.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "tensorwall_proxy"]
@@ -86,25 +87,8 @@ def _ambient_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def test_serve_logs_one_warning_when_ambient_credentials_exist_but_auth_is_forward(tmp_path: Path) -> None:
-    port = _free_port()
-    env = _ambient_env(tmp_path, AWS_ACCESS_KEY_ID="AKIAHOSTROLE00000000", AWS_SECRET_ACCESS_KEY="host-secret")
-    process = subprocess.Popen([*CLI, "serve", "--config", "config/tensorwall.yaml", "--port", str(port)],
-                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except ConnectionRefusedError:
-                assert time.monotonic() < deadline, "the proxy did not start"
-                time.sleep(0.05)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(10) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-        _, stderr = process.communicate()
+    stderr = serve_until_sigterm(
+        _ambient_env(tmp_path, AWS_ACCESS_KEY_ID="AKIAHOSTROLE00000000", AWS_SECRET_ACCESS_KEY="host-secret"))
     warnings = [line for line in stderr.splitlines() if "auth: ambient" in line]
     assert len(warnings) == 1 and "WARNING" in warnings[0], stderr
     assert "providers.bedrock.auth: ambient" in warnings[0]
@@ -177,23 +161,17 @@ def test_hash_key_makes_a_new_key_whose_digest_it_prints() -> None:
     assert len(key) > 30 and digest == key_digest(key)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_serve_refuses_a_public_address_without_gateway_keys() -> None:
-    result = run("serve", "--config", "config/tensorwall.yaml", "--host", "0.0.0.0", "--port", str(_free_port()))
+    result = run("serve", "--config", "config/tensorwall.yaml", "--host", "0.0.0.0", "--port", str(free_port()))
     assert result.returncode == 1
     assert "--no-gateway-key" in result.stderr
 
 
-def test_serve_answers_and_stops_cleanly_on_sigterm() -> None:
-    port = _free_port()
+def serve_until_sigterm(env: dict[str, str]) -> str:
+    """`serve` on the default config until it answers /healthz, then SIGTERM; it must exit 0. Its stderr."""
+    port = free_port()
     process = subprocess.Popen([*CLI, "serve", "--config", "config/tensorwall.yaml", "--port", str(port)],
-                               cwd=ROOT, env=CLEAN_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 15
         while True:
@@ -211,6 +189,11 @@ def test_serve_answers_and_stops_cleanly_on_sigterm() -> None:
         if process.poll() is None:
             process.kill()
         _, stderr = process.communicate()
+    return stderr
+
+
+def test_serve_answers_and_stops_cleanly_on_sigterm() -> None:
+    stderr = serve_until_sigterm(CLEAN_ENV)
     assert "gateway auth is off" in stderr
 
 

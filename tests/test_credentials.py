@@ -10,8 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,22 +21,6 @@ from tests.fakes import FakeUpstream, Scripted
 
 USER = [{"role": "user", "content": "hello"}]
 CHAT = "/v1/chat/completions"
-
-
-@pytest.fixture
-def scripted(fake: FakeUpstream) -> Iterator[Callable[[str, Scripted], str]]:
-    """A canned fake answer under a fresh model name, removed after the test."""
-    names: list[str] = []
-
-    def add(prefix: str, entry: Scripted) -> str:
-        name = f"{prefix}-{secrets.token_hex(4)}"
-        fake.script[name] = entry
-        names.append(name)
-        return name
-
-    yield add
-    for name in names:
-        fake.script.pop(name, None)
 
 
 # --- The caller's key: one key scope per request, never another vendor ------------------------------

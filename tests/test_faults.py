@@ -18,8 +18,7 @@ import email.utils
 import json
 import socket
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -27,7 +26,7 @@ from aiohttp import web
 
 from tensorwall_proxy.api import GATEWAY
 from tensorwall_proxy.health import EJECT_AFTER
-from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, RawResponse, ServerThread, config_text, post_json
+from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, RawResponse, config_text, post_json
 from tests.fakes import FakeUpstream, Recorded, Scripted
 from tests.rawtcp import (
     CLOSE,
@@ -60,38 +59,6 @@ WITHIN = 1.0
 # --------------------------------------------------------------------------------------------------
 # Helpers
 
-
-@pytest.fixture
-def raw_server(servers: ServerThread) -> Iterator[Callable[[Script | Callable[[int], Script]], RawServer]]:
-    """Start raw TCP servers on the servers thread; stopped after the test."""
-    started: list[RawServer] = []
-
-    def start(script: Script | Callable[[int], Script]) -> RawServer:
-        server = RawServer(script)
-        servers.run(server.start())
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        servers.run(server.stop())
-
-
-@pytest.fixture
-def scripted(fake: FakeUpstream) -> Iterator[Callable[[str, Scripted], str]]:
-    """Give the fake a canned answer for a fresh model name; the entry is removed after the test
-    (the fake is shared by the whole session and `clear()` keeps scripts)."""
-    names: list[str] = []
-
-    def add(prefix: str, entry: Scripted) -> str:
-        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-        fake.script[name] = entry
-        names.append(name)
-        return name
-
-    yield add
-    for name in names:
-        fake.script.pop(name, None)
 
 
 def raw_proxy(make_proxy: Callable[..., Proxy], fake: FakeUpstream, raw: RawServer, *,

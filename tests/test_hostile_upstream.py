@@ -16,8 +16,7 @@ import gzip
 import json
 import socket
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import pytest
 
 from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, ServerThread, config_text, post_json, raw_request
 from tests.fakes import FakeUpstream, Scripted
+from tests.processes import memory, reset_peak, start_proxy, write_config
 from tests.rawtcp import (
     CLOSE,
     DONE,
@@ -32,7 +32,6 @@ from tests.rawtcp import (
     READ,
     SSE_HEAD,
     RawServer,
-    Script,
     Send,
     Silence,
     chunk,
@@ -42,57 +41,11 @@ from tests.rawtcp import (
     json_response,
 )
 from tests.test_faults import FAST, RATE_LIMITED, answer_text, chat, events, wait_for
-from tests.test_lifecycle import Proc, start_proxy, write_config
 
 # --------------------------------------------------------------------------------------------------
 # Fixtures (as in tests/test_faults.py and tests/test_lifecycle.py)
 
 
-@pytest.fixture
-def raw_server(servers: ServerThread) -> Iterator[Callable[[Script], RawServer]]:
-    """Start raw TCP servers on the servers thread; stopped after the test."""
-    started: list[RawServer] = []
-
-    def start(script: Script) -> RawServer:
-        server = RawServer(script)
-        servers.run(server.start())
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        servers.run(server.stop())
-
-
-@pytest.fixture
-def scripted(fake: FakeUpstream) -> Iterator[Callable[[str, Scripted], str]]:
-    """A canned answer of the fake for a fresh model name, removed after the test."""
-    names: list[str] = []
-
-    def add(prefix: str, entry: Scripted) -> str:
-        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-        fake.script[name] = entry
-        names.append(name)
-        return name
-
-    yield add
-    for name in names:
-        fake.script.pop(name, None)
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
-    """Subprocesses for one test; whatever still runs at the end is killed."""
-    started: list[Proc] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> Proc:
-        proc = Proc(list(args), tmp_path / f"proc{len(started)}.log", env)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.close()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -424,12 +377,6 @@ def test_a_stream_whose_prelude_fits_is_served(make_proxy: Callable[..., Proxy],
 # DESIGN §4: what an attack may cost, as peak RSS growth of one `serve` process
 
 
-def _rss_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} for {pid}")
-
 
 def _attack_growth(spawn: Callable[..., Any], tmp_path: Path, raw: RawServer, stream: bool) -> float:
     """Peak RSS growth (MiB) of a `serve` subprocess while one request meets `raw`; the answer must be a 502."""
@@ -443,12 +390,12 @@ timeouts: {{connect: 2, first_byte: 10, idle: 10, total: 20}}
     body = json.dumps({"model": "raw/m", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
     warm = raw_request(f"http://127.0.0.1:{port}/v1/models", method="GET")
     assert warm.status == 200
-    before = _rss_kib(proc.pid, "VmRSS")
+    before = reset_peak(proc.pid)
     started = time.monotonic()
     response = raw_request(url, body, {"Content-Type": "application/json", "Authorization": "Bearer sk-k"})
     assert response.status == 502, response.body[:300]
     assert time.monotonic() - started < 20
-    return (_rss_kib(proc.pid, "VmHWM") - before) / 1024
+    return (memory(proc.pid)["VmHWM"] - before) / (1024 * 1024)
 
 
 @pytest.mark.slow

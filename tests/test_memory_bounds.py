@@ -17,27 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_lifecycle import Proc, fake_url, spawn, start_proxy, write_config
-
-__all__ = ["fake_url", "spawn"]  # fixtures, used by name
+from tests.processes import Proc, memory, reset_peak, start_proxy, write_config
 
 MiB = 1024 * 1024
 
-
-def memory(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of a process, in bytes."""
-    values: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, rest = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            values[name] = int(rest.split()[0]) * 1024
-    return values
-
-
-def reset_peak(pid: int) -> int:
-    """Start a new high-water mark for ``pid``; its resident set now."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
-    return memory(pid)["VmRSS"]
 
 
 def proxy_on(tmp_path: Path, spawn: Callable[..., Proc], fake_url: str, server: str = "") -> tuple[Proc, int]:

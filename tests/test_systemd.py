@@ -24,9 +24,7 @@ import pytest
 
 from tensorwall_proxy.config import ServerConfig
 from tensorwall_proxy.systemd import Notifier, watchdog_interval
-from tests.test_lifecycle import CLEAN_ENV, ROOT, Proc, request, spawn, start_proxy, write_config
-
-__all__ = ["spawn"]  # a fixture, used by name
+from tests.processes import CLEAN_ENV, ROOT, Proc, request, start_proxy, write_config
 
 UNIT = ROOT / "scripts" / "tensorwall-proxy.service"
 _CREDENTIALS = struct.Struct("iII")  # struct ucred: pid, uid, gid
