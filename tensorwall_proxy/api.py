@@ -53,8 +53,8 @@ def error_response(error: GatewayError, request_id: str, dialect: Dialect = chat
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def served(endpoint: Handler, *, dialect: Dialect = chat.CHAT, accounted: bool = True,
-           any_host: bool = False) -> Handler:
+def served(endpoint: Handler, *, dialect: Dialect = chat.CHAT, accounted: bool = True, any_host: bool = False,
+           keyed: bool = True) -> Handler:
     """An endpoint with what every request gets: the request id, the Host/Origin rule when auth is
     off, the gateway key, the body read whole (within its bounds) before the in-flight bound,
     ``dialect``'s error shape for whatever fails, the connection tracked for the drain, and the
@@ -64,7 +64,8 @@ def served(endpoint: Handler, *, dialect: Dialect = chat.CHAT, accounted: bool =
     costs a coroutine, a partial and a wrapper of aiohttp's per request; this costs one call.
     ``accounted=False`` is for the open paths (/healthz, /readyz, /metrics): no key, no record.
     ``any_host`` skips the Host/Origin rule: /healthz and /readyz tell a web page nothing, and load
-    balancers probe them by address.
+    balancers probe them by address. ``keyed=False`` (the unknown path) neither asks for the gateway
+    key nor reads the body: the endpoint asks for the key itself where the path is a known one.
     """
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -92,8 +93,9 @@ def served(endpoint: Handler, *, dialect: Dialect = chat.CHAT, accounted: bool =
         try:
             if rule is not None and (refusal := rule.refusal(request.headers)) is not None:
                 raise refusal
-            table.keys.check(request.headers.get("X-API-Key"))
-            if request.can_read_body:
+            if keyed:
+                table.keys.check(request.headers.get("X-API-Key"))
+            if keyed and request.can_read_body:
                 # Read whole before the request counts as in flight: a caller that trickles its body
                 # holds its own connection, not a slot everyone else needs.
                 try:
@@ -160,13 +162,18 @@ async def _answer(request: web.Request, endpoint: Handler, request_id: str, dial
 
 async def unknown_path(request: web.Request) -> web.StreamResponse:
     """Any path or method the gateway does not serve, in the error shape of the dialect the path
-    belongs to: 404, or 405 with Allow for a known path."""
+    belongs to: 404 for an unknown path, key or no key (a wrong base URL is the caller's real
+    mistake, and a 401 would hide it); for a known path, 401 without a valid key (as on the path
+    itself), else 405 with Allow."""
     path = request.path
     dialect = PATHS.dialect(path)
     allowed = PATHS.allowed(path) or _OPEN_METHODS.get(path)
-    if allowed is None:
-        return error_response(GatewayError(404, f"Unknown path {path!r}.", code="not_found"), request[REQUEST_ID],
-                              dialect)
+    try:
+        if allowed is None:
+            raise GatewayError(404, f"Unknown path {path!r}.", code="not_found")
+        request.app[GATEWAY].table.keys.check(request.headers.get("X-API-Key"))
+    except GatewayError as exc:
+        return error_response(exc, request[REQUEST_ID], dialect)
     response = error_response(GatewayError(405, f"Method {request.method} is not allowed on {path!r}."),
                               request[REQUEST_ID], dialect)
     response.headers["Allow"] = allowed
@@ -192,7 +199,6 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     if too_deep(raw, body):
         raise bad_request(f"The request body nests deeper than {MAX_DEPTH} levels.", code="invalid_json")
     return body
-
 
 
 def _pivot(dialect: Dialect) -> Handler:
@@ -231,12 +237,12 @@ def _models(dialect: Dialect) -> Handler:
 
 
 def _model(dialect: Dialect) -> Handler:
-    """GET /v1/models/{id}: one model of the list, by id (``<provider>/<model>`` ids hold a slash,
-    which the openai SDK sends percent-encoded); 404 ``model_not_found`` for any other."""
+    """GET /v1/models/{id}: one model of the list, by id; 404 ``model_not_found`` for any other.
+    ``<provider>/<model>`` ids hold a slash, which the openai SDK sends as %2F and curl as it is:
+    aiohttp's match_info has both decoded alike."""
 
     async def endpoint(request: web.Request) -> web.StreamResponse:
-        model_id = request.match_info["model"].replace("%2F", "/").replace("%2f", "/")
-        body = chat.model_body(request.app[GATEWAY].table.catalog, model_id)
+        body = chat.model_body(request.app[GATEWAY].table.catalog, request.match_info["model"])
         return web.Response(body=body, headers={"Content-Type": JSON, "x-request-id": request[REQUEST_ID]})
 
     return endpoint
@@ -317,7 +323,7 @@ def add_routes(app: web.Application) -> None:
     for method, path, endpoint in _OPEN_ROUTES:
         app.router.add_route(method, path, served(endpoint, accounted=False, any_host=path in _ANY_HOST))
     # Last, so it sees only what nothing else matched: 404 or 405 in the path's dialect's shape.
-    app.router.add_route("*", "/{tail:.*}", served(unknown_path))
+    app.router.add_route("*", "/{tail:.*}", served(unknown_path, keyed=False))
 
 
 # Paths outside every dialect: open (no key, no record).

@@ -173,8 +173,13 @@ def test_unknown_path_and_method_are_openai_errors(proxy: Proxy) -> None:
     assert wrong.headers["allow"] == "POST"
     _assert_openai_error(wrong.body)
     assert wrong.json()["error"]["type"] == "invalid_request_error"
+    # Without a key, an unknown path is still 404 (a wrong base URL is the caller's real mistake),
+    # and it serves nothing; a known path, whatever the method, asks for the key first.
     keyless = raw_request(proxy.url + "/v1/engines/davinci/completions", "{}", {})
-    assert keyless.status == 401  # an unknown path is no way around the gateway key
+    assert keyless.status == 404
+    _assert_openai_error(keyless.body, code="not_found")
+    assert raw_request(proxy.url + "/v1/chat/completions", None, {}, method="GET").status == 401
+    assert raw_request(proxy.url + "/healthz", "{}", {}).status == 401
 
 
 @pytest.mark.parametrize("body", [

@@ -1,6 +1,6 @@
 """The chat dialect's paths beyond chat, through the proxy and the fake upstream, with the official
 openai SDK: legacy ``/v1/completions`` (through the pivot, for a passthrough type and translated
-ones) and ``/v1/models/{id}``."""
+ones), ``/v1/models/{id}``, and unknown paths answered in the dialect's error shape."""
 
 from __future__ import annotations
 
@@ -154,9 +154,9 @@ def test_models_retrieve_an_unknown_id_is_404_model_not_found(proxy: Proxy, mode
 def test_models_retrieve_needs_the_gateway_key(proxy: Proxy) -> None:
     response = raw_request(proxy.url + "/v1/models/openai/gpt-4o", None, {}, method="GET")
     assert response.status == 401 and response.json()["error"]["code"] == "invalid_gateway_key"
-    wrong = openai.OpenAI(base_url=proxy.url + "/v1", api_key=PROVIDER_KEY, max_retries=0,
-                          default_headers={"X-API-Key": "not-the-key"})
-    with pytest.raises(openai.AuthenticationError):
+    with openai.OpenAI(base_url=proxy.url + "/v1", api_key=PROVIDER_KEY, max_retries=0,
+                       default_headers={"X-API-Key": "not-the-key"}) as wrong, \
+            pytest.raises(openai.AuthenticationError):
         wrong.models.retrieve("openai/gpt-4o")
 
 
@@ -167,7 +167,25 @@ def test_completions_needs_the_gateway_key(proxy: Proxy, fake: FakeUpstream) -> 
     assert len(fake.requests) == before
 
 
-# --- a wrong method on a known path ------------------------------------------------------------
+# --- unknown paths: 404 in the shape of the dialect whose prefix they share, key or no key -------------
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong-key"}, {"X-API-Key": GATEWAY_KEY}],
+                         ids=["no-key", "wrong-key", "key"])
+@pytest.mark.parametrize(("method", "path"), [
+    ("POST", "/v1/chat/completion"),  # a typo in the path
+    ("POST", "/v1/v1/chat/completions"),  # the base URL carries /v1 twice
+    ("GET", "/v1/engines"),
+    ("POST", "/chat/completions"),  # the base URL lacks /v1
+    ("GET", "/"),
+])
+def test_unknown_paths_are_404_in_openai_shape_with_or_without_a_key(proxy: Proxy, method: str, path: str,
+                                                                      headers: dict[str, str]) -> None:
+    response = raw_request(proxy.url + path, "{}" if method == "POST" else None, headers, method=method)
+    assert response.status == 404, response.text
+    assert response.json() == {"error": {"message": f"Unknown path {path!r}.", "type": "invalid_request_error",
+                                         "param": None, "code": "not_found"}}
+    assert response.headers["x-request-id"]
 
 
 @pytest.mark.parametrize(("method", "path", "allow"), [
@@ -182,3 +200,11 @@ def test_known_paths_ask_for_the_key_before_saying_405(proxy: Proxy, method: str
     keyed = raw_request(proxy.url + path, None, {"X-API-Key": GATEWAY_KEY}, method=method)
     assert keyed.status == 405 and keyed.headers["allow"] == allow
     assert keyed.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_the_sdk_with_a_wrong_base_url_learns_404_not_401(proxy: Proxy) -> None:
+    # The mistake clients make: a base URL without /v1, and no gateway key set.
+    with openai.OpenAI(base_url=proxy.url, api_key=PROVIDER_KEY, max_retries=0) as client, \
+            pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="openai/gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.code == "not_found"
