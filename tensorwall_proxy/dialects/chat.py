@@ -189,6 +189,9 @@ def parse_completions(body: dict[str, Any], headers: Mapping[str, str]) -> ChatR
     if not isinstance(prompt, str):
         raise bad_request("'prompt' is required and must be a string or an array of one string; token "
                           "arrays and batches of prompts are not supported.", param="prompt")
+    _check_type(body, "echo", bool, "a boolean")
+    _check_type(body, "best_of", int, "an integer")
+    _check_type(body, "suffix", str, "a string")
     # The field policy (DESIGN §7): refused where ignoring would change the result, dropped at a default.
     if body.get("echo") is True:
         raise bad_request("'echo' is not supported: the prompt is not returned with the completion.", param="echo")

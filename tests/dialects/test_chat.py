@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tensorwall_proxy.dialects import catalog
 from tensorwall_proxy.dialects.chat import (
@@ -111,6 +113,9 @@ def test_the_prompt_wins_over_a_messages_field() -> None:
     ({"logprobs": 0}, "logprobs"),
     ({"logprobs": 5}, "logprobs"),
     ({"suffix": "}"}, "suffix"),
+    ({"suffix": 5}, "suffix"),
+    ({"echo": "yes"}, "echo"),
+    ({"best_of": True}, "best_of"),
     ({"model": ""}, "model"),
     ({"stream": "true"}, "stream"),
 ])
@@ -123,6 +128,27 @@ def test_completions_fields_at_their_default_are_dropped() -> None:
                              "suffix": None}, {})
     assert set(req.body) == {"model", "messages"}
     assert set(parse_completions({"model": "m", "prompt": "p", "suffix": ""}, {}).body) == {"model", "messages"}
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=False) | st.text(max_size=3),
+                     lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=3), inner, max_size=2),
+                     max_leaves=4)
+_COMPLETIONS_FIELDS = ("prompt", "suffix", "echo", "best_of", "logprobs", "n", "max_tokens", "stream",
+                       "stream_options", "stop", "temperature", "messages", "model")
+
+
+@settings(max_examples=500, deadline=None)
+@given(fields=st.dictionaries(st.sampled_from(_COMPLETIONS_FIELDS), _JSON, max_size=4))
+def test_any_completions_body_is_a_pivot_or_a_400(fields: dict[str, Any]) -> None:
+    body = {"model": "m", "prompt": "p", **fields}
+    try:
+        req = parse_completions(body, {})
+    except GatewayError as exc:
+        assert exc.status == 400 and exc.param is not None
+        return
+    assert req.body["messages"] == [{"role": "user", "content": body["prompt"] if isinstance(body["prompt"], str)
+                                     else body["prompt"][0]}]
+    assert not {"prompt", "suffix", "echo", "best_of", "logprobs"} & set(req.body)
 
 
 # --- legacy completions: out of the pivot ------------------------------------------------------
