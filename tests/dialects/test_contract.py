@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +61,10 @@ def test_the_relay_knows_no_dialect() -> None:
     assert all(node.module == "dialects" for node in from_dialects)
     assert ".body()" not in source  # GatewayError.body() is OpenAI's shape: dialect.error_event makes events
     assert "text_completion" not in source and "chat.completion" not in source
+
+
+def test_the_dialects_import_no_aiohttp() -> None:
+    """Dialects are pure (DESIGN §2): imported alone, in a fresh interpreter, they load no aiohttp."""
+    code = "import sys, tensorwall_proxy.dialects.chat; print('aiohttp' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30)
+    assert out.stdout.strip() == "False"
