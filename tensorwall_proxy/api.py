@@ -1,29 +1,28 @@
-"""The HTTP surface: /v1/chat/completions, /v1/embeddings, /v1/models, /healthz, /readyz.
+"""The HTTP surface: every dialect's paths (DESIGN §12), /healthz, /readyz, /metrics.
 
 Owns what a caller sees before the relay takes over: the request id, the gateway key, reading
-the body as JSON whatever its Content-Type says (``curl -d`` sends form encoding), validating the
-fields the gateway itself depends on, and turning every error into OpenAI's error shape. It never
-talks to an upstream: that is relay.py's job.
+the body as JSON whatever its Content-Type says (``curl -d`` sends form encoding), wiring each
+dialect's paths, and turning every error into the error shape of the dialect the path belongs to.
+What a body means is the dialect's business (``dialects/``); talking to an upstream is relay.py's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import orjson
 from aiohttp import web
 
 from . import relay
-from .auth import FORWARDED_HEADERS, caller_key
+from .auth import caller_key
 from .bodies import MAX_DEPTH, Body, BodyBudget, read_body, too_deep
+from .dialects import Dialect, Operation, PathTable, chat
 from .errors import GatewayError, UpstreamError, bad_request
 from .hosts import HostGuard
 from .observability import THROTTLE, RequestRecord, new_request_id
-from .providers import ChatRequest, EmbeddingsRequest
-from .sse import encode
 
 log = logging.getLogger("tensorwall_proxy")
 
@@ -35,38 +34,38 @@ REQUEST_ID: Final = web.RequestKey("request_id", str)
 # The request body as read by ``served``, until read_json parses it (and drops it).
 BODY: Final[web.RequestKey[Body]] = web.RequestKey("body")
 JSON: Final = "application/json"
-_ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-_FORWARDED: Final = tuple({name for names in FORWARDED_HEADERS.values() for name in names})
-MAX_MODEL_NAME: Final = 256
-# Inputs in one embeddings request: OpenAI's own limit. Some providers take one input per upstream
-# call (Bedrock Titan, Gemini embeddings), so this also bounds one request's upstream calls.
-MAX_EMBEDDING_INPUTS: Final = 2048
+# The dialects the gateway serves, each a module-level singleton; a new one is one line here.
+DIALECTS: Final[tuple[Dialect, ...]] = (chat.CHAT, chat.COMPLETIONS)
+# Which dialect's error shape a path gets when no route matched it; OpenAI's is the default.
+PATHS: Final = PathTable(DIALECTS, default=chat.CHAT)
 
 
-def error_response(error: GatewayError, request_id: str) -> web.Response:
-    """The OpenAI-shaped response for an error, with the headers DESIGN §7 asks for."""
+def error_response(error: GatewayError, request_id: str, dialect: Dialect = chat.CHAT) -> web.Response:
+    """The response for an error in ``dialect``'s shape, with the headers DESIGN §7 asks for."""
     headers = error.headers()
     headers["Content-Type"] = JSON
     headers["x-request-id"] = request_id
     if isinstance(error, UpstreamError) and error.provider:
         headers["x-tensorwall-provider"] = error.provider
-    return web.Response(status=error.status, body=error.body(), headers=headers)
+    return web.Response(status=error.status, body=dialect.error_body(error), headers=headers)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def served(endpoint: Handler, *, accounted: bool = True, any_host: bool = False) -> Handler:
+def served(endpoint: Handler, *, dialect: Dialect = chat.CHAT, accounted: bool = True, any_host: bool = False,
+           keyed: bool = True) -> Handler:
     """An endpoint with what every request gets: the request id, the Host/Origin rule when auth is
-    off, the gateway key, the body read whole (within its bounds) before the in-flight bound, OpenAI's
-    error shape for whatever fails, the connection tracked for the drain, and the request accounted
-    (access log, metrics) once it is done.
+    off, the gateway key, the body read whole (within its bounds) before the in-flight bound,
+    ``dialect``'s error shape for whatever fails, the connection tracked for the drain, and the
+    request accounted (access log, metrics) once it is done.
 
     A wrapper per route rather than aiohttp middlewares: on the hot path each middleware layer
     costs a coroutine, a partial and a wrapper of aiohttp's per request; this costs one call.
     ``accounted=False`` is for the open paths (/healthz, /readyz, /metrics): no key, no record.
     ``any_host`` skips the Host/Origin rule: /healthz and /readyz tell a web page nothing, and load
-    balancers probe them by address.
+    balancers probe them by address. ``keyed=False`` (the unknown path) neither asks for the gateway
+    key nor reads the body: the endpoint asks for the key itself where the path is a known one.
     """
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -82,8 +81,8 @@ def served(endpoint: Handler, *, accounted: bool = True, any_host: bool = False)
         if not accounted:
             try:
                 refusal = rule.refusal(request.headers) if rule is not None else None
-                response = error_response(refusal, request_id) if refusal is not None else \
-                    await _answer(request, endpoint, request_id)
+                response = error_response(refusal, request_id, dialect) if refusal is not None else \
+                    await _answer(request, endpoint, request_id, dialect)
                 return response
             finally:
                 gateway.release(connection)
@@ -94,14 +93,15 @@ def served(endpoint: Handler, *, accounted: bool = True, any_host: bool = False)
         try:
             if rule is not None and (refusal := rule.refusal(request.headers)) is not None:
                 raise refusal
-            table.keys.check(request.headers.get("X-API-Key"))
-            if request.can_read_body:
+            if keyed:
+                table.keys.check(request.headers.get("X-API-Key"))
+            if keyed and request.can_read_body:
                 # Read whole before the request counts as in flight: a caller that trickles its body
                 # holds its own connection, not a slot everyone else needs.
                 try:
                     request[BODY], reserved = await read_body(request, app[BUDGET], table.config.server)
                 except GatewayError as exc:
-                    response = error_response(exc, request_id)
+                    response = error_response(exc, request_id, dialect)
                     response.force_close()  # the rest of the body is not worth reading
                     return response
             if gateway.in_flight >= table.config.server.max_in_flight:
@@ -111,10 +111,10 @@ def served(endpoint: Handler, *, accounted: bool = True, any_host: bool = False)
             gateway.in_flight += 1
             counted = True
             gateway.ledger.touch()
-            response = await _answer(request, endpoint, request_id)
+            response = await _answer(request, endpoint, request_id, dialect)
             return response
         except GatewayError as exc:
-            response = error_response(exc, request_id)
+            response = error_response(exc, request_id, dialect)
             return response
         finally:
             if counted:
@@ -128,20 +128,20 @@ def served(endpoint: Handler, *, accounted: bool = True, any_host: bool = False)
     return handle
 
 
-async def _answer(request: web.Request, endpoint: Handler, request_id: str) -> web.StreamResponse:
-    """The endpoint's response, or OpenAI's error shape for what it raised."""
+async def _answer(request: web.Request, endpoint: Handler, request_id: str, dialect: Dialect) -> web.StreamResponse:
+    """The endpoint's response, or ``dialect``'s error shape for what it raised."""
     try:
         return await endpoint(request)
     except GatewayError as exc:
-        return error_response(exc, request_id)
+        return error_response(exc, request_id, dialect)
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[GATEWAY].table.config.server.max_body_bytes
         return error_response(GatewayError(413, f"Request body is larger than {limit} bytes.",
-                                           code="request_too_large"), request_id)
+                                           code="request_too_large"), request_id, dialect)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(GatewayError(exc.status, exc.reason), request_id)
+        return error_response(GatewayError(exc.status, exc.reason), request_id, dialect)
     except ConnectionError:
         # The client went away mid-write: nobody to answer, nothing to log. aiohttp finishes the
         # response it is handed quietly on a closed connection.
@@ -153,20 +153,29 @@ async def _answer(request: web.Request, endpoint: Handler, request_id: str) -> w
         error = GatewayError(500, "Internal gateway error.", type="server_error", code="internal_error")
         committed: web.StreamResponse | None = request.get(relay.COMMITTED)
         if committed is None:
-            return error_response(error, request_id)
+            return error_response(error, request_id, dialect)
         # Past the commit point a second response would corrupt the stream: end it in-band instead.
         with contextlib.suppress(ConnectionError):
-            await committed.write(encode(error.body()))
+            await committed.write(dialect.error_event(error))
         return committed
 
 
 async def unknown_path(request: web.Request) -> web.StreamResponse:
-    """Any path or method the gateway does not serve: 404, or 405 with Allow for a known path."""
-    allowed = _METHODS.get(request.path)
-    if allowed is None:
-        raise GatewayError(404, f"Unknown path {request.path!r}.", code="not_found")
-    response = error_response(GatewayError(405, f"Method {request.method} is not allowed on {request.path!r}."),
-                              request[REQUEST_ID])
+    """Any path or method the gateway does not serve, in the error shape of the dialect the path
+    belongs to: 404 for an unknown path, key or no key (a wrong base URL is the caller's real
+    mistake, and a 401 would hide it); for a known path, 401 without a valid key (as on the path
+    itself), else 405 with Allow."""
+    path = request.path
+    dialect = PATHS.dialect(path)
+    allowed = PATHS.allowed(path) or _OPEN_METHODS.get(path)
+    try:
+        if allowed is None:
+            raise GatewayError(404, f"Unknown path {path!r}.", code="not_found")
+        request.app[GATEWAY].table.keys.check(request.headers.get("X-API-Key"))
+    except GatewayError as exc:
+        return error_response(exc, request[REQUEST_ID], dialect)
+    response = error_response(GatewayError(405, f"Method {request.method} is not allowed on {path!r}."),
+                              request[REQUEST_ID], dialect)
     response.headers["Allow"] = allowed
     return response
 
@@ -192,112 +201,60 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def _pivot(dialect: Dialect) -> Handler:
+    """A dialect's path whose body is parsed into the pivot and relayed like any chat request."""
+    parse = dialect.parse  # bound once: the hot path pays the dialect's parse and nothing more
+
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        gateway = request.app[GATEWAY]
+        req = parse(await read_json(request), request.headers)
+        return await relay.chat(gateway, request, req, dialect, caller_key(request.headers.get("Authorization")),
+                                request[REQUEST_ID])
+
+    return endpoint
 
 
-def _check_model(body: Mapping[str, Any]) -> str:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("'model' is required and must be a non-empty string.", param="model")
-    if len(model) > MAX_MODEL_NAME or not model.isprintable():
-        raise bad_request(f"'model' must be at most {MAX_MODEL_NAME} printable characters.", param="model",
-                          code="invalid_model")
-    return model
+def _embeddings(dialect: Dialect) -> Handler:
+    """OpenAI's embeddings: the body parsed as OpenAI's, relayed as embeddings."""
+
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        gateway = request.app[GATEWAY]
+        req = chat.parse_embeddings(await read_json(request))
+        return await relay.embeddings(gateway, request, req, caller_key(request.headers.get("Authorization")),
+                                      request[REQUEST_ID])
+
+    return endpoint
 
 
-def _check_type(body: Mapping[str, Any], name: str, types: type | tuple[type, ...], what: str) -> None:
-    value = body.get(name)
-    if value is None:
-        return
-    # JSON true is a Python int too: a boolean passes only where a boolean is asked for.
-    ok = isinstance(value, bool) if types is bool else isinstance(value, types) and not isinstance(value, bool)
-    if not ok:
-        raise bad_request(f"'{name}' must be {what}.", param=name)
-
-
-# The fields of a chat body whose type the gateway itself relies on: (types, what the error says).
-_CHAT_TYPED: Final[dict[str, tuple[type | tuple[type, ...], str]]] = {
-    "stream": (bool, "a boolean"),
-    "stream_options": (dict, "an object"),
-    "tools": (list, "an array"),
-    "n": (int, "an integer"),
-    "max_tokens": (int, "an integer"),
-    "max_completion_tokens": (int, "an integer"),
-    "temperature": ((int, float), "a number"),
-    "top_p": ((int, float), "a number"),
-}
-
-
-def parse_chat(body: dict[str, Any], headers: Mapping[str, str]) -> ChatRequest:
-    """Validate what the gateway itself relies on; the upstream validates the rest."""
-    _check_model(body)
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("'messages' is required and must be a non-empty array.", param="messages")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise bad_request(f"'messages[{i}]' must be an object.", param=f"messages[{i}]")
-        role = message.get("role")
-        if role not in _ROLES:
-            raise bad_request(f"'messages[{i}].role' must be one of {', '.join(sorted(_ROLES))}.",
-                              param=f"messages[{i}].role")
-        content = message.get("content")
-        if content is not None and not isinstance(content, str | list):
-            raise bad_request(f"'messages[{i}].content' must be a string or an array of parts.",
-                              param=f"messages[{i}].content")
-    for name, (types, what) in _CHAT_TYPED.items():
-        if name in body:
-            _check_type(body, name, types, what)
-    n = body.get("n")
-    if n is not None and n < 1:
-        raise bad_request("'n' must be at least 1.", param="n")
-    stream = body.get("stream") is True
-    options = body.get("stream_options")
-    if options is not None and not stream:
-        raise bad_request("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
-    wants_usage = bool(options and options.get("include_usage") is True)
-    forwarded = {name: headers[name] for name in _FORWARDED if name in headers}
-    return ChatRequest(body, stream, wants_usage, forwarded)
-
-
-def parse_embeddings(body: dict[str, Any]) -> EmbeddingsRequest:
-    """Validate an embeddings body: model, input, encoding_format."""
-    _check_model(body)
-    value = body.get("input")
-    if value is None or value == "" or value == []:
-        raise bad_request("'input' is required: a string, an array of strings or of token arrays.", param="input")
-    if not isinstance(value, str | list):
-        raise bad_request("'input' must be a string or an array.", param="input")
-    # A list of integers is one input (a token array), however long.
-    if len(value) > MAX_EMBEDDING_INPUTS and isinstance(value, list) and not all(type(v) is int for v in value):
-        raise bad_request(f"'input' holds {len(value)} inputs; at most {MAX_EMBEDDING_INPUTS} are allowed per request.",
-                          param="input", code="too_many_inputs")
-    encoding = body.get("encoding_format")
-    if encoding is not None and encoding not in ("float", "base64"):
-        raise bad_request("'encoding_format' must be 'float' or 'base64'.", param="encoding_format")
-    _check_type(body, "dimensions", int, "an integer")
-    return EmbeddingsRequest(body, encoding == "base64")
-
-
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    """POST /v1/chat/completions"""
-    gateway = request.app[GATEWAY]
-    req = parse_chat(await read_json(request), request.headers)
-    return await relay.chat(gateway, request, req, caller_key(request.headers.get("Authorization")),
-                            request[REQUEST_ID])
-
-
-async def create_embeddings(request: web.Request) -> web.StreamResponse:
-    """POST /v1/embeddings"""
-    gateway = request.app[GATEWAY]
-    req = parse_embeddings(await read_json(request))
-    return await relay.embeddings(gateway, request, req, caller_key(request.headers.get("Authorization")),
-                                  request[REQUEST_ID])
-
-
-async def list_models(request: web.Request) -> web.StreamResponse:
+def _models(dialect: Dialect) -> Handler:
     """GET /v1/models: route names, then <provider>/<model> for every provider's `models:`."""
-    body = request.app[GATEWAY].table.models_body
-    return web.Response(body=body, headers={"Content-Type": JSON, "x-request-id": request[REQUEST_ID]})
+
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        body = chat.models_body(request.app[GATEWAY].table.catalog)
+        return web.Response(body=body, headers={"Content-Type": JSON, "x-request-id": request[REQUEST_ID]})
+
+    return endpoint
+
+
+def _model(dialect: Dialect) -> Handler:
+    """GET /v1/models/{id}: one model of the list, by id; 404 ``model_not_found`` for any other.
+    ``<provider>/<model>`` ids hold a slash, which the openai SDK sends as %2F and curl as it is:
+    aiohttp's match_info has both decoded alike."""
+
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        body = chat.model_body(request.app[GATEWAY].table.catalog, request.match_info["model"])
+        return web.Response(body=body, headers={"Content-Type": JSON, "x-request-id": request[REQUEST_ID]})
+
+    return endpoint
+
+
+# What serves each operation a dialect's path names (dialects.Operation).
+_OPERATIONS: Final[dict[Operation, Callable[[Dialect], Handler]]] = {
+    "pivot": _pivot,
+    "embeddings": _embeddings,
+    "models": _models,
+    "model": _model,
+}
 
 
 # True on the API app when /metrics has a listener of its own (server.metrics_port): the API port
@@ -357,38 +314,25 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     return web.Response(status=503, body=b'{"status":"not ready"}', headers={"Content-Type": JSON})
 
 
-def models_body(table_routes: Mapping[str, tuple[str, ...]], provider_models: Mapping[str, tuple[str, ...]],
-                created: int) -> bytes:
-    """The /v1/models list, built once per table: ``{route: (first provider,)}`` and provider model lists."""
-    data = [{"id": name, "object": "model", "created": created, "owned_by": owners[0]}
-            for name, owners in table_routes.items()]
-    seen = {item["id"] for item in data}
-    for provider, models in provider_models.items():
-        for model in models:
-            model_id = f"{provider}/{model}"
-            if model_id not in seen:
-                seen.add(model_id)
-                data.append({"id": model_id, "object": "model", "created": created, "owned_by": provider})
-    return orjson.dumps({"object": "list", "data": data})
-
-
 def add_routes(app: web.Application) -> None:
-    """Register the HTTP surface on an application, every endpoint wrapped by ``served``."""
-    for method, path, endpoint, accounted in _ROUTES:
-        app.router.add_route(method, path, served(endpoint, accounted=accounted, any_host=path in _ANY_HOST))
-    # Last, so it sees only what nothing else matched: OpenAI's error shape for a wrong path or method.
-    app.router.add_route("*", "/{tail:.*}", served(unknown_path))
+    """Register the HTTP surface on an application: every dialect's paths, then the open paths,
+    each endpoint wrapped by ``served``."""
+    for dialect in DIALECTS:
+        for method, path, operation in dialect.paths:
+            app.router.add_route(method, path, served(_OPERATIONS[operation](dialect), dialect=dialect))
+    for method, path, endpoint in _OPEN_ROUTES:
+        app.router.add_route(method, path, served(endpoint, accounted=False, any_host=path in _ANY_HOST))
+    # Last, so it sees only what nothing else matched: 404 or 405 in the path's dialect's shape.
+    app.router.add_route("*", "/{tail:.*}", served(unknown_path, keyed=False))
 
 
-_ROUTES: Final = (
-    ("POST", "/v1/chat/completions", chat_completions, True),
-    ("POST", "/v1/embeddings", create_embeddings, True),
-    ("GET", "/v1/models", list_models, True),
-    ("GET", "/healthz", healthz, False),
-    ("GET", "/readyz", readyz, False),
-    ("GET", "/metrics", metrics, False),
+# Paths outside every dialect: open (no key, no record).
+_OPEN_ROUTES: Final = (
+    ("GET", "/healthz", healthz),
+    ("GET", "/readyz", readyz),
+    ("GET", "/metrics", metrics),
 )
 # Paths open whatever the Host or Origin (see served).
 _ANY_HOST: Final = frozenset({"/healthz", "/readyz"})
-# The methods each path answers, for a 405's Allow header (aiohttp adds HEAD to every GET).
-_METHODS: Final = {path: "GET, HEAD" if method == "GET" else method for method, path, _, _ in _ROUTES}
+# The methods each open path answers, for a 405's Allow header (aiohttp adds HEAD to every GET).
+_OPEN_METHODS: Final = {path: "GET, HEAD" for _, path, _ in _OPEN_ROUTES}

@@ -15,6 +15,7 @@ from . import api, upstream
 from .auth import GatewayKeys
 from .bodies import BodyBudget
 from .config import Config
+from .dialects import catalog
 from .health import RetryBudget
 from .hosts import HostGuard
 from .observability import metrics_from_environment
@@ -23,14 +24,13 @@ from .router import LLMRouter
 
 
 def build_table(config: Config) -> Table:
-    """The request-facing view of a configuration: router, gateway keys and the /v1/models body."""
+    """The request-facing view of a configuration: router, gateway keys and the catalog of models."""
     router = LLMRouter.from_config(config)
-    routes = {name: (route.endpoints[0].provider,) for name, route in config.routes.items() if route.endpoints}
+    routes = {name: route.endpoints[0].provider for name, route in config.routes.items() if route.endpoints}
     # Glob entries of `models:` (`claude-*`, `*`) gate names; they are not models to list.
     provider_models = {name: tuple(m for m in p.models if not any(c in m for c in "*?["))
                        for name, p in config.providers.items() if p.models}
-    return Table(config, router, api.models_body(routes, provider_models, int(time.time())),
-                 GatewayKeys(config.gateway_keys))
+    return Table(config, router, catalog(routes, provider_models, int(time.time())), GatewayKeys(config.gateway_keys))
 
 
 def apply_config(app: web.Application, config: Config) -> None:

@@ -28,6 +28,7 @@ from . import upstream
 from .auth import Credential, GatewayKeys, credential_for, missing_provider_key
 from .clock import SilenceClock
 from .config import Config, ProviderConfig, Secret, ServerConfig, Timeouts
+from .dialects import Catalog, Dialect
 from .errors import (
     GatewayError,
     ProviderNotConfigured,
@@ -38,7 +39,7 @@ from .health import HealthBook, HealthKey, RetryBudget, when_all_blocked
 from .observability import THROTTLE, Ledger, Metrics, RequestRecord, outcome_of
 from .providers import ChatRequest, EmbeddingsRequest, Provider, UpstreamCall, provider_for
 from .router import LLMRouter, Route, RouteEndpoint
-from .sse import SseError, encode
+from .sse import SseError
 
 JSON: Final = "application/json"
 # A failure that never reached the upstream may try the same endpoint again, this often, after
@@ -66,7 +67,7 @@ class Table:
 
     config: Config
     router: LLMRouter
-    models_body: bytes
+    catalog: Catalog
     keys: GatewayKeys
     # Unconfigured providers this table has named in the log: once each, not once per request.
     logged: set[str] = field(default_factory=set, compare=False)
@@ -384,8 +385,10 @@ async def _unary_all(gateway: Gateway, calls: list[UpstreamCall], timeouts: Time
 
 async def _answer(gateway: Gateway, attempt: Attempt, impl: Provider, call: UpstreamCall, timeouts: Timeouts,
                   request_id: str, record: RequestRecord, translate: Callable[[bytes], bytes],
-                  limit: int) -> web.StreamResponse:
-    """A non-streamed attempt: the whole upstream body, translated, is the commit."""
+                  limit: int, encode: Callable[[bytes], bytes] | None = None) -> web.StreamResponse:
+    """A non-streamed attempt: the whole upstream body, translated, is the commit. ``translate``
+    makes the pivot's answer (its usage is counted there); ``encode``, when the caller's dialect is
+    not the pivot's, makes the caller's body from it."""
     body, headers = await _unary(gateway, call, timeouts, attempt, impl, limit)
     name = attempt.provider.name
     try:
@@ -393,6 +396,11 @@ async def _answer(gateway: Gateway, attempt: Attempt, impl: Provider, call: Upst
     except MALFORMED as exc:
         raise _malformed(name, "an answer", exc) from None
     record.count(_usage_of(out, "choices", name))
+    if encode is not None:
+        try:
+            out = encode(out)
+        except MALFORMED as exc:
+            raise _malformed(name, "an answer", exc) from None
     record.committed()
     return web.Response(body=out, headers=_response_headers(request_id, name, headers, JSON))
 
@@ -414,9 +422,10 @@ def _usage_of(body: bytes, items: str, provider: str) -> Mapping[str, Any] | Non
     return usage if isinstance(usage, dict) else None
 
 
-async def chat(gateway: Gateway, request: web.Request, req: ChatRequest, caller: Secret | None,
+async def chat(gateway: Gateway, request: web.Request, req: ChatRequest, dialect: Dialect, caller: Secret | None,
                request_id: str) -> web.StreamResponse:
-    """Serve one ``/v1/chat/completions`` request, streamed or not."""
+    """Serve one request in the pivot, streamed or not; ``dialect`` (the one it came in) makes what
+    the caller receives, answers, events and errors past the commit point alike."""
     table = gateway.table  # requests in flight keep the table they started with
     record = request[RECORD]
     record.stream = req.stream
@@ -429,10 +438,11 @@ async def chat(gateway: Gateway, request: web.Request, req: ChatRequest, caller:
 
     async def execute(impl: Provider, attempt: Attempt, call: UpstreamCall) -> web.StreamResponse:
         if req.stream:
-            return await _stream(gateway, request, req, impl, attempt, call, timeouts, request_id, server)
+            return await _stream(gateway, request, req, dialect, impl, attempt, call, timeouts, request_id, server)
         return await _answer(gateway, attempt, impl, call, timeouts, request_id, record,
                              lambda body: impl.parse_response(req, attempt.provider, body),
-                             server.max_upstream_body_bytes)
+                             server.max_upstream_body_bytes,
+                             None if dialect.is_pivot else lambda out: dialect.encode_answer(req, out))
 
     return await run_attempts(gateway, table, route, caller, record, build, execute)
 
@@ -461,8 +471,9 @@ async def embeddings(gateway: Gateway, request: web.Request, req: EmbeddingsRequ
     return await run_attempts(gateway, table, route, caller, record, build, execute)
 
 
-async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl: Provider, attempt: Attempt,
-                  call: UpstreamCall, timeouts: Timeouts, request_id: str, server: ServerConfig) -> web.StreamResponse:
+async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, dialect: Dialect, impl: Provider,
+                  attempt: Attempt, call: UpstreamCall, timeouts: Timeouts, request_id: str,
+                  server: ServerConfig) -> web.StreamResponse:
     """One streamed attempt: hold until the commit point, then relay event by event.
 
     Clocks: ``first_byte`` runs from sending until the first upstream event, then ``idle``
@@ -479,6 +490,8 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
     task = asyncio.current_task()
     assert task is not None
     decoder = impl.stream_decoder(req, provider)
+    if not dialect.is_pivot:
+        decoder = dialect.encode_stream(req, decoder)  # the pivot's chunks, as the caller's dialect's events
     events = impl.framer()
     # Events decoded but not yet written: everything before the commit point, and after it what
     # one upstream read produced, sent in one write (fewer syscalls than one write per event).
@@ -558,27 +571,27 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, impl
             task.uncancel()
             phase, limit = ("idle", timeouts.idle) if heard else ("first_byte", timeouts.first_byte)
             # Passed, not kept in a local: raised from here, it would hold this frame and be held by it.
-            return await _fail_stream(gateway, attempt, client, pending, UpstreamError(
+            return await _fail_stream(gateway, dialect, attempt, client, pending, UpstreamError(
                 "timeout", 504, f"Upstream '{provider.name}' sent nothing for {limit:g}s ({phase} timeout).",
                 provider=provider.name))
         if client is None or exc.args != (DRAINING,):
             raise  # the client went away, or a cancel that is not ours: nothing to tell anyone
         task.uncancel()
-        pending.append(encode(GatewayError(503, "The gateway is shutting down; the stream was cut short.",
-                                           type="server_error", code="shutting_down").body()))
+        pending.append(dialect.error_event(GatewayError(503, "The gateway is shutting down; the stream was cut short.",
+                                                        type="server_error", code="shutting_down")))
         await _flush(client, pending)
         return client
     except (UpstreamError, SseError) as exc:
         clock.stop()
         if isinstance(exc, SseError):
-            return await _fail_stream(gateway, attempt, client, pending, UpstreamError(
+            return await _fail_stream(gateway, dialect, attempt, client, pending, UpstreamError(
                 "server", 502, f"Upstream '{provider.name}' broke the event stream: {exc}", provider=provider.name))
         exc.provider = provider.name
-        return await _fail_stream(gateway, attempt, client, pending, exc.with_traceback(None))
+        return await _fail_stream(gateway, dialect, attempt, client, pending, exc.with_traceback(None))
     except MALFORMED as exc:
         # A decoder met an event of the wrong shape (a hostile number, an object where a list was).
         clock.stop()
-        return await _fail_stream(gateway, attempt, client, pending, _malformed(provider.name, "an event", exc))
+        return await _fail_stream(gateway, dialect, attempt, client, pending, _malformed(provider.name, "an event", exc))
     finally:
         clock.stop()
         gateway.streams.discard(task)
@@ -621,7 +634,7 @@ async def _flush(client: web.StreamResponse, pending: list[bytes]) -> None:
         pending.clear()
 
 
-async def _fail_stream(gateway: Gateway, attempt: Attempt, client: web.StreamResponse | None,
+async def _fail_stream(gateway: Gateway, dialect: Dialect, attempt: Attempt, client: web.StreamResponse | None,
                        pending: list[bytes], error: UpstreamError) -> web.StreamResponse:
     """Before the commit point: raise, so the relay may fall back. After it: one in-band error event."""
     if client is None:
@@ -631,6 +644,6 @@ async def _fail_stream(gateway: Gateway, attempt: Attempt, client: web.StreamRes
             del error  # no cycle between this frame and the exception's traceback
     _scrub(error, attempt)
     _record_failure(gateway, attempt, error)
-    pending.append(encode(error.body()))
+    pending.append(dialect.error_event(error))
     await _flush(client, pending)
     return client

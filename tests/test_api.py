@@ -165,7 +165,7 @@ def test_health_and_readiness_need_no_key(proxy: Proxy) -> None:
 
 
 def test_unknown_path_and_method_are_openai_errors(proxy: Proxy) -> None:
-    missing = raw_request(proxy.url + "/v1/completions", "{}", {"X-API-Key": GATEWAY_KEY})
+    missing = raw_request(proxy.url + "/v1/engines/davinci/completions", "{}", {"X-API-Key": GATEWAY_KEY})
     assert missing.status == 404
     _assert_openai_error(missing.body, code="not_found")
     wrong = raw_request(proxy.url + "/v1/chat/completions", None, {"X-API-Key": GATEWAY_KEY}, method="GET")
@@ -173,8 +173,13 @@ def test_unknown_path_and_method_are_openai_errors(proxy: Proxy) -> None:
     assert wrong.headers["allow"] == "POST"
     _assert_openai_error(wrong.body)
     assert wrong.json()["error"]["type"] == "invalid_request_error"
-    keyless = raw_request(proxy.url + "/v1/completions", "{}", {})
-    assert keyless.status == 401  # an unknown path is no way around the gateway key
+    # Without a key, an unknown path is still 404 (a wrong base URL is the caller's real mistake),
+    # and it serves nothing; a known path, whatever the method, asks for the key first.
+    keyless = raw_request(proxy.url + "/v1/engines/davinci/completions", "{}", {})
+    assert keyless.status == 404
+    _assert_openai_error(keyless.body, code="not_found")
+    assert raw_request(proxy.url + "/v1/chat/completions", None, {}, method="GET").status == 401
+    assert raw_request(proxy.url + "/healthz", "{}", {}).status == 401
 
 
 @pytest.mark.parametrize("body", [

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from tensorwall_proxy.api import MAX_EMBEDDING_INPUTS, parse_embeddings
-from tensorwall_proxy.errors import GatewayError
 from tensorwall_proxy.providers.ids import attach
 from tests.conftest import Proxy, post_json
 from tests.fakes import FakeUpstream
@@ -75,17 +73,7 @@ def test_a_gigabyte_bomb_in_a_tool_call_id_costs_little_memory_and_time(tmp_path
     assert "Traceback" not in proc.log()
 
 
-# --- embeddings: a bounded number of inputs ------------------------------------------------------
-
-
-def test_embeddings_take_at_most_2048_inputs_and_any_token_array() -> None:
-    assert MAX_EMBEDDING_INPUTS == 2048  # OpenAI's own limit
-    assert len(parse_embeddings({"model": "m", "input": ["x"] * 2048}).body["input"]) == 2048
-    parse_embeddings({"model": "m", "input": list(range(10_000))})  # one token array, however long
-    for value in (["x"] * 2049, [[1, 2]] * 2049, [1] * 2048 + ["x"]):
-        with pytest.raises(GatewayError) as caught:
-            parse_embeddings({"model": "m", "input": value})
-        assert caught.value.status == 400 and caught.value.param == "input"
+# --- embeddings: a bounded number of inputs (the parsing itself: tests/dialects/test_chat.py) ----
 
 
 @pytest.mark.parametrize("model", ["bedrock/amazon.titan-embed-text-v2:0", "vertex/gemini-embedding-001",

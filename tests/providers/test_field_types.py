@@ -10,9 +10,9 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tensorwall_proxy.api import parse_chat
 from tensorwall_proxy.auth import Credential
 from tensorwall_proxy.config import ProviderConfig, Secret
+from tensorwall_proxy.dialects.chat import parse_chat
 from tensorwall_proxy.errors import GatewayError
 from tensorwall_proxy.providers import provider_for
 
