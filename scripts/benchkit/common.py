@@ -18,7 +18,7 @@ try:
 except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
     uvloop = None  # type: ignore[assignment]
 
-__all__ = ["uvloop"]
+__all__ = ["uvloop"]  # imported from here by the parts that run an event loop
 
 HOST: Final = "127.0.0.1"
 GATEWAY_KEY: Final = "bench-key"

@@ -11,14 +11,12 @@ The paced test: 100 connections read streams of 20 chunks 10 ms apart (model `gp
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import gc
 import multiprocessing as mp
 import os
 import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Barrier
 from typing import Final
@@ -152,22 +150,6 @@ def spread(counts: list[int], stagger: float) -> list[tuple[float, ...]]:
     return [tuple((w + j * len(counts)) / total * stagger for j in range(n)) for w, n in enumerate(counts)]
 
 
-@contextlib.contextmanager
-def workers(specs: list[LoadSpec], barrier: Barrier, results: mp.Queue[WorkerResult]) -> Iterator[None]:
-    """Start the load workers, and terminate any still alive on the way out (error, Ctrl-C)."""
-    ctx = mp.get_context("fork")  # the parent runs no event loop, so forking it is safe
-    processes = [ctx.Process(target=worker_main, args=(spec, barrier, results), daemon=True) for spec in specs]
-    for process in processes:
-        process.start()
-    try:
-        yield
-    finally:
-        for process in processes:
-            if process.is_alive():
-                process.terminate()
-            process.join(timeout=5)
-
-
 def run_aiohttp(target: Target, scenario: Scenario, upstream: Server, settings: RunSettings,
                 stagger: float = 0.0) -> Measurement:
     """One scenario against one target; with `stagger`, the CPU window opens once all connections started."""
@@ -176,20 +158,27 @@ def run_aiohttp(target: Target, scenario: Scenario, upstream: Server, settings: 
                       target.check, delays, settings.warmup, settings.seconds, settings.pinning.generator,
                       ttfc=scenario.paced)
              for delays in spread(counts, stagger)]
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("fork")  # the parent runs no event loop, so forking it is safe
     barrier = ctx.Barrier(len(specs) + 1)
     queue: mp.Queue[WorkerResult] = ctx.Queue()
-    watched = [upstream.pid] + ([target.hop.pid] if target.hop else [])
-    with workers(specs, barrier, queue):
+    processes = [ctx.Process(target=worker_main, args=(spec, barrier, queue), daemon=True) for spec in specs]
+    for process in processes:
+        process.start()
+    try:
         barrier.wait(timeout=REQUEST_TIMEOUT + settings.warmup + 30)
         ramp = min(stagger, settings.seconds / 2)
         time.sleep(ramp)
-        window = CpuWindow(watched)
+        window = CpuWindow([upstream.pid] + ([target.hop.pid] if target.hop else []))
         time.sleep((settings.seconds - ramp) / 2)
         hop_rss = rss_mib(target.hop.pid) if target.hop else None
         time.sleep((settings.seconds - ramp) / 2)
         cpu = window.close()
         results = [queue.get(timeout=REQUEST_TIMEOUT + 30) for _ in specs]  # before joining: pipes must drain
+    finally:  # an error, a Ctrl-C: no worker is left behind
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+            process.join(timeout=5)
     failures = [r.failure for r in results if r.failure]
     if failures:
         raise RuntimeError(f"load worker failed ({target.bench_path} {target.name} {scenario.name}): {failures[0]}")

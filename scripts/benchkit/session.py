@@ -21,7 +21,7 @@ from .load import STREAM_SECONDS, paced_targets, run_aiohttp, run_paced
 from .microbench import sigv4_microbench
 from .paths import PATHS
 from .servers import Server, pin_self, plan_pinning, rss_mib, start_servers, stop_server
-from .summary import TARGETS, PathResults, Rss, limit_notes, summary_lines, summary_rows
+from .summary import PathResults, Rss, limit_notes, summary_lines, summary_rows
 from .targets import RunSettings, StreamChunks, Target, load_scenarios, make_targets, sanity_check
 from .wrk import run_wrk
 
@@ -87,7 +87,7 @@ def measure_all(options: argparse.Namespace, settings: RunSettings, servers: lis
         "machine": machine_line(), "pinning": settings.pinning.description, "generator": options.generator,
         "paths": {p: {"model": PATHS[p].model, "direct_path": PATHS[p].direct_path} for p in options.path},
         "seconds": options.seconds, "warmup": options.warmup, "workers": options.workers,
-        "concurrency": options.concurrency, "total_seconds": round(total, 1), "targets": TARGETS, "rss_mib": rss,
+        "concurrency": options.concurrency, "total_seconds": round(total, 1), "rss_mib": rss,
         "runs": [m.as_json() for m in everything], "sigv4_us": {"best": sigv4, "median": sigv4_median},
     }
     Path(options.json).write_text(json.dumps(document, indent=2) + "\n")

@@ -23,9 +23,6 @@ TTFC_MS: Final = 5.0  # paced TTFC p50: proxy <= direct + this
 PACED_CPU: Final = 0.5  # paced: proxy's CPU < this share of one core
 IDLE_RSS_MIB: Final = 50.0
 TRANSLATION_RATIO: Final = 1.5  # a translating path's proxy CPU per request <= this x openai's
-TARGETS: Final = {"throughput_proxy_over_relay_min": THROUGHPUT_RATIO, "added_p50_ms_over_relay_max": ADDED_P50_MS,
-                  "paced_ttfc_p50_ms_over_direct_max": TTFC_MS, "paced_proxy_cpu_cores_max": PACED_CPU,
-                  "idle_rss_mib_max": IDLE_RSS_MIB, "translation_cpu_ratio_max": TRANSLATION_RATIO}
 
 Results = dict[tuple[str, str], Measurement]  # one path's runs, by (target, scenario)
 PathResults = dict[str, Results]  # by path name, the baseline first
