@@ -7,13 +7,16 @@ judgements and the table.
 
 from __future__ import annotations
 
+import aiohttp
 import pytest
+from aiohttp import web
+from yarl import URL
 
 from scripts.benchkit.common import CONTENT_CHUNKS, STREAM_CHUNKS, percentile
-from scripts.benchkit.lean_upstream import SHAPES
+from scripts.benchkit.lean_upstream import SHAPES, lean_app
 from scripts.benchkit.load import split, spread
 from scripts.benchkit.paths import PATHS, check_openai, path_names
-from scripts.benchkit.servers import Pinning, WindowCpu
+from scripts.benchkit.servers import Pinning, WindowCpu, bare_relay_app
 from scripts.benchkit.summary import SummaryRow, limit_notes, markdown_table, summary_lines, summary_rows
 from scripts.benchkit.targets import Measurement
 from scripts.benchkit.wrk import lua_string, parse_done
@@ -179,3 +182,31 @@ def test_connections_split_and_spread_over_workers() -> None:
     delays = spread([2, 2], 0.2)
     assert sorted(d for worker in delays for d in worker) == pytest.approx([0.0, 0.05, 0.1, 0.15])
     assert spread([3], 0.0) == [(0.0, 0.0, 0.0)]
+
+
+async def test_the_lean_upstream_answers_every_path_through_the_bare_relay() -> None:
+    # Real servers on loopback: the lean upstream, the relay in front of it, each path's direct requests.
+    runners = []
+    try:
+        upstream = web.AppRunner(lean_app(list(PATHS.values())))
+        runners.append(upstream)
+        await upstream.setup()
+        await web.TCPSite(upstream, "127.0.0.1", 0).start()
+        relay = web.AppRunner(bare_relay_app(f"http://127.0.0.1:{upstream.addresses[0][1]}"))
+        runners.append(relay)
+        await relay.setup()
+        await web.TCPSite(relay, "127.0.0.1", 0).start()
+        port = relay.addresses[0][1]
+        async with aiohttp.ClientSession() as session:
+            for path in PATHS.values():
+                for stream in (False, True):
+                    url = URL(f"http://127.0.0.1:{port}{path.direct_target(stream)}", encoded=True)
+                    async with session.post(url, data=path.direct_body(stream), headers=path.direct_headers) as resp:
+                        assert resp.status == 200, (path.name, stream)
+                        assert path.direct_check(await resp.read(), stream)[1] is None, (path.name, stream)
+                async with session.post(URL(f"http://127.0.0.1:{port}{path.direct_path}", encoded=True),
+                                        data=path.direct_body(False)) as resp:
+                    assert resp.status == 401  # no key: refused, as a real API does first
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
