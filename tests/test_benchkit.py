@@ -15,6 +15,7 @@ from yarl import URL
 from scripts.benchkit.common import CONTENT_CHUNKS, STREAM_CHUNKS, percentile
 from scripts.benchkit.lean_upstream import SHAPES, lean_app
 from scripts.benchkit.load import split, spread
+from scripts.benchkit.microbench import sigv4_microbench
 from scripts.benchkit.paths import PATHS, check_openai, path_names
 from scripts.benchkit.servers import Pinning, WindowCpu, bare_relay_app
 from scripts.benchkit.summary import SummaryRow, limit_notes, markdown_table, summary_lines, summary_rows
@@ -173,6 +174,11 @@ def test_wrk_lua_strings_and_done_line() -> None:
     assert numbers == {"requests": 12, "p50_us": 250}
     with pytest.raises(RuntimeError, match="no results"):
         parse_done("unable to connect")
+
+
+def test_the_sigv4_micro_benchmark_signs_with_the_proxys_own_function() -> None:
+    best, median = sigv4_microbench(None, batches=1)
+    assert 0 < best == median < 10_000  # microseconds per signature
 
 
 def test_connections_split_and_spread_over_workers() -> None:
