@@ -2,10 +2,10 @@
 
     python scripts/soak.py [--minutes 4] [--requests 300000] [--concurrency 32] [--max-minutes 180]
 
-Not part of `make test`. It starts two subprocesses on 127.0.0.1: a lean OpenAI-style upstream
-(this file, `--serve-upstream`: fixed answers, faults chosen by model name, and, unlike the test
-suite's fake upstream, no record of the requests it served — that record would grow for the whole
-run and blur what we measure) and the proxy (`python -m tensorwall_proxy serve --config <tmp yaml>`).
+Not part of `make test`. It starts two subprocesses on 127.0.0.1: the test suite's fake upstream
+(tests/fakes, in this file's `--serve-upstream`: faults chosen by words in the model name, its record
+of requests cleared every second so it does not grow for the whole run) and the proxy (`python -m
+tensorwall_proxy serve --config <tmp yaml>`).
 Then an aiohttp client with bounded concurrency runs phases of mixed streamed and non-streamed
 requests:
 
@@ -25,8 +25,9 @@ Then the attack phases, each beside the plain load (which must go on being serve
     fat-heads     as many connections each sending a head just under server.max_header_bytes,
                   never finishing it, and holding on
     id-bombs      chat requests whose assistant tool call id packs a decompression bomb (zlib state,
-                  --bomb-mib when inflated) for an Anthropic endpoint (on the lean upstream)
+                  --bomb-mib when inflated) for an Anthropic endpoint
     gzip-bombs    an upstream answer with Content-Encoding: gzip that inflates to --gzip-bomb-mib
+                  (the fake's `gzip-bomb` fault)
 
 For each phase it prints the RSS at the start, at the end and the peak (sampled every 0.1 s). The
 proxy's bounds should keep the peak down and bring the RSS back near where the attacks started:
@@ -81,8 +82,12 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+# `tests.fakes` lives in the repository, not in the installed package (as in scripts/fake_upstream.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from tensorwall_proxy.config import ServerConfig
 from tensorwall_proxy.providers.ids import STATE_MARKER
+from tests.fakes import FakeUpstream
 
 T = TypeVar("T")
 
@@ -91,7 +96,7 @@ REPO: Final = Path(__file__).resolve().parent.parent
 GATEWAY_KEY: Final = "soak-gateway-key"
 PROVIDER_KEY: Final = "sk-soak-provider-key"
 RSS_MARK: Final = 10_000
-# How long the lean upstream's `hang` and `slow-stream` wait: far longer than any clock of the
+# How long the fake upstream's `slow-stream` waits (its `hang` waits an hour): far longer than any clock of the
 # proxy's routes, so only the proxy giving up (or a caller leaving) ends them.
 HANG_SECONDS: Final = 30.0
 # Descriptors the proxy may hold at the end of the last phase beyond the end of the first (the same
@@ -108,129 +113,40 @@ MiB: Final = 1024 * 1024
 
 
 # --------------------------------------------------------------------------------------------------
-# The lean upstream: fixed bytes, faults by model name, counters instead of records
-
-
-_WORDS: Final = ("Soak", "test", "answer", "in", "eight", "small", "streamed", "chunks.")
-_CHUNK_BASE: Final = {"id": "chatcmpl-soak", "object": "chat.completion.chunk", "created": 1715367049,
-                      "model": "gpt-4o"}
-
-
-def _sse(data: Any) -> bytes:
-    return b"data: " + (data.encode() if isinstance(data, str) else orjson.dumps(data)) + b"\n\n"
-
-
-def _event(delta: dict[str, Any], finish: str | None = None) -> bytes:
-    return _sse({**_CHUNK_BASE, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-
-
-COMPLETION: Final = orjson.dumps({
-    "id": "chatcmpl-soak", "object": "chat.completion", "created": 1715367049, "model": "gpt-4o",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": " ".join(_WORDS)}, "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 5, "completion_tokens": len(_WORDS), "total_tokens": 5 + len(_WORDS)},
-})
-EVENTS: Final = [_event({"role": "assistant", "content": ""}),
-                 *[_event({"content": (" " if i else "") + word}) for i, word in enumerate(_WORDS)],
-                 _event({}, "stop")]
-USAGE_EVENT: Final = _sse({**_CHUNK_BASE, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 8,
-                                                                   "total_tokens": 13}})
-DONE: Final = _sse("[DONE]")
-SERVER_ERROR: Final = orjson.dumps({"error": {"message": "The server had an error (soak fault).",
-                                              "type": "server_error", "param": None, "code": None}})
-
-
-MESSAGE: Final = orjson.dumps({
-    "id": "msg_soak", "type": "message", "role": "assistant", "model": "claude-soak",
-    "content": [{"type": "text", "text": " ".join(_WORDS)}], "stop_reason": "end_turn", "stop_sequence": None,
-    "usage": {"input_tokens": 5, "output_tokens": len(_WORDS)},
-})
-
-
-def gzip_bomb(inflated_mib: int) -> bytes:
-    """A chat completion whose content is ``inflated_mib`` MiB of one letter, gzip-compressed (about
-    a thousandth of that), made a MiB at a time so the upstream never holds it inflated."""
-    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: the gzip container
-    head, tail = COMPLETION.split(b'"' + " ".join(_WORDS).encode() + b'"')
-    parts = [packer.compress(head + b'"')]
-    block = b"a" * MiB
-    parts.extend(packer.compress(block) for _ in range(inflated_mib))
-    parts.append(packer.compress(b'"' + tail))
-    parts.append(packer.flush())
-    return b"".join(parts)
-
-
-def upstream_app(gzip_bomb_mib: int = 96) -> web.Application:
-    """POST /v1/chat/completions with the faults `fail-500`, `hang`, `slow-stream`, `cut` and
-    `gzip-bomb`; POST /v1/messages (Anthropic's shape, the body read and dropped); GET /stats:
-    requests served, in flight, and cancelled (the proxy or its caller gave up)."""
-    stats = {"served": 0, "in_flight": 0, "cancelled": 0}
-    bomb = gzip_bomb(gzip_bomb_mib)
-
-    async def chat(request: web.Request) -> web.StreamResponse:
-        stats["in_flight"] += 1
-        try:
-            body = orjson.loads(await request.read())
-            model = str(body.get("model", ""))
-            if "fail-500" in model:
-                return web.Response(status=500, body=SERVER_ERROR, content_type="application/json")
-            if "gzip-bomb" in model:
-                return web.Response(body=bomb, headers={"Content-Type": "application/json",
-                                                        "Content-Encoding": "gzip"})
-            if "hang" in model:
-                await asyncio.sleep(HANG_SECONDS)
-            if body.get("stream") is not True:
-                return web.Response(body=COMPLETION, content_type="application/json")
-            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-            await response.prepare(request)
-            for i, event in enumerate(EVENTS):
-                await response.write(event)
-                if i == 2 and "slow-stream" in model:
-                    await asyncio.sleep(HANG_SECONDS)
-                if i == 3 and "cut" in model and request.transport is not None:
-                    request.transport.abort()
-                    return response
-            options = body.get("stream_options")
-            if isinstance(options, dict) and options.get("include_usage") is True:
-                await response.write(USAGE_EVENT)
-            await response.write(DONE)
-            return response
-        except asyncio.CancelledError:
-            stats["cancelled"] += 1
-            raise
-        finally:
-            stats["in_flight"] -= 1
-            stats["served"] += 1
-
-    async def messages(request: web.Request) -> web.StreamResponse:
-        # Read in pieces and dropped: what the proxy sends is its business, not the upstream's memory.
-        async for _ in request.content.iter_any():
-            pass
-        return web.Response(body=MESSAGE, content_type="application/json")
-
-    async def stats_handler(request: web.Request) -> web.StreamResponse:
-        return web.Response(body=orjson.dumps(stats), content_type="application/json")
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    app.router.add_post("/v1/messages", messages)
-    app.router.add_get("/stats", stats_handler)
-    return app
+# The upstream: the test suite's fake, its record of requests cleared as it goes
 
 
 async def serve_upstream(gzip_bomb_mib: int) -> None:
-    """Serve the lean upstream on a free port; print `PORT <n>` once listening; stop on SIGTERM/SIGINT."""
-    runner = web.AppRunner(upstream_app(gzip_bomb_mib), handler_cancellation=True, access_log=None,
-                           shutdown_timeout=1)
+    """Serve the fake upstream (tests/fakes) on a free port and its in-flight count (`GET /stats`) on
+    another; print `PORT <fake> <stats>` once listening; stop on SIGTERM/SIGINT.
+
+    The fake records every request; the soak clears that record every second, so the upstream's own
+    memory stays flat however long the run. The stats listen apart so the fake's routes stay its own.
+    """
+    fake = FakeUpstream(delay=HANG_SECONDS)
+    fake.gzip_bomb_mib = gzip_bomb_mib
+    await fake.start(HOST, 0)
+
+    async def stats(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=orjson.dumps({"in_flight": fake.in_flight}), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/stats", stats)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
     await runner.setup()
-    site = web.TCPSite(runner, HOST, 0)
-    await site.start()
-    print(f"PORT {runner.addresses[0][1]}", flush=True)
+    await web.TCPSite(runner, HOST, 0).start()
+    fake_port = int(fake.base_url.rsplit(":", 1)[1])
+    print(f"PORT {fake_port} {runner.addresses[0][1]}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    while not stop.is_set():
+        fake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
     await runner.cleanup()
+    await fake.stop()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -308,14 +224,14 @@ class LogWatch:
                 if line.split(" ", 3)[2:3] in (["ERROR"], ["CRITICAL"])]
 
 
-def read_port(child: Child, timeout: float = 20.0) -> int:
-    """The `PORT <n>` line the lean upstream prints once it listens."""
+def read_ports(child: Child, timeout: float = 20.0) -> tuple[int, int]:
+    """The `PORT <fake> <stats>` line the upstream prints once it listens."""
     assert child.process.stdout is not None
     ready, _, _ = select.select([child.process.stdout], [], [], timeout)
     line = child.process.stdout.readline().decode() if ready else ""
     if not line.startswith("PORT "):
         raise RuntimeError(f"{child.name} did not start:\n{child.tail()}")
-    return int(line.split()[1])
+    return int(line.split()[1]), int(line.split()[2])
 
 
 def free_port() -> int:
@@ -361,7 +277,8 @@ def open_fds(pid: int) -> int:
 
 
 def proxy_config(proxy_port: int, upstream_port: int, dead_port: int) -> str:
-    up = f"http://{HOST}:{upstream_port}/v1"
+    fake = f"http://{HOST}:{upstream_port}"
+    up = f"{fake}/openai/v1"
     return f"""\
 server: {{host: {HOST}, port: {proxy_port}, drain_seconds: 2, header_timeout_seconds: 2}}
 gateway_keys: [{GATEWAY_KEY}]
@@ -369,7 +286,7 @@ providers:
   openai: {{base_url: "{up}"}}
   backup: {{type: openai, base_url: "{up}", key_scope: openai}}
   dead:   {{type: openai, base_url: "http://{HOST}:{dead_port}/v1", key_scope: openai}}
-  claude: {{type: anthropic, base_url: "{up}", api_key: soak-anthropic-key}}
+  claude: {{type: anthropic, base_url: "{fake}/anthropic/v1", api_key: soak-anthropic-key}}
 timeouts: {{connect: 2, first_byte: 60, idle: 60, total: 60}}
 routes:
   ok:       {{endpoints: [{{provider: openai, model: gpt-4o}}]}}
@@ -389,9 +306,9 @@ routes:
       - {{provider: dead, model: gpt-4o, priority: 0}}
       - {{provider: openai, model: gpt-4o, priority: 1}}
   dead:     {{endpoints: [{{provider: dead, model: gpt-4o}}]}}
-  cut:      {{endpoints: [{{provider: openai, model: cut}}]}}
+  cut:      {{endpoints: [{{provider: openai, model: cut-mid-stream}}]}}
   id-bomb:  {{endpoints: [{{provider: claude, model: claude-sonnet-4-5}}]}}
-  gzip-bomb: {{endpoints: [{{provider: openai, model: gzip-bomb}}]}}
+  gzip-bomb: {{endpoints: [{{provider: openai, model: gpt-4o-gzip-bomb}}]}}
 """
 
 
@@ -529,7 +446,7 @@ async def one_request(session: aiohttp.ClientSession, url: str, kind: Kind, bomb
     async with session.post(url, json=body) as response:
         if kind.action == "leave-mid-stream":
             seen = b""
-            while b'"content":"Soak"' not in seen:
+            while b'"content":"[openai] "' not in seen:  # the fake's first content chunk
                 piece = await response.content.readany()
                 if not piece:
                     return f"{response.status} ended before the caller could leave"
@@ -565,8 +482,8 @@ async def worker(session: aiohttp.ClientSession, url: str, phase: Phase, run: Ru
             run.mark_at = time.monotonic()
 
 
-async def upstream_stats(session: aiohttp.ClientSession, upstream_url: str) -> dict[str, int]:
-    async with session.get(upstream_url + "/stats") as response:
+async def upstream_stats(session: aiohttp.ClientSession, stats_url: str) -> dict[str, int]:
+    async with session.get(stats_url) as response:
         stats: dict[str, int] = await response.json()
         return stats
 
@@ -667,7 +584,7 @@ ATTACKS: Final[dict[str, Attacker]] = {
 }
 
 
-async def soak(args: argparse.Namespace, proxy: Child, upstream: Child, proxy_url: str, upstream_url: str) -> int:
+async def soak(args: argparse.Namespace, proxy: Child, upstream: Child, proxy_url: str, stats_url: str) -> int:
     plan = phases(args.requests) + ([] if args.no_attacks else attack_phases())
     share = args.minutes * 60 / len(plan)
     hard_stop = time.monotonic() + args.max_minutes * 60
@@ -690,9 +607,9 @@ async def soak(args: argparse.Namespace, proxy: Child, upstream: Child, proxy_ur
     async with aiohttp.ClientSession(connector=connector, headers=headers,
                                      timeout=aiohttp.ClientTimeout(total=CLIENT_TIMEOUT)) as session:
         await wait_ready(session, proxy, proxy_url + "/healthz")
-        await wait_ready(session, upstream, upstream_url + "/stats")
+        await wait_ready(session, upstream, stats_url)
         chat_url = proxy_url + "/v1/chat/completions"
-        print(f"soak: proxy pid {proxy.pid} at {proxy_url}, lean upstream pid {upstream.pid} at {upstream_url}")
+        print(f"soak: proxy pid {proxy.pid} at {proxy_url}, fake upstream pid {upstream.pid}")
         print(f"soak: {len(plan)} phases of ~{share:.0f} s, concurrency {args.concurrency}, "
               f"RSS compared after {RSS_MARK:,} and after {args.requests:,} requests")
         if not args.no_attacks:
@@ -732,7 +649,7 @@ async def soak(args: argparse.Namespace, proxy: Child, upstream: Child, proxy_ur
                 print(f"soak: the proxy exited with {proxy.process.returncode}:\n{proxy.tail()}")
                 return 1
             await asyncio.sleep(1.0)  # let the upstream notice what the proxy abandoned
-            stats = await upstream_stats(session, upstream_url)
+            stats = await upstream_stats(session, stats_url)
             rss, fds = snapshot(proxy.pid)
             warm_fds = fds if warm_fds is None else warm_fds
             if phase.name == "steady":
@@ -748,7 +665,7 @@ async def soak(args: argparse.Namespace, proxy: Child, upstream: Child, proxy_ur
                 print(f"{'':24}{count:>9,}  {outcome}{flag}")
             for outcome, count in sorted(attack_stats.items()):
                 print(f"{'':24}{count:>9,}  {phase.attack} connection: {outcome}")
-            print(f"{'':24}upstream: {stats['in_flight']} in flight, {stats['cancelled']:,} cancelled in all")
+            print(f"{'':24}upstream: {stats['in_flight']} in flight")
             errors = log.new_errors()
             print(f"{'':24}proxy log: {len(errors):,} ERROR records" + (f", the first: {errors[0][:150]}" if errors else ""))
             if errors:
@@ -858,12 +775,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         upstream = children.start("upstream", [sys.executable, __file__, "--serve-upstream",
                                                "--gzip-bomb-mib", str(args.gzip_bomb_mib)], stdout_pipe=True)
-        upstream_port = read_port(upstream)
+        upstream_port, stats_port = read_ports(upstream)
         proxy_port = free_port()
         config = log_dir / "soak.yaml"
         config.write_text(proxy_config(proxy_port, upstream_port, dead_port))
         proxy = children.start("proxy", [sys.executable, "-m", "tensorwall_proxy", "serve", "--config", str(config)])
-        return run_loop(soak(args, proxy, upstream, f"http://{HOST}:{proxy_port}", f"http://{HOST}:{upstream_port}"))
+        return run_loop(soak(args, proxy, upstream, f"http://{HOST}:{proxy_port}",
+                             f"http://{HOST}:{stats_port}/stats"))
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("soak: interrupted")
         return 130

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from yarl import URL
 
-from tests.fakes import AZURE_MODEL, TOOL_ARGUMENTS, FakeUpstream, embedding_vector
+from tests.fakes import AZURE_MODEL, GZIP_BOMB, TOOL_ARGUMENTS, FakeUpstream, embedding_vector
 from tests.fakes.fixtures import fake, http  # noqa: F401  (pytest fixtures, used by name)
 
 BEARER = {"Authorization": "Bearer sk-test"}
@@ -245,6 +245,21 @@ async def test_fail_429_sends_retry_after(fake: FakeUpstream, http: aiohttp.Clie
         error = (await resp.json())["error"]
     assert error["type"] == error["code"] == "rate_limit_exceeded"
     assert len(fake.for_model("gpt-4o-fail-429")) == 1
+
+
+async def test_gzip_bomb_is_small_on_the_wire_and_huge_inflated(
+    fake: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    fake.gzip_bomb_mib = 3
+    body = {"model": f"gpt-4o-{GZIP_BOMB}", "messages": HELLO}
+    async with http.post(fake.base_url + "/openai/v1/chat/completions", json=body, headers=BEARER) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Encoding"] == "gzip"
+        assert resp.content_length is not None and resp.content_length < 64 * 1024
+        inflated = await resp.read()  # aiohttp inflates it
+    assert len(inflated) > 3 * 1024 * 1024
+    message = orjson.loads(inflated)["choices"][0]["message"]
+    assert message["content"] == "a" * (3 * 1024 * 1024)
 
 
 async def test_hang_records_the_caller_leaving(fake: FakeUpstream, http: aiohttp.ClientSession) -> None:

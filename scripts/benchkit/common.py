@@ -1,12 +1,13 @@
 """What every part of the benchmark shares: where things listen, the keys, the prompt, the limits.
 
-Also the one statistic every report uses (`percentile`) and the optional uvloop import: the proxy
-runs on uvloop when it is installed, so the lean upstream, the relay and the aiohttp load generator
-do too, and no side of a comparison gets a faster event loop than another.
+Also `percentile` and the optional uvloop import: the proxy runs on uvloop when it is installed, so
+the lean upstream, the relay and the aiohttp load generator do too, and no side of a comparison
+gets a faster event loop than another.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,19 +18,16 @@ try:
 except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
     uvloop = None  # type: ignore[assignment]
 
-__all__ = ["uvloop"]
+__all__ = ["uvloop"]  # imported from here by the parts that run an event loop
 
 HOST: Final = "127.0.0.1"
 GATEWAY_KEY: Final = "bench-key"
 CALLER_KEY: Final = "sk-bench"
 REPO: Final = Path(__file__).resolve().parent.parent.parent
-# The entry point the servers are started from (`--serve-lean-upstream`, `--serve-relay`).
-BENCH_SCRIPT: Final = REPO / "scripts" / "bench.py"
+BENCH_SCRIPT: Final = REPO / "scripts" / "bench.py"  # also how the lean upstream and the relay start
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
-STREAM_CHUNKS: Final = 20
-CONTENT_CHUNKS: Final = STREAM_CHUNKS - 2  # the content chunks between the role chunk and the finish chunk
-# 17 words: the fake echoes "[openai] " + this, one chunk per word, so its stream is role chunk +
-# 18 content chunks + finish chunk = 20 chunks, the same count as the lean upstream's.
+STREAM_CHUNKS: Final = 20  # what the caller gets: role chunk, 18 content chunks, finish chunk
+CONTENT_CHUNKS: Final = STREAM_CHUNKS - 2
 PROMPT: Final = ("please answer with a short friendly benchmark greeting so that every run sends "
                  "exactly the same text")
 REQUEST_TIMEOUT: Final = 15.0  # per request: a hung proxy fails the run instead of hanging it
@@ -37,14 +35,14 @@ SATURATED: Final = 0.85  # a process (or CPU) busier than this share of one core
 # Busy time of processes not of this benchmark (or stolen by the hypervisor) above this share of one
 # core during a run: the machine was not quiet, and that run's numbers are disturbed.
 OTHER_LOAD: Final = 0.15
-SLOW_WAKEUP_MS: Final = 1.0  # a probe p99 above this means wake-ups, not code, shape tail latency
+EVENTSTREAM: Final = "application/vnd.amazon.eventstream"  # Bedrock's stream content type
 
 Json = dict[str, Any]
 
 
 def percentile(ordered: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of an ascending sequence (0.0 when empty)."""
+    """Nearest-rank percentile of an ascending sequence (0.0 when empty): the smallest value with at
+    least q % of them at or below it."""
     if not ordered:
         return 0.0
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
+    return ordered[max(1, min(len(ordered), math.ceil(q * len(ordered) / 100))) - 1]

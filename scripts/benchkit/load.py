@@ -1,61 +1,50 @@
-"""The aiohttp load generator: worker processes, each one event loop and one keep-alive session.
+"""The aiohttp load generator (`--workers` forked processes, each one event loop and keep-alive
+session), and the paced test it alone can run, since it sees when a stream's first word arrives.
 
-The fallback when wrk is not installed (`--generator aiohttp` forces it), and always the paced
-test's generator, since it alone sees when the first content chunk of a stream arrives.
+Each connection sends request after request, every answer read whole and checked; after the warm-up
+all workers start their window at one barrier, and only requests completed inside it count.
 
-`--workers` processes (forked), each with its own event loop (uvloop when installed) and one
-keep-alive ClientSession; a scenario's N connections are split between them, each connection a
-loop of request after request, every answer read to its end and checked whole. Each run warms up
-(connections opened), then every worker starts its measured window at the same instant (a
-barrier), and the parent samples the CPU time of the upstream and of the hop (proxy or relay)
-from /proc over that window; each worker measures its own CPU (process_time) over its window.
-Only requests that complete inside the window count.
-
-In the paced test (`ttfc`), a worker reads each stream as it arrives and notes when the first
-content-bearing event came (`wire.has_content_event`), and the connections' first requests are
-spread over one stream's length (`delays`) instead of all leaving at the barrier: 100 streams that
-start together stay in step (the upstream paces them alike), which would measure a burst of 100
-arrivals every 200 ms instead of 100 concurrent streams.
+The paced test: 100 connections read streams of 20 chunks 10 ms apart (model `gpt-4o-paced`) for
+`--seconds` (at least 1 s): time to first chunk (the first word), stream time, the hop's CPU share.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import gc
 import multiprocessing as mp
 import os
 import signal
 import time
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Barrier
+from typing import Final
 
 import aiohttp
 from yarl import URL
 
-from .common import REQUEST_TIMEOUT, percentile, uvloop
-from .measurement import LoadOutcome, Measurement, RunSettings, build_measurement
+from .common import REQUEST_TIMEOUT, STREAM_CHUNKS, percentile, uvloop
+from .lean_upstream import PACE_SECONDS, PACED_MODEL
+from .paths import FIRST_WORD, Check, openai_body
 from .servers import CpuWindow, Server, rss_mib
-from .targets import Scenario, Target
-from .wire import Check, has_content_event
+from .targets import Measurement, RunSettings, Scenario, Target
 
 
 @dataclass(frozen=True)
 class LoadSpec:
-    """What one worker does: `connections` loops of request-after-request against one URL."""
+    """What one worker does: `delays` connections (each waits its delay first) against one URL."""
 
     url: URL
     headers: dict[str, str]
     body: bytes
     stream: bool
     check: Check
-    connections: int
+    delays: tuple[float, ...]
     warmup: float
     seconds: float
     cpus: frozenset[int] | None
     ttfc: bool = False  # read streams as they arrive and time the first content chunk
-    delays: tuple[float, ...] = ()  # per connection: seconds before its first request (paced)
 
 
 @dataclass
@@ -65,39 +54,25 @@ class WorkerResult:
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)  # seconds, completed requests only
-    ttfc: list[float] = field(default_factory=list)  # seconds, completed streams only (ttfc)
+    ttfc: list[float] = field(default_factory=list)
     cpu: float = 0.0  # the worker's own CPU seconds over the measured window
     wall: float = 0.0
     failure: str | None = None  # the worker itself broke (not a request)
 
-    def error(self, text: str) -> None:
-        self.errors += 1
-        if len(self.error_samples) < 5:
-            self.error_samples.append(text)
-
-
-async def read_timed(response: aiohttp.ClientResponse, start: float) -> tuple[bytes, float | None]:
-    """The whole body, and the seconds from `start` until its first content-bearing event (or None)."""
-    parts: list[bytes] = []
-    seen = b""
-    first: float | None = None
-    async for piece in response.content.iter_any():
-        parts.append(piece)
-        if first is None:
-            seen += piece
-            if has_content_event(seen):
-                first = time.perf_counter() - start
-    return b"".join(parts), first
-
 
 async def one_request(session: aiohttp.ClientSession, spec: LoadSpec,
                       start: float) -> tuple[int, str | None, float | None]:
-    """Send one request and read the answer to the end: (chunks, problem or None, time to first chunk)."""
+    """One request read to the end: (chunks, problem or None, seconds to the first content chunk)."""
     first: float | None = None
     try:
         async with session.post(spec.url, data=spec.body, headers=spec.headers) as response:
             if spec.ttfc:
-                data, first = await read_timed(response, start)
+                parts: list[bytes] = []
+                async for piece in response.content.iter_any():
+                    parts.append(piece)
+                    if first is None and FIRST_WORD.search(b"".join(parts)):
+                        first = time.perf_counter() - start
+                data = b"".join(parts)
             else:
                 data = await response.read()
             if response.status != 200:
@@ -113,15 +88,16 @@ async def one_request(session: aiohttp.ClientSession, spec: LoadSpec,
 async def request_loop(session: aiohttp.ClientSession, spec: LoadSpec, deadline: float,
                        result: WorkerResult | None, delay: float) -> None:
     """Request after request on one connection until `deadline`; record only completed ones."""
-    if delay:
-        await asyncio.sleep(delay)
+    await asyncio.sleep(delay)
     while (start := time.perf_counter()) < deadline:
         chunks, error, first = await one_request(session, spec, start)
         end = time.perf_counter()
         if result is None or end > deadline:
             continue  # warm-up, or finished after the window closed: not counted
         if error is not None:
-            result.error(error)
+            result.errors += 1
+            if len(result.error_samples) < 5:
+                result.error_samples.append(error)
             continue
         result.requests += 1
         result.chunks += chunks
@@ -131,40 +107,30 @@ async def request_loop(session: aiohttp.ClientSession, spec: LoadSpec, deadline:
 
 
 async def run_worker(spec: LoadSpec, barrier: Barrier) -> WorkerResult:
-    connector = aiohttp.TCPConnector(limit=spec.connections, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
-    delays = spec.delays or (0.0,) * spec.connections
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        # Warm-up: open the keep-alive connections and let every process reach a steady state.
-        deadline = time.perf_counter() + spec.warmup
-        await asyncio.gather(*(request_loop(session, spec, deadline, None, d) for d in delays))
-        # Nothing is in flight here, so blocking the loop on the barrier costs nothing.
-        barrier.wait(timeout=REQUEST_TIMEOUT + spec.warmup + 30)
+    connector = aiohttp.TCPConnector(limit=len(spec.delays))
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)) as s:
+        deadline = time.perf_counter() + spec.warmup  # opens the keep-alive connections
+        await asyncio.gather(*(request_loop(s, spec, deadline, None, d) for d in spec.delays))
+        barrier.wait(timeout=REQUEST_TIMEOUT + spec.warmup + 30)  # nothing in flight: blocking is free
         result = WorkerResult()
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        deadline = wall0 + spec.seconds
-        await asyncio.gather(*(request_loop(session, spec, deadline, result, d) for d in delays))
+        await asyncio.gather(*(request_loop(s, spec, wall0 + spec.seconds, result, d) for d in spec.delays))
         result.cpu, result.wall = time.process_time() - cpu0, time.perf_counter() - wall0
     return result
 
 
 def worker_main(spec: LoadSpec, barrier: Barrier, results: mp.Queue[WorkerResult]) -> None:
     """Entry point of a load worker process."""
-    # The parent handles Ctrl-C, and terminates us: die quietly, without the parent's SIGTERM handler.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C, and terminates us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    # Everything forked from the parent (botocore and the proxy's modules, loaded by the SigV4
-    # micro-benchmark, and the earlier runs' leftovers) out of the collector's sight: otherwise each
-    # full collection walks it all, and pauses of tens of milliseconds show up as the paced test's
-    # TTFC p99 (measured: 15 ms -> 150 ms).
+    # What was forked from the parent out of the collector's sight: its full collections otherwise
+    # walk it all, and their pauses showed up as the paced test's TTFC p99 (15 ms -> 150 ms).
     gc.freeze()
     if spec.cpus is not None:
         os.sched_setaffinity(0, spec.cpus)
     try:
-        if uvloop is not None:
-            result = uvloop.run(run_worker(spec, barrier))
-        else:
-            result = asyncio.run(run_worker(spec, barrier))
+        run = uvloop.run if uvloop is not None else asyncio.run
+        result = run(run_worker(spec, barrier))
     except Exception as exc:  # reported by the parent, which has the terminal
         barrier.abort()
         result = WorkerResult(failure=f"{type(exc).__name__}: {exc}")
@@ -178,71 +144,70 @@ def split(total: int, parts: int) -> list[int]:
 
 
 def spread(counts: list[int], stagger: float) -> list[tuple[float, ...]]:
-    """Each worker's connection delays: connection j of worker w is the (w + j * workers)-th of all,
-    so starts interleave across the workers and cover `stagger` seconds evenly."""
+    """Each worker's connection delays, interleaved across workers and covering `stagger` evenly: 100
+    paced streams that start together stay in step (a burst every 200 ms, not 100 concurrent streams)."""
     total = sum(counts)
-    if not stagger:
-        return [() for _ in counts]
     return [tuple((w + j * len(counts)) / total * stagger for j in range(n)) for w, n in enumerate(counts)]
-
-
-@contextlib.contextmanager
-def workers(specs: list[LoadSpec], barrier: Barrier,
-            results: mp.Queue[WorkerResult]) -> Iterator[Sequence[mp.process.BaseProcess]]:
-    """Start the load workers, and terminate any still alive on the way out (error, Ctrl-C)."""
-    ctx = mp.get_context("fork")  # the parent runs no event loop, so forking it is safe
-    processes = [ctx.Process(target=worker_main, args=(spec, barrier, results), daemon=True) for spec in specs]
-    for process in processes:
-        process.start()
-    try:
-        yield processes
-    finally:
-        for process in processes:
-            if process.is_alive():
-                process.terminate()
-            process.join(timeout=5)
 
 
 def run_aiohttp(target: Target, scenario: Scenario, upstream: Server, settings: RunSettings,
                 stagger: float = 0.0) -> Measurement:
-    """Run one scenario against one target with the aiohttp workers; measure every process over
-    the same window. With `stagger`, the CPU window opens once every connection has started."""
-    body = target.body(scenario.stream)
+    """One scenario against one target; with `stagger`, the CPU window opens once all connections started."""
     counts = split(scenario.concurrency, settings.workers)
-    specs = [LoadSpec(target.url(scenario.stream), target.headers, body, scenario.stream, target.check, n,
-                      settings.warmup, settings.seconds, settings.pinning.generator, ttfc=scenario.paced,
-                      delays=delays)
-             for n, delays in zip(counts, spread(counts, stagger), strict=True)]
-    ctx = mp.get_context("fork")
+    specs = [LoadSpec(target.url(scenario.stream), target.headers, target.body(scenario.stream), scenario.stream,
+                      target.check, delays, settings.warmup, settings.seconds, settings.pinning.generator,
+                      ttfc=scenario.paced)
+             for delays in spread(counts, stagger)]
+    ctx = mp.get_context("fork")  # the parent runs no event loop, so forking it is safe
     barrier = ctx.Barrier(len(specs) + 1)
     queue: mp.Queue[WorkerResult] = ctx.Queue()
-    watched = [upstream.pid] + ([target.hop.pid] if target.hop else [])
-    with workers(specs, barrier, queue):
+    processes = [ctx.Process(target=worker_main, args=(spec, barrier, queue), daemon=True) for spec in specs]
+    for process in processes:
+        process.start()
+    try:
         barrier.wait(timeout=REQUEST_TIMEOUT + settings.warmup + 30)
         ramp = min(stagger, settings.seconds / 2)
         time.sleep(ramp)
-        window = CpuWindow(watched)
+        window = CpuWindow([upstream.pid] + ([target.hop.pid] if target.hop else []))
         time.sleep((settings.seconds - ramp) / 2)
         hop_rss = rss_mib(target.hop.pid) if target.hop else None
         time.sleep((settings.seconds - ramp) / 2)
         cpu = window.close()
-        # Read before joining: a worker cannot exit while its result is still in the pipe.
-        results = [queue.get(timeout=REQUEST_TIMEOUT + 30) for _ in specs]
+        results = [queue.get(timeout=REQUEST_TIMEOUT + 30) for _ in specs]  # before joining: pipes must drain
+    finally:  # an error, a Ctrl-C: no worker is left behind
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+            process.join(timeout=5)
     failures = [r.failure for r in results if r.failure]
     if failures:
         raise RuntimeError(f"load worker failed ({target.bench_path} {target.name} {scenario.name}): {failures[0]}")
     latencies = sorted(x for r in results for x in r.latencies)
-    outcome = LoadOutcome(
-        generator="aiohttp",
-        requests=sum(r.requests for r in results), chunks=sum(r.chunks for r in results),
-        errors=sum(r.errors for r in results), error_samples=[s for r in results for s in r.error_samples],
-        duration=settings.seconds,
-        p50_ms=percentile(latencies, 50) * 1000, p90_ms=percentile(latencies, 90) * 1000,
-        p99_ms=percentile(latencies, 99) * 1000, max_ms=(latencies[-1] * 1000 if latencies else 0.0),
-        # The workers' own windows are the whole measured window; scaled to the parent's, which
-        # may be shorter (the paced test's ramp).
-        generator_cpu=sum(r.cpu / r.wall for r in results if r.wall) * cpu.wall,
-        generator_busiest=max((r.cpu / r.wall for r in results if r.wall), default=0.0),
-        ttfc_ms=sorted(x * 1000 for r in results for x in r.ttfc),
-    )
-    return build_measurement(target, scenario, outcome, cpu, hop_rss)
+    shares = [r.cpu / r.wall for r in results if r.wall]  # each worker's window is the whole measured one
+    m = Measurement(target.bench_path, target.name, scenario.name, "aiohttp", sum(r.requests for r in results),
+                    sum(r.chunks for r in results), sum(r.errors for r in results),
+                    [s for r in results for s in r.error_samples][:5], settings.seconds,
+                    percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000, sum(shares),
+                    max(shares, default=0.0), sorted(x * 1000 for r in results for x in r.ttfc))
+    return m.with_window(cpu, hop_rss)
+
+
+PACED_STREAMS: Final = 100
+PACED: Final = Scenario(f"paced stream c={PACED_STREAMS}", True, PACED_STREAMS, paced=True)
+STREAM_SECONDS: Final = (STREAM_CHUNKS - 1) * PACE_SECONDS  # the upstream's own pacing, per stream
+
+
+def paced_targets(openai_targets: list[Target]) -> list[Target]:
+    """The openai path's targets, asking for the paced model."""
+    return [dataclasses.replace(t, body=lambda stream: openai_body(stream, PACED_MODEL)) for t in openai_targets]
+
+
+def run_paced(targets: list[Target], upstream: Server, settings: RunSettings) -> dict[str, Measurement]:
+    """The paced scenario against every target, by target name."""
+    paced = dataclasses.replace(settings, seconds=max(settings.seconds, 1.0))  # enough streams for a p99
+    results: dict[str, Measurement] = {}
+    for target in targets:
+        m = results[target.name] = run_aiohttp(target, PACED, upstream, paced, stagger=STREAM_SECONDS)
+        print(f"  paced  {target.name:<6} TTFC p50 {m.ttfc_p50_ms or 0:7.3f} ms  p99 {m.ttfc_p99_ms or 0:7.3f} ms  "
+              f"stream p50 {m.p50_ms:7.1f} ms  hop CPU {m.hop_cpu or 0:.0%}  errors {m.errors}", flush=True)
+    return results

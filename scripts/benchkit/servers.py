@@ -1,22 +1,10 @@
-"""The processes: pinning, starting and stopping the servers, and reading CPU and memory from /proc.
+"""The processes: pinning, the servers (and the bare relay's app), and CPU and memory from /proc.
 
-Pinning (`plan_pinning`): the proxy gets a CPU of its own whenever there are two; the bare relay
-runs on the same CPU (never at the same time as the proxy is measured); the upstream gets the first
-CPU and the load generator the rest, or, with only two CPUs, shares the upstream's. The benchmark's
-own process pins itself to the generator's CPUs for the runs (`pin_self`): its wake-ups (sampling,
-waiting for wrk) then never land on the proxy's CPU, and wrk, which it starts, inherits the mask
-before it creates its threads.
-
-The servers are subprocesses in their own sessions (a Ctrl-C reaches only us, and we stop them):
-the lean upstream and the relay are this benchmark's own `bench.py --serve-lean-upstream PORT` and
-`--serve-relay PORT`, which end in `run_app`; the proxy is `python -m tensorwall_proxy serve`.
-
-CPU time is user + system of all a process's threads from /proc/PID/stat (in clock ticks, 10 ms
-here, so a few seconds' window is precise to about 1%), sampled at the two ends of a window
-(`CpuWindow`), with the whole machine's busy and stolen time from /proc/stat over the same window:
-what no process of the benchmark used was used by someone else (another benchmark, a build), and
-a run disturbed that way is flagged, not silently read. RSS is VmRSS from /proc/PID/status, its
-peak VmHWM.
+The proxy gets a CPU of its own whenever there are two (the relay shares it, never measured at the
+same time); the upstream gets the first, the load generator the rest or, on two CPUs, the upstream's.
+The servers run in their own sessions (a Ctrl-C reaches only us, and we stop them). CPU time is user
++ system of all a process's threads, sampled at both ends of a window with the machine's busy and
+stolen time: what no process of the benchmark used, someone else did, and the run was disturbed.
 """
 
 from __future__ import annotations
@@ -28,18 +16,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Final
 
+import aiohttp
 from aiohttp import web
+from yarl import URL
 
-from .common import BENCH_SCRIPT, CLK_TCK, HOST, REPO, uvloop
+from .common import BENCH_SCRIPT, CLK_TCK, EVENTSTREAM, HOST, REPO, uvloop
 from .paths import BenchPath, proxy_config
-
-# --------------------------------------------------------------------------------------------------
-# Pinning
 
 
 @dataclass(frozen=True)
@@ -51,31 +38,18 @@ class Pinning:
     generator: frozenset[int] | None
     description: str
 
-    @property
-    def shared(self) -> bool:
-        """Whether the load generator shares its CPU with the upstream (a 2-CPU machine)."""
-        return self.generator is not None and self.generator == self.upstream
-
-
-def available_cpus() -> list[int]:
-    if hasattr(os, "sched_getaffinity"):
-        return sorted(os.sched_getaffinity(0))
-    return list(range(os.cpu_count() or 1))
-
 
 def plan_pinning(enabled: bool) -> Pinning:
     """Give the proxy a CPU of its own whenever there are two; the load shares with the upstream."""
-    cpus = available_cpus()
-    if not enabled or len(cpus) < 2 or not hasattr(os, "sched_setaffinity"):
-        why = "disabled by --no-pin" if not enabled else f"{len(cpus)} CPU(s), or no sched_setaffinity"
+    cpus = sorted(os.sched_getaffinity(0))
+    if not enabled or len(cpus) < 2:
+        why = "disabled by --no-pin" if not enabled else f"{len(cpus)} CPU"
         return Pinning(None, None, None, f"no pinning ({why}): all processes share every CPU")
     upstream, proxy, rest = cpus[0], cpus[1], cpus[2:]
     if rest:
         return Pinning(frozenset({upstream}), frozenset({proxy}), frozenset(rest),
                        f"upstream on CPU {upstream}, proxy and relay on CPU {proxy}, load generator on CPUs "
                        f"{','.join(map(str, rest))}")
-    # Two CPUs: the proxy is what is measured, so it gets one to itself; the load generator and the
-    # upstream share the other (so in direct runs that one CPU does all the work).
     return Pinning(frozenset({upstream}), frozenset({proxy}), frozenset({upstream}),
                    f"upstream on CPU {upstream}, proxy and relay alone on CPU {proxy}, load generator shares "
                    f"CPU {upstream} with the upstream (only 2 CPUs)")
@@ -95,13 +69,8 @@ def pin_self(cpus: frozenset[int] | None) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
-# --------------------------------------------------------------------------------------------------
-# Servers: start, wait until ready, stop
-
-
 def free_port() -> int:
-    """A port nobody listens on now (the OS picks it; the tiny race is harmless on loopback)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    with socket.socket() as sock:
         sock.bind((HOST, 0))
         port: int = sock.getsockname()[1]
         return port
@@ -120,25 +89,31 @@ class Server:
     def pid(self) -> int:
         return self.process.pid
 
-    @property
-    def base_url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
     def log_tail(self, lines: int = 20) -> str:
         self.log.flush()
-        text = Path(self.log.name).read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:])
+        return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-lines:])
 
 
-def start_server(name: str, argv: Sequence[str], port: int, cpus: frozenset[int] | None, log_dir: Path) -> Server:
-    """Start a server subprocess in its own session, so a Ctrl-C reaches only us and we stop it."""
+def start_server(name: str, argv: Sequence[str], cpus: frozenset[int] | None, log_dir: Path,
+                 ready: Callable[[int], bool]) -> Server:
+    """Start a server in its own session on a free port (its argv ends with it); wait until `ready`."""
+    port = free_port()
     log = open(log_dir / f"{name}.log", "w+b")  # noqa: SIM115 - closed by stop_server
-    process = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+    process = subprocess.Popen([*argv, str(port)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                                start_new_session=True)
-    if cpus is not None:
-        # Right after fork/exec the interpreter has no other thread yet; threads inherit the mask.
+    if cpus is not None:  # right after exec the interpreter has no other thread yet; threads inherit it
         os.sched_setaffinity(process.pid, cpus)
-    return Server(name, process, port, log)
+    server = Server(name, process, port, log)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{server.log_tail()}")
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            if ready(port):
+                return server
+        time.sleep(0.05)
+    stop_server(server)
+    raise RuntimeError(f"{name} did not become ready within 20 s:\n{server.log_tail()}")
 
 
 def stop_server(server: Server) -> None:
@@ -151,19 +126,6 @@ def stop_server(server: Server) -> None:
             server.process.kill()
             server.process.wait()
     server.log.close()
-
-
-def wait_until(ready: Callable[[], bool], server: Server, timeout: float = 20.0) -> None:
-    """Poll `ready` until it holds; fail at once, with the server's log, if the server died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"{server.name} exited with {server.process.returncode}:\n{server.log_tail()}")
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            if ready():
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"{server.name} did not become ready within {timeout:g}s:\n{server.log_tail()}")
 
 
 def tcp_accepts(port: int) -> bool:
@@ -183,36 +145,62 @@ def http_request(port: int, method: str, path: str, body: bytes | None = None,
         conn.close()
 
 
-def start_upstream(kind: str, paths: Sequence[BenchPath], pinning: Pinning, log_dir: Path) -> Server:
-    """The lean upstream (this benchmark's own, in a subprocess) or tests/fakes' (`kind` "fake")."""
-    port = free_port()
-    if kind == "lean":
-        argv = [sys.executable, str(BENCH_SCRIPT), "--path", ",".join(p.name for p in paths),
-                "--serve-lean-upstream", str(port)]
-    else:
-        argv = [sys.executable, str(REPO / "scripts" / "fake_upstream.py"), "--host", HOST, "--port", str(port)]
-    server = start_server("upstream", argv, port, pinning.upstream, log_dir)
-    wait_until(lambda: tcp_accepts(port), server)
-    return server
+def start_servers(paths: Sequence[BenchPath], pinning: Pinning, log_dir: Path) -> list[Server]:
+    """The lean upstream, the relay and the proxy, in that order (the caller stops them)."""
+    bench = [sys.executable, str(BENCH_SCRIPT)]
+    servers = [start_server("upstream", [*bench, "--path", ",".join(p.name for p in paths), "--serve-lean-upstream"],
+                            pinning.upstream, log_dir, tcp_accepts)]
+    try:
+        upstream = f"http://{HOST}:{servers[0].port}"
+        servers.append(start_server("relay", [*bench, "--relay-to", upstream, "--serve-relay"], pinning.proxy,
+                                    log_dir, tcp_accepts))
+        config = log_dir / "bench-config.yaml"
+        config.write_text(proxy_config(paths, upstream))
+        servers.append(start_server(
+            "proxy", [sys.executable, "-m", "tensorwall_proxy", "serve", "--config", str(config), "--host", HOST,
+                      "--port"], pinning.proxy, log_dir, lambda port: http_request(port, "GET", "/healthz")[0] == 200))
+    except BaseException:
+        for server in servers:
+            stop_server(server)
+        raise
+    return servers
 
 
-def start_proxy(paths: Sequence[BenchPath], upstream: Server, pinning: Pinning, log_dir: Path) -> Server:
-    port = free_port()
-    config = log_dir / "bench-config.yaml"
-    config.write_text(proxy_config(paths, upstream.base_url))
-    argv = [sys.executable, "-m", "tensorwall_proxy", "serve", "--config", str(config), "--host", HOST,
-            "--port", str(port)]
-    server = start_server("proxy", argv, port, pinning.proxy, log_dir)
-    wait_until(lambda: http_request(port, "GET", "/healthz")[0] == 200, server)
-    return server
+# The bare relay, the yardstick of the proxy's targets: any POST on with the same path, headers and bytes
+# over a pooled session, the answer back as it arrives. What is left is aiohttp's own work on a hop.
+RELAY_SESSION: Final = web.AppKey("relay_session", aiohttp.ClientSession)
+# Headers that describe one connection or one body, not the request: aiohttp sets its own.
+_HOP_HEADERS: Final = frozenset({"host", "content-length", "connection", "keep-alive", "transfer-encoding"})
+_STREAMED: Final = frozenset({"text/event-stream", EVENTSTREAM})
 
 
-def start_relay(upstream: Server, pinning: Pinning, log_dir: Path) -> Server:
-    port = free_port()
-    argv = [sys.executable, str(BENCH_SCRIPT), "--serve-relay", str(port), "--relay-to", upstream.base_url]
-    server = start_server("relay", argv, port, pinning.proxy, log_dir)
-    wait_until(lambda: tcp_accepts(port), server)
-    return server
+def bare_relay_app(upstream_base: str) -> web.Application:
+    """Same path, same bytes, same headers to the upstream; the answer back as it arrives."""
+
+    async def session(app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(limit=1024, limit_per_host=0)
+        app[RELAY_SESSION] = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60))
+        yield
+        await app[RELAY_SESSION].close()
+
+    async def relay(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+        url = URL(upstream_base + request.path_qs, encoded=True)  # still percent-encoded, as received
+        async with request.app[RELAY_SESSION].post(url, data=body, headers=headers) as upstream:
+            if upstream.content_type not in _STREAMED:
+                return web.Response(status=upstream.status, body=await upstream.read(),
+                                    content_type=upstream.content_type)
+            response = web.StreamResponse(status=upstream.status, headers={"Content-Type": upstream.content_type})
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            return response
+
+    app = web.Application()
+    app.cleanup_ctx.append(session)
+    app.router.add_post("/{tail:.*}", relay)
+    return app
 
 
 def run_app(app: web.Application, port: int) -> int:
@@ -223,50 +211,26 @@ def run_app(app: web.Application, port: int) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------------------------------
-# /proc: CPU time and memory
-
-
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) from /proc/PID/stat.
-
-    It still reads after the process exited, until it is reaped: wrk.py waits for wrk with WNOWAIT
-    and reads its total here before reaping it.
-    """
+    """User + system CPU time of a process (all its threads); readable until the process is reaped."""
     stat = Path(f"/proc/{pid}/stat").read_text()
-    # The command name (field 2) may hold spaces: split after its closing parenthesis.
-    fields = stat[stat.rindex(")") + 2:].split()
-    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
-    return (utime + stime) / CLK_TCK
-
-
-def _status_mib(pid: int, key: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {key} for pid {pid}")
+    fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime: fields 14 and 15 of proc(5)
 
 
 def rss_mib(pid: int) -> float:
-    """Resident set size from /proc/PID/status, in MiB."""
-    return _status_mib(pid, "VmRSS:")
-
-
-def peak_rss_mib(pid: int) -> float:
-    """The highest resident set size the process has had (VmHWM), in MiB."""
-    return _status_mib(pid, "VmHWM:")
+    """Resident set size (VmRSS) in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def machine_cpu_seconds() -> tuple[float, float]:
-    """(user + nice + system, steal) CPU seconds of all CPUs since boot, from /proc/stat's `cpu` line.
-
-    Busy time of every process, ours or not; irq and softirq time (loopback traffic is mostly
-    softirq) is left out, since the kernel charges it to no process.
-    """
+    """(user + nice + system, steal) CPU seconds of all CPUs since boot (irq time is charged to no one)."""
     with open("/proc/stat") as stat:
         fields = stat.readline().split()
-    user, nice, system, steal = int(fields[1]), int(fields[2]), int(fields[3]), int(fields[8])
-    return (user + nice + system) / CLK_TCK, steal / CLK_TCK
+    return (int(fields[1]) + int(fields[2]) + int(fields[3])) / CLK_TCK, int(fields[8]) / CLK_TCK
 
 
 @dataclass(frozen=True)
@@ -275,13 +239,12 @@ class WindowCpu:
 
     used: list[float]
     wall: float
-    machine_busy: float  # CPU seconds all CPUs spent running any process (user + nice + system)
-    steal: float  # CPU seconds the hypervisor gave to others while this VM's CPUs wanted to run
+    machine_busy: float
+    steal: float
 
 
 class CpuWindow:
-    """The CPU seconds of some processes, the machine's busy and stolen time, and the wall time,
-    between `__init__` and `close`."""
+    """The CPU seconds of some processes and of the machine, and the wall time, from here to `close`."""
 
     def __init__(self, pids: Sequence[int]) -> None:
         self.pids = list(pids)

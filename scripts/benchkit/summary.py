@@ -1,41 +1,21 @@
-"""The one summary table, its targets, and the JSON file.
+"""The one summary table: a row per measurement, columns direct, relay, proxy, proxy/relay, target, met.
 
-A row per measurement; columns direct, relay, proxy, proxy/relay, target, met. The targets (the
-project's issue) are ratios against the bare relay and differences from direct, measured in the
-same run, so they hold on any machine:
-
-    throughput, c=N unary and stream (openai)  proxy >= 0.9 x relay
-    added latency p50 at c=1 (openai)          proxy's added p50 within 0.1 ms of the relay's
-    paced test: TTFC p50                       proxy within 5 ms of direct
-    paced test: hop CPU                        proxy < 0.5 of a core
-    idle RSS                                   proxy <= 50 MiB
-    translation CPU per request and per stream proxy on anthropic, vertex, bedrock <= 1.5 x
-      at c=N                                   the proxy on openai (the passthrough)
-    failed requests                            0
-
-Rows without a target are there to read the others by (latency at c=1, the paced stream times,
-loaded RSS); SigV4 is reported, not judged: bedrock-sigv4's CPU per request beside bedrock's when
-that path ran, and the micro-benchmark's microseconds per signature always. `met` is "n/a" when
-what a target compares with was not measured (no relay, no paced test). The notes under the table
-name every relay or proxy run whose rate the load side capped (there the ratio is not the hops'),
-and every run behind a row during which processes not of the benchmark were busy.
-The table prints as Markdown (pipes), to be pasted into the README as is.
+Targets are ratios against the bare relay and differences from direct in the same run, so they hold
+on any machine; rows without one are there to read the others by; `met` is None when what a target
+compares with was not measured. The notes name the judged runs the load side capped (proxy/relay is
+then not the hops' ratio) and the runs other work disturbed. Markdown, for the README.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Final
 
-from .common import Json
-from .measurement import Measurement
-from .microbench import MicroBench
-from .paths import BASELINE, PATHS
-from .report import PathResults, Rss, disturbance, fmt, load_side_limit, minus, over, ratio
+from .common import OTHER_LOAD, SATURATED, Json
+from .paths import BASELINE
 from .servers import Pinning
+from .targets import Measurement
 
 THROUGHPUT_RATIO: Final = 0.9  # proxy >= this x relay at c=N
 ADDED_P50_MS: Final = 0.1  # proxy's added p50 at c=1 <= relay's + this
@@ -44,13 +24,27 @@ PACED_CPU: Final = 0.5  # paced: proxy's CPU < this share of one core
 IDLE_RSS_MIB: Final = 50.0
 TRANSLATION_RATIO: Final = 1.5  # a translating path's proxy CPU per request <= this x openai's
 
-Triple = tuple[float | None, float | None, float | None]  # direct, relay, proxy
+Results = dict[tuple[str, str], Measurement]  # one path's runs, by (target, scenario)
+PathResults = dict[str, Results]  # by path name, the baseline first
+Rss = dict[str, dict[str, float]]  # by hop name: idle, loaded (the largest mid-run sample)
+Metric = Callable[[Measurement], float | None]
+
+
+def fmt(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def over(top: float | None, bottom: float | None) -> float | None:
+    return None if top is None or not bottom else top / bottom
+
+
+def judge(value: float | None, test: Callable[[float], bool]) -> bool | None:
+    """Whether a target was met; None when the value (or what it compares with) was not measured."""
+    return None if value is None else test(value)
 
 
 @dataclass
 class SummaryRow:
-    """One line of the summary: the three targets' values, the target and whether it was met."""
-
     key: str  # stable id for the JSON
     measurement: str
     direct: float | None
@@ -58,12 +52,8 @@ class SummaryRow:
     proxy: float | None
     digits: int
     target: str = ""  # empty: for reading the others by
-    met: bool | None = None  # None: no target, or nothing to compare with
+    met: bool | None = None
     judged: bool = True  # False: the target column holds a reading, not a target (SigV4)
-
-    @property
-    def proxy_over_relay(self) -> float | None:
-        return over(self.proxy, self.relay)
 
     def met_text(self) -> str:
         if not self.target or not self.judged:
@@ -71,120 +61,85 @@ class SummaryRow:
         return "n/a" if self.met is None else ("met" if self.met else "NOT MET")
 
     def cells(self) -> list[str]:
+        ratio = over(self.proxy, self.relay)
         return [self.measurement, fmt(self.direct, self.digits), fmt(self.relay, self.digits),
-                fmt(self.proxy, self.digits), ratio(self.proxy, self.relay), self.target, self.met_text()]
+                fmt(self.proxy, self.digits), fmt(ratio, 2), self.target, self.met_text()]
 
     def as_json(self) -> Json:
-        return {**asdict(self), "proxy_over_relay": self.proxy_over_relay, "met_text": self.met_text()}
+        return {**asdict(self), "proxy_over_relay": over(self.proxy, self.relay), "met_text": self.met_text()}
 
 
-def _check(value: float | None, test: Callable[[float], bool]) -> bool | None:
-    return None if value is None else test(value)
-
-
-def summary_rows(by_path: PathResults, paced: dict[str, Measurement] | None, rss: Rss,
-                 micro: dict[str, MicroBench], measurements: Sequence[Measurement], concurrency: int) -> list[SummaryRow]:
+def summary_rows(by_path: PathResults, paced: dict[str, Measurement] | None, rss: Rss, sigv4_us: float | None,
+                 concurrency: int) -> list[SummaryRow]:
     """Every summary row this run can fill (a path not run, or no paced test, leaves its rows out)."""
-    rows: list[SummaryRow] = []
     base_name = BASELINE if BASELINE in by_path else next(iter(by_path))
     base = by_path[base_name]
-
-    def get(target: str, scenario: str, metric: Callable[[Measurement], float | None],
-            results: dict[tuple[str, str], Measurement] = base) -> float | None:
-        m = results.get((target, scenario))
-        return None if m is None else metric(m)
-
-    def three(scenario: str, metric: Callable[[Measurement], float | None]) -> Triple:
-        return get("direct", scenario, metric), get("relay", scenario, metric), get("proxy", scenario, metric)
-
     unary_n, stream_n = f"unary c={concurrency}", f"stream c={concurrency}"
+
+    def three(results: Results, metric: Metric, scenario: str = "paced") -> list[float | None]:
+        found = [results.get((t, scenario)) for t in ("direct", "relay", "proxy")]
+        return [None if m is None else metric(m) for m in found]
+
+    def row(key: str, label: str, values: list[float | None], digits: int, target: str = "",
+            met: bool | None = None) -> None:
+        rows.append(SummaryRow(key, label, values[0], values[1], values[2], digits, target, met))
+
+    rows: list[SummaryRow] = []
     for scenario, what in ((unary_n, "requests/s"), (stream_n, "streams/s")):
-        d, r, p = three(scenario, lambda m: m.rps)
-        rows.append(SummaryRow(f"{base_name}.{scenario}.rps", f"{what}, {scenario} ({base_name})", d, r, p, 0,
-                               f"proxy >= {THROUGHPUT_RATIO:g}x relay",
-                               None if r is None or p is None else p >= THROUGHPUT_RATIO * r))
-    d, r, p = three(stream_n, lambda m: m.chunks_per_s)
-    rows.append(SummaryRow(f"{base_name}.{stream_n}.chunks", f"chunks/s, {stream_n} ({base_name})", d, r, p, 0))
-    d, r, p = three("unary c=1", lambda m: m.rps)
-    rows.append(SummaryRow(f"{base_name}.unary c=1.rps", f"requests/s, unary c=1 ({base_name})", d, r, p, 0))
-    latencies: tuple[tuple[str, Callable[[Measurement], float | None]], ...] = (
-        ("p50", lambda m: m.p50_ms), ("p99", lambda m: m.p99_ms))
-    for q, metric in latencies:
-        d, r, p = three("unary c=1", metric)
-        rows.append(SummaryRow(f"{base_name}.unary c=1.{q}", f"latency {q} ms, unary c=1 ({base_name})", d, r, p, 3))
-    direct_p50 = get("direct", "unary c=1", lambda m: m.p50_ms)
-    relay_added = minus(get("relay", "unary c=1", lambda m: m.p50_ms), direct_p50)
-    proxy_added = minus(get("proxy", "unary c=1", lambda m: m.p50_ms), direct_p50)
-    rows.append(SummaryRow(f"{base_name}.unary c=1.added_p50", f"added latency p50 ms, unary c=1 ({base_name}, vs direct)",
-                           None, relay_added, proxy_added, 3, f"proxy <= relay + {ADDED_P50_MS:g} ms",
-                           None if relay_added is None or proxy_added is None
-                           else proxy_added <= relay_added + ADDED_P50_MS))
+        d, r, p = three(base, lambda m: m.rps, scenario)
+        row(f"{base_name}.{scenario}.rps", f"{what}, {scenario} ({base_name})", [d, r, p], 0,
+            f"proxy >= {THROUGHPUT_RATIO:g}x relay", judge(over(p, r), lambda v: v >= THROUGHPUT_RATIO))
+    row(f"{base_name}.{stream_n}.chunks", f"chunks/s, {stream_n} ({base_name})",
+        three(base, lambda m: m.chunks_per_s, stream_n), 0)
+    row(f"{base_name}.unary c=1.rps", f"requests/s, unary c=1 ({base_name})", three(base, lambda m: m.rps, "unary c=1"), 0)
+    for q, metric in (("p50", lambda m: m.p50_ms), ("p99", lambda m: m.p99_ms)):
+        row(f"{base_name}.unary c=1.{q}", f"latency {q} ms, unary c=1 ({base_name})", three(base, metric, "unary c=1"), 3)
+    d, r, p = three(base, lambda m: m.p50_ms, "unary c=1")
+    relay_added, proxy_added = (None if x is None or d is None else x - d for x in (r, p))
+    both = None if relay_added is None or proxy_added is None else proxy_added - relay_added
+    row(f"{base_name}.unary c=1.added_p50", f"added latency p50 ms, unary c=1 ({base_name}, vs direct)",
+        [None, relay_added, proxy_added], 3, f"proxy <= relay + {ADDED_P50_MS:g} ms", judge(both, lambda v: v <= ADDED_P50_MS))
 
     if paced:
-        def each(metric: Callable[[Measurement], float | None]) -> Triple:
-            d, r, p = (metric(paced[t]) if t in paced else None for t in ("direct", "relay", "proxy"))
-            return d, r, p
+        paced_runs = {(t, "paced"): m for t, m in paced.items()}
+        d, r, p = three(paced_runs, lambda m: m.ttfc_p50_ms)
+        row("paced.ttfc_p50", "paced 100 streams: TTFC p50 ms", [d, r, p], 3, f"proxy <= direct + {TTFC_MS:g} ms",
+            judge(None if d is None or p is None else p - d, lambda v: v <= TTFC_MS))
+        for key, label, metric, digits in (("paced.ttfc_p99", "TTFC p99 ms", lambda m: m.ttfc_p99_ms, 3),
+                                           ("paced.stream_p50", "stream time p50 ms", lambda m: m.p50_ms, 1),
+                                           ("paced.stream_p99", "stream time p99 ms", lambda m: m.p99_ms, 1)):
+            row(key, f"paced 100 streams: {label}", three(paced_runs, metric), digits)
+        d, r, p = three(paced_runs, lambda m: m.hop_cpu)
+        row("paced.hop_cpu", "paced 100 streams: hop CPU, share of one core", [d, r, p], 2,
+            f"proxy < {PACED_CPU:g} core", judge(p, lambda v: v < PACED_CPU))
 
-        d, r, p = each(lambda m: m.ttfc_p50_ms)
-        rows.append(SummaryRow("paced.ttfc_p50", "paced 100 streams: TTFC p50 ms", d, r, p, 3,
-                               f"proxy <= direct + {TTFC_MS:g} ms",
-                               None if d is None or p is None else p <= d + TTFC_MS))
-        for key, label, metric, digits in (
-                ("paced.ttfc_p99", "TTFC p99 ms", lambda m: m.ttfc_p99_ms, 3),
-                ("paced.stream_p50", "stream time p50 ms", lambda m: m.p50_ms, 1),
-                ("paced.stream_p99", "stream time p99 ms", lambda m: m.p99_ms, 1)):
-            d, r, p = each(metric)
-            rows.append(SummaryRow(key, f"paced 100 streams: {label}", d, r, p, digits))
-        d, r, p = each(lambda m: m.hop_cpu)
-        rows.append(SummaryRow("paced.hop_cpu", "paced 100 streams: hop CPU, share of one core", d, r, p, 2,
-                               f"proxy < {PACED_CPU:g} core", _check(p, lambda v: v < PACED_CPU)))
+    idle = [None, rss.get("relay", {}).get("idle"), rss.get("proxy", {}).get("idle")]
+    row("rss.idle", "RSS MiB, idle", idle, 1, f"proxy <= {IDLE_RSS_MIB:g} MiB", judge(idle[2], lambda v: v <= IDLE_RSS_MIB))
+    row("rss.loaded", "RSS MiB, loaded (max mid-run sample)",
+        [None, rss.get("relay", {}).get("loaded"), rss.get("proxy", {}).get("loaded")], 1)
 
-    relay_idle, proxy_idle = rss.get("relay", {}).get("idle"), rss.get("proxy", {}).get("idle")
-    rows.append(SummaryRow("rss.idle", "RSS MiB, idle", None, relay_idle, proxy_idle, 1, f"proxy <= {IDLE_RSS_MIB:g} MiB",
-                           _check(proxy_idle, lambda v: v <= IDLE_RSS_MIB)))
-    rows.append(SummaryRow("rss.loaded", "RSS MiB, loaded (max mid-run sample)", None,
-                           rss.get("relay", {}).get("loaded"), rss.get("proxy", {}).get("loaded"), 1))
-
-    translating = [p for p in by_path if p != base_name and PATHS[p].variant_of is None]
     for scenario, unit in ((unary_n, "req"), (stream_n, "stream")):
-        reference = get("proxy", scenario, lambda m: m.hop_cpu_ms_per_req)
-        for path in translating:
-            results = by_path[path]
-            relay = get("relay", scenario, lambda m: m.hop_cpu_ms_per_req, results)
-            proxy = get("proxy", scenario, lambda m: m.hop_cpu_ms_per_req, results)
+        reference = three(base, lambda m: m.hop_cpu_ms_per_req, scenario)[2]
+        for path in (p for p in by_path if p != base_name):
+            _, relay, proxy = three(by_path[path], lambda m: m.hop_cpu_ms_per_req, scenario)
             times = over(proxy, reference)
-            target = (f"<= {TRANSLATION_RATIO:g}x {base_name}'s {fmt(reference, 3)} "
-                      f"(is {'-' if times is None else f'{times:.2f}x'})")
-            rows.append(SummaryRow(f"{path}.{scenario}.cpu_ms", f"{path}: hop CPU ms/{unit}, {scenario}",
-                                   None, relay, proxy, 3, target, _check(times, lambda v: v <= TRANSLATION_RATIO)))
-
-    for path in (p for p in by_path if PATHS[p].variant_of in by_path):
-        of = PATHS[path].variant_of
-        assert of is not None
-        for scenario, unit in ((unary_n, "req"), (stream_n, "stream")):
-            reference = get("proxy", scenario, lambda m: m.hop_cpu_ms_per_req, by_path[of])
-            relay = get("relay", scenario, lambda m: m.hop_cpu_ms_per_req, by_path[path])
-            proxy = get("proxy", scenario, lambda m: m.hop_cpu_ms_per_req, by_path[path])
-            diff = minus(proxy, reference)
-            note = f"reported: {'-' if diff is None else f'{diff:+.3f}'} ms vs {of} ({ratio(proxy, reference)}x)"
-            rows.append(SummaryRow(f"{path}.{scenario}.cpu_ms", f"{path}: hop CPU ms/{unit}, {scenario}",
-                                   None, relay, proxy, 3, note, judged=False))
-    sigv4 = micro.get("bedrock-sigv4")
-    if sigv4 is not None:
-        bedrock = get("proxy", unary_n, lambda m: m.hop_cpu_ms_per_req, by_path["bedrock"]) if "bedrock" in by_path else None
-        share = "" if not bedrock else f", {sigv4.best_us / 1000 / bedrock:.0%} of bedrock's proxy CPU/req"
+            target = f"<= {TRANSLATION_RATIO:g}x {base_name}'s {fmt(reference, 3)} (is {fmt(times, 2)}x)"
+            row(f"{path}.{scenario}.cpu_ms", f"{path}: hop CPU ms/{unit}, {scenario}", [None, relay, proxy], 3, target,
+                judge(times, lambda v: v <= TRANSLATION_RATIO))
+    if sigv4_us is not None:
+        bedrock = by_path.get("bedrock", {}).get(("proxy", unary_n))
+        cpu = bedrock.hop_cpu_ms_per_req if bedrock else None
+        share = f", {sigv4_us / 1000 / cpu:.0%} of bedrock's proxy CPU/req" if cpu else ""
         rows.append(SummaryRow("sigv4.microbench_us", "SigV4: sign_sigv4 us per signature (micro-benchmark)",
-                               None, None, sigv4.best_us, 1, f"reported{share}", judged=False))
+                               None, None, sigv4_us, 1, f"reported{share}", judged=False))
 
-    errors = {t: sum(m.errors for m in measurements if m.target == t) for t in ("direct", "relay", "proxy")}
-    has_relay = any(m.target == "relay" for m in measurements)
-    rows.append(SummaryRow("errors", "failed requests, all runs", errors["direct"],
-                           errors["relay"] if has_relay else None, errors["proxy"], 0, "0 in every column",
-                           sum(errors.values()) == 0))
+    runs = [m for results in by_path.values() for m in results.values()] + list((paced or {}).values())
+    errors = [sum(m.errors for m in runs if m.target == t) for t in ("direct", "relay", "proxy")]
+    row("errors", "failed requests, all runs", [float(e) for e in errors], 0, "0 in every column", sum(errors) == 0)
     return rows
 
 
-def markdown_table(rows: list[SummaryRow]) -> list[str]:
+def markdown_table(rows: Sequence[SummaryRow]) -> list[str]:
     """The rows as a Markdown table, padded so it also reads as plain text."""
     header = ["measurement", "direct", "relay", "proxy", "proxy/relay", "target", "met"]
     cells = [row.cells() for row in rows]
@@ -192,53 +147,48 @@ def markdown_table(rows: list[SummaryRow]) -> list[str]:
     right = {1, 2, 3, 4}
 
     def line(values: list[str]) -> str:
-        padded = [v.rjust(w) if i in right else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True))]
-        return "| " + " | ".join(padded) + " |"
+        return "| " + " | ".join(v.rjust(w) if i in right else v.ljust(w)
+                                 for i, (v, w) in enumerate(zip(values, widths, strict=True))) + " |"
 
     rule = "|" + "|".join(("-" * (w + 1) + ":") if i in right else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
     return [line(header), rule, *(line(c) for c in cells)]
 
 
+def load_side_limit(m: Measurement, pinning: Pinning) -> list[str]:
+    """What on the load side (the generator, the CPU it shares with the upstream) was full in a run."""
+    found: list[str] = []
+    gen = m.generator.split()[0]
+    if m.generator_busiest >= SATURATED:  # one event loop is one thread: it cannot go faster
+        found.append(f"the load generator ({gen} at {m.generator_busiest:.0%} of a core in one thread)")
+    if pinning.generator is not None and pinning.generator == pinning.upstream and m.generator_cpu + m.upstream_cpu >= SATURATED:
+        found.append(f"the CPU the load generator shares with the upstream ({gen} {m.generator_cpu:.0%} "
+                     f"+ upstream {m.upstream_cpu:.0%})")
+    return found
+
+
 def limit_notes(by_path: PathResults, paced: dict[str, Measurement] | None, pinning: Pinning,
                 concurrency: int) -> list[str]:
-    """The runs behind the summary's judged rows that the load side capped, or other work disturbed."""
-    notes: list[str] = []
-    base_name = BASELINE if BASELINE in by_path else next(iter(by_path))
-    capped = [by_path[base_name].get((t, f"{kind} c={concurrency}")) for kind in ("unary", "stream")
-              for t in ("relay", "proxy")]
+    """The runs behind the judged rows that the load side capped, or that other work disturbed."""
+    base = by_path[BASELINE if BASELINE in by_path else next(iter(by_path))]
+    capped = [base.get((t, f"{kind} c={concurrency}")) for kind in ("unary", "stream") for t in ("relay", "proxy")]
     capped += [paced[t] for t in ("relay", "proxy") if paced and t in paced]
-    for m in capped:
-        if m is not None and (found := load_side_limit(m, pinning)):
-            notes.append(f"- {m.path} {m.target} {m.scenario}: the load side was the limit, not the {m.target}: "
-                         f"{'; '.join(found)}")
-    behind = {path: [m for (_, scenario), m in results.items()
-                     if scenario in ("unary c=1", f"unary c={concurrency}", f"stream c={concurrency}")]
-              for path, results in by_path.items()}
-    if paced:
-        behind["paced test"] = list(paced.values())
-    for path, runs in behind.items():
-        disturbed = [f"{m.target} {m.scenario} {m.other_cpu:.0%}" for m in runs if disturbance(m) is not None]
-        if disturbed:
-            notes.append(f"- {path}: disturbed by other work (its CPU, in shares of a core): {', '.join(disturbed)}")
+    notes = [f"- {m.path} {m.target} {m.scenario}: the load side was the limit: {'; '.join(found)}"
+             for m in capped if m is not None and (found := load_side_limit(m, pinning))]
+    runs = [m for results in by_path.values() for m in results.values()] + list((paced or {}).values())
+    disturbed = [m.other_cpu + m.steal_cpu for m in runs if m.other_cpu >= OTHER_LOAD or m.steal_cpu >= OTHER_LOAD]
+    if disturbed:
+        notes.append(f"- {len(disturbed)} of {len(runs)} runs disturbed by other work on the machine (up to "
+                     f"{max(disturbed):.0%} of a core, hypervisor steal included)")
     return notes
 
 
-def judged(rows: list[SummaryRow]) -> list[SummaryRow]:
-    """The rows with a target."""
-    return [r for r in rows if r.target and r.judged]
-
-
 def summary_lines(rows: list[SummaryRow], notes: list[str], generator: str) -> list[str]:
-    targets = judged(rows)
-    met, missed = sum(r.met is True for r in targets), sum(r.met is False for r in targets)
-    unknown = len(targets) - met - missed
+    judged = [r for r in rows if r.target and r.judged]
+    met, missed = sum(r.met is True for r in judged), sum(r.met is False for r in judged)
+    unknown = len(judged) - met - missed
     lines = ["", f"=== summary (load generator: {generator}; Markdown) ===", "", *markdown_table(rows), "",
-             f"targets met: {met} of {len(targets)}" + (f" ({unknown} n/a: not measured in this run)" if unknown else "")]
+             f"targets met: {met} of {len(judged)}" + (f" ({unknown} n/a: not measured in this run)" if unknown else "")]
     if notes:
         lines += ["", "Runs behind the summary that the load side capped (their proxy/relay ratio is not the hops') "
                   "or that other work on the machine disturbed (rerun on a quiet machine):", *notes]
     return lines
-
-
-def write_json(path: str, document: Json) -> None:
-    Path(path).write_text(json.dumps(document, indent=2) + "\n")

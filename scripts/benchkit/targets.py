@@ -1,32 +1,30 @@
-"""Targets and scenarios: where a run's requests go, and what kind of load it is.
+"""Targets, scenarios and runs: where a run's requests go, what load it is, what it measured.
 
-A target is direct (the upstream's own URL, the request its provider API wants), relay (the same
-request to the bare relay, which forwards it unchanged) or proxy (`/v1/chat/completions` with the
-gateway key and the caller's Bearer key, OpenAI's shape on every path; only the model differs).
-Before anything is measured, `sanity_check` sends one unary and one streamed request to every
-target and checks the answers whole: wrk reads answers without looking at them, so this is where
-a broken body would show, and where each target's chunks per stream are counted for chunks/s.
+A target is direct (the upstream's URL, its provider's request), relay (the same, to the bare relay)
+or proxy (`/v1/chat/completions`, OpenAI's shape on every path; only the model differs). The sanity
+check runs before anything is measured: wrk reads answers without looking at them. A `Measurement`
+comes from the load generator and a `servers.CpuWindow` on the upstream and the hop; `other_cpu` is
+the machine's busy time no process of the benchmark accounts for: that run was disturbed.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from yarl import URL
 
-from .common import CALLER_KEY, GATEWAY_KEY, HOST
-from .paths import BenchPath
-from .servers import Server, http_request
-from .wire import Check, check_openai, openai_body
+from .common import CALLER_KEY, GATEWAY_KEY, HOST, Json, percentile
+from .paths import BenchPath, Check, check_openai, openai_body
+from .servers import Pinning, Server, WindowCpu, http_request
 
 
 @dataclass(frozen=True)
 class Target:
-    """Where a run's requests go: direct to the upstream, through the bare relay, or through the proxy."""
-
-    name: str
-    bench_path: str  # the BenchPath's name: which way through the proxy
+    name: str  # direct, relay or proxy
+    bench_path: str  # which way through the proxy
     port: int
     path: Callable[[bool], str]  # stream? -> the URL path (and query), percent-encoded
     headers: dict[str, str]
@@ -35,7 +33,7 @@ class Target:
     hop: Server | None  # the process between client and upstream, whose CPU is the hop's cost
 
     def url(self, stream: bool) -> URL:
-        # Paths are written encoded: yarl would otherwise decode `%3A` to `:` on the wire.
+        # Written encoded: yarl would otherwise decode `%3A` to `:` on the wire.
         return URL(f"http://{HOST}:{self.port}{self.path(stream)}", encoded=True)
 
 
@@ -44,7 +42,7 @@ class Scenario:
     name: str
     stream: bool
     concurrency: int
-    paced: bool = False  # the paced test (paced.py): time to first chunk, aiohttp generator only
+    paced: bool = False  # the paced test: time to first chunk, aiohttp generator only
 
 
 def load_scenarios(concurrency: int) -> list[Scenario]:
@@ -54,41 +52,108 @@ def load_scenarios(concurrency: int) -> list[Scenario]:
             Scenario("stream c=1", True, 1), Scenario(f"stream c={n}", True, n)]
 
 
-def make_targets(path: BenchPath, upstream: Server, relay: Server | None, proxy: Server) -> list[Target]:
-    """direct, relay (when started) and proxy: the same request, each the way its receiver wants it."""
-    targets = [Target("direct", path.name, upstream.port, path.direct_target, path.direct_headers,
-                      path.direct_body, path.direct_check, None)]
-    if relay is not None:
-        # The relay forwards bytes unchanged, so it gets exactly the direct request.
-        targets.append(Target("relay", path.name, relay.port, path.direct_target, path.direct_headers,
-                              path.direct_body, path.direct_check, relay))
-    # Through the proxy the caller speaks OpenAI on every path; only the model differs.
+def make_targets(path: BenchPath, upstream: Server, relay: Server, proxy: Server) -> list[Target]:
+    """direct, relay and proxy: the same request, each the way its receiver wants it."""
+    direct = (path.direct_target, path.direct_headers, path.direct_body, path.direct_check)
     proxy_headers = {"X-API-Key": GATEWAY_KEY, "Authorization": f"Bearer {CALLER_KEY}",
                      "Content-Type": "application/json"}
-    targets.append(Target("proxy", path.name, proxy.port, lambda _stream: "/v1/chat/completions",
-                          proxy_headers, lambda stream: openai_body(stream, path.model), check_openai, proxy))
-    return targets
+    return [Target("direct", path.name, upstream.port, *direct, None),
+            Target("relay", path.name, relay.port, *direct, relay),  # the relay forwards bytes unchanged
+            Target("proxy", path.name, proxy.port, lambda _stream: "/v1/chat/completions", proxy_headers,
+                   lambda stream: openai_body(stream, path.model), check_openai, proxy)]
 
 
 StreamChunks = dict[tuple[str, str], int]  # chunks in one stream, by (path, target)
 
 
-def sanity_check(targets: list[Target]) -> tuple[list[str], StreamChunks]:
-    """One unary and one streamed request per target: the problems found (empty: all good), and
-    the chunks each target's stream holds."""
+def sanity_check(targets: list[Target], kinds: tuple[bool, ...] = (False, True),
+                 slowest: float = 0.0) -> tuple[list[str], StreamChunks]:
+    """A request per target and kind (stream?): the problems found, and each stream's chunks. A stream
+    faster than `slowest` seconds is one too (the paced test's: the upstream did not pace it)."""
     problems: list[str] = []
     chunks: StreamChunks = {}
     for target in targets:
-        for stream in (False, True):
+        for stream in kinds:
+            start = time.perf_counter()
             status, data = http_request(target.port, "POST", target.path(stream), target.body(stream),
                                         target.headers)
             kind = f"{target.bench_path} {target.name} {'stream' if stream else 'unary'}"
-            if status != 200:
-                problems.append(f"{kind}: HTTP {status}: {data[:300]!r}")
-                continue
-            count, problem = target.check(data, stream)
+            count, problem = target.check(data, stream) if status == 200 else (0, f"HTTP {status}: {data[:300]!r}")
+            if problem is None and time.perf_counter() - start < slowest:
+                problem = f"faster than {slowest:g} s: not paced"
             if problem is not None:
                 problems.append(f"{kind}: {problem}")
             elif stream:
                 chunks[target.bench_path, target.name] = count
     return problems, chunks
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    seconds: float
+    warmup: float
+    workers: int  # aiohttp generator processes
+    generator: str  # "wrk" or "aiohttp"
+    pinning: Pinning
+    tmp: Path  # wrk's Lua scripts and outputs
+
+
+@dataclass
+class Measurement:
+    """One run: what the load generator saw, and every process's CPU (a share of one core) over its window."""
+
+    path: str
+    target: str
+    scenario: str
+    generator: str
+    requests: int  # completed with 200 and (aiohttp) a whole body
+    chunks: int
+    errors: int
+    error_samples: list[str]
+    seconds: float  # what the counts are over
+    p50_ms: float  # a whole request, or a whole stream read to its end
+    p99_ms: float
+    generator_cpu: float  # all of the load generator
+    generator_busiest: float  # its busiest worker process (wrk: thread)
+    ttfc_ms: list[float] = field(default_factory=list)  # the paced test's times to the first word, ascending
+    upstream_cpu: float = 0.0
+    hop_cpu: float | None = None  # the proxy's (or relay's); None for direct runs
+    hop_rss_mib: float | None = None  # sampled halfway through the window, under load
+    other_cpu: float = 0.0  # what processes not of this benchmark used
+    steal_cpu: float = 0.0  # what the hypervisor took
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def chunks_per_s(self) -> float:
+        return self.chunks / self.seconds if self.seconds else 0.0
+
+    @property
+    def hop_cpu_ms_per_req(self) -> float | None:
+        """(share of a core) / (requests a second): valid when the CPU window is a little shorter."""
+        return None if self.hop_cpu is None or not self.rps else self.hop_cpu * 1000 / self.rps
+
+    @property
+    def ttfc_p50_ms(self) -> float | None:
+        return percentile(self.ttfc_ms, 50) if self.ttfc_ms else None
+
+    @property
+    def ttfc_p99_ms(self) -> float | None:
+        return percentile(self.ttfc_ms, 99) if self.ttfc_ms else None
+
+    def with_window(self, window: WindowCpu, hop_rss: float | None) -> Measurement:
+        """The upstream's and the hop's CPU (`window.used`, in that order) and the machine's added."""
+        self.upstream_cpu = window.used[0] / window.wall
+        self.hop_cpu = window.used[1] / window.wall if len(window.used) > 1 else None
+        self.hop_rss_mib = hop_rss
+        ours = self.generator_cpu + self.upstream_cpu + (self.hop_cpu or 0.0)
+        self.other_cpu = max(0.0, window.machine_busy / window.wall - ours)
+        self.steal_cpu = window.steal / window.wall
+        return self
+
+    def as_json(self) -> Json:
+        fields = {k: v for k, v in asdict(self).items() if k != "ttfc_ms"}
+        return {**fields, "rps": self.rps, "chunks_per_s": self.chunks_per_s, "ttfc_p50_ms": self.ttfc_p50_ms,
+                "ttfc_p99_ms": self.ttfc_p99_ms, "hop_cpu_ms_per_req": self.hop_cpu_ms_per_req}

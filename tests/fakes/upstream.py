@@ -32,6 +32,8 @@ answer. Fault words, found anywhere in the model name or Azure deployment:
     hang              never answer; only the caller leaving ends it (`disconnected_at`)
     fail-529, error-before-content    the anthropic flavor only (`ANTHROPIC_FAULT_WORDS`)
     fail-403, blocked, safety         the vertex flavor only (`VERTEX_FAULT_WORDS`)
+    gzip-bomb         the OpenAI-style flavors only: a chat completion sent with `Content-Encoding:
+                      gzip` that inflates to `gzip_bomb_mib` MiB (a thousandth of that on the wire)
 
 The `anthropic` flavor speaks Anthropic's Messages API instead (`POST /anthropic/v1/messages`,
 wire-formats §2): its own validation, named SSE events, error envelope and two more fault words;
@@ -75,6 +77,7 @@ import string
 import struct
 import time
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +106,10 @@ FAULT_WORDS: Final[tuple[str, ...]] = (
     "hang",
 )
 """Words that, found anywhere in the model name (or Azure deployment), make the fake misbehave."""
+
+GZIP_BOMB: Final = "gzip-bomb"
+"""The OpenAI-style flavors' decompression-bomb fault word (not in FAULT_WORDS: the other wire
+formats do not answer it)."""
 
 HANG_SECONDS: Final = 3600.0
 """How long `hang` waits: far longer than any test, so only the caller leaving ends it."""
@@ -394,6 +401,7 @@ class _Call:
     # clock skew accepted between X-Amz-Date and now (None: any).
     aws_credentials: Mapping[str, tuple[str, str | None]] | None = None
     aws_max_skew: float | None = None
+    gzip_bomb_mib: int = 1
 
     @property
     def body(self) -> Json:
@@ -437,7 +445,8 @@ class FakeUpstream:
 
     Use it as `async with FakeUpstream() as fake:` or with `await fake.start()` and
     `await fake.stop()`. `fake.url(flavor)` gives a flavor's root, `fake.requests` what arrived.
-    `delay` is how long the `slow-first-byte` and `slow-stream` faults wait.
+    `delay` is how long the `slow-first-byte` and `slow-stream` faults wait, `gzip_bomb_mib` what
+    the `gzip-bomb` fault's answer inflates to. `in_flight` counts the handlers still running.
 
     Google OAuth (`POST /oauth2/token`, see "Google OAuth" below): `token_requests` records each
     call to it (not in `requests`), `issued_tokens` the access tokens it gave out, in order;
@@ -457,6 +466,7 @@ class FakeUpstream:
         self, *, delay: float = 2.0, access_log: bool = False, shutdown_timeout: float = 0.5
     ) -> None:
         self.delay = delay
+        self.gzip_bomb_mib = 16
         self.requests: list[Recorded] = []
         self.script: dict[str, Scripted] = {}
         # Big enough for the image and long-context bodies gateway tests send (aiohttp's default is 1 MiB).
@@ -543,6 +553,11 @@ class FakeUpstream:
         if flavor not in FLAVORS:
             raise KeyError(f"unknown flavor {flavor!r}; known: {', '.join(FLAVORS)}")
         return f"{self.base_url}/{flavor}"
+
+    @property
+    def in_flight(self) -> int:
+        """Handlers still running: a `hang` or a stalled stream whose caller has not gone away."""
+        return len(self._in_flight)
 
     # -- what was received -------------------------------------------------------------------------
 
@@ -699,6 +714,7 @@ class FakeUpstream:
                 issued,
                 aws_credentials=self.aws_credentials,
                 aws_max_skew=self.aws_max_skew,
+                gzip_bomb_mib=self.gzip_bomb_mib,
             )
             task = asyncio.current_task()
             if task is not None:
@@ -844,9 +860,27 @@ async def _pre_response_fault(call: _Call) -> web.StreamResponse | None:
             code="rate_limit_exceeded",
             headers={"retry-after": "7", "retry-after-ms": "7000"},
         )
+    if call.has_fault(GZIP_BOMB):
+        headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        return web.Response(body=_gzip_bomb(call.gzip_bomb_mib), headers=headers)
     if call.has_fault("slow-first-byte"):
         await asyncio.sleep(call.delay)
     return None
+
+
+@functools.lru_cache(maxsize=2)
+def _gzip_bomb(inflated_mib: int) -> bytes:
+    """A chat completion whose content is `inflated_mib` MiB of one letter, gzip-compressed, made a
+    MiB at a time so the fake never holds it inflated; cached, since making it costs a second."""
+    head, tail = orjson.dumps(
+        {"id": "chatcmpl-gzip-bomb", "object": "chat.completion", "created": _MODELS_CREATED,
+         "model": GZIP_BOMB, "choices": [{"index": 0, "finish_reason": "stop",
+                                          "message": {"role": "assistant", "content": "@"}}]}
+    ).split(b"@")
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: the gzip container
+    block = b"a" * (1024 * 1024)
+    parts = [packer.compress(head), *(packer.compress(block) for _ in range(inflated_mib))]
+    return b"".join([*parts, packer.compress(tail), packer.flush()])
 
 
 def _scripted(call: _Call) -> Awaitable[web.StreamResponse] | None:
@@ -5300,6 +5334,7 @@ __all__ = [
     "GOOGLE_CLOUD_PLATFORM_SCOPE",
     "GOOGLE_TOKEN_AUDIENCE",
     "GOOGLE_TOKEN_LIFETIME",
+    "GZIP_BOMB",
     "TOOL_ARGUMENTS",
     "VERTEX_API_VERSIONS",
     "VERTEX_FAULT_WORDS",
