@@ -20,17 +20,16 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from ..auth import Credential
-from ..config import ProviderConfig
 from ..errors import FailureKind, GatewayError, UnsupportedField, UpstreamError, bad_request
 from ..sse import SseDecoder, SseEvent
 from ..tokens import count_of
-from . import ChatRequest, EmbeddingsRequest, UpstreamCall
 from .anthropic_headers import auth_header, passed_betas
+from .catalog import TYPES
+from .contract import ChatRequest, EmbeddingsRequest, UpstreamCall
 from .ids import attach, detach, for_upstream
 from .openai import USER_AGENT, classify_openai_error, upstream_url
 from .shapes import (
@@ -51,8 +50,13 @@ from .shapes import (
     usage,
 )
 
-DEFAULT_VERSION: Final = "2023-06-01"
-DEFAULT_MAX_TOKENS: Final = 4096
+if TYPE_CHECKING:
+    from ..auth import Credential
+    from ..config import ProviderConfig
+
+# The catalog's defaults, for a provider whose YAML emptied them.
+DEFAULT_VERSION: Final = str(TYPES["anthropic"].default("version"))
+DEFAULT_MAX_TOKENS: Final = int(TYPES["anthropic"].default("default_max_tokens"))
 # From this API version on Anthropic refuses temperature, top_p and top_k for every model.
 SAMPLING_DROPPED_SINCE: Final = "2026-10-21"
 # The version in a Claude model id: claude-opus-4-1-20250805, claude-3-7-sonnet, claude-2.1, claude-v2, and the

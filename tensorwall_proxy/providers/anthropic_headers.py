@@ -17,10 +17,12 @@ import functools
 import re
 from collections.abc import Callable
 from fnmatch import translate
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from ..auth import Credential
-from ..config import ProviderConfig
+if TYPE_CHECKING:
+    from ..auth import Credential
+    from ..config import ProviderConfig
+
 
 # The behavioural betas of the versioned table: they change how a request is answered, not what it costs.
 DEFAULT_BETAS: Final[tuple[str, ...]] = (

@@ -13,15 +13,13 @@ Pure: no I/O, no aiohttp.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import orjson
 
-from ..auth import Credential
-from ..config import ProviderConfig
 from ..errors import UpstreamError
 from ..sse import SseDecoder
-from . import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
+from .contract import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
 from .openai import (
     USER_AGENT,
     WIRE,
@@ -30,6 +28,10 @@ from .openai import (
     classify_openai_error,
     upstream_url,
 )
+
+if TYPE_CHECKING:
+    from ..auth import Credential
+    from ..config import ProviderConfig
 
 # The first GA api-version that accepts stream_options (and seed); see wire-formats §3.
 STREAM_OPTIONS_SINCE: Final = "2024-10-21"

@@ -20,12 +20,10 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from ..auth import Credential
-from ..config import ProviderConfig
 from ..errors import (
     FailureKind,
     UnsupportedField,
@@ -36,8 +34,9 @@ from ..errors import (
 )
 from ..sse import SseEvent
 from ..tokens import count_of
-from . import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
 from .anthropic import JSON_OBJECT_INSTRUCTION, THINKING_BUDGETS, one_sampling_field
+from .catalog import TYPES
+from .contract import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
 from .ids import attach, detach, for_upstream, unique_id
 from .openai import USER_AGENT, upstream_url
 from .shapes import (
@@ -58,6 +57,10 @@ from .shapes import (
     unpack_state,
     usage,
 )
+
+if TYPE_CHECKING:
+    from ..auth import Credential
+    from ..config import ProviderConfig
 
 DEFAULT_MAX_TOKENS: Final = 4096
 FINISH_REASONS: Final[dict[str, str]] = {
@@ -80,6 +83,7 @@ IMAGE_FORMATS: Final = {"image/png": "png", "image/jpeg": "jpeg", "image/gif": "
 _MODEL_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,2047}")
 COHERE_BATCH: Final = 96
 _STATE_TAG: Final = b"B1"
+_REGION: Final = str(TYPES["bedrock"].default("region"))
 
 
 
@@ -91,7 +95,7 @@ _STATE_TAG: Final = b"B1"
 
 def base_url(provider: ProviderConfig) -> str:
     """The configured host root, else the regional Bedrock Runtime host."""
-    return provider.base_url or f"https://bedrock-runtime.{provider.region or 'us-east-1'}.amazonaws.com"
+    return provider.base_url or f"https://bedrock-runtime.{provider.region or _REGION}.amazonaws.com"
 
 
 def model_url(provider: ProviderConfig, model: str, operation: str) -> str:

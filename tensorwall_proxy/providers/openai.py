@@ -17,13 +17,11 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 from yarl import URL
 
-from ..auth import FORWARDED_HEADERS, Credential
-from ..config import ProviderConfig
 from ..errors import (
     UnsupportedField,
     UpstreamError,
@@ -33,8 +31,13 @@ from ..errors import (
     retry_after_seconds,
 )
 from ..sse import DONE, DONE_EVENT, SseDecoder, SseEvent, encode
-from . import ChatRequest, EmbeddingsRequest, UpstreamCall
+from .catalog import TYPES
+from .contract import ChatRequest, EmbeddingsRequest, UpstreamCall
 from .ids import IdStyle, for_upstream
+
+if TYPE_CHECKING:
+    from ..auth import Credential
+    from ..config import ProviderConfig
 
 USER_AGENT: Final = "tensorwall-proxy/0.1"
 
@@ -51,24 +54,22 @@ class Wire:
     dropped: tuple[str, ...] = ()    # fields the type rejects but that are only hints
     renamed: tuple[tuple[str, str], ...] = ()
     strips_message_names: bool = False
-    embeddings: bool = True
     embeddings_floats_only: bool = False  # answers float lists whatever encoding_format says
-    forwards_caller_key: bool = True
 
 
 WIRE: Final[dict[str, Wire]] = {
     "openai": Wire(),
     # Groq answers 400 to n > 1, logprobs, logit_bias and messages[].name (wire-formats §6.1).
     "groq": Wire(max_n=1, refused=("logprobs", "top_logprobs"), dropped=("logit_bias", "metadata", "store"),
-                 strips_message_names=True, embeddings=False),
+                 strips_message_names=True),
     # Mistral has no stream_options (422) and takes seed as random_seed and only max_tokens.
     "mistral": Wire(asks_usage=False, id_style="mistral",
                     dropped=("stream_options", "user", "metadata", "store", "service_tier", "logit_bias"),
                     renamed=(("seed", "random_seed"), ("max_completion_tokens", "max_tokens")),
                     embeddings_floats_only=True),
     "lmstudio": Wire(max_n=1, refused=("logprobs", "top_logprobs"), embeddings_floats_only=True),
-    # Ollama's OpenAI-compatible API lives under /v1 of the server root; it never sees the caller's key.
-    "ollama": Wire(api_root="/v1", max_n=1, embeddings_floats_only=True, forwards_caller_key=False),
+    # Ollama's OpenAI-compatible API lives under /v1 of the server root.
+    "ollama": Wire(api_root="/v1", max_n=1, embeddings_floats_only=True),
 }
 
 _URL_CACHE: dict[tuple[str, str], URL] = {}
@@ -86,14 +87,15 @@ def upstream_url(base: str, path: str) -> URL:
     return url
 
 
-def auth_headers(provider_type: str, credential: Credential, req_headers: Mapping[str, str]) -> dict[str, str]:
-    """JSON headers plus the credential as ``Authorization: Bearer``; nothing else of the caller's."""
+def auth_headers(forwarded: tuple[str, ...], credential: Credential, req_headers: Mapping[str, str]) -> dict[str, str]:
+    """JSON headers plus the credential as ``Authorization: Bearer``; of the caller's headers only the
+    ``forwarded`` ones (the type's catalog entry names them), and only with the caller's own key."""
     headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
     if credential.secret is not None:
         headers["Authorization"] = "Bearer " + credential.secret.reveal()
     if credential.kind == "caller":
         # Organisation and project scope the caller's own key, so they travel only with it.
-        for name in FORWARDED_HEADERS.get(provider_type, ()):
+        for name in forwarded:
             value = req_headers.get(name)
             if value:
                 headers[name] = value
@@ -353,6 +355,7 @@ class OpenAICompatible:
 
     def __init__(self, provider_type: str) -> None:
         self.type = provider_type
+        self.kind = TYPES[provider_type]
         self.wire = WIRE[provider_type]
 
     def framer(self) -> SseDecoder:
@@ -362,7 +365,7 @@ class OpenAICompatible:
                       credential: Credential) -> UpstreamCall:
         body = adapt_chat_body(req, self.wire, self.type, asks_usage=self.wire.asks_usage)
         body["model"] = model
-        headers = auth_headers(self.type, credential, req.headers)
+        headers = auth_headers(self.kind.forwarded_headers, credential, req.headers)
         return UpstreamCall("POST", upstream_url(provider.base_url, self.wire.api_root + "/chat/completions"),
                             headers, orjson.dumps(body), req.stream)
 
@@ -379,7 +382,7 @@ class OpenAICompatible:
 
     def build_embeddings_request(self, req: EmbeddingsRequest, provider: ProviderConfig, model: str,
                                  credential: Credential) -> list[UpstreamCall]:
-        if not self.wire.embeddings:
+        if not self.kind.embeddings:
             raise UnsupportedField("model", f"Provider type '{self.type}' has no embeddings.")
         body = dict(req.body)
         body["model"] = model
@@ -389,7 +392,7 @@ class OpenAICompatible:
             body["output_dimension"] = body.pop("dimensions")
         if self.type == "mistral":
             body.pop("user", None)
-        headers = auth_headers(self.type, credential, {})
+        headers = auth_headers((), credential, {})
         return [UpstreamCall("POST", upstream_url(provider.base_url, self.wire.api_root + "/embeddings"),
                              headers, orjson.dumps(body))]
 

@@ -20,12 +20,10 @@ from __future__ import annotations
 import mimetypes
 import time
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from ..auth import Credential
-from ..config import ProviderConfig
 from ..errors import (
     FailureKind,
     ProviderNotConfigured,
@@ -38,7 +36,8 @@ from ..errors import (
 )
 from ..sse import SseDecoder, SseEvent
 from ..tokens import count_of, token_count
-from . import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
+from .catalog import TYPES
+from .contract import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
 from .ids import attach, detach, for_gemini, from_gemini, unique_id
 from .openai import USER_AGENT, upstream_url
 from .shapes import (
@@ -55,6 +54,10 @@ from .shapes import (
     tool_name,
     usage,
 )
+
+if TYPE_CHECKING:
+    from ..auth import Credential
+    from ..config import ProviderConfig
 
 API_VERSION: Final = "v1"
 # reasoning_effort → thinkingConfig.thinkingBudget (tokens); "none" turns thinking off.
@@ -86,6 +89,7 @@ SCHEMA_KEYS: Final = frozenset({
 })
 # Marks a thought signature in a tool call id, so another provider's state is never taken for it.
 _STATE_TAG: Final = b"G1"
+_LOCATION: Final = str(TYPES["vertex"].default("location"))
 
 
 
@@ -99,7 +103,7 @@ def base_url(provider: ProviderConfig) -> str:
     """The configured host root, else Google's regional host (``global`` has no region prefix)."""
     if provider.base_url:
         return provider.base_url
-    location = provider.location or "us-central1"
+    location = provider.location or _LOCATION
     if location == "global":
         return "https://aiplatform.googleapis.com"
     return f"https://{location}-aiplatform.googleapis.com"
@@ -107,7 +111,7 @@ def base_url(provider: ProviderConfig) -> str:
 
 def model_path(provider: ProviderConfig, project: str, model: str, method: str) -> str:
     """``/v1/projects/…/publishers/google/models/{model}:{method}``, every segment encoded."""
-    location = provider.location or "us-central1"
+    location = provider.location or _LOCATION
     return (f"/{API_VERSION}/projects/{path_segment(project, 'Vertex project')}"
             f"/locations/{path_segment(location, 'Vertex location')}"
             f"/publishers/google/models/{path_segment(model, 'Vertex model id')}:{method}")
