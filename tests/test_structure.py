@@ -114,3 +114,22 @@ def test_no_provider_type_test_outside_providers() -> None:
             continue
         found += [f"{path.relative_to(ROOT)}:{line}" for line in type_tests(path.read_text())]
     assert found == []
+
+
+def test_no_translator_imports_another() -> None:
+    """What two types share lives in a shared module (openai_wire, anthropic_wire, shapes, policy,
+    ...), never in one translator that the other imports (DESIGN §14)."""
+    from tensorwall_proxy.providers import PROVIDERS
+
+    translators = {type(p).__module__ for p in PROVIDERS.values()}
+    assert len(translators) == 5
+    found = []
+    for module in sorted(translators):
+        path = ROOT / (module.replace(".", "/") + ".py")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                # `from .x import y` and `from . import x` inside providers/, or an absolute import.
+                names = ([f"tensorwall_proxy.providers.{node.module or a.name}" for a in node.names]
+                         if node.level == 1 else [node.module or ""])
+                found += [f"{module} imports {n}" for n in names if n in translators and n != module]
+    assert found == []

@@ -19,10 +19,10 @@ import orjson
 
 from ..errors import UpstreamError
 from ..sse import SseDecoder
+from .catalog import TYPES
 from .contract import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
-from .openai import (
+from .openai_wire import (
     USER_AGENT,
-    WIRE,
     PassthroughStream,
     adapt_chat_body,
     classify_openai_error,
@@ -63,7 +63,7 @@ class Azure:
 
     def build_request(self, req: ChatRequest, provider: ProviderConfig, model: str,
                       credential: Credential) -> UpstreamCall:
-        body = adapt_chat_body(req, WIRE["openai"], self.type,
+        body = adapt_chat_body(req, TYPES["azure"].policy, "openai",
                                asks_usage=accepts_stream_options(provider.api_version))
         url = upstream_url(provider.endpoint, self._url(provider, model, "chat/completions"))
         return UpstreamCall("POST", url, _headers(credential), orjson.dumps(body), req.stream)

@@ -8,7 +8,10 @@ cross with the caller's key, the dialects it speaks natively and whether it has 
 ``config.py`` builds the default providers and validates the YAML from here; ``auth.py``, the relay
 and the transport ask a provider's ``kind`` instead of testing its type name.
 
-Pure data: this module imports nothing of the package, so config.py can read it.
+Every type's field policy (``policy.FieldPolicy``: what it refuses, drops, clamps and maps) is
+here too, so the policies of all nine are one table.
+
+Pure data: this module imports nothing of the package that reads config, so config.py can read it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final, Literal
+
+from .policy import FieldPolicy
 
 TypeName = Literal["openai", "anthropic", "azure", "vertex", "groq", "mistral", "bedrock", "ollama", "lmstudio"]
 # The ambient identity a type can sign with: google-auth application default credentials, or the AWS chain.
@@ -54,6 +59,7 @@ class ProviderType:
     settings: tuple[Setting, ...]
     required: str              # the setting without which it cannot be called (503 provider_not_configured)
     auth_scheme: str           # how a key travels upstream, for people (`tensorwall-proxy route`)
+    policy: FieldPolicy        # what it refuses, drops, clamps and maps of a chat body
     forwards: bool = True      # takes the caller's key (`auth: forward`)
     key_optional: bool = False  # ... and is called without a key when the caller sends none
     ambient: AmbientKind | None = None  # the host identity `auth: ambient` signs with
@@ -111,37 +117,62 @@ def _base_url(default: str, env: str) -> Setting:
     return Setting("base_url", default, env)
 
 
+# reasoning_effort → Claude's extended thinking budget_tokens (its minimum is 1024), on Anthropic's
+# API and on Bedrock alike; → Gemini's thinkingBudget, where "none" turns thinking off.
+CLAUDE_THINKING: Final[Mapping[str, int]] = MappingProxyType({
+    "minimal": 1024, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768, "max": 32768})
+GEMINI_THINKING: Final[Mapping[str, int]] = MappingProxyType({
+    "none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 32768, "max": 32768})
+# What a translated answer cannot carry: per-token logprobs and audio output.
+_TRANSLATED_REFUSED: Final = ("logprobs", "top_logprobs", "audio")
+
+
 TYPES: Final[Mapping[str, ProviderType]] = MappingProxyType({t.name: t for t in (
     ProviderType("openai", (_base_url("https://api.openai.com/v1", "OPENAI_API_URL"),), "base_url",
-                 "Authorization: Bearer", forwarded_headers=("OpenAI-Organization", "OpenAI-Project")),
+                 "Authorization: Bearer", forwarded_headers=("OpenAI-Organization", "OpenAI-Project"),
+                 policy=FieldPolicy("provider type 'openai'")),
     ProviderType("anthropic", (
         _base_url("https://api.anthropic.com/v1", "ANTHROPIC_API_URL"), Setting("version", "2023-06-01"),
         Setting("default_max_tokens", 4096), Setting("betas"),
     ), "base_url", "x-api-key (a token: Authorization: Bearer)", key_prefixes=("sk-ant-",),
-        forwarded_headers=("anthropic-beta",), embeddings=False),
+        forwarded_headers=("anthropic-beta",), embeddings=False,
+        policy=FieldPolicy("Anthropic", max_n=1, refused=_TRANSLATED_REFUSED, refused_modalities=("audio",),
+                           temperature=(0.0, 1.0), reasoning_budgets=CLAUDE_THINKING)),
     ProviderType("azure", (
         Setting("endpoint", "", "AZURE_OPENAI_ENDPOINT"), Setting("api_version", "2024-10-21", "AZURE_OPENAI_API_VERSION"),
-    ), "endpoint", "api-key"),
+    ), "endpoint", "api-key", policy=FieldPolicy("provider type 'azure'")),
     ProviderType("vertex", (
         Setting("project", "", "GOOGLE_CLOUD_PROJECT"), Setting("location", "us-central1", "VERTEX_AI_LOCATION"),
         Setting("base_url", "", "VERTEX_API_URL"),
     ), "project", "Authorization: Bearer (an OAuth token)", ambient="google", ambient_fills_required=True,
-        key_prefixes=("AIza",)),
+        key_prefixes=("AIza",),
+        policy=FieldPolicy("the Gemini translation", refused=_TRANSLATED_REFUSED, reasoning_budgets=GEMINI_THINKING)),
     ProviderType("groq", (_base_url("https://api.groq.com/openai/v1", "GROQ_API_URL"),), "base_url",
-                 "Authorization: Bearer", key_prefixes=("gsk_",), embeddings=False),
+                 "Authorization: Bearer", key_prefixes=("gsk_",), embeddings=False,
+                 # Groq answers 400 to n > 1, logprobs, logit_bias and messages[].name (wire-formats §6.1).
+                 policy=FieldPolicy("provider type 'groq'", max_n=1, refused=("logprobs", "top_logprobs"),
+                                    dropped=("logit_bias", "metadata", "store"), strips_message_names=True)),
     ProviderType("mistral", (_base_url("https://api.mistral.ai/v1", "MISTRAL_API_URL"),), "base_url",
-                 "Authorization: Bearer"),
+                 "Authorization: Bearer",
+                 # Mistral has no stream_options (422) and takes seed as random_seed and only max_tokens.
+                 policy=FieldPolicy("provider type 'mistral'",
+                                    dropped=("stream_options", "user", "metadata", "store", "service_tier",
+                                             "logit_bias"),
+                                    renamed=(("seed", "random_seed"), ("max_completion_tokens", "max_tokens")))),
     ProviderType("bedrock", (
         Setting("region", "us-east-1", "AWS_REGION", env_for_all=True), Setting("base_url", "", "BEDROCK_API_URL"),
         Setting("aws_access_key_id"), Setting("aws_secret_access_key"), Setting("aws_session_token"),
         Setting("profile"),
-    ), "region", "Authorization: Bearer (a Bedrock API key), else SigV4", ambient="aws", sigv4=True),
+    ), "region", "Authorization: Bearer (a Bedrock API key), else SigV4", ambient="aws", sigv4=True,
+        policy=FieldPolicy("Bedrock", max_n=1, refused=_TRANSLATED_REFUSED, temperature=(0.0, 1.0),
+                           reasoning_budgets=CLAUDE_THINKING)),
     # Ollama never receives the caller's key, only a YAML api_key.
     ProviderType("ollama", (_base_url("http://localhost:11434", "OLLAMA_API_URL"),), "base_url",
-                 "Authorization: Bearer", forwards=False),
+                 "Authorization: Bearer", forwards=False, policy=FieldPolicy("provider type 'ollama'", max_n=1)),
     # LM Studio wants a key only when its "Require Authentication" is on.
     ProviderType("lmstudio", (_base_url("http://localhost:1234/v1", "LMSTUDIO_API_URL"),), "base_url",
-                 "Authorization: Bearer", key_optional=True),
+                 "Authorization: Bearer", key_optional=True,
+                 policy=FieldPolicy("provider type 'lmstudio'", max_n=1, refused=("logprobs", "top_logprobs"))),
 )})
 TYPE_NAMES: Final[tuple[TypeName, ...]] = tuple(t.name for t in TYPES.values())
 # Every vendor key prefix, for the one cheap test on the common path (most keys have none).

@@ -39,12 +39,15 @@ from ..tokens import count_of, token_count
 from .catalog import TYPES
 from .contract import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
 from .ids import attach, detach, for_gemini, from_gemini, unique_id
-from .openai import USER_AGENT, upstream_url
+from .openai_wire import USER_AGENT, upstream_url
+from .policy import check, reasoning_budget
 from .shapes import (
     ChunkEncoder,
+    convert_turns,
     data_url,
     embedding_texts,
     embeddings,
+    image_url,
     items,
     load_object,
     obj,
@@ -60,10 +63,6 @@ if TYPE_CHECKING:
     from ..config import ProviderConfig
 
 API_VERSION: Final = "v1"
-# reasoning_effort → thinkingConfig.thinkingBudget (tokens); "none" turns thinking off.
-THINKING_BUDGETS: Final[dict[str, int]] = {
-    "none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 32768, "max": 32768,
-}
 FINISH_REASONS: Final[dict[str, str]] = {
     "STOP": "stop", "MAX_TOKENS": "length", "FINISH_REASON_UNSPECIFIED": "stop", "OTHER": "stop",
     "SAFETY": "content_filter", "RECITATION": "content_filter", "BLOCKLIST": "content_filter",
@@ -90,6 +89,8 @@ SCHEMA_KEYS: Final = frozenset({
 # Marks a thought signature in a tool call id, so another provider's state is never taken for it.
 _STATE_TAG: Final = b"G1"
 _LOCATION: Final = str(TYPES["vertex"].default("location"))
+# What the Gemini translation refuses and maps of a chat body: its catalog entry's field policy.
+POLICY: Final = TYPES["vertex"].policy
 
 
 
@@ -219,9 +220,7 @@ def _user_parts(content: Any, where: str) -> list[dict[str, Any]]:
             if part.get("text"):
                 parts.append({"text": str(part["text"])})
         elif kind == "image_url":
-            image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
-            parts.append(_media_part(str(url or ""), f"{param}.image_url.url"))
+            parts.append(_media_part(image_url(part), f"{param}.image_url.url"))
         elif kind == "file" and isinstance(obj(part.get("file")).get("file_data"), str):
             parts.append(_media_part(obj(part.get("file"))["file_data"], f"{param}.file.file_data"))
         elif kind == "input_audio":
@@ -297,31 +296,13 @@ def _function_response(message: Mapping[str, Any], names: Mapping[str, str], whe
 
 def convert_messages(messages: list[Any]) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """OpenAI messages → (``systemInstruction``, ``contents``) with consecutive same-role turns merged."""
-    system: list[dict[str, Any]] = []
-    contents: list[dict[str, Any]] = []
     names: dict[str, str] = {}  # tool call id → function name, for the functionResponse parts
-    for i, message in enumerate(messages):
-        role = message.get("role")
-        where = f"messages[{i}]"
-        if role in ("system", "developer"):
-            text = text_of(message.get("content"))
-            if text:
-                system.append({"text": text})
-            continue
-        if role == "user":
-            parts, turn_role = _user_parts(message.get("content"), where), "user"
-        elif role == "assistant":
-            parts, turn_role = _model_parts(message, names, where), "model"
-        elif role == "tool":
-            parts, turn_role = [_function_response(message, names, where)], "user"
-        else:
-            raise UnsupportedField(f"{where}.role", f"Messages of role '{role}' are not supported by Gemini.")
-        if not parts:
-            continue
-        if contents and contents[-1]["role"] == turn_role:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": turn_role, "parts": parts})
+    texts, contents = convert_turns(messages, "Gemini",
+                                    lambda message, where: _user_parts(message.get("content"), where),
+                                    lambda message, where: _model_parts(message, names, where),
+                                    lambda message, where: [_function_response(message, names, where)],
+                                    assistant_role="model", key="parts")
+    system = [{"text": text} for text in texts if text]
     return ({"parts": system} if system else None), contents
 
 
@@ -375,9 +356,8 @@ def _generation_config(body: Mapping[str, Any]) -> dict[str, Any]:
         schema = obj(response_format.get("json_schema")).get("schema")
         if response_format.get("type") == "json_schema" and isinstance(schema, dict):
             config["responseSchema"] = reduce_schema(schema)
-    effort = body.get("reasoning_effort")
-    if isinstance(effort, str) and effort in THINKING_BUDGETS:
-        budget = THINKING_BUDGETS[effort]
+    budget = reasoning_budget(body, POLICY)  # "none" is 0: thinking off
+    if budget is not None:
         config["thinkingConfig"] = {"thinkingBudget": budget, "includeThoughts": budget > 0}
     return config
 
@@ -385,9 +365,7 @@ def _generation_config(body: Mapping[str, Any]) -> dict[str, Any]:
 def translate_request(req: ChatRequest) -> dict[str, Any]:
     """The Gemini ``generateContent`` body for an OpenAI chat request."""
     body = req.body
-    for name in ("logprobs", "top_logprobs", "audio"):
-        if body.get(name):
-            raise UnsupportedField(name, f"'{name}' is not supported by the Gemini translation.")
+    check(body, POLICY)
     system, contents = convert_messages(body["messages"])
     if not contents:
         raise UnsupportedField("messages", "Gemini needs at least one user or assistant message with content.")
