@@ -79,12 +79,6 @@ _STATE_TAG: Final = b"A1"
 # --- request ------------------------------------------------------------------------------------
 
 
-
-
-
-
-
-
 def _image_block(url: str, param: str) -> dict[str, Any]:
     if url.startswith("data:"):
         parsed = data_url(url)
@@ -123,8 +117,6 @@ def _document_block(file: Any, param: str) -> dict[str, Any]:
     if parsed is not None and parsed[0] == "application/pdf":
         return {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": parsed[1]}}
     raise UnsupportedField(param, f"'{param}': Anthropic takes files as base64 PDF data (file_data).")
-
-
 
 
 def encode_thinking(blocks: list[dict[str, Any]]) -> bytes:

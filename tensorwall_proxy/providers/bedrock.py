@@ -91,10 +91,6 @@ _REGION: Final = str(TYPES["bedrock"].default("region"))
 POLICY: Final = TYPES["bedrock"].policy
 
 
-
-
-
-
 # --- URLs and credentials -----------------------------------------------------------------------
 
 
@@ -124,8 +120,6 @@ def _call(provider: ProviderConfig, credential: Credential, model: str, operatio
 
 
 # --- request ------------------------------------------------------------------------------------
-
-
 
 
 def _image(url: str, param: str) -> dict[str, Any]:

@@ -43,13 +43,16 @@ class Wire:
     asks_usage: bool = True          # accepts stream_options.include_usage
     id_style: IdStyle = "openai"
     embeddings_floats_only: bool = False  # answers float lists whatever encoding_format says
+    embeddings_renamed: tuple[tuple[str, str], ...] = ()  # caller's name → the type's, in an embeddings body
+    embeddings_dropped: tuple[str, ...] = ()
 
 
 WIRE: Final[dict[str, Wire]] = {
     "openai": Wire(),
     "groq": Wire(),
     # Mistral has no stream_options (422).
-    "mistral": Wire(asks_usage=False, id_style="mistral", embeddings_floats_only=True),
+    "mistral": Wire(asks_usage=False, id_style="mistral", embeddings_floats_only=True,
+                    embeddings_renamed=(("dimensions", "output_dimension"),), embeddings_dropped=("user",)),
     "lmstudio": Wire(embeddings_floats_only=True),
     # Ollama's OpenAI-compatible API lives under /v1 of the server root.
     "ollama": Wire(api_root="/v1", embeddings_floats_only=True),
@@ -94,10 +97,11 @@ class OpenAICompatible:
         body["model"] = model
         if self.wire.embeddings_floats_only:
             body.pop("encoding_format", None)  # ask for floats; base64 is packed here if wanted
-        if self.type == "mistral" and "dimensions" in body:
-            body["output_dimension"] = body.pop("dimensions")
-        if self.type == "mistral":
-            body.pop("user", None)
+        for old, new in self.wire.embeddings_renamed:
+            if old in body:
+                body[new] = body.pop(old)
+        for name in self.wire.embeddings_dropped:
+            body.pop(name, None)
         headers = auth_headers((), credential, {})
         return [UpstreamCall("POST", upstream_url(provider.base_url, self.wire.api_root + "/embeddings"),
                              headers, orjson.dumps(body))]

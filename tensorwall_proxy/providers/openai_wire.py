@@ -62,7 +62,6 @@ def auth_headers(forwarded: tuple[str, ...], credential: Credential, req_headers
     return headers
 
 
-
 def rewrite_tool_ids(messages: list[Any], style: IdStyle) -> list[Any] | None:
     """Messages with every tool call id in the style's form, or None when none needed changing."""
     changed: list[Any] | None = None

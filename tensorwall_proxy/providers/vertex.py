@@ -93,10 +93,6 @@ _LOCATION: Final = str(TYPES["vertex"].default("location"))
 POLICY: Final = TYPES["vertex"].policy
 
 
-
-
-
-
 # --- URLs ---------------------------------------------------------------------------------------
 
 
@@ -193,8 +189,6 @@ def reduce_schema(schema: Any, defs: Mapping[str, Any] | None = None, depth: int
 # --- request ------------------------------------------------------------------------------------
 
 
-
-
 def _media_part(url: str, param: str) -> dict[str, Any]:
     if url.startswith("data:"):
         parsed = data_url(url)
@@ -256,8 +250,6 @@ def decode_signature(state: bytes | None) -> str | None:
         return state[len(_STATE_TAG):].decode("utf-8")
     except UnicodeDecodeError:
         return None
-
-
 
 
 def _model_parts(message: Mapping[str, Any], names: dict[str, str], where: str) -> list[dict[str, Any]]:
