@@ -16,21 +16,19 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Literal
+from typing import Final, Literal
 
+from .calls import UpstreamCall
 from .config import ProviderConfig, Secret
-
-if TYPE_CHECKING:
-    from .providers import UpstreamCall
 from .errors import GatewayError
+from .providers.catalog import TYPES
 
 CredentialKind = Literal["server", "caller", "ambient", "none"]
 
-# Caller headers that may cross to an upstream, by provider type; everything else is rebuilt.
+# Caller headers that may cross to an upstream, by provider type (each type's catalog entry names
+# its own); everything else is rebuilt.
 FORWARDED_HEADERS: Final[dict[str, tuple[str, ...]]] = {
-    "openai": ("OpenAI-Organization", "OpenAI-Project"),
-    "anthropic": ("anthropic-beta",),
-}
+    name: kind.forwarded_headers for name, kind in TYPES.items() if kind.forwarded_headers}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +50,6 @@ class Credential:
         return self.secret.digest() if self.kind == "caller" and self.secret is not None else None
 
 
-# Types that are called without a key when the caller sends none (LM Studio wants one only when its
-# "Require Authentication" is on).
-_KEY_OPTIONAL_TYPES: Final = frozenset({"lmstudio"})
 # A Bearer token: visible ASCII only (RFC 6750's b64token is narrower still). Anything else cannot be
 # a provider key and cannot travel in an upstream header.
 _PRINTABLE_ASCII: Final = frozenset(map(chr, range(0x21, 0x7F)))
@@ -133,7 +128,7 @@ def credential_for(provider: ProviderConfig, endpoint_key: Secret | None, caller
     if caller is not None:
         # Another vendor's key is never sent here (DESIGN §14); the caller gets 401 instead.
         return Credential("caller", caller) if provider.accepts_caller_key(caller.reveal()) else None
-    if provider.type in _KEY_OPTIONAL_TYPES:
+    if provider.kind.key_optional:  # LM Studio, without its "Require Authentication"
         return NO_CREDENTIAL
     return None  # auth: forward without a key: never the host's ambient credentials
 

@@ -13,7 +13,7 @@ from .config import Config, default_config_path, key_digest, load_config
 from .errors import ConfigError, GatewayError
 from .observability import LOG_FORMAT, configure_logging
 from .providers import ChatRequest, provider_for
-from .router import LLMRouter
+from .router import LLMRouter, fallback_order
 
 
 def _load(path: str) -> Config | None:
@@ -82,8 +82,7 @@ def describe_route(config: Config, model: str) -> list[str]:
     route = router.resolve(model)
     kind = "exact route" if route.name in config.routes else f"matched {route.label!r}"
     lines = [f"model:     {model}", f"route:     {route.label} ({kind}, strategy {route.strategy})"]
-    ordered = sorted(range(len(route.endpoints)),
-                     key=lambda i: (route.endpoints[i].priority, -route.endpoints[i].weight, i))
+    ordered = fallback_order(route.endpoints)
     if len(route.endpoints) > 1:
         first = "all endpoints" if route.strategy == "weighted" else "the lowest priority number"
         lines.append(f"first attempt: picked by weight among {first}; then the fallback order below")
@@ -96,6 +95,8 @@ def describe_route(config: Config, model: str) -> list[str]:
         credential = credential_for(provider, endpoint.api_key, None)
         carries = {None: "the caller's key", "server": "api_key from the config", "ambient": "ambient credentials",
                    "none": "no credential"}[credential.kind if credential else None]
+        if credential is None or credential.kind == "server":
+            carries += f", sent as {provider.kind.auth_scheme}"
         if provider.unconfigured:
             where = provider.unconfigured
         else:

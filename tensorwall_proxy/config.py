@@ -1,8 +1,9 @@
 """The YAML route table → frozen dataclasses, validated, with every error named by its YAML path.
 
 Owns: the schema (server, gateway_keys, providers, routes, rules, timeouts, retries), the nine
-default providers and how the YAML merges over them, ``${VAR}`` / ``${VAR:-default}`` /
-``${file:PATH}`` interpolation, and ``Secret``, the masked type credentials travel in.
+default providers and how the YAML merges over them (what a type's keys and defaults are is the
+type's own, in ``providers/catalog.py``), ``${VAR}`` / ``${VAR:-default}`` / ``${file:PATH}``
+interpolation, and ``Secret``, the masked type credentials travel in.
 
 It never opens a socket, and it collects every problem before raising one ``ConfigError``,
 so ``tensorwall-proxy check`` can print them all at once.
@@ -26,94 +27,20 @@ import yaml
 from yarl import URL
 
 from .errors import ConfigError
+from .providers.catalog import TYPE_NAMES, TYPES, VENDOR_PREFIXES, AmbientKind, ProviderType, TypeName
 
-ProviderType = Literal["openai", "anthropic", "azure", "vertex", "groq", "mistral", "bedrock", "ollama", "lmstudio"]
-PROVIDER_TYPES: Final[tuple[ProviderType, ...]] = (
-    "openai", "anthropic", "azure", "vertex", "groq", "mistral", "bedrock", "ollama", "lmstudio",
-)
+PROVIDER_TYPES: Final[tuple[TypeName, ...]] = TYPE_NAMES
 AuthMode = Literal["forward", "ambient", "none"]
 Strategy = Literal["weighted", "priority"]
 
 # The nine providers that exist whatever the YAML says; a YAML entry of the same name merges over
 # its default key by key. Values go through the same interpolation as the YAML's own.
-DEFAULT_PROVIDERS: Final[dict[str, dict[str, Any]]] = {
-    "openai": {"base_url": "${OPENAI_API_URL:-https://api.openai.com/v1}"},
-    "anthropic": {
-        "base_url": "${ANTHROPIC_API_URL:-https://api.anthropic.com/v1}",
-        "version": "2023-06-01",
-        "default_max_tokens": 4096,
-    },
-    "azure": {
-        "endpoint": "${AZURE_OPENAI_ENDPOINT:-}",
-        "api_version": "${AZURE_OPENAI_API_VERSION:-2024-10-21}",
-    },
-    "vertex": {
-        "project": "${GOOGLE_CLOUD_PROJECT:-}",
-        "location": "${VERTEX_AI_LOCATION:-us-central1}",
-        "base_url": "${VERTEX_API_URL:-}",
-    },
-    "groq": {"base_url": "${GROQ_API_URL:-https://api.groq.com/openai/v1}"},
-    "mistral": {"base_url": "${MISTRAL_API_URL:-https://api.mistral.ai/v1}"},
-    "bedrock": {"region": "${AWS_REGION:-us-east-1}", "base_url": "${BEDROCK_API_URL:-}"},
-    "ollama": {"base_url": "${OLLAMA_API_URL:-http://localhost:11434}"},
-    "lmstudio": {"base_url": "${LMSTUDIO_API_URL:-http://localhost:1234/v1}"},
-}
-
+DEFAULT_PROVIDERS: Final[dict[str, dict[str, Any]]] = {name: kind.defaults(True) for name, kind in TYPES.items()}
 # What a provider of a type gets when it is not named like the default one (`azure-eu: {type: azure}`):
 # the type's fixed defaults, without the default provider's own environment variables.
-TYPE_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
-    "openai": {"base_url": "https://api.openai.com/v1"},
-    "groq": {"base_url": "https://api.groq.com/openai/v1"},
-    "mistral": {"base_url": "https://api.mistral.ai/v1"},
-    "ollama": {"base_url": "http://localhost:11434"},
-    "lmstudio": {"base_url": "http://localhost:1234/v1"},
-    "anthropic": {"base_url": "https://api.anthropic.com/v1", "version": "2023-06-01", "default_max_tokens": 4096},
-    "azure": {"api_version": "2024-10-21"},
-    "vertex": {"location": "us-central1"},
-    "bedrock": {"region": "${AWS_REGION:-us-east-1}"},
-}
-
-# Settings without which a provider cannot be called, with the variable that sets them by default.
-# Such a provider still loads; a request routed to it gets 503 provider_not_configured.
-REQUIRED_SETTINGS: Final[dict[str, tuple[str, str]]] = {
-    "azure": ("endpoint", "AZURE_OPENAI_ENDPOINT"),
-    "vertex": ("project", "GOOGLE_CLOUD_PROJECT"),
-    "openai": ("base_url", "OPENAI_API_URL"),
-    "anthropic": ("base_url", "ANTHROPIC_API_URL"),
-    "groq": ("base_url", "GROQ_API_URL"),
-    "mistral": ("base_url", "MISTRAL_API_URL"),
-    "ollama": ("base_url", "OLLAMA_API_URL"),
-    "lmstudio": ("base_url", "LMSTUDIO_API_URL"),
-    "bedrock": ("region", "AWS_REGION"),
-}
+TYPE_DEFAULTS: Final[dict[str, dict[str, Any]]] = {name: kind.defaults(False) for name, kind in TYPES.items()}
 
 _COMMON_KEYS: Final = frozenset({"type", "auth", "api_key", "models", "key_scope"})
-_TYPE_KEYS: Final[dict[str, frozenset[str]]] = {
-    "openai": frozenset({"base_url"}),
-    "groq": frozenset({"base_url"}),
-    "mistral": frozenset({"base_url"}),
-    "lmstudio": frozenset({"base_url"}),
-    "ollama": frozenset({"base_url"}),
-    "anthropic": frozenset({"base_url", "version", "default_max_tokens", "betas"}),
-    "azure": frozenset({"endpoint", "api_version"}),
-    "vertex": frozenset({"project", "location", "base_url"}),
-    "bedrock": frozenset(
-        {"region", "base_url", "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "profile"}
-    ),
-}
-# The ambient credentials a type can use: google-auth application default credentials, or the AWS chain.
-AMBIENT_KINDS: Final[dict[str, Literal["google", "aws"]]] = {"vertex": "google", "bedrock": "aws"}
-_AMBIENT_TYPES: Final = frozenset(AMBIENT_KINDS)
-# Types that never receive the caller's key, whatever `auth` says: Ollama gets only a YAML api_key.
-_NO_CALLER_KEY_TYPES: Final = frozenset({"ollama"})
-# Well-known key prefixes of one vendor (DESIGN §14): a caller key that starts with one is sent only
-# to providers of the listed types, never to another vendor that would log or reject it.
-KEY_PREFIX_TYPES: Final[tuple[tuple[str, frozenset[str]], ...]] = (
-    ("sk-ant-", frozenset({"anthropic"})),
-    ("gsk_", frozenset({"groq"})),
-    ("AIza", frozenset({"vertex"})),
-)
-_VENDOR_PREFIXES: Final = tuple(prefix for prefix, _ in KEY_PREFIX_TYPES)
 
 SHA256_PREFIX: Final = "sha256:"
 _DIGEST_RE: Final = re.compile(r"sha256:[0-9a-fA-F]{64}", re.IGNORECASE)
@@ -206,7 +133,7 @@ class Retries:
 @dataclass(frozen=True, slots=True)
 class ProviderConfig:
     name: str
-    type: ProviderType
+    type: TypeName
     auth: AuthMode = "forward"
     api_key: Secret | None = None
     models: tuple[str, ...] = ()
@@ -229,16 +156,19 @@ class ProviderConfig:
     betas: tuple[str, ...] | None = None
     # Why a request routed here cannot be sent (a required setting is empty), or None.
     unconfigured: str | None = None
+    # What the gateway may know about the type (providers/catalog.py): ask it, never the type's name.
+    kind: ProviderType = field(init=False, repr=False, compare=False)
     # Derived once here, read on every request (credential_for): see the properties below.
     _server: bool = field(init=False, repr=False, compare=False, default=False)
     _forwards: bool = field(init=False, repr=False, compare=False, default=False)
 
     def __post_init__(self) -> None:
-        server = (self.api_key is not None or self.auth == "ambient" or self.aws_access_key_id is not None
-                  or bool(self.profile))
+        kind = TYPES[self.type]
+        object.__setattr__(self, "kind", kind)
+        server = (self.api_key is not None or self.auth == "ambient"
+                  or (kind.sigv4 and (self.aws_access_key_id is not None or bool(self.profile))))
         object.__setattr__(self, "_server", server)
-        object.__setattr__(self, "_forwards", not server and self.auth == "forward"
-                           and self.type not in _NO_CALLER_KEY_TYPES)
+        object.__setattr__(self, "_forwards", not server and self.auth == "forward" and kind.forwards)
 
     @property
     def scope(self) -> str:
@@ -252,9 +182,9 @@ class ProviderConfig:
         return self._server
 
     @property
-    def ambient_kind(self) -> Literal["google", "aws"] | None:
+    def ambient_kind(self) -> AmbientKind | None:
         """The ambient credentials the type can use (google-auth ADC, the AWS chain), or None."""
-        return AMBIENT_KINDS.get(self.type)
+        return self.kind.ambient
 
     def carries_caller_key(self, endpoint_key: Secret | None = None) -> bool:
         """Whether attempts on this provider (through an endpoint with ``endpoint_key``) carry the
@@ -264,12 +194,9 @@ class ProviderConfig:
     def accepts_caller_key(self, key: str) -> bool:
         """False for a key with another vendor's well-known prefix (``sk-ant-`` to a non-anthropic
         provider, ...): such a key is never sent here."""
-        if not key.startswith(_VENDOR_PREFIXES):
+        if not key.startswith(VENDOR_PREFIXES):
             return True  # the common case: one C-level test
-        for prefix, types in KEY_PREFIX_TYPES:
-            if key.startswith(prefix):
-                return self.type in types
-        return True
+        return key.startswith(self.kind.key_prefixes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -593,22 +520,24 @@ def _read_gateway_keys(raw: Any, present: bool, errors: _Errors) -> tuple[str, .
 
 def _read_provider(name: str, raw: Mapping[str, Any], errors: _Errors) -> ProviderConfig | None:
     path = _join("providers", name)
-    ptype = raw.get("type", name if name in DEFAULT_PROVIDERS else None)
+    ptype = raw.get("type", name if name in TYPES else None)
     if ptype is None:
         errors.add(path, f"a provider not named like one of the nine types needs `type` ({', '.join(PROVIDER_TYPES)})")
         return None
     if ptype not in PROVIDER_TYPES:
         errors.add(_join(path, "type"), f"unknown provider type {ptype!r} (expected one of: {', '.join(PROVIDER_TYPES)})")
         return None
-    _check_keys(raw, _COMMON_KEYS | _TYPE_KEYS[ptype], path, errors)
+    kind = TYPES[ptype]
+    _check_keys(raw, _COMMON_KEYS | kind.keys, path, errors)
 
-    default_auth: AuthMode = "none" if ptype == "ollama" else "forward"
+    default_auth: AuthMode = kind.default_auth
     auth = _string(raw.get("auth"), _join(path, "auth"), errors, default_auth) or default_auth
     if auth not in ("forward", "ambient", "none"):
         errors.add(_join(path, "auth"), f"expected forward, ambient or none, got {auth!r}")
         auth = default_auth
-    if auth == "ambient" and ptype not in _AMBIENT_TYPES:
-        errors.add(_join(path, "auth"), "ambient credentials exist only for vertex and bedrock providers")
+    if auth == "ambient" and kind.ambient is None:
+        names = " and ".join(t.name for t in TYPES.values() if t.ambient is not None)
+        errors.add(_join(path, "auth"), f"ambient credentials exist only for {names} providers")
         auth = default_auth
 
     models_raw = raw.get("models") or []
@@ -652,7 +581,7 @@ def _read_provider(name: str, raw: Mapping[str, Any], errors: _Errors) -> Provid
         key_scope=text("key_scope") or name,
         betas=_strings(raw["betas"], _join(path, "betas"), errors) if raw.get("betas") is not None else None,
     )
-    setting, env_var = REQUIRED_SETTINGS[ptype]
+    setting, env_var = kind.required, kind.required_env
     if not getattr(provider, setting):
         # Where to set it: a default provider reads its environment variable; another only its YAML.
         hint = f"set {env_var} or {_join(path, setting)}" if name == ptype else f"set {_join(path, setting)}"
@@ -673,7 +602,7 @@ def _read_providers(raw: Any, defaults: Mapping[str, dict[str, Any]], errors: _E
         if not _PROVIDER_NAME_RE.fullmatch(name):
             errors.add(_join("providers", name), "a provider name takes letters, digits, '_', '-' and '.'")
             continue
-        if name in DEFAULT_PROVIDERS and values.get("type", name) == name:
+        if name in TYPES and values.get("type", name) == name:
             merged[name].update(values)
         else:
             type_defaults = _interpolate(TYPE_DEFAULTS.get(str(values.get("type")), {}), _join("providers", name),

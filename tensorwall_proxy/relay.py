@@ -26,6 +26,7 @@ from aiohttp import web
 
 from . import upstream
 from .auth import Credential, GatewayKeys, credential_for, missing_provider_key
+from .calls import UpstreamCall
 from .clock import SilenceClock
 from .config import Config, ProviderConfig, Secret, ServerConfig, Timeouts
 from .dialects import Catalog, Dialect
@@ -37,7 +38,7 @@ from .errors import (
 )
 from .health import HealthBook, HealthKey, RetryBudget, when_all_blocked
 from .observability import THROTTLE, Ledger, Metrics, RequestRecord, outcome_of
-from .providers import ChatRequest, EmbeddingsRequest, Provider, UpstreamCall, provider_for
+from .providers import ChatRequest, EmbeddingsRequest, Provider, provider_for
 from .router import LLMRouter, Route, RouteEndpoint
 from .sse import SseError
 
@@ -151,9 +152,10 @@ def plan(table: Table, gateway: Gateway, route: Route, caller: Secret | None) ->
     for endpoint in route.endpoints:
         provider = table.config.providers[endpoint.provider]
         credential = credential_for(provider, endpoint.api_key, caller)
-        # A vertex provider without a project may still get one from its ambient credentials.
+        # A provider without its required setting may still get it from its ambient credentials
+        # (a Google identity names its project).
         if provider.unconfigured is not None and not (
-                provider.type == "vertex" and credential is not None and credential.kind == "ambient"):
+                provider.kind.ambient_fills_required and credential is not None and credential.kind == "ambient"):
             reason = reason or _not_configured(table, provider.name, provider.unconfigured)
             continue
         if credential is None:

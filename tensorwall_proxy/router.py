@@ -112,6 +112,13 @@ def _compile(rule: RuleConfig) -> _CompiledRule:
 ModelGate = Callable[[str], bool]
 
 
+def fallback_order(endpoints: Sequence[RouteEndpoint], candidates: Iterable[int] | None = None) -> list[int]:
+    """Indices of ``endpoints`` (or of ``candidates`` among them) in fallback order: ascending
+    priority, then descending weight, then as written."""
+    indices = range(len(endpoints)) if candidates is None else candidates
+    return sorted(indices, key=lambda i: (endpoints[i].priority, -endpoints[i].weight, i))
+
+
 def model_gate(models: Sequence[str]) -> ModelGate:
     """Whether an upstream model id is one of ``models`` (exact ids and fnmatch globs, case-sensitive;
     ``*`` alone opens every model). The globs are compiled here, once per table."""
@@ -238,9 +245,7 @@ class LLMRouter:
             lowest = min(endpoints[i].priority for i in candidates)
             pool = [i for i in candidates if endpoints[i].priority == lowest]
         first = self._weighted_pick(pool, endpoints)
-        rest = sorted((i for i in candidates if i != first),
-                      key=lambda i: (endpoints[i].priority, -endpoints[i].weight, i))
-        return [first, *rest]
+        return [first, *(i for i in fallback_order(endpoints, candidates) if i != first)]
 
     def _weighted_pick(self, pool: Sequence[int], endpoints: Sequence[RouteEndpoint]) -> int:
         total = sum(endpoints[i].weight for i in pool)

@@ -23,10 +23,10 @@ from typing import Any, Final
 import aiohttp
 
 from .auth import Credential
+from .calls import UpstreamCall
 from .config import ProviderConfig, Secret
 from .errors import ProviderNotConfigured, UpstreamError
 from .observability import THROTTLE
-from .providers import UpstreamCall
 
 CLOUD_PLATFORM_SCOPE: Final = "https://www.googleapis.com/auth/cloud-platform"
 # A token is renewed this long before it expires (or at a quarter of its life, if that is sooner),
@@ -354,18 +354,20 @@ class Ambient:
 
     async def resolve(self, provider: ProviderConfig) -> Credential:
         """The credential for one attempt on ``provider``."""
-        if provider.type == "vertex":
+        ambient = provider.kind.ambient
+        if ambient == "google":
             tokens = self._google.get(provider.name)
             if tokens is None:
                 tokens = self._google[provider.name] = GoogleTokens(provider.name)
             token, project = await tokens.get()
             return Credential("ambient", token, project)
-        if provider.type == "bedrock":
+        if ambient == "aws":
             aws = self._aws.get(provider.name)
             if aws is None:
                 aws = self._aws[provider.name] = AwsCredentials(provider)
             frozen = await aws.frozen()
-            return Credential("ambient", sign=functools.partial(sign_sigv4, frozen, provider.region or "us-east-1"))
+            region = provider.region or str(provider.kind.default("region"))
+            return Credential("ambient", sign=functools.partial(sign_sigv4, frozen, region))
         raise _not_configured(None, provider.name, f"provider type '{provider.type}' has no ambient credentials in this "
                                              "version")
 

@@ -1,23 +1,28 @@
-"""The provider contract (DESIGN §3) and the registry of the nine provider types.
+"""The registry of the nine provider types: each type's catalog entry and its implementation.
 
-A provider type is one module of plain functions over plain data: build the upstream call from
-an OpenAI request, turn the upstream's answer (whole, or event by event) back into OpenAI's shape,
-and classify its errors so retry, fallback and cooldown never depend on the provider. Modules
-here do no I/O and import no aiohttp.
+The contract every type implements is ``contract.py``; what the rest of the gateway may know about
+a type is its ``catalog.ProviderType``. Adding a type is one catalog entry, one module and one line
+here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Final
 
-from yarl import URL
+from . import anthropic, azure, bedrock, openai, vertex
+from .catalog import TYPES, ProviderType
+from .contract import (
+    ChatRequest,
+    EmbeddingsRequest,
+    Framer,
+    Provider,
+    StreamDecoder,
+    UpstreamCall,
+    path_segment,
+)
 
-from ..auth import Credential
-from ..config import ProviderConfig
-from ..errors import GatewayError, UpstreamError
-from ..sse import SseEvent
+__all__ = ["PROVIDERS", "TYPES", "ChatRequest", "EmbeddingsRequest", "Framer", "Provider", "ProviderType",
+           "StreamDecoder", "UpstreamCall", "path_segment", "provider_for"]
 
 # Handles for the Python API of llm-providers.md: `RouteEndpoint(provider=openai_provider, ...)`.
 openai_provider: Final = "openai"
@@ -30,152 +35,16 @@ bedrock_provider: Final = "bedrock"
 ollama_provider: Final = "ollama"
 lmstudio_provider: Final = "lmstudio"
 
-
-@dataclass(frozen=True, slots=True)
-class ChatRequest:
-    """A validated ``/v1/chat/completions`` body. Translators copy it; they never mutate ``body``."""
-
-    body: Mapping[str, Any]
-    stream: bool = False
-    wants_usage: bool = False  # the caller set stream_options.include_usage
-    # Caller headers that may cross to an upstream (auth.FORWARDED_HEADERS), already filtered.
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class EmbeddingsRequest:
-    """A validated ``/v1/embeddings`` body."""
-
-    body: Mapping[str, Any]
-    base64: bool = False  # the caller asked for encoding_format: base64 (the openai SDK's default)
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamCall:
-    """Everything the transport needs for one attempt; the credential is already in ``headers``."""
-
-    method: str
-    url: URL
-    headers: Mapping[str, str]
-    body: bytes
-    stream: bool = False
-
-
-class StreamDecoder(Protocol):
-    """Fed upstream events one by one; returns encoded OpenAI SSE events for the client.
-
-    ``visible`` turns true once something the client must see has been produced (content, a tool
-    call, a finish_reason): that is the commit point, and the relay holds everything until then.
-    ``done`` turns true when the upstream signalled the end; ``usage`` holds the provider's counts.
-    """
-
-    visible: bool
-    done: bool
-    usage: Mapping[str, Any] | None
-
-    def feed(self, event: SseEvent) -> list[bytes]:
-        """Encoded events to send for one upstream event; raises UpstreamError for an in-band error."""
-        ...
-
-    def close(self) -> list[bytes]:
-        """At upstream end of stream: trailing events, or UpstreamError if the stream was cut short."""
-        ...
-
-    def split_plain(self, chunk: bytes) -> tuple[bytes, bytes]:
-        """``chunk`` (read while the framer held nothing) as the leading whole events that go to the
-        client unchanged, neither framed nor fed, and the rest, to frame and feed. A translator's
-        plain part is always empty."""
-        ...
-
-
-class Framer(Protocol):
-    """Cuts a streamed body into upstream events as bytes arrive: SSE, or AWS event-stream messages."""
-
-    def feed(self, chunk: bytes) -> list[SseEvent]:
-        """Events completed by ``chunk``; raises UpstreamError or SseError on broken framing."""
-        ...
-
-    def flush(self) -> list[SseEvent]:
-        """What is left at the end of the body."""
-        ...
-
-    @property
-    def idle(self) -> bool:
-        """No part of an event is buffered: the next bytes start a new event."""
-        ...
-
-
-class Provider(Protocol):
-    """One wire format. Every method is pure."""
-
-    def framer(self) -> Framer:
-        """A fresh framer for one streamed attempt (SSE for every type but bedrock)."""
-        ...
-
-    def build_request(self, req: ChatRequest, provider: ProviderConfig, model: str,
-                      credential: Credential) -> UpstreamCall:
-        """The upstream call for a chat request; raises UnsupportedField for what it cannot express."""
-        ...
-
-    def parse_response(self, req: ChatRequest, provider: ProviderConfig, body: bytes) -> bytes:
-        """A successful non-streamed upstream body → the OpenAI ``chat.completion`` body."""
-        ...
-
-    def stream_decoder(self, req: ChatRequest, provider: ProviderConfig) -> StreamDecoder:
-        """A fresh decoder for one streamed attempt."""
-        ...
-
-    def classify_error(self, provider: ProviderConfig, status: int, headers: Mapping[str, str],
-                       body: bytes) -> UpstreamError:
-        """An upstream error response → the gateway's error, with the kind fallback looks at."""
-        ...
-
-    def build_embeddings_request(self, req: EmbeddingsRequest, provider: ProviderConfig, model: str,
-                                 credential: Credential) -> list[UpstreamCall]:
-        """The upstream calls for embeddings (several when the provider takes inputs in batches,
-        sent concurrently); 400 where the provider type has none."""
-        ...
-
-    def parse_embeddings_response(self, req: EmbeddingsRequest, provider: ProviderConfig,
-                                  bodies: list[bytes]) -> bytes:
-        """The successful upstream bodies, in call order → OpenAI's list, in the caller's encoding."""
-        ...
-
-
-_SEGMENT_SAFE: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-
-
-def path_segment(value: str, what: str) -> str:
-    """A model id or deployment name as one percent-encoded URL path segment.
-
-    Never trusted as URL material: control characters and the dot segments ``.``/``..`` are
-    refused outright (400); everything outside RFC 3986's unreserved set is percent-encoded, so
-    ``/``, ``?``, ``#`` and ``:`` cannot change the path, query or fragment.
-    """
-    if not value or len(value) > 512:
-        raise GatewayError(400, f"Invalid {what}: must be 1 to 512 characters.", param="model",
-                           code="invalid_model")
-    if value in (".", "..") or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise GatewayError(400, f"Invalid {what} {value!r}.", param="model", code="invalid_model")
-    if all(c in _SEGMENT_SAFE for c in value):
-        return value
-    return "".join(c if c in _SEGMENT_SAFE else "".join(f"%{b:02X}" for b in c.encode("utf-8")) for c in value)
-
-
-def _registry() -> dict[str, Provider]:
-    from . import anthropic, azure, bedrock, openai, vertex
-
-    registry: dict[str, Provider] = {name: openai.OpenAICompatible(name) for name in openai.WIRE}
-    registry["azure"] = azure.Azure()
-    registry["anthropic"] = anthropic.Anthropic()
-    registry["vertex"] = vertex.Vertex()
-    registry["bedrock"] = bedrock.Bedrock()
-    return registry
-
-
-PROVIDERS: Final[dict[str, Provider]] = _registry()
+PROVIDERS: Final[dict[str, Provider]] = {
+    **{name: openai.OpenAICompatible(name) for name in openai.WIRE},
+    "azure": azure.Azure(),
+    "anthropic": anthropic.Anthropic(),
+    "vertex": vertex.Vertex(),
+    "bedrock": bedrock.Bedrock(),
+}
+assert PROVIDERS.keys() == TYPES.keys(), "every catalog entry has an implementation"
 
 
 def provider_for(type_: str) -> Provider:
-    """The implementation of a provider type (config.py admits only the nine)."""
+    """The implementation of a provider type (config.py admits only the catalog's)."""
     return PROVIDERS[type_]

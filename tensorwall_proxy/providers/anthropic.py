@@ -17,33 +17,32 @@ Pure: no I/O, no aiohttp.
 
 from __future__ import annotations
 
-import functools
-import re
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from ..auth import Credential
-from ..config import ProviderConfig
 from ..errors import FailureKind, GatewayError, UnsupportedField, UpstreamError, bad_request
 from ..sse import SseDecoder, SseEvent
 from ..tokens import count_of
-from . import ChatRequest, EmbeddingsRequest, UpstreamCall
-from .anthropic_headers import auth_header, passed_betas
+from .anthropic_wire import JSON_OBJECT_INSTRUCTION, auth_header, claude_sampling, passed_betas
+from .blocks import BlockStream
+from .catalog import TYPES
+from .contract import ChatRequest, EmbeddingsRequest, UpstreamCall
 from .ids import attach, detach, for_upstream
-from .openai import USER_AGENT, classify_openai_error, upstream_url
+from .openai_wire import USER_AGENT, classify_openai_error, upstream_url
+from .policy import check, reasoning_budget
 from .shapes import (
-    ChunkEncoder,
     StateBudget,
     completion,
+    convert_turns,
     data_url,
+    image_url,
     items,
     load_object,
     obj,
     pack_state,
     stop_sequences,
-    strings,
     text_of,
     tool_input,
     tool_name,
@@ -51,46 +50,33 @@ from .shapes import (
     usage,
 )
 
-DEFAULT_VERSION: Final = "2023-06-01"
-DEFAULT_MAX_TOKENS: Final = 4096
+if TYPE_CHECKING:
+    from ..auth import Credential
+    from ..config import ProviderConfig
+
+# The catalog's defaults, for a provider whose YAML emptied them.
+DEFAULT_VERSION: Final = str(TYPES["anthropic"].default("version"))
+DEFAULT_MAX_TOKENS: Final = int(TYPES["anthropic"].default("default_max_tokens"))
 # From this API version on Anthropic refuses temperature, top_p and top_k for every model.
 SAMPLING_DROPPED_SINCE: Final = "2026-10-21"
-# The version in a Claude model id: claude-opus-4-1-20250805, claude-3-7-sonnet, claude-2.1, claude-v2, and the
-# same inside Bedrock (anthropic.claude-…-v1:0) and Vertex (claude-…@date) ids. A minor version is
-# one or two digits, so the date after claude-sonnet-4 is not taken for one.
-_CLAUDE_VERSION: Final = re.compile(r"claude-(?:(?:opus|sonnet|haiku)-)?v?(\d+)(?:[-.](\d{1,2})(?!\d))?")
-
-# reasoning_effort → extended thinking budget_tokens (Anthropic's minimum is 1024).
-THINKING_BUDGETS: Final[dict[str, int]] = {
-    "minimal": 1024, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768, "max": 32768,
-}
-
 FINISH_REASONS: Final[dict[str, str]] = {
     "end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop",
     "max_tokens": "length", "model_context_window_exceeded": "length",
     "tool_use": "tool_calls", "refusal": "content_filter",
 }
 
-# Fields that cannot be honoured without changing the count or shape of the result (DESIGN §7).
-_REFUSED: Final = ("logprobs", "top_logprobs", "audio")
+# What Anthropic refuses, clamps and maps of a chat body: its catalog entry's field policy.
+POLICY: Final = TYPES["anthropic"].policy
 # Anthropic error types met mid-stream → (failure kind, status the caller sees).
 _STREAM_ERRORS: Final[dict[str, tuple[FailureKind, int]]] = {
     "overloaded_error": ("overloaded", 503), "rate_limit_error": ("rate_limited", 429),
     "timeout_error": ("timeout", 504),
 }
-# The instruction that stands in for OpenAI's JSON mode, which Anthropic has no switch for.
-JSON_OBJECT_INSTRUCTION: Final = "Respond with a single JSON object and nothing else."
 # Marks thinking state in a tool call id, so state from another provider is never taken for ours.
 _STATE_TAG: Final = b"A1"
 
 
 # --- request ------------------------------------------------------------------------------------
-
-
-
-
-
-
 
 
 def _image_block(url: str, param: str) -> dict[str, Any]:
@@ -117,9 +103,7 @@ def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
             if part.get("text"):
                 blocks.append({"type": "text", "text": str(part["text"])})
         elif kind == "image_url":
-            image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
-            blocks.append(_image_block(str(url or ""), f"{param}.image_url.url"))
+            blocks.append(_image_block(image_url(part), f"{param}.image_url.url"))
         elif kind == "file":
             blocks.append(_document_block(part.get("file"), param))
         else:
@@ -133,8 +117,6 @@ def _document_block(file: Any, param: str) -> dict[str, Any]:
     if parsed is not None and parsed[0] == "application/pdf":
         return {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": parsed[1]}}
     raise UnsupportedField(param, f"'{param}': Anthropic takes files as base64 PDF data (file_data).")
-
-
 
 
 def encode_thinking(blocks: list[dict[str, Any]]) -> bytes:
@@ -189,31 +171,12 @@ def _tool_result(message: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 def convert_messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """OpenAI messages → (Anthropic ``system`` blocks, Anthropic ``messages``), merged and ordered."""
-    system: list[dict[str, Any]] = []
-    turns: list[dict[str, Any]] = []
     budget = StateBudget()
-    for i, message in enumerate(messages):
-        role = message.get("role")
-        where = f"messages[{i}]"
-        if role in ("system", "developer"):
-            text = text_of(message.get("content"))
-            if text:
-                system.append({"type": "text", "text": text})
-            continue
-        if role == "user":
-            blocks, turn_role = _user_blocks(message.get("content"), where), "user"
-        elif role == "assistant":
-            blocks, turn_role = _assistant_blocks(message, where, budget), "assistant"
-        elif role == "tool":
-            blocks, turn_role = [_tool_result(message, where)], "user"
-        else:
-            raise UnsupportedField(f"{where}.role", f"Messages of role '{role}' are not supported by Anthropic.")
-        if not blocks:
-            continue  # Anthropic refuses empty turns; an empty OpenAI message says nothing
-        if turns and turns[-1]["role"] == turn_role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": turn_role, "content": blocks})
+    texts, turns = convert_turns(messages, "Anthropic",
+                                 lambda message, where: _user_blocks(message.get("content"), where),
+                                 lambda message, where: _assistant_blocks(message, where, budget),
+                                 lambda message, where: [_tool_result(message, where)])
+    system = [{"type": "text", "text": text} for text in texts if text]
     for turn in turns:
         if turn["role"] == "user" and len(turn["content"]) > 1:
             # Tool results must lead the user turn that answers a tool use.
@@ -268,8 +231,7 @@ def _tool_choice(body: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def _thinking_budget(body: Mapping[str, Any], turns: list[dict[str, Any]]) -> int | None:
-    effort = body.get("reasoning_effort")
-    budget = THINKING_BUDGETS.get(effort) if isinstance(effort, str) else None
+    budget = reasoning_budget(body, POLICY)
     if budget is None:
         return None
     last_assistant = next((t for t in reversed(turns) if t["role"] == "assistant"), None)
@@ -280,16 +242,6 @@ def _thinking_budget(body: Mapping[str, Any], turns: list[dict[str, Any]]) -> in
     return budget
 
 
-@functools.lru_cache(maxsize=256)  # bounded: with the prefix form the model id is the caller's
-def one_sampling_field(model: str) -> bool:
-    """Whether a model takes ``temperature`` or ``top_p`` but refuses both together: Claude 4.1 and
-    later, and a Claude whose id names no version. Other models keep both."""
-    match = _CLAUDE_VERSION.search(model)
-    if match is None:
-        return "claude" in model
-    return (int(match[1]), int(match[2] or 0)) >= (4, 1)
-
-
 def sampling(body: Mapping[str, Any], version: str, model: str) -> dict[str, Any]:
     """``temperature`` (clamped to Anthropic's 0 to 1) and ``top_p`` as the API version and the model
     take them (DESIGN §14): none from 2026-10-21 on; one of them, temperature first, for Claude 4.1
@@ -297,11 +249,10 @@ def sampling(body: Mapping[str, Any], version: str, model: str) -> dict[str, Any
     if version[:10] >= SAMPLING_DROPPED_SINCE:
         return {}
     out: dict[str, Any] = {}
-    temperature = body.get("temperature")
+    temperature, top_p = claude_sampling(body, POLICY, model)
     if temperature is not None:
-        out["temperature"] = min(max(float(temperature), 0.0), 1.0)
-    top_p = body.get("top_p")
-    if top_p is not None and not (out and one_sampling_field(model)):
+        out["temperature"] = temperature
+    if top_p is not None:
         out["top_p"] = top_p
     return out
 
@@ -309,14 +260,7 @@ def sampling(body: Mapping[str, Any], version: str, model: str) -> dict[str, Any
 def translate_request(req: ChatRequest, provider: ProviderConfig, model: str) -> dict[str, Any]:
     """The Anthropic Messages body for an OpenAI chat request."""
     body = req.body
-    n = body.get("n")
-    if n is not None and n > 1:
-        raise UnsupportedField("n", "'n' greater than 1 is not supported by Anthropic.")
-    for name in _REFUSED:
-        if body.get(name):
-            raise UnsupportedField(name, f"'{name}' is not supported by Anthropic.")
-    if "audio" in strings(body, "modalities"):
-        raise UnsupportedField("modalities", "Audio output is not supported by Anthropic.")
+    check(body, POLICY)
     system, turns = convert_messages(body["messages"])
     if not turns:
         raise bad_request("Anthropic needs at least one user or assistant message with content.", param="messages")
@@ -433,27 +377,20 @@ def stream_error(provider: str, data: Mapping[str, Any]) -> UpstreamError:
                          provider=provider, type=str(error.get("type") or "api_error"))
 
 
-class AnthropicStream:
-    """Anthropic's named SSE events → OpenAI chunks.
+class AnthropicStream(BlockStream):
+    """Anthropic's named SSE events → OpenAI chunks (the block bookkeeping is ``BlockStream``'s).
 
-    Tool calls are numbered 0, 1, … over tool calls only (Anthropic's block index counts text
-    and thinking blocks too). The first tool call's id carries the thinking that preceded it.
+    The first tool call's id carries the thinking that preceded it.
     """
 
-    __slots__ = ("_blocks", "_chunks", "_finish", "_provider", "_thinking", "_tool_count", "_usage", "done",
-                 "usage", "visible")
+    __slots__ = ("_usage",)
 
     def __init__(self, provider: str, wants_usage: bool) -> None:
-        self._provider = provider
-        self._chunks = ChunkEncoder(wants_usage)
-        self._blocks: dict[int, dict[str, Any]] = {}  # Anthropic block index → what we know of it
-        self._thinking: list[dict[str, Any]] = []
-        self._tool_count = 0
-        self._finish: str | None = None
+        super().__init__(provider, wants_usage)
         self._usage: dict[str, Any] = {}
-        self.visible = False
-        self.done = False
-        self.usage: Mapping[str, Any] | None = None
+
+    def _pack(self, reasoning: list[dict[str, Any]]) -> bytes:
+        return encode_thinking(reasoning)
 
     def feed(self, event: SseEvent) -> list[bytes]:
         data = load_object(event.data, self._provider, "an event")
@@ -476,18 +413,14 @@ class AnthropicStream:
             self._chunks.id = str(message.get("id") or "")
             self._chunks.model = str(message.get("model") or "")
             self._usage.update(obj(message.get("usage")))
-            return [self._chunks.chunk({"role": "assistant", "content": ""})]
+            return self._role()
         if kind == "message_delta":
             delta = obj(data.get("delta"))
-            self._finish = FINISH_REASONS.get(str(delta.get("stop_reason")), "stop")
             self._usage.update(obj(data.get("usage")))  # output_tokens is a running total
-            self.visible = True
-            return [self._chunks.chunk({}, self._finish)]
+            return self._finish(FINISH_REASONS.get(str(delta.get("stop_reason")), "stop"))
         if kind == "message_stop":
-            self.done = True
             self.visible = True
-            self.usage = _usage(self._usage)
-            return self._chunks.end(self.usage)
+            return self._end(_usage(self._usage))
         if kind == "error":
             raise stream_error(self._provider, data)
         return []  # ping, and event types newer than this translator
@@ -503,16 +436,7 @@ class AnthropicStream:
             self.visible = True
             return [self._chunks.chunk({"content": block["text"]})]
         if kind == "tool_use":
-            block["tool_index"] = self._tool_count
-            block["arguments_seen"] = False
-            self._tool_count += 1
-            tool_id = str(block.get("id") or "")
-            if block["tool_index"] == 0 and self._thinking:
-                tool_id = attach(tool_id, encode_thinking(self._thinking))
-            self.visible = True
-            return [self._chunks.chunk({"tool_calls": [{
-                "index": block["tool_index"], "id": tool_id, "type": "function",
-                "function": {"name": block.get("name"), "arguments": ""}}]})]
+            return self._tool_start(block, str(block.get("id") or ""), block.get("name"))
         if kind == "thinking":
             block.setdefault("thinking", "")
             block.setdefault("signature", "")
@@ -523,20 +447,12 @@ class AnthropicStream:
         block = self._blocks.get(data.get("index"))  # type: ignore[arg-type]
         kind = delta.get("type")
         if kind == "input_json_delta" and block is not None and block.get("type") == "tool_use":
-            fragment = delta.get("partial_json") or ""
-            if not fragment:
-                return []
-            block["arguments_seen"] = True
-            return [self._chunks.chunk({"tool_calls": [{"index": block["tool_index"],
-                                                        "function": {"arguments": fragment}}]})]
+            return self._tool_arguments(block, delta.get("partial_json") or "")
         if kind == "thinking_delta":
             text = delta.get("thinking") or ""
             if block is not None:
                 block["thinking"] = block.get("thinking", "") + text
-            if not text:
-                return []
-            self.visible = True
-            return [self._chunks.chunk({"reasoning_content": text})]
+            return self._reasoning_text(text)
         if kind == "signature_delta" and block is not None:
             block["signature"] = block.get("signature", "") + (delta.get("signature") or "")
         return []
@@ -547,15 +463,10 @@ class AnthropicStream:
             return []
         kind = block.get("type")
         if kind in ("thinking", "redacted_thinking"):
-            self._thinking.append({k: v for k, v in block.items() if k in ("type", "thinking", "signature", "data")})
-        elif kind == "tool_use" and not block.get("arguments_seen"):
-            # A tool that received no JSON at all was called with no arguments.
-            return [self._chunks.chunk({"tool_calls": [{"index": block["tool_index"],
-                                                        "function": {"arguments": "{}"}}]})]
+            self._reasoning.append({k: v for k, v in block.items() if k in ("type", "thinking", "signature", "data")})
+        elif kind == "tool_use":
+            return self._tool_stop(block)
         return []
-
-    def split_plain(self, chunk: bytes) -> tuple[bytes, bytes]:
-        return b"", chunk  # every event is translated
 
     def close(self) -> list[bytes]:
         if not self.done:

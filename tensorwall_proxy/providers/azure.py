@@ -13,23 +13,25 @@ Pure: no I/O, no aiohttp.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import orjson
 
-from ..auth import Credential
-from ..config import ProviderConfig
 from ..errors import UpstreamError
 from ..sse import SseDecoder
-from . import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
-from .openai import (
+from .catalog import TYPES
+from .contract import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
+from .openai_wire import (
     USER_AGENT,
-    WIRE,
     PassthroughStream,
     adapt_chat_body,
     classify_openai_error,
     upstream_url,
 )
+
+if TYPE_CHECKING:
+    from ..auth import Credential
+    from ..config import ProviderConfig
 
 # The first GA api-version that accepts stream_options (and seed); see wire-formats §3.
 STREAM_OPTIONS_SINCE: Final = "2024-10-21"
@@ -61,7 +63,7 @@ class Azure:
 
     def build_request(self, req: ChatRequest, provider: ProviderConfig, model: str,
                       credential: Credential) -> UpstreamCall:
-        body = adapt_chat_body(req, WIRE["openai"], self.type,
+        body = adapt_chat_body(req, TYPES["azure"].policy, "openai",
                                asks_usage=accepts_stream_options(provider.api_version))
         url = upstream_url(provider.endpoint, self._url(provider, model, "chat/completions"))
         return UpstreamCall("POST", url, _headers(credential), orjson.dumps(body), req.stream)

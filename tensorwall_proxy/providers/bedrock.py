@@ -20,12 +20,10 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from ..auth import Credential
-from ..config import ProviderConfig
 from ..errors import (
     FailureKind,
     UnsupportedField,
@@ -36,17 +34,21 @@ from ..errors import (
 )
 from ..sse import SseEvent
 from ..tokens import count_of
-from . import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
-from .anthropic import JSON_OBJECT_INSTRUCTION, THINKING_BUDGETS, one_sampling_field
+from .anthropic_wire import JSON_OBJECT_INSTRUCTION, claude_sampling
+from .blocks import BlockStream
+from .catalog import TYPES
+from .contract import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
 from .ids import attach, detach, for_upstream, unique_id
-from .openai import USER_AGENT, upstream_url
+from .openai_wire import USER_AGENT, upstream_url
+from .policy import check, reasoning_budget
 from .shapes import (
-    ChunkEncoder,
     StateBudget,
     completion,
+    convert_turns,
     data_url,
     embedding_texts,
     embeddings,
+    image_url,
     items,
     load_object,
     obj,
@@ -58,6 +60,10 @@ from .shapes import (
     unpack_state,
     usage,
 )
+
+if TYPE_CHECKING:
+    from ..auth import Credential
+    from ..config import ProviderConfig
 
 DEFAULT_MAX_TOKENS: Final = 4096
 FINISH_REASONS: Final[dict[str, str]] = {
@@ -80,10 +86,9 @@ IMAGE_FORMATS: Final = {"image/png": "png", "image/jpeg": "jpeg", "image/gif": "
 _MODEL_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,2047}")
 COHERE_BATCH: Final = 96
 _STATE_TAG: Final = b"B1"
-
-
-
-
+_REGION: Final = str(TYPES["bedrock"].default("region"))
+# What Bedrock refuses, clamps and maps of a chat body: its catalog entry's field policy.
+POLICY: Final = TYPES["bedrock"].policy
 
 
 # --- URLs and credentials -----------------------------------------------------------------------
@@ -91,7 +96,7 @@ _STATE_TAG: Final = b"B1"
 
 def base_url(provider: ProviderConfig) -> str:
     """The configured host root, else the regional Bedrock Runtime host."""
-    return provider.base_url or f"https://bedrock-runtime.{provider.region or 'us-east-1'}.amazonaws.com"
+    return provider.base_url or f"https://bedrock-runtime.{provider.region or _REGION}.amazonaws.com"
 
 
 def model_url(provider: ProviderConfig, model: str, operation: str) -> str:
@@ -115,8 +120,6 @@ def _call(provider: ProviderConfig, credential: Credential, model: str, operatio
 
 
 # --- request ------------------------------------------------------------------------------------
-
-
 
 
 def _image(url: str, param: str) -> dict[str, Any]:
@@ -143,9 +146,7 @@ def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
             if str(part.get("text") or "").strip():
                 blocks.append({"text": str(part["text"])})
         elif kind == "image_url":
-            image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
-            blocks.append(_image(str(url or ""), f"{param}.image_url.url"))
+            blocks.append(_image(image_url(part), f"{param}.image_url.url"))
         else:
             raise UnsupportedField(param, f"Content parts of type '{kind}' are not supported by Bedrock.")
     return blocks
@@ -196,31 +197,12 @@ def convert_messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[di
     Bedrock refuses text in a user turn that holds tool results; a user message that follows tool
     results is carried inside the last result's content instead, so no turn is invented.
     """
-    system: list[dict[str, Any]] = []
-    turns: list[dict[str, Any]] = []
     budget = StateBudget()
-    for i, message in enumerate(messages):
-        role = message.get("role")
-        where = f"messages[{i}]"
-        if role in ("system", "developer"):
-            text = text_of(message.get("content"))
-            if text.strip():
-                system.append({"text": text})
-            continue
-        if role == "user":
-            blocks, turn_role = _user_blocks(message.get("content"), where), "user"
-        elif role == "assistant":
-            blocks, turn_role = _assistant_blocks(message, where, budget), "assistant"
-        elif role == "tool":
-            blocks, turn_role = [_tool_result(message)], "user"
-        else:
-            raise UnsupportedField(f"{where}.role", f"Messages of role '{role}' are not supported by Bedrock.")
-        if not blocks:
-            continue
-        if turns and turns[-1]["role"] == turn_role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": turn_role, "content": blocks})
+    texts, turns = convert_turns(messages, "Bedrock",
+                                 lambda message, where: _user_blocks(message.get("content"), where),
+                                 lambda message, where: _assistant_blocks(message, where, budget),
+                                 lambda message, where: [_tool_result(message)])
+    system = [{"text": text} for text in texts if text.strip()]
     for turn in turns:
         results = [b for b in turn["content"] if "toolResult" in b]
         if results and len(results) < len(turn["content"]):
@@ -267,8 +249,7 @@ def _tool_config(body: Mapping[str, Any], turns: list[dict[str, Any]]) -> dict[s
 
 def _reasoning_budget(body: Mapping[str, Any], model: str, turns: list[dict[str, Any]],
                       tool_config: Mapping[str, Any] | None) -> int | None:
-    effort = body.get("reasoning_effort")
-    budget = THINKING_BUDGETS.get(effort) if isinstance(effort, str) else None
+    budget = reasoning_budget(body, POLICY)
     # Only Claude takes a thinking budget on Bedrock; for other families the hint is dropped.
     if budget is None or "anthropic.claude" not in model:
         return None
@@ -283,12 +264,7 @@ def _reasoning_budget(body: Mapping[str, Any], model: str, turns: list[dict[str,
 def translate_request(req: ChatRequest, provider: ProviderConfig, model: str) -> dict[str, Any]:
     """The Converse body for an OpenAI chat request."""
     body = req.body
-    n = body.get("n")
-    if n is not None and n > 1:
-        raise UnsupportedField("n", "'n' greater than 1 is not supported by Bedrock.")
-    for name in ("logprobs", "top_logprobs", "audio"):
-        if body.get(name):
-            raise UnsupportedField(name, f"'{name}' is not supported by Bedrock.")
+    check(body, POLICY)
     system, turns = convert_messages(body["messages"])
     if not turns:
         raise UnsupportedField("messages", "Bedrock needs at least one user or assistant message with content.")
@@ -304,12 +280,12 @@ def translate_request(req: ChatRequest, provider: ProviderConfig, model: str) ->
         if max_tokens <= budget:
             inference["maxTokens"] = budget + max_tokens
     else:
-        if body.get("temperature") is not None:
-            inference["temperature"] = min(max(float(body["temperature"]), 0.0), 1.0)
         # Claude 4.1 and later refuse temperature and top_p together, here as on Anthropic's API.
-        if body.get("top_p") is not None and not (
-                "temperature" in inference and "anthropic.claude" in model and one_sampling_field(model)):
-            inference["topP"] = body["top_p"]
+        temperature, top_p = claude_sampling(body, POLICY, model if "anthropic.claude" in model else None)
+        if temperature is not None:
+            inference["temperature"] = temperature
+        if top_p is not None:
+            inference["topP"] = top_p
     stop = stop_sequences(body)
     if stop:
         inference["stopSequences"] = stop
@@ -484,24 +460,19 @@ class EventStreamFramer:
         return False
 
 
-class BedrockStream:
-    """ConverseStream events → OpenAI chunks; tool calls numbered over tool calls only."""
+class BedrockStream(BlockStream):
+    """ConverseStream events → OpenAI chunks (the block bookkeeping is ``BlockStream``'s)."""
 
-    __slots__ = ("_blocks", "_chunks", "_provider", "_reasoning", "_stopped", "_tool_count", "done", "usage",
-                 "visible")
+    __slots__ = ("_stopped",)
 
     def __init__(self, provider: str, model: str, wants_usage: bool) -> None:
-        self._provider = provider
-        self._chunks = ChunkEncoder(wants_usage)
+        super().__init__(provider, wants_usage)
         self._chunks.model = model
         self._chunks.id = unique_id("chatcmpl-")
-        self._blocks: dict[int, dict[str, Any]] = {}
-        self._reasoning: list[dict[str, Any]] = []
-        self._tool_count = 0
         self._stopped = False
-        self.visible = False
-        self.done = False
-        self.usage: Mapping[str, Any] | None = None
+
+    def _pack(self, reasoning: list[dict[str, Any]]) -> bytes:
+        return encode_reasoning(reasoning)
 
     def feed(self, event: SseEvent) -> list[bytes]:
         name = event.event or ""
@@ -511,19 +482,16 @@ class BedrockStream:
         if name == "contentBlockDelta":
             return self._delta(data)
         if name == "messageStart":
-            return [self._chunks.chunk({"role": "assistant", "content": ""})]
+            return self._role()
         if name == "contentBlockStart":
             return self._start(data)
         if name == "contentBlockStop":
             return self._stop(data)
         if name == "messageStop":
             self._stopped = True
-            self.visible = True
-            return [self._chunks.chunk({}, FINISH_REASONS.get(str(data.get("stopReason")), "stop"))]
+            return self._finish(FINISH_REASONS.get(str(data.get("stopReason")), "stop"))
         if name == "metadata":
-            self.usage = _usage(data.get("usage"))
-            self.done = True  # usage comes after messageStop: this is the end
-            return self._chunks.end(self.usage)
+            return self._end(_usage(data.get("usage")))  # usage comes after messageStop: this is the end
         return []
 
     def _block(self, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -535,39 +503,24 @@ class BedrockStream:
         if not tool:
             return []
         block = self._block(data)
-        block.update(kind="tool", tool_index=self._tool_count, arguments_seen=False)
-        self._tool_count += 1
-        tool_id = str(tool.get("toolUseId") or "")
-        if block["tool_index"] == 0 and self._reasoning:
-            tool_id = attach(tool_id, encode_reasoning(self._reasoning))
-        self.visible = True
-        return [self._chunks.chunk({"tool_calls": [{"index": block["tool_index"], "id": tool_id, "type": "function",
-                                                    "function": {"name": tool.get("name"), "arguments": ""}}]})]
+        block["kind"] = "tool"
+        return self._tool_start(block, str(tool.get("toolUseId") or ""), tool.get("name"))
 
     def _delta(self, data: Mapping[str, Any]) -> list[bytes]:
         delta = obj(data.get("delta"))
         block = self._block(data)
         if "text" in delta:
-            text = str(delta.get("text") or "")
-            if not text:
-                return []
-            self.visible = True
-            return [self._chunks.content(text)]
+            return self._text(str(delta.get("text") or ""))
         if "toolUse" in delta and block.get("kind") == "tool":
-            fragment = str(obj(delta["toolUse"]).get("input") or "")
-            if not fragment:
-                return []
-            block["arguments_seen"] = True
-            return [self._chunks.chunk({"tool_calls": [{"index": block["tool_index"],
-                                                        "function": {"arguments": fragment}}]})]
+            return self._tool_arguments(block, str(obj(delta["toolUse"]).get("input") or ""))
         if "reasoningContent" in delta:
             reasoning = obj(delta["reasoningContent"])
             block["kind"] = "reasoning"
             if "text" in reasoning:
-                block["text"] = block.get("text", "") + str(reasoning.get("text") or "")
-                if reasoning.get("text"):
-                    self.visible = True
-                    return [self._chunks.chunk({"reasoning_content": str(reasoning["text"])})]
+                text = str(reasoning.get("text") or "")
+                block["text"] = block.get("text", "") + text
+                if text:
+                    return self._reasoning_text(text)
             if "signature" in reasoning:
                 block["signature"] = block.get("signature", "") + str(reasoning.get("signature") or "")
             if "redactedContent" in reasoning:
@@ -582,20 +535,15 @@ class BedrockStream:
             else:
                 self._reasoning.append({"reasoningText": {"text": block.get("text", ""),
                                                           "signature": block.get("signature", "")}})
-        elif block.get("kind") == "tool" and not block.get("arguments_seen"):
-            return [self._chunks.chunk({"tool_calls": [{"index": block["tool_index"],
-                                                        "function": {"arguments": "{}"}}]})]
+        elif block.get("kind") == "tool":
+            return self._tool_stop(block)
         return []
-
-    def split_plain(self, chunk: bytes) -> tuple[bytes, bytes]:
-        return b"", chunk  # every event is translated
 
     def close(self) -> list[bytes]:
         if self.done:
             return []
         if self._stopped:  # messageStop came but no metadata: end without usage
-            self.done = True
-            return self._chunks.end(None)
+            return self._end(None)
         raise UpstreamError("server", 502, "Bedrock ended the stream before messageStop.", provider=self._provider)
 
 

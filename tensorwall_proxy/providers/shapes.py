@@ -14,16 +14,18 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import array
+import base64
+import sys
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import orjson
 
 from ..errors import UnsupportedField, UpstreamError, bad_request
 from ..sse import DONE_EVENT, encode
-from .openai import embeddings_to_base64_list
 
 
 def obj(value: Any) -> dict[str, Any]:
@@ -82,6 +84,52 @@ def data_url(url: str) -> tuple[str, str] | None:
     if not media_type:
         return None
     return MEDIA_TYPE_ALIASES.get(media_type, media_type), data
+
+
+def image_url(part: Mapping[str, Any]) -> str:
+    """The URL of an ``image_url`` content part (an object with ``url``, or the URL alone)."""
+    image = part.get("image_url")
+    url = image.get("url") if isinstance(image, dict) else image
+    return str(url or "")
+
+
+# One OpenAI message (and where it is, `messages[3]`) → the blocks or parts of the upstream's turn.
+TurnConverter = Callable[[Mapping[str, Any], str], list[dict[str, Any]]]
+
+
+def convert_turns(messages: list[Any], label: str, user: TurnConverter, assistant: TurnConverter,
+                  tool: TurnConverter, *, assistant_role: str = "assistant",
+                  key: str = "content") -> tuple[list[str], list[dict[str, Any]]]:
+    """OpenAI messages → (the system and developer texts in order, the upstream's turns).
+
+    Every translated wire wants turns that alternate: a tool result is a user turn, consecutive
+    turns of one role are merged into one (``key`` holds the blocks), and a message that converts
+    to nothing is left out (the upstreams refuse empty turns; an empty OpenAI message says
+    nothing). A role other than the four is 400 naming ``label``.
+    """
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+    for i, message in enumerate(messages):
+        role = message.get("role")
+        where = f"messages[{i}]"
+        if role in ("system", "developer"):
+            system.append(text_of(message.get("content")))
+            continue
+        if role == "user":
+            blocks, turn_role = user(message, where), "user"
+        elif role == "assistant":
+            blocks, turn_role = assistant(message, where), assistant_role
+        elif role == "tool":
+            blocks, turn_role = tool(message, where), "user"
+        else:
+            raise UnsupportedField(f"{where}.role", f"Messages of role '{role}' are not supported by {label}.")
+        if not blocks:
+            continue
+        if turns and turns[-1]["role"] == turn_role:
+            turns[-1][key].extend(blocks)
+        else:
+            turns.append({"role": turn_role, key: blocks})
+    return system, turns
 
 
 def load_object(body: bytes, provider: str, what: str = "a body") -> dict[str, Any]:
@@ -183,6 +231,21 @@ def embedding_texts(value: Any, provider: str) -> list[str]:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return list(value)
     raise UnsupportedField("input", f"{provider} embeds text only: 'input' must be a string or an array of strings.")
+
+
+def floats_to_base64(values: list[float]) -> str:
+    """Little-endian float32, base64: what OpenAI returns for encoding_format: base64."""
+    packed = array.array("f", values)
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return base64.b64encode(packed.tobytes()).decode("ascii")
+
+
+def embeddings_to_base64_list(data: list[Any]) -> None:
+    """Turn the float-list vectors of OpenAI embedding items into base64, in place."""
+    for item in data:
+        if isinstance(item, dict) and isinstance(item.get("embedding"), list):
+            item["embedding"] = floats_to_base64(item["embedding"])
 
 
 def embeddings(vectors: list[list[float]], model: str, tokens: int, as_base64: bool) -> bytes:

@@ -20,12 +20,10 @@ from __future__ import annotations
 import mimetypes
 import time
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from ..auth import Credential
-from ..config import ProviderConfig
 from ..errors import (
     FailureKind,
     ProviderNotConfigured,
@@ -38,14 +36,18 @@ from ..errors import (
 )
 from ..sse import SseDecoder, SseEvent
 from ..tokens import count_of, token_count
-from . import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
+from .catalog import TYPES
+from .contract import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
 from .ids import attach, detach, for_gemini, from_gemini, unique_id
-from .openai import USER_AGENT, upstream_url
+from .openai_wire import USER_AGENT, upstream_url
+from .policy import check, reasoning_budget
 from .shapes import (
     ChunkEncoder,
+    convert_turns,
     data_url,
     embedding_texts,
     embeddings,
+    image_url,
     items,
     load_object,
     obj,
@@ -56,11 +58,11 @@ from .shapes import (
     usage,
 )
 
+if TYPE_CHECKING:
+    from ..auth import Credential
+    from ..config import ProviderConfig
+
 API_VERSION: Final = "v1"
-# reasoning_effort → thinkingConfig.thinkingBudget (tokens); "none" turns thinking off.
-THINKING_BUDGETS: Final[dict[str, int]] = {
-    "none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 32768, "max": 32768,
-}
 FINISH_REASONS: Final[dict[str, str]] = {
     "STOP": "stop", "MAX_TOKENS": "length", "FINISH_REASON_UNSPECIFIED": "stop", "OTHER": "stop",
     "SAFETY": "content_filter", "RECITATION": "content_filter", "BLOCKLIST": "content_filter",
@@ -86,10 +88,9 @@ SCHEMA_KEYS: Final = frozenset({
 })
 # Marks a thought signature in a tool call id, so another provider's state is never taken for it.
 _STATE_TAG: Final = b"G1"
-
-
-
-
+_LOCATION: Final = str(TYPES["vertex"].default("location"))
+# What the Gemini translation refuses and maps of a chat body: its catalog entry's field policy.
+POLICY: Final = TYPES["vertex"].policy
 
 
 # --- URLs ---------------------------------------------------------------------------------------
@@ -99,7 +100,7 @@ def base_url(provider: ProviderConfig) -> str:
     """The configured host root, else Google's regional host (``global`` has no region prefix)."""
     if provider.base_url:
         return provider.base_url
-    location = provider.location or "us-central1"
+    location = provider.location or _LOCATION
     if location == "global":
         return "https://aiplatform.googleapis.com"
     return f"https://{location}-aiplatform.googleapis.com"
@@ -107,7 +108,7 @@ def base_url(provider: ProviderConfig) -> str:
 
 def model_path(provider: ProviderConfig, project: str, model: str, method: str) -> str:
     """``/v1/projects/…/publishers/google/models/{model}:{method}``, every segment encoded."""
-    location = provider.location or "us-central1"
+    location = provider.location or _LOCATION
     return (f"/{API_VERSION}/projects/{path_segment(project, 'Vertex project')}"
             f"/locations/{path_segment(location, 'Vertex location')}"
             f"/publishers/google/models/{path_segment(model, 'Vertex model id')}:{method}")
@@ -188,8 +189,6 @@ def reduce_schema(schema: Any, defs: Mapping[str, Any] | None = None, depth: int
 # --- request ------------------------------------------------------------------------------------
 
 
-
-
 def _media_part(url: str, param: str) -> dict[str, Any]:
     if url.startswith("data:"):
         parsed = data_url(url)
@@ -215,9 +214,7 @@ def _user_parts(content: Any, where: str) -> list[dict[str, Any]]:
             if part.get("text"):
                 parts.append({"text": str(part["text"])})
         elif kind == "image_url":
-            image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
-            parts.append(_media_part(str(url or ""), f"{param}.image_url.url"))
+            parts.append(_media_part(image_url(part), f"{param}.image_url.url"))
         elif kind == "file" and isinstance(obj(part.get("file")).get("file_data"), str):
             parts.append(_media_part(obj(part.get("file"))["file_data"], f"{param}.file.file_data"))
         elif kind == "input_audio":
@@ -253,8 +250,6 @@ def decode_signature(state: bytes | None) -> str | None:
         return state[len(_STATE_TAG):].decode("utf-8")
     except UnicodeDecodeError:
         return None
-
-
 
 
 def _model_parts(message: Mapping[str, Any], names: dict[str, str], where: str) -> list[dict[str, Any]]:
@@ -293,31 +288,13 @@ def _function_response(message: Mapping[str, Any], names: Mapping[str, str], whe
 
 def convert_messages(messages: list[Any]) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """OpenAI messages → (``systemInstruction``, ``contents``) with consecutive same-role turns merged."""
-    system: list[dict[str, Any]] = []
-    contents: list[dict[str, Any]] = []
     names: dict[str, str] = {}  # tool call id → function name, for the functionResponse parts
-    for i, message in enumerate(messages):
-        role = message.get("role")
-        where = f"messages[{i}]"
-        if role in ("system", "developer"):
-            text = text_of(message.get("content"))
-            if text:
-                system.append({"text": text})
-            continue
-        if role == "user":
-            parts, turn_role = _user_parts(message.get("content"), where), "user"
-        elif role == "assistant":
-            parts, turn_role = _model_parts(message, names, where), "model"
-        elif role == "tool":
-            parts, turn_role = [_function_response(message, names, where)], "user"
-        else:
-            raise UnsupportedField(f"{where}.role", f"Messages of role '{role}' are not supported by Gemini.")
-        if not parts:
-            continue
-        if contents and contents[-1]["role"] == turn_role:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": turn_role, "parts": parts})
+    texts, contents = convert_turns(messages, "Gemini",
+                                    lambda message, where: _user_parts(message.get("content"), where),
+                                    lambda message, where: _model_parts(message, names, where),
+                                    lambda message, where: [_function_response(message, names, where)],
+                                    assistant_role="model", key="parts")
+    system = [{"text": text} for text in texts if text]
     return ({"parts": system} if system else None), contents
 
 
@@ -371,9 +348,8 @@ def _generation_config(body: Mapping[str, Any]) -> dict[str, Any]:
         schema = obj(response_format.get("json_schema")).get("schema")
         if response_format.get("type") == "json_schema" and isinstance(schema, dict):
             config["responseSchema"] = reduce_schema(schema)
-    effort = body.get("reasoning_effort")
-    if isinstance(effort, str) and effort in THINKING_BUDGETS:
-        budget = THINKING_BUDGETS[effort]
+    budget = reasoning_budget(body, POLICY)  # "none" is 0: thinking off
+    if budget is not None:
         config["thinkingConfig"] = {"thinkingBudget": budget, "includeThoughts": budget > 0}
     return config
 
@@ -381,9 +357,7 @@ def _generation_config(body: Mapping[str, Any]) -> dict[str, Any]:
 def translate_request(req: ChatRequest) -> dict[str, Any]:
     """The Gemini ``generateContent`` body for an OpenAI chat request."""
     body = req.body
-    for name in ("logprobs", "top_logprobs", "audio"):
-        if body.get(name):
-            raise UnsupportedField(name, f"'{name}' is not supported by the Gemini translation.")
+    check(body, POLICY)
     system, contents = convert_messages(body["messages"])
     if not contents:
         raise UnsupportedField("messages", "Gemini needs at least one user or assistant message with content.")

@@ -24,7 +24,7 @@ from tensorwall_proxy.auth import Credential
 from tensorwall_proxy.config import ProviderConfig, Secret
 from tensorwall_proxy.errors import UnsupportedField, UpstreamError
 from tensorwall_proxy.providers import PROVIDERS, ChatRequest, EmbeddingsRequest, path_segment, provider_for
-from tensorwall_proxy.providers.openai import floats_to_base64
+from tensorwall_proxy.providers.shapes import floats_to_base64
 from tensorwall_proxy.sse import SseEvent
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -1,0 +1,146 @@
+"""The provider contract (DESIGN §3): what a provider type implements and the requests it is given.
+
+A provider type is one module of plain functions over plain data: build the upstream call from
+an OpenAI request, turn the upstream's answer (whole, or event by event) back into OpenAI's shape,
+and classify its errors so retry, fallback and cooldown never depend on the provider. Modules
+under ``providers/`` do no I/O and import no aiohttp.
+
+``config`` and ``auth`` are named here, and in every translator, for annotations only: config.py
+reads the type catalog, so a run-time import of either from this package would be a circle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from ..calls import UpstreamCall
+from ..errors import GatewayError, UpstreamError
+from ..sse import SseEvent
+
+if TYPE_CHECKING:
+    from ..auth import Credential
+    from ..config import ProviderConfig
+
+__all__ = ["ChatRequest", "EmbeddingsRequest", "Framer", "Provider", "StreamDecoder", "UpstreamCall", "path_segment"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """A validated ``/v1/chat/completions`` body. Translators copy it; they never mutate ``body``."""
+
+    body: Mapping[str, Any]
+    stream: bool = False
+    wants_usage: bool = False  # the caller set stream_options.include_usage
+    # Caller headers that may cross to an upstream (auth.FORWARDED_HEADERS), already filtered.
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingsRequest:
+    """A validated ``/v1/embeddings`` body."""
+
+    body: Mapping[str, Any]
+    base64: bool = False  # the caller asked for encoding_format: base64 (the openai SDK's default)
+
+
+class StreamDecoder(Protocol):
+    """Fed upstream events one by one; returns encoded OpenAI SSE events for the client.
+
+    ``visible`` turns true once something the client must see has been produced (content, a tool
+    call, a finish_reason): that is the commit point, and the relay holds everything until then.
+    ``done`` turns true when the upstream signalled the end; ``usage`` holds the provider's counts.
+    """
+
+    visible: bool
+    done: bool
+    usage: Mapping[str, Any] | None
+
+    def feed(self, event: SseEvent) -> list[bytes]:
+        """Encoded events to send for one upstream event; raises UpstreamError for an in-band error."""
+        ...
+
+    def close(self) -> list[bytes]:
+        """At upstream end of stream: trailing events, or UpstreamError if the stream was cut short."""
+        ...
+
+    def split_plain(self, chunk: bytes) -> tuple[bytes, bytes]:
+        """``chunk`` (read while the framer held nothing) as the leading whole events that go to the
+        client unchanged, neither framed nor fed, and the rest, to frame and feed. A translator's
+        plain part is always empty."""
+        ...
+
+
+class Framer(Protocol):
+    """Cuts a streamed body into upstream events as bytes arrive: SSE, or AWS event-stream messages."""
+
+    def feed(self, chunk: bytes) -> list[SseEvent]:
+        """Events completed by ``chunk``; raises UpstreamError or SseError on broken framing."""
+        ...
+
+    def flush(self) -> list[SseEvent]:
+        """What is left at the end of the body."""
+        ...
+
+    @property
+    def idle(self) -> bool:
+        """No part of an event is buffered: the next bytes start a new event."""
+        ...
+
+
+class Provider(Protocol):
+    """One wire format. Every method is pure."""
+
+    def framer(self) -> Framer:
+        """A fresh framer for one streamed attempt (SSE for every type but bedrock)."""
+        ...
+
+    def build_request(self, req: ChatRequest, provider: ProviderConfig, model: str,
+                      credential: Credential) -> UpstreamCall:
+        """The upstream call for a chat request; raises UnsupportedField for what it cannot express."""
+        ...
+
+    def parse_response(self, req: ChatRequest, provider: ProviderConfig, body: bytes) -> bytes:
+        """A successful non-streamed upstream body → the OpenAI ``chat.completion`` body."""
+        ...
+
+    def stream_decoder(self, req: ChatRequest, provider: ProviderConfig) -> StreamDecoder:
+        """A fresh decoder for one streamed attempt."""
+        ...
+
+    def classify_error(self, provider: ProviderConfig, status: int, headers: Mapping[str, str],
+                       body: bytes) -> UpstreamError:
+        """An upstream error response → the gateway's error, with the kind fallback looks at."""
+        ...
+
+    def build_embeddings_request(self, req: EmbeddingsRequest, provider: ProviderConfig, model: str,
+                                 credential: Credential) -> list[UpstreamCall]:
+        """The upstream calls for embeddings (several when the provider takes inputs in batches,
+        sent concurrently); 400 where the provider type has none."""
+        ...
+
+    def parse_embeddings_response(self, req: EmbeddingsRequest, provider: ProviderConfig,
+                                  bodies: list[bytes]) -> bytes:
+        """The successful upstream bodies, in call order → OpenAI's list, in the caller's encoding."""
+        ...
+
+
+_SEGMENT_SAFE: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def path_segment(value: str, what: str) -> str:
+    """A model id or deployment name as one percent-encoded URL path segment.
+
+    Never trusted as URL material: control characters and the dot segments ``.``/``..`` are
+    refused outright (400); everything outside RFC 3986's unreserved set is percent-encoded, so
+    ``/``, ``?``, ``#`` and ``:`` cannot change the path, query or fragment.
+    """
+    if not value or len(value) > 512:
+        raise GatewayError(400, f"Invalid {what}: must be 1 to 512 characters.", param="model",
+                           code="invalid_model")
+    if value in (".", "..") or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise GatewayError(400, f"Invalid {what} {value!r}.", param="model", code="invalid_model")
+    if all(c in _SEGMENT_SAFE for c in value):
+        return value
+    return "".join(c if c in _SEGMENT_SAFE else "".join(f"%{b:02X}" for b in c.encode("utf-8")) for c in value)
