@@ -394,24 +394,44 @@ class JsonLineFormatter(logging.Formatter):
         return record.getMessage()
 
 
-class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A stream handler that writes lines into a buffer and leaves the flush to ``flush()``: the
-    ledger flushes once per batch of access-log lines, so a batch costs one write(2), not one per
-    line. A warning or worse is written at once."""
+class BufferedStreamHandler(logging.Handler):
+    """A handler that holds whole lines and writes them at ``flush()``, all in one write(2): the
+    ledger flushes once per batch of access-log lines, so a batch costs one system call, not one
+    per line. A warning or worse is written at once.
+
+    Never a part of a line: with ``--workers N`` every worker writes to the same stdout (a pipe,
+    the journal's socket), and a buffer that spilled mid-line when it filled would let another
+    worker's batch land inside the line. One write of whole lines goes in one piece to a file
+    opened for appending or to a socket (up to its buffer, some 100 KB), and to a pipe up to
+    PIPE_BUF (4 KiB) - above that a pipe shared by several writers may interleave them.
+    """
 
     def __init__(self, fd: int) -> None:
-        super().__init__(open(fd, "w", buffering=1 << 16, encoding="utf-8", errors="backslashreplace",  # noqa: SIM115
-                              closefd=False))
+        super().__init__()
+        self.fd = fd
+        self._lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.stream.write(self.format(record) + self.terminator)
+            self._lines.append(self.format(record))
             if record.levelno >= logging.WARNING:
                 self.flush()
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
+
+    def flush(self) -> None:
+        if not self._lines:
+            return
+        lines, self._lines = self._lines, []
+        lines.append("")  # the last line's newline
+        data = memoryview("\n".join(lines).encode("utf-8", "backslashreplace"))
+        try:
+            while data:  # a write cut short by a signal writes the rest
+                data = data[os.write(self.fd, data):]
+        except OSError:
+            pass  # the reader is gone (a closed pipe): there is nowhere left to write these lines
 
 
 def configure_logging(*, process_tag: bool = False) -> None:

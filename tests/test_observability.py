@@ -272,6 +272,38 @@ def test_access_lines_are_written_when_flushed_and_warnings_at_once(tmp_path: Pa
     assert lines == ['{"id":"w"}', '{"id":"a"}', '{"id":"b"}']
 
 
+def test_a_batch_is_one_write_of_whole_lines(tmp_path: Path) -> None:
+    """Workers share one stdout: a batch is written in one piece, never cut inside a line. A
+    SOCK_SEQPACKET socket keeps each write(2) a message of its own, so the reader sees the writes."""
+    from tensorwall_proxy.observability import BufferedStreamHandler, JsonLineFormatter
+
+    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    writer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    handler = BufferedStreamHandler(writer.fileno())
+    handler.setFormatter(JsonLineFormatter())
+    logger = logging.getLogger("tensorwall_proxy.test_batch")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        sent = [json.dumps({"id": f"batch-{i}", "pad": "x" * 150}) for i in range(600)]  # about 100 KB
+        for line in sent:
+            logger.info(line)
+        reader.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            reader.recv(1)  # nothing before the flush
+        handler.flush()
+        handler.flush()  # nothing more to write: no empty message
+        message = reader.recv(1 << 21)
+        with pytest.raises(BlockingIOError):
+            reader.recv(1)  # the whole batch came as that one message
+    finally:
+        logger.removeHandler(handler)
+        reader.close()
+        writer.close()
+    assert message.decode().split("\n") == [*sent, ""]
+
+
 def test_timestamps_are_rfc3339_utc_with_milliseconds() -> None:
     from datetime import UTC, datetime
 
