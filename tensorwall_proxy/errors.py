@@ -281,16 +281,19 @@ def detach(exc: _Exc) -> _Exc:
     whose locals still hold the exception (kept in a variable, or the variable it was raised from)
     closes a cycle: exception → traceback → frame → exception. Reference counting cannot free it,
     and with the raised young-generation threshold (lifecycle.tune_gc) the request, its body and
-    its frames would wait for the next collection. So whoever keeps an exception past its
+    its frames would wait for the next collection. So the handler that keeps an exception past its
     ``except`` block, passes it on, or is the last to handle it, detaches it there::
 
         except UpstreamError as exc:
-            failure = detach(exc)                      # kept for later: no frames come with it
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(...) from detach(exc)  # the foreign one, chained without its frames
+            failure = detach(exc)                           # kept for a later attempt or a raise
+        except GatewayError as exc:
+            return error_response(detach(exc), request_id)  # the last to see it
 
-    Only for exceptions no one will log with their traceback (errors the gateway expects);
-    ``tests/test_cycles.py`` checks the failure paths end to end.
+    Nothing else is needed: an exception raised from a variable is detached by whoever catches it,
+    and a handler that turns a foreign exception into ours raises the new one inside the handler
+    (``from None``), so the foreign one hangs from its ``__context__`` and loses its frames in the
+    same detach. Only for exceptions no one will log with their traceback (errors the gateway
+    expects); ``tests/test_cycles.py`` checks the failure paths end to end.
     """
     seen: set[int] = set()
     pending: list[BaseException] = [exc]

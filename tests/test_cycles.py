@@ -3,9 +3,10 @@
 The serving process collects young garbage only every 10,000 allocations (lifecycle.tune_gc), so
 a failure that parks the request, its body and its frames in a cycle holds them that long; under
 an outage that is megabytes. An exception kept past its handler holds its traceback, whose frames
-hold the exception again. The rule lives in one idiom, ``errors.detach``: whoever keeps an
-exception past its ``except`` block, passes it on, or is the last to handle it, detaches it there
-(``failure = detach(exc)``; ``raise UpstreamError(...) from detach(exc)`` for a foreign one).
+hold the exception again. The rule lives in one idiom, ``errors.detach``: the handler that keeps
+an exception past its ``except`` block, passes it on, or is the last to handle it, detaches it
+there (``failure = detach(exc)``, ``error_response(detach(exc), ...)``); detach drops the frames
+of the exceptions it was raised from or during as well.
 
 These tests check the idiom itself, and then send failing requests through an in-process proxy
 and check that the collector, set to keep what it finds, finds nothing of ours.
