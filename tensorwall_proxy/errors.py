@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 import orjson
 
@@ -268,3 +268,42 @@ def openai_error_fields(body: Any) -> tuple[str | None, str | None, str | None, 
             str(code) if code is not None else None,
         )
     return None, None, None, None
+
+
+_Exc = TypeVar("_Exc", bound=BaseException)
+
+
+def detach(exc: _Exc) -> _Exc:
+    """``exc``, holding no frame: its traceback dropped, and those of the exceptions linked to it
+    (``__cause__``, ``__context__``, and ``os_error``, where aiohttp's connection errors keep theirs).
+
+    The one idiom for "no reference cycles on failure paths". A traceback holds frames, and a frame
+    whose locals still hold the exception (kept in a variable, or the variable it was raised from)
+    closes a cycle: exception → traceback → frame → exception. Reference counting cannot free it,
+    and with the raised young-generation threshold (lifecycle.tune_gc) the request, its body and
+    its frames would wait for the next collection. So the handler that keeps an exception past its
+    ``except`` block, passes it on, or is the last to handle it, detaches it there::
+
+        except UpstreamError as exc:
+            failure = detach(exc)                           # kept for a later attempt or a raise
+        except GatewayError as exc:
+            return error_response(detach(exc), request_id)  # the last to see it
+
+    Nothing else is needed: an exception raised from a variable is detached by whoever catches it,
+    and a handler that turns a foreign exception into ours raises the new one inside the handler
+    (``from None``), so the foreign one hangs from its ``__context__`` and loses its frames in the
+    same detach. Only for exceptions no one will log with their traceback (errors the gateway
+    expects); ``tests/test_cycles.py`` checks the failure paths end to end.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.__traceback__ = None
+        for linked in (current.__cause__, current.__context__, getattr(current, "os_error", None)):
+            if isinstance(linked, BaseException):
+                pending.append(linked)
+    return exc

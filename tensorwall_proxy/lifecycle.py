@@ -48,6 +48,7 @@ GRACE_SECONDS: Final = 1.0
 CANCEL_SECONDS: Final = 0.25
 # Allocations between young collections, then young collections per middle one and middle per old.
 GC_THRESHOLDS: Final = (10_000, 50, 100)
+GC_THRESHOLD_ENV: Final = "TENSORWALL_GC_THRESHOLD"
 # A worker that dies is restarted after BACKOFF_SECONDS, doubling while it keeps dying, up to
 # BACKOFF_MAX_SECONDS; a worker that served for HEALTHY_SECONDS starts again from the bottom.
 BACKOFF_SECONDS: Final = 0.2
@@ -111,6 +112,18 @@ def raise_descriptor_limit(max_connections: int) -> None:
                     "raise LimitNOFILE= or ulimit -n, or lower max_connections", soft, max_connections, needed)
 
 
+def gc_thresholds(text: str | None) -> tuple[int, ...] | None:
+    """The collector's thresholds from ``TENSORWALL_GC_THRESHOLD``: one to three non-negative
+    integers, comma-separated, as ``gc.set_threshold`` takes them; None when unset or not that."""
+    if not text:
+        return None
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        return None
+    return values if 1 <= len(values) <= 3 and min(values) >= 0 else None
+
+
 def tune_gc() -> None:
     """Leave start-up's objects out of garbage collection, and collect young objects less often.
 
@@ -121,9 +134,19 @@ def tune_gc() -> None:
     the rare cycle (an exception and its traceback), and 10,000 allocations between looks still
     bounds those to a few megabytes. ``gc.freeze()`` is what the gc module offers for exactly this:
     objects alive now (modules, the configuration, the app) are never examined again.
+
+    ``TENSORWALL_GC_THRESHOLD`` (e.g. ``700,10,10``, Python's own) replaces ``GC_THRESHOLDS``, to
+    measure the choice again (``scripts/gc_compare.py``) or to undo it; ``gc.freeze()`` stays.
     """
     gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    text = os.environ.get(GC_THRESHOLD_ENV)
+    thresholds = gc_thresholds(text)
+    if text and thresholds is None:
+        log.warning("%s=%r is not one to three non-negative integers separated by commas: ignored",
+                    GC_THRESHOLD_ENV, text)
+    elif thresholds is not None:
+        log.info("garbage collector thresholds %s (from %s)", ",".join(map(str, thresholds)), GC_THRESHOLD_ENV)
+    gc.set_threshold(*(thresholds or GC_THRESHOLDS))
 
 
 def load_for_reload(path: str, host: str, allow_no_key: bool, *, warn: bool = True) -> Config | None:

@@ -1,9 +1,10 @@
 """What the gateway tells its operator: one access-log line per request, and Prometheus metrics.
 
 Owns the request record the relay fills in as a request travels (route, provider, attempts,
-time to first byte, tokens), the JSON access log written through the standard ``logging`` module
-(logger ``tensorwall_proxy.access``), and the metrics, through prometheus-client (its
-multiprocess mode when ``PROMETHEUS_MULTIPROC_DIR`` is set, so ``--workers N`` report together).
+time to first byte, tokens), the access log written through the standard ``logging`` module
+(logger ``tensorwall_proxy.access``: one JSON object per line, on stdout, for log shippers; the
+gateway's other lines stay human-readable on stderr), and the metrics, through prometheus-client
+(its multiprocess mode when ``PROMETHEUS_MULTIPROC_DIR`` is set, so ``--workers N`` report together).
 
 Never a key, a body or a message text: the record holds names, numbers and statuses only. Label
 values come from the configuration alone (route names, the rule that matched, provider names,
@@ -109,6 +110,7 @@ class RequestRecord:
     attempts: list[tuple[str, str, int, float]] = field(default_factory=list)  # provider, outcome, status, s
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    principal: str | None = None  # who called, once principals exist (DESIGN §13); null until then
 
     def attempt(self, provider: str, outcome: str, status: int, started: float) -> None:
         """Note one upstream attempt: ok, connect, timeout, 429, 5xx or 4xx."""
@@ -159,9 +161,36 @@ def blame(status: int, provider: str) -> str | None:
     return "upstream" if provider else "gateway"
 
 
-def log_line(record: RequestRecord) -> str:
-    """The access-log JSON for one request (DESIGN §8 fields, plus each attempt)."""
+# "000Z" to "999Z", made once: appending one is cheaper than formatting the number each time.
+_MILLIS: Final = tuple(f"{ms:03d}Z" for ms in range(1000))
+
+
+class UtcStamp:
+    """RFC 3339 timestamps in UTC with milliseconds (``2026-12-04T21:25:27.653Z``) for thousands of
+    lines a second: the date and time are formatted once per second, the milliseconds appended."""
+
+    __slots__ = ("_second", "_text")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def __call__(self, now_ns: int) -> str:
+        """``now_ns`` (nanoseconds since the epoch, as ``time.time_ns()`` gives) as RFC 3339.
+        Integers, not float seconds: a float's fraction can fall a hair short of the millisecond."""
+        ms = now_ns // 1_000_000
+        second = ms // 1000
+        if second != self._second:
+            self._second = second
+            self._text = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+        return self._text + _MILLIS[ms % 1000]
+
+
+def log_line(record: RequestRecord, ts: str) -> str:
+    """The access-log line for one request: one JSON object, ``ts`` first (DESIGN §8 fields, plus
+    each attempt and the principal), built by one orjson call."""
     return orjson.dumps({
+        "ts": ts,
         "id": record.request_id, "method": record.method, "path": record.path, "route": record.route or None,
         "provider": record.provider or None, "model": record.model or None, "status": record.status,
         "stream": record.stream, "attempts": len(record.attempts),
@@ -170,7 +199,7 @@ def log_line(record: RequestRecord) -> str:
         "latency_ms": round(record.latency * 1000, 3),
         "ttfb_ms": round(record.first_byte * 1000, 3) if record.first_byte is not None else None,
         "tokens_in": record.prompt_tokens, "tokens_out": record.completion_tokens,
-        "blame": blame(record.status, record.provider),
+        "blame": blame(record.status, record.provider), "principal": record.principal,
     }).decode()
 
 
@@ -190,6 +219,7 @@ class Ledger:
         self._in_flight = in_flight
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._stamp = UtcStamp()
 
     def touch(self) -> None:
         """A request started: make sure a flush comes soon, so the in-flight gauge follows."""
@@ -216,7 +246,10 @@ class Ledger:
         if self.metrics is not None:
             self.metrics.observe(record)
         if access_log.isEnabledFor(logging.INFO):
-            access_log.info(log_line(record))
+            # The time the line is made, just after the response left: lines stay in time order,
+            # which log stores (Loki among them) want within a stream; a long stream that began
+            # earlier has its start in latency_ms.
+            access_log.info(log_line(record, self._stamp(time.time_ns())))
         self.touch()  # here, not in add(): a flush that ran in between must not strand this one
 
     def _loop_now(self) -> asyncio.AbstractEventLoop:
@@ -352,42 +385,35 @@ class Metrics:
         return self._rendered[1], CONTENT_TYPE_LATEST
 
 
-class LineFormatter(logging.Formatter):
-    """``LOG_FORMAT``, made faster for the access log's thousands of lines a second: the date and
-    time once per second rather than once per line, and a plain line built directly; a record
-    with an exception or a stack takes logging's own path."""
-
-    def __init__(self, tag: str = "") -> None:
-        super().__init__(LOG_FORMAT.format(tag=tag))
-        self._tag = tag
-        self._second = -1
-        self._text = ""
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        second = int(record.created)
-        if second != self._second:
-            self._second = second
-            self._text = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created))
-        return f"{self._text},{int(record.msecs):03d}"
+class JsonLineFormatter(logging.Formatter):
+    """The access log's formatter: the record's message, which the ledger made a whole JSON line,
+    and nothing else (no prefix, and no traceback even if one were attached: a line a log shipper
+    cannot parse is worse than a missing traceback, which the gateway's other loggers carry)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        if record.exc_info or record.exc_text or record.stack_info:
-            return super().format(record)
-        return f"{self.formatTime(record)} {record.levelname} {record.name}{self._tag}: {record.getMessage()}"
+        return record.getMessage()
 
 
-class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A stream handler that writes lines into a buffer and leaves the flush to ``flush()``: the
-    ledger flushes once per batch of access-log lines, so a batch costs one write(2), not one per
-    line. A warning or worse is written at once."""
+class BufferedStreamHandler(logging.Handler):
+    """A handler that holds whole lines and writes them at ``flush()``, all in one write(2): the
+    ledger flushes once per batch of access-log lines, so a batch costs one system call, not one
+    per line. A warning or worse is written at once.
+
+    Never a part of a line: with ``--workers N`` every worker writes to the same stdout (a pipe,
+    the journal's socket), and a buffer that spilled mid-line when it filled would let another
+    worker's batch land inside the line. One write of whole lines goes in one piece to a file
+    opened for appending or to a socket (up to its buffer, some 100 KB), and to a pipe up to
+    PIPE_BUF (4 KiB) - above that a pipe shared by several writers may interleave them.
+    """
 
     def __init__(self, fd: int) -> None:
-        super().__init__(open(fd, "w", buffering=1 << 16, encoding="utf-8", errors="backslashreplace",  # noqa: SIM115
-                              closefd=False))
+        super().__init__()
+        self.fd = fd
+        self._lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.stream.write(self.format(record) + self.terminator)
+            self._lines.append(self.format(record))
             if record.levelno >= logging.WARNING:
                 self.flush()
         except RecursionError:
@@ -395,18 +421,30 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
 
+    def flush(self) -> None:
+        if not self._lines:
+            return
+        lines, self._lines = self._lines, []
+        lines.append("")  # the last line's newline
+        data = memoryview("\n".join(lines).encode("utf-8", "backslashreplace"))
+        try:
+            while data:  # a write cut short by a signal writes the rest
+                data = data[os.write(self.fd, data):]
+        except OSError:
+            pass  # the reader is gone (a closed pipe): there is nowhere left to write these lines
+
 
 def configure_logging(*, process_tag: bool = False) -> None:
-    """Log lines to stderr (the journal, under systemd); the access log on a buffered handler of its
-    own (it does not propagate). ``process_tag`` names the process in every line (``--workers``)."""
-    formatter = LineFormatter(f"[{os.getpid()}]" if process_tag else "")
+    """The access log's JSON lines to stdout, on a buffered handler of its own (it does not
+    propagate), and nothing else there; every other line, human-readable, to stderr (both reach the
+    journal under systemd). ``process_tag`` names the process in every stderr line (``--workers``)."""
     console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(formatter)
+    console.setFormatter(logging.Formatter(LOG_FORMAT.format(tag=f"[{os.getpid()}]" if process_tag else "")))
     root = logging.getLogger()
     root.handlers = [console]
     root.setLevel(logging.INFO)
-    access = BufferedStreamHandler(sys.stderr.fileno())
-    access.setFormatter(formatter)
+    access = BufferedStreamHandler(sys.stdout.fileno())
+    access.setFormatter(JsonLineFormatter())
     access_log.handlers = [access]
     access_log.propagate = False
     # Skip what no format here uses (the caller's source line, the thread and process lookups),

@@ -3,8 +3,13 @@
 The serving process collects young garbage only every 10,000 allocations (lifecycle.tune_gc), so
 a failure that parks the request, its body and its frames in a cycle holds them that long; under
 an outage that is megabytes. An exception kept past its handler holds its traceback, whose frames
-hold the exception again: these tests send failing requests through an in-process proxy and
-check that the collector, set to keep what it finds, finds nothing of ours.
+hold the exception again. The rule lives in one idiom, ``errors.detach``: the handler that keeps
+an exception past its ``except`` block, passes it on, or is the last to handle it, detaches it
+there (``failure = detach(exc)``, ``error_response(detach(exc), ...)``); detach drops the frames
+of the exceptions it was raised from or during as well.
+
+These tests check the idiom itself, and then send failing requests through an in-process proxy
+and check that the collector, set to keep what it finds, finds nothing of ours.
 """
 
 from __future__ import annotations
@@ -20,6 +25,66 @@ from aiohttp.test_utils import TestServer
 
 from tensorwall_proxy.app import build_app
 from tensorwall_proxy.config import parse_config
+from tensorwall_proxy.errors import GatewayError, UpstreamError, detach
+
+
+class _ConnectError(Exception):
+    """Shaped like aiohttp's ClientConnectorError: the operating system's error in ``os_error``."""
+
+    def __init__(self, os_error: OSError) -> None:
+        super().__init__("could not connect")
+        self.os_error = os_error
+
+
+def _raise_chain() -> UpstreamError:
+    try:
+        try:
+            try:
+                raise ConnectionRefusedError(111, "Connection refused")
+            except OSError as refused:
+                raise _ConnectError(refused) from None
+        except _ConnectError as connect:
+            raise UpstreamError("connect", 502, "Could not connect to upstream 'x'.") from connect
+    except UpstreamError as exc:
+        return detach(exc)
+
+
+def test_detach_drops_the_traceback_of_an_exception_and_of_its_chain() -> None:
+    exc = _raise_chain()
+    cause = exc.__cause__
+    assert isinstance(cause, _ConnectError) and isinstance(cause.os_error, ConnectionRefusedError)
+    chain = [exc, cause, cause.os_error, cause.__context__]
+    assert cause.__context__ is cause.os_error  # raised during its handling, then suppressed
+    assert [e.__traceback__ for e in chain if e is not None] == [None, None, None, None]
+    error = GatewayError(500, "boom")
+    assert detach(error) is error  # detached in place, and handed back for `failure = detach(exc)`
+
+
+def _keep(detaching: bool) -> None:
+    """A frame that keeps the exception it caught, as the relay keeps its last failure."""
+    try:
+        raise GatewayError(500, "kept past its handler")
+    except GatewayError as exc:
+        failure = detach(exc) if detaching else exc
+    assert failure.status == 500
+
+
+def _garbage_after(work: Any) -> list[str]:
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        work()
+        gc.collect()
+        return _ours(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+
+
+def test_a_kept_exception_is_a_cycle_unless_detached() -> None:
+    """What the idiom is for, and proof that the end-to-end check below can see a cycle."""
+    assert "GatewayError" in _garbage_after(lambda: _keep(detaching=False))
+    assert _garbage_after(lambda: _keep(detaching=True)) == []
 
 
 def _closed_port() -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import logging
 import os
 import re
 import signal
@@ -256,16 +257,31 @@ def test_a_port_in_use_exits_1(tmp_path: Path, spawn: Callable[..., Proc], worke
         assert "exited before serving (exit code 1): stopping" in proc.log()
 
 
-def test_serving_freezes_start_up_objects_and_collects_young_ones_less_often() -> None:
+def test_serving_freezes_start_up_objects_and_collects_young_ones_less_often(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     import gc
 
-    from tensorwall_proxy.lifecycle import GC_THRESHOLDS, tune_gc
+    from tensorwall_proxy.lifecycle import GC_THRESHOLD_ENV, GC_THRESHOLDS, tune_gc
 
     before = gc.get_threshold()
+    monkeypatch.delenv(GC_THRESHOLD_ENV, raising=False)
     try:
         tune_gc()
         assert gc.get_threshold() == GC_THRESHOLDS
         assert gc.get_freeze_count() > 0
+        # TENSORWALL_GC_THRESHOLD measures the choice again (scripts/gc_compare.py) or undoes it.
+        monkeypatch.setenv(GC_THRESHOLD_ENV, "700,10,10")
+        with caplog.at_level(logging.INFO, logger="tensorwall_proxy"):
+            tune_gc()
+        assert gc.get_threshold() == (700, 10, 10)
+        assert "garbage collector thresholds 700,10,10 (from TENSORWALL_GC_THRESHOLD)" in caplog.text
+        for wrong in ("fast", "1,2,3,4", "-1", "700,,10"):
+            monkeypatch.setenv(GC_THRESHOLD_ENV, wrong)
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="tensorwall_proxy"):
+                tune_gc()
+            assert gc.get_threshold() == GC_THRESHOLDS, wrong
+            assert [r.levelname for r in caplog.records] == ["WARNING"] and repr(wrong) in caplog.text
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)

@@ -29,9 +29,11 @@ from tests.conftest import (
     raw_request,
 )
 from tests.fakes import FakeUpstream
+from tests.processes import CLEAN_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 USER = [{"role": "user", "content": "count my tokens please"}]
+RFC3339_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
@@ -133,7 +135,8 @@ def test_access_log_fields_and_redaction(make_proxy: Callable[..., Proxy], fake:
     assert [(a["provider"], a["outcome"], a["status"]) for a in line["attempt_log"]] == [
         ("openai", "5xx", 503), ("azure-eu", "ok", 200)]
     assert line["latency_ms"] > 0 and line["ttfb_ms"] is not None and line["tokens_in"] > 0
-    assert line["blame"] is None
+    assert line["blame"] is None and line["principal"] is None
+    assert next(iter(line)) == "ts" and RFC3339_MS.fullmatch(line["ts"]), line["ts"]
     raw = "\n".join(r.getMessage() for r in caplog.records)
     for secret in (secret_text, PROVIDER_KEY, GATEWAY_KEY, "server-side-azure-key"):
         assert secret not in raw
@@ -243,35 +246,117 @@ def test_the_ledger_accounts_a_batch_after_its_delay(caplog: pytest.LogCaptureFi
 
 
 def test_access_lines_are_written_when_flushed_and_warnings_at_once(tmp_path: Path) -> None:
-    from tensorwall_proxy.observability import LOG_FORMAT, BufferedStreamHandler, LineFormatter
+    from tensorwall_proxy.observability import BufferedStreamHandler, JsonLineFormatter
 
     path = tmp_path / "log"
     with path.open("w") as sink:
         handler = BufferedStreamHandler(sink.fileno())
-        handler.setFormatter(LineFormatter())
+        handler.setFormatter(JsonLineFormatter())
         logger = logging.getLogger("tensorwall_proxy.test_buffered")
         logger.propagate = False
         logger.setLevel(logging.INFO)
         logger.addHandler(handler)
         try:
-            logger.warning("first")
-            assert path.read_text().endswith("WARNING tensorwall_proxy.test_buffered: first\n")
+            logger.warning('{"id":"w"}')
+            assert path.read_text() == '{"id":"w"}\n'
             logger.info('{"id":"a"}')
-            logger.info('{"id":"b"}')
-            assert "id" not in path.read_text()
+            try:
+                raise ValueError("boom")
+            except ValueError:
+                logger.info('{"id":"b"}', exc_info=True)  # the line alone: no traceback among JSON lines
+            assert path.read_text() == '{"id":"w"}\n'
             handler.flush()
             lines = path.read_text().splitlines()
         finally:
             logger.removeHandler(handler)
-    assert [line.split(": ", 1)[1] for line in lines] == ["first", '{"id":"a"}', '{"id":"b"}']
-    # The same text as logging's own formatter gives, with and without a process tag and a traceback.
+    assert lines == ['{"id":"w"}', '{"id":"a"}', '{"id":"b"}']
+
+
+def test_a_batch_is_one_write_of_whole_lines(tmp_path: Path) -> None:
+    """Workers share one stdout: a batch is written in one piece, never cut inside a line. A
+    SOCK_SEQPACKET socket keeps each write(2) a message of its own, so the reader sees the writes."""
+    from tensorwall_proxy.observability import BufferedStreamHandler, JsonLineFormatter
+
+    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    writer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    handler = BufferedStreamHandler(writer.fileno())
+    handler.setFormatter(JsonLineFormatter())
+    logger = logging.getLogger("tensorwall_proxy.test_batch")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
     try:
-        raise ValueError("boom")
-    except ValueError:
-        failed = logging.LogRecord("x", logging.ERROR, "", 0, "failed %s", ("here",), sys.exc_info())
-    for tag in ("", "[42]"):
-        for record in (logging.LogRecord("x", logging.INFO, "", 0, "message %d", (7,), None), failed):
-            assert LineFormatter(tag).format(record) == logging.Formatter(LOG_FORMAT.format(tag=tag)).format(record)
+        sent = [json.dumps({"id": f"batch-{i}", "pad": "x" * 150}) for i in range(600)]  # about 100 KB
+        for line in sent:
+            logger.info(line)
+        reader.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            reader.recv(1)  # nothing before the flush
+        handler.flush()
+        handler.flush()  # nothing more to write: no empty message
+        message = reader.recv(1 << 21)
+        with pytest.raises(BlockingIOError):
+            reader.recv(1)  # the whole batch came as that one message
+    finally:
+        logger.removeHandler(handler)
+        reader.close()
+        writer.close()
+    assert message.decode().split("\n") == [*sent, ""]
+
+
+def test_timestamps_are_rfc3339_utc_with_milliseconds() -> None:
+    from datetime import UTC, datetime
+
+    from tensorwall_proxy.observability import UtcStamp
+
+    stamp = UtcStamp()
+    assert stamp(0) == "1970-01-01T00:00:00.000Z"
+    assert stamp(1796419527_653_999_999) == "2026-12-04T21:25:27.653Z"
+    # Several in one second (the cached date and time), across a second, a day and a year.
+    for now_us in (1796419527_653100, 1796419527_000000, 1796419527_999900, 1796419528_000400,
+                   1798761599_999000, 1798761600_001000, 1798761600_500000, 1796419527_250000):
+        expected = datetime.fromtimestamp(now_us // 10**6, UTC).replace(microsecond=now_us % 10**6)
+        assert stamp(now_us * 1000) == expected.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z", now_us
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_access_log_is_json_lines_on_stdout_and_the_rest_on_stderr(tmp_path: Path, workers: int) -> None:
+    """What a log shipper reads: stdout holds JSON objects and nothing else, ``ts`` first; the
+    gateway's own lines (start, a warning, the drain) are on stderr, and no access line is. With
+    ``--workers`` the workers write to the stdout and stderr they inherit from the parent."""
+    port = _free_port()
+    config = tmp_path / "proxy.yaml"
+    # An endpoint on a closed port: its failure is a WARNING on stderr and a 502 access line.
+    config.write_text("gateway_keys: [k]\nproviders:\n  dead: {type: openai, api_key: x, models: [m], "
+                      f'base_url: "http://127.0.0.1:{_free_port()}/v1"}}\n')
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "tensorwall_proxy", "serve", "--config", str(config),
+                                    "--port", str(port), "--workers", str(workers)], cwd=ROOT, env=CLEAN_ENV,
+                                   stdout=stdout, stderr=stderr)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, process)
+        for i in range(3):
+            assert raw_request(url + "/v1/models", headers={"X-API-Key": "k", "x-request-id": f"line-{i}"},
+                               method="GET").status == 200
+        failed = raw_request(url + "/v1/chat/completions", body=json.dumps({"model": "dead/m", "messages": USER}),
+                             headers={"X-API-Key": "k", "x-request-id": "line-dead",
+                                      "Content-Type": "application/json"})
+        assert failed.status == 502
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(20)
+    assert process.returncode == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]  # each one whole JSON, or this fails
+    served = {line["id"]: line for line in lines if line["path"] != "/readyz"}
+    assert sorted(served) == ["line-0", "line-1", "line-2", "line-dead"]
+    for line in lines:
+        assert list(line)[:2] == ["ts", "id"] and RFC3339_MS.fullmatch(line["ts"]) and line["principal"] is None
+    assert served["line-dead"]["status"] == 502 and served["line-dead"]["blame"] == "upstream"
+    text = err.read_text()
+    assert "listening on http" in text and "could not connect" in text and "drained; exiting" in text
+    assert "line-" not in text and not [line for line in text.splitlines() if line.startswith("{")]
 
 
 def _wait_ready(url: str, process: subprocess.Popen[Any]) -> None:
