@@ -31,7 +31,7 @@ from tests.conftest import (
 from tests.fakes import FakeUpstream
 from tests.processes import CLEAN_ENV
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 USER = [{"role": "user", "content": "count my tokens please"}]
 RFC3339_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 

@@ -4,7 +4,7 @@ line, on the happy path and on every failure path (5xx, timeouts, broken streams
 
 The helpers are meant for reuse (the observability work checks its log lines with them)::
 
-    from tests.test_canaries import Canaries, assert_nowhere, canaries, debug_logs  # noqa: F401
+    from tests.e2e.test_canaries import Canaries, assert_nowhere, canaries, debug_logs  # noqa: F401
 
     def test_x(canaries: Canaries, debug_logs: pytest.LogCaptureFixture, fake: FakeUpstream) -> None:
         secret = canaries("key")

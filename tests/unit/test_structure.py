@@ -14,7 +14,7 @@ import pytest
 
 from tensorwall_proxy.providers.catalog import TYPE_NAMES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "tensorwall_proxy"
 
 
