@@ -8,14 +8,10 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, post_json
+from tests.conftest import GATEWAY_KEY, PNG, PROVIDER_KEY, TOOLS, Proxy, post_json
 from tests.fakes import FakeUpstream
 
 MODEL = "claude-3-5-sonnet-20241022"
-TOOLS: list[Any] = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Weather for a city",
-    "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}]
-PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 
 
 @pytest.fixture

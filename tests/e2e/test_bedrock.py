@@ -9,15 +9,11 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import PROVIDER_KEY, Proxy, config_text, post_json
+from tests.conftest import PNG, PROVIDER_KEY, TOOLS, Proxy, config_text, post_json
 from tests.fakes import BEDROCK_ACCESS_KEY, BEDROCK_SECRET_KEY, FakeUpstream, embedding_vector
 
 CLAUDE = "anthropic.claude-3-5-sonnet-20240620-v1:0"
 MODEL = f"bedrock/{CLAUDE}"
-TOOLS: list[Any] = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Weather for a city",
-    "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}]
-PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 
 
 @pytest.fixture

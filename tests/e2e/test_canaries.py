@@ -26,10 +26,18 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, RawResponse, config_text, post_json, raw_request
+from tests.conftest import (
+    GATEWAY_KEY,
+    PROVIDER_KEY,
+    USER,
+    Proxy,
+    RawResponse,
+    config_text,
+    post_json,
+    raw_request,
+)
 from tests.fakes import FakeUpstream, Recorded, Scripted
 
-USER = [{"role": "user", "content": "hello"}]
 # Where an allowed appearance may be: "header <Name>", "path", "query", "body".
 Allow = Callable[[Recorded, str], bool]
 

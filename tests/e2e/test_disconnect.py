@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy
+from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, wait_for
 from tests.fakes import FakeUpstream
 
 
@@ -23,23 +22,14 @@ def _open_request(proxy: Proxy, body: dict[str, object]) -> socket.socket:
     return sock
 
 
-def _wait_for(condition: Callable[[], bool], seconds: float = 3.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 @pytest.mark.parametrize("stream", [True, False])
 def test_disconnect_while_waiting_for_the_first_byte(proxy: Proxy, fake: FakeUpstream, stream: bool) -> None:
     sock = _open_request(proxy, {"model": "gpt-hang", "messages": [{"role": "user", "content": "x"}],
                                  "stream": stream})
-    assert _wait_for(lambda: bool(fake.for_model("gpt-hang")))
+    assert wait_for(lambda: bool(fake.for_model("gpt-hang")))
     left = time.monotonic()
     sock.close()
-    assert _wait_for(lambda: fake.for_model("gpt-hang")[0].disconnected_at is not None)
+    assert wait_for(lambda: fake.for_model("gpt-hang")[0].disconnected_at is not None)
     disconnected_at = fake.for_model("gpt-hang")[0].disconnected_at
     assert disconnected_at is not None and disconnected_at - left < 1.0
 
@@ -52,5 +42,5 @@ def test_disconnect_mid_stream(proxy: Proxy, fake: FakeUpstream) -> None:
         received += sock.recv(65536)
     assert received.startswith(b"HTTP/1.1 200")
     sock.close()  # the fake is now sleeping between two chunks
-    assert _wait_for(lambda: fake.for_model("gpt-slow-stream")[0].disconnected_at is not None)
+    assert wait_for(lambda: fake.for_model("gpt-slow-stream")[0].disconnected_at is not None)
     assert fake.for_model("gpt-slow-stream")[0].finished_at is None

@@ -26,7 +26,16 @@ from aiohttp import web
 
 from tensorwall_proxy.api import GATEWAY
 from tensorwall_proxy.health import EJECT_AFTER
-from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, RawResponse, config_text, post_json
+from tests.conftest import (
+    GATEWAY_KEY,
+    PROVIDER_KEY,
+    USER,
+    Proxy,
+    RawResponse,
+    config_text,
+    post_json,
+    wait_for,
+)
 from tests.fakes import FakeUpstream, Recorded, Scripted
 from tests.rawtcp import (
     CLOSE,
@@ -49,7 +58,6 @@ from tests.rawtcp import (
     json_response,
 )
 
-USER = [{"role": "user", "content": "hello"}]
 # Short clocks for every route of this file: a fault shows within a third of a second.
 FAST = "{connect: 1, first_byte: 0.3, idle: 0.3, total: 0.3}"
 # How late the gateway may notice a fault or a departed caller and still pass.
@@ -115,15 +123,6 @@ def in_band_error(response: RawResponse) -> dict[str, Any]:
     error: dict[str, Any] = json.loads(last.removeprefix("data: "))["error"]
     assert set(error) == {"message", "type", "param", "code"}
     return error
-
-
-def wait_for(condition: Callable[[], object], seconds: float = 3.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return bool(condition())
 
 
 def abandoned(connection: RawConnection, since: float) -> bool:

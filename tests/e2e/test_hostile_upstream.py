@@ -22,8 +22,17 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, ServerThread, config_text, post_json, raw_request
-from tests.e2e.test_faults import FAST, RATE_LIMITED, answer_text, chat, events, wait_for
+from tests.conftest import (
+    GATEWAY_KEY,
+    PROVIDER_KEY,
+    Proxy,
+    ServerThread,
+    config_text,
+    post_json,
+    raw_request,
+    wait_for,
+)
+from tests.e2e.test_faults import FAST, RATE_LIMITED, answer_text, chat, events
 from tests.fakes import FakeUpstream, Scripted
 from tests.processes import memory, reset_peak, start_proxy, write_config
 from tests.rawtcp import (

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import openai
 import pytest
 
-from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy
+from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, TOOLS, Proxy
 from tests.fakes import FakeUpstream
 
 # (model the caller sends, provider flavor expected at the fake, upstream model id expected)
@@ -112,11 +112,6 @@ async def test_async_client_streams(proxy: Proxy, model: str, flavor: str, upstr
     completion = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": "one"}])
     assert completion.choices[0].message.content == f"[{flavor}] one"
     await client.close()
-
-
-TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Weather for a city",
-    "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}]
 
 
 @pytest.mark.parametrize(("model", "flavor", "upstream"), BY_PREFIX)

@@ -12,7 +12,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import PROVIDER_KEY, Proxy, config_text, post_json
+from tests.conftest import PNG, PROVIDER_KEY, Proxy, config_text, post_json
 from tests.fakes import FakeUpstream, embedding_vector
 
 MODEL = "gemini-2.5-flash"
@@ -20,7 +20,6 @@ TOOLS: list[Any] = [{"type": "function", "function": {
     "name": "get_weather", "description": "Weather for a city",
     "parameters": {"type": "object", "additionalProperties": False,
                    "properties": {"location": {"type": "string"}}, "required": ["location"]}}}]
-PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 
 
 @pytest.fixture
