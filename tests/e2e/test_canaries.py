@@ -251,9 +251,10 @@ def test_a_wrong_gateway_key_is_neither_logged_nor_echoed(make_proxy: Callable[.
 
 # --------------------------------------------------------------------------------------------------
 # The caller's provider key: to the one key scope that uses it, and nowhere else (a route that
-# would carry it to two is refused at load: tests/test_config.py, tests/test_relay.py)
+# would carry it to two is refused at load: tests/unit/test_config.py, tests/e2e/test_relay.py)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first", ["fail-500", "fail-503", "fail-429", "hang", "cut-mid-stream"])
 @pytest.mark.parametrize("second", ["azure-eu", "anthropic-srv"])
 @pytest.mark.parametrize("stream", [False, True])

@@ -4,7 +4,7 @@ every Retry-After form, and a caller that leaves in each phase of a request.
 Each case asserts what the caller gets (status, or the in-band error and the missing [DONE]) and,
 where it matters, which endpoint was tried next and whether the upstream connection was really
 abandoned. Timeouts are fractions of a second so the file runs in a few seconds. What
-tests/test_relay.py and tests/test_disconnect.py already cover (fake-upstream 500/503/429
+tests/e2e/test_relay.py and tests/e2e/test_disconnect.py already cover (fake-upstream 500/503/429
 fallback, slow-stream idle timeout, cut-mid-stream, a caller leaving before any upstream byte or
 mid-stream) is not repeated here. The last two cases reproduce what scripts/soak.py found: an
 endpoint that has been failing for a long time.
@@ -483,7 +483,7 @@ def test_429_from_the_raw_server_then_success_on_the_next_endpoint(
 
 # --------------------------------------------------------------------------------------------------
 # A caller that leaves: the upstream request ends with it, in every phase
-# (before any upstream byte, and mid-stream on the fake: tests/test_disconnect.py)
+# (before any upstream byte, and mid-stream on the fake: tests/e2e/test_disconnect.py)
 
 
 def _open_request(proxy: Proxy, body: dict[str, Any]) -> socket.socket:

@@ -52,7 +52,7 @@ from tests.rawtcp import (
 )
 
 # --------------------------------------------------------------------------------------------------
-# Fixtures (as in tests/test_faults.py and tests/test_lifecycle.py)
+# Fixtures (as in tests/e2e/test_faults.py and tests/ops/test_lifecycle.py)
 
 
 

@@ -320,6 +320,7 @@ routes:
     assert [r.flavor for r in fake.requests] == ["openai"]  # the failing endpoint is out of rotation
 
 
+@pytest.mark.slow
 def test_requests_past_the_in_flight_limit_get_a_fast_503(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> None:
     import threading
 

@@ -215,6 +215,7 @@ def test_ambient_mints_forwards_and_caches_a_token(ambient: Proxy, fake: FakeUps
     assert "sk-openai-sdk-placeholder" not in json.dumps([dict(r.headers) for r in records])
 
 
+@pytest.mark.slow
 def test_an_expired_token_is_refreshed_once_under_concurrency(ambient: Proxy, fake: FakeUpstream) -> None:
     fake.token_lifetime = 1
     client = ambient.client()

@@ -168,6 +168,7 @@ def test_tokens_are_counted_for_every_provider_type(make_proxy: Callable[..., Pr
     assert line["tokens_in"] > 0 and line["tokens_out"] > 0, line
 
 
+@pytest.mark.slow
 def test_metrics_of_several_workers_are_reported_together(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "proxy.yaml"
@@ -312,6 +313,7 @@ def test_timestamps_are_rfc3339_utc_with_milliseconds() -> None:
         assert stamp(now_us * 1000) == expected.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z", now_us
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_the_access_log_is_json_lines_on_stdout_and_the_rest_on_stderr(tmp_path: Path, workers: int) -> None:
     """What a log shipper reads: stdout holds JSON objects and nothing else, ``ts`` first; the
@@ -365,6 +367,7 @@ def _wait_ready(url: str, process: subprocess.Popen[Any]) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_metrics_port_serves_metrics_and_the_api_port_does_not(tmp_path: Path, workers: int) -> None:
     port, metrics_port = free_port(), free_port()
