@@ -149,14 +149,6 @@ routes:
     assert len(fake.for_flavor("bedrock")) == 2
 
 
-def test_an_exception_after_content_is_in_band(bedrock: Proxy) -> None:
-    response = post_json(bedrock, "/v1/chat/completions", {
-        "model": "bedrock/anthropic.claude-error-mid-stream-v1:0", "messages": [{"role": "user", "content": "a b c"}],
-        "stream": True})
-    assert response.status == 200
-    assert response.text.rstrip().split("\n\n")[-1].startswith('data: {"error"')
-
-
 def test_three_turn_tool_conversation_with_reasoning(bedrock: Proxy, fake: FakeUpstream) -> None:
     client = bedrock.client()
     model = "bedrock/anthropic.claude-3-7-sonnet-20250219-v1:0"

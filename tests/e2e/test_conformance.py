@@ -3,9 +3,9 @@ reached through the base test config (tests/conftest.py points all nine at the f
 
 What every type owes an OpenAI SDK user is asserted here once: a unary answer with usage and the
 provider header, a stream that ends once with the right finish reason, exactly one usage chunk when
-asked, a tool call round trip (unary and streamed), and upstream errors in OpenAI's shape. What only
-one type does (SigV4, ambient credentials, Gemini's names, Anthropic's thinking) stays in that
-type's own file.
+asked, a tool call round trip (unary and streamed), upstream errors in OpenAI's shape, and a stream
+broken after its first content ending in one in-band error. What only one type does (SigV4, ambient
+credentials, Gemini's names, Anthropic's thinking) stays in that type's own file.
 """
 
 from __future__ import annotations
@@ -172,3 +172,20 @@ def test_upstream_errors_keep_openai_shape(proxy: Proxy, fake: FakeUpstream, kin
     assert fake.last(kind.name).model is not None  # it did reach the upstream
     if word == "fail-429":
         assert response.headers["retry-after"] == "7"
+
+
+@BY_TYPE
+@pytest.mark.parametrize("word", ["error-mid-stream", "cut-mid-stream"])
+def test_a_stream_broken_after_content_ends_with_an_in_band_error(proxy: Proxy, kind: Type, word: str) -> None:
+    """Past the commit point the status is sent: the caller gets what came, then one error event, no [DONE]."""
+    response = post_json(proxy, "/v1/chat/completions", {
+        "model": kind.fault.format(word), "messages": [{"role": "user", "content": "a b c"}], "stream": True})
+    assert response.status == 200
+    assert "[DONE]" not in response.text
+    assert response.text.rstrip().split("\n\n")[-1].startswith('data: {"error"')
+    events = [e.removeprefix("data: ") for e in response.text.split("\n\n") if e.strip()]
+    chunks = [json.loads(e) for e in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text and f"[{kind.name}] a b c".startswith(text)
+    error = json.loads(events[-1])["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
