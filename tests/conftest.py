@@ -12,6 +12,7 @@ import http.client
 import json
 import secrets
 import signal
+import socket
 import sys
 import textwrap
 import threading
@@ -140,6 +141,17 @@ def post_json(proxy: Proxy, path: str, body: Any, key: str | None = PROVIDER_KEY
     if gateway_key is not None:
         sent["X-API-Key"] = gateway_key
     return raw_request(proxy.url + path, json.dumps(body), sent)
+
+
+def open_request(proxy: Proxy, body: Any) -> socket.socket:
+    """A chat request sent over a raw socket and left open, so a test can leave mid-answer by closing it."""
+    host, port = proxy.url.removeprefix("http://").split(":")
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"X-API-Key: {GATEWAY_KEY}\r\nAuthorization: Bearer {PROVIDER_KEY}\r\n".encode()
+                 + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    return sock
 
 
 def wait_for(condition: Callable[[], object], seconds: float = 3.0) -> bool:

@@ -27,12 +27,11 @@ from aiohttp import web
 from tensorwall_proxy.api import GATEWAY
 from tensorwall_proxy.health import EJECT_AFTER
 from tests.conftest import (
-    GATEWAY_KEY,
-    PROVIDER_KEY,
     USER,
     Proxy,
     RawResponse,
     config_text,
+    open_request,
     post_json,
     wait_for,
 )
@@ -486,16 +485,6 @@ def test_429_from_the_raw_server_then_success_on_the_next_endpoint(
 # (before any upstream byte, and mid-stream on the fake: tests/e2e/test_disconnect.py)
 
 
-def _open_request(proxy: Proxy, body: dict[str, Any]) -> socket.socket:
-    host, port = proxy.url.removeprefix("http://").split(":")
-    payload = json.dumps(body).encode()
-    sock = socket.create_connection((host, int(port)), timeout=5)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 + f"X-API-Key: {GATEWAY_KEY}\r\nAuthorization: Bearer {PROVIDER_KEY}\r\n".encode()
-                 + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
-    return sock
-
-
 def _leaves_and_upstream_notices(fake: FakeUpstream, model: str, sock: socket.socket) -> None:
     assert wait_for(lambda: fake.for_model(model))
     time.sleep(0.1)  # let the upstream reach the phase under test
@@ -532,7 +521,7 @@ def test_caller_leaving_after_upstream_headers_cancels_the_upstream(
         proxy: Proxy, fake: FakeUpstream, scripted: Callable[[str, Scripted], str],
         handler: Scripted, stream: bool) -> None:
     model = scripted("gpt-leave", handler)
-    sock = _open_request(proxy, {"model": model, "messages": USER, "stream": stream})
+    sock = open_request(proxy, {"model": model, "messages": USER, "stream": stream})
     _leaves_and_upstream_notices(fake, model, sock)
 
 
@@ -546,7 +535,7 @@ routes:
       - {provider: openai, model: fail-500, priority: 0}
       - {provider: azure-eu, model: hang-behind-500, priority: 1}
 """)
-    sock = _open_request(proxy, {"model": "second-hangs", "messages": USER, "stream": True})
+    sock = open_request(proxy, {"model": "second-hangs", "messages": USER, "stream": True})
     _leaves_and_upstream_notices(fake, "hang-behind-500", sock)
     assert fake.for_model("fail-500")[0].finished_at is not None
 
@@ -568,7 +557,7 @@ routes:
     endpoints:
       - {provider: raw, model: raw-model}
 """)
-    sock = _open_request(proxy, {"model": "faulty", "messages": USER, "stream": stream})
+    sock = open_request(proxy, {"model": "faulty", "messages": USER, "stream": stream})
     if stream:
         received = b""
         while b"Hel" not in received:
@@ -625,7 +614,7 @@ routes:
 """)
     _fail_for_a_long_time(proxy, ("azure-eu", "cut-mid-stream", None))
     for _ in range(6):
-        sock = _open_request(proxy, {"model": "cutting", "messages": USER, "stream": True})
+        sock = open_request(proxy, {"model": "cutting", "messages": USER, "stream": True})
         sock.settimeout(3)
         received = b""
         with contextlib.suppress(TimeoutError):
