@@ -12,9 +12,11 @@ import http.client
 import json
 import secrets
 import signal
+import socket
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,13 @@ T = TypeVar("T")
 
 GATEWAY_KEY = "test-gateway-key"
 PROVIDER_KEY = "sk-caller-provider-key-0123456789"
+USER = [{"role": "user", "content": "hello"}]
+# The one tool the end-to-end tests offer; the fake calls it with {"location": "Paris"}.
+TOOLS: list[Any] = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Weather for a city",
+    "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}]
+# A one-pixel PNG as a data: URL.
+PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 
 # Every provider points at the fake; `{fake}` is replaced by its base URL. Tests add routes.
 BASE_CONFIG = """\
@@ -132,6 +141,27 @@ def post_json(proxy: Proxy, path: str, body: Any, key: str | None = PROVIDER_KEY
     if gateway_key is not None:
         sent["X-API-Key"] = gateway_key
     return raw_request(proxy.url + path, json.dumps(body), sent)
+
+
+def open_request(proxy: Proxy, body: Any) -> socket.socket:
+    """A chat request sent over a raw socket and left open, so a test can leave mid-answer by closing it."""
+    host, port = proxy.url.removeprefix("http://").split(":")
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"X-API-Key: {GATEWAY_KEY}\r\nAuthorization: Bearer {PROVIDER_KEY}\r\n".encode()
+                 + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    return sock
+
+
+def wait_for(condition: Callable[[], object], seconds: float = 3.0) -> bool:
+    """Poll ``condition`` until it holds or ``seconds`` pass; whether it held (checked once more at the end)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return bool(condition())
 
 
 async def _start_app(app: web.Application, config: Config | None = None) -> tuple[web.AppRunner, str]:

@@ -137,6 +137,7 @@ _COMPLETIONS_FIELDS = ("prompt", "suffix", "echo", "best_of", "logprobs", "n", "
                        "stream_options", "stop", "temperature", "messages", "model")
 
 
+@pytest.mark.slow
 @settings(max_examples=500, deadline=None)
 @given(fields=st.dictionaries(st.sampled_from(_COMPLETIONS_FIELDS), _JSON, max_size=4))
 def test_any_completions_body_is_a_pivot_or_a_400(fields: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -136,12 +137,14 @@ def check(body: dict[str, Any]) -> None:
         assert isinstance(orjson.loads(call.body), dict)
 
 
+@pytest.mark.slow
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=_BODY)
 def test_every_field_of_every_type_is_a_request_or_a_400(body: dict[str, Any]) -> None:
     check(body)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(message=_MESSAGE, tools=st.lists(_TOOL, max_size=2))
 def test_every_message_field_is_a_request_or_a_400(message: dict[str, Any], tools: list[Any]) -> None:

@@ -16,10 +16,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, config_text, post_json, raw_request
+from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, USER, Proxy, config_text, post_json, raw_request
 from tests.fakes import FakeUpstream, Scripted
 
-USER = [{"role": "user", "content": "hello"}]
 CHAT = "/v1/chat/completions"
 
 

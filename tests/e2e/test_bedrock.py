@@ -9,15 +9,11 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import PROVIDER_KEY, Proxy, config_text, post_json
+from tests.conftest import PNG, PROVIDER_KEY, TOOLS, Proxy, config_text, post_json
 from tests.fakes import BEDROCK_ACCESS_KEY, BEDROCK_SECRET_KEY, FakeUpstream, embedding_vector
 
 CLAUDE = "anthropic.claude-3-5-sonnet-20240620-v1:0"
 MODEL = f"bedrock/{CLAUDE}"
-TOOLS: list[Any] = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Weather for a city",
-    "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}]
-PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 
 
 @pytest.fixture
@@ -121,16 +117,6 @@ def test_ambient_signs_with_the_aws_chain_for_its_models(make_proxy: Callable[..
     assert fake.requests == []
 
 
-def test_stream_with_usage(bedrock: Proxy) -> None:
-    chunks = list(bedrock.client().chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "stream these words"}], stream=True,
-        stream_options={"include_usage": True}))
-    assert chunks[0].choices[0].delta.role == "assistant"
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "[bedrock] stream these words"
-    usage = [c for c in chunks if not c.choices]
-    assert len(usage) == 1 and usage[0] is chunks[-1] and usage[0].usage is not None
-
-
 def test_frames_split_across_reads(bedrock: Proxy) -> None:
     chunks = list(bedrock.client().chat.completions.create(
         model="bedrock/anthropic.claude-split-frames-v1:0", messages=[{"role": "user", "content": "tiny pieces"}],
@@ -161,32 +147,6 @@ routes:
         model="claude-ha", messages=[{"role": "user", "content": "hi"}], stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "[bedrock] hi"
     assert len(fake.for_flavor("bedrock")) == 2
-
-
-def test_an_exception_after_content_is_in_band(bedrock: Proxy) -> None:
-    response = post_json(bedrock, "/v1/chat/completions", {
-        "model": "bedrock/anthropic.claude-error-mid-stream-v1:0", "messages": [{"role": "user", "content": "a b c"}],
-        "stream": True})
-    assert response.status == 200
-    assert response.text.rstrip().split("\n\n")[-1].startswith('data: {"error"')
-
-
-def test_tool_round_trip_streamed_and_not(bedrock: Proxy, fake: FakeUpstream) -> None:
-    client = bedrock.client()
-    messages: list[Any] = [{"role": "user", "content": "weather in Paris?"}]
-    with client.chat.completions.stream(model=MODEL, messages=messages, tools=TOOLS) as events:
-        for _ in events:
-            pass
-        streamed = events.get_final_completion()
-    (streamed_call,) = streamed.choices[0].message.tool_calls or []
-    assert json.loads(streamed_call.function.arguments) == {"location": "Paris"}
-    first = client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS)
-    assert first.choices[0].finish_reason == "tool_calls"
-    (call,) = first.choices[0].message.tool_calls or []
-    messages.append(first.choices[0].message.model_dump(exclude_none=True))
-    messages.append({"role": "tool", "tool_call_id": call.id, "content": "sunny"})
-    second = client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS)
-    assert second.choices[0].message.content == "[bedrock] tool said: sunny"
 
 
 def test_three_turn_tool_conversation_with_reasoning(bedrock: Proxy, fake: FakeUpstream) -> None:
@@ -230,9 +190,9 @@ def test_embeddings(bedrock: Proxy, fake: FakeUpstream, model: str, count: int) 
     assert all(r.path.endswith("/invoke") for r in fake.for_flavor("bedrock"))
 
 
-@pytest.mark.parametrize(("word", "status"), [("fail-429", 429), ("not-ready", 429), ("fail-503", 503),
-                                              ("fail-500", 500), ("fail-408", 408), ("fail-400", 400),
-                                              ("fail-403", 403), ("fail-404", 404), ("fail-424", 424)])
+# AWS's own faults; those every type shares (429, 400, 401, 500, 503): tests/e2e/test_conformance.py.
+@pytest.mark.parametrize(("word", "status"), [("not-ready", 429), ("fail-408", 408), ("fail-403", 403),
+                                              ("fail-404", 404), ("fail-424", 424)])
 def test_aws_errors_keep_their_statuses_in_openai_shape(bedrock: Proxy, word: str, status: int) -> None:
     response = post_json(bedrock, "/v1/chat/completions",
                          {"model": f"bedrock/anthropic.claude-{word}-v1:0", "messages": [{"role": "user", "content": "x"}]})

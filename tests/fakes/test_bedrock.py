@@ -1171,6 +1171,7 @@ async def test_invoke_refusals(
 # -- faults ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("word", "status", "error_type"),
     [

@@ -20,6 +20,7 @@ import itertools
 import socket
 from typing import Any
 
+import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 
@@ -175,5 +176,6 @@ routes:
         await upstream_server.close()
 
 
+@pytest.mark.slow
 def test_failures_leave_no_reference_cycles_of_ours() -> None:
     assert asyncio.run(_failing_requests()) == []

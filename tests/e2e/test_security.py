@@ -6,10 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, post_json
+from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, USER, Proxy, post_json
 from tests.fakes import FakeUpstream
-
-USER = [{"role": "user", "content": "hello"}]
 
 # (model, flavor, path the upstream must see, header carrying the key, expected value or None)
 RECEIVED = [

@@ -7,10 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, post_json, raw_request
+from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, USER, Proxy, post_json, raw_request
 from tests.fakes import FakeUpstream
-
-USER = [{"role": "user", "content": "hello"}]
 
 
 def _assert_openai_error(body: bytes, code: str | None = None, param: str | None = None) -> dict[str, object]:

@@ -14,7 +14,7 @@ import pytest
 
 from tensorwall_proxy.providers.catalog import TYPE_NAMES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "tensorwall_proxy"
 
 
@@ -36,6 +36,7 @@ def _import_alone(module: str) -> tuple[str, int, str]:
     return module, result.returncode, result.stderr
 
 
+@pytest.mark.slow
 def test_every_module_imports_alone_in_a_fresh_interpreter() -> None:
     """As aiohttp's tests/test_circular_imports.py: an import circle shows as an ImportError when
     the module on it is the first one imported, whichever order the test suite happened to use."""

@@ -4,7 +4,7 @@ line, on the happy path and on every failure path (5xx, timeouts, broken streams
 
 The helpers are meant for reuse (the observability work checks its log lines with them)::
 
-    from tests.test_canaries import Canaries, assert_nowhere, canaries, debug_logs  # noqa: F401
+    from tests.e2e.test_canaries import Canaries, assert_nowhere, canaries, debug_logs  # noqa: F401
 
     def test_x(canaries: Canaries, debug_logs: pytest.LogCaptureFixture, fake: FakeUpstream) -> None:
         secret = canaries("key")
@@ -26,10 +26,18 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, RawResponse, config_text, post_json, raw_request
+from tests.conftest import (
+    GATEWAY_KEY,
+    PROVIDER_KEY,
+    USER,
+    Proxy,
+    RawResponse,
+    config_text,
+    post_json,
+    raw_request,
+)
 from tests.fakes import FakeUpstream, Recorded, Scripted
 
-USER = [{"role": "user", "content": "hello"}]
 # Where an allowed appearance may be: "header <Name>", "path", "query", "body".
 Allow = Callable[[Recorded, str], bool]
 
@@ -243,9 +251,10 @@ def test_a_wrong_gateway_key_is_neither_logged_nor_echoed(make_proxy: Callable[.
 
 # --------------------------------------------------------------------------------------------------
 # The caller's provider key: to the one key scope that uses it, and nowhere else (a route that
-# would carry it to two is refused at load: tests/test_config.py, tests/test_relay.py)
+# would carry it to two is refused at load: tests/unit/test_config.py, tests/e2e/test_relay.py)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first", ["fail-500", "fail-503", "fail-429", "hang", "cut-mid-stream"])
 @pytest.mark.parametrize("second", ["azure-eu", "anthropic-srv"])
 @pytest.mark.parametrize("stream", [False, True])

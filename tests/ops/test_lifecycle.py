@@ -118,6 +118,7 @@ def events(rest: bytes) -> list[str]:
     return [line[6:] for line in rest.decode().splitlines() if line.startswith("data: ")]
 
 
+@pytest.mark.slow
 def test_term_ends_an_open_stream_in_band_and_exits_0(tmp_path: Path, spawn: Callable[..., Proc],
                                                        fake_url: str) -> None:
     config = stream_config(tmp_path, fake_url, drain=0.3, delay=0.3)
@@ -157,6 +158,7 @@ def check_cut_stream(proc: Proc, port: int, response: http.client.HTTPResponse) 
     assert "1 stream(s) ended with an in-band error" in proc.log()
 
 
+@pytest.mark.slow
 def test_term_lets_a_stream_that_finishes_within_the_drain_end_normally(
         tmp_path: Path, spawn: Callable[..., Proc], fake_url: str) -> None:
     config = stream_config(tmp_path, fake_url, drain=5, delay=0)
@@ -193,6 +195,7 @@ def worker_pids(proc: Proc, slot: int) -> list[int]:
     return [int(m.group(1)) for m in re.finditer(rf"worker {slot} started \(pid (\d+)\)", proc.log())]
 
 
+@pytest.mark.slow
 def test_workers_share_one_port_and_a_killed_worker_is_restarted(tmp_path: Path,
                                                                  spawn: Callable[..., Proc]) -> None:
     config = write_config(tmp_path, "server: {drain_seconds: 0.3}\ngateway_keys: []\n")
@@ -227,6 +230,7 @@ def gone(pid: int) -> bool:
         return True
 
 
+@pytest.mark.slow
 def test_workers_drain_and_exit_when_the_parent_dies(tmp_path: Path, spawn: Callable[..., Proc]) -> None:
     config = write_config(tmp_path, "server: {drain_seconds: 0.3}\ngateway_keys: []\n")
     proc, port = start_proxy(spawn, config, "--workers", "2")
@@ -243,6 +247,7 @@ def test_workers_drain_and_exit_when_the_parent_dies(tmp_path: Path, spawn: Call
         request(port, "/healthz")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_port_in_use_exits_1(tmp_path: Path, spawn: Callable[..., Proc], workers: str) -> None:
     config = write_config(tmp_path, "gateway_keys: []\n")

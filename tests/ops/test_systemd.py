@@ -118,6 +118,7 @@ def test_notify_single_process(tmp_path: Path, spawn: Callable[..., Proc], syste
     assert systemd.count("READY=1") == 2
 
 
+@pytest.mark.slow
 def test_notify_with_workers_comes_from_the_parent_once_all_serve(
         tmp_path: Path, spawn: Callable[..., Proc], abstract_systemd: Systemd) -> None:
     systemd = abstract_systemd  # NOTIFY_SOCKET=@name: the abstract namespace
@@ -220,6 +221,7 @@ def test_unit_raises_the_descriptor_limit_above_max_connections() -> None:
     assert int(unit_value("LimitNOFILE")) >= 2 * max_connections  # upstream connections need theirs too
 
 
+@pytest.mark.slow
 def test_the_parent_stops_pinging_the_watchdog_while_a_worker_hangs(
         tmp_path: Path, spawn: Callable[..., Proc], systemd: Systemd) -> None:
     config = write_config(tmp_path, "server: {drain_seconds: 0.2}\ngateway_keys: []\n")

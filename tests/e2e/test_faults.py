@@ -4,7 +4,7 @@ every Retry-After form, and a caller that leaves in each phase of a request.
 Each case asserts what the caller gets (status, or the in-band error and the missing [DONE]) and,
 where it matters, which endpoint was tried next and whether the upstream connection was really
 abandoned. Timeouts are fractions of a second so the file runs in a few seconds. What
-tests/test_relay.py and tests/test_disconnect.py already cover (fake-upstream 500/503/429
+tests/e2e/test_relay.py and tests/e2e/test_disconnect.py already cover (fake-upstream 500/503/429
 fallback, slow-stream idle timeout, cut-mid-stream, a caller leaving before any upstream byte or
 mid-stream) is not repeated here. The last two cases reproduce what scripts/soak.py found: an
 endpoint that has been failing for a long time.
@@ -26,7 +26,15 @@ from aiohttp import web
 
 from tensorwall_proxy.api import GATEWAY
 from tensorwall_proxy.health import EJECT_AFTER
-from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, RawResponse, config_text, post_json
+from tests.conftest import (
+    USER,
+    Proxy,
+    RawResponse,
+    config_text,
+    open_request,
+    post_json,
+    wait_for,
+)
 from tests.fakes import FakeUpstream, Recorded, Scripted
 from tests.rawtcp import (
     CLOSE,
@@ -49,7 +57,6 @@ from tests.rawtcp import (
     json_response,
 )
 
-USER = [{"role": "user", "content": "hello"}]
 # Short clocks for every route of this file: a fault shows within a third of a second.
 FAST = "{connect: 1, first_byte: 0.3, idle: 0.3, total: 0.3}"
 # How late the gateway may notice a fault or a departed caller and still pass.
@@ -115,15 +122,6 @@ def in_band_error(response: RawResponse) -> dict[str, Any]:
     error: dict[str, Any] = json.loads(last.removeprefix("data: "))["error"]
     assert set(error) == {"message", "type", "param", "code"}
     return error
-
-
-def wait_for(condition: Callable[[], object], seconds: float = 3.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return bool(condition())
 
 
 def abandoned(connection: RawConnection, since: float) -> bool:
@@ -484,17 +482,7 @@ def test_429_from_the_raw_server_then_success_on_the_next_endpoint(
 
 # --------------------------------------------------------------------------------------------------
 # A caller that leaves: the upstream request ends with it, in every phase
-# (before any upstream byte, and mid-stream on the fake: tests/test_disconnect.py)
-
-
-def _open_request(proxy: Proxy, body: dict[str, Any]) -> socket.socket:
-    host, port = proxy.url.removeprefix("http://").split(":")
-    payload = json.dumps(body).encode()
-    sock = socket.create_connection((host, int(port)), timeout=5)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 + f"X-API-Key: {GATEWAY_KEY}\r\nAuthorization: Bearer {PROVIDER_KEY}\r\n".encode()
-                 + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
-    return sock
+# (before any upstream byte, and mid-stream on the fake: tests/e2e/test_disconnect.py)
 
 
 def _leaves_and_upstream_notices(fake: FakeUpstream, model: str, sock: socket.socket) -> None:
@@ -533,7 +521,7 @@ def test_caller_leaving_after_upstream_headers_cancels_the_upstream(
         proxy: Proxy, fake: FakeUpstream, scripted: Callable[[str, Scripted], str],
         handler: Scripted, stream: bool) -> None:
     model = scripted("gpt-leave", handler)
-    sock = _open_request(proxy, {"model": model, "messages": USER, "stream": stream})
+    sock = open_request(proxy, {"model": model, "messages": USER, "stream": stream})
     _leaves_and_upstream_notices(fake, model, sock)
 
 
@@ -547,7 +535,7 @@ routes:
       - {provider: openai, model: fail-500, priority: 0}
       - {provider: azure-eu, model: hang-behind-500, priority: 1}
 """)
-    sock = _open_request(proxy, {"model": "second-hangs", "messages": USER, "stream": True})
+    sock = open_request(proxy, {"model": "second-hangs", "messages": USER, "stream": True})
     _leaves_and_upstream_notices(fake, "hang-behind-500", sock)
     assert fake.for_model("fail-500")[0].finished_at is not None
 
@@ -569,7 +557,7 @@ routes:
     endpoints:
       - {provider: raw, model: raw-model}
 """)
-    sock = _open_request(proxy, {"model": "faulty", "messages": USER, "stream": stream})
+    sock = open_request(proxy, {"model": "faulty", "messages": USER, "stream": stream})
     if stream:
         received = b""
         while b"Hel" not in received:
@@ -626,7 +614,7 @@ routes:
 """)
     _fail_for_a_long_time(proxy, ("azure-eu", "cut-mid-stream", None))
     for _ in range(6):
-        sock = _open_request(proxy, {"model": "cutting", "messages": USER, "stream": True})
+        sock = open_request(proxy, {"model": "cutting", "messages": USER, "stream": True})
         sock.settimeout(3)
         received = b""
         with contextlib.suppress(TimeoutError):

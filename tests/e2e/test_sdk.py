@@ -9,7 +9,7 @@ from collections.abc import Callable
 import openai
 import pytest
 
-from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy
+from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, TOOLS, Proxy
 from tests.fakes import FakeUpstream
 
 # (model the caller sends, provider flavor expected at the fake, upstream model id expected)
@@ -40,7 +40,6 @@ BY_RULE = [
     ("local-llama3.2", "ollama", "llama3.2"),
     ("studio-qwen2.5", "lmstudio", "qwen2.5"),
 ]
-ALL_ROUTES = BY_PREFIX + BY_PATTERN
 
 
 def _upstream_model(fake: FakeUpstream, flavor: str) -> str | None:
@@ -48,7 +47,7 @@ def _upstream_model(fake: FakeUpstream, flavor: str) -> str | None:
     return record.deployment if flavor == "azure" else record.model
 
 
-@pytest.mark.parametrize(("model", "flavor", "upstream"), ALL_ROUTES)
+@pytest.mark.parametrize(("model", "flavor", "upstream"), BY_PATTERN)
 def test_chat_non_streamed(proxy: Proxy, fake: FakeUpstream, model: str, flavor: str, upstream: str) -> None:
     client = proxy.client()
     response = client.chat.completions.with_raw_response.create(
@@ -62,7 +61,7 @@ def test_chat_non_streamed(proxy: Proxy, fake: FakeUpstream, model: str, flavor:
     assert _upstream_model(fake, flavor) == upstream
 
 
-@pytest.mark.parametrize(("model", "flavor", "upstream"), ALL_ROUTES)
+@pytest.mark.parametrize(("model", "flavor", "upstream"), BY_PATTERN)
 def test_chat_streamed(proxy: Proxy, fake: FakeUpstream, model: str, flavor: str, upstream: str) -> None:
     client = proxy.client()
     stream = client.chat.completions.create(
@@ -77,7 +76,7 @@ def test_chat_streamed(proxy: Proxy, fake: FakeUpstream, model: str, flavor: str
     assert _upstream_model(fake, flavor) == upstream
 
 
-@pytest.mark.parametrize(("model", "flavor", "upstream"), ALL_ROUTES)
+@pytest.mark.parametrize(("model", "flavor", "upstream"), BY_PATTERN)
 def test_stream_include_usage_gives_exactly_one_usage_chunk(proxy: Proxy, model: str, flavor: str,
                                                              upstream: str) -> None:
     chunks = list(proxy.client().chat.completions.create(
@@ -112,38 +111,6 @@ async def test_async_client_streams(proxy: Proxy, model: str, flavor: str, upstr
     completion = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": "one"}])
     assert completion.choices[0].message.content == f"[{flavor}] one"
     await client.close()
-
-
-TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Weather for a city",
-    "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}]
-
-
-@pytest.mark.parametrize(("model", "flavor", "upstream"), BY_PREFIX)
-def test_tool_call_round_trip(proxy: Proxy, fake: FakeUpstream, model: str, flavor: str, upstream: str) -> None:
-    client = proxy.client()
-    messages: list[dict[str, object]] = [{"role": "user", "content": "weather in Paris?"}]
-    first = client.chat.completions.create(model=model, messages=messages, tools=TOOLS)  # type: ignore[arg-type]
-    choice = first.choices[0]
-    assert choice.finish_reason == "tool_calls"
-    assert choice.message.tool_calls and choice.message.tool_calls[0].function.name == "get_weather"
-    call = choice.message.tool_calls[0]
-    assert call.function.arguments == '{"location": "Paris"}' or '"Paris"' in call.function.arguments
-    messages.append(choice.message.model_dump(exclude_none=True))
-    messages.append({"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"})
-    second = client.chat.completions.create(model=model, messages=messages, tools=TOOLS)  # type: ignore[arg-type]
-    assert second.choices[0].message.content == f"[{flavor}] tool said: sunny, 21 C"
-
-
-@pytest.mark.parametrize(("model", "flavor", "upstream"), BY_PREFIX)
-def test_streamed_tool_call(proxy: Proxy, model: str, flavor: str, upstream: str) -> None:
-    chunks = list(proxy.client().chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "weather?"}], tools=TOOLS, stream=True))  # type: ignore[arg-type]
-    calls = [tc for c in chunks if c.choices and c.choices[0].delta.tool_calls for tc in c.choices[0].delta.tool_calls]
-    assert calls[0].index == 0 and calls[0].id and calls[0].function and calls[0].function.name == "get_weather"
-    arguments = "".join(tc.function.arguments or "" for tc in calls if tc.function)
-    assert '"Paris"' in arguments
-    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
 
 
 def test_foreign_tool_ids_reach_mistral_as_nine_alphanumerics(proxy: Proxy, fake: FakeUpstream) -> None:

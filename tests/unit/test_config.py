@@ -29,7 +29,7 @@ from tensorwall_proxy.config import (
 )
 from tensorwall_proxy.errors import ConfigError, GatewayError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # sha256("test"), the example digest of DESIGN §4.
 TEST_DIGEST = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"

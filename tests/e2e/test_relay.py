@@ -10,10 +10,8 @@ import pytest
 
 from tensorwall_proxy.api import GATEWAY
 from tensorwall_proxy.router import RouteEndpoint
-from tests.conftest import PROVIDER_KEY, Proxy, RawResponse, config_text, post_json
+from tests.conftest import PROVIDER_KEY, USER, Proxy, RawResponse, config_text, post_json, wait_for
 from tests.fakes import FakeUpstream
-
-USER = [{"role": "user", "content": "hello"}]
 
 
 def _post(proxy: Proxy, body: dict[str, object]) -> RawResponse:
@@ -220,10 +218,8 @@ routes:
         proxy.client().chat.completions.create(model="stuck", messages=USER)
     assert caught.value.status_code == 504
     assert "did not answer within 0.3s" in caught.value.message
-    deadline = time.monotonic() + 2
-    while fake.last("openai").disconnected_at is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert fake.last("openai").disconnected_at is not None  # the upstream request was abandoned
+    # the upstream request was abandoned
+    assert wait_for(lambda: fake.last("openai").disconnected_at is not None, 2)
 
 
 def test_idle_timeout_after_the_commit_point_is_an_in_band_error(make_proxy: Callable[..., Proxy]) -> None:
@@ -324,6 +320,7 @@ routes:
     assert [r.flavor for r in fake.requests] == ["openai"]  # the failing endpoint is out of rotation
 
 
+@pytest.mark.slow
 def test_requests_past_the_in_flight_limit_get_a_fast_503(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> None:
     import threading
 
@@ -332,9 +329,7 @@ def test_requests_past_the_in_flight_limit_get_a_fast_503(make_proxy: Callable[.
     occupant = threading.Thread(target=lambda: post_json(proxy, "/v1/chat/completions",
                                                          {"model": "stuck", "messages": USER}))
     occupant.start()
-    deadline = time.monotonic() + 2
-    while not fake.for_model("hang") and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: fake.for_model("hang"), 2)
     started = time.monotonic()
     response = post_json(proxy, "/v1/chat/completions", {"model": "gpt-4o", "messages": USER})
     assert response.status == 503 and time.monotonic() - started < 0.5

@@ -176,6 +176,7 @@ def test_wrk_lua_strings_and_done_line() -> None:
         parse_done("unable to connect")
 
 
+@pytest.mark.slow
 def test_the_sigv4_micro_benchmark_signs_with_the_proxys_own_function() -> None:
     best, median = sigv4_microbench(None, batches=1)
     assert 0 < best == median < 10_000  # microseconds per signature

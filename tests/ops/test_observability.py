@@ -29,9 +29,9 @@ from tests.conftest import (
     raw_request,
 )
 from tests.fakes import FakeUpstream
-from tests.processes import CLEAN_ENV
+from tests.processes import CLEAN_ENV, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 USER = [{"role": "user", "content": "count my tokens please"}]
 RFC3339_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
@@ -168,15 +168,9 @@ def test_tokens_are_counted_for_every_provider_type(make_proxy: Callable[..., Pr
     assert line["tokens_in"] > 0 and line["tokens_out"] > 0, line
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
+@pytest.mark.slow
 def test_metrics_of_several_workers_are_reported_together(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "proxy.yaml"
     config.write_text("gateway_keys: [k]\n")
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
@@ -319,16 +313,17 @@ def test_timestamps_are_rfc3339_utc_with_milliseconds() -> None:
         assert stamp(now_us * 1000) == expected.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z", now_us
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_the_access_log_is_json_lines_on_stdout_and_the_rest_on_stderr(tmp_path: Path, workers: int) -> None:
     """What a log shipper reads: stdout holds JSON objects and nothing else, ``ts`` first; the
     gateway's own lines (start, a warning, the drain) are on stderr, and no access line is. With
     ``--workers`` the workers write to the stdout and stderr they inherit from the parent."""
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "proxy.yaml"
     # An endpoint on a closed port: its failure is a WARNING on stderr and a 502 access line.
     config.write_text("gateway_keys: [k]\nproviders:\n  dead: {type: openai, api_key: x, models: [m], "
-                      f'base_url: "http://127.0.0.1:{_free_port()}/v1"}}\n')
+                      f'base_url: "http://127.0.0.1:{free_port()}/v1"}}\n')
     out, err = tmp_path / "stdout", tmp_path / "stderr"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         process = subprocess.Popen([sys.executable, "-m", "tensorwall_proxy", "serve", "--config", str(config),
@@ -372,9 +367,10 @@ def _wait_ready(url: str, process: subprocess.Popen[Any]) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_metrics_port_serves_metrics_and_the_api_port_does_not(tmp_path: Path, workers: int) -> None:
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     config = tmp_path / "proxy.yaml"
     config.write_text(f"gateway_keys: [k]\nserver: {{metrics_port: {metrics_port}}}\n")
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
@@ -436,7 +432,7 @@ def test_a_negative_token_count_from_upstream_does_not_break_metrics(
 
 
 def test_a_metrics_render_failure_is_a_500_in_openai_shape_logged_once(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "proxy.yaml"
     config.write_text("gateway_keys: [k]\n")
     directory = tmp_path / "metrics"

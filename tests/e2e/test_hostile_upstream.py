@@ -22,7 +22,17 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, ServerThread, config_text, post_json, raw_request
+from tests.conftest import (
+    GATEWAY_KEY,
+    PROVIDER_KEY,
+    Proxy,
+    ServerThread,
+    config_text,
+    post_json,
+    raw_request,
+    wait_for,
+)
+from tests.e2e.test_faults import FAST, RATE_LIMITED, answer_text, chat, events
 from tests.fakes import FakeUpstream, Scripted
 from tests.processes import memory, reset_peak, start_proxy, write_config
 from tests.rawtcp import (
@@ -40,10 +50,9 @@ from tests.rawtcp import (
     head,
     json_response,
 )
-from tests.test_faults import FAST, RATE_LIMITED, answer_text, chat, events, wait_for
 
 # --------------------------------------------------------------------------------------------------
-# Fixtures (as in tests/test_faults.py and tests/test_lifecycle.py)
+# Fixtures (as in tests/e2e/test_faults.py and tests/ops/test_lifecycle.py)
 
 
 

@@ -245,6 +245,7 @@ def test_a_head_of_64_lines_within_the_bound_is_served(proxy: Proxy, sockets: Ca
 # 8 (first half). A trickled body holds its connection, not a slot of max_in_flight
 
 
+@pytest.mark.slow
 def test_trickled_bodies_do_not_take_in_flight_slots_and_get_408(
         make_proxy: Callable[..., Proxy], sockets: Callable[[Proxy], socket.socket]) -> None:
     proxy = make_proxy(FAST_BOUNDS.replace("body_timeout_seconds: 0.5", "body_timeout_seconds: 1")
@@ -264,6 +265,7 @@ def test_trickled_bodies_do_not_take_in_flight_slots_and_get_408(
         assert response.headers.get("connection", "").lower() == "close"
 
 
+@pytest.mark.slow
 def test_a_body_that_keeps_trickling_is_served_while_each_gap_is_short(
         make_proxy: Callable[..., Proxy], sockets: Callable[[Proxy], socket.socket]) -> None:
     proxy = make_proxy(FAST_BOUNDS)
@@ -296,6 +298,7 @@ def test_a_large_body_in_many_writes_is_served(proxy: Proxy, sockets: Callable[[
 # 10. A budget for the body bytes held across requests
 
 
+@pytest.mark.slow
 def test_past_the_buffered_body_budget_a_request_gets_503_with_retry_after(
         make_proxy: Callable[..., Proxy], sockets: Callable[[Proxy], socket.socket]) -> None:
     proxy = make_proxy("server: {max_buffered_body_bytes: 1048576, body_timeout_seconds: 5}\n")
@@ -325,6 +328,7 @@ def test_a_chunked_body_is_read_and_counted_as_it_arrives(proxy: Proxy,
     assert proxy.app[BUDGET].held == 0
 
 
+@pytest.mark.slow
 def test_a_body_over_max_body_bytes_by_its_content_length_gets_413_unread(
         make_proxy: Callable[..., Proxy], sockets: Callable[[Proxy], socket.socket]) -> None:
     proxy = make_proxy("server: {max_body_bytes: 2000}\n")

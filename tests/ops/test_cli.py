@@ -15,7 +15,7 @@ import pytest
 from tensorwall_proxy.config import key_digest
 from tests.processes import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "tensorwall_proxy"]
 # Defaults come from the environment; the tests must not depend on the machine's.
 CLEAN_ENV = {k: v for k, v in os.environ.items()
