@@ -71,7 +71,8 @@ FINISH_REASONS: Final[dict[str, str]] = {
     "model_context_window_exceeded": "length", "tool_use": "tool_calls",
     "guardrail_intervened": "content_filter", "content_filtered": "content_filter",
 }
-# Exception name (header or stream event, any case) → (failure kind, status the caller sees).
+# Exception name (header or stream event, any case) → (failure kind, AWS's own HTTP status); the
+# caller sees that status through errors.caller_status, as for every provider (a 500 is our 502).
 EXCEPTIONS: Final[dict[str, tuple[FailureKind, int]]] = {
     "throttlingexception": ("rate_limited", 429), "modelnotreadyexception": ("rate_limited", 429),
     "serviceunavailableexception": ("overloaded", 503), "internalserverexception": ("server", 500),
@@ -359,7 +360,8 @@ def translate_response(response: Mapping[str, Any], model: str, created: int | N
 def exception_error(provider: str, name: str, message: str, retry_after: float | None = None) -> UpstreamError:
     """An AWS exception name (header or stream event) → the failure it stands for."""
     kind, status = EXCEPTIONS.get(name.lower(), ("server", 502))
-    return UpstreamError(kind, status, message or name, provider=provider, code=name, retry_after=retry_after)
+    return UpstreamError(kind, caller_status(status, kind), message or name, provider=provider, code=name,
+                         retry_after=retry_after)
 
 
 def classify(provider: ProviderConfig, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:

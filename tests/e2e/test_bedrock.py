@@ -191,7 +191,7 @@ def test_embeddings(bedrock: Proxy, fake: FakeUpstream, model: str, count: int) 
 
 
 # AWS's own faults; those every type shares (429, 400, 401, 500, 503): tests/e2e/test_conformance.py.
-@pytest.mark.parametrize(("word", "status"), [("not-ready", 429), ("fail-408", 408), ("fail-403", 403),
+@pytest.mark.parametrize(("word", "status"), [("not-ready", 429), ("fail-408", 504), ("fail-403", 403),
                                               ("fail-404", 404), ("fail-424", 424)])
 def test_aws_errors_keep_their_statuses_in_openai_shape(bedrock: Proxy, word: str, status: int) -> None:
     response = post_json(bedrock, "/v1/chat/completions",

@@ -150,11 +150,10 @@ def test_streamed_tool_call(proxy: Proxy, kind: Type) -> None:
 
 
 # What the caller gets for each upstream fault: the upstream's status, but an upstream 500 is the
-# gateway's 502; Bedrock keeps AWS's own 500, and AWS answers a bad key with 403. Each type's own
+# gateway's 502 for every type (DESIGN §7), and AWS answers a bad key with 403. Each type's own
 # faults (Anthropic's 529, Gemini's 403, AWS's 408/424 and the rest) are in that type's file.
 FAULTS = {"fail-429": 429, "fail-400": 400, "fail-401": 401, "fail-500": 502, "fail-503": 503}
 STATUS = {(kind.name, word): status for kind in TYPES for word, status in FAULTS.items()}
-STATUS["bedrock", "fail-500"] = 500
 STATUS["bedrock", "fail-401"] = 403
 # The types whose upstream error code reaches the caller as `code` (AWS's exception names, Google's statuses).
 CODED = {"vertex", "bedrock"}

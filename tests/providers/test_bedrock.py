@@ -197,7 +197,7 @@ def test_stream_text_without_block_start_then_tool_then_usage_after_stop() -> No
 
 @pytest.mark.parametrize(("name", "kind", "status"), [
     ("throttlingException", "rate_limited", 429), ("serviceUnavailableException", "overloaded", 503),
-    ("internalServerException", "server", 500), ("modelStreamErrorException", "server", 502),
+    ("internalServerException", "server", 502), ("modelStreamErrorException", "server", 502),
     ("validationException", "bad_request", 400)])
 def test_stream_exceptions_are_failures(name: str, kind: str, status: int) -> None:
     decoder = BedrockStream("bedrock", "m", False)
@@ -217,8 +217,8 @@ def test_stream_cut_before_message_stop_raises() -> None:
 
 @pytest.mark.parametrize(("header", "status", "kind", "caller"), [
     ("ThrottlingException", 429, "rate_limited", 429), ("ModelNotReadyException", 429, "rate_limited", 429),
-    ("ServiceUnavailableException", 503, "overloaded", 503), ("InternalServerException", 500, "server", 500),
-    ("ModelTimeoutException", 408, "timeout", 408), ("ValidationException", 400, "bad_request", 400),
+    ("ServiceUnavailableException", 503, "overloaded", 503), ("InternalServerException", 500, "server", 502),
+    ("ModelTimeoutException", 408, "timeout", 504), ("ValidationException", 400, "bad_request", 400),
     ("ServiceQuotaExceededException", 400, "bad_request", 400), ("AccessDeniedException", 403, "auth", 403),
     ("ResourceNotFoundException", 404, "bad_request", 404), ("ModelErrorException", 424, "bad_request", 424)])
 def test_classify_errors_by_x_amzn_errortype(header: str, status: int, kind: str, caller: int) -> None:
