@@ -35,6 +35,7 @@ from .errors import (
     ProviderNotConfigured,
     UnsupportedField,
     UpstreamError,
+    detach,
 )
 from .health import HealthBook, HealthKey, RetryBudget, when_all_blocked
 from .observability import THROTTLE, Ledger, Metrics, RequestRecord, outcome_of
@@ -219,14 +220,14 @@ async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Sec
                 credential = await gateway.ambient.resolve(attempt.provider)
             call = build(impl, attempt, credential)
         except (UnsupportedField, ProviderNotConfigured) as exc:
-            skipped = skipped or exc.with_traceback(None)  # another endpoint may still serve the request
+            skipped = skipped or detach(exc)  # another endpoint may still serve the request
             position += 1
             continue
         except UpstreamError as exc:
             # Minting ambient credentials failed: nothing reached the upstream, so the endpoint's
             # health is untouched, but another endpoint may still serve the request.
             exc.provider = attempt.provider.name
-            failure = exc.with_traceback(None)  # kept past the handler: no frames, no reference cycle
+            failure = detach(exc)  # kept past the handler: no frames, no reference cycle
             position += 1
             continue
         if attempt.credential.kind == "caller":
@@ -243,7 +244,7 @@ async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Sec
             _scrub(exc, attempt, credential)
             record.attempt(attempt.provider.name, outcome_of(exc.status, exc.kind), exc.status, started)
             _record_failure(gateway, attempt, exc)
-            failure = exc.with_traceback(None)  # kept past the handler: no frames, no reference cycle
+            failure = detach(exc)  # kept past the handler: no frames, no reference cycle
             if not exc.falls_back:
                 break
             if not exc.reached_upstream and same < SAME_ENDPOINT_RETRIES:
@@ -257,12 +258,7 @@ async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Sec
             continue
         record.attempt(attempt.provider.name, "ok", response.status, started)
         return response
-    error = failure or skipped or missing_provider_key(route.endpoints[0].provider)
-    failure = skipped = None  # this frame, in the traceback, must not hold what it raises: a cycle
-    try:
-        raise error
-    finally:
-        del error
+    raise detach(failure or skipped or missing_provider_key(route.endpoints[0].provider))
 
 
 def _scrub(exc: UpstreamError, attempt: Attempt, credential: Credential | None = None) -> None:
@@ -589,7 +585,7 @@ async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, dial
             return await _fail_stream(gateway, dialect, attempt, client, pending, UpstreamError(
                 "server", 502, f"Upstream '{provider.name}' broke the event stream: {exc}", provider=provider.name))
         exc.provider = provider.name
-        return await _fail_stream(gateway, dialect, attempt, client, pending, exc.with_traceback(None))
+        return await _fail_stream(gateway, dialect, attempt, client, pending, detach(exc))
     except MALFORMED as exc:
         # A decoder met an event of the wrong shape (a hostile number, an object where a list was).
         clock.stop()
@@ -640,10 +636,7 @@ async def _fail_stream(gateway: Gateway, dialect: Dialect, attempt: Attempt, cli
                        pending: list[bytes], error: UpstreamError) -> web.StreamResponse:
     """Before the commit point: raise, so the relay may fall back. After it: one in-band error event."""
     if client is None:
-        try:
-            raise error
-        finally:
-            del error  # no cycle between this frame and the exception's traceback
+        raise error  # detached by the relay loop that catches it
     _scrub(error, attempt)
     _record_failure(gateway, attempt, error)
     pending.append(dialect.error_event(error))
