@@ -16,7 +16,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, TypeVar
 
@@ -41,7 +41,7 @@ from .health import HealthBook, HealthKey, RetryBudget, when_all_blocked
 from .observability import THROTTLE, Ledger, Metrics, RequestRecord, outcome_of
 from .providers import ChatRequest, EmbeddingsRequest, Provider, provider_for
 from .router import LLMRouter, Route, RouteEndpoint
-from .sse import SseError
+from .sse import SseError, SseEvent
 
 JSON: Final = "application/json"
 # A failure that never reached the upstream may try the same endpoint again, this often, after
@@ -58,6 +58,8 @@ PASSED_HEADERS: Final = ("x-ratelimit-limit-requests", "x-ratelimit-limit-tokens
                          "x-ratelimit-remaining-tokens", "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
 # A passed header's value is short printable ASCII ("1m30s", "149984"); anything else is dropped.
 MAX_PASSED_VALUE: Final = 64
+# A read that completed no event past the decoder's plain run.
+NO_EVENTS: Final[tuple[SseEvent, ...]] = ()
 # What a translator or a body check may raise on an upstream answer of the wrong shape: that
 # answer is the upstream's failure (502, may fall back), not the gateway's (500).
 MALFORMED: Final = (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError, RecursionError)
@@ -500,6 +502,12 @@ async def _answer(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
 async def _stream(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
     """One streamed attempt: hold until the commit point, then relay event by event.
 
+    One loop for every provider type; the decoder makes the difference. Each upstream read is
+    offered to ``decoder.split_plain`` first: a passthrough's decoder hands back its leading
+    content events whole, the upstream's own bytes, neither framed nor parsed; a translator's
+    hands back nothing. The framer cuts the rest into events for ``decoder.feed``. What one read
+    produced goes to the client in one write.
+
     Clocks: ``first_byte`` runs from sending until the first upstream event, then ``idle``
     between events, on one ``SilenceClock``, paused while we write to the client so a slow
     reader is never mistaken for a silent upstream. A client that takes nothing for a whole
@@ -535,47 +543,50 @@ async def _stream(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
             body = await response.read_error()
             raise flow.impl.classify_error(provider, response.status, response.headers, body)
         headers = response.headers
+        client: web.StreamResponse | None = None  # flow.client, kept in a local for the loop
+        batch: Sequence[SseEvent]
         while not decoder.done:
-            if flow.client is None and held > max_held:
+            if client is None and held > max_held:
                 raise UpstreamError("server", 502, f"Upstream '{provider.name}' sent more than {max_held} bytes "
                                                    "before any content.")
-            chunk = await response.read_chunk()
-            held += len(chunk)
-            if chunk and events.idle:
-                # Plain events (a passthrough's content) go out as they came: not cut, not parsed.
-                plain, chunk = decoder.split_plain(chunk)
-                if plain:
-                    clock.paused = True
-                    if flow.client is not None:
-                        await flow.client.write(plain)
-                    else:
-                        pending.append(plain)
-                        if decoder.visible:
-                            await _commit(flow, task, headers, pending)
-                    clock.paused = False
-                    heard = _heard(clock, heard, timeouts)  # the silence starts after the write
-                    if not chunk:
-                        continue
-            batch = events.feed(chunk) if chunk else events.flush()
+            data = await response.read_chunk()
+            held += len(data)
             clock.paused = True
-            # Event by event, so the commit happens at the first visible event even when
-            # a failure arrives in the same read: what the client saw decides fallback.
-            for event in batch:
-                pending.extend(decoder.feed(event))
-                if flow.client is None and decoder.visible:
-                    await _commit(flow, task, headers, pending)
-                if decoder.done:
-                    break
-            if not chunk:
-                pending.extend(decoder.close())  # raises when the upstream stopped short
-                if flow.client is None:
-                    await _commit(flow, task, headers, pending)
-            if flow.client is not None and pending:
-                await _flush(flow.client, pending)
+            # One read: first the decoder's plain run, whole events that go out as the upstream sent
+            # them, neither framed nor parsed (a passthrough's content; a translator's run is empty),
+            # then the events the framer completes from the rest, each fed to the decoder.
+            if data and events.idle:
+                plain, rest = decoder.split_plain(data)
+            else:
+                plain, rest = b"", data
+            if plain:
+                pending.append(plain)
+                if client is None and decoder.visible:
+                    client = await _commit(flow, task, headers, pending)  # before the rest: it may fail
+            if rest or not data:
+                batch = events.feed(rest) if rest else events.flush()
+                # Event by event, so the commit happens at the first visible event even when
+                # a failure arrives in the same read: what the client saw decides fallback.
+                for event in batch:
+                    pending.extend(decoder.feed(event))
+                    if client is None and decoder.visible:
+                        client = await _commit(flow, task, headers, pending)
+                    if decoder.done:
+                        break
+                if not data:
+                    pending.extend(decoder.close())  # raises when the upstream stopped short
+                    if client is None:
+                        client = await _commit(flow, task, headers, pending)
+            else:
+                batch = NO_EVENTS  # the read was all plain
+            if client is not None and pending:
+                # One write per read, inline: a coroutine per read for _flush is measurable here.
+                await client.write(pending[0] if len(pending) == 1 else b"".join(pending))
+                pending.clear()
             clock.paused = False
-            if batch:  # whole events, not bytes: a trickle that never completes one is silence
-                heard = _heard(clock, heard, timeouts)
-            if not chunk:
+            if plain or batch:  # whole events, not bytes: a trickle that never completes one is silence
+                heard = _heard(clock, heard, timeouts)  # the silence starts after the write
+            if not data:
                 break
         finished = True
     except asyncio.CancelledError as exc:
@@ -638,7 +649,7 @@ def _heard(clock: SilenceClock, heard: bool, timeouts: Timeouts) -> bool:
 
 
 async def _commit(flow: ChatFlow, task: asyncio.Task[Any], upstream_headers: Mapping[str, str],
-                  held: list[bytes]) -> None:
+                  held: list[bytes]) -> web.StreamResponse:
     """The commit point: send the status, the headers and everything held so far; from here the
     flow's ``client`` is set, and a drain that runs out of time ends the stream in-band."""
     client = web.StreamResponse(headers=_response_headers(flow.request_id, flow.attempt.provider.name,
@@ -650,6 +661,7 @@ async def _commit(flow: ChatFlow, task: asyncio.Task[Any], upstream_headers: Map
     await _flush(client, held)
     flow.client = client  # once the caller has it all: a failure during the sending is still before
     flow.gateway.streams.add(task)
+    return client
 
 
 async def _flush(client: web.StreamResponse, pending: list[bytes]) -> None:
