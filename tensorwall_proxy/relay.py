@@ -581,8 +581,11 @@ async def _stream(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
                 batch = NO_EVENTS  # the read was all plain
             if client is not None and pending:
                 # One write per read, inline: a coroutine per read for _flush is measurable here.
-                await client.write(pending[0] if len(pending) == 1 else b"".join(pending))
-                pending.clear()
+                if len(pending) == 1:
+                    await client.write(pending.pop())  # the common read: one plain run, or one event
+                else:
+                    await client.write(b"".join(pending))
+                    pending.clear()
             clock.paused = False
             if plain or batch:  # whole events, not bytes: a trickle that never completes one is silence
                 heard = _heard(clock, heard, timeouts)  # the silence starts after the write
