@@ -2,7 +2,8 @@
 
 This is the only module that knows all the others, and the only retry loop in the gateway: the
 attempts go through the route's endpoints in the router's order, at most ``retries.attempts`` in
-all, and fall back on connect errors, timeouts before the commit point, 408, 429 and 5xx.
+all, and fall back on connect errors, timeouts before the commit point, 408, 429 and 5xx. A
+request travels as one ``Flow``, and the code below reads in that order.
 
 The commit point (DESIGN §1): status and headers are held until the upstream has produced
 something the client must see. Before it, any failure may still fall back to the next endpoint;
