@@ -20,7 +20,7 @@ from . import relay
 from .auth import caller_key
 from .bodies import MAX_DEPTH, Body, BodyBudget, read_body, too_deep
 from .dialects import Dialect, Operation, PathTable, chat
-from .errors import GatewayError, UpstreamError, bad_request
+from .errors import GatewayError, UpstreamError, bad_request, detach
 from .hosts import HostGuard
 from .observability import THROTTLE, RequestRecord, new_request_id
 
@@ -101,7 +101,7 @@ def served(endpoint: Handler, *, dialect: Dialect = chat.CHAT, accounted: bool =
                 try:
                     request[BODY], reserved = await read_body(request, app[BUDGET], table.config.server)
                 except GatewayError as exc:
-                    response = error_response(exc, request_id, dialect)
+                    response = error_response(detach(exc), request_id, dialect)
                     response.force_close()  # the rest of the body is not worth reading
                     return response
             if gateway.in_flight >= table.config.server.max_in_flight:
@@ -114,7 +114,7 @@ def served(endpoint: Handler, *, dialect: Dialect = chat.CHAT, accounted: bool =
             response = await _answer(request, endpoint, request_id, dialect)
             return response
         except GatewayError as exc:
-            response = error_response(exc, request_id, dialect)
+            response = error_response(detach(exc), request_id, dialect)
             return response
         finally:
             if counted:
@@ -133,7 +133,7 @@ async def _answer(request: web.Request, endpoint: Handler, request_id: str, dial
     try:
         return await endpoint(request)
     except GatewayError as exc:
-        return error_response(exc, request_id, dialect)
+        return error_response(detach(exc), request_id, dialect)
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[GATEWAY].table.config.server.max_body_bytes
         return error_response(GatewayError(413, f"Request body is larger than {limit} bytes.",
@@ -173,7 +173,7 @@ async def unknown_path(request: web.Request) -> web.StreamResponse:
             raise GatewayError(404, f"Unknown path {path!r}.", code="not_found")
         request.app[GATEWAY].table.keys.check(request.headers.get("X-API-Key"))
     except GatewayError as exc:
-        return error_response(exc, request[REQUEST_ID], dialect)
+        return error_response(detach(exc), request[REQUEST_ID], dialect)
     response = error_response(GatewayError(405, f"Method {request.method} is not allowed on {path!r}."),
                               request[REQUEST_ID], dialect)
     response.headers["Allow"] = allowed

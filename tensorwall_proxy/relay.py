@@ -2,7 +2,8 @@
 
 This is the only module that knows all the others, and the only retry loop in the gateway: the
 attempts go through the route's endpoints in the router's order, at most ``retries.attempts`` in
-all, and fall back on connect errors, timeouts before the commit point, 408, 429 and 5xx.
+all, and fall back on connect errors, timeouts before the commit point, 408, 429 and 5xx. A
+request travels as one ``Flow``, and the code below reads in that order.
 
 The commit point (DESIGN §1): status and headers are held until the upstream has produced
 something the client must see. Before it, any failure may still fall back to the next endpoint;
@@ -16,9 +17,9 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import aiohttp
 import orjson
@@ -28,19 +29,20 @@ from . import upstream
 from .auth import Credential, GatewayKeys, credential_for, missing_provider_key
 from .calls import UpstreamCall
 from .clock import SilenceClock
-from .config import Config, ProviderConfig, Secret, ServerConfig, Timeouts
+from .config import Config, ProviderConfig, Secret, Timeouts
 from .dialects import Catalog, Dialect
 from .errors import (
     GatewayError,
     ProviderNotConfigured,
     UnsupportedField,
     UpstreamError,
+    detach,
 )
 from .health import HealthBook, HealthKey, RetryBudget, when_all_blocked
 from .observability import THROTTLE, Ledger, Metrics, RequestRecord, outcome_of
 from .providers import ChatRequest, EmbeddingsRequest, Provider, provider_for
 from .router import LLMRouter, Route, RouteEndpoint
-from .sse import SseError
+from .sse import SseError, SseEvent
 
 JSON: Final = "application/json"
 # A failure that never reached the upstream may try the same endpoint again, this often, after
@@ -57,6 +59,8 @@ PASSED_HEADERS: Final = ("x-ratelimit-limit-requests", "x-ratelimit-limit-tokens
                          "x-ratelimit-remaining-tokens", "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
 # A passed header's value is short printable ASCII ("1m30s", "149984"); anything else is dropped.
 MAX_PASSED_VALUE: Final = 64
+# A read that completed no event past the decoder's plain run.
+NO_EVENTS: Final[tuple[SseEvent, ...]] = ()
 # What a translator or a body check may raise on an upstream answer of the wrong shape: that
 # answer is the upstream's failure (502, may fall back), not the gateway's (500).
 MALFORMED: Final = (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError, RecursionError)
@@ -140,13 +144,116 @@ class Attempt:
         return self.endpoint.model or ""
 
 
-def plan(table: Table, gateway: Gateway, route: Route, caller: Secret | None) -> list[Attempt]:
+Req = TypeVar("Req", ChatRequest, EmbeddingsRequest)
+Call = TypeVar("Call")  # what one attempt sends: an UpstreamCall, or several for batched embeddings
+
+
+class Flow(Generic[Req, Call]):
+    """One request on its way through the relay, made once when it arrives (mitmproxy's HTTPFlow is
+    the model): what was asked, the table it is served by, the plan and where the attempts are in
+    it, what the caller has been sent, and the record. The functions below take it in place of a
+    request's loose state, and its two kinds (chat, embeddings) say how an attempt is translated
+    and executed in place of closures made per request."""
+
+    __slots__ = ("attempt", "attempts", "caller", "client", "gateway", "impl", "record", "req", "request",
+                 "request_id", "route", "table", "timeouts")
+
+    # The current attempt and its provider type's translator: set by run_attempts before a send.
+    attempt: Attempt
+    impl: Provider
+
+    def __init__(self, gateway: Gateway, request: web.Request, req: Req, caller: Secret | None,
+                 request_id: str) -> None:
+        table = gateway.table  # requests in flight keep the table they started with
+        route = table.router.resolve(req.body["model"])
+        self.gateway = gateway
+        self.table = table
+        self.request = request
+        self.req: Req = req
+        self.caller = caller
+        self.request_id = request_id
+        self.record = request[RECORD]
+        self.route = route
+        self.timeouts: Timeouts = route.timeouts or table.config.timeouts
+        self.attempts: list[Attempt] = []
+        # The response the caller was committed to (a stream past its commit point), else None.
+        self.client: web.StreamResponse | None = None
+
+    def build(self, credential: Credential) -> Call:
+        """The current attempt's upstream call(s), translated from the request; raises
+        UnsupportedField for what the attempt's provider type cannot express."""
+        raise NotImplementedError
+
+    async def execute(self, call: Call) -> web.StreamResponse:
+        """Send the current attempt and answer the caller from it; raises UpstreamError before
+        the commit point."""
+        raise NotImplementedError
+
+
+class ChatFlow(Flow[ChatRequest, UpstreamCall]):
+    """A request in the pivot (``/v1/chat/completions`` and the dialects on it), streamed or not;
+    ``dialect`` (the one it came in) makes what the caller receives, answers, events and errors
+    past the commit point alike."""
+
+    __slots__ = ("dialect",)
+
+    def __init__(self, gateway: Gateway, request: web.Request, req: ChatRequest, dialect: Dialect,
+                 caller: Secret | None, request_id: str) -> None:
+        super().__init__(gateway, request, req, caller, request_id)
+        self.dialect = dialect
+
+    def build(self, credential: Credential) -> UpstreamCall:
+        attempt = self.attempt
+        return self.impl.build_request(self.req, attempt.provider, attempt.model, credential)
+
+    async def execute(self, call: UpstreamCall) -> web.StreamResponse:
+        if self.req.stream:
+            return await _stream(self, call)
+        return await _answer(self, call)
+
+
+class EmbeddingsFlow(Flow[EmbeddingsRequest, list[UpstreamCall]]):
+    """A ``/v1/embeddings`` request: one or several calls per attempt, never streamed."""
+
+    __slots__ = ()
+
+    def build(self, credential: Credential) -> list[UpstreamCall]:
+        attempt = self.attempt
+        return self.impl.build_embeddings_request(self.req, attempt.provider, attempt.model, credential)
+
+    async def execute(self, call: list[UpstreamCall]) -> web.StreamResponse:
+        bodies, headers = await _unary_all(self, call)
+        name = self.attempt.provider.name
+        try:
+            out = self.impl.parse_embeddings_response(self.req, self.attempt.provider, bodies)
+        except MALFORMED as exc:
+            raise _malformed(name, "an answer", exc) from None
+        self.record.count(_usage_of(out, "data", name))
+        self.record.committed()
+        return web.Response(body=out, headers=_response_headers(self.request_id, name, headers, JSON))
+
+
+async def chat(gateway: Gateway, request: web.Request, req: ChatRequest, dialect: Dialect, caller: Secret | None,
+               request_id: str) -> web.StreamResponse:
+    """Serve one request in the pivot, streamed or not, in ``dialect``."""
+    request[RECORD].stream = req.stream
+    return await run_attempts(ChatFlow(gateway, request, req, dialect, caller, request_id))
+
+
+async def embeddings(gateway: Gateway, request: web.Request, req: EmbeddingsRequest, caller: Secret | None,
+                     request_id: str) -> web.StreamResponse:
+    """Serve one ``/v1/embeddings`` request."""
+    return await run_attempts(EmbeddingsFlow(gateway, request, req, caller, request_id))
+
+
+def plan(flow: Flow[Any, Any]) -> list[Attempt]:
     """The attempts for one request in order, before the attempt cap and the one-key-scope rule.
 
     Endpoints that cannot be tried at all (provider not configured, no credential) are left out;
     when that leaves none, the reason is the error. Unhealthy endpoints are skipped while any is
     healthy; when none is, DESIGN §5 decides (429 at once, or the first ejection to end).
     """
+    table, route, caller = flow.table, flow.route, flow.caller
     usable: list[Attempt] = []
     reason: GatewayError | None = None
     for endpoint in route.endpoints:
@@ -166,7 +273,7 @@ def plan(table: Table, gateway: Gateway, route: Route, caller: Secret | None) ->
     if not usable:
         assert reason is not None
         raise reason
-    health = gateway.health
+    health = flow.gateway.health
     blocks = [health.block(a.health_key) for a in usable]
     if blocks.count(None) == len(blocks):
         if len(usable) == 1:
@@ -185,17 +292,12 @@ def plan(table: Table, gateway: Gateway, route: Route, caller: Secret | None) ->
     return [usable[i] for i in table.router.order(sub, healthy)]
 
 
-Call = TypeVar("Call")  # what one attempt sends: an UpstreamCall, or several for batched embeddings
-
-
-async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Secret | None, record: RequestRecord,
-                       build: Callable[[Provider, Attempt, Credential], Call],
-                       execute: Callable[[Provider, Attempt, Call], Awaitable[web.StreamResponse]],
-                       ) -> web.StreamResponse:
+async def run_attempts(flow: Flow[Any, Any]) -> web.StreamResponse:
     """The one retry loop: try the plan's attempts until one answers or a failure forbids fallback."""
+    gateway, record, route = flow.gateway, flow.record, flow.route
     record.route = route.label
-    attempts = plan(table, gateway, route, caller)
-    cap = table.config.retries.attempts
+    attempts = flow.attempts = plan(flow)
+    cap = flow.table.config.retries.attempts
     gateway.budget.deposit()
     made = 0
     caller_scope: str | None = None
@@ -212,21 +314,22 @@ async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Sec
             continue
         if made and not gateway.budget.spend():
             break  # the retry budget is spent: in an outage, retries would only multiply the load
+        flow.attempt = attempt
         try:
-            impl = provider_for(attempt.provider.type)
+            flow.impl = provider_for(attempt.provider.type)
             credential = attempt.credential
             if credential.kind == "ambient":
                 credential = await gateway.ambient.resolve(attempt.provider)
-            call = build(impl, attempt, credential)
+            call = flow.build(credential)
         except (UnsupportedField, ProviderNotConfigured) as exc:
-            skipped = skipped or exc.with_traceback(None)  # another endpoint may still serve the request
+            skipped = skipped or detach(exc)  # another endpoint may still serve the request
             position += 1
             continue
         except UpstreamError as exc:
             # Minting ambient credentials failed: nothing reached the upstream, so the endpoint's
             # health is untouched, but another endpoint may still serve the request.
             exc.provider = attempt.provider.name
-            failure = exc.with_traceback(None)  # kept past the handler: no frames, no reference cycle
+            failure = detach(exc)  # kept past the handler: no frames, no reference cycle
             position += 1
             continue
         if attempt.credential.kind == "caller":
@@ -237,13 +340,13 @@ async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Sec
         record.model_label = attempt.model if attempt.model in attempt.provider.models else "other"
         started = time.perf_counter()
         try:
-            response = await execute(impl, attempt, call)
+            response = await flow.execute(call)
         except UpstreamError as exc:
             exc.provider = attempt.provider.name
             _scrub(exc, attempt, credential)
             record.attempt(attempt.provider.name, outcome_of(exc.status, exc.kind), exc.status, started)
             _record_failure(gateway, attempt, exc)
-            failure = exc.with_traceback(None)  # kept past the handler: no frames, no reference cycle
+            failure = detach(exc)  # kept past the handler: no frames, no reference cycle
             if not exc.falls_back:
                 break
             if not exc.reached_upstream and same < SAME_ENDPOINT_RETRIES:
@@ -257,12 +360,7 @@ async def run_attempts(gateway: Gateway, table: Table, route: Route, caller: Sec
             continue
         record.attempt(attempt.provider.name, "ok", response.status, started)
         return response
-    error = failure or skipped or missing_provider_key(route.endpoints[0].provider)
-    failure = skipped = None  # this frame, in the traceback, must not hold what it raises: a cycle
-    try:
-        raise error
-    finally:
-        del error
+    raise detach(failure or skipped or missing_provider_key(route.endpoints[0].provider))
 
 
 def _scrub(exc: UpstreamError, attempt: Attempt, credential: Credential | None = None) -> None:
@@ -322,14 +420,10 @@ def _malformed(provider: str, what: str, exc: BaseException) -> UpstreamError:
                          provider=provider)
 
 
-def _timeouts(table: Table, route: Route) -> Timeouts:
-    return route.timeouts or table.config.timeouts
-
-
-async def _unary(gateway: Gateway, call: UpstreamCall, timeouts: Timeouts, attempt: Attempt,
-                 impl: Provider, limit: int) -> tuple[bytes, Mapping[str, str]]:
-    """Send a non-streamed call and read the whole answer (at most ``limit`` bytes) within
-    ``total``; errors classified."""
+async def _unary(flow: Flow[Any, Any], call: UpstreamCall, limit: int) -> tuple[bytes, Mapping[str, str]]:
+    """Send a non-streamed call of the current attempt and read the whole answer (at most ``limit``
+    bytes) within ``total``; errors classified."""
+    gateway, attempt, timeouts = flow.gateway, flow.attempt, flow.timeouts
     assert gateway.session is not None
     provider = attempt.provider
     response: upstream.UpstreamResponse | None = None
@@ -351,24 +445,23 @@ async def _unary(gateway: Gateway, call: UpstreamCall, timeouts: Timeouts, attem
     if response.status != 200:
         if response.status < 400:
             raise _not_an_answer(provider.name, response.status)
-        raise impl.classify_error(provider, response.status, response.headers, body)
+        raise flow.impl.classify_error(provider, response.status, response.headers, body)
     gateway.health.succeeded(attempt.health_key)
     return body, response.headers
 
 
-async def _unary_all(gateway: Gateway, calls: list[UpstreamCall], timeouts: Timeouts, attempt: Attempt,
-                     impl: Provider) -> tuple[list[bytes], Mapping[str, str]]:
+async def _unary_all(flow: EmbeddingsFlow, calls: list[UpstreamCall]) -> tuple[list[bytes], Mapping[str, str]]:
     """Several calls of one attempt (embeddings), concurrently but bounded; the first failure
     cancels the rest. Each answer may be up to EMBEDDINGS_MAX_BODY_BYTES (DESIGN §14)."""
     size = upstream.EMBEDDINGS_MAX_BODY_BYTES
     if len(calls) == 1:
-        body, headers = await _unary(gateway, calls[0], timeouts, attempt, impl, size)
+        body, headers = await _unary(flow, calls[0], size)
         return [body], headers
     limit = asyncio.Semaphore(FAN_OUT)
 
     async def one(call: UpstreamCall) -> tuple[bytes, Mapping[str, str]]:
         async with limit:
-            return await _unary(gateway, call, timeouts, attempt, impl, size)
+            return await _unary(flow, call, size)
 
     tasks = [asyncio.ensure_future(one(call)) for call in calls]
     try:
@@ -385,26 +478,213 @@ async def _unary_all(gateway: Gateway, calls: list[UpstreamCall], timeouts: Time
     return [body for body, _ in results], results[-1][1]
 
 
-async def _answer(gateway: Gateway, attempt: Attempt, impl: Provider, call: UpstreamCall, timeouts: Timeouts,
-                  request_id: str, record: RequestRecord, translate: Callable[[bytes], bytes],
-                  limit: int, encode: Callable[[bytes], bytes] | None = None) -> web.StreamResponse:
-    """A non-streamed attempt: the whole upstream body, translated, is the commit. ``translate``
-    makes the pivot's answer (its usage is counted there); ``encode``, when the caller's dialect is
-    not the pivot's, makes the caller's body from it."""
-    body, headers = await _unary(gateway, call, timeouts, attempt, impl, limit)
-    name = attempt.provider.name
+async def _answer(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
+    """A non-streamed attempt: the whole upstream body, translated, is the commit. The translator
+    makes the pivot's answer (its usage is counted there); the dialect, when it is not the pivot's,
+    makes the caller's body from it."""
+    provider = flow.attempt.provider
+    body, headers = await _unary(flow, call, flow.table.config.server.max_upstream_body_bytes)
+    name = provider.name
     try:
-        out = translate(body)
+        out = flow.impl.parse_response(flow.req, provider, body)
     except MALFORMED as exc:
         raise _malformed(name, "an answer", exc) from None
-    record.count(_usage_of(out, "choices", name))
-    if encode is not None:
+    flow.record.count(_usage_of(out, "choices", name))
+    dialect = flow.dialect
+    if not dialect.is_pivot:
         try:
-            out = encode(out)
+            out = dialect.encode_answer(flow.req, out)
         except MALFORMED as exc:
             raise _malformed(name, "an answer", exc) from None
-    record.committed()
-    return web.Response(body=out, headers=_response_headers(request_id, name, headers, JSON))
+    flow.record.committed()
+    return web.Response(body=out, headers=_response_headers(flow.request_id, name, headers, JSON))
+
+
+async def _stream(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
+    """One streamed attempt: hold until the commit point, then relay event by event.
+
+    One loop for every provider type; the decoder makes the difference. Each upstream read is
+    offered to ``decoder.split_plain`` first: a passthrough's decoder hands back its leading
+    content events whole, the upstream's own bytes, neither framed nor parsed; a translator's
+    hands back nothing. The framer cuts the rest into events for ``decoder.feed``. What one read
+    produced goes to the client in one write.
+
+    Clocks: ``first_byte`` runs from sending until the first upstream event, then ``idle``
+    between events, on one ``SilenceClock``, paused while we write to the client so a slow
+    reader is never mistaken for a silent upstream. A client that takes nothing for a whole
+    ``idle`` is ended as one that left, so it cannot hold the upstream connection.
+
+    Before the commit point at most ``server.max_held_bytes`` of upstream bytes are read (and
+    held): past them the attempt fails (502) and the next endpoint may serve.
+    """
+    gateway, dialect, timeouts = flow.gateway, flow.dialect, flow.timeouts
+    assert gateway.session is not None
+    provider = flow.attempt.provider
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    decoder = flow.impl.stream_decoder(flow.req, provider)
+    if not dialect.is_pivot:
+        decoder = dialect.encode_stream(flow.req, decoder)  # the pivot's chunks, as the caller's dialect's events
+    events = flow.impl.framer()
+    # Events decoded but not yet written: everything before the commit point, and after it what
+    # one upstream read produced, sent in one write (fewer syscalls than one write per event).
+    pending: list[bytes] = []
+    response: upstream.UpstreamResponse | None = None
+    finished = False
+    clock = SilenceClock(loop, task, timeouts.first_byte)
+    heard = False  # any upstream event yet: the clock's phase
+    max_held = flow.table.config.server.max_held_bytes
+    held = 0  # upstream bytes read; compared with max_held only before the commit point
+    try:
+        response = await upstream.send(gateway.session, call, timeouts.connect, provider=provider.name)
+        if response.status != 200:
+            if response.status < 400:
+                raise _not_an_answer(provider.name, response.status)
+            body = await response.read_error()
+            raise flow.impl.classify_error(provider, response.status, response.headers, body)
+        headers = response.headers
+        client: web.StreamResponse | None = None  # flow.client, kept in a local for the loop
+        batch: Sequence[SseEvent]
+        while not decoder.done:
+            if client is None and held > max_held:
+                raise UpstreamError("server", 502, f"Upstream '{provider.name}' sent more than {max_held} bytes "
+                                                   "before any content.")
+            data = await response.read_chunk()
+            held += len(data)
+            clock.paused = True
+            # One read: first the decoder's plain run, whole events that go out as the upstream sent
+            # them, neither framed nor parsed (a passthrough's content; a translator's run is empty),
+            # then the events the framer completes from the rest, each fed to the decoder.
+            if data and events.idle:
+                plain, rest = decoder.split_plain(data)
+            else:
+                plain, rest = b"", data
+            if plain:
+                pending.append(plain)
+                if client is None and decoder.visible:
+                    client = await _commit(flow, task, headers, pending)  # before the rest: it may fail
+            if rest or not data:
+                batch = events.feed(rest) if rest else events.flush()
+                # Event by event, so the commit happens at the first visible event even when
+                # a failure arrives in the same read: what the client saw decides fallback.
+                for event in batch:
+                    pending.extend(decoder.feed(event))
+                    if client is None and decoder.visible:
+                        client = await _commit(flow, task, headers, pending)
+                    if decoder.done:
+                        break
+                if not data:
+                    pending.extend(decoder.close())  # raises when the upstream stopped short
+                    if client is None:
+                        client = await _commit(flow, task, headers, pending)
+            else:
+                batch = NO_EVENTS  # the read was all plain
+            if client is not None and pending:
+                # One write per read, inline: a coroutine per read for _flush is measurable here.
+                if len(pending) == 1:
+                    await client.write(pending.pop())  # the common read: one plain run, or one event
+                else:
+                    await client.write(b"".join(pending))
+                    pending.clear()
+            clock.paused = False
+            if plain or batch:  # whole events, not bytes: a trickle that never completes one is silence
+                heard = _heard(clock, heard, timeouts)  # the silence starts after the write
+            if not data:
+                break
+        finished = True
+    except asyncio.CancelledError as exc:
+        clock.stop()
+        if clock.stalled:
+            # The client took nothing for a whole idle period: end it as a client that left (no
+            # in-band error: it would not be read either). The upstream call is closed below.
+            task.uncancel()
+            log.info("request %s: the client read nothing for %gs; stream ended", flow.request_id, clock.limit)
+            transport = flow.request.transport
+            if transport is not None:
+                transport.abort()
+            raise ConnectionResetError("the client stopped reading") from None
+        if clock.expired:
+            task.uncancel()
+            phase, limit = ("idle", timeouts.idle) if heard else ("first_byte", timeouts.first_byte)
+            # Passed, not kept in a local: raised from here, it would hold this frame and be held by it.
+            return await _fail_stream(flow, pending, UpstreamError(
+                "timeout", 504, f"Upstream '{provider.name}' sent nothing for {limit:g}s ({phase} timeout).",
+                provider=provider.name))
+        if flow.client is None or exc.args != (DRAINING,):
+            raise  # the client went away, or a cancel that is not ours: nothing to tell anyone
+        task.uncancel()
+        pending.append(dialect.error_event(GatewayError(503, "The gateway is shutting down; the stream was cut short.",
+                                                        type="server_error", code="shutting_down")))
+        await _flush(flow.client, pending)
+        return flow.client
+    except (UpstreamError, SseError) as exc:
+        clock.stop()
+        if isinstance(exc, SseError):
+            return await _fail_stream(flow, pending, UpstreamError(
+                "server", 502, f"Upstream '{provider.name}' broke the event stream: {exc}", provider=provider.name))
+        exc.provider = provider.name
+        return await _fail_stream(flow, pending, detach(exc))
+    except MALFORMED as exc:
+        # A decoder met an event of the wrong shape (a hostile number, an object where a list was).
+        clock.stop()
+        return await _fail_stream(flow, pending, _malformed(provider.name, "an event", exc))
+    finally:
+        clock.stop()
+        gateway.streams.discard(task)
+        if response is not None:
+            if finished:
+                response.release()
+            else:
+                response.close()
+    assert flow.client is not None
+    gateway.health.succeeded(flow.attempt.health_key)
+    flow.record.count(decoder.usage)
+    return flow.client
+
+
+def _heard(clock: SilenceClock, heard: bool, timeouts: Timeouts) -> bool:
+    """An upstream event arrived: the first one ends the first_byte phase, every one resets idle."""
+    if heard:
+        clock.heard()
+    else:
+        clock.change(timeouts.idle)
+    return True
+
+
+async def _commit(flow: ChatFlow, task: asyncio.Task[Any], upstream_headers: Mapping[str, str],
+                  held: list[bytes]) -> web.StreamResponse:
+    """The commit point: send the status, the headers and everything held so far; from here the
+    flow's ``client`` is set, and a drain that runs out of time ends the stream in-band."""
+    client = web.StreamResponse(headers=_response_headers(flow.request_id, flow.attempt.provider.name,
+                                                          upstream_headers, "text/event-stream"))
+    client.headers["Cache-Control"] = "no-cache"
+    flow.request[COMMITTED] = client
+    flow.record.committed()
+    await client.prepare(flow.request)
+    await _flush(client, held)
+    flow.client = client  # once the caller has it all: a failure during the sending is still before
+    flow.gateway.streams.add(task)
+    return client
+
+
+async def _flush(client: web.StreamResponse, pending: list[bytes]) -> None:
+    if pending:
+        await client.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        pending.clear()
+
+
+async def _fail_stream(flow: ChatFlow, pending: list[bytes], error: UpstreamError) -> web.StreamResponse:
+    """Before the commit point: raise, so the relay may fall back. After it: one in-band error event."""
+    client = flow.client
+    if client is None:
+        raise error  # detached by the relay loop that catches it
+    attempt = flow.attempt
+    _scrub(error, attempt)
+    _record_failure(flow.gateway, attempt, error)
+    pending.append(flow.dialect.error_event(error))
+    await _flush(client, pending)
+    return client
 
 
 def _usage_of(body: bytes, items: str, provider: str) -> Mapping[str, Any] | None:
@@ -422,230 +702,3 @@ def _usage_of(body: bytes, items: str, provider: str) -> Mapping[str, Any] | Non
                             provider=provider)
     usage = parsed.get("usage")
     return usage if isinstance(usage, dict) else None
-
-
-async def chat(gateway: Gateway, request: web.Request, req: ChatRequest, dialect: Dialect, caller: Secret | None,
-               request_id: str) -> web.StreamResponse:
-    """Serve one request in the pivot, streamed or not; ``dialect`` (the one it came in) makes what
-    the caller receives, answers, events and errors past the commit point alike."""
-    table = gateway.table  # requests in flight keep the table they started with
-    record = request[RECORD]
-    record.stream = req.stream
-    route = table.router.resolve(req.body["model"])
-    timeouts = _timeouts(table, route)
-    server = table.config.server
-
-    def build(impl: Provider, attempt: Attempt, credential: Credential) -> UpstreamCall:
-        return impl.build_request(req, attempt.provider, attempt.model, credential)
-
-    async def execute(impl: Provider, attempt: Attempt, call: UpstreamCall) -> web.StreamResponse:
-        if req.stream:
-            return await _stream(gateway, request, req, dialect, impl, attempt, call, timeouts, request_id, server)
-        return await _answer(gateway, attempt, impl, call, timeouts, request_id, record,
-                             lambda body: impl.parse_response(req, attempt.provider, body),
-                             server.max_upstream_body_bytes,
-                             None if dialect.is_pivot else lambda out: dialect.encode_answer(req, out))
-
-    return await run_attempts(gateway, table, route, caller, record, build, execute)
-
-
-async def embeddings(gateway: Gateway, request: web.Request, req: EmbeddingsRequest, caller: Secret | None,
-                     request_id: str) -> web.StreamResponse:
-    """Serve one ``/v1/embeddings`` request."""
-    table = gateway.table
-    record = request[RECORD]
-    route = table.router.resolve(req.body["model"])
-    timeouts = _timeouts(table, route)
-
-    def build(impl: Provider, attempt: Attempt, credential: Credential) -> list[UpstreamCall]:
-        return impl.build_embeddings_request(req, attempt.provider, attempt.model, credential)
-
-    async def execute(impl: Provider, attempt: Attempt, calls: list[UpstreamCall]) -> web.StreamResponse:
-        bodies, headers = await _unary_all(gateway, calls, timeouts, attempt, impl)
-        try:
-            out = impl.parse_embeddings_response(req, attempt.provider, bodies)
-        except MALFORMED as exc:
-            raise _malformed(attempt.provider.name, "an answer", exc) from None
-        record.count(_usage_of(out, "data", attempt.provider.name))
-        record.committed()
-        return web.Response(body=out, headers=_response_headers(request_id, attempt.provider.name, headers, JSON))
-
-    return await run_attempts(gateway, table, route, caller, record, build, execute)
-
-
-async def _stream(gateway: Gateway, request: web.Request, req: ChatRequest, dialect: Dialect, impl: Provider,
-                  attempt: Attempt, call: UpstreamCall, timeouts: Timeouts, request_id: str,
-                  server: ServerConfig) -> web.StreamResponse:
-    """One streamed attempt: hold until the commit point, then relay event by event.
-
-    Clocks: ``first_byte`` runs from sending until the first upstream event, then ``idle``
-    between events, on one ``SilenceClock``, paused while we write to the client so a slow
-    reader is never mistaken for a silent upstream. A client that takes nothing for a whole
-    ``idle`` is ended as one that left, so it cannot hold the upstream connection.
-
-    Before the commit point at most ``server.max_held_bytes`` of upstream bytes are read (and
-    held): past them the attempt fails (502) and the next endpoint may serve.
-    """
-    assert gateway.session is not None
-    provider = attempt.provider
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    decoder = impl.stream_decoder(req, provider)
-    if not dialect.is_pivot:
-        decoder = dialect.encode_stream(req, decoder)  # the pivot's chunks, as the caller's dialect's events
-    events = impl.framer()
-    # Events decoded but not yet written: everything before the commit point, and after it what
-    # one upstream read produced, sent in one write (fewer syscalls than one write per event).
-    pending: list[bytes] = []
-    client: web.StreamResponse | None = None
-    response: upstream.UpstreamResponse | None = None
-    finished = False
-    clock = SilenceClock(loop, task, timeouts.first_byte)
-    heard = False  # any upstream event yet: the clock's phase
-    max_held = server.max_held_bytes
-    held = 0  # upstream bytes read; compared with max_held only before the commit point
-    try:
-        response = await upstream.send(gateway.session, call, timeouts.connect, provider=provider.name)
-        if response.status != 200:
-            if response.status < 400:
-                raise _not_an_answer(provider.name, response.status)
-            body = await response.read_error()
-            raise impl.classify_error(provider, response.status, response.headers, body)
-        while not decoder.done:
-            if client is None and held > max_held:
-                raise UpstreamError("server", 502, f"Upstream '{provider.name}' sent more than {max_held} bytes "
-                                                   "before any content.")
-            chunk = await response.read_chunk()
-            held += len(chunk)
-            if chunk and events.idle:
-                # Plain events (a passthrough's content) go out as they came: not cut, not parsed.
-                plain, chunk = decoder.split_plain(chunk)
-                if plain:
-                    clock.paused = True
-                    if client is not None:
-                        await client.write(plain)
-                    else:
-                        pending.append(plain)
-                        if decoder.visible:
-                            client = await _commit(request, request_id, provider.name, response.headers, pending)
-                            gateway.streams.add(task)
-                    clock.paused = False
-                    heard = _heard(clock, heard, timeouts)  # the silence starts after the write
-                    if not chunk:
-                        continue
-            batch = events.feed(chunk) if chunk else events.flush()
-            clock.paused = True
-            # Event by event, so the commit happens at the first visible event even when
-            # a failure arrives in the same read: what the client saw decides fallback.
-            for event in batch:
-                pending.extend(decoder.feed(event))
-                if client is None and decoder.visible:
-                    client = await _commit(request, request_id, provider.name, response.headers, pending)
-                    gateway.streams.add(task)
-                if decoder.done:
-                    break
-            if not chunk:
-                pending.extend(decoder.close())  # raises when the upstream stopped short
-                if client is None:
-                    client = await _commit(request, request_id, provider.name, response.headers, pending)
-                    gateway.streams.add(task)
-            if client is not None and pending:
-                await _flush(client, pending)
-            clock.paused = False
-            if batch:  # whole events, not bytes: a trickle that never completes one is silence
-                heard = _heard(clock, heard, timeouts)
-            if not chunk:
-                break
-        finished = True
-    except asyncio.CancelledError as exc:
-        clock.stop()
-        if clock.stalled:
-            # The client took nothing for a whole idle period: end it as a client that left (no
-            # in-band error: it would not be read either). The upstream call is closed below.
-            task.uncancel()
-            log.info("request %s: the client read nothing for %gs; stream ended", request_id, clock.limit)
-            transport = request.transport
-            if transport is not None:
-                transport.abort()
-            raise ConnectionResetError("the client stopped reading") from None
-        if clock.expired:
-            task.uncancel()
-            phase, limit = ("idle", timeouts.idle) if heard else ("first_byte", timeouts.first_byte)
-            # Passed, not kept in a local: raised from here, it would hold this frame and be held by it.
-            return await _fail_stream(gateway, dialect, attempt, client, pending, UpstreamError(
-                "timeout", 504, f"Upstream '{provider.name}' sent nothing for {limit:g}s ({phase} timeout).",
-                provider=provider.name))
-        if client is None or exc.args != (DRAINING,):
-            raise  # the client went away, or a cancel that is not ours: nothing to tell anyone
-        task.uncancel()
-        pending.append(dialect.error_event(GatewayError(503, "The gateway is shutting down; the stream was cut short.",
-                                                        type="server_error", code="shutting_down")))
-        await _flush(client, pending)
-        return client
-    except (UpstreamError, SseError) as exc:
-        clock.stop()
-        if isinstance(exc, SseError):
-            return await _fail_stream(gateway, dialect, attempt, client, pending, UpstreamError(
-                "server", 502, f"Upstream '{provider.name}' broke the event stream: {exc}", provider=provider.name))
-        exc.provider = provider.name
-        return await _fail_stream(gateway, dialect, attempt, client, pending, exc.with_traceback(None))
-    except MALFORMED as exc:
-        # A decoder met an event of the wrong shape (a hostile number, an object where a list was).
-        clock.stop()
-        return await _fail_stream(gateway, dialect, attempt, client, pending, _malformed(provider.name, "an event", exc))
-    finally:
-        clock.stop()
-        gateway.streams.discard(task)
-        if response is not None:
-            if finished:
-                response.release()
-            else:
-                response.close()
-    assert client is not None
-    gateway.health.succeeded(attempt.health_key)
-    request[RECORD].count(decoder.usage)
-    return client
-
-
-def _heard(clock: SilenceClock, heard: bool, timeouts: Timeouts) -> bool:
-    """An upstream event arrived: the first one ends the first_byte phase, every one resets idle."""
-    if heard:
-        clock.heard()
-    else:
-        clock.change(timeouts.idle)
-    return True
-
-
-async def _commit(request: web.Request, request_id: str, provider: str, upstream_headers: Mapping[str, str],
-                  held: list[bytes]) -> web.StreamResponse:
-    """The commit point: send the status, the headers and everything held so far."""
-    client = web.StreamResponse(headers=_response_headers(request_id, provider, upstream_headers,
-                                                          "text/event-stream"))
-    client.headers["Cache-Control"] = "no-cache"
-    request[COMMITTED] = client
-    request[RECORD].committed()
-    await client.prepare(request)
-    await _flush(client, held)
-    return client
-
-
-async def _flush(client: web.StreamResponse, pending: list[bytes]) -> None:
-    if pending:
-        await client.write(pending[0] if len(pending) == 1 else b"".join(pending))
-        pending.clear()
-
-
-async def _fail_stream(gateway: Gateway, dialect: Dialect, attempt: Attempt, client: web.StreamResponse | None,
-                       pending: list[bytes], error: UpstreamError) -> web.StreamResponse:
-    """Before the commit point: raise, so the relay may fall back. After it: one in-band error event."""
-    if client is None:
-        try:
-            raise error
-        finally:
-            del error  # no cycle between this frame and the exception's traceback
-    _scrub(error, attempt)
-    _record_failure(gateway, attempt, error)
-    pending.append(dialect.error_event(error))
-    await _flush(client, pending)
-    return client

@@ -139,19 +139,6 @@ def _reason(exc: aiohttp.ClientConnectorError) -> str:
     return (error.strerror if error is not None else None) or type(exc).__name__
 
 
-def _forget(exc: BaseException) -> None:
-    """Drop the tracebacks of an aiohttp exception we have turned into an UpstreamError, down its
-    chain. They hold aiohttp's connector frames, whose locals hold the exception again: a cycle
-    only the garbage collector frees, with the request and its body inside. Nothing logs these
-    exceptions (they can carry request details), so the tracebacks have no reader."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        current.__traceback__ = None
-        current = current.__cause__ or current.__context__ or getattr(current, "os_error", None)
-
-
 def _broken(exc: BaseException) -> UpstreamError:
     return UpstreamError("server", 502, f"Upstream connection broke while reading the answer ({type(exc).__name__}).")
 
@@ -175,7 +162,6 @@ async def send(session: aiohttp.ClientSession, call: UpstreamCall, connect_timeo
     their phases themselves. Failures name ``provider`` to the caller; the host and port, and the
     operating system's reason, go to the log.
     """
-    failure: UpstreamError
     try:
         response = await session.request(
             call.method, call.url, data=call.body, headers=call.headers,
@@ -183,30 +169,23 @@ async def send(session: aiohttp.ClientSession, call: UpstreamCall, connect_timeo
             allow_redirects=False,
         )
         return UpstreamResponse(response)
+    # Each failure is raised inside its handler: aiohttp's exception hangs from its __context__
+    # (suppressed from display), and the detach of whoever keeps ours drops its frames too.
     except aiohttp.ClientConnectorError as exc:
         # Refused, DNS, TLS: the request provably never reached the upstream.
         THROTTLE.warning(log, ("connect", provider), "upstream %r: could not connect to %s (%s)", provider,
                          _where(call), _reason(exc))
-        failure = UpstreamError("connect", 502, f"Could not connect to upstream '{provider}'.",
-                                reached_upstream=False)
-        _forget(exc)
-    except aiohttp.ConnectionTimeoutError as exc:
+        raise UpstreamError("connect", 502, f"Could not connect to upstream '{provider}'.",
+                            reached_upstream=False) from None
+    except aiohttp.ConnectionTimeoutError:
         THROTTLE.warning(log, ("connect timeout", provider), "upstream %r: connecting to %s took longer than %gs",
                          provider, _where(call), connect_timeout)
-        failure = UpstreamError("connect", 504, f"Connecting to upstream '{provider}' took longer than "
-                                                f"{connect_timeout:g}s.", reached_upstream=False)
-        _forget(exc)
+        raise UpstreamError("connect", 504, f"Connecting to upstream '{provider}' took longer than "
+                                            f"{connect_timeout:g}s.", reached_upstream=False) from None
     except aiohttp.ClientError as exc:
         THROTTLE.warning(log, ("connection", provider), "upstream %r: the connection to %s failed (%s)", provider,
                          _where(call), type(exc).__name__)
-        failure = UpstreamError("connect", 502, f"The connection to upstream '{provider}' failed.")
-        _forget(exc)
-    # Raised here, outside the handlers, so it carries no __context__: aiohttp's exception and the
-    # dozen connector frames its traceback holds are freed now, not at the next garbage collection.
-    try:
-        raise failure
-    finally:
-        del failure
+        raise UpstreamError("connect", 502, f"The connection to upstream '{provider}' failed.") from None
 
 
 class GoogleTokens:
