@@ -293,7 +293,7 @@ def detach(exc: _Exc) -> _Exc:
     and a handler that turns a foreign exception into ours raises the new one inside the handler
     (``from None``), so the foreign one hangs from its ``__context__`` and loses its frames in the
     same detach. Only for exceptions no one will log with their traceback (errors the gateway
-    expects); ``tests/test_cycles.py`` checks the failure paths end to end.
+    expects); ``tests/e2e/test_cycles.py`` checks the failure paths end to end.
     """
     seen: set[int] = set()
     pending: list[BaseException] = [exc]

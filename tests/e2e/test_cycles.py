@@ -158,14 +158,24 @@ routes:
                 async with client.post(url, json=body, headers={"Authorization": "Bearer sk-test"}) as response:
                     await response.read()
 
+            async def refused() -> None:
+                # Refused before the endpoint runs (the Host rule of auth off) and by it (bad JSON).
+                async with client.post(url, json={"model": "flaky", "messages": []},
+                                       headers={"Host": "elsewhere.example"}) as response:
+                    assert response.status == 403
+                async with client.post(url, data=b"{not json", headers={"Authorization": "Bearer sk-test"}) as response:
+                    assert response.status == 400
+
             for route, stream in itertools.product(routes, (False, True)):
                 await send(route, stream)  # warm: connections, caches, lazily made objects
+            await refused()
             gc.collect()
             gc.set_debug(gc.DEBUG_SAVEALL)
             try:
                 for _ in range(3):
                     for route, stream in itertools.product(routes, (False, True)):
                         await send(route, stream)
+                    await refused()
                 gc.collect()
                 return _ours(gc.garbage)
             finally:
