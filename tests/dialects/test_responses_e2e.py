@@ -296,3 +296,29 @@ def test_codex_custom_and_namespaced_tools_come_back_as_theirs(proxy: Proxy, fak
     final = _check_codex_stream(_sse(response.body))
     call = final["output"][-1]
     assert call["type"] == "function_call" and call["name"] == "search" and call["namespace"] == "mcp__docs"
+
+
+@BY_TYPE
+@pytest.mark.parametrize("word", ["error-mid-stream", "cut-mid-stream"])
+def test_a_stream_broken_after_content_ends_with_response_failed(proxy: Proxy, kind: Type, word: str) -> None:
+    """Past the commit point: what came, then response.failed with the created id and the next number."""
+    response = post_json(proxy, "/v1/responses", {"model": kind.fault.format(word), "input": "a b c", "stream": True})
+    assert response.status == 200
+    events = _sse(response.body)
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[0]["type"] == "response.created"
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert text and f"[{kind.name}] a b c".startswith(text)
+    failed = events[-1]
+    assert failed["type"] == "response.failed" and failed["response"]["status"] == "failed"
+    assert failed["response"]["id"] == events[0]["response"]["id"]
+    assert failed["response"]["error"]["code"] in ("server_error", "rate_limit_exceeded")
+    assert not [e for e in events if e["type"] in ("response.completed", "response.incomplete")]
+
+
+async def test_the_async_sdk_streams_and_accumulates(proxy: Proxy) -> None:
+    async with proxy.async_client() as client:
+        async with client.responses.stream(model="anthropic/claude-3-5-sonnet-20241022", input="async words") as s:
+            final = await s.get_final_response()
+        created = await client.responses.create(model="vertex/gemini-2.5-flash", input="async words")
+    assert final.output_text == "[anthropic] async words" and created.output_text == "[vertex] async words"
