@@ -19,7 +19,7 @@ from aiohttp import web
 from . import relay
 from .auth import caller_key
 from .bodies import MAX_DEPTH, Body, BodyBudget, read_body, too_deep
-from .dialects import Dialect, Operation, PathTable, chat
+from .dialects import Dialect, Operation, PathTable, chat, responses
 from .errors import GatewayError, UpstreamError, bad_request, detach
 from .hosts import HostGuard
 from .observability import THROTTLE, RequestRecord, new_request_id
@@ -35,7 +35,7 @@ REQUEST_ID: Final = web.RequestKey("request_id", str)
 BODY: Final[web.RequestKey[Body]] = web.RequestKey("body")
 JSON: Final = "application/json"
 # The dialects the gateway serves, each a module-level singleton; a new one is one line here.
-DIALECTS: Final[tuple[Dialect, ...]] = (chat.CHAT, chat.COMPLETIONS)
+DIALECTS: Final[tuple[Dialect, ...]] = (chat.CHAT, chat.COMPLETIONS, responses.RESPONSES)
 # Which dialect's error shape a path gets when no route matched it; OpenAI's is the default.
 PATHS: Final = PathTable(DIALECTS, default=chat.CHAT)
 
@@ -156,7 +156,7 @@ async def _answer(request: web.Request, endpoint: Handler, request_id: str, dial
             return error_response(error, request_id, dialect)
         # Past the commit point a second response would corrupt the stream: end it in-band instead.
         with contextlib.suppress(ConnectionError):
-            await committed.write(dialect.error_event(error))
+            await committed.write(dialect.error_event(error, None))
         return committed
 
 
@@ -248,12 +248,42 @@ def _model(dialect: Dialect) -> Handler:
     return endpoint
 
 
+def _upgrade(dialect: Dialect) -> Handler:
+    """GET on a path that streams over WebSocket elsewhere: an upgrade is refused with 426 and the
+    connection closed, so a client such as Codex falls back to HTTP at once (no retries); any other
+    GET is a 405."""
+
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            response = error_response(GatewayError(405, f"Method GET is not allowed on {request.path!r}."),
+                                      request[REQUEST_ID], dialect)
+            response.headers["Allow"] = "POST"
+            return response
+        response = error_response(responses.upgrade_refused(), request[REQUEST_ID], dialect)
+        response.headers["Connection"] = "close"
+        response.force_close()
+        return response
+
+    return endpoint
+
+
+def _stored(dialect: Dialect) -> Handler:
+    """A stored response by id (GET, DELETE, its input items): none is kept yet, so 404."""
+
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        raise responses.stored_missing(request.match_info["id"])
+
+    return endpoint
+
+
 # What serves each operation a dialect's path names (dialects.Operation).
 _OPERATIONS: Final[dict[Operation, Callable[[Dialect], Handler]]] = {
     "pivot": _pivot,
     "embeddings": _embeddings,
     "models": _models,
     "model": _model,
+    "upgrade": _upgrade,
+    "stored": _stored,
 }
 
 

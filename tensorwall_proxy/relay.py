@@ -40,7 +40,7 @@ from .errors import (
 )
 from .health import HealthBook, HealthKey, RetryBudget, when_all_blocked
 from .observability import THROTTLE, Ledger, Metrics, RequestRecord, outcome_of
-from .providers import ChatRequest, EmbeddingsRequest, Provider, provider_for
+from .providers import ChatRequest, EmbeddingsRequest, Provider, StreamDecoder, provider_for
 from .router import LLMRouter, Route, RouteEndpoint
 from .sse import SseError, SseEvent
 
@@ -608,27 +608,27 @@ async def _stream(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
             task.uncancel()
             phase, limit = ("idle", timeouts.idle) if heard else ("first_byte", timeouts.first_byte)
             # Passed, not kept in a local: raised from here, it would hold this frame and be held by it.
-            return await _fail_stream(flow, pending, UpstreamError(
+            return await _fail_stream(flow, decoder, pending, UpstreamError(
                 "timeout", 504, f"Upstream '{provider.name}' sent nothing for {limit:g}s ({phase} timeout).",
                 provider=provider.name))
         if flow.client is None or exc.args != (DRAINING,):
             raise  # the client went away, or a cancel that is not ours: nothing to tell anyone
         task.uncancel()
         pending.append(dialect.error_event(GatewayError(503, "The gateway is shutting down; the stream was cut short.",
-                                                        type="server_error", code="shutting_down")))
+                                                        type="server_error", code="shutting_down"), decoder))
         await _flush(flow.client, pending)
         return flow.client
     except (UpstreamError, SseError) as exc:
         clock.stop()
         if isinstance(exc, SseError):
-            return await _fail_stream(flow, pending, UpstreamError(
+            return await _fail_stream(flow, decoder, pending, UpstreamError(
                 "server", 502, f"Upstream '{provider.name}' broke the event stream: {exc}", provider=provider.name))
         exc.provider = provider.name
-        return await _fail_stream(flow, pending, detach(exc))
+        return await _fail_stream(flow, decoder, pending, detach(exc))
     except MALFORMED as exc:
         # A decoder met an event of the wrong shape (a hostile number, an object where a list was).
         clock.stop()
-        return await _fail_stream(flow, pending, _malformed(provider.name, "an event", exc))
+        return await _fail_stream(flow, decoder, pending, _malformed(provider.name, "an event", exc))
     finally:
         clock.stop()
         gateway.streams.discard(task)
@@ -674,7 +674,8 @@ async def _flush(client: web.StreamResponse, pending: list[bytes]) -> None:
         pending.clear()
 
 
-async def _fail_stream(flow: ChatFlow, pending: list[bytes], error: UpstreamError) -> web.StreamResponse:
+async def _fail_stream(flow: ChatFlow, decoder: StreamDecoder, pending: list[bytes],
+                       error: UpstreamError) -> web.StreamResponse:
     """Before the commit point: raise, so the relay may fall back. After it: one in-band error event."""
     client = flow.client
     if client is None:
@@ -682,7 +683,7 @@ async def _fail_stream(flow: ChatFlow, pending: list[bytes], error: UpstreamErro
     attempt = flow.attempt
     _scrub(error, attempt)
     _record_failure(flow.gateway, attempt, error)
-    pending.append(flow.dialect.error_event(error))
+    pending.append(flow.dialect.error_event(error, decoder))
     await _flush(client, pending)
     return client
 

@@ -26,7 +26,9 @@ from ..providers import StreamDecoder as StreamDecoder
 #   embeddings  OpenAI's embeddings (the body parsed by the dialect, relayed as embeddings)
 #   models      the list of models the gateway serves, in the dialect's shape
 #   model       one of them, named by the path's {model}
-Operation = Literal["pivot", "embeddings", "models", "model"]
+#   upgrade     a WebSocket upgrade, answered 426 (clients then use HTTP); any other GET, 405
+#   stored      a stored object by the path's {id}: none is kept yet, so 404
+Operation = Literal["pivot", "embeddings", "models", "model", "upgrade", "stored"]
 
 
 class DialectPath(NamedTuple):
@@ -64,8 +66,9 @@ class Dialect(Protocol):
         """An error response's body in this dialect's shape."""
         ...
 
-    def error_event(self, error: GatewayError) -> bytes:
-        """An error past the commit point: the one stream event that ends the stream."""
+    def error_event(self, error: GatewayError, stream: StreamDecoder | None = None) -> bytes:
+        """An error past the commit point: the one stream event that ends the stream. ``stream`` is
+        the decoder ``encode_stream`` made for the attempt, when there is one (its events so far)."""
         ...
 
 

@@ -171,7 +171,7 @@ class Chat:
     def error_body(self, error: GatewayError) -> bytes:
         return error.body()
 
-    def error_event(self, error: GatewayError) -> bytes:
+    def error_event(self, error: GatewayError, stream: StreamDecoder | None = None) -> bytes:
         return _openai_error_event(error)
 
 
@@ -299,7 +299,7 @@ class Completions:
     def error_body(self, error: GatewayError) -> bytes:
         return error.body()
 
-    def error_event(self, error: GatewayError) -> bytes:
+    def error_event(self, error: GatewayError, stream: StreamDecoder | None = None) -> bytes:
         return _openai_error_event(error)
 
 
