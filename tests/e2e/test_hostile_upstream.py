@@ -26,7 +26,6 @@ from tests.conftest import (
     GATEWAY_KEY,
     PROVIDER_KEY,
     Proxy,
-    ServerThread,
     config_text,
     post_json,
     raw_request,
@@ -408,48 +407,35 @@ timeouts: {{connect: 2, first_byte: 10, idle: 10, total: 20}}
 
 
 @pytest.mark.slow
-def test_an_upstream_gzip_bomb_costs_at_most_200_mib(servers: ServerThread, tmp_path: Path,
+def test_an_upstream_gzip_bomb_costs_at_most_200_mib(raw_server: Callable[..., RawServer], tmp_path: Path,
                                                       spawn: Callable[..., Any]) -> None:
     member = gzip.compress(bytes(16 * 1024 * 1024), 9)  # 16 MiB of zeros in ~16 KiB
     bomb = member * 32  # 512 MiB once inflated, in about half a megabyte
-    raw = RawServer([READ, Send(_gzip_head(bomb)), CLOSE])
-    servers.run(raw.start())
-    try:
-        growth = _attack_growth(spawn, tmp_path, raw, stream=False)
-    finally:
-        servers.run(raw.stop())
+    growth = _attack_growth(spawn, tmp_path, raw_server([READ, Send(_gzip_head(bomb)), CLOSE]), stream=False)
     assert growth <= 200, f"peak RSS grew {growth:.0f} MiB"
 
 
 @pytest.mark.slow
-def test_a_flood_of_held_events_costs_at_most_100_mib(servers: ServerThread, tmp_path: Path,
+def test_a_flood_of_held_events_costs_at_most_100_mib(raw_server: Callable[..., RawServer], tmp_path: Path,
                                                        spawn: Callable[..., Any]) -> None:
     # Role-only chunks never reach the commit point; 64 KiB each (a padded id), 200 MiB in all.
     role = json.dumps({"id": "c" * 65000, "object": "chat.completion.chunk", "created": 1, "model": "m",
                        "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})
     block = chunk(f"data: {role}\n\n".encode() * 16)  # ~1 MiB per write, the same bytes each time
-    raw = RawServer([READ, Send(SSE_HEAD), *[Send(block) for _ in range(200)], Send(chunk(DONE) + LAST_CHUNK), CLOSE])
-    servers.run(raw.start())
-    try:
-        growth = _attack_growth(spawn, tmp_path, raw, stream=True)
-    finally:
-        servers.run(raw.stop())
+    raw = raw_server([READ, Send(SSE_HEAD), *[Send(block) for _ in range(200)], Send(chunk(DONE) + LAST_CHUNK), CLOSE])
+    growth = _attack_growth(spawn, tmp_path, raw, stream=True)
     assert growth <= 100, f"peak RSS grew {growth:.0f} MiB"
 
 
 @pytest.mark.slow
-def test_a_gzipped_stream_of_held_events_costs_at_most_100_mib(servers: ServerThread, tmp_path: Path,
+def test_a_gzipped_stream_of_held_events_costs_at_most_100_mib(raw_server: Callable[..., RawServer], tmp_path: Path,
                                                                  spawn: Callable[..., Any]) -> None:
     """The stream's bound counts decompressed bytes, and one read never inflates without bound."""
     role = completion_chunk(role=True)
     member = gzip.compress(role * (16 * 1024 * 1024 // len(role)), 9)  # 16 MiB of role chunks in ~64 KiB
     head_ = head(200, {"Content-Type": "text/event-stream", "Content-Encoding": "gzip", "Connection": "close"})
-    raw = RawServer([READ, Send(head_ + member * 32), CLOSE])  # 512 MiB once inflated
-    servers.run(raw.start())
-    try:
-        growth = _attack_growth(spawn, tmp_path, raw, stream=True)
-    finally:
-        servers.run(raw.stop())
+    raw = raw_server([READ, Send(head_ + member * 32), CLOSE])  # 512 MiB once inflated
+    growth = _attack_growth(spawn, tmp_path, raw, stream=True)
     assert growth <= 100, f"peak RSS grew {growth:.0f} MiB"
 
 
