@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import replace
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import orjson
 from aiohttp import web
 
-from . import relay
+from . import relay, stored
 from .auth import caller_key
+from .config import Secret
 from .bodies import MAX_DEPTH, Body, BodyBudget, read_body, too_deep
-from .dialects import Dialect, Operation, PathTable, chat, responses
+from .dialects import Dialect, Operation, PathTable, chat, conversations, responses
+from .dialects.conversations import Owner
 from .errors import GatewayError, UpstreamError, bad_request, detach
 from .hosts import HostGuard
 from .observability import THROTTLE, RequestRecord, new_request_id
+from .state import Store
 
 log = logging.getLogger("tensorwall_proxy")
 
@@ -94,7 +98,7 @@ def served(endpoint: Handler, *, dialect: Dialect = chat.CHAT, accounted: bool =
             if rule is not None and (refusal := rule.refusal(request.headers)) is not None:
                 raise refusal
             if keyed:
-                table.keys.check(request.headers.get("X-API-Key"))
+                record.principal = table.keys.check(request.headers.get("X-API-Key"))
             if keyed and request.can_read_body:
                 # Read whole before the request counts as in flight: a caller that trickles its body
                 # holds its own connection, not a slot everyone else needs.
@@ -267,23 +271,101 @@ def _upgrade(dialect: Dialect) -> Handler:
     return endpoint
 
 
-def _stored(dialect: Dialect) -> Handler:
-    """A stored response by id (GET, DELETE, its input items): none is kept yet, so 404."""
+def _owner(request: web.Request, caller: Secret | None) -> Owner:
+    """Who a stored response belongs to: the principal and the caller key's digest (DESIGN §14)."""
+    return request[relay.RECORD].principal, caller.digest() if caller is not None else None
+
+
+def _respond(dialect: Dialect) -> Handler:
+    """POST /v1/responses: as a pivot path, with stored conversations. A follow-up's conversation
+    is read from the store and put in front of its input before the parse; a response to keep is
+    written by the relay before its end reaches the caller. The store is touched only by a
+    request that continues or keeps one (``store: false`` and ``state.responses: off`` keep none)."""
 
     async def endpoint(request: web.Request) -> web.StreamResponse:
-        raise responses.stored_missing(request.match_info["id"])
+        gateway = request.app[GATEWAY]
+        body = await read_json(request)
+        caller = caller_key(request.headers.get("Authorization"))
+        state = gateway.table.config.state
+        keeping = state.responses
+        keep = keeping and body.get("store") is not False
+        previous = body.get("previous_response_id")
+        items = stored.new_items(body.get("input")) if keep else []
+        owner = _owner(request, caller)
+        store = None
+        if previous is not None:
+            if not keeping:
+                raise conversations.not_found(str(previous), " (this gateway keeps no responses)")
+            store = await stored.store_of(gateway)
+            chain = await stored.conversation(store, previous, owner, state.responses_ttl_seconds)
+            body = conversations.continued(body, chain.items())
+        req = responses.parse_responses(body, request.headers, previous=previous, stored=keep)
+        if keep and store is None:
+            store = await stored.store_for_keeping(gateway)
+            if store is None:  # the store is down: served, said so, not kept (and counted)
+                req = replace(req, echo={**req.echo, "store": False})
+        finish = stored.keeper(store, owner, previous, items, state.responses_ttl_seconds) \
+            if keep and store is not None else None
+        return await relay.chat(gateway, request, req, dialect, caller, request[REQUEST_ID], finish)
 
     return endpoint
+
+
+def _stored(dialect: Dialect) -> Handler:
+    """GET /v1/responses/{id}: a stored response, to its owner; 404 for any other id."""
+
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        turn = await stored.fetch(await _store_of(request), request.match_info["id"], _request_owner(request))
+        return web.Response(body=orjson.dumps(turn.response),
+                            headers={"Content-Type": JSON, "x-request-id": request[REQUEST_ID]})
+
+    return endpoint
+
+
+def _forget(dialect: Dialect) -> Handler:
+    """DELETE /v1/responses/{id}: a stored response removed, by its owner."""
+
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        body = await stored.remove(await _store_of(request), request.match_info["id"], _request_owner(request))
+        return web.Response(body=body, headers={"Content-Type": JSON, "x-request-id": request[REQUEST_ID]})
+
+    return endpoint
+
+
+def _stored_input(dialect: Dialect) -> Handler:
+    """GET /v1/responses/{id}/input_items: the input a stored response was made from, one page."""
+
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        body = await stored.input_page(await _store_of(request), request.match_info["id"], _request_owner(request),
+                                       request.query)
+        return web.Response(body=body, headers={"Content-Type": JSON, "x-request-id": request[REQUEST_ID]})
+
+    return endpoint
+
+
+def _request_owner(request: web.Request) -> Owner:
+    return _owner(request, caller_key(request.headers.get("Authorization")))
+
+
+async def _store_of(request: web.Request) -> Store:
+    """The store a stored response is read from; with stored responses off, every id is unknown."""
+    gateway = request.app[GATEWAY]
+    if not gateway.table.config.state.responses:
+        raise conversations.stored_missing(request.match_info["id"])
+    return await stored.store_of(gateway)
 
 
 # What serves each operation a dialect's path names (dialects.Operation).
 _OPERATIONS: Final[dict[Operation, Callable[[Dialect], Handler]]] = {
     "pivot": _pivot,
+    "respond": _respond,
     "embeddings": _embeddings,
     "models": _models,
     "model": _model,
     "upgrade": _upgrade,
     "stored": _stored,
+    "forget": _forget,
+    "stored_input": _stored_input,
 }
 
 

@@ -71,22 +71,23 @@ class GatewayKeys:
         """Whether a key is required at all."""
         return bool(self._digests)
 
-    def check(self, presented: str | None) -> None:
-        """Raise 401 ``invalid_gateway_key`` unless ``presented`` is one of the keys.
+    def check(self, presented: str | None) -> str | None:
+        """The principal id of ``presented`` (``sha256:<digest>``; None with gateway keys off), or
+        401 ``invalid_gateway_key`` unless it is one of the keys.
 
         The presented key is hashed and compared with every digest in constant time, so neither
         the key's length nor which digest nearly matched shows in the timing. A digest sent as the
         key is hashed like any other string, so it never matches.
         """
         if not self._digests:
-            return
+            return None
         if presented:
             candidate = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).digest()
             matched = False
             for digest in self._digests:
                 matched |= hmac.compare_digest(candidate, digest)
             if matched:
-                return
+                return "sha256:" + candidate.hex()
         raise GatewayError(
             401,
             "Missing or invalid gateway key: send one of the configured keys in the X-API-Key header."

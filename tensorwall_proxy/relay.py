@@ -17,7 +17,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, TypeVar
 
@@ -190,17 +190,24 @@ class Flow(Generic[Req, Call]):
         raise NotImplementedError
 
 
+# Work that must be done before the caller receives the end of an answer: a stored response is
+# written before its JSON body or its stream's terminal event goes out (DESIGN §14). Given the
+# caller's whole body, or the dialect's stream decoder once it is done; it never raises.
+Finish = Callable[[bytes | StreamDecoder], Awaitable[None]]
+
+
 class ChatFlow(Flow[ChatRequest, UpstreamCall]):
     """A request in the pivot (``/v1/chat/completions`` and the dialects on it), streamed or not;
     ``dialect`` (the one it came in) makes what the caller receives, answers, events and errors
     past the commit point alike."""
 
-    __slots__ = ("dialect",)
+    __slots__ = ("dialect", "finish")
 
     def __init__(self, gateway: Gateway, request: web.Request, req: ChatRequest, dialect: Dialect,
-                 caller: Secret | None, request_id: str) -> None:
+                 caller: Secret | None, request_id: str, finish: Finish | None = None) -> None:
         super().__init__(gateway, request, req, caller, request_id)
         self.dialect = dialect
+        self.finish = finish
 
     def build(self, credential: Credential) -> UpstreamCall:
         attempt = self.attempt
@@ -234,10 +241,11 @@ class EmbeddingsFlow(Flow[EmbeddingsRequest, list[UpstreamCall]]):
 
 
 async def chat(gateway: Gateway, request: web.Request, req: ChatRequest, dialect: Dialect, caller: Secret | None,
-               request_id: str) -> web.StreamResponse:
-    """Serve one request in the pivot, streamed or not, in ``dialect``."""
+               request_id: str, finish: Finish | None = None) -> web.StreamResponse:
+    """Serve one request in the pivot, streamed or not, in ``dialect``; ``finish`` runs before the
+    end of the answer reaches the caller."""
     request[RECORD].stream = req.stream
-    return await run_attempts(ChatFlow(gateway, request, req, dialect, caller, request_id))
+    return await run_attempts(ChatFlow(gateway, request, req, dialect, caller, request_id, finish))
 
 
 async def embeddings(gateway: Gateway, request: web.Request, req: EmbeddingsRequest, caller: Secret | None,
@@ -496,6 +504,8 @@ async def _answer(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
             out = dialect.encode_answer(flow.req, out)
         except MALFORMED as exc:
             raise _malformed(name, "an answer", exc) from None
+    if flow.finish is not None:
+        await flow.finish(out)
     flow.record.committed()
     return web.Response(body=out, headers=_response_headers(flow.request_id, name, headers, JSON))
 
@@ -562,6 +572,8 @@ async def _stream(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
                 plain, rest = b"", data
             if plain:
                 pending.append(plain)
+                if decoder.done and flow.finish is not None:
+                    await _finish(flow, decoder)
                 if client is None and decoder.visible:
                     client = await _commit(flow, task, headers, pending)  # before the rest: it may fail
             if rest or not data:
@@ -570,12 +582,16 @@ async def _stream(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
                 # a failure arrives in the same read: what the client saw decides fallback.
                 for event in batch:
                     pending.extend(decoder.feed(event))
+                    if decoder.done and flow.finish is not None:
+                        await _finish(flow, decoder)
                     if client is None and decoder.visible:
                         client = await _commit(flow, task, headers, pending)
                     if decoder.done:
                         break
                 if not data:
                     pending.extend(decoder.close())  # raises when the upstream stopped short
+                    if decoder.done and flow.finish is not None:
+                        await _finish(flow, decoder)
                     if client is None:
                         client = await _commit(flow, task, headers, pending)
             else:
@@ -641,6 +657,13 @@ async def _stream(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
     gateway.health.succeeded(flow.attempt.health_key)
     flow.record.count(decoder.usage)
     return flow.client
+
+
+async def _finish(flow: ChatFlow, decoder: StreamDecoder) -> None:
+    """The stream is done and its end not yet sent: the flow's finishing work, once."""
+    finish, flow.finish = flow.finish, None
+    if finish is not None:
+        await finish(decoder)
 
 
 def _heard(clock: SilenceClock, heard: bool, timeouts: Timeouts) -> bool:

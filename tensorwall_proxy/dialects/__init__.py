@@ -26,9 +26,14 @@ from ..providers import StreamDecoder as StreamDecoder
 #   embeddings  OpenAI's embeddings (the body parsed by the dialect, relayed as embeddings)
 #   models      the list of models the gateway serves, in the dialect's shape
 #   model       one of them, named by the path's {model}
+#   respond     as pivot, and the answer kept in the state store to be continued by its id
+#               (Responses' `store` and `previous_response_id`)
 #   upgrade     a WebSocket upgrade, answered 426 (clients then use HTTP); any other GET, 405
-#   stored      a stored object by the path's {id}: none is kept yet, so 404
-Operation = Literal["pivot", "embeddings", "models", "model", "upgrade", "stored"]
+#   stored      a kept answer by the path's {id}: GET
+#   forget      a kept answer by the path's {id}: DELETE
+#   stored_input  the input a kept answer by the path's {id} was made from, one page
+Operation = Literal["pivot", "respond", "embeddings", "models", "model", "upgrade", "stored", "forget",
+                    "stored_input"]
 
 
 class DialectPath(NamedTuple):

@@ -6,9 +6,8 @@ echo and name back); the pivot's answer becomes a Response object, and its strea
 ``sequence_number``s. ``response.created`` / ``in_progress`` come out with the first visible chunk,
 so they are held with the commit point like everything before it (DESIGN §14).
 
-Not here yet: stored conversations (``previous_response_id`` is 400 ``previous_response_not_found``
-saying so; ``GET`` / ``DELETE`` of an id are 404), native passthrough to providers that speak
-Responses, reasoning items. Hosted tools (``web_search``, …) exist only at OpenAI: dropped when
+Stored conversations are ``conversations.py``'s (the chain before a follow-up arrives here already
+in ``input``). Hosted tools (``web_search``, …) exist only at OpenAI: dropped when
 ``tool_choice`` does not force them, 400 when it does. This module does no I/O.
 """
 
@@ -42,11 +41,12 @@ _ROLES: Final = {"user": "user", "assistant": "assistant", "system": "system",
                  "developer": "system"}
 # Fields with no pivot counterpart, dropped (the field policy, DESIGN §7): they change nothing the
 # caller gets back (metadata, caching hints, identifiers, what to include of state not kept here).
-# `store` is accepted and treated as false until the gateway stores conversations.
+# `store` is the HTTP layer's business (stored.py), `previous_response_id` too: by the parse, a
+# follow-up's conversation is in its input.
 _DROPPED: Final = frozenset({
     "metadata", "safety_identifier", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options",
     "include", "truncation", "client_metadata", "store", "service_tier", "max_tool_calls",
-    "stream_options", "context_management", "moderation",
+    "stream_options", "context_management", "moderation", "previous_response_id",
 })
 # The namespaced name a provider sees: joined so the pair comes back through the table, not by splitting.
 NAMESPACE_SEPARATOR: Final = "__"
@@ -173,8 +173,8 @@ def _messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
         elif kind == "reasoning":
             continue  # a provider's thinking from another turn: nothing a translated provider can read
         elif kind == "item_reference":
-            raise bad_request(f"'{where}': item references need stored conversations, which this gateway does "
-                              "not keep yet; send the items themselves.", param=where)
+            raise bad_request(f"'{where}': item references are not supported; send the items themselves, or "
+                              "continue a stored response with 'previous_response_id'.", param=where)
         else:
             raise bad_request(f"'{where}': input items of type {kind!r} are not supported.", param=f"{where}.type")
     return messages
@@ -281,10 +281,10 @@ _ECHOED: Final[tuple[tuple[str, Any], ...]] = (
 )
 
 
-def _echo(body: Mapping[str, Any]) -> dict[str, Any]:
+def _echo(body: Mapping[str, Any], previous: str | None, stored: bool) -> dict[str, Any]:
     echo = {name: body[name] if body.get(name) is not None else default for name, default in _ECHOED}
-    echo["store"] = False  # nothing is stored yet, whatever the caller asked
-    echo["previous_response_id"] = None
+    echo["store"] = stored  # what the gateway does, whatever the caller asked
+    echo["previous_response_id"] = previous
     tools = []
     for tool in body.get("tools") or ():
         if isinstance(tool, dict) and tool.get("type") == "function":
@@ -294,16 +294,14 @@ def _echo(body: Mapping[str, Any]) -> dict[str, Any]:
     return echo
 
 
-def parse_responses(body: dict[str, Any], headers: Mapping[str, str]) -> ResponsesRequest:
-    """A ``POST /v1/responses`` body → the pivot, with what its answer echoes; 400 in OpenAI's shape."""
-    previous = body.get("previous_response_id")
-    if previous is not None:
-        raise GatewayError(400, f"Previous response with id {previous!r} not found: this gateway does not store "
-                                "conversations yet; send the whole conversation in 'input'.",
-                           param="previous_response_id", code="previous_response_not_found")
+def parse_responses(body: dict[str, Any], headers: Mapping[str, str], *, previous: str | None = None,
+                    stored: bool = False) -> ResponsesRequest:
+    """A ``POST /v1/responses`` body → the pivot, with what its answer echoes; 400 in OpenAI's shape.
+    ``previous``: the stored response a follow-up continues (its conversation already in ``input``);
+    ``stored``: whether the answer will be stored."""
     if body.get("conversation") is not None:
-        raise bad_request("'conversation' is not supported: this gateway does not store conversations yet.",
-                          param="conversation")
+        raise bad_request("'conversation' objects are not supported; continue a stored response with "
+                          "'previous_response_id'.", param="conversation")
     if body.get("background") is True:
         raise bad_request("'background' responses are not supported.", param="background")
     if body.get("top_logprobs"):
@@ -335,7 +333,7 @@ def parse_responses(body: dict[str, Any], headers: Mapping[str, str]) -> Respons
         pivot["stream_options"] = {"include_usage": True}  # response.completed carries the usage
     checked = parse_chat(pivot, headers)
     return ResponsesRequest(checked.body, checked.stream, checked.wants_usage, checked.headers,
-                            echo=_echo(body), custom=custom, namespaced=namespaced)
+                            echo=_echo(body, previous, stored), custom=custom, namespaced=namespaced)
 
 
 def new_id(prefix: str) -> str:
@@ -469,6 +467,7 @@ class ResponsesStream:
         self._calls: dict[int, dict[str, Any]] = {}  # pivot tool call index → its open state
         self._finish: Any = None
         self._pivot_usage: Any = None
+        self.final: dict[str, Any] | None = None  # the Response the terminal event carried
 
     def feed(self, event: SseEvent) -> list[bytes]:
         return self._out(self._inner.feed(event))
@@ -614,7 +613,8 @@ class ResponsesStream:
         self._close_item(out)  # every item before the open one was closed when the next opened
         status, incomplete = _status(self._finish)
         kind = "response.completed" if status == "completed" else "response.incomplete"
-        self._event(out, kind, response=self.response(status, usage_of(self._pivot_usage), incomplete))
+        self.final = self.response(status, usage_of(self._pivot_usage), incomplete)
+        self._event(out, kind, response=self.final)
         self.done = True
 
     def failed(self, error: GatewayError) -> bytes:
@@ -635,11 +635,11 @@ class Responses:
     name = "responses"
     prefixes = _OPENAI_PREFIXES
     paths: tuple[DialectPath, ...] = (
-        DialectPath("POST", "/v1/responses", "pivot"),
+        DialectPath("POST", "/v1/responses", "respond"),
         DialectPath("GET", "/v1/responses", "upgrade"),
         DialectPath("GET", "/v1/responses/{id}", "stored"),
-        DialectPath("DELETE", "/v1/responses/{id}", "stored"),
-        DialectPath("GET", "/v1/responses/{id}/input_items", "stored"),
+        DialectPath("DELETE", "/v1/responses/{id}", "forget"),
+        DialectPath("GET", "/v1/responses/{id}/input_items", "stored_input"),
     )
     is_pivot = False
 
@@ -661,12 +661,6 @@ class Responses:
         # No stream state to end (an error of the gateway's own): OpenAI's `error` event.
         return encode(orjson.dumps({"type": "error", "sequence_number": 0, "code": error.code,
                                     "message": error.message, "param": error.param}), "error")
-
-
-def stored_missing(response_id: str) -> GatewayError:
-    """``GET`` / ``DELETE`` of a stored response: none is kept yet, so every id is unknown."""
-    return GatewayError(404, f"No response with id {response_id!r} is stored on this gateway (it does not store "
-                             "conversations yet).", param="response_id", code="not_found")
 
 
 def upgrade_refused() -> GatewayError:

@@ -1,0 +1,164 @@
+"""Stored responses over the state store (DESIGN §12 "State", §14 "Stored responses"): the I/O.
+
+A follow-up's conversation is read from the store turn by turn (``dialects/conversations.py`` says
+what a turn is and checks each one); a new turn is written before the caller receives the end of
+its answer, so an id the caller holds is always one the gateway can continue; ``GET``, ``DELETE``
+and ``input_items`` serve a stored response to its owner only. An id that is unknown, expired or
+someone else's is the same answer whichever it is, so nobody learns that another caller's id exists.
+
+When the store is down, a request that needs a stored conversation is 503; one that only stores
+is served, and the failure is counted (by the store) and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Final
+
+import orjson
+
+from .dialects import conversations
+from .dialects.conversations import Chain, Owner, Turn
+from .dialects.responses import ResponsesStream, new_id
+from .errors import GatewayError
+from .observability import THROTTLE
+from .providers import StreamDecoder
+from .relay import Finish, Gateway
+from .state import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+# Ids the gateway makes and accepts: `resp_` and hex digits (DESIGN §12). Anything else cannot be
+# one of ours, and is refused before the store is asked.
+_MAX_ID: Final = 64
+
+
+def unavailable() -> GatewayError:
+    """503 when a stored conversation is needed and the store cannot be reached."""
+    return GatewayError(503, "Stored responses are unavailable right now (the gateway's state store did not "
+                             "answer); retry shortly, or send the whole conversation in 'input'.",
+                        type="server_error", code="state_unavailable", retry_after=1)
+
+
+async def store_of(gateway: Gateway) -> Store:
+    """The opened store, for a request that cannot be served without it: 503 when it is down."""
+    try:
+        return await gateway.store()
+    except StoreError:
+        raise unavailable() from None
+
+
+async def store_for_keeping(gateway: Gateway) -> Store | None:
+    """The opened store, for a request that only keeps its answer: None when it is down (the
+    request is served unstored, and the failure logged)."""
+    try:
+        return await gateway.store()
+    except StoreError as exc:
+        THROTTLE.warning(log, "stored-open", "the state store is down (%s); responses are served unstored", exc)
+        return None
+
+
+def checked_id(value: Any, missing: GatewayError) -> str:
+    """A response id as the caller sent it, when it can be one of ours; ``missing`` otherwise."""
+    if not isinstance(value, str) or not value.startswith("resp_") or len(value) > _MAX_ID \
+            or not value[5:].isalnum() or not value.isascii():
+        raise missing
+    return value
+
+
+async def conversation(store: Store, previous: str, owner: Owner, ttl: float) -> Chain:
+    """The chain ``previous`` ends, read newest first and checked turn by turn; its time to live
+    renewed, as using a conversation keeps it alive. 400 for an id the caller cannot continue, 503
+    when the store cannot be read."""
+    chain = await _read(store, previous, owner)
+    try:
+        await store.touch(chain.keys(), ttl)
+    except StoreError:
+        raise unavailable() from None
+    return chain
+
+
+async def _read(store: Store, previous: str, owner: Owner) -> Chain:
+    """The chain ``previous`` ends, newest turn first (at most MAX_TURNS reads)."""
+    chain = Chain(previous, owner)
+    current: str | None = checked_id(previous, conversations.not_found(previous))
+    try:
+        while current is not None:
+            current = chain.add(current, await store.get(conversations.key(current)))
+    except StoreError:
+        raise unavailable() from None
+    return chain
+
+
+def keeper(store: Store, owner: Owner, parent: str | None, items: list[dict[str, Any]], ttl: float) -> Finish:
+    """The relay's ``Finish`` for a response to be stored: given the caller's whole body or the
+    done stream, it writes the turn. A failure is logged and counted, never the caller's."""
+
+    async def keep(answer: bytes | StreamDecoder) -> None:
+        if isinstance(answer, ResponsesStream):
+            response = answer.final
+        elif isinstance(answer, bytes):
+            response = orjson.loads(answer)
+        else:
+            response = None
+        if not isinstance(response, dict) or not isinstance(response.get("id"), str):
+            return
+        turn = Turn(response["id"], parent, owner, items, response)
+        try:
+            await store.put(conversations.key(turn.id), conversations.pack(turn), ttl)
+        except StoreError as exc:
+            THROTTLE.warning(log, "stored-put", "a response could not be stored (%s); it was served unstored", exc)
+
+    return keep
+
+
+def new_items(value: Any) -> list[dict[str, Any]]:
+    """A request's ``input`` as the items its turn stores, each with an id."""
+    return conversations.input_items(value, new_id)
+
+
+async def fetch(store: Store, response_id: str, owner: Owner) -> Turn:
+    """The stored turn of ``response_id`` when ``owner`` owns it; 404 otherwise, 503 when the store
+    cannot be read."""
+    missing = conversations.stored_missing(response_id)
+    checked_id(response_id, missing)
+    try:
+        data = await store.get(conversations.key(response_id))
+    except StoreError:
+        raise unavailable() from None
+    if data is None:
+        raise missing
+    try:
+        turn, _ = conversations.unpack(data)
+    except ValueError:
+        raise missing from None
+    if turn.owner != owner:
+        raise missing
+    return turn
+
+
+async def remove(store: Store, response_id: str, owner: Owner) -> bytes:
+    """``DELETE``: the owner's stored response removed; its body."""
+    await fetch(store, response_id, owner)
+    try:
+        await store.delete(conversations.key(response_id))
+    except StoreError:
+        raise unavailable() from None
+    return conversations.deleted(response_id)
+
+
+async def input_page(store: Store, response_id: str, owner: Owner, query: Mapping[str, str]) -> bytes:
+    """``GET …/input_items``: the input the model saw for that response (its conversation before
+    it, then its own input), one page."""
+    turn = await fetch(store, response_id, owner)
+    items: list[dict[str, Any]] = []
+    if turn.parent is not None:
+        try:
+            items = (await _read(store, turn.parent, owner)).items()  # a read: no renewal
+        except GatewayError as exc:
+            if exc.status == 503:
+                raise
+            # The turns before it expired or were deleted: what is left is its own input.
+    items.extend(turn.items)
+    return conversations.page(items, query)
