@@ -284,3 +284,19 @@ def test_a_native_stream_broken_in_legacy_completions_ends_with_an_error_event(n
     events = [block.removeprefix("data: ") for block in response.text.split("\n\n") if block]
     assert json.loads(events[0])["choices"][0]["text"]
     assert "error" in json.loads(events[-1]) and "[DONE]" not in events
+
+
+def test_an_idle_timeout_past_the_commit_point_ends_with_response_failed(make_proxy: Callable[..., Proxy]) -> None:
+    """The fake pauses a second after its first delta; the route's idle timeout is shorter."""
+    proxy = make_proxy("""\
+    routes:
+      sleepy:
+        timeouts: {idle: 0.3}
+        endpoints:
+          - {provider: azure, model: slow-stream}
+    """)
+    events = _sse(post_json(proxy, "/v1/responses", {"model": "sleepy", "input": "a b c", "stream": True}).body)
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert [e["type"] for e in events][-2:] == ["response.output_text.delta", "response.failed"]
+    failed = events[-1]["response"]
+    assert failed["id"] == events[0]["response"]["id"] and "idle timeout" in failed["error"]["message"]
