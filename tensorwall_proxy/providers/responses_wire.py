@@ -37,7 +37,9 @@ _CALL_ITEMS: Final = frozenset({"function_call", "custom_tool_call"})
 # any other event goes out as it came, unparsed. A marker inside content is only a false alarm:
 # that event takes the parsed path.
 _MARKERS: Final = (b"response.completed", b"response.incomplete", b"response.failed", b'"error"')
-_SEQUENCE: Final = re.compile(rb'"sequence_number"\s*:\s*(\d{1,18})')
+_SEQUENCE: Final = re.compile(rb'"sequence_number"\s*:\s*(\d{1,15})(?!\d)')
+# Sequence numbers past this are an upstream's nonsense, not counted (the next one must still encode).
+MAX_SEQUENCE: Final = 2**53
 
 
 def pivot_usage(usage: Any) -> dict[str, Any] | None:
@@ -114,7 +116,7 @@ class ResponsesPassthrough:
             self.visible = _commits(kind, parsed)
         # Counted only for events the client gets: an error raised above is not relayed.
         number = parsed.get("sequence_number")
-        if isinstance(number, int) and not isinstance(number, bool) and number >= self.sequence:
+        if isinstance(number, int) and not isinstance(number, bool) and self.sequence <= number < MAX_SEQUENCE:
             self.sequence = number + 1
         return [encode(event.data, event.event)]
 
@@ -136,7 +138,7 @@ class ResponsesPassthrough:
         if at >= 0:
             match = _SEQUENCE.match(plain, at)
             if match is not None:
-                self.sequence = max(self.sequence, int(match.group(1)) + 1)
+                self.sequence = max(self.sequence, min(int(match.group(1)) + 1, MAX_SEQUENCE))
         return plain, chunk[end:]
 
     def close(self) -> list[bytes]:

@@ -7,7 +7,10 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tensorwall_proxy.dialects.responses import RESPONSES
 from tensorwall_proxy.errors import UpstreamError
 from tensorwall_proxy.providers.responses_wire import ResponsesPassthrough, in_band_error, read_answer
 from tensorwall_proxy.sse import SseEvent
@@ -146,3 +149,36 @@ def test_a_whole_answer_gives_its_usage_and_id() -> None:
                                                                  "total_tokens": 8}
     with pytest.raises(ValueError):
         read_answer("openai", b'{"id": "x"}')
+
+
+def test_a_sequence_number_out_of_range_is_not_counted() -> None:
+    decoder = ResponsesPassthrough("openai")
+    decoder.feed(SseEvent(None, b'{"type":"response.output_text.delta","sequence_number":18446744073709551615}'))
+    decoder.feed(SseEvent(None, b'{"type":"response.output_text.delta","sequence_number":true}'))
+    assert decoder.sequence == 0
+    decoder.split_plain(b'data: {"type":"response.output_text.delta","sequence_number":99999999999999999999}\n\n')
+    assert decoder.sequence == 0  # more digits than any real stream: not read as a number
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                     max_leaves=12)
+_KINDS = st.sampled_from(["response.created", "response.output_item.added", "response.output_text.delta", "error",
+                          "response.failed", "response.completed", "response.content_part.added", "x"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.fixed_dictionaries({"type": _KINDS}, optional={
+    "sequence_number": _JSON, "response": _JSON, "item": _JSON, "error": _JSON, "code": _JSON}), max_size=6))
+def test_any_events_are_relayed_or_an_upstream_error(events: list[dict[str, Any]]) -> None:
+    """Whatever shape an upstream's events take, the decoder relays them or raises UpstreamError, and
+    the dialect can always end the stream with its response.failed."""
+    decoder = ResponsesPassthrough("openai")
+    try:
+        for parsed in events:
+            data = orjson.dumps(parsed)
+            assert decoder.feed(SseEvent(parsed["type"], data)) == [wire(SseEvent(parsed["type"], data))]
+        decoder.close()
+    except UpstreamError as exc:
+        failed = orjson.loads(RESPONSES.error_event(exc, decoder).split(b"data: ", 1)[1])
+        assert failed["type"] == "response.failed" and failed["response"]["status"] == "failed"
