@@ -11,8 +11,9 @@ less the gateway's own state: ``native.py``) and its stream relayed as it came; 
 point a broken native stream ends with ``native_failed``'s ``response.failed``.
 
 Not here yet: stored conversations (``previous_response_id`` is 400 ``previous_response_not_found``
-saying so; ``GET`` / ``DELETE`` of an id are 404), reasoning items. Hosted tools (``web_search``, …) exist only at OpenAI: dropped when
-``tool_choice`` does not force them, 400 when it does. This module does no I/O.
+saying so; ``GET`` / ``DELETE`` of an id are 404), reasoning items. Hosted tools (``web_search``,
+…) exist only at OpenAI: dropped when ``tool_choice`` does not force them, 400 when it does. This
+module does no I/O.
 """
 
 from __future__ import annotations
