@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from .auth import NO_CREDENTIAL, ambient_warnings, credential_for
-from .config import Config, default_config_path, key_digest, load_config
+from .config import Config, ProviderConfig, default_config_path, key_digest, load_config
 from .errors import ConfigError, GatewayError
 from .observability import LOG_FORMAT, configure_logging
 from .providers import ChatRequest, provider_for
@@ -108,8 +108,22 @@ def describe_route(config: Config, model: str) -> list[str]:
         lines.append(f"  {rank}. provider={provider.name} (type {provider.type}) model={upstream_model} "
                      f"weight={endpoint.weight} priority={endpoint.priority}")
         lines.append(f"     {where}")
+        if not provider.unconfigured:
+            lines.extend(f"     {line}" for line in _native_calls(provider, upstream_model))
         lines.append(f"     credential: {carries}")
     lines.append(f"attempts per request: at most {config.retries.attempts}")
+    return lines
+
+
+def _native_calls(provider: ProviderConfig, model: str) -> list[str]:
+    """Where a provider passes each dialect it speaks besides chat (DESIGN §12), one line each."""
+    impl = provider_for(provider.type)
+    probe = ChatRequest({"model": model, "messages": [{"role": "user", "content": ""}]}, native={"model": model})
+    lines = []
+    for dialect in sorted(provider.speaks - {"chat"}):
+        if impl.native(dialect, provider, model):
+            call = impl.build_native_request(dialect, probe, provider, model, NO_CREDENTIAL)
+            lines.append(f"{dialect}: {call.method} {call.url} (passed through natively)")
     return lines
 
 

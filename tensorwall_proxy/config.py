@@ -27,7 +27,15 @@ import yaml
 from yarl import URL
 
 from .errors import ConfigError
-from .providers.catalog import TYPE_NAMES, TYPES, VENDOR_PREFIXES, AmbientKind, ProviderType, TypeName
+from .providers.catalog import (
+    DIALECT_NAMES,
+    TYPE_NAMES,
+    TYPES,
+    VENDOR_PREFIXES,
+    AmbientKind,
+    ProviderType,
+    TypeName,
+)
 
 PROVIDER_TYPES: Final[tuple[TypeName, ...]] = TYPE_NAMES
 AuthMode = Literal["forward", "ambient", "none"]
@@ -40,7 +48,7 @@ DEFAULT_PROVIDERS: Final[dict[str, dict[str, Any]]] = {name: kind.defaults(True)
 # the type's fixed defaults, without the default provider's own environment variables.
 TYPE_DEFAULTS: Final[dict[str, dict[str, Any]]] = {name: kind.defaults(False) for name, kind in TYPES.items()}
 
-_COMMON_KEYS: Final = frozenset({"type", "auth", "api_key", "models", "key_scope"})
+_COMMON_KEYS: Final = frozenset({"type", "auth", "api_key", "models", "key_scope", "dialects"})
 
 SHA256_PREFIX: Final = "sha256:"
 _DIGEST_RE: Final = re.compile(r"sha256:[0-9a-fA-F]{64}", re.IGNORECASE)
@@ -154,6 +162,9 @@ class ProviderConfig:
     # Anthropic betas (globs) passed from callers under a server-side credential; None: the default
     # table of behavioural betas (DESIGN §14).
     betas: tuple[str, ...] | None = None
+    # The dialects passed through natively (DESIGN §12, §14), `chat` always among them; None: the
+    # type's default (`openai` and `azure` speak chat and responses).
+    dialects: tuple[str, ...] | None = None
     # Why a request routed here cannot be sent (a required setting is empty), or None.
     unconfigured: str | None = None
     # What the gateway may know about the type (providers/catalog.py): ask it, never the type's name.
@@ -161,10 +172,13 @@ class ProviderConfig:
     # Derived once here, read on every request (credential_for): see the properties below.
     _server: bool = field(init=False, repr=False, compare=False, default=False)
     _forwards: bool = field(init=False, repr=False, compare=False, default=False)
+    # `dialects` resolved: what a request in one of these dialects is passed through as, not translated.
+    speaks: frozenset[str] = field(init=False, repr=False, compare=False, default=frozenset())
 
     def __post_init__(self) -> None:
         kind = TYPES[self.type]
         object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "speaks", frozenset(self.dialects or kind.dialects) | {"chat"})
         server = (self.api_key is not None or self.auth == "ambient"
                   or (kind.sigv4 and (self.aws_access_key_id is not None or bool(self.profile))))
         object.__setattr__(self, "_server", server)
@@ -580,6 +594,8 @@ def _read_provider(name: str, raw: Mapping[str, Any], errors: _Errors) -> Provid
         profile=text("profile"),
         key_scope=text("key_scope") or name,
         betas=_strings(raw["betas"], _join(path, "betas"), errors) if raw.get("betas") is not None else None,
+        dialects=_dialects(raw["dialects"], _join(path, "dialects"), kind, errors)
+        if raw.get("dialects") is not None else None,
     )
     setting, env_var = kind.required, kind.required_env
     if not getattr(provider, setting):
@@ -587,6 +603,21 @@ def _read_provider(name: str, raw: Mapping[str, Any], errors: _Errors) -> Provid
         hint = f"set {env_var} or {_join(path, setting)}" if name == ptype else f"set {_join(path, setting)}"
         provider = replace(provider, unconfigured=f"provider '{name}' is not configured: {setting} is empty ({hint})")
     return provider
+
+
+def _dialects(raw: Any, path: str, kind: ProviderType, errors: _Errors) -> tuple[str, ...]:
+    """A provider's ``dialects:``: names the gateway knows whose native path the type's wire has;
+    ``chat`` is implied."""
+    names: list[str] = ["chat"]
+    for i, name in enumerate(_strings(raw, path, errors)):
+        if name not in DIALECT_NAMES:
+            errors.add(_join(path, i), f"unknown dialect {name!r} (expected one of: {', '.join(DIALECT_NAMES)})")
+        elif name not in kind.declarable:
+            errors.add(_join(path, i), f"provider type '{kind.name}' cannot pass {name!r} through natively "
+                                       f"(it can: {', '.join(kind.declarable)})")
+        elif name not in names:
+            names.append(name)
+    return tuple(names)
 
 
 def _read_providers(raw: Any, defaults: Mapping[str, dict[str, Any]], errors: _Errors,

@@ -16,6 +16,7 @@ module does no I/O.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, Final
 
 import orjson
@@ -205,7 +206,8 @@ def parse_completions(body: dict[str, Any], headers: Mapping[str, str]) -> ChatR
                           param="suffix")
     pivot = {name: value for name, value in body.items() if name not in _COMPLETIONS_ONLY}
     pivot["messages"] = [{"role": "user", "content": prompt}]
-    return parse_chat(pivot, headers)
+    # The body itself goes to a provider that takes legacy completions (`dialects: [chat, completions]`).
+    return replace(parse_chat(pivot, headers), native=body)
 
 
 def _choice(choice: Any, default_index: int, key: str) -> dict[str, Any]:

@@ -6,6 +6,10 @@ echo and name back); the pivot's answer becomes a Response object, and its strea
 ``sequence_number``s. ``response.created`` / ``in_progress`` come out with the first visible chunk,
 so they are held with the commit point like everything before it (DESIGN §14).
 
+A provider that speaks Responses itself gets the caller's body instead (``ChatRequest.native``,
+less the gateway's own state: ``native.py``) and its stream relayed as it came; past the commit
+point a broken native stream ends with ``native_failed``'s ``response.failed``.
+
 Stored conversations are ``conversations.py``'s (the chain before a follow-up arrives here already
 in ``input``). Hosted tools (``web_search``, …) exist only at OpenAI: dropped when
 ``tool_choice`` does not force them, 400 when it does. This module does no I/O.
@@ -23,8 +27,9 @@ import orjson
 
 from ..errors import GatewayError, bad_request
 from ..providers import ChatRequest, StreamDecoder
+from ..providers.contract import NativeStream
 from ..sse import DONE_EVENT, SseEvent, encode
-from . import DialectPath
+from . import DialectPath, native
 from .chat import _OPENAI_PREFIXES, parse_chat
 
 # Tools only OpenAI runs itself: no other provider has them.
@@ -333,7 +338,8 @@ def parse_responses(body: dict[str, Any], headers: Mapping[str, str], *, previou
         pivot["stream_options"] = {"include_usage": True}  # response.completed carries the usage
     checked = parse_chat(pivot, headers)
     return ResponsesRequest(checked.body, checked.stream, checked.wants_usage, checked.headers,
-                            echo=_echo(body, previous, stored), custom=custom, namespaced=namespaced)
+                            native=native.responses_body(body), echo=_echo(body, previous, stored), custom=custom,
+                            namespaced=namespaced)
 
 
 def new_id(prefix: str) -> str:
@@ -621,9 +627,8 @@ class ResponsesStream:
         """The terminal ``response.failed`` event for an error past the commit point."""
         out: list[bytes] = []
         self._start(out)
-        code = "rate_limit_exceeded" if error.status == 429 else "server_error"
         self._event(out, "response.failed", response=self.response(
-            "failed", usage_of(self._pivot_usage), None, {"code": code, "message": error.message}))
+            "failed", usage_of(self._pivot_usage), None, {"code": _failure_code(error), "message": error.message}))
         self.done = True
         return b"".join(out)
 
@@ -658,9 +663,28 @@ class Responses:
     def error_event(self, error: GatewayError, stream: StreamDecoder | None = None) -> bytes:
         if isinstance(stream, ResponsesStream):
             return stream.failed(error)
+        if isinstance(stream, NativeStream):
+            return native_failed(stream, error)
         # No stream state to end (an error of the gateway's own): OpenAI's `error` event.
         return encode(orjson.dumps({"type": "error", "sequence_number": 0, "code": error.code,
                                     "message": error.message, "param": error.param}), "error")
+
+
+def native_failed(stream: NativeStream, error: GatewayError) -> bytes:
+    """A native stream broken past its commit point: ``response.failed`` with the upstream's Response
+    as ``response.created`` announced it (its id among it) and the next ``sequence_number``."""
+    response = {**(stream.opening or {}), "status": "failed", "completed_at": None,
+                "error": {"code": _failure_code(error), "message": error.message}}
+    response.setdefault("id", stream.response_id or new_id("resp_"))
+    event = {"type": "response.failed", "sequence_number": stream.sequence, "response": response}
+    stream.sequence += 1
+    stream.done = True
+    return encode(orjson.dumps(event), "response.failed")
+
+
+def _failure_code(error: GatewayError) -> str:
+    """A failed Response's ``error.code`` for the gateway's own failures (A.5's codes)."""
+    return "rate_limit_exceeded" if error.status == 429 else "server_error"
 
 
 def upgrade_refused() -> GatewayError:

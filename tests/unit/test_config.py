@@ -1125,3 +1125,38 @@ def test_invalid_yaml_names_the_position_and_never_the_line_that_may_hold_a_key(
     assert "FAKE0123456789abcdef" not in message
     assert "sk-live" not in message
     assert re.search(r"tw\.yaml: not valid YAML: line \d+, column \d+: \S", info.value.errors[0]), message
+
+
+# --- dialects a provider passes through natively (DESIGN §12, §14) ----------------------------------
+
+
+def test_openai_and_azure_speak_responses_by_default_and_the_others_only_chat() -> None:
+    providers = parse(auth_off()).providers
+    assert providers["openai"].speaks == {"chat", "responses"} == providers["azure"].speaks
+    assert all(providers[name].speaks == {"chat"} for name in PROVIDER_TYPES if name not in ("openai", "azure"))
+
+
+def test_a_providers_dialects_replace_its_types_and_chat_is_implied() -> None:
+    providers = parse(auth_off("""\
+        providers:
+          groq: {dialects: [responses, completions]}
+          openai: {dialects: [chat]}
+          lmstudio: {dialects: [completions, completions]}
+        """)).providers
+    assert providers["groq"].speaks == {"chat", "responses", "completions"}
+    assert providers["groq"].dialects == ("chat", "responses", "completions")
+    assert providers["openai"].speaks == {"chat"}
+    assert providers["lmstudio"].dialects == ("chat", "completions")
+
+
+def test_an_unknown_dialect_or_one_the_type_cannot_pass_through_is_an_error_at_its_path() -> None:
+    errors = errors_of(auth_off("""\
+        providers:
+          groq: {dialects: [chat, responsez]}
+          vertex: {dialects: [responses]}
+          azure: {dialects: chat}
+        """))
+    assert any(e.startswith("providers.groq.dialects[1]: unknown dialect 'responsez'") for e in errors)
+    assert any(e.startswith("providers.vertex.dialects[0]: provider type 'vertex' cannot pass 'responses' "
+                            "through natively") for e in errors)
+    assert any(e.startswith("providers.azure.dialects: expected a list of strings") for e in errors)
