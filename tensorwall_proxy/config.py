@@ -587,7 +587,8 @@ def _read_state(raw: Any, env: Mapping[str, str], errors: _Errors) -> StateConfi
     d = StateConfig()
     backend = _choice(data.get("backend"), "state.backend", errors, STATE_BACKENDS, d.backend)
     url = _redis_url(data.get("url"), errors)
-    if backend == "redis" and url is None and "state.url" not in errors.unresolved:
+    given = data.get("url") not in (None, "")  # a bad one is reported as such, not as missing too
+    if backend == "redis" and not given and "state.url" not in errors.unresolved:
         errors.add("state.url", "required with `backend: redis` (redis://host:6379/0, or rediss:// for TLS)")
     key_prefix = _string(data.get("key_prefix"), "state.key_prefix", errors, d.key_prefix)
     if len(key_prefix) > 64 or not key_prefix.isprintable() or " " in key_prefix:

@@ -1202,6 +1202,8 @@ def test_state_errors_name_their_yaml_paths_and_never_the_url() -> None:
     ]
     assert errors_of(auth_off("state: {backend: redis}")) == [
         "state.url: required with `backend: redis` (redis://host:6379/0, or rediss:// for TLS)"]
+    assert errors_of(auth_off("state: {backend: redis, url: 'http://h:6379'}")) == [
+        "state.url: expected a redis:// or rediss:// URL with a host (the value is not shown)"]
     # An unset variable is reported once, as itself.
     assert errors_of(auth_off("state: {backend: redis, url: '${REDIS_URL}'}")) == [
         "state.url: environment variable REDIS_URL is not set (use ${REDIS_URL:-} for an empty default)"]
