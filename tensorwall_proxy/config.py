@@ -1,6 +1,6 @@
 """The YAML route table → frozen dataclasses, validated, with every error named by its YAML path.
 
-Owns: the schema (server, gateway_keys, providers, routes, rules, timeouts, retries), the nine
+Owns: the schema (server, gateway_keys, providers, routes, rules, timeouts, retries, state), the nine
 default providers and how the YAML merges over them (what a type's keys and defaults are is the
 type's own, in ``providers/catalog.py``), ``${VAR}`` / ``${VAR:-default}`` / ``${file:PATH}``
 interpolation, and ``Secret``, the masked type credentials travel in.
@@ -40,6 +40,8 @@ from .providers.catalog import (
 PROVIDER_TYPES: Final[tuple[TypeName, ...]] = TYPE_NAMES
 AuthMode = Literal["forward", "ambient", "none"]
 Strategy = Literal["weighted", "priority"]
+StateBackend = Literal["sqlite", "redis"]
+FailMode = Literal["open", "closed"]
 
 # The nine providers that exist whatever the YAML says; a YAML entry of the same name merges over
 # its default key by key. Values go through the same interpolation as the YAML's own.
@@ -237,6 +239,44 @@ class RuleConfig:
     strip: str = ""
 
 
+# Per store call (DESIGN §14): SQLite is a local file, yet a write may wait for another worker's
+# transaction; Redis is a network round trip that takes well under a millisecond when it is healthy.
+DEFAULT_STATE_TIMEOUT_MS: Final[Mapping[StateBackend, float]] = {"sqlite": 250.0, "redis": 50.0}
+# Where the SQLite backend keeps its files when neither `state.path` nor systemd's STATE_DIRECTORY says.
+DEFAULT_STATE_PATH: Final = "tensorwall-state"
+STATE_BACKENDS: Final[tuple[StateBackend, ...]] = ("sqlite", "redis")
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    """The state store (DESIGN §13, §14): which backend, where, and how long a call may take.
+
+    A changed ``state:`` section takes a restart: the open store keeps the settings it opened with.
+    """
+
+    backend: StateBackend = "sqlite"
+    # SQLite: the directory holding limits.db and responses.db (absolute once parsed).
+    path: str = DEFAULT_STATE_PATH
+    # Redis: redis:// or rediss://; a Secret because it may carry a password.
+    url: Secret | None = None
+    key_prefix: str = "tw:"
+    timeout_ms: float = 0.0  # 0: the backend's default (DEFAULT_STATE_TIMEOUT_MS)
+    fail_mode: FailMode = "open"
+    responses: bool = True
+    responses_ttl_seconds: int = 7 * 24 * 3600
+    # Signs what the gateway hands out (encrypted_content); None: a secret generated into the store.
+    secret: Secret | None = None
+
+    def __post_init__(self) -> None:
+        if self.timeout_ms <= 0:
+            object.__setattr__(self, "timeout_ms", DEFAULT_STATE_TIMEOUT_MS[self.backend])
+
+    @property
+    def timeout_seconds(self) -> float:
+        """``timeout_ms`` in seconds, as asyncio takes it."""
+        return self.timeout_ms / 1000.0
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig
@@ -246,6 +286,7 @@ class Config:
     rules: tuple[RuleConfig, ...] | None  # None: the built-in pattern table
     timeouts: Timeouts = field(default_factory=Timeouts)
     retries: Retries = field(default_factory=Retries)
+    state: StateConfig = field(default_factory=StateConfig)
     source: str = "<memory>"
 
 
@@ -327,7 +368,7 @@ def _check_keys(raw: Mapping[str, Any], allowed: frozenset[str], path: str, erro
 
 
 def _number(raw: Any, path: str, errors: _Errors, default: float, *, minimum: float = 0.0,
-            positive: bool = False) -> float:
+            positive: bool = False, maximum: float = math.inf) -> float:
     if raw is None:
         return default
     if isinstance(raw, bool) or not isinstance(raw, int | float | str):
@@ -346,6 +387,9 @@ def _number(raw: Any, path: str, errors: _Errors, default: float, *, minimum: fl
         return default
     if value < minimum:
         errors.add(path, f"must be at least {minimum:g}, got {raw!r}")
+        return default
+    if value > maximum:
+        errors.add(path, f"must be at most {maximum:g}, got {raw!r}")
         return default
     return value
 
@@ -504,6 +548,79 @@ def _read_retries(raw: Any, errors: _Errors) -> Retries:
         budget_ratio=_number(data.get("budget_ratio"), "retries.budget_ratio", errors, d.budget_ratio),
         budget_min_per_second=_number(data.get("budget_min_per_second"), "retries.budget_min_per_second", errors,
                                       d.budget_min_per_second),
+    )
+
+
+def _choice(raw: Any, path: str, errors: _Errors, choices: tuple[str, ...], default: str) -> str:
+    value = _string(raw, path, errors, default) or default
+    if value not in choices:
+        errors.add(path, f"expected {' or '.join(choices)}, got {value!r}")
+        return default
+    return value
+
+
+def _switch(raw: Any, path: str, errors: _Errors, default: bool) -> bool:
+    """``on``/``off`` (YAML 1.1 reads them unquoted as booleans), ``true``/``false`` alike."""
+    if raw is None:
+        return default
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in ("on", "off", "true", "false"):
+        return raw.strip().lower() in ("on", "true")
+    errors.add(path, f"expected on or off, got {raw!r}")
+    return default
+
+
+def _state_path(raw: Any, env: Mapping[str, str], errors: _Errors) -> str:
+    """The SQLite directory, absolute: ``state.path``, else systemd's ``$STATE_DIRECTORY`` (its first
+    entry: the unit may list several), else ``./tensorwall-state``."""
+    given = _string(raw, "state.path", errors).strip()
+    if not given:
+        given = env.get("STATE_DIRECTORY", "").split(":")[0] or DEFAULT_STATE_PATH
+    return os.path.abspath(os.path.expanduser(given))
+
+
+def _redis_url(raw: Any, errors: _Errors) -> Secret | None:
+    # The URL may carry a password: no message here repeats it.
+    text = _string(raw, "state.url", errors).strip()
+    if not text:
+        return None
+    try:
+        url = URL(text)
+    except ValueError:
+        url = None
+    if url is None or url.scheme not in ("redis", "rediss") or not url.host:
+        errors.add("state.url", "expected a redis:// or rediss:// URL with a host (the value is not shown)")
+        return None
+    return Secret(text)
+
+
+def _read_state(raw: Any, env: Mapping[str, str], errors: _Errors) -> StateConfig:
+    data = _mapping(raw, "state", errors)
+    _check_keys(data, frozenset(StateConfig.__slots__), "state", errors)
+    d = StateConfig()
+    backend = _choice(data.get("backend"), "state.backend", errors, STATE_BACKENDS, d.backend)
+    url = _redis_url(data.get("url"), errors)
+    given = data.get("url") not in (None, "")  # a bad one is reported as such, not as missing too
+    if backend == "redis" and not given and "state.url" not in errors.unresolved:
+        errors.add("state.url", "required with `backend: redis` (redis://host:6379/0, or rediss:// for TLS)")
+    key_prefix = _string(data.get("key_prefix"), "state.key_prefix", errors, d.key_prefix)
+    if len(key_prefix) > 64 or not key_prefix.isprintable() or " " in key_prefix:
+        errors.add("state.key_prefix", "expected at most 64 printable characters without spaces")
+        key_prefix = d.key_prefix
+    return StateConfig(
+        backend=backend,  # type: ignore[arg-type]  # one of STATE_BACKENDS, checked above
+        path=_state_path(data.get("path"), env, errors),
+        url=url,
+        key_prefix=key_prefix,
+        # 0 (absent) is the backend's default; a minute is far past any useful wait on a request's path.
+        timeout_ms=_number(data.get("timeout_ms"), "state.timeout_ms", errors, 0.0, positive=True, maximum=60_000),
+        fail_mode=_choice(data.get("fail_mode"), "state.fail_mode", errors,  # type: ignore[arg-type]
+                          ("open", "closed"), d.fail_mode),
+        responses=_switch(data.get("responses"), "state.responses", errors, d.responses),
+        responses_ttl_seconds=_integer(data.get("responses_ttl_seconds"), "state.responses_ttl_seconds", errors,
+                                       d.responses_ttl_seconds, minimum=1),
+        secret=_secret(data.get("secret"), "state.secret", errors),
     )
 
 
@@ -676,10 +793,8 @@ def _read_routes(raw: Any, providers: Mapping[str, ProviderConfig], base: Timeou
         path = _join("routes", name)
         route = _mapping(value, path, errors)
         _check_keys(route, frozenset({"strategy", "endpoints", "timeouts"}), path, errors)
-        strategy = _string(route.get("strategy"), _join(path, "strategy"), errors, "weighted")
-        if strategy not in ("weighted", "priority"):
-            errors.add(_join(path, "strategy"), f"expected weighted or priority, got {strategy!r}")
-            strategy = "weighted"
+        strategy = _choice(route.get("strategy"), _join(path, "strategy"), errors, ("weighted", "priority"),
+                           "weighted")
         raw_endpoints = route.get("endpoints")
         if not isinstance(raw_endpoints, list) or not raw_endpoints:
             errors.add(_join(path, "endpoints"), "expected a non-empty list of endpoints")
@@ -751,7 +866,8 @@ def _check_key_scopes(routes: Mapping[str, RouteConfig], providers: Mapping[str,
             )
 
 
-_TOP_KEYS: Final = frozenset({"server", "gateway_keys", "providers", "routes", "rules", "timeouts", "retries"})
+_TOP_KEYS: Final = frozenset({"server", "gateway_keys", "providers", "routes", "rules", "timeouts", "retries",
+                              "state"})
 
 
 # The quoted pieces of PyYAML's problems that are its own words: a token name like '<block end>',
@@ -817,11 +933,12 @@ def parse_config(text: str, *, env: Mapping[str, str] | None = None, source: str
     retries = _read_retries(raw.get("retries"), errors)
     routes = _read_routes(raw.get("routes"), providers, timeouts, errors)
     rules = _read_rules(raw.get("rules"), "rules" in raw, providers, errors)
+    state = _read_state(raw.get("state"), environ, errors)
     _check_key_scopes(routes, providers, errors)
     if errors.items:
         raise ConfigError(errors.items)
     return Config(server=server, gateway_keys=gateway_keys, providers=providers, routes=routes, rules=rules,
-                  timeouts=timeouts, retries=retries, source=source)
+                  timeouts=timeouts, retries=retries, state=state, source=source)
 
 
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:

@@ -290,6 +290,9 @@ class Metrics:
         self.connections_closed = Counter("tensorwall_connections_closed", "Connections the listener closed "
                                           "before serving them, by reason: max_connections, header_timeout, "
                                           "header_too_large.", ["reason"], registry=self.registry)
+        self.state_errors = Counter("tensorwall_state_errors", "State store calls that failed or ran past "
+                                    "state.timeout_ms, by backend and operation.", ["backend", "operation"],
+                                    registry=self.registry)
         self.health = Gauge("tensorwall_endpoint_health", "Endpoints (server-side credentials) by state.",
                             ["provider", "model", "state"], registry=self.registry, multiprocess_mode="livemax")
         # Label values are bounded by the configuration, so this cache is too.
@@ -369,6 +372,12 @@ class Metrics:
     def connection_closed(self, reason: str) -> None:
         """The listener closed a connection before serving it (too many open, a head too slow or too large)."""
         self._child(self.connections_closed, reason).inc()
+
+    def state_error(self, backend: str, operation: str) -> None:
+        """A state store call failed or timed out (``state.StoreError``); the labels are the backend's
+        name and the store method, so they stay few."""
+        self._changes += 1
+        self._child(self.state_errors, backend, operation).inc()
 
     def render(self) -> tuple[bytes, str]:
         """The exposition and its content type; every worker's together in multiprocess mode."""

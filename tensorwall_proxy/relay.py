@@ -43,6 +43,8 @@ from .observability import THROTTLE, Ledger, Metrics, RequestRecord, outcome_of
 from .providers import ChatRequest, EmbeddingsRequest, NativeStream, Provider, StreamDecoder, provider_for
 from .router import LLMRouter, Route, RouteEndpoint
 from .sse import SseError, SseEvent
+from .state import Store
+from .state.holder import StateHolder
 
 JSON: Final = "application/json"
 # A failure that never reached the upstream may try the same endpoint again, this often, after
@@ -80,7 +82,7 @@ class Table:
 
 @dataclass(slots=True)
 class Gateway:
-    """Process-wide state: the current table, endpoint health, the upstream session."""
+    """Process-wide state: the current table, endpoint health, the upstream session, the state store."""
 
     table: Table
     health: HealthBook = field(default_factory=HealthBook)
@@ -97,10 +99,16 @@ class Gateway:
     busy: set[object] = field(default_factory=set)
     draining: bool = False
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    # The state store, opened by the first request that needs it (``store()``).
+    state: StateHolder = field(default_factory=StateHolder)
     ledger: Ledger = field(init=False)
 
     def __post_init__(self) -> None:
         self.ledger = Ledger(self.metrics, lambda: self.in_flight)
+
+    async def store(self) -> Store:
+        """The process's state store, opened on first use; StoreError when it cannot be opened."""
+        return await self.state.store()
 
     def release(self, connection: Any) -> None:
         """A request on ``connection`` is done. While draining the connection closes after it,
