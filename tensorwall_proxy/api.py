@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import replace
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, Final
 
 import orjson
@@ -19,10 +19,10 @@ from aiohttp import web
 
 from . import relay, stored
 from .auth import caller_key
-from .config import Secret
 from .bodies import MAX_DEPTH, Body, BodyBudget, read_body, too_deep
+from .config import Secret
 from .dialects import Dialect, Operation, PathTable, chat, conversations, responses
-from .dialects.conversations import Owner
+from .dialects.conversations import Affinity, Chain, Owner
 from .errors import GatewayError, UpstreamError, bad_request, detach
 from .hosts import HostGuard
 from .observability import THROTTLE, RequestRecord, new_request_id
@@ -286,29 +286,46 @@ def _respond(dialect: Dialect) -> Handler:
         gateway = request.app[GATEWAY]
         body = await read_json(request)
         caller = caller_key(request.headers.get("Authorization"))
-        state = gateway.table.config.state
+        state = gateway.state.config
         keeping = state.responses
+        ttl = state.responses_ttl_seconds
         keep = keeping and body.get("store") is not False
         previous = body.get("previous_response_id")
         items = stored.new_items(body.get("input")) if keep else []
         owner = _owner(request, caller)
         store = None
+        found = None
         if previous is not None:
-            if not keeping:
-                raise conversations.not_found(str(previous), " (this gateway keeps no responses)")
-            store = await stored.store_of(gateway)
-            chain = await stored.conversation(store, previous, owner, state.responses_ttl_seconds)
-            body = conversations.continued(body, chain.items())
+            if keeping:
+                store = await stored.store_of(gateway)
+                found = await stored.previous(store, previous, owner, ttl)
+            if isinstance(found, Chain):
+                body = conversations.continued(body, found.items())
         req = responses.parse_responses(body, request.headers, previous=previous, stored=keep)
+        pinned = None
+        if previous is not None and not isinstance(found, Chain):
+            pinned = _pin(gateway, str(previous), str(req.body["model"]), found, keeping)
         if keep and store is None:
             store = await stored.store_for_keeping(gateway)
             if store is None:  # the store is down: served, said so, not kept (and counted)
                 req = replace(req, echo={**req.echo, "store": False})
-        finish = stored.keeper(store, owner, previous, items, state.responses_ttl_seconds) \
-            if keep and store is not None else None
-        return await relay.chat(gateway, request, req, dialect, caller, request[REQUEST_ID], finish)
+        finish = stored.keeper(store, owner, previous, items, ttl) if keep and store is not None else None
+        return await relay.chat(gateway, request, req, dialect, caller, request[REQUEST_ID], finish, pinned)
 
     return endpoint
+
+
+def _pin(gateway: relay.Gateway, previous: str, model: str, found: Affinity | None, keeping: bool) -> relay.Pin:
+    """The one endpoint a follow-up to a response a provider stored may go to (DESIGN §14): the one
+    its affinity record names, or without a record the one native endpoint of the model's route;
+    400 ``previous_response_not_found`` when there is none."""
+    if found is not None:
+        return relay.Pin(found.provider, found.model, conversations.made_elsewhere(previous, found.provider, model))
+    natives = relay.native_endpoints(gateway.table, model, "responses")
+    if len(natives) != 1:
+        raise conversations.not_found(previous, "" if keeping else " (this gateway keeps no responses)")
+    provider, upstream_model = natives[0]
+    return relay.Pin(provider, upstream_model, conversations.not_found(previous))
 
 
 def _stored(dialect: Dialect) -> Handler:
@@ -350,7 +367,7 @@ def _request_owner(request: web.Request) -> Owner:
 async def _store_of(request: web.Request) -> Store:
     """The store a stored response is read from; with stored responses off, every id is unknown."""
     gateway = request.app[GATEWAY]
-    if not gateway.table.config.state.responses:
+    if not gateway.state.config.responses:
         raise conversations.stored_missing(request.match_info["id"])
     return await stored.store_of(gateway)
 

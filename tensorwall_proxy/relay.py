@@ -19,7 +19,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, NamedTuple, TypeVar
 
 import aiohttp
 import orjson
@@ -156,6 +156,14 @@ Req = TypeVar("Req", ChatRequest, EmbeddingsRequest)
 Call = TypeVar("Call")  # what one attempt sends: an UpstreamCall, or several for batched embeddings
 
 
+class Pin(NamedTuple):
+    """The one endpoint a request may be served by, and the error when its route has none such."""
+
+    provider: str
+    model: str
+    elsewhere: GatewayError
+
+
 class Flow(Generic[Req, Call]):
     """One request on its way through the relay, made once when it arrives (mitmproxy's HTTPFlow is
     the model): what was asked, the table it is served by, the plan and where the attempts are in
@@ -163,7 +171,7 @@ class Flow(Generic[Req, Call]):
     request's loose state, and its two kinds (chat, embeddings) say how an attempt is translated
     and executed in place of closures made per request."""
 
-    __slots__ = ("attempt", "attempts", "caller", "client", "gateway", "impl", "record", "req", "request",
+    __slots__ = ("attempt", "attempts", "caller", "client", "gateway", "impl", "pinned", "record", "req", "request",
                  "request_id", "route", "table", "timeouts")
 
     # The current attempt and its provider type's translator: set by run_attempts before a send.
@@ -186,6 +194,9 @@ class Flow(Generic[Req, Call]):
         self.attempts: list[Attempt] = []
         # The response the caller was committed to (a stream past its commit point), else None.
         self.client: web.StreamResponse | None = None
+        # The one endpoint that may serve (provider, upstream model), with the error when the route
+        # has no such endpoint: a follow-up to an answer only that provider holds (DESIGN §14).
+        self.pinned: Pin | None = None
 
     def build(self, credential: Credential) -> Call:
         """The current attempt's upstream call(s), translated from the request; raises
@@ -199,9 +210,10 @@ class Flow(Generic[Req, Call]):
 
 
 # Work that must be done before the caller receives the end of an answer: a stored response is
-# written before its JSON body or its stream's terminal event goes out (DESIGN §14). Given the
-# caller's whole body, or the dialect's stream decoder once it is done; it never raises.
-Finish = Callable[[bytes | StreamDecoder], Awaitable[None]]
+# written before its JSON body or its stream's terminal event goes out (DESIGN §14). Given the flow
+# (which attempt answered, natively or not) and the caller's whole body, or the stream's decoder
+# once it is done; it never raises.
+Finish = Callable[["ChatFlow", bytes | StreamDecoder], Awaitable[None]]
 
 
 class ChatFlow(Flow[ChatRequest, UpstreamCall]):
@@ -269,11 +281,13 @@ class EmbeddingsFlow(Flow[EmbeddingsRequest, list[UpstreamCall]]):
 
 
 async def chat(gateway: Gateway, request: web.Request, req: ChatRequest, dialect: Dialect, caller: Secret | None,
-               request_id: str, finish: Finish | None = None) -> web.StreamResponse:
+               request_id: str, finish: Finish | None = None, pinned: Pin | None = None) -> web.StreamResponse:
     """Serve one request in the pivot, streamed or not, in ``dialect``; ``finish`` runs before the
-    end of the answer reaches the caller."""
+    end of the answer reaches the caller; ``pinned`` names the one endpoint that may serve it."""
     request[RECORD].stream = req.stream
-    return await run_attempts(ChatFlow(gateway, request, req, dialect, caller, request_id, finish))
+    flow = ChatFlow(gateway, request, req, dialect, caller, request_id, finish)
+    flow.pinned = pinned
+    return await run_attempts(flow)
 
 
 async def embeddings(gateway: Gateway, request: web.Request, req: EmbeddingsRequest, caller: Secret | None,
@@ -292,7 +306,13 @@ def plan(flow: Flow[Any, Any]) -> list[Attempt]:
     table, route, caller = flow.table, flow.route, flow.caller
     usable: list[Attempt] = []
     reason: GatewayError | None = None
-    for endpoint in route.endpoints:
+    endpoints = route.endpoints
+    if flow.pinned is not None:
+        pin = flow.pinned
+        endpoints = tuple(e for e in endpoints if e.provider == pin.provider and (e.model or route.name) == pin.model)
+        if not endpoints:
+            raise pin.elsewhere
+    for endpoint in endpoints:
         provider = table.config.providers[endpoint.provider]
         credential = credential_for(provider, endpoint.api_key, caller)
         # A provider without its required setting may still get it from its ambient credentials
@@ -397,6 +417,20 @@ async def run_attempts(flow: Flow[Any, Any]) -> web.StreamResponse:
         record.attempt(attempt.provider.name, "ok", response.status, started)
         return response
     raise detach(failure or skipped or missing_provider_key(route.endpoints[0].provider))
+
+
+def native_endpoints(table: Table, model: str, dialect: str) -> list[tuple[str, str]]:
+    """The endpoints of ``model``'s route whose provider speaks ``dialect`` itself, as (provider,
+    upstream model); raises the router's 404 for a model the gateway does not serve."""
+    route = table.router.resolve(model)
+    providers = table.config.providers
+    out = []
+    for endpoint in route.endpoints:
+        provider = providers[endpoint.provider]
+        upstream_model = endpoint.model or route.name
+        if provider_for(provider.type).native(dialect, provider, upstream_model):
+            out.append((provider.name, upstream_model))
+    return out
 
 
 def _scrub(exc: UpstreamError, attempt: Attempt, credential: Credential | None = None) -> None:
@@ -529,6 +563,8 @@ async def _answer(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
             raise _malformed(name, "an answer", exc) from None
         flow.record.count(answer.usage)
         flow.relayed(answer.response_id)
+        if flow.finish is not None:
+            await _finish(flow, body)
         flow.record.committed()
         return web.Response(body=body, headers=_response_headers(flow.request_id, name, headers, JSON))
     try:
@@ -543,7 +579,7 @@ async def _answer(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
         except MALFORMED as exc:
             raise _malformed(name, "an answer", exc) from None
     if flow.finish is not None:
-        await flow.finish(out)
+        await _finish(flow, out)
     flow.record.committed()
     return web.Response(body=out, headers=_response_headers(flow.request_id, name, headers, JSON))
 
@@ -703,11 +739,11 @@ async def _stream(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
     return flow.client
 
 
-async def _finish(flow: ChatFlow, decoder: StreamDecoder) -> None:
-    """The stream is done and its end not yet sent: the flow's finishing work, once."""
+async def _finish(flow: ChatFlow, answer: bytes | StreamDecoder) -> None:
+    """The answer is whole (a stream: done) and its end not yet sent: the flow's finishing work, once."""
     finish, flow.finish = flow.finish, None
     if finish is not None:
-        await finish(decoder)
+        await finish(flow, answer)
 
 
 def _heard(clock: SilenceClock, heard: bool, timeouts: Timeouts) -> bool:

@@ -19,19 +19,19 @@ from typing import Any, Final
 import orjson
 
 from .dialects import conversations
-from .dialects.conversations import Chain, Owner, Turn
+from .dialects.conversations import Affinity, Chain, Owner, Turn
 from .dialects.responses import ResponsesStream, new_id
 from .errors import GatewayError
 from .observability import THROTTLE
 from .providers import StreamDecoder
-from .relay import Finish, Gateway
+from .relay import ChatFlow, Finish, Gateway
 from .state import Store, StoreError
 
 log = logging.getLogger(__name__)
 
-# Ids the gateway makes and accepts: `resp_` and hex digits (DESIGN §12). Anything else cannot be
-# one of ours, and is refused before the store is asked.
-_MAX_ID: Final = 64
+# The longest response id looked up: the gateway's are 29 characters, providers' (kept as affinity
+# records) a few dozen. Anything longer, or not plain ASCII, is no id the store holds.
+_MAX_ID: Final = 128
 
 
 def unavailable() -> GatewayError:
@@ -60,42 +60,70 @@ async def store_for_keeping(gateway: Gateway) -> Store | None:
 
 
 def checked_id(value: Any, missing: GatewayError) -> str:
-    """A response id as the caller sent it, when it can be one of ours; ``missing`` otherwise."""
-    if not isinstance(value, str) or not value.startswith("resp_") or len(value) > _MAX_ID \
-            or not value[5:].isalnum() or not value.isascii():
+    """A response id as the caller sent it, when the store may hold it; ``missing`` otherwise."""
+    if not isinstance(value, str) or not value or len(value) > _MAX_ID or not value.isascii() \
+            or not value.replace("_", "").replace("-", "").isalnum():
         raise missing
     return value
 
 
-async def conversation(store: Store, previous: str, owner: Owner, ttl: float) -> Chain:
-    """The chain ``previous`` ends, read newest first and checked turn by turn; its time to live
-    renewed, as using a conversation keeps it alive. 400 for an id the caller cannot continue, 503
-    when the store cannot be read."""
-    chain = await _read(store, previous, owner)
+async def previous(store: Store, response_id: str, owner: Owner, ttl: float) -> Chain | Affinity | None:
+    """What the store knows of the response a follow-up continues: the conversation the gateway
+    kept (its time to live renewed), the affinity record of one a provider kept, or None. 400 for
+    an id that is another caller's or whose conversation is broken, 503 when the store is down."""
+    checked_id(response_id, conversations.not_found(response_id))
     try:
-        await store.touch(chain.keys(), ttl)
+        data = await store.get(conversations.key(response_id))
+        if data is not None:
+            chain = await _follow(store, Chain(response_id, owner), response_id, data)
+            await store.touch(chain.keys(), ttl)
+            return chain
+        data = await store.get(conversations.affinity_key(response_id))
+        if data is None:
+            return None
+        try:
+            record = Affinity.unpack(data)
+        except ValueError:
+            return None
+        if record.owner != owner:
+            raise conversations.not_found(response_id)
+        await store.touch([conversations.affinity_key(response_id)], max(ttl, conversations.AFFINITY_MIN_TTL))
+        return record
     except StoreError:
         raise unavailable() from None
+
+
+async def _follow(store: Store, chain: Chain, response_id: str, data: bytes | None) -> Chain:
+    """``chain`` read on from ``response_id``'s value back to its first turn (at most MAX_TURNS
+    reads; ``Chain.add`` checks each); StoreError as the store raises it."""
+    current = chain.add(response_id, data)
+    while current is not None:
+        current = chain.add(current, await store.get(conversations.key(current)))
     return chain
 
 
 async def _read(store: Store, previous: str, owner: Owner) -> Chain:
-    """The chain ``previous`` ends, newest turn first (at most MAX_TURNS reads)."""
-    chain = Chain(previous, owner)
-    current: str | None = checked_id(previous, conversations.not_found(previous))
+    """The chain ``previous`` ends, without renewing it (a read by ``input_items``)."""
     try:
-        while current is not None:
-            current = chain.add(current, await store.get(conversations.key(current)))
+        return await _follow(store, Chain(previous, owner), previous,
+                             await store.get(conversations.key(previous)))
     except StoreError:
         raise unavailable() from None
-    return chain
 
 
 def keeper(store: Store, owner: Owner, parent: str | None, items: list[dict[str, Any]], ttl: float) -> Finish:
     """The relay's ``Finish`` for a response to be stored: given the caller's whole body or the
-    done stream, it writes the turn. A failure is logged and counted, never the caller's."""
+    done stream, it writes the turn — or, when a provider answered natively (and stored it
+    itself), the affinity record that sends a follow-up to that provider. A failure is logged and
+    counted, never the caller's."""
 
-    async def keep(answer: bytes | StreamDecoder) -> None:
+    async def keep(flow: ChatFlow, answer: bytes | StreamDecoder) -> None:
+        if flow.native:
+            if flow.upstream_id is not None:
+                record = Affinity(flow.attempt.provider.name, flow.attempt.model, owner)
+                await _put(store, conversations.affinity_key(flow.upstream_id), record.pack(),
+                           max(ttl, conversations.AFFINITY_MIN_TTL))
+            return
         if isinstance(answer, ResponsesStream):
             response = answer.final
         elif isinstance(answer, bytes):
@@ -105,12 +133,16 @@ def keeper(store: Store, owner: Owner, parent: str | None, items: list[dict[str,
         if not isinstance(response, dict) or not isinstance(response.get("id"), str):
             return
         turn = Turn(response["id"], parent, owner, items, response)
-        try:
-            await store.put(conversations.key(turn.id), conversations.pack(turn), ttl)
-        except StoreError as exc:
-            THROTTLE.warning(log, "stored-put", "a response could not be stored (%s); it was served unstored", exc)
+        await _put(store, conversations.key(turn.id), conversations.pack(turn), ttl)
 
     return keep
+
+
+async def _put(store: Store, key: str, value: bytes, ttl: float) -> None:
+    try:
+        await store.put(key, value, ttl)
+    except StoreError as exc:
+        THROTTLE.warning(log, "stored-put", "a response could not be stored (%s); it was served unstored", exc)
 
 
 def new_items(value: Any) -> list[dict[str, Any]]:

@@ -25,8 +25,11 @@ from ..errors import GatewayError, bad_request
 # A chain longer than this many turns, or than this many bytes inflated, is refused (DESIGN §14).
 MAX_TURNS: Final = 256
 MAX_CHAIN_BYTES: Final = 16 * 1024 * 1024
-# The store key of a stored response.
+# The store keys of a stored response, and of the affinity record of one a provider stored.
 KEY_PREFIX: Final = "resp:"
+AFFINITY_PREFIX: Final = "aff:"
+# Affinity records outlive stored responses: a provider may keep its own for 30 days (DESIGN §14).
+AFFINITY_MIN_TTL: Final = 30 * 24 * 3600
 # Version of the packed form, first in every value, so a later format can read older ones.
 _VERSION: Final = 1
 # Item types and the id prefix a stored input item gets when the caller gave it none.
@@ -44,6 +47,40 @@ Owner = tuple[str | None, str | None]
 def key(response_id: str) -> str:
     """The store key of a stored response."""
     return KEY_PREFIX + response_id
+
+
+def affinity_key(response_id: str) -> str:
+    """The store key of the affinity record of a response a provider stored."""
+    return AFFINITY_PREFIX + response_id
+
+
+@dataclass(frozen=True, slots=True)
+class Affinity:
+    """A response a provider stored itself (a native passthrough): where a follow-up must go."""
+
+    provider: str
+    model: str  # the upstream model the endpoint sent
+    owner: Owner
+
+    def pack(self) -> bytes:
+        """The value the store keeps."""
+        return orjson.dumps({"v": _VERSION, "provider": self.provider, "model": self.model, "owner": list(self.owner)})
+
+    @staticmethod
+    def unpack(data: bytes) -> Affinity:
+        """A stored value → the record; ValueError for one that is not."""
+        value = orjson.loads(data)
+        owner = value.get("owner") if isinstance(value, dict) else None
+        if not (isinstance(value, dict) and value.get("v") == _VERSION and isinstance(value.get("provider"), str)
+                and isinstance(value.get("model"), str) and isinstance(owner, list) and len(owner) == 2):
+            raise ValueError("not an affinity record")
+        return Affinity(value["provider"], value["model"], (owner[0], owner[1]))
+
+
+def made_elsewhere(response_id: str, provider: str, model: str) -> GatewayError:
+    """400 for a follow-up whose model is not served where its previous response was made."""
+    return not_found(response_id, f" for this model: it was made by provider '{provider}', which does not serve "
+                                  f"'{model}' on this route; continue it with a model that provider serves")
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +232,7 @@ def continued(body: Mapping[str, Any], history: Sequence[dict[str, Any]]) -> dic
 
 def page(items: Sequence[dict[str, Any]], query: Mapping[str, str]) -> bytes:
     """``GET /v1/responses/{id}/input_items``: one page of ``items`` (oldest first) as OpenAI's list
-    object; ``limit`` (1–100, default 20), ``order`` (``desc``, the default, or ``asc``), ``after``
+    object; ``limit`` (1 to 100, default 20), ``order`` (``desc``, the default, or ``asc``), ``after``
     (an item id: the page starts past it)."""
     raw_limit = query.get("limit", str(DEFAULT_PAGE))
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:

@@ -6,7 +6,6 @@ a store that is down, and the conversation surviving a restart."""
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,12 +13,11 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, config_text, raw_request
-from tests.dialects.test_responses_e2e import WEATHER
+from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, config_text, raw_request, redis_keys
+from tests.dialects.test_responses_e2e import NATIVE, WEATHER
 from tests.e2e.test_conformance import BY_TYPE, Type
 from tests.fakes import FakeUpstream
-from tests.processes import Proc, free_port, request, start_proxy, write_config
-
+from tests.processes import Proc, request, start_proxy, write_config
 
 HEADERS = {"X-API-Key": GATEWAY_KEY, "Authorization": f"Bearer {PROVIDER_KEY}"}
 
@@ -37,10 +35,36 @@ def test_a_follow_up_continues_the_conversation(proxy: Proxy, fake: FakeUpstream
     second = client.responses.create(model=kind.model, input="what is my name?", previous_response_id=first.id)
     assert second.previous_response_id == first.id and second.store is True and second.id != first.id
     sent = _seen(fake)
+    if kind.name in NATIVE:
+        # The provider stored the first turn itself: the follow-up goes there, by its id, as the caller sent it.
+        assert fake.last().json["previous_response_id"] == first.id and "my name is Ada" not in sent
+        assert first.id in fake.responses
+        return
     # The first turn's input and answer, then the new input; the first turn's instructions are not carried.
     assert sent.index("my name is Ada") < sent.index(f"[{kind.name}] my name is Ada") < sent.index("what is my name?")
-    assert "Be brief." not in sent
+    assert "Be brief." not in sent and "previous_response_id" not in sent
     assert second.output_text == f"[{kind.name}] what is my name?"
+
+
+@pytest.mark.parametrize("model", ["openai/gpt-4o", "azure/gpt-4o"])
+def test_a_native_follow_up_goes_where_its_response_is(proxy: Proxy, fake: FakeUpstream, model: str) -> None:
+    client = proxy.client()
+    first = client.responses.create(model=model, input="kept upstream")
+    fake.clear()
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="anthropic/claude-3-5-sonnet-20241022", input="x", previous_response_id=first.id)
+    assert caught.value.code == "previous_response_not_found"
+    assert f"made by provider '{model.split('/')[0]}'" in caught.value.message
+    with pytest.raises(openai.BadRequestError) as caught:  # another caller: as if it did not exist
+        proxy.client(api_key="sk-another-provider-key-9876543210").responses.create(
+            model=model, input="x", previous_response_id=first.id)
+    assert caught.value.code == "previous_response_not_found" and "made by" not in caught.value.message
+    assert not fake.requests
+    with client.responses.stream(model=model, input="and again", previous_response_id=first.id) as stream:
+        second = stream.get_final_response()
+    assert fake.last().json["previous_response_id"] == first.id and second.previous_response_id == first.id
+    third = client.responses.create(model=model, input="once more", previous_response_id=second.id)
+    assert third.previous_response_id == second.id
 
 
 def test_a_streamed_follow_up_and_get_right_after_the_end(proxy: Proxy, fake: FakeUpstream) -> None:
@@ -207,20 +231,19 @@ def test_the_conversation_survives_a_restart(spawn: Callable[..., Proc], fake: F
 
 @pytest.mark.slow
 def test_two_instances_share_conversations_through_redis(spawn: Callable[..., Proc], fake: FakeUpstream,
-                                                         tmp_path: Path, redis_url: str) -> None:
-    prefix = f"twtest-{secrets.token_hex(6)}:"
+                                                         tmp_path: Path, redis_url: str, key_prefix: str) -> None:
+    prefix = key_prefix  # this test's own; its keys are deleted after it
     config = write_config(tmp_path, config_text(
         fake, f"state: {{backend: redis, url: \"{redis_url}\", key_prefix: \"{prefix}\"}}\n"))
     ports = [start_proxy(spawn, config)[1] for _ in range(2)]
-    try:
-        status, body = request(ports[0], "/v1/responses", {"model": "openai/gpt-4o", "input": "said to one"}, HEADERS)
-        assert status == 200
-        first = json.loads(body)["id"]
-        status, body = request(ports[1], "/v1/responses", {"model": "openai/gpt-4o", "input": "asked of two",
-                                                           "previous_response_id": first}, HEADERS)
-        assert status == 200, body
-        assert "said to one" in _seen(fake)
-        status, body = request(ports[1], f"/v1/responses/{first}", None, HEADERS)
-        assert status == 200 and json.loads(body)["id"] == first
-    finally:
-        _forget_keys(redis_url, prefix)
+    status, body = request(ports[0], "/v1/responses", {"model": "anthropic/claude-3-5-sonnet-20241022",
+                                                       "input": "said to one"}, HEADERS)
+    assert status == 200
+    first = json.loads(body)["id"]
+    status, body = request(ports[1], "/v1/responses", {"model": "anthropic/claude-3-5-sonnet-20241022",
+                                                       "input": "asked of two", "previous_response_id": first}, HEADERS)
+    assert status == 200, body
+    assert "said to one" in _seen(fake)
+    status, body = request(ports[1], f"/v1/responses/{first}", None, HEADERS)
+    assert status == 200 and json.loads(body)["id"] == first
+    assert redis_keys(prefix)  # the conversation is in Redis, under this test's prefix
