@@ -35,6 +35,10 @@ class ChatRequest:
     wants_usage: bool = False  # the caller set stream_options.include_usage
     # Caller headers that may cross to an upstream (auth.FORWARDED_HEADERS), already filtered.
     headers: Mapping[str, str] = field(default_factory=dict)
+    # A pivot extension (DESIGN §12): the cache breakpoints the caller marked (Anthropic's
+    # `cache_control`). Chat has no field for them; a translator that cannot keep them drops them,
+    # and the relay counts what was dropped.
+    cache_markers: int = 0
 
 
 @dataclass(frozen=True, slots=True)
