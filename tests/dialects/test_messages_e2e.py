@@ -231,6 +231,16 @@ def test_the_answer_carries_thinking_without_a_signature(proxy: Proxy) -> None:
 # --- streams ----------------------------------------------------------------------------------------
 
 
+def test_streamed_thinking_comes_first_in_its_own_block(proxy: Proxy) -> None:
+    response = post_json(proxy, "/v1/messages", {
+        "model": "anthropic/claude-3-7-sonnet-20250219-thinking", "max_tokens": 100, "stream": True,
+        "thinking": {"type": "enabled", "budget_tokens": 2048}, "messages": [{"role": "user", "content": "think"}]})
+    events = sse(response.body)
+    starts = [e["content_block"]["type"] for e in events if e["type"] == "content_block_start"]
+    assert starts == ["thinking", "text"]
+    assert any(e["type"] == "content_block_delta" and e["delta"]["type"] == "thinking_delta" for e in events)
+
+
 @BY_TYPE
 def test_streamed_text(proxy: Proxy, fake: FakeUpstream, kind: Type) -> None:
     with client(proxy).messages.stream(model=kind.model, max_tokens=200,
