@@ -332,21 +332,26 @@ def _tool_choice(choice: Any, dropped: set[str]) -> tuple[Any, bool]:
 
 
 def _effort(body: Mapping[str, Any]) -> str | None:
-    """``thinking`` and ``output_config.effort`` → ``reasoning_effort`` (B.7), or None."""
+    """``thinking`` (with ``output_config.effort``) → ``reasoning_effort`` (B.7), or None.
+
+    Without thinking, ``effort`` only tunes how many tokens the answer spends: a hint, dropped. Claude
+    Code sends it whatever the model, and a model without reasoning (gpt-4o) refuses
+    ``reasoning_effort``; with ``MAX_THINKING_TOKENS=0`` it sends no thinking, and so reaches one."""
     thinking = body.get("thinking")
     config = body.get("output_config")
     effort = config.get("effort") if isinstance(config, dict) else None
-    if thinking is not None:
-        if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "adaptive", "disabled"):
-            raise bad_request("'thinking.type' must be enabled, adaptive or disabled.", param="thinking.type")
-        if thinking["type"] == "disabled":
-            return None
-        if thinking["type"] == "enabled":
-            budget = thinking.get("budget_tokens")
-            if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
-                raise bad_request("'thinking.budget_tokens' must be a positive integer.", param="thinking.budget_tokens")
-            if effort is None:
-                return next((word for limit, word in _EFFORT_BUDGETS if budget <= limit), "high")
+    if thinking is None:
+        return None
+    if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "adaptive", "disabled"):
+        raise bad_request("'thinking.type' must be enabled, adaptive or disabled.", param="thinking.type")
+    if thinking["type"] == "disabled":
+        return None
+    if thinking["type"] == "enabled":
+        budget = thinking.get("budget_tokens")
+        if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+            raise bad_request("'thinking.budget_tokens' must be a positive integer.", param="thinking.budget_tokens")
+        if effort is None:
+            return next((word for limit, word in _EFFORT_BUDGETS if budget <= limit), "high")
     if effort is None:
         return None
     if effort not in _EFFORTS:

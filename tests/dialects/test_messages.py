@@ -49,7 +49,7 @@ def test_system_blocks_and_markers() -> None:
     ({"type": "adaptive"}, {"effort": "max"}, "high"),
     ({"type": "adaptive"}, {"effort": "medium"}, "medium"),
     ({"type": "disabled"}, {"effort": "low"}, None),
-    (None, {"effort": "low"}, "low"),
+    (None, {"effort": "low"}, None),  # effort without thinking is a hint
 ])
 def test_thinking_becomes_reasoning_effort(thinking: Any, config: Any, effort: str | None) -> None:
     body: dict[str, Any] = {}
@@ -98,7 +98,8 @@ def test_blocks_the_pivot_carries_and_those_it_drops() -> None:
     ({"max_tokens": 5, "messages": USER, "tools": [{"name": "t", "input_schema": {}}],
       "tool_choice": {"type": "sometimes"}}, "tool_choice.type"),
     ({"max_tokens": 5, "messages": USER, "thinking": {"type": "deep"}}, "thinking.type"),
-    ({"max_tokens": 5, "messages": USER, "output_config": {"effort": "huge"}}, "output_config.effort"),
+    ({"max_tokens": 5, "messages": USER, "thinking": {"type": "adaptive"}, "output_config": {"effort": "huge"}},
+     "output_config.effort"),
     ({"max_tokens": 5, "messages": USER, "output_config": {"format": {"type": "text"}}}, "output_config.format"),
     ({"max_tokens": 5, "messages": USER, "stop_sequences": "END"}, "stop_sequences"),
     ({"max_tokens": 5, "messages": USER, "temperature": "hot"}, "temperature"),

@@ -159,6 +159,15 @@ def test_tool_round_trip(proxy: Proxy, kind: Type) -> None:
     assert second.stop_reason == "end_turn"
 
 
+@BY_TYPE
+def test_a_system_turn_mid_conversation(proxy: Proxy, kind: Type) -> None:
+    """Claude Code sends a system message between turns (its mid-conversation-system beta)."""
+    message = client(proxy).messages.create(model=kind.model, max_tokens=100, system="Be brief.", messages=[
+        {"role": "user", "content": "first"}, {"role": "assistant", "content": "ok"},
+        {"role": "system", "content": "Now answer in French."}, {"role": "user", "content": "second"}])
+    assert text_of(message) == f"[{kind.name}] second"
+
+
 @pytest.mark.parametrize("kind", IMAGE_TYPES, ids=[t.name for t in IMAGE_TYPES])
 def test_image(proxy: Proxy, kind: Type) -> None:
     message = client(proxy).messages.create(model=kind.model, max_tokens=100, messages=[{"role": "user", "content": [
