@@ -237,6 +237,34 @@ def test_the_answer_carries_thinking_without_a_signature(proxy: Proxy) -> None:
     assert text_of(message) == "[anthropic] think"
 
 
+@pytest.mark.parametrize("model", ["anthropic/claude-3-7-sonnet-20250219-thinking",
+                                   "bedrock/anthropic.claude-3-7-sonnet-20250219-thinking-v1:0"])
+def test_thinking_with_its_signature_survives_a_tool_round_trip(proxy: Proxy, fake: FakeUpstream, model: str) -> None:
+    """The provider's signed thinking rides in the tool_use id the client keeps, and is restored on the
+    next turn; the thinking block the client sends back (no signature of ours) is dropped."""
+    sdk = client(proxy)
+    thinking: Any = {"type": "enabled", "budget_tokens": 2048}
+    question = {"role": "user", "content": "weather in Paris?"}
+    first = sdk.messages.create(model=model, max_tokens=4096, thinking=thinking, tools=WEATHER, messages=[question])
+    assert first.content[0].type == "thinking" and first.content[-1].type == "tool_use"
+    flavor = model.split("/")[0]
+    signed = fake.last(flavor)
+    second = sdk.messages.create(model=model, max_tokens=4096, thinking=thinking, tools=WEATHER, messages=[
+        question, {"role": "assistant", "content": [block.model_dump(exclude_none=True) for block in first.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": first.content[-1].id,
+                                      "content": "sunny"}]}])
+    assert text_of(second) == f"[{flavor}] tool said: sunny"
+    sent = fake.last(flavor)
+    assert sent is not signed
+    if flavor == "anthropic":
+        assistant = sent.json["messages"][1]["content"]
+        assert assistant[0]["type"] == "thinking" and assistant[0]["signature"]
+        assert "thinking" in sent.json
+    else:
+        assistant = sent.json["messages"][1]["content"]
+        assert "reasoningContent" in assistant[0]
+
+
 # --- streams ----------------------------------------------------------------------------------------
 
 
@@ -435,6 +463,22 @@ def test_bad_bodies_are_400_in_anthropic_shape(proxy: Proxy, fake: FakeUpstream,
     assert response.status == 400
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and f"'{param}" in error["message"]
+    assert fake.requests == []
+
+
+def test_the_gateways_own_refusals_in_anthropic_shape(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> None:
+    small = make_proxy(config_text(fake, "server:\n  max_body_bytes: 2048\n"))
+    big = post_json(small, "/v1/messages", {"model": "openai/gpt-4o", "max_tokens": 5,
+                                            "messages": [{"role": "user", "content": "x" * 4096}]})
+    assert big.status == 413 and big.json()["error"]["type"] == "request_too_large"
+    assert big.json()["error"]["code"] == "request_too_large" and big.headers["request-id"]
+    open_door = make_proxy(text=config_text(fake).replace(f"gateway_keys: [{GATEWAY_KEY}]", "gateway_keys: []"))
+    foreign = raw_request(open_door.url + "/v1/messages", json.dumps({"model": "openai/gpt-4o", "max_tokens": 5,
+                                                                      "messages": [{"role": "user", "content": "x"}]}),
+                          {"Content-Type": "application/json", "Host": "evil.example", "x-api-key": PROVIDER_KEY})
+    assert foreign.status == 403
+    assert foreign.json()["error"] == {"type": "permission_error", "message": foreign.json()["error"]["message"],
+                                       "code": "forbidden_host"}
     assert fake.requests == []
 
 
