@@ -68,8 +68,8 @@ OVERLOADED: Final = 529
 
 @dataclass(frozen=True, slots=True)
 class MessagesRequest(ChatRequest):
-    """The pivot of a Messages body, with the extensions chat has no field for (``top_k``), the
-    caller's model name (the answer's ``model``) and the input estimate ``message_start`` carries."""
+    """The pivot of a Messages body, with the extension chat has no field for (``top_k``; the cache
+    breakpoints are ``ChatRequest.cache_markers``) and the input estimate ``message_start`` carries."""
 
     top_k: int | None = None
     estimate: int = 0

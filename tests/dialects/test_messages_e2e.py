@@ -19,13 +19,12 @@ from anthropic.types import Message, MessageTokensCount, RawMessageStreamEvent
 from pydantic import BaseModel, TypeAdapter
 
 from tests.conftest import GATEWAY_KEY, PNG, PROVIDER_KEY, Proxy, config_text, post_json, raw_request
-from tests.e2e.test_conformance import BY_TYPE, TYPES, Type
+from tests.e2e.test_conformance import BY_TYPE, Type
 from tests.fakes import FakeUpstream
 
 WEATHER: list[Any] = [{"name": "get_weather", "description": "Weather for a city",
                        "input_schema": {"type": "object", "properties": {"location": {"type": "string"}},
                                         "required": ["location"]}}]
-IMAGE_TYPES = [t for t in TYPES if t.name in {"openai", "azure", "anthropic", "vertex", "bedrock"}]
 PNG_DATA = PNG.split(",", 1)[1]
 CLAUDE_CODE = json.loads((Path(__file__).parent / "fixtures" / "claude_code.json").read_text())
 EVENTS: TypeAdapter[RawMessageStreamEvent] = TypeAdapter(RawMessageStreamEvent)
@@ -168,7 +167,7 @@ def test_a_system_turn_mid_conversation(proxy: Proxy, kind: Type) -> None:
     assert text_of(message) == f"[{kind.name}] second"
 
 
-@pytest.mark.parametrize("kind", IMAGE_TYPES, ids=[t.name for t in IMAGE_TYPES])
+@BY_TYPE
 def test_image(proxy: Proxy, kind: Type) -> None:
     message = client(proxy).messages.create(model=kind.model, max_tokens=100, messages=[{"role": "user", "content": [
         {"type": "text", "text": "what is"},
