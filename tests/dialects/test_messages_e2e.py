@@ -623,4 +623,7 @@ def test_a_recorded_claude_code_conversation(proxy: Proxy, fake: FakeUpstream, k
     # The second turn answered the tool's result; no gateway key went upstream.
     text = "".join(e["delta"].get("text", "") for e in events if e["type"] == "content_block_delta")
     assert text == f"[{kind.name}] tool said: a.txt\nb.txt"
-    assert GATEWAY_KEY not in str(dict(fake.last(kind.name).headers))
+    sent = fake.last(kind.name)
+    assert GATEWAY_KEY not in str(dict(sent.headers))
+    if kind.name == "anthropic":  # the caller's own key: every beta Claude Code sent passes
+        assert sent.header("anthropic-beta") == CLAUDE_CODE["headers"]["anthropic-beta"]
