@@ -46,12 +46,17 @@ def error_response(error: GatewayError, request_id: str, dialect: Dialect = chat
     """The response for an error in ``dialect``'s shape, with the headers DESIGN §7 asks for."""
     headers = error.headers()
     headers["Content-Type"] = JSON
-    headers["x-request-id"] = request_id
-    for name in dialect.request_id_headers:
-        headers[name] = request_id
+    _name_request(headers, request_id, dialect)
     if isinstance(error, UpstreamError) and error.provider:
         headers["x-tensorwall-provider"] = error.provider
     return web.Response(status=dialect.error_status(error), body=dialect.error_body(error), headers=headers)
+
+
+def _name_request(headers: dict[str, str], request_id: str, dialect: Dialect) -> None:
+    """The request id under ``x-request-id`` and the dialect's own names for it (Anthropic's ``request-id``)."""
+    headers["x-request-id"] = request_id
+    for name in dialect.request_id_headers:
+        headers[name] = request_id
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -227,10 +232,8 @@ def _count(dialect: Dialect) -> Handler:
         gateway = request.app[GATEWAY]
         req = messages.parse_messages(await read_json(request), request.headers, counting=True)
         gateway.table.router.resolve(req.body["model"])
-        request_id = request[REQUEST_ID]
-        headers = {"Content-Type": JSON, "x-request-id": request_id, "x-tensorwall-estimate": "true"}
-        for name in dialect.request_id_headers:
-            headers[name] = request_id
+        headers = {"Content-Type": JSON, "x-tensorwall-estimate": "true"}
+        _name_request(headers, request[REQUEST_ID], dialect)
         return web.Response(body=messages.count_tokens_body(req), headers=headers)
 
     return endpoint

@@ -216,6 +216,20 @@ def test_the_pivot_request(proxy: Proxy, fake: FakeUpstream) -> None:
     assert not {"top_k", "thinking", "system", "metadata", "stop_sequences"} & set(sent)
 
 
+SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"],
+          "additionalProperties": False}
+
+
+@pytest.mark.parametrize("model", ["openai/gpt-4o", "anthropic/claude-3-5-sonnet-20241022", "vertex/gemini-2.5-flash"])
+def test_a_json_schema_output_reaches_the_provider(proxy: Proxy, fake: FakeUpstream, model: str) -> None:
+    message = client(proxy).messages.create(model=model, max_tokens=100, messages=[{"role": "user", "content": "hi"}],
+                                            output_config={"format": {"type": "json_schema", "schema": SCHEMA}})
+    assert message.stop_reason == "end_turn" and text_of(message)
+    if model.startswith("openai/"):
+        assert fake.last("openai").json["response_format"] == {
+            "type": "json_schema", "json_schema": {"name": "response", "schema": SCHEMA}}
+
+
 def test_cache_markers_dropped_are_counted(proxy: Proxy) -> None:
     client(proxy).messages.create(
         model="openai/gpt-4o", max_tokens=50, cache_control={"type": "ephemeral"},
