@@ -225,7 +225,10 @@ class ChatFlow(Flow[ChatRequest, UpstreamCall]):
         self.native = req.native is not None and self.impl.native(name, attempt.provider, attempt.model)
         if self.native:
             return self.impl.build_native_request(name, req, attempt.provider, attempt.model, credential)
-        return self.impl.build_request(req, attempt.provider, attempt.model, credential)
+        call = self.impl.build_request(req, attempt.provider, attempt.model, credential)
+        # No chat translator keeps cache breakpoints yet: each one the caller marked is dropped.
+        self.record.cache_markers_dropped = req.cache_markers
+        return call
 
     def relayed(self, upstream_id: str | None) -> None:
         """A native attempt is committed to an answer the provider knows by ``upstream_id`` (a
@@ -424,8 +427,10 @@ def _not_configured(table: Table, provider: str, detail: str) -> ProviderNotConf
 
 
 def _response_headers(request_id: str, provider: str, upstream_headers: Mapping[str, str] | None,
-                      content_type: str) -> dict[str, str]:
+                      content_type: str, id_headers: tuple[str, ...] = ()) -> dict[str, str]:
     headers = {"Content-Type": content_type, "x-request-id": request_id, "x-tensorwall-provider": provider}
+    for name in id_headers:  # the dialect's own names for the request id
+        headers[name] = request_id
     if upstream_headers is not None:
         get = upstream_headers.get
         for name in PASSED_HEADERS:
@@ -535,7 +540,8 @@ async def _answer(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
         except MALFORMED as exc:
             raise _malformed(name, "an answer", exc) from None
     flow.record.committed()
-    return web.Response(body=out, headers=_response_headers(flow.request_id, name, headers, JSON))
+    return web.Response(body=out, headers=_response_headers(flow.request_id, name, headers, JSON,
+                                                            dialect.request_id_headers))
 
 
 async def _stream(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
@@ -704,7 +710,8 @@ async def _commit(flow: ChatFlow, task: asyncio.Task[Any], upstream_headers: Map
     if native is not None:
         flow.relayed(native.response_id)
     client = web.StreamResponse(headers=_response_headers(flow.request_id, flow.attempt.provider.name,
-                                                          upstream_headers, "text/event-stream"))
+                                                          upstream_headers, "text/event-stream",
+                                                          flow.dialect.request_id_headers))
     client.headers["Cache-Control"] = "no-cache"
     flow.request[COMMITTED] = client
     flow.record.committed()
