@@ -13,19 +13,20 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, Final
+from urllib.parse import urlencode
 
 import orjson
 from aiohttp import web
 
 from . import relay, stored
-from .auth import caller_key
 from .bodies import MAX_DEPTH, Body, BodyBudget, read_body, too_deep
 from .config import Secret
-from .dialects import Dialect, Operation, PathTable, chat, conversations, responses
+from .dialects import Dialect, Operation, PathTable, chat, conversations, messages, responses
 from .dialects.conversations import Affinity, Chain, Owner
 from .errors import GatewayError, UpstreamError, bad_request, detach
 from .hosts import HostGuard
 from .observability import THROTTLE, RequestRecord, new_request_id
+from .providers.contract import path_segment
 from .state import Store
 
 log = logging.getLogger("tensorwall_proxy")
@@ -35,11 +36,13 @@ BUDGET: Final = web.AppKey("body_budget", BodyBudget)
 HOSTS: Final = web.AppKey("hosts", HostGuard)
 
 REQUEST_ID: Final = web.RequestKey("request_id", str)
+# The caller's provider key, as ``served`` read it with the gateway key (auth.GatewayKeys.admit).
+CALLER: Final[web.RequestKey[Secret | None]] = web.RequestKey("caller")
 # The request body as read by ``served``, until read_json parses it (and drops it).
 BODY: Final[web.RequestKey[Body]] = web.RequestKey("body")
 JSON: Final = "application/json"
 # The dialects the gateway serves, each a module-level singleton; a new one is one line here.
-DIALECTS: Final[tuple[Dialect, ...]] = (chat.CHAT, chat.COMPLETIONS, responses.RESPONSES)
+DIALECTS: Final[tuple[Dialect, ...]] = (chat.CHAT, chat.COMPLETIONS, responses.RESPONSES, messages.MESSAGES)
 # Which dialect's error shape a path gets when no route matched it; OpenAI's is the default.
 PATHS: Final = PathTable(DIALECTS, default=chat.CHAT)
 
@@ -48,10 +51,17 @@ def error_response(error: GatewayError, request_id: str, dialect: Dialect = chat
     """The response for an error in ``dialect``'s shape, with the headers DESIGN §7 asks for."""
     headers = error.headers()
     headers["Content-Type"] = JSON
-    headers["x-request-id"] = request_id
+    _name_request(headers, request_id, dialect)
     if isinstance(error, UpstreamError) and error.provider:
         headers["x-tensorwall-provider"] = error.provider
-    return web.Response(status=error.status, body=dialect.error_body(error), headers=headers)
+    return web.Response(status=dialect.error_status(error), body=dialect.error_body(error), headers=headers)
+
+
+def _name_request(headers: dict[str, str], request_id: str, dialect: Dialect) -> None:
+    """The request id under ``x-request-id`` and the dialect's own names for it (Anthropic's ``request-id``)."""
+    headers["x-request-id"] = request_id
+    for name in dialect.request_id_headers:
+        headers[name] = request_id
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -98,7 +108,7 @@ def served(endpoint: Handler, *, dialect: Dialect = chat.CHAT, accounted: bool =
             if rule is not None and (refusal := rule.refusal(request.headers)) is not None:
                 raise refusal
             if keyed:
-                record.principal = table.keys.check(request.headers.get("X-API-Key"))
+                record.principal, request[CALLER] = table.keys.admit(request.headers)
             if keyed and request.can_read_body:
                 # Read whole before the request counts as in flight: a caller that trickles its body
                 # holds its own connection, not a slot everyone else needs.
@@ -175,7 +185,7 @@ async def unknown_path(request: web.Request) -> web.StreamResponse:
     try:
         if allowed is None:
             raise GatewayError(404, f"Unknown path {path!r}.", code="not_found")
-        request.app[GATEWAY].table.keys.check(request.headers.get("X-API-Key"))
+        request.app[GATEWAY].table.keys.admit(request.headers)
     except GatewayError as exc:
         return error_response(detach(exc), request[REQUEST_ID], dialect)
     response = error_response(GatewayError(405, f"Method {request.method} is not allowed on {path!r}."),
@@ -212,8 +222,24 @@ def _pivot(dialect: Dialect) -> Handler:
     async def endpoint(request: web.Request) -> web.StreamResponse:
         gateway = request.app[GATEWAY]
         req = parse(await read_json(request), request.headers)
-        return await relay.chat(gateway, request, req, dialect, caller_key(request.headers.get("Authorization")),
+        return await relay.chat(gateway, request, req, dialect, request[CALLER],
                                 request[REQUEST_ID])
+
+    return endpoint
+
+
+def _count(dialect: Dialect) -> Handler:
+    """Anthropic's count_tokens: the body parsed as a Messages body, its model resolved (404 as on
+    /v1/messages), and the input estimated, marked as an estimate (the providers' own counters
+    answer through their native paths)."""
+
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        gateway = request.app[GATEWAY]
+        req = messages.parse_messages(await read_json(request), request.headers, counting=True)
+        gateway.table.router.resolve(req.body["model"])
+        headers = {"Content-Type": JSON, "x-tensorwall-estimate": "true"}
+        _name_request(headers, request[REQUEST_ID], dialect)
+        return web.Response(body=messages.count_tokens_body(req), headers=headers)
 
     return endpoint
 
@@ -224,7 +250,7 @@ def _embeddings(dialect: Dialect) -> Handler:
     async def endpoint(request: web.Request) -> web.StreamResponse:
         gateway = request.app[GATEWAY]
         req = chat.parse_embeddings(await read_json(request))
-        return await relay.embeddings(gateway, request, req, caller_key(request.headers.get("Authorization")),
+        return await relay.embeddings(gateway, request, req, request[CALLER],
                                       request[REQUEST_ID])
 
     return endpoint
@@ -285,7 +311,7 @@ def _respond(dialect: Dialect) -> Handler:
     async def endpoint(request: web.Request) -> web.StreamResponse:
         gateway = request.app[GATEWAY]
         body = await read_json(request)
-        caller = caller_key(request.headers.get("Authorization"))
+        caller = request[CALLER]
         state = gateway.state.config
         keeping = state.responses
         ttl = state.responses_ttl_seconds
@@ -329,21 +355,34 @@ def _pin(gateway: relay.Gateway, previous: str, model: str, found: Affinity | No
 
 
 def _stored(dialect: Dialect) -> Handler:
-    """GET /v1/responses/{id}: a stored response, to its owner; 404 for any other id."""
+    """GET /v1/responses/{id}: a stored response, to its owner; from the provider that stored it
+    when a native attempt made it; 404 for any other id."""
 
     async def endpoint(request: web.Request) -> web.StreamResponse:
-        turn = await stored.fetch(await _store_of(request), request.match_info["id"], _request_owner(request))
-        return web.Response(body=orjson.dumps(turn.response),
+        response_id = request.match_info["id"]
+        found = await stored.locate(await _store_of(request), response_id, _request_owner(request))
+        if isinstance(found, Affinity):
+            return await _at_provider(request, found, "GET", "")
+        return web.Response(body=orjson.dumps(found.response),
                             headers={"Content-Type": JSON, "x-request-id": request[REQUEST_ID]})
 
     return endpoint
 
 
 def _forget(dialect: Dialect) -> Handler:
-    """DELETE /v1/responses/{id}: a stored response removed, by its owner."""
+    """DELETE /v1/responses/{id}: a stored response removed, by its owner (at the provider that
+    stored it, for a native one, and then its affinity record)."""
 
     async def endpoint(request: web.Request) -> web.StreamResponse:
-        body = await stored.remove(await _store_of(request), request.match_info["id"], _request_owner(request))
+        store = await _store_of(request)
+        response_id = request.match_info["id"]
+        owner = _request_owner(request)
+        found = await stored.locate(store, response_id, owner)
+        if isinstance(found, Affinity):
+            response = await _at_provider(request, found, "DELETE", "")
+            await stored.forget(store, conversations.affinity_key(response_id))
+            return response
+        body = await stored.remove(store, response_id, owner)
         return web.Response(body=body, headers={"Content-Type": JSON, "x-request-id": request[REQUEST_ID]})
 
     return endpoint
@@ -353,15 +392,34 @@ def _stored_input(dialect: Dialect) -> Handler:
     """GET /v1/responses/{id}/input_items: the input a stored response was made from, one page."""
 
     async def endpoint(request: web.Request) -> web.StreamResponse:
-        body = await stored.input_page(await _store_of(request), request.match_info["id"], _request_owner(request),
-                                       request.query)
+        store = await _store_of(request)
+        response_id = request.match_info["id"]
+        owner = _request_owner(request)
+        found = await stored.locate(store, response_id, owner)
+        if isinstance(found, Affinity):
+            return await _at_provider(request, found, "GET", "/input_items")
+        body = await stored.input_page(store, response_id, owner, request.query)
         return web.Response(body=body, headers={"Content-Type": JSON, "x-request-id": request[REQUEST_ID]})
 
     return endpoint
 
 
+# What a caller may ask of a stored Response's input items at a provider, passed on as given.
+_LOOKUP_QUERY: Final = ("limit", "order", "after", "include[]", "include")
+
+
+async def _at_provider(request: web.Request, found: Affinity, method: str, tail: str) -> web.StreamResponse:
+    """A stored Response a provider keeps: the same call at that provider, with the caller's credential there."""
+    query = [(name, value) for name, value in request.query.items() if name in _LOOKUP_QUERY]
+    path = "/" + path_segment(request.match_info["id"], "response id") + tail
+    if query:
+        path += "?" + urlencode(query)
+    return await relay.native_lookup(request.app[GATEWAY], found.provider, "responses", method, path,
+                                     request[CALLER], request[REQUEST_ID])
+
+
 def _request_owner(request: web.Request) -> Owner:
-    return _owner(request, caller_key(request.headers.get("Authorization")))
+    return _owner(request, request[CALLER])
 
 
 async def _store_of(request: web.Request) -> Store:
@@ -383,6 +441,7 @@ _OPERATIONS: Final[dict[Operation, Callable[[Dialect], Handler]]] = {
     "stored": _stored,
     "forget": _forget,
     "stored_input": _stored_input,
+    "count": _count,
 }
 
 
@@ -436,6 +495,11 @@ async def healthz(request: web.Request) -> web.StreamResponse:
     return web.Response(body=b'{"status":"ok"}', headers={"Content-Type": JSON})
 
 
+async def probe(request: web.Request) -> web.StreamResponse:
+    """HEAD /: 200, for clients that probe the base URL before their first request (Claude Code)."""
+    return web.Response()
+
+
 async def readyz(request: web.Request) -> web.StreamResponse:
     """GET /readyz: configuration loaded and not draining."""
     if request.app[GATEWAY].ready:
@@ -460,8 +524,10 @@ _OPEN_ROUTES: Final = (
     ("GET", "/healthz", healthz),
     ("GET", "/readyz", readyz),
     ("GET", "/metrics", metrics),
+    ("HEAD", "/", probe),
 )
 # Paths open whatever the Host or Origin (see served).
 _ANY_HOST: Final = frozenset({"/healthz", "/readyz"})
-# The methods each open path answers, for a 405's Allow header (aiohttp adds HEAD to every GET).
-_OPEN_METHODS: Final = {path: "GET, HEAD" for _, path, _ in _OPEN_ROUTES}
+# The methods each open GET path answers, for a 405's Allow header (aiohttp adds HEAD to every GET).
+# The probe is not among them: any other method on / is an unknown path's 404, as before it.
+_OPEN_METHODS: Final = {path: "GET, HEAD" for method, path, _ in _OPEN_ROUTES if method == "GET"}

@@ -244,7 +244,10 @@ class ChatFlow(Flow[ChatRequest, UpstreamCall]):
         self.native = req.native is not None and self.impl.native(name, attempt.provider, attempt.model)
         if self.native:
             return self.impl.build_native_request(name, req, attempt.provider, attempt.model, credential)
-        return self.impl.build_request(req, attempt.provider, attempt.model, credential)
+        call = self.impl.build_request(req, attempt.provider, attempt.model, credential)
+        # No chat translator keeps cache breakpoints yet: each one the caller marked is dropped.
+        self.record.cache_markers_dropped = req.cache_markers
+        return call
 
     def relayed(self, upstream_id: str | None) -> None:
         """A native attempt is committed to an answer the provider knows by ``upstream_id`` (a
@@ -419,6 +422,43 @@ async def run_attempts(flow: Flow[Any, Any]) -> web.StreamResponse:
     raise detach(failure or skipped or missing_provider_key(route.endpoints[0].provider))
 
 
+async def native_lookup(gateway: Gateway, provider_name: str, dialect: str, method: str, path: str,
+                        caller: Secret | None, request_id: str) -> web.Response:
+    """``method`` on what a native answer left at the provider that made it (a stored Response),
+    with the credential the caller's requests carry there (DESIGN §12 "State"): its answer relayed
+    as it came; an error classified like any upstream error."""
+    table = gateway.table
+    provider = table.config.providers[provider_name]
+    credential = credential_for(provider, None, caller)
+    if credential is None:
+        raise missing_provider_key(provider, caller)
+    if credential.kind == "ambient":
+        credential = await gateway.ambient.resolve(provider)
+    impl = provider_for(provider.type)
+    call = impl.build_native_lookup(dialect, provider, method, path, credential)
+    timeouts = table.config.timeouts
+    assert gateway.session is not None
+    response = await upstream.send(gateway.session, call, timeouts.connect, timeouts.total, provider=provider.name)
+    try:
+        body = await (response.read(table.config.server.max_upstream_body_bytes) if response.status == 200
+                      else response.read_error())
+    except TimeoutError:
+        response.close()
+        raise UpstreamError("timeout", 504, f"Upstream '{provider.name}' did not answer within "
+                                            f"{timeouts.total:g}s.", provider=provider.name) from None
+    except BaseException:
+        response.close()
+        raise
+    response.release()
+    if response.status != 200:
+        error = impl.classify_error(provider, response.status, response.headers, body) if response.status >= 400 \
+            else _not_an_answer(provider.name, response.status)
+        error.provider = provider.name
+        error.redact(credential.secret.reveal() if credential.secret is not None else None)
+        raise error
+    return web.Response(body=body, headers=_response_headers(request_id, provider.name, None, JSON))
+
+
 def native_endpoints(table: Table, model: str, dialect: str) -> list[tuple[str, str]]:
     """The endpoints of ``model``'s route whose provider speaks ``dialect`` itself, as (provider,
     upstream model); raises the router's 404 for a model the gateway does not serve."""
@@ -466,8 +506,10 @@ def _not_configured(table: Table, provider: str, detail: str) -> ProviderNotConf
 
 
 def _response_headers(request_id: str, provider: str, upstream_headers: Mapping[str, str] | None,
-                      content_type: str) -> dict[str, str]:
+                      content_type: str, id_headers: tuple[str, ...] = ()) -> dict[str, str]:
     headers = {"Content-Type": content_type, "x-request-id": request_id, "x-tensorwall-provider": provider}
+    for name in id_headers:  # the dialect's own names for the request id
+        headers[name] = request_id
     if upstream_headers is not None:
         get = upstream_headers.get
         for name in PASSED_HEADERS:
@@ -581,7 +623,8 @@ async def _answer(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
     if flow.finish is not None:
         await _finish(flow, out)
     flow.record.committed()
-    return web.Response(body=out, headers=_response_headers(flow.request_id, name, headers, JSON))
+    return web.Response(body=out, headers=_response_headers(flow.request_id, name, headers, JSON,
+                                                            dialect.request_id_headers))
 
 
 async def _stream(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
@@ -763,7 +806,8 @@ async def _commit(flow: ChatFlow, task: asyncio.Task[Any], upstream_headers: Map
     if native is not None:
         flow.relayed(native.response_id)
     client = web.StreamResponse(headers=_response_headers(flow.request_id, flow.attempt.provider.name,
-                                                          upstream_headers, "text/event-stream"))
+                                                          upstream_headers, "text/event-stream",
+                                                          flow.dialect.request_id_headers))
     client.headers["Cache-Control"] = "no-cache"
     flow.request[COMMITTED] = client
     flow.record.committed()

@@ -150,34 +150,51 @@ def new_items(value: Any) -> list[dict[str, Any]]:
     return conversations.input_items(value, new_id)
 
 
-async def fetch(store: Store, response_id: str, owner: Owner) -> Turn:
-    """The stored turn of ``response_id`` when ``owner`` owns it; 404 otherwise, 503 when the store
-    cannot be read."""
+async def locate(store: Store, response_id: str, owner: Owner) -> Turn | Affinity:
+    """Where ``owner``'s response ``response_id`` is: the turn the gateway kept, or the affinity
+    record of one a provider kept; 404 for any other id, 503 when the store cannot be read."""
     missing = conversations.stored_missing(response_id)
     checked_id(response_id, missing)
     try:
         data = await store.get(conversations.key(response_id))
+        found: Turn | Affinity
+        if data is not None:
+            found, _ = conversations.unpack(data)
+        else:
+            data = await store.get(conversations.affinity_key(response_id))
+            if data is None:
+                raise missing
+            found = Affinity.unpack(data)
     except StoreError:
         raise unavailable() from None
-    if data is None:
-        raise missing
-    try:
-        turn, _ = conversations.unpack(data)
     except ValueError:
         raise missing from None
-    if turn.owner != owner:
+    if found.owner != owner:
         raise missing
-    return turn
+    return found
+
+
+async def fetch(store: Store, response_id: str, owner: Owner) -> Turn:
+    """The turn the gateway kept of ``owner``'s ``response_id``; 404 otherwise."""
+    found = await locate(store, response_id, owner)
+    if not isinstance(found, Turn):
+        raise conversations.stored_missing(response_id)
+    return found
 
 
 async def remove(store: Store, response_id: str, owner: Owner) -> bytes:
-    """``DELETE``: the owner's stored response removed; its body."""
+    """``DELETE``: the turn the gateway kept of ``owner``'s ``response_id`` removed; its body."""
     await fetch(store, response_id, owner)
+    await forget(store, conversations.key(response_id))
+    return conversations.deleted(response_id)
+
+
+async def forget(store: Store, key: str) -> None:
+    """``key`` removed from the store; 503 when it cannot be."""
     try:
-        await store.delete(conversations.key(response_id))
+        await store.delete(key)
     except StoreError:
         raise unavailable() from None
-    return conversations.deleted(response_id)
 
 
 async def input_page(store: Store, response_id: str, owner: Owner, query: Mapping[str, str]) -> bytes:

@@ -32,8 +32,9 @@ from ..providers import StreamDecoder as StreamDecoder
 #   stored      a kept answer by the path's {id}: GET
 #   forget      a kept answer by the path's {id}: DELETE
 #   stored_input  the input a kept answer by the path's {id} was made from, one page
+#   count       the input tokens a body would use (Anthropic's count_tokens), estimated
 Operation = Literal["pivot", "respond", "embeddings", "models", "model", "upgrade", "stored", "forget",
-                    "stored_input"]
+                    "stored_input", "count"]
 
 
 class DialectPath(NamedTuple):
@@ -54,6 +55,8 @@ class Dialect(Protocol):
     # True when the dialect's shape is the pivot's own (chat): answers and events go to the caller as
     # the provider translator made them, and the encode_* methods are never called.
     is_pivot: bool
+    # Headers besides x-request-id that carry the request id on every response of this door.
+    request_id_headers: tuple[str, ...]
 
     def parse(self, body: dict[str, Any], headers: Mapping[str, str]) -> ChatRequest:
         """A caller's JSON body → the pivot; 400 in this dialect's shape for what the gateway relies on."""
@@ -65,6 +68,10 @@ class Dialect(Protocol):
 
     def encode_stream(self, req: ChatRequest, decoder: StreamDecoder) -> StreamDecoder:
         """A decoder yielding this dialect's events from one yielding the pivot's chunks (one per attempt)."""
+        ...
+
+    def error_status(self, error: GatewayError) -> int:
+        """An error response's status on this door (most keep ``error.status``)."""
         ...
 
     def error_body(self, error: GatewayError) -> bytes:

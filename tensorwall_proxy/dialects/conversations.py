@@ -214,6 +214,10 @@ def input_items(value: Any, make_id: Any) -> list[dict[str, Any]]:
             item = {"id": make_id(_ITEM_PREFIXES.get(kind, "item_")), **item}
         if "type" not in item:
             item["type"] = kind
+        if kind == "message" and isinstance(item.get("content"), str):
+            # Listed as OpenAI lists them: content as parts, whatever shorthand the caller used.
+            part = "output_text" if item.get("role") == "assistant" else "input_text"
+            item["content"] = [{"type": part, "text": item["content"]}]
         items.append(item)
     return items
 

@@ -28,9 +28,10 @@ import orjson
 from ..errors import GatewayError, bad_request
 from ..providers import ChatRequest, StreamDecoder
 from ..providers.contract import NativeStream
-from ..sse import DONE_EVENT, SseEvent, encode
+from ..sse import encode
 from . import DialectPath, native
 from .chat import _OPENAI_PREFIXES, parse_chat
+from .streams import ChunkStream
 
 # Tools only OpenAI runs itself: no other provider has them.
 HOSTED_TOOLS: Final = frozenset({
@@ -447,42 +448,27 @@ def response_answer(req: ChatRequest, answer: bytes) -> bytes:
         incomplete))
 
 
-class ResponsesStream:
+class ResponsesStream(ChunkStream):
     """Re-encodes the pivot's chunks, one attempt's stream, as OpenAI's Responses events (A.6, A.12).
 
-    The pivot decoder keeps the commit point, the end and the usage. Nothing comes out before the
-    first visible chunk: ``response.created`` and ``in_progress`` come with it, so they are held with
-    the commit point. A message item opens on the first text, a function call item on a call's first
-    fragment (closing the item before it); everything closes, and the one terminal event goes out,
-    when the pivot stream ends, after its usage chunk.
+    Nothing comes out before the first visible chunk: ``response.created`` and ``in_progress``
+    come with it, so they are held with the commit point. A message item opens on the first text, a
+    function call item on a call's first fragment (closing the item before it); everything closes,
+    and the one terminal event goes out, when the pivot stream ends, after its usage chunk.
     """
 
     def __init__(self, req: ResponsesRequest, inner: StreamDecoder) -> None:
-        self._inner = inner
+        super().__init__(req, inner)
         self._req = req
-        self.visible = False
-        self.done = False
-        self.usage: Mapping[str, Any] | None = None
         self.response_id = new_id("resp_")
         self.sequence = 0  # the next event's sequence_number
         self._created_at = int(time.time())
-        self._model = str(req.body.get("model"))
-        self._started = False
         self._output: list[dict[str, Any]] = []
         self._open: dict[str, Any] | None = None  # the item being streamed: its index and state
         self._calls: dict[int, dict[str, Any]] = {}  # pivot tool call index → its open state
         self._finish: Any = None
         self._pivot_usage: Any = None
         self.final: dict[str, Any] | None = None  # the Response the terminal event carried
-
-    def feed(self, event: SseEvent) -> list[bytes]:
-        return self._out(self._inner.feed(event))
-
-    def close(self) -> list[bytes]:
-        return self._out(self._inner.close())
-
-    def split_plain(self, chunk: bytes) -> tuple[bytes, bytes]:
-        return b"", chunk
 
     def _event(self, out: list[bytes], kind: str, **fields: Any) -> None:
         fields = {"type": kind, "sequence_number": self.sequence, **fields}
@@ -501,40 +487,13 @@ class ResponsesStream:
             self._event(out, "response.created", response=self.response("in_progress"))
             self._event(out, "response.in_progress", response=self.response("in_progress"))
 
-    def _out(self, events: list[bytes]) -> list[bytes]:
-        inner = self._inner
-        out: list[bytes] = []
-        for event in events:
-            if event == DONE_EVENT or not event.startswith(b"data: {"):
-                continue
-            chunk = orjson.loads(event[6:].rstrip(b"\n"))
-            if not isinstance(chunk, dict):
-                continue
-            if isinstance(chunk.get("model"), str) and chunk["model"]:
-                self._model = chunk["model"]
-            if chunk.get("usage") is not None:
-                self._pivot_usage = chunk["usage"]
-            for choice in chunk.get("choices") or ():
-                if isinstance(choice, dict) and choice.get("index", 0) == 0:
-                    self._choice(choice, out)
-        if inner.visible and not self._started:
-            self._start(out)
-        self.visible, self.usage = inner.visible, inner.usage
-        if inner.done and not self.done:
-            self._finish_stream(out)
-        return out
-
-    def _choice(self, choice: Mapping[str, Any], out: list[bytes]) -> None:
-        delta = choice.get("delta")
-        if isinstance(delta, dict):
-            text = delta.get("content")
-            if isinstance(text, str) and text:
-                self._text(text, out)
-            for call in delta.get("tool_calls") or ():
-                if isinstance(call, dict):
-                    self._call(call, out)
-        if choice.get("finish_reason") is not None:
-            self._finish = choice["finish_reason"]
+    def _choice(self, delta: Mapping[str, Any], out: list[bytes]) -> None:
+        text = delta.get("content")
+        if isinstance(text, str) and text:
+            self._text(text, out)
+        for call in delta.get("tool_calls") or ():
+            if isinstance(call, dict):
+                self._call(call, out)
 
     def _text(self, text: str, out: list[bytes]) -> None:
         self._start(out)
@@ -647,6 +606,7 @@ class Responses:
         DialectPath("GET", "/v1/responses/{id}/input_items", "stored_input"),
     )
     is_pivot = False
+    request_id_headers: tuple[str, ...] = ()
 
     def parse(self, body: dict[str, Any], headers: Mapping[str, str]) -> ChatRequest:
         return parse_responses(body, headers)
@@ -656,6 +616,9 @@ class Responses:
 
     def encode_stream(self, req: ChatRequest, decoder: StreamDecoder) -> StreamDecoder:
         return ResponsesStream(_request_of(req), decoder)
+
+    def error_status(self, error: GatewayError) -> int:
+        return error.status
 
     def error_body(self, error: GatewayError) -> bytes:
         return error.body()

@@ -47,6 +47,10 @@ class ChatRequest:
     # the caller sent it, less the state the gateway made (dialects/native.py). None where the
     # dialect is the pivot's own (chat), whose translators are already the passthrough.
     native: Mapping[str, Any] | None = None
+    # A pivot extension (DESIGN §12): the cache breakpoints the caller marked (Anthropic's
+    # `cache_control`). Chat has no field for them; a translator that cannot keep them drops them,
+    # and the relay counts what was dropped.
+    cache_markers: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +184,12 @@ class Provider(Protocol):
         ValueError (or UpstreamError) when it is not an answer in the dialect's shape."""
         ...
 
+    def build_native_lookup(self, dialect: str, provider: ProviderConfig, method: str, path: str,
+                            credential: Credential) -> UpstreamCall:
+        """A call for what a native answer left at the provider (a stored Response): ``method`` on
+        ``path`` (already encoded, e.g. ``/resp_1/input_items?limit=5``) under the dialect's native path."""
+        ...
+
 
 class Translated:
     """The native half for a type that passes no dialect through (yet): every request is translated."""
@@ -197,6 +207,10 @@ class Translated:
         raise UnsupportedField("model", f"Provider '{provider.name}' does not speak {dialect!r} natively.")
 
     def read_native_answer(self, dialect: str, provider: ProviderConfig, body: bytes) -> NativeAnswer:
+        raise UnsupportedField("model", f"Provider '{provider.name}' does not speak {dialect!r} natively.")
+
+    def build_native_lookup(self, dialect: str, provider: ProviderConfig, method: str, path: str,
+                            credential: Credential) -> UpstreamCall:
         raise UnsupportedField("model", f"Provider '{provider.name}' does not speak {dialect!r} natively.")
 
 

@@ -55,9 +55,9 @@ def test_a_native_follow_up_goes_where_its_response_is(proxy: Proxy, fake: FakeU
         client.responses.create(model="anthropic/claude-3-5-sonnet-20241022", input="x", previous_response_id=first.id)
     assert caught.value.code == "previous_response_not_found"
     assert f"made by provider '{model.split('/')[0]}'" in caught.value.message
-    with pytest.raises(openai.BadRequestError) as caught:  # another caller: as if it did not exist
-        proxy.client(api_key="sk-another-provider-key-9876543210").responses.create(
-            model=model, input="x", previous_response_id=first.id)
+    with pytest.raises(openai.BadRequestError) as caught, \
+            proxy.client(api_key="sk-another-provider-key-9876543210") as other:  # as if it did not exist
+        other.responses.create(model=model, input="x", previous_response_id=first.id)
     assert caught.value.code == "previous_response_not_found" and "made by" not in caught.value.message
     assert not fake.requests
     with client.responses.stream(model=model, input="and again", previous_response_id=first.id) as stream:
@@ -83,13 +83,14 @@ def test_a_streamed_follow_up_and_get_right_after_the_end(proxy: Proxy, fake: Fa
 
 async def test_a_tool_round_trip_by_previous_response_id(proxy: Proxy, fake: FakeUpstream) -> None:
     """The Agents SDK's way: the call's output is the whole input of the next turn."""
-    client = proxy.async_client()
-    first = await client.responses.create(model="vertex/gemini-2.0-flash", input="weather in Paris?", tools=WEATHER)
-    call = first.output[-1]
-    assert call.type == "function_call"
-    second = await client.responses.create(
-        model="vertex/gemini-2.0-flash", tools=WEATHER, previous_response_id=first.id,
-        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21 C"}])
+    async with proxy.async_client() as client:
+        first = await client.responses.create(model="vertex/gemini-2.0-flash", input="weather in Paris?",
+                                              tools=WEATHER)
+        call = first.output[-1]
+        assert call.type == "function_call"
+        second = await client.responses.create(
+            model="vertex/gemini-2.0-flash", tools=WEATHER, previous_response_id=first.id,
+            input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21 C"}])
     assert second.output_text == "[vertex] tool said: sunny, 21 C"
 
 
@@ -101,26 +102,31 @@ def test_get_returns_what_create_returned(proxy: Proxy) -> None:
     assert got.headers["content-type"] == "application/json"
 
 
-def test_delete_then_it_is_gone(proxy: Proxy) -> None:
+@pytest.mark.parametrize("model", ["groq/llama-3.1-8b-instant", "azure/gpt-4o"])  # kept here; kept upstream
+def test_delete_then_it_is_gone(proxy: Proxy, fake: FakeUpstream, model: str) -> None:
     client = proxy.client()
-    kept = client.responses.create(model="groq/llama-3.1-8b-instant", input="short lived")
+    kept = client.responses.create(model=model, input="short lived")
+    assert [i.content[0].text for i in client.responses.input_items.list(kept.id).data] == ["short lived"]
     gone = raw_request(f"{proxy.url}/v1/responses/{kept.id}", method="DELETE",
                        headers={"X-API-Key": GATEWAY_KEY, "Authorization": f"Bearer {PROVIDER_KEY}"})
     assert gone.status == 200 and gone.json() == {"id": kept.id, "object": "response.deleted", "deleted": True}
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(kept.id)
     with pytest.raises(openai.BadRequestError) as caught:
-        client.responses.create(model="groq/llama-3.1-8b-instant", input="again", previous_response_id=kept.id)
+        client.responses.create(model=model, input="again", previous_response_id=kept.id)
     assert caught.value.code == "previous_response_not_found"
     with pytest.raises(openai.NotFoundError):
         client.responses.delete(kept.id)
+    if model.startswith("azure/"):  # the provider was asked, with the caller's credential there
+        assert kept.id not in fake.responses
+        assert [r.method for r in fake.for_flavor("azure")] == ["POST", "GET", "DELETE", "POST"]
 
 
 @pytest.mark.parametrize("unknown", ["resp_" + "0" * 24, "resp_nope", "not-a-response-id", "resp_" + "a" * 500])
 def test_unknown_ids(proxy: Proxy, fake: FakeUpstream, unknown: str) -> None:
     client = proxy.client()
     with pytest.raises(openai.BadRequestError) as caught:
-        client.responses.create(model="openai/gpt-4o", input="x", previous_response_id=unknown)
+        client.responses.create(model="anthropic/claude-3-5-sonnet-20241022", input="x", previous_response_id=unknown)
     error = caught.value.body
     assert isinstance(error, dict) and error["code"] == "previous_response_not_found"
     assert error["param"] == "previous_response_id" and len(error["message"]) < 200
@@ -129,26 +135,40 @@ def test_unknown_ids(proxy: Proxy, fake: FakeUpstream, unknown: str) -> None:
         client.responses.retrieve(unknown)
 
 
-def test_another_callers_response_is_not_theirs(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> None:
+def test_an_id_without_a_record_goes_to_the_one_native_endpoint(proxy: Proxy, fake: FakeUpstream) -> None:
+    """A response the gateway has no record of (made before it kept records, or directly at the
+    provider) is the provider's to know, when the model has one native endpoint: passed through."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        proxy.client().responses.create(model="openai/gpt-4o", input="x", previous_response_id="resp_elsewhere1")
+    assert caught.value.code == "previous_response_not_found"
+    assert fake.last("openai").json["previous_response_id"] == "resp_elsewhere1"  # the provider's own answer
+
+
+@pytest.mark.parametrize("model", ["groq/llama-3.1-8b-instant", "openai/gpt-4o"])  # kept here; kept upstream
+def test_another_callers_response_is_not_theirs(make_proxy: Callable[..., Proxy], fake: FakeUpstream,
+                                                model: str) -> None:
     text = config_text(fake).replace(f"gateway_keys: [{GATEWAY_KEY}]", f"gateway_keys: [{GATEWAY_KEY}, other-team]")
     proxy = make_proxy(text=text)
-    mine = proxy.client().responses.create(model="openai/gpt-4o", input="private")
-    others = [
-        openai.OpenAI(base_url=proxy.url + "/v1", api_key=PROVIDER_KEY, max_retries=0,
-                      default_headers={"X-API-Key": "other-team"}),  # another principal, the same provider key
-        proxy.client(api_key="sk-another-provider-key-9876543210"),  # the same principal, another provider key
-    ]
+    mine = proxy.client().responses.create(model=model, input="private")
+    other_team = openai.OpenAI(base_url=proxy.url + "/v1", api_key=PROVIDER_KEY, max_retries=0,
+                               default_headers={"X-API-Key": "other-team"})  # another principal, the same provider key
+    others = [other_team, proxy.client(api_key="sk-another-provider-key-9876543210")]  # the same principal, another key
+    with other_team:
+        _refused_to(others, mine.id)
+    assert proxy.client().responses.retrieve(mine.id).id == mine.id  # still there for its owner
+
+
+def _refused_to(others: list[openai.OpenAI], response_id: str) -> None:
     for other in others:
         with pytest.raises(openai.NotFoundError):
-            other.responses.retrieve(mine.id)
+            other.responses.retrieve(response_id)
         with pytest.raises(openai.NotFoundError):
-            other.responses.input_items.list(mine.id)
+            other.responses.input_items.list(response_id)
         with pytest.raises(openai.NotFoundError):
-            other.responses.delete(mine.id)
+            other.responses.delete(response_id)
         with pytest.raises(openai.BadRequestError) as caught:
-            other.responses.create(model="openai/gpt-4o", input="x", previous_response_id=mine.id)
+            other.responses.create(model="openai/gpt-4o", input="x", previous_response_id=response_id)
         assert caught.value.code == "previous_response_not_found"
-    assert proxy.client().responses.retrieve(mine.id).id == mine.id  # still there for its owner
 
 
 def test_store_false_keeps_nothing(proxy: Proxy) -> None:
@@ -182,12 +202,12 @@ def _text(item: Any) -> str:
 def test_stored_responses_off(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> None:
     proxy = make_proxy("state: {responses: off}\n")
     client = proxy.client()
-    response = client.responses.create(model="openai/gpt-4o", input="hi")
+    response = client.responses.create(model="groq/llama-3.1-8b-instant", input="hi")
     assert response.store is False
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(response.id)
     with pytest.raises(openai.BadRequestError) as caught:
-        client.responses.create(model="openai/gpt-4o", input="x", previous_response_id=response.id)
+        client.responses.create(model="groq/llama-3.1-8b-instant", input="x", previous_response_id=response.id)
     assert caught.value.code == "previous_response_not_found" and "keeps no responses" in caught.value.message
 
 
@@ -198,14 +218,14 @@ def test_a_store_that_cannot_open(make_proxy: Callable[..., Proxy], fake: FakeUp
     blocked.write_text("a file where the state directory should be")
     proxy = make_proxy(f"state: {{path: \"{blocked}\"}}\n")
     client = proxy.client()
-    response = client.responses.create(model="openai/gpt-4o", input="hi")
-    assert response.store is False and response.output_text == "[openai] hi"
+    response = client.responses.create(model="groq/llama-3.1-8b-instant", input="hi")
+    assert response.store is False and response.output_text == "[groq] hi"
     fake.clear()
     with pytest.raises(openai.InternalServerError) as caught:
-        client.responses.create(model="openai/gpt-4o", input="x", previous_response_id="resp_" + "1" * 24)
+        client.responses.create(model="groq/llama-3.1-8b-instant", input="x", previous_response_id="resp_" + "1" * 24)
     assert caught.value.status_code == 503 and caught.value.code == "state_unavailable"
     assert not fake.requests
-    chat = client.chat.completions.create(model="openai/gpt-4o", messages=[{"role": "user", "content": "ok"}])
+    chat = client.chat.completions.create(model="groq/llama-3.1-8b-instant", messages=[{"role": "user", "content": "ok"}])
     assert chat.choices[0].message.content  # a chat request never needed the store
 
 
@@ -215,14 +235,14 @@ def test_the_conversation_survives_a_restart(spawn: Callable[..., Proc], fake: F
     state = tmp_path / "state"
     config = write_config(tmp_path, config_text(fake, f"state: {{path: \"{state}\"}}\n"))
     proc, port = start_proxy(spawn, config)
-    status, body = request(port, "/v1/responses", {"model": "openai/gpt-4o", "input": "before the restart"}, HEADERS)
+    status, body = request(port, "/v1/responses", {"model": "groq/llama-3.1-8b-instant", "input": "before the restart"}, HEADERS)
     assert status == 200
     first = json.loads(body)["id"]
     proc.signal(15)
     assert proc.wait() == 0
     assert (state / "responses.db").exists()
     _, port = start_proxy(spawn, config)
-    status, body = request(port, "/v1/responses", {"model": "openai/gpt-4o", "input": "after it",
+    status, body = request(port, "/v1/responses", {"model": "groq/llama-3.1-8b-instant", "input": "after it",
                                                    "previous_response_id": first}, HEADERS)
     assert status == 200, body
     assert "before the restart" in _seen(fake)

@@ -14,7 +14,8 @@ What a chat request gets back: `"[<flavor>] <text of the last user message>"` (o
 `"[<flavor>] tool said: <content>"` after a tool message); one call to the first tool (or the
 named one) with `TOOL_ARGUMENTS` when `tools` is set, `tool_choice` is not "none" and the last
 message is not a tool result; usage counted in words; `max_tokens` / `max_completion_tokens`
-below the reply's word count truncates it to that many words with finish_reason "length".
+below the reply's word count truncates it to that many words with finish_reason "length"; a
+`stop` sequence in the reply cuts it before the earliest one (finish_reason "stop").
 
 Order of play for every request: record it, check auth (and Azure's api-version), validate the
 body as the real provider would, then `FakeUpstream.script`, then the fault words, then the normal
@@ -1083,6 +1084,13 @@ def _forced_tool(body: Json) -> str | None:
     return str(name or "tool")
 
 
+def _cut_at_stop(text: str, stop: Any) -> str:
+    """The text before the earliest `stop` sequence in it (a string or a list), as OpenAI stops."""
+    stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
+    hits = [text.find(s) for s in stops if isinstance(s, str) and s and s in text]
+    return text[: min(hits)] if hits else text
+
+
 def _generate(call: _Call) -> _Reply:
     """The deterministic answer: echo the last user message, call a tool, or stop at the limit."""
     body = call.body
@@ -1097,7 +1105,7 @@ def _generate(call: _Call) -> _Reply:
                 _Choice(None, _ToolCall(call.flavor.tool_call_id(), tool, TOOL_ARGUMENTS), "tool_calls")
             )
             continue
-        text = _reply_text(call.flavor, messages)
+        text = _cut_at_stop(_reply_text(call.flavor, messages), body.get("stop"))
         if limit is not None and limit < _words(text):
             # Truncated to `limit` words: a limit of 1 leaves just "[flavor]".
             choices.append(_Choice(" ".join(text.split()[: max(limit, 0)]), None, "length"))
@@ -5404,12 +5412,18 @@ def _responses_text(content: Any) -> str:
 
 
 def _responses_items(value: Any) -> list[Json]:
-    """`input` as a list of items, each with the `type` it stands for."""
+    """`input` as a list of items, each with the `type` it stands for, and a message's text as parts
+    (as OpenAI lists them back)."""
     if isinstance(value, str):
-        return [{"type": "message", "role": "user", "content": value}]
+        value = [{"role": "user", "content": value}]
     if not isinstance(value, list):
         return []
-    return [{"type": "message", **item} if "type" not in item else item for item in value if isinstance(item, dict)]
+    items = [{"type": "message", **item} if "type" not in item else item for item in value if isinstance(item, dict)]
+    for item in items:
+        if item["type"] == "message" and isinstance(item.get("content"), str):
+            part = "output_text" if item.get("role") == "assistant" else "input_text"
+            item["content"] = [{"type": part, "text": item["content"]}]
+    return items
 
 
 def _responses_tool(tools: Any, choice: Any) -> Json | None:
