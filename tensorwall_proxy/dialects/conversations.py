@@ -210,10 +210,10 @@ def input_items(value: Any, make_id: Any) -> list[dict[str, Any]]:
         if not isinstance(item, dict):
             continue
         kind = item.get("type", "message")
-        if not isinstance(item.get("id"), str):
-            item = {"id": make_id(_ITEM_PREFIXES.get(kind, "item_")), **item}
-        if "type" not in item:
-            item["type"] = kind
+        # A copy: the caller's body is still to be parsed, and passed on as it came.
+        item = {"id": make_id(_ITEM_PREFIXES.get(kind, "item_")), **item} if not isinstance(item.get("id"), str) \
+            else dict(item)
+        item["type"] = kind
         if kind == "message" and isinstance(item.get("content"), str):
             # Listed as OpenAI lists them: content as parts, whatever shorthand the caller used.
             part = "output_text" if item.get("role") == "assistant" else "input_text"

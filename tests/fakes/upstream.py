@@ -5418,7 +5418,7 @@ def _responses_items(value: Any) -> list[Json]:
         value = [{"role": "user", "content": value}]
     if not isinstance(value, list):
         return []
-    items = [{"type": "message", **item} if "type" not in item else item for item in value if isinstance(item, dict)]
+    items = [{"type": "message", **item} for item in value if isinstance(item, dict)]  # copies: the body is recorded
     for item in items:
         if item["type"] == "message" and isinstance(item.get("content"), str):
             part = "output_text" if item.get("role") == "assistant" else "input_text"
