@@ -35,6 +35,9 @@ class ChatRequest:
     wants_usage: bool = False  # the caller set stream_options.include_usage
     # Caller headers that may cross to an upstream (auth.FORWARDED_HEADERS), already filtered.
     headers: Mapping[str, str] = field(default_factory=dict)
+    # Set only by a dialect that keeps thinking state for its caller: translators then put the
+    # provider's state on the answer (the pivot extension of providers/reasoning.py).
+    wants_reasoning_state: bool = False
 
 
 @dataclass(frozen=True, slots=True)
