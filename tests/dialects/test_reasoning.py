@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openai.types.responses import ResponseReasoningItem, ResponseStreamEvent
 from pydantic import TypeAdapter
 
@@ -229,3 +231,24 @@ def test_a_reasoning_stream_without_include_carries_no_state() -> None:
     reasoning = events[-1]["response"]["output"][0]
     assert reasoning["type"] == "reasoning" and "encrypted_content" not in reasoning
     assert reasoning["summary"] == [{"type": "summary_text", "text": "hmm"}]
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                    max_leaves=10)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(JSON.map(lambda state: seal(KEY, orjson.dumps(state))), st.text(max_size=40), JSON),
+                max_size=4))
+def test_any_reasoning_items_parse_or_are_a_400(tokens: list[Any]) -> None:
+    items: list[Any] = [{"role": "user", "content": "q"}]
+    for token in tokens:
+        items += [{"type": "reasoning", "summary": [], "encrypted_content": token}, ASSISTANT]
+    try:
+        req = _parse(input=items)
+    except GatewayError as error:
+        assert error.status == 400 and error.param is not None and error.param.endswith(".encrypted_content")
+    else:
+        for message in req.body["messages"]:
+            assert isinstance(message.get("reasoning_state", []), list)

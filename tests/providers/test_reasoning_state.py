@@ -13,7 +13,7 @@ from tensorwall_proxy.config import ProviderConfig
 from tensorwall_proxy.providers import ChatRequest, anthropic, bedrock, vertex
 from tensorwall_proxy.providers.catalog import TYPES
 from tensorwall_proxy.providers.ids import attach
-from tensorwall_proxy.providers.openai_wire import adapt_chat_body
+from tensorwall_proxy.providers.openai_wire import PassthroughStream, adapt_chat_body
 from tensorwall_proxy.providers.reasoning import entries, restored
 from tensorwall_proxy.sse import SseEvent
 
@@ -204,3 +204,12 @@ def test_openai_compatible_upstreams_never_get_the_extension() -> None:
     assert body["messages"][1] == {"role": "assistant", "content": "Hello"}
     assert "reasoning_state" not in body["messages"][2] and len(body["messages"][2]["tool_calls"][0]["id"]) <= 40
     assert "reasoning_state" in messages[1]  # the pivot itself is not changed: a fallback may need it
+
+
+@pytest.mark.parametrize("name", ["reasoning_content", "reasoning"])
+def test_an_openai_compatible_streams_first_thinking_is_its_commit_point(name: str) -> None:
+    decoder = PassthroughStream("groq", hide_usage=False, split_usage=False)
+    decoder.feed(SseEvent(None, orjson.dumps({"choices": [{"index": 0, "delta": {"role": "assistant"}}]})))
+    assert not decoder.visible
+    decoder.feed(SseEvent(None, orjson.dumps({"choices": [{"index": 0, "delta": {name: "hmm"}}]})))
+    assert decoder.visible
