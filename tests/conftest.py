@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import secrets
 import signal
 import socket
@@ -206,13 +207,15 @@ def config_text(fake: FakeUpstream, extra: str = "", providers: str = "") -> str
 
 
 @pytest.fixture
-def make_proxy(servers: ServerThread, fake: FakeUpstream) -> Iterator[Callable[..., Proxy]]:
-    """Start a proxy on a config made from the base config plus extra YAML; stopped after the test."""
+def make_proxy(servers: ServerThread, fake: FakeUpstream, tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
+    """Start a proxy on a config made from the base config plus extra YAML; stopped after the test.
+    A state store it opens (SQLite, unless the YAML says otherwise) lives in the test's directory."""
     runners: list[web.AppRunner] = []
     proxies: list[Proxy] = []
+    env = {**os.environ, "STATE_DIRECTORY": str(tmp_path / "state")}
 
     def start(extra: str = "", text: str | None = None) -> Proxy:
-        config = parse_config(text if text is not None else config_text(fake, extra))
+        config = parse_config(text if text is not None else config_text(fake, extra), env=env)
         app = build_app(config)
         runner, url = servers.run(_start_app(app, config))
         runners.append(runner)

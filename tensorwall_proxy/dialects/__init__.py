@@ -23,12 +23,15 @@ from ..providers import StreamDecoder as StreamDecoder
 
 # What the HTTP layer does on a dialect's path:
 #   pivot       the body is parsed into the pivot and relayed like any chat request
+#   sealed      as pivot, the body parsed with the gateway's reasoning key when it carries or asks for
+#               sealed reasoning state (Responses; a plain request never touches the state store)
 #   embeddings  OpenAI's embeddings (the body parsed by the dialect, relayed as embeddings)
 #   models      the list of models the gateway serves, in the dialect's shape
 #   model       one of them, named by the path's {model}
 #   upgrade     a WebSocket upgrade, answered 426 (clients then use HTTP); any other GET, 405
 #   stored      a stored object by the path's {id}: none is kept yet, so 404
-Operation = Literal["pivot", "embeddings", "models", "model", "upgrade", "stored"]
+#   count       the input tokens a body would use (Anthropic's count_tokens), estimated
+Operation = Literal["pivot", "sealed", "embeddings", "models", "model", "upgrade", "stored", "count"]
 
 
 class DialectPath(NamedTuple):
@@ -49,6 +52,8 @@ class Dialect(Protocol):
     # True when the dialect's shape is the pivot's own (chat): answers and events go to the caller as
     # the provider translator made them, and the encode_* methods are never called.
     is_pivot: bool
+    # Headers besides x-request-id that carry the request id on every response of this door.
+    request_id_headers: tuple[str, ...]
 
     def parse(self, body: dict[str, Any], headers: Mapping[str, str]) -> ChatRequest:
         """A caller's JSON body → the pivot; 400 in this dialect's shape for what the gateway relies on."""
@@ -60,6 +65,10 @@ class Dialect(Protocol):
 
     def encode_stream(self, req: ChatRequest, decoder: StreamDecoder) -> StreamDecoder:
         """A decoder yielding this dialect's events from one yielding the pivot's chunks (one per attempt)."""
+        ...
+
+    def error_status(self, error: GatewayError) -> int:
+        """An error response's status on this door (most keep ``error.status``)."""
         ...
 
     def error_body(self, error: GatewayError) -> bytes:

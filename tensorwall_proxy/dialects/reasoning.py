@@ -44,15 +44,18 @@ def asks_state(body: Mapping[str, Any]) -> bool:
     return isinstance(include, list) and INCLUDE in include
 
 
-def needs_key(body: Mapping[str, Any]) -> bool:
-    """Whether a Responses body needs the gateway's reasoning key: it asks for state, or sends back
-    an item with state of ours. A plain request never makes the gateway fetch the key."""
-    if asks_state(body):
-        return True
+def carries_state(body: Mapping[str, Any]) -> bool:
+    """Whether a Responses body sends back a reasoning item whose state claims to be ours."""
     value = body.get("input")
     return isinstance(value, list) and any(
         isinstance(item, dict) and item.get("type") == "reasoning" and ours(item.get("encrypted_content"))
         for item in value)
+
+
+def needs_key(body: Mapping[str, Any]) -> bool:
+    """Whether a Responses body needs the gateway's reasoning key: it asks for state, or sends back
+    an item with state of ours. A plain request never makes the gateway fetch the key."""
+    return asks_state(body) or carries_state(body)
 
 
 def reasoning_text(message: Mapping[str, Any]) -> str:
