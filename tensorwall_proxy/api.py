@@ -19,10 +19,11 @@ from aiohttp import web
 from . import relay
 from .bodies import MAX_DEPTH, Body, BodyBudget, read_body, too_deep
 from .config import Secret
-from .dialects import Dialect, Operation, PathTable, chat, messages, responses
+from .dialects import Dialect, Operation, PathTable, chat, messages, reasoning, responses
 from .errors import GatewayError, UpstreamError, bad_request, detach
 from .hosts import HostGuard
 from .observability import THROTTLE, RequestRecord, new_request_id
+from .state import StoreError
 
 log = logging.getLogger("tensorwall_proxy")
 
@@ -223,6 +224,37 @@ def _pivot(dialect: Dialect) -> Handler:
     return endpoint
 
 
+# The name of the secret reasoning state is sealed with (state.secret, or the store's own).
+REASONING_SECRET: Final = "reasoning"
+
+
+async def _reasoning_key(gateway: relay.Gateway, body: dict[str, Any]) -> bytes | None:
+    """The key that seals and unseals reasoning state (DESIGN §14). When the store cannot give it, a
+    body that sends state back is 503 (it cannot be verified); one that only asks for state is
+    served without it (the store counted its failure)."""
+    try:
+        return await gateway.state.secret(REASONING_SECRET)
+    except StoreError:
+        if reasoning.carries_state(body):
+            raise GatewayError(503, "The state store is unavailable, so the reasoning items sent back cannot be "
+                                    "verified; retry later.", code="state_unavailable") from None
+        return None
+
+
+def _sealed(dialect: Dialect) -> Handler:
+    """A Responses body: parsed with the gateway's reasoning key when it carries or asks for sealed
+    reasoning state, then relayed like any pivot request. A plain request never fetches the key."""
+
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        gateway = request.app[GATEWAY]
+        body = await read_json(request)
+        key = await _reasoning_key(gateway, body) if reasoning.needs_key(body) else None
+        req = responses.parse_responses(body, request.headers, key)
+        return await relay.chat(gateway, request, req, dialect, request[CALLER], request[REQUEST_ID])
+
+    return endpoint
+
+
 def _count(dialect: Dialect) -> Handler:
     """Anthropic's count_tokens: the body parsed as a Messages body, its model resolved (404 as on
     /v1/messages), and the input estimated, marked as an estimate (the providers' own counters
@@ -304,6 +336,7 @@ def _stored(dialect: Dialect) -> Handler:
 # What serves each operation a dialect's path names (dialects.Operation).
 _OPERATIONS: Final[dict[Operation, Callable[[Dialect], Handler]]] = {
     "pivot": _pivot,
+    "sealed": _sealed,
     "embeddings": _embeddings,
     "models": _models,
     "model": _model,

@@ -23,13 +23,15 @@ from ..providers import StreamDecoder as StreamDecoder
 
 # What the HTTP layer does on a dialect's path:
 #   pivot       the body is parsed into the pivot and relayed like any chat request
+#   sealed      as pivot, the body parsed with the gateway's reasoning key when it carries or asks for
+#               sealed reasoning state (Responses; a plain request never touches the state store)
 #   embeddings  OpenAI's embeddings (the body parsed by the dialect, relayed as embeddings)
 #   models      the list of models the gateway serves, in the dialect's shape
 #   model       one of them, named by the path's {model}
 #   upgrade     a WebSocket upgrade, answered 426 (clients then use HTTP); any other GET, 405
 #   stored      a stored object by the path's {id}: none is kept yet, so 404
 #   count       the input tokens a body would use (Anthropic's count_tokens), estimated
-Operation = Literal["pivot", "embeddings", "models", "model", "upgrade", "stored", "count"]
+Operation = Literal["pivot", "sealed", "embeddings", "models", "model", "upgrade", "stored", "count"]
 
 
 class DialectPath(NamedTuple):
