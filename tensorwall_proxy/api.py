@@ -21,13 +21,13 @@ from aiohttp import web
 from . import relay, stored
 from .bodies import MAX_DEPTH, Body, BodyBudget, read_body, too_deep
 from .config import Secret
-from .dialects import Dialect, Operation, PathTable, chat, conversations, messages, responses
+from .dialects import Dialect, Operation, PathTable, chat, conversations, messages, reasoning, responses
 from .dialects.conversations import Affinity, Chain, Owner
 from .errors import GatewayError, UpstreamError, bad_request, detach
 from .hosts import HostGuard
 from .observability import THROTTLE, RequestRecord, new_request_id
 from .providers.contract import path_segment
-from .state import Store
+from .state import Store, StoreError
 
 log = logging.getLogger("tensorwall_proxy")
 
@@ -228,6 +228,23 @@ def _pivot(dialect: Dialect) -> Handler:
     return endpoint
 
 
+# The name of the secret reasoning state is sealed with (state.secret, or the store's own).
+REASONING_SECRET: Final = "reasoning"
+
+
+async def _reasoning_key(gateway: relay.Gateway, body: dict[str, Any]) -> bytes | None:
+    """The key that seals and unseals reasoning state (DESIGN §14). When the store cannot give it, a
+    body that sends state back is 503 (it cannot be verified); one that only asks for state is
+    served without it (the store counted its failure)."""
+    try:
+        return await gateway.state.secret(REASONING_SECRET)
+    except StoreError:
+        if reasoning.carries_state(body):
+            raise GatewayError(503, "The state store is unavailable, so the reasoning items sent back cannot be "
+                                    "verified; retry later.", code="state_unavailable") from None
+        return None
+
+
 def _count(dialect: Dialect) -> Handler:
     """Anthropic's count_tokens: the body parsed as a Messages body, its model resolved (404 as on
     /v1/messages), and the input estimated, marked as an estimate (the providers' own counters
@@ -327,7 +344,8 @@ def _respond(dialect: Dialect) -> Handler:
                 found = await stored.previous(store, previous, owner, ttl)
             if isinstance(found, Chain):
                 body = conversations.continued(body, found.items())
-        req = responses.parse_responses(body, request.headers, previous=previous, stored=keep)
+        key = await _reasoning_key(gateway, body) if reasoning.needs_key(body) else None
+        req = responses.parse_responses(body, request.headers, key, previous=previous, stored=keep)
         pinned = None
         if previous is not None and not isinstance(found, Chain):
             pinned = _pin(gateway, str(previous), str(req.body["model"]), found, keeping)

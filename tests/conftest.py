@@ -19,7 +19,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -99,11 +99,17 @@ class Proxy:
     url: str
     app: web.Application
     config: Config
+    # The synchronous clients made by `client`, closed when the proxy stops: a client left to the
+    # garbage collector leaves its socket to it too, and that ResourceWarning lands in whichever
+    # test the collection happens to run in.
+    clients: list[OpenAI] = field(default_factory=list)
 
     def client(self, api_key: str | None = PROVIDER_KEY, **kwargs: Any) -> OpenAI:
         """The official synchronous SDK pointed at the proxy, retries off so tests see each answer."""
-        return OpenAI(base_url=self.url + "/v1", api_key=api_key or "", max_retries=0,
-                      default_headers={"X-API-Key": GATEWAY_KEY}, **kwargs)
+        client = OpenAI(base_url=self.url + "/v1", api_key=api_key or "", max_retries=0,
+                        default_headers={"X-API-Key": GATEWAY_KEY}, **kwargs)
+        self.clients.append(client)
+        return client
 
     def async_client(self, api_key: str | None = PROVIDER_KEY, **kwargs: Any) -> AsyncOpenAI:
         """The official asynchronous SDK pointed at the proxy."""
@@ -207,19 +213,26 @@ def config_text(fake: FakeUpstream, extra: str = "", providers: str = "") -> str
 
 
 @pytest.fixture
-def make_proxy(servers: ServerThread, fake: FakeUpstream) -> Iterator[Callable[..., Proxy]]:
-    """Start a proxy on a config made from the base config plus extra YAML; stopped after the test."""
+def make_proxy(servers: ServerThread, fake: FakeUpstream, tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
+    """Start a proxy on a config made from the base config plus extra YAML; stopped after the test.
+    A state store it opens (SQLite, unless the YAML says otherwise) lives in the test's directory."""
     runners: list[web.AppRunner] = []
+    proxies: list[Proxy] = []
+    env = {**os.environ, "STATE_DIRECTORY": str(tmp_path / "state")}
 
     def start(extra: str = "", text: str | None = None) -> Proxy:
-        config = parse_config(text if text is not None else config_text(fake, extra))
+        config = parse_config(text if text is not None else config_text(fake, extra), env=env)
         app = build_app(config)
         runner, url = servers.run(_start_app(app, config))
         runners.append(runner)
         fake.clear()
-        return Proxy(url, app, config)
+        proxies.append(Proxy(url, app, config))
+        return proxies[-1]
 
     yield start
+    for proxy in proxies:
+        for client in proxy.clients:
+            client.close()
     for runner in runners:
         servers.run(runner.cleanup())
 

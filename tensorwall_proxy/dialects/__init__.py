@@ -26,8 +26,9 @@ from ..providers import StreamDecoder as StreamDecoder
 #   embeddings  OpenAI's embeddings (the body parsed by the dialect, relayed as embeddings)
 #   models      the list of models the gateway serves, in the dialect's shape
 #   model       one of them, named by the path's {model}
-#   respond     as pivot, and the answer kept in the state store to be continued by its id
-#               (Responses' `store` and `previous_response_id`)
+#   respond     as pivot, with Responses' state: the answer kept in the state store to be continued
+#               by its id (`store`, `previous_response_id`), and the body parsed with the gateway's
+#               reasoning key when it carries or asks for sealed reasoning state
 #   upgrade     a WebSocket upgrade, answered 426 (clients then use HTTP); any other GET, 405
 #   stored      a kept answer by the path's {id}: GET
 #   forget      a kept answer by the path's {id}: DELETE

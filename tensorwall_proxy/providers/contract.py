@@ -51,6 +51,9 @@ class ChatRequest:
     # `cache_control`). Chat has no field for them; a translator that cannot keep them drops them,
     # and the relay counts what was dropped.
     cache_markers: int = 0
+    # Set only by a dialect that keeps thinking state for its caller: translators then put the
+    # provider's state on the answer (the pivot extension of providers/reasoning.py).
+    wants_reasoning_state: bool = False
 
 
 @dataclass(frozen=True, slots=True)
