@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 from aiohttp import web
 from openai import AsyncOpenAI, OpenAI
 
@@ -36,6 +37,11 @@ from tests.processes import Proc
 from tests.rawtcp import RawServer, Script
 
 T = TypeVar("T")
+
+# Redis, shared with whatever else uses it: each test writes under a key prefix of its own and deletes
+# only its own keys; nothing here stops or flushes it. Without a Redis that answers, the tests that
+# need one are skipped, unless TENSORWALL_REQUIRE_REDIS=1 (CI), when they fail.
+REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 
 GATEWAY_KEY = "test-gateway-key"
 PROVIDER_KEY = "sk-caller-provider-key-0123456789"
@@ -297,3 +303,44 @@ def raw_server(servers: ServerThread) -> Iterator[Callable[[Script | Callable[[i
     yield start
     for server in started:
         servers.run(server.stop())
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """REDIS_URL when a Redis answers there; else the test is skipped (failed under TENSORWALL_REQUIRE_REDIS=1)."""
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        message = f"no Redis answers at REDIS_URL ({type(exc).__name__}: {exc})"
+        if os.environ.get("TENSORWALL_REQUIRE_REDIS") == "1":
+            pytest.fail(message + " and TENSORWALL_REQUIRE_REDIS=1")
+        pytest.skip(message)
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def key_prefix(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A Redis key prefix of this test's own; its keys (and only they) are deleted after it."""
+    prefix = f"twtest:{secrets.token_hex(6)}:"
+    yield prefix
+    if "redis_url" not in request.fixturenames:
+        return  # a SQLite test: it never reached Redis
+    keys = redis_keys(prefix)
+    if keys:
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+        try:
+            client.delete(*keys)
+        finally:
+            client.close()
+
+
+def redis_keys(prefix: str) -> list[bytes]:
+    """The keys in the shared Redis under ``prefix`` (a test's own)."""
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        return sorted(client.scan_iter(match=prefix + "*", count=1000))
+    finally:
+        client.close()

@@ -10,11 +10,10 @@ A provider that speaks Responses itself gets the caller's body instead (``ChatRe
 less the gateway's own state: ``native.py``) and its stream relayed as it came; past the commit
 point a broken native stream ends with ``native_failed``'s ``response.failed``.
 
-Not here yet: stored conversations (``previous_response_id`` is 400 ``previous_response_not_found``
-saying so; ``GET`` / ``DELETE`` of an id are 404). Reasoning items, in answers, streams and input,
-are ``reasoning.py``'s (their state sealed by ``sealed.py``). Hosted tools (``web_search``,
-…) exist only at OpenAI: dropped when ``tool_choice`` does not force them, 400 when it does. This
-module does no I/O.
+Stored conversations are ``conversations.py``'s (the chain before a follow-up arrives here already
+in ``input``). Reasoning items, in answers, streams and input, are ``reasoning.py``'s (their state
+sealed by ``sealed.py``). Hosted tools (``web_search``, …) exist only at OpenAI: dropped when
+``tool_choice`` does not force them, 400 when it does. This module does no I/O.
 """
 
 from __future__ import annotations
@@ -50,11 +49,12 @@ _ROLES: Final = {"user": "user", "assistant": "assistant", "system": "system",
                  "developer": "system"}
 # Fields with no pivot counterpart, dropped (the field policy, DESIGN §7): they change nothing the
 # caller gets back (metadata, caching hints, identifiers, what to include of state not kept here).
-# `store` is accepted and treated as false until the gateway stores conversations.
+# `store` is the HTTP layer's business (stored.py), `previous_response_id` too: by the parse, a
+# follow-up's conversation is in its input.
 _DROPPED: Final = frozenset({
     "metadata", "safety_identifier", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options",
     "include", "truncation", "client_metadata", "store", "service_tier", "max_tool_calls",
-    "stream_options", "context_management", "moderation",
+    "stream_options", "context_management", "moderation", "previous_response_id",
 })
 # The namespaced name a provider sees: joined so the pair comes back through the table, not by splitting.
 NAMESPACE_SEPARATOR: Final = "__"
@@ -188,8 +188,8 @@ def _messages(body: Mapping[str, Any], kept: KeptReasoning) -> list[dict[str, An
         elif kind == "reasoning":
             kept.item(item, where, messages)
         elif kind == "item_reference":
-            raise bad_request(f"'{where}': item references need stored conversations, which this gateway does "
-                              "not keep yet; send the items themselves.", param=where)
+            raise bad_request(f"'{where}': item references are not supported; send the items themselves, or "
+                              "continue a stored response with 'previous_response_id'.", param=where)
         else:
             raise bad_request(f"'{where}': input items of type {kind!r} are not supported.", param=f"{where}.type")
     return messages
@@ -296,10 +296,10 @@ _ECHOED: Final[tuple[tuple[str, Any], ...]] = (
 )
 
 
-def _echo(body: Mapping[str, Any]) -> dict[str, Any]:
+def _echo(body: Mapping[str, Any], previous: str | None, stored: bool) -> dict[str, Any]:
     echo = {name: body[name] if body.get(name) is not None else default for name, default in _ECHOED}
-    echo["store"] = False  # nothing is stored yet, whatever the caller asked
-    echo["previous_response_id"] = None
+    echo["store"] = stored  # what the gateway does, whatever the caller asked
+    echo["previous_response_id"] = previous
     tools = []
     for tool in body.get("tools") or ():
         if isinstance(tool, dict) and tool.get("type") == "function":
@@ -309,17 +309,15 @@ def _echo(body: Mapping[str, Any]) -> dict[str, Any]:
     return echo
 
 
-def parse_responses(body: dict[str, Any], headers: Mapping[str, str], key: bytes | None = None) -> ResponsesRequest:
+def parse_responses(body: dict[str, Any], headers: Mapping[str, str], key: bytes | None = None, *,
+                    previous: str | None = None, stored: bool = False) -> ResponsesRequest:
     """A ``POST /v1/responses`` body → the pivot, with what its answer echoes; 400 in OpenAI's shape.
-    ``key`` seals and unseals reasoning state (``reasoning.needs_key`` says when the body needs it)."""
-    previous = body.get("previous_response_id")
-    if previous is not None:
-        raise GatewayError(400, f"Previous response with id {previous!r} not found: this gateway does not store "
-                                "conversations yet; send the whole conversation in 'input'.",
-                           param="previous_response_id", code="previous_response_not_found")
+    ``key`` seals and unseals reasoning state (``reasoning.needs_key`` says when the body needs it);
+    ``previous``: the stored response a follow-up continues (its conversation already in ``input``);
+    ``stored``: whether the answer will be stored."""
     if body.get("conversation") is not None:
-        raise bad_request("'conversation' is not supported: this gateway does not store conversations yet.",
-                          param="conversation")
+        raise bad_request("'conversation' objects are not supported; continue a stored response with "
+                          "'previous_response_id'.", param="conversation")
     if body.get("background") is True:
         raise bad_request("'background' responses are not supported.", param="background")
     if body.get("top_logprobs"):
@@ -353,7 +351,7 @@ def parse_responses(body: dict[str, Any], headers: Mapping[str, str], key: bytes
     checked = parse_chat(pivot, headers)
     kept.attach()  # after parse_chat, which refuses the pivot's extension from any caller
     return ResponsesRequest(checked.body, checked.stream, checked.wants_usage, checked.headers,
-                            native=native.responses_body(body), echo=_echo(body), custom=custom,
+                            native=native.responses_body(body), echo=_echo(body, previous, stored), custom=custom,
                             namespaced=namespaced, wants_reasoning_state=key is not None and asks_state(body),
                             reasoning_key=key)
 
@@ -482,6 +480,9 @@ class ResponsesStream(ChunkStream):
         self._output: list[dict[str, Any]] = []
         self._open: dict[str, Any] | None = None  # the item being streamed: its index and state
         self._calls: dict[int, dict[str, Any]] = {}  # pivot tool call index → its open state
+        self._finish: Any = None
+        self._pivot_usage: Any = None
+        self.final: dict[str, Any] | None = None  # the Response the terminal event carried
 
     def _event(self, out: list[bytes], kind: str, **fields: Any) -> None:
         fields = {"type": kind, "sequence_number": self.sequence, **fields}
@@ -610,7 +611,9 @@ class ResponsesStream(ChunkStream):
         self._close_item(out)  # every item before the open one was closed when the next opened
         status, incomplete = _status(self._finish)
         kind = "response.completed" if status == "completed" else "response.incomplete"
-        self._event(out, kind, response=self.response(status, usage_of(self._pivot_usage), incomplete))
+        self.final = self.response(status, usage_of(self._pivot_usage), incomplete)
+        self._event(out, kind, response=self.final)
+        self.done = True
 
     def failed(self, error: GatewayError) -> bytes:
         """The terminal ``response.failed`` event for an error past the commit point."""
@@ -629,11 +632,11 @@ class Responses:
     name = "responses"
     prefixes = _OPENAI_PREFIXES
     paths: tuple[DialectPath, ...] = (
-        DialectPath("POST", "/v1/responses", "sealed"),
+        DialectPath("POST", "/v1/responses", "respond"),
         DialectPath("GET", "/v1/responses", "upgrade"),
         DialectPath("GET", "/v1/responses/{id}", "stored"),
-        DialectPath("DELETE", "/v1/responses/{id}", "stored"),
-        DialectPath("GET", "/v1/responses/{id}/input_items", "stored"),
+        DialectPath("DELETE", "/v1/responses/{id}", "forget"),
+        DialectPath("GET", "/v1/responses/{id}/input_items", "stored_input"),
     )
     is_pivot = False
     request_id_headers: tuple[str, ...] = ()
@@ -678,12 +681,6 @@ def native_failed(stream: NativeStream, error: GatewayError) -> bytes:
 def _failure_code(error: GatewayError) -> str:
     """A failed Response's ``error.code`` for the gateway's own failures (A.5's codes)."""
     return "rate_limit_exceeded" if error.status == 429 else "server_error"
-
-
-def stored_missing(response_id: str) -> GatewayError:
-    """``GET`` / ``DELETE`` of a stored response: none is kept yet, so every id is unknown."""
-    return GatewayError(404, f"No response with id {response_id!r} is stored on this gateway (it does not store "
-                             "conversations yet).", param="response_id", code="not_found")
 
 
 def upgrade_refused() -> GatewayError:

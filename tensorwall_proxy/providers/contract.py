@@ -187,6 +187,12 @@ class Provider(Protocol):
         ValueError (or UpstreamError) when it is not an answer in the dialect's shape."""
         ...
 
+    def build_native_lookup(self, dialect: str, provider: ProviderConfig, method: str, path: str,
+                            credential: Credential) -> UpstreamCall:
+        """A call for what a native answer left at the provider (a stored Response): ``method`` on
+        ``path`` (already encoded, e.g. ``/resp_1/input_items?limit=5``) under the dialect's native path."""
+        ...
+
 
 class Translated:
     """The native half for a type that passes no dialect through (yet): every request is translated."""
@@ -204,6 +210,10 @@ class Translated:
         raise UnsupportedField("model", f"Provider '{provider.name}' does not speak {dialect!r} natively.")
 
     def read_native_answer(self, dialect: str, provider: ProviderConfig, body: bytes) -> NativeAnswer:
+        raise UnsupportedField("model", f"Provider '{provider.name}' does not speak {dialect!r} natively.")
+
+    def build_native_lookup(self, dialect: str, provider: ProviderConfig, method: str, path: str,
+                            credential: Credential) -> UpstreamCall:
         raise UnsupportedField("model", f"Provider '{provider.name}' does not speak {dialect!r} natively.")
 
 

@@ -215,7 +215,7 @@ def test_a_chat_caller_never_sees_the_extension_and_cannot_send_it(proxy: Proxy)
 def _sealed_turn(proxy: Proxy) -> list[dict[str, Any]]:
     """A first turn's input and output items, its thinking sealed by ``proxy``."""
     first = proxy.client().responses.create(model=THINKERS[0].model, input="hello there", reasoning={"effort": "low"},
-                                            include=INCLUDE)
+                                            include=INCLUDE, store=False)  # stateless, as Codex
     assert (first.output[0].encrypted_content or "").startswith("twr1.")
     return [{"role": "user", "content": "hello there"}, *[item.model_dump(exclude_none=True) for item in first.output],
             {"role": "user", "content": "and again"}]
@@ -224,11 +224,13 @@ def _sealed_turn(proxy: Proxy) -> list[dict[str, Any]]:
 def test_the_key_lives_in_the_store_only_once_needed_and_every_gateway_on_it_shares_it(
         make_proxy: Callable[..., Proxy], fake: FakeUpstream, tmp_path: Path) -> None:
     first, second = make_proxy(), make_proxy()  # two gateways on one state directory
-    first.client().responses.create(model=THINKERS[0].model, input="hi", reasoning={"effort": "low"})
-    assert not (tmp_path / "state").exists()  # a plain request never opens the store
+    first.client().responses.create(model=THINKERS[0].model, input="hi", reasoning={"effort": "low"},
+                                   store=False)
+    assert not (tmp_path / "state").exists()  # a plain request that keeps nothing never opens the store
     items = _sealed_turn(first)
     assert (tmp_path / "state").exists()
-    second.client().responses.create(model=THINKERS[0].model, reasoning={"effort": "low"}, input=items)
+    second.client().responses.create(model=THINKERS[0].model, reasoning={"effort": "low"}, input=items,
+                                    store=False)
     assert _anthropic_restored(fake.last("anthropic"), "[anthropic] hello there")
 
 
@@ -236,12 +238,13 @@ def test_state_secret_in_the_yaml_signs_without_a_store(make_proxy: Callable[...
                                                         tmp_path: Path) -> None:
     secret = "state:\n  secret: a-secret-every-instance-shares\n"
     items = _sealed_turn(make_proxy(secret))
-    make_proxy(secret).client().responses.create(model=THINKERS[0].model, reasoning={"effort": "low"}, input=items)
+    make_proxy(secret).client().responses.create(model=THINKERS[0].model, reasoning={"effort": "low"}, input=items,
+                                                 store=False)
     assert _anthropic_restored(fake.last("anthropic"), "[anthropic] hello there")
     assert not (tmp_path / "state").exists()
     with pytest.raises(openai.BadRequestError) as caught:  # another secret: not ours
         make_proxy("state:\n  secret: another-secret\n").client().responses.create(
-            model=THINKERS[0].model, input=items)
+            model=THINKERS[0].model, input=items, store=False)
     assert caught.value.code == "invalid_encrypted_content"
 
 

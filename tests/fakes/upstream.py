@@ -5414,12 +5414,18 @@ def _responses_text(content: Any) -> str:
 
 
 def _responses_items(value: Any) -> list[Json]:
-    """`input` as a list of items, each with the `type` it stands for."""
+    """`input` as a list of items, each with the `type` it stands for, and a message's text as parts
+    (as OpenAI lists them back)."""
     if isinstance(value, str):
-        return [{"type": "message", "role": "user", "content": value}]
+        value = [{"role": "user", "content": value}]
     if not isinstance(value, list):
         return []
-    return [{"type": "message", **item} if "type" not in item else item for item in value if isinstance(item, dict)]
+    items = [{"type": "message", **item} for item in value if isinstance(item, dict)]  # copies: the body is recorded
+    for item in items:
+        if item["type"] == "message" and isinstance(item.get("content"), str):
+            part = "output_text" if item.get("role") == "assistant" else "input_text"
+            item["content"] = [{"type": part, "text": item["content"]}]
+    return items
 
 
 def _responses_tool(tools: Any, choice: Any) -> Json | None:
