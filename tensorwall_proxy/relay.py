@@ -428,7 +428,10 @@ async def native_lookup(gateway: Gateway, provider_name: str, dialect: str, meth
     with the credential the caller's requests carry there (DESIGN §12 "State"): its answer relayed
     as it came; an error classified like any upstream error."""
     table = gateway.table
-    provider = table.config.providers[provider_name]
+    provider = table.config.providers.get(provider_name)
+    if provider is None:  # the provider that made it left the configuration since
+        raise GatewayError(404, f"The provider that stored this response ('{provider_name}') is no longer "
+                                "configured.", code="not_found")
     credential = credential_for(provider, None, caller)
     if credential is None:
         raise missing_provider_key(provider, caller)
