@@ -148,15 +148,20 @@ def spread(total: int, workers: int, stagger: float) -> list[tuple[float, ...]]:
 STREAM_SECONDS: Final = (STREAM_CHUNKS - 1) * PACE_SECONDS  # the upstream's own pacing, per stream
 
 
+def load_specs(target: Target, scenario: Scenario, workers: int, warmup: float, seconds: float) -> list[LoadSpec]:
+    """What each worker sends: the target's call. A paced stream's start is spread over a stream's time."""
+    return [LoadSpec(target.url(scenario.stream), target.call.headers, target.call.body(scenario.stream),
+                     scenario.stream, target.call.check, delays, warmup, seconds, scenario.paced)
+            for delays in spread(scenario.concurrency, workers, STREAM_SECONDS if scenario.paced else 0.0)]
+
+
 def run_aiohttp(target: Target, scenario: Scenario, upstream: Server, settings: RunSettings) -> Measurement:
-    """One scenario against one target. The paced one runs at least 1 s (enough streams for a p99), its
-    streams' starts spread over a stream's time, and the CPU window opens once all have started."""
+    """One scenario against one target. The paced one runs at least 1 s (enough streams for a p99), and
+    its CPU window opens once all its streams have started."""
     stagger = STREAM_SECONDS if scenario.paced else 0.0
     if scenario.paced:
         settings = dataclasses.replace(settings, seconds=max(settings.seconds, 1.0))
-    specs = [LoadSpec(target.url(scenario.stream), target.call.headers, target.call.body(scenario.stream),
-                      scenario.stream, target.call.check, delays, settings.warmup, settings.seconds, scenario.paced)
-             for delays in spread(scenario.concurrency, settings.workers, stagger)]
+    specs = load_specs(target, scenario, settings.workers, settings.warmup, settings.seconds)
     ctx = mp.get_context("fork")  # the parent runs no event loop, so forking it is safe
     barrier = ctx.Barrier(len(specs) + 1)
     queue: mp.Queue[WorkerResult] = ctx.Queue()

@@ -85,11 +85,6 @@ def json_body(fields: Json, by_body: bool = True) -> Callable[[bool], bytes]:
     return lambda stream: streamed if stream else unary
 
 
-def chat(model: str) -> Json:
-    """A chat request: OpenAI's shape, one short user message."""
-    return {"model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 64}
-
-
 @dataclass(frozen=True)
 class Call:
     """One side's request: its URL path (and query, percent-encoded; a stream's own where the API
@@ -125,7 +120,9 @@ _BEDROCK_PATH: Final = f"/bedrock/model/{quote(BEDROCK_MODEL, safe='')}"  # `…
 
 
 def chat_call(model: str) -> Call:
-    return Call("/v1/chat/completions", _PROXY, json_body(chat(model)), check_openai)
+    """A chat request: OpenAI's shape, one short user message."""
+    body = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 64}
+    return Call("/v1/chat/completions", _PROXY, json_body(body), check_openai)
 
 
 def responses_call(path: str, headers: dict[str, str], model: str, store: bool) -> Call:
@@ -136,7 +133,7 @@ def responses_call(path: str, headers: dict[str, str], model: str, store: bool) 
 
 def openai_path(model: str) -> BenchPath:
     """The chat passthrough (also the paced test's, with PACED_MODEL)."""
-    direct = Call("/openai/v1/chat/completions", _BEARER, json_body(chat(model)), check_openai)
+    direct = Call("/openai/v1/chat/completions", _BEARER, chat_call(model).body, check_openai)
     return BenchPath("openai", model, chat_call(model), "openai", direct, None)
 
 

@@ -138,7 +138,7 @@ def summary_rows(by_path: PathResults, rss: Rss, sigv4_us: float | None, concurr
             is_text = f"{base_name}'s {fmt(reference, 3)} (is {fmt(times, 2)}x)"
             row(f"{path}.{scenario}.cpu_ms", f"{path}: hop CPU ms/{unit}, {scenario}", [None, relay, proxy], 3,
                 f"<= {ratio:g}x {is_text}" if ratio else f"reported, vs {is_text}",
-                judge(over(times, ratio), lambda v: v <= 1.0))
+                judge(minus(times, ratio), lambda v: v <= 0))
             rows[-1].judged = ratio is not None
     for path, other in ((p, PATHS[p].p50_base) for p in by_path if PATHS[p].p50_base in by_path):
         for scenario in ("unary c=1", "stream c=1"):  # the relay's difference (the same call) is the noise

@@ -8,6 +8,7 @@ whole by the lean upstream, through the bare relay and through the proxy itself.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from aiohttp import web
 from yarl import URL
 
 from scripts.benchkit.lean_upstream import SHAPES, lean_app
-from scripts.benchkit.load import spread
+from scripts.benchkit.load import load_specs, one_request, spread
 from scripts.benchkit.microbench import sigv4_microbench
 from scripts.benchkit.paths import (
     CONTENT_CHUNKS,
@@ -31,7 +32,7 @@ from scripts.benchkit.paths import (
 )
 from scripts.benchkit.servers import Pinning, WindowCpu, bare_relay_app
 from scripts.benchkit.summary import SummaryRow, limit_notes, markdown_table, summary_lines, summary_rows
-from scripts.benchkit.targets import PACED, Measurement, Target, percentile, sanity_check
+from scripts.benchkit.targets import PACED, Measurement, Target, load_scenarios, percentile, sanity_check
 from scripts.benchkit.wrk import lua_script, lua_string, parse_done
 from tests.conftest import Proxy, ServerThread
 
@@ -345,3 +346,20 @@ def test_every_paths_callers_requests_come_back_whole_through_the_proxy(
     assert chunks["openai", "proxy"] == chunks["anthropic", "proxy"] == STREAM_CHUNKS
     # Until openai passes Responses through, the proxy translates them to chat completions.
     assert all(d.startswith("responses-openai proxy") and "/openai/v1/chat/completions" in d for d in detours)
+
+    async def aiohttp_generator_requests() -> list[tuple[str, str, int, str | None]]:
+        # What the aiohttp load generator's workers send, one request each, through the proxy.
+        sent = []
+        async with aiohttp.ClientSession() as session:
+            for target in (t for t in targets if t.name == "proxy"):
+                for scenario in load_scenarios(1)[::2]:
+                    spec, = load_specs(target, scenario, workers=2, warmup=0.0, seconds=0.0)
+                    chunks, problem, _ = await one_request(session, spec, 0.0)
+                    sent.append((target.bench_path, spec.url.path, chunks, problem))
+        return sent
+
+    sent = asyncio.run(aiohttp_generator_requests())
+    assert [problem for *_, problem in sent] == [None] * len(sent)
+    assert {(path, url, chunks) for path, url, chunks, _ in sent if path.startswith("responses-")} == {
+        (name, "/v1/responses", chunks) for name in ("responses-openai", "responses-anthropic", "responses-stored")
+        for chunks in (0, 26)}
