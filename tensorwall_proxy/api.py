@@ -17,9 +17,9 @@ import orjson
 from aiohttp import web
 
 from . import relay
-from .auth import caller_key
 from .bodies import MAX_DEPTH, Body, BodyBudget, read_body, too_deep
-from .dialects import Dialect, Operation, PathTable, chat, responses
+from .config import Secret
+from .dialects import Dialect, Operation, PathTable, chat, messages, responses
 from .errors import GatewayError, UpstreamError, bad_request, detach
 from .hosts import HostGuard
 from .observability import THROTTLE, RequestRecord, new_request_id
@@ -31,11 +31,13 @@ BUDGET: Final = web.AppKey("body_budget", BodyBudget)
 HOSTS: Final = web.AppKey("hosts", HostGuard)
 
 REQUEST_ID: Final = web.RequestKey("request_id", str)
+# The caller's provider key, as ``served`` read it with the gateway key (auth.GatewayKeys.admit).
+CALLER: Final[web.RequestKey[Secret | None]] = web.RequestKey("caller")
 # The request body as read by ``served``, until read_json parses it (and drops it).
 BODY: Final[web.RequestKey[Body]] = web.RequestKey("body")
 JSON: Final = "application/json"
 # The dialects the gateway serves, each a module-level singleton; a new one is one line here.
-DIALECTS: Final[tuple[Dialect, ...]] = (chat.CHAT, chat.COMPLETIONS, responses.RESPONSES)
+DIALECTS: Final[tuple[Dialect, ...]] = (chat.CHAT, chat.COMPLETIONS, responses.RESPONSES, messages.MESSAGES)
 # Which dialect's error shape a path gets when no route matched it; OpenAI's is the default.
 PATHS: Final = PathTable(DIALECTS, default=chat.CHAT)
 
@@ -44,10 +46,17 @@ def error_response(error: GatewayError, request_id: str, dialect: Dialect = chat
     """The response for an error in ``dialect``'s shape, with the headers DESIGN §7 asks for."""
     headers = error.headers()
     headers["Content-Type"] = JSON
-    headers["x-request-id"] = request_id
+    _name_request(headers, request_id, dialect)
     if isinstance(error, UpstreamError) and error.provider:
         headers["x-tensorwall-provider"] = error.provider
-    return web.Response(status=error.status, body=dialect.error_body(error), headers=headers)
+    return web.Response(status=dialect.error_status(error), body=dialect.error_body(error), headers=headers)
+
+
+def _name_request(headers: dict[str, str], request_id: str, dialect: Dialect) -> None:
+    """The request id under ``x-request-id`` and the dialect's own names for it (Anthropic's ``request-id``)."""
+    headers["x-request-id"] = request_id
+    for name in dialect.request_id_headers:
+        headers[name] = request_id
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -94,7 +103,7 @@ def served(endpoint: Handler, *, dialect: Dialect = chat.CHAT, accounted: bool =
             if rule is not None and (refusal := rule.refusal(request.headers)) is not None:
                 raise refusal
             if keyed:
-                table.keys.check(request.headers.get("X-API-Key"))
+                request[CALLER] = table.keys.admit(request.headers)
             if keyed and request.can_read_body:
                 # Read whole before the request counts as in flight: a caller that trickles its body
                 # holds its own connection, not a slot everyone else needs.
@@ -171,7 +180,7 @@ async def unknown_path(request: web.Request) -> web.StreamResponse:
     try:
         if allowed is None:
             raise GatewayError(404, f"Unknown path {path!r}.", code="not_found")
-        request.app[GATEWAY].table.keys.check(request.headers.get("X-API-Key"))
+        request.app[GATEWAY].table.keys.admit(request.headers)
     except GatewayError as exc:
         return error_response(detach(exc), request[REQUEST_ID], dialect)
     response = error_response(GatewayError(405, f"Method {request.method} is not allowed on {path!r}."),
@@ -208,8 +217,24 @@ def _pivot(dialect: Dialect) -> Handler:
     async def endpoint(request: web.Request) -> web.StreamResponse:
         gateway = request.app[GATEWAY]
         req = parse(await read_json(request), request.headers)
-        return await relay.chat(gateway, request, req, dialect, caller_key(request.headers.get("Authorization")),
+        return await relay.chat(gateway, request, req, dialect, request[CALLER],
                                 request[REQUEST_ID])
+
+    return endpoint
+
+
+def _count(dialect: Dialect) -> Handler:
+    """Anthropic's count_tokens: the body parsed as a Messages body, its model resolved (404 as on
+    /v1/messages), and the input estimated, marked as an estimate (the providers' own counters
+    answer through their native paths)."""
+
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        gateway = request.app[GATEWAY]
+        req = messages.parse_messages(await read_json(request), request.headers, counting=True)
+        gateway.table.router.resolve(req.body["model"])
+        headers = {"Content-Type": JSON, "x-tensorwall-estimate": "true"}
+        _name_request(headers, request[REQUEST_ID], dialect)
+        return web.Response(body=messages.count_tokens_body(req), headers=headers)
 
     return endpoint
 
@@ -220,7 +245,7 @@ def _embeddings(dialect: Dialect) -> Handler:
     async def endpoint(request: web.Request) -> web.StreamResponse:
         gateway = request.app[GATEWAY]
         req = chat.parse_embeddings(await read_json(request))
-        return await relay.embeddings(gateway, request, req, caller_key(request.headers.get("Authorization")),
+        return await relay.embeddings(gateway, request, req, request[CALLER],
                                       request[REQUEST_ID])
 
     return endpoint
@@ -284,6 +309,7 @@ _OPERATIONS: Final[dict[Operation, Callable[[Dialect], Handler]]] = {
     "model": _model,
     "upgrade": _upgrade,
     "stored": _stored,
+    "count": _count,
 }
 
 
@@ -337,6 +363,11 @@ async def healthz(request: web.Request) -> web.StreamResponse:
     return web.Response(body=b'{"status":"ok"}', headers={"Content-Type": JSON})
 
 
+async def probe(request: web.Request) -> web.StreamResponse:
+    """HEAD /: 200, for clients that probe the base URL before their first request (Claude Code)."""
+    return web.Response()
+
+
 async def readyz(request: web.Request) -> web.StreamResponse:
     """GET /readyz: configuration loaded and not draining."""
     if request.app[GATEWAY].ready:
@@ -361,8 +392,10 @@ _OPEN_ROUTES: Final = (
     ("GET", "/healthz", healthz),
     ("GET", "/readyz", readyz),
     ("GET", "/metrics", metrics),
+    ("HEAD", "/", probe),
 )
 # Paths open whatever the Host or Origin (see served).
 _ANY_HOST: Final = frozenset({"/healthz", "/readyz"})
-# The methods each open path answers, for a 405's Allow header (aiohttp adds HEAD to every GET).
-_OPEN_METHODS: Final = {path: "GET, HEAD" for _, path, _ in _OPEN_ROUTES}
+# The methods each open GET path answers, for a 405's Allow header (aiohttp adds HEAD to every GET).
+# The probe is not among them: any other method on / is an unknown path's 404, as before it.
+_OPEN_METHODS: Final = {path: "GET, HEAD" for method, path, _ in _OPEN_ROUTES if method == "GET"}

@@ -1,7 +1,8 @@
 """Builds the aiohttp Application: routes, and the cleanup context that owns the session.
 
 Shared resources live in the application's lifecycle (aiohttp ``cleanup_ctx``), never in module
-globals: the upstream ``ClientSession`` is created when the app starts and closed when it stops.
+globals: the upstream ``ClientSession`` is created when the app starts and closed when it stops; the
+state store is opened by the first request that needs it and closed when the app stops.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .hosts import HostGuard
 from .observability import metrics_from_environment
 from .relay import Gateway, Table
 from .router import LLMRouter
+from .state.holder import StateHolder
 
 
 def build_table(config: Config) -> Table:
@@ -53,6 +55,12 @@ async def _session_context(app: web.Application) -> AsyncIterator[None]:
     await gateway.session.close()
 
 
+async def _state_context(app: web.Application) -> AsyncIterator[None]:
+    # Nothing opens here (the first request that needs the store does); closed last, after the drain.
+    yield
+    await app[api.GATEWAY].state.close()
+
+
 def build_app(config: Config, bind: str | None = None) -> web.Application:
     """The gateway as an aiohttp Application for one configuration, served on ``bind``
     (default ``server.host``: the Host rule of gateway auth off names it)."""
@@ -60,10 +68,12 @@ def build_app(config: Config, bind: str | None = None) -> web.Application:
     app[api.BUDGET] = BodyBudget(config.server.max_buffered_body_bytes)
     app[api.HOSTS] = HostGuard(config.server.host if bind is None else bind)
     retries = config.retries
+    metrics = metrics_from_environment()
     app[api.GATEWAY] = Gateway(build_table(config),
                                budget=RetryBudget(retries.budget_ratio, retries.budget_min_per_second),
-                               metrics=metrics_from_environment())
+                               metrics=metrics, state=StateHolder(config.state, metrics.state_error))
     app[api.METRICS_ELSEWHERE] = config.server.metrics_port is not None
+    app.cleanup_ctx.append(_state_context)  # cleanup contexts close in reverse: the store after the session
     app.cleanup_ctx.append(_session_context)
     api.add_routes(app)
     return app

@@ -1,4 +1,5 @@
-"""Who may call the gateway (X-API-Key against sha256 digests) and which credential an attempt carries.
+"""Who may call the gateway (gateway keys against sha256 digests, read alike on every door) and which
+credential an attempt carries.
 
 DESIGN §6 precedence, first that applies: the endpoint's or provider's YAML ``api_key``; ``auth:
 ambient`` or YAML AWS keys (vertex, bedrock); ``auth: none``; ``auth: forward`` with the caller's
@@ -16,7 +17,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 from .calls import UpstreamCall
 from .config import ProviderConfig, Secret
@@ -58,8 +59,16 @@ NO_CREDENTIAL: Final = Credential("none")
 AMBIENT: Final = Credential("ambient")
 
 
+class HeaderValues(Protocol):
+    """A request's headers as aiohttp holds them: every value a name was sent with."""
+
+    def getall(self, key: str, default: list[str]) -> list[str]:
+        """Every value of ``key``, in order; ``default`` when it was not sent."""
+        ...
+
+
 class GatewayKeys:
-    """The accepted X-API-Key values, as digests. Empty: gateway auth is off."""
+    """The accepted gateway keys, as digests. Empty: gateway auth is off."""
 
     __slots__ = ("_digests",)
 
@@ -71,47 +80,85 @@ class GatewayKeys:
         """Whether a key is required at all."""
         return bool(self._digests)
 
-    def check(self, presented: str | None) -> None:
-        """Raise 401 ``invalid_gateway_key`` unless ``presented`` is one of the keys.
+    def _holds(self, candidate: bytes) -> bool:
+        """Whether ``candidate`` (a SHA-256 digest) is one of the keys', compared with every digest in
+        constant time, so neither the key's length nor which digest nearly matched shows in the timing."""
+        matched = False
+        for digest in self._digests:
+            matched |= hmac.compare_digest(candidate, digest)
+        return matched
 
-        The presented key is hashed and compared with every digest in constant time, so neither
-        the key's length nor which digest nearly matched shows in the timing. A digest sent as the
-        key is hashed like any other string, so it never matches.
+    def admit(self, headers: HeaderValues) -> Secret | None:
+        """Read a request's credentials the way every door reads them (DESIGN §14); the caller's
+        provider key, or None.
+
+        While gateway keys are on, ``X-API-Key`` is the gateway key, and ``Authorization: Bearer`` is
+        the gateway key when its digest is one of the keys (then nothing of it is forwarded), otherwise
+        the caller's provider key; one of the two must be a gateway key. With keys off the caller's
+        provider key is the Bearer when there is one, else ``X-API-Key``. Two different gateway keys
+        in one request, or one credential header sent twice with different values, is 401
+        ``invalid_gateway_key`` naming the header. A digest sent as a key is hashed like any other
+        string, so it never matches.
         """
+        api_key = _single(headers, "X-API-Key")
+        bearer = caller_key(_single(headers, "Authorization"))
         if not self._digests:
-            return
-        if presented:
-            candidate = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).digest()
-            matched = False
-            for digest in self._digests:
-                matched |= hmac.compare_digest(candidate, digest)
-            if matched:
-                return
-        raise GatewayError(
-            401,
-            "Missing or invalid gateway key: send one of the configured keys in the X-API-Key header."
-            if presented else "Missing gateway key: send it in the X-API-Key header.",
-            type="invalid_request_error",
-            code="invalid_gateway_key",
-        )
+            return bearer if bearer is not None else _provider_key(api_key, "X-API-Key")
+        bearer_digest = _sha256(bearer.reveal()) if bearer is not None else None
+        bearer_is_key = bearer_digest is not None and self._holds(bearer_digest)
+        if api_key:
+            key_digest = _sha256(api_key)
+            if not self._holds(key_digest):
+                raise _refused("Missing or invalid gateway key: send one of the configured keys in the X-API-Key "
+                               "header.", "X-API-Key")
+            if bearer_is_key and bearer_digest is not None and not hmac.compare_digest(key_digest, bearer_digest):
+                raise _refused("Two different gateway keys in one request: X-API-Key and the Authorization Bearer "
+                               "name different keys; send one.", "Authorization")
+        elif not bearer_is_key:
+            raise _refused("Missing gateway key: send it in the X-API-Key header (or as the Authorization Bearer).",
+                           "X-API-Key")
+        return None if bearer_is_key else bearer
+
+
+def _sha256(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+
+
+def _refused(message: str, header: str) -> GatewayError:
+    return GatewayError(401, message, type="invalid_request_error", code="invalid_gateway_key", param=header)
+
+
+def _single(headers: HeaderValues, name: str) -> str | None:
+    """The one value of a credential header; 401 when it was sent more than once with different
+    values (which one a proxy in front would pick is anyone's guess)."""
+    values = headers.getall(name, [])
+    if not values:
+        return None
+    if len(values) > 1 and any(value != values[0] for value in values[1:]):
+        raise _refused(f"The {name} header was sent more than once with different values; send it once.", name)
+    return values[0]
+
+
+def _provider_key(token: str | None, header: str) -> Secret | None:
+    """``token`` as the caller's provider key; 400 unless it is visible ASCII (raw non-UTF-8 bytes
+    arrive as surrogates): a malformed request (RFC 6750 §3.1 ``invalid_request``), not a key any
+    provider could accept or any upstream header could carry."""
+    if not token:
+        return None
+    if not (token.isascii() and _PRINTABLE_ASCII.issuperset(token)):
+        raise GatewayError(400, f"The {header} header is malformed: a key is visible ASCII only.",
+                           code="invalid_authorization_header")
+    return Secret(token)
 
 
 def caller_key(authorization: str | None) -> Secret | None:
-    """The caller's provider key from ``Authorization: Bearer <key>``, or None.
-
-    400 for a token that is not visible ASCII (raw non-UTF-8 bytes arrive as surrogates): it is
-    a malformed request (RFC 6750 §3.1 ``invalid_request``), not a key any provider could accept.
-    """
+    """The key of ``Authorization: Bearer <key>``, or None (400 for one that is not visible ASCII)."""
     if not authorization:
         return None
     scheme, _, token = authorization.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    if scheme.lower() != "bearer":
         return None
-    if not (token.isascii() and _PRINTABLE_ASCII.issuperset(token)):
-        raise GatewayError(400, "The Authorization header is malformed: a Bearer key is visible ASCII only.",
-                           code="invalid_authorization_header")
-    return Secret(token)
+    return _provider_key(token.strip(), "Authorization")
 
 
 def credential_for(provider: ProviderConfig, endpoint_key: Secret | None, caller: Secret | None) -> Credential | None:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from .auth import NO_CREDENTIAL, ambient_warnings, credential_for
-from .config import Config, default_config_path, key_digest, load_config
+from .config import Config, ProviderConfig, default_config_path, is_loopback, key_digest, load_config
 from .errors import ConfigError, GatewayError
 from .observability import LOG_FORMAT, configure_logging
 from .providers import ChatRequest, provider_for
@@ -26,12 +26,17 @@ def _load(path: str) -> Config | None:
         return None
 
 
-def _warnings(config: Config) -> list[str]:
-    """What `serve` logs and `check` prints about a valid configuration (DESIGN §14)."""
+def _warnings(config: Config, host: str) -> list[str]:
+    """What `serve` logs and `check` prints about a valid configuration served on ``host`` (DESIGN §14)."""
     closed = [f"providers.{p.name}: a server-side credential and no `models:`, so it serves only the routes "
               "under `routes:` (list its models, or `models: [\"*\"]` for every model)"
               for p in config.providers.values() if p.server_credential and not p.models]
-    return ambient_warnings(config.providers.values()) + closed
+    per_host = []
+    if config.state.backend == "sqlite" and not is_loopback(host):
+        # Reachable from other hosts, so perhaps one of several instances behind a balancer (§11).
+        per_host.append(f"state.backend: sqlite on {host}: principals' limits and stored responses are per host "
+                        f"({config.state.path}); instances behind one balancer need `backend: redis` to share them")
+    return ambient_warnings(config.providers.values()) + closed + per_host
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -53,7 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     if not worker:
-        for warning in _warnings(config):
+        for warning in _warnings(config, host):
             logging.getLogger("tensorwall_proxy").warning("%s", warning)
     try:
         check_bind(config, host, args.no_gateway_key, warn=not worker)
@@ -69,7 +74,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
-    for warning in _warnings(config):
+    for warning in _warnings(config, config.server.host):
         print(f"warning: {warning}")
     print(f"{args.config}: ok ({len(config.routes)} routes, {len(config.providers)} providers, "
           f"gateway auth {'on' if config.gateway_keys else 'off'})")
@@ -108,8 +113,22 @@ def describe_route(config: Config, model: str) -> list[str]:
         lines.append(f"  {rank}. provider={provider.name} (type {provider.type}) model={upstream_model} "
                      f"weight={endpoint.weight} priority={endpoint.priority}")
         lines.append(f"     {where}")
+        if not provider.unconfigured:
+            lines.extend(f"     {line}" for line in _native_calls(provider, upstream_model))
         lines.append(f"     credential: {carries}")
     lines.append(f"attempts per request: at most {config.retries.attempts}")
+    return lines
+
+
+def _native_calls(provider: ProviderConfig, model: str) -> list[str]:
+    """Where a provider passes each dialect it speaks besides chat (DESIGN §12), one line each."""
+    impl = provider_for(provider.type)
+    probe = ChatRequest({"model": model, "messages": [{"role": "user", "content": ""}]}, native={"model": model})
+    lines = []
+    for dialect in sorted(provider.speaks - {"chat"}):
+        if impl.native(dialect, provider, model):
+            call = impl.build_native_request(dialect, probe, provider, model, NO_CREDENTIAL)
+            lines.append(f"{dialect}: {call.method} {call.url} (passed through natively)")
     return lines
 
 

@@ -1,6 +1,6 @@
 """The YAML route table → frozen dataclasses, validated, with every error named by its YAML path.
 
-Owns: the schema (server, gateway_keys, providers, routes, rules, timeouts, retries), the nine
+Owns: the schema (server, gateway_keys, providers, routes, rules, timeouts, retries, state), the nine
 default providers and how the YAML merges over them (what a type's keys and defaults are is the
 type's own, in ``providers/catalog.py``), ``${VAR}`` / ``${VAR:-default}`` / ``${file:PATH}``
 interpolation, and ``Secret``, the masked type credentials travel in.
@@ -27,11 +27,21 @@ import yaml
 from yarl import URL
 
 from .errors import ConfigError
-from .providers.catalog import TYPE_NAMES, TYPES, VENDOR_PREFIXES, AmbientKind, ProviderType, TypeName
+from .providers.catalog import (
+    DIALECT_NAMES,
+    TYPE_NAMES,
+    TYPES,
+    VENDOR_PREFIXES,
+    AmbientKind,
+    ProviderType,
+    TypeName,
+)
 
 PROVIDER_TYPES: Final[tuple[TypeName, ...]] = TYPE_NAMES
 AuthMode = Literal["forward", "ambient", "none"]
 Strategy = Literal["weighted", "priority"]
+StateBackend = Literal["sqlite", "redis"]
+FailMode = Literal["open", "closed"]
 
 # The nine providers that exist whatever the YAML says; a YAML entry of the same name merges over
 # its default key by key. Values go through the same interpolation as the YAML's own.
@@ -40,7 +50,7 @@ DEFAULT_PROVIDERS: Final[dict[str, dict[str, Any]]] = {name: kind.defaults(True)
 # the type's fixed defaults, without the default provider's own environment variables.
 TYPE_DEFAULTS: Final[dict[str, dict[str, Any]]] = {name: kind.defaults(False) for name, kind in TYPES.items()}
 
-_COMMON_KEYS: Final = frozenset({"type", "auth", "api_key", "models", "key_scope"})
+_COMMON_KEYS: Final = frozenset({"type", "auth", "api_key", "models", "key_scope", "dialects"})
 
 SHA256_PREFIX: Final = "sha256:"
 _DIGEST_RE: Final = re.compile(r"sha256:[0-9a-fA-F]{64}", re.IGNORECASE)
@@ -154,6 +164,9 @@ class ProviderConfig:
     # Anthropic betas (globs) passed from callers under a server-side credential; None: the default
     # table of behavioural betas (DESIGN §14).
     betas: tuple[str, ...] | None = None
+    # The dialects passed through natively (DESIGN §12, §14), `chat` always among them; None: the
+    # type's default (`openai` and `azure` speak chat and responses).
+    dialects: tuple[str, ...] | None = None
     # Why a request routed here cannot be sent (a required setting is empty), or None.
     unconfigured: str | None = None
     # What the gateway may know about the type (providers/catalog.py): ask it, never the type's name.
@@ -161,10 +174,13 @@ class ProviderConfig:
     # Derived once here, read on every request (credential_for): see the properties below.
     _server: bool = field(init=False, repr=False, compare=False, default=False)
     _forwards: bool = field(init=False, repr=False, compare=False, default=False)
+    # `dialects` resolved: what a request in one of these dialects is passed through as, not translated.
+    speaks: frozenset[str] = field(init=False, repr=False, compare=False, default=frozenset())
 
     def __post_init__(self) -> None:
         kind = TYPES[self.type]
         object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "speaks", frozenset(self.dialects or kind.dialects) | {"chat"})
         server = (self.api_key is not None or self.auth == "ambient"
                   or (kind.sigv4 and (self.aws_access_key_id is not None or bool(self.profile))))
         object.__setattr__(self, "_server", server)
@@ -223,6 +239,44 @@ class RuleConfig:
     strip: str = ""
 
 
+# Per store call (DESIGN §14): SQLite is a local file, yet a write may wait for another worker's
+# transaction; Redis is a network round trip that takes well under a millisecond when it is healthy.
+DEFAULT_STATE_TIMEOUT_MS: Final[Mapping[StateBackend, float]] = {"sqlite": 250.0, "redis": 50.0}
+# Where the SQLite backend keeps its files when neither `state.path` nor systemd's STATE_DIRECTORY says.
+DEFAULT_STATE_PATH: Final = "tensorwall-state"
+STATE_BACKENDS: Final[tuple[StateBackend, ...]] = ("sqlite", "redis")
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    """The state store (DESIGN §13, §14): which backend, where, and how long a call may take.
+
+    A changed ``state:`` section takes a restart: the open store keeps the settings it opened with.
+    """
+
+    backend: StateBackend = "sqlite"
+    # SQLite: the directory holding limits.db and responses.db (absolute once parsed).
+    path: str = DEFAULT_STATE_PATH
+    # Redis: redis:// or rediss://; a Secret because it may carry a password.
+    url: Secret | None = None
+    key_prefix: str = "tw:"
+    timeout_ms: float = 0.0  # 0: the backend's default (DEFAULT_STATE_TIMEOUT_MS)
+    fail_mode: FailMode = "open"
+    responses: bool = True
+    responses_ttl_seconds: int = 7 * 24 * 3600
+    # Signs what the gateway hands out (encrypted_content); None: a secret generated into the store.
+    secret: Secret | None = None
+
+    def __post_init__(self) -> None:
+        if self.timeout_ms <= 0:
+            object.__setattr__(self, "timeout_ms", DEFAULT_STATE_TIMEOUT_MS[self.backend])
+
+    @property
+    def timeout_seconds(self) -> float:
+        """``timeout_ms`` in seconds, as asyncio takes it."""
+        return self.timeout_ms / 1000.0
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig
@@ -232,6 +286,7 @@ class Config:
     rules: tuple[RuleConfig, ...] | None  # None: the built-in pattern table
     timeouts: Timeouts = field(default_factory=Timeouts)
     retries: Retries = field(default_factory=Retries)
+    state: StateConfig = field(default_factory=StateConfig)
     source: str = "<memory>"
 
 
@@ -313,7 +368,7 @@ def _check_keys(raw: Mapping[str, Any], allowed: frozenset[str], path: str, erro
 
 
 def _number(raw: Any, path: str, errors: _Errors, default: float, *, minimum: float = 0.0,
-            positive: bool = False) -> float:
+            positive: bool = False, maximum: float = math.inf) -> float:
     if raw is None:
         return default
     if isinstance(raw, bool) or not isinstance(raw, int | float | str):
@@ -332,6 +387,9 @@ def _number(raw: Any, path: str, errors: _Errors, default: float, *, minimum: fl
         return default
     if value < minimum:
         errors.add(path, f"must be at least {minimum:g}, got {raw!r}")
+        return default
+    if value > maximum:
+        errors.add(path, f"must be at most {maximum:g}, got {raw!r}")
         return default
     return value
 
@@ -493,6 +551,79 @@ def _read_retries(raw: Any, errors: _Errors) -> Retries:
     )
 
 
+def _choice(raw: Any, path: str, errors: _Errors, choices: tuple[str, ...], default: str) -> str:
+    value = _string(raw, path, errors, default) or default
+    if value not in choices:
+        errors.add(path, f"expected {' or '.join(choices)}, got {value!r}")
+        return default
+    return value
+
+
+def _switch(raw: Any, path: str, errors: _Errors, default: bool) -> bool:
+    """``on``/``off`` (YAML 1.1 reads them unquoted as booleans), ``true``/``false`` alike."""
+    if raw is None:
+        return default
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in ("on", "off", "true", "false"):
+        return raw.strip().lower() in ("on", "true")
+    errors.add(path, f"expected on or off, got {raw!r}")
+    return default
+
+
+def _state_path(raw: Any, env: Mapping[str, str], errors: _Errors) -> str:
+    """The SQLite directory, absolute: ``state.path``, else systemd's ``$STATE_DIRECTORY`` (its first
+    entry: the unit may list several), else ``./tensorwall-state``."""
+    given = _string(raw, "state.path", errors).strip()
+    if not given:
+        given = env.get("STATE_DIRECTORY", "").split(":")[0] or DEFAULT_STATE_PATH
+    return os.path.abspath(os.path.expanduser(given))
+
+
+def _redis_url(raw: Any, errors: _Errors) -> Secret | None:
+    # The URL may carry a password: no message here repeats it.
+    text = _string(raw, "state.url", errors).strip()
+    if not text:
+        return None
+    try:
+        url = URL(text)
+    except ValueError:
+        url = None
+    if url is None or url.scheme not in ("redis", "rediss") or not url.host:
+        errors.add("state.url", "expected a redis:// or rediss:// URL with a host (the value is not shown)")
+        return None
+    return Secret(text)
+
+
+def _read_state(raw: Any, env: Mapping[str, str], errors: _Errors) -> StateConfig:
+    data = _mapping(raw, "state", errors)
+    _check_keys(data, frozenset(StateConfig.__slots__), "state", errors)
+    d = StateConfig()
+    backend = _choice(data.get("backend"), "state.backend", errors, STATE_BACKENDS, d.backend)
+    url = _redis_url(data.get("url"), errors)
+    given = data.get("url") not in (None, "")  # a bad one is reported as such, not as missing too
+    if backend == "redis" and not given and "state.url" not in errors.unresolved:
+        errors.add("state.url", "required with `backend: redis` (redis://host:6379/0, or rediss:// for TLS)")
+    key_prefix = _string(data.get("key_prefix"), "state.key_prefix", errors, d.key_prefix)
+    if len(key_prefix) > 64 or not key_prefix.isprintable() or " " in key_prefix:
+        errors.add("state.key_prefix", "expected at most 64 printable characters without spaces")
+        key_prefix = d.key_prefix
+    return StateConfig(
+        backend=backend,  # type: ignore[arg-type]  # one of STATE_BACKENDS, checked above
+        path=_state_path(data.get("path"), env, errors),
+        url=url,
+        key_prefix=key_prefix,
+        # 0 (absent) is the backend's default; a minute is far past any useful wait on a request's path.
+        timeout_ms=_number(data.get("timeout_ms"), "state.timeout_ms", errors, 0.0, positive=True, maximum=60_000),
+        fail_mode=_choice(data.get("fail_mode"), "state.fail_mode", errors,  # type: ignore[arg-type]
+                          ("open", "closed"), d.fail_mode),
+        responses=_switch(data.get("responses"), "state.responses", errors, d.responses),
+        responses_ttl_seconds=_integer(data.get("responses_ttl_seconds"), "state.responses_ttl_seconds", errors,
+                                       d.responses_ttl_seconds, minimum=1),
+        secret=_secret(data.get("secret"), "state.secret", errors),
+    )
+
+
 def _read_gateway_keys(raw: Any, present: bool, errors: _Errors) -> tuple[str, ...]:
     if not present:
         errors.add("gateway_keys", "missing: list the accepted X-API-Key values, or write `gateway_keys: []` "
@@ -580,6 +711,8 @@ def _read_provider(name: str, raw: Mapping[str, Any], errors: _Errors) -> Provid
         profile=text("profile"),
         key_scope=text("key_scope") or name,
         betas=_strings(raw["betas"], _join(path, "betas"), errors) if raw.get("betas") is not None else None,
+        dialects=_dialects(raw["dialects"], _join(path, "dialects"), kind, errors)
+        if raw.get("dialects") is not None else None,
     )
     setting, env_var = kind.required, kind.required_env
     if not getattr(provider, setting):
@@ -587,6 +720,21 @@ def _read_provider(name: str, raw: Mapping[str, Any], errors: _Errors) -> Provid
         hint = f"set {env_var} or {_join(path, setting)}" if name == ptype else f"set {_join(path, setting)}"
         provider = replace(provider, unconfigured=f"provider '{name}' is not configured: {setting} is empty ({hint})")
     return provider
+
+
+def _dialects(raw: Any, path: str, kind: ProviderType, errors: _Errors) -> tuple[str, ...]:
+    """A provider's ``dialects:``: names the gateway knows whose native path the type's wire has;
+    ``chat`` is implied."""
+    names: list[str] = ["chat"]
+    for i, name in enumerate(_strings(raw, path, errors)):
+        if name not in DIALECT_NAMES:
+            errors.add(_join(path, i), f"unknown dialect {name!r} (expected one of: {', '.join(DIALECT_NAMES)})")
+        elif name not in kind.declarable:
+            errors.add(_join(path, i), f"provider type '{kind.name}' cannot pass {name!r} through natively "
+                                       f"(it can: {', '.join(kind.declarable)})")
+        elif name not in names:
+            names.append(name)
+    return tuple(names)
 
 
 def _read_providers(raw: Any, defaults: Mapping[str, dict[str, Any]], errors: _Errors,
@@ -645,10 +793,8 @@ def _read_routes(raw: Any, providers: Mapping[str, ProviderConfig], base: Timeou
         path = _join("routes", name)
         route = _mapping(value, path, errors)
         _check_keys(route, frozenset({"strategy", "endpoints", "timeouts"}), path, errors)
-        strategy = _string(route.get("strategy"), _join(path, "strategy"), errors, "weighted")
-        if strategy not in ("weighted", "priority"):
-            errors.add(_join(path, "strategy"), f"expected weighted or priority, got {strategy!r}")
-            strategy = "weighted"
+        strategy = _choice(route.get("strategy"), _join(path, "strategy"), errors, ("weighted", "priority"),
+                           "weighted")
         raw_endpoints = route.get("endpoints")
         if not isinstance(raw_endpoints, list) or not raw_endpoints:
             errors.add(_join(path, "endpoints"), "expected a non-empty list of endpoints")
@@ -720,7 +866,8 @@ def _check_key_scopes(routes: Mapping[str, RouteConfig], providers: Mapping[str,
             )
 
 
-_TOP_KEYS: Final = frozenset({"server", "gateway_keys", "providers", "routes", "rules", "timeouts", "retries"})
+_TOP_KEYS: Final = frozenset({"server", "gateway_keys", "providers", "routes", "rules", "timeouts", "retries",
+                              "state"})
 
 
 # The quoted pieces of PyYAML's problems that are its own words: a token name like '<block end>',
@@ -786,11 +933,12 @@ def parse_config(text: str, *, env: Mapping[str, str] | None = None, source: str
     retries = _read_retries(raw.get("retries"), errors)
     routes = _read_routes(raw.get("routes"), providers, timeouts, errors)
     rules = _read_rules(raw.get("rules"), "rules" in raw, providers, errors)
+    state = _read_state(raw.get("state"), environ, errors)
     _check_key_scopes(routes, providers, errors)
     if errors.items:
         raise ConfigError(errors.items)
     return Config(server=server, gateway_keys=gateway_keys, providers=providers, routes=routes, rules=rules,
-                  timeouts=timeouts, retries=retries, source=source)
+                  timeouts=timeouts, retries=retries, state=state, source=source)
 
 
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:

@@ -292,6 +292,10 @@ class Instance:
         if config.server != self.config.server:
             log.warning("reload: server.* changed; the address and the body and connection bounds take a "
                         "restart, the drain times and allowed_hosts/allowed_origins apply from now")
+        if config.state != self.config.state:
+            # The open store (its files or pool, its timeout, its secret) stays: swapping it under
+            # requests in flight would split what they store between two places.
+            log.warning("reload: state.* changed; the state store keeps its settings until a restart")
         self.config = config
         log.info("reloaded %s: %d routes, %d providers, gateway auth %s", path, len(config.routes),
                  len(config.providers), "on" if config.gateway_keys else "off")

@@ -111,6 +111,7 @@ class RequestRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     principal: str | None = None  # who called, once principals exist (DESIGN §13); null until then
+    cache_markers_dropped: int = 0  # cache_control breakpoints the answering attempt's translator dropped
 
     def attempt(self, provider: str, outcome: str, status: int, started: float) -> None:
         """Note one upstream attempt: ok, connect, timeout, 429, 5xx or 4xx."""
@@ -285,11 +286,17 @@ class Metrics:
                               registry=self.registry)
         self.errors = Counter("tensorwall_errors", "Error responses by whom they blame.", ["blame"],
                               registry=self.registry)
+        self.cache_markers_dropped = Counter("tensorwall_cache_markers_dropped", "Cache breakpoints "
+                                             "(cache_control) a caller marked that the provider's translator "
+                                             "could not keep, by provider.", ["provider"], registry=self.registry)
         self.in_flight = Gauge("tensorwall_requests_in_flight", "Requests being served.",
                                registry=self.registry, multiprocess_mode="livesum")
         self.connections_closed = Counter("tensorwall_connections_closed", "Connections the listener closed "
                                           "before serving them, by reason: max_connections, header_timeout, "
                                           "header_too_large.", ["reason"], registry=self.registry)
+        self.state_errors = Counter("tensorwall_state_errors", "State store calls that failed or ran past "
+                                    "state.timeout_ms, by backend and operation.", ["backend", "operation"],
+                                    registry=self.registry)
         self.health = Gauge("tensorwall_endpoint_health", "Endpoints (server-side credentials) by state.",
                             ["provider", "model", "state"], registry=self.registry, multiprocess_mode="livemax")
         # Label values are bounded by the configuration, so this cache is too.
@@ -335,6 +342,8 @@ class Metrics:
             model = record.model_label or "other"
             counts[self.tokens, (provider, model, "in")] += max(record.prompt_tokens, 0)
             counts[self.tokens, (provider, model, "out")] += max(record.completion_tokens, 0)
+        if record.cache_markers_dropped:
+            counts[self.cache_markers_dropped, (provider,)] += record.cache_markers_dropped
         who = blame(record.status, record.provider)
         if who is not None:
             counts[self.errors, (who,)] += 1
@@ -369,6 +378,12 @@ class Metrics:
     def connection_closed(self, reason: str) -> None:
         """The listener closed a connection before serving it (too many open, a head too slow or too large)."""
         self._child(self.connections_closed, reason).inc()
+
+    def state_error(self, backend: str, operation: str) -> None:
+        """A state store call failed or timed out (``state.StoreError``); the labels are the backend's
+        name and the store method, so they stay few."""
+        self._changes += 1
+        self._child(self.state_errors, backend, operation).inc()
 
     def render(self) -> tuple[bytes, str]:
         """The exposition and its content type; every worker's together in multiprocess mode."""

@@ -40,9 +40,11 @@ from .errors import (
 )
 from .health import HealthBook, HealthKey, RetryBudget, when_all_blocked
 from .observability import THROTTLE, Ledger, Metrics, RequestRecord, outcome_of
-from .providers import ChatRequest, EmbeddingsRequest, Provider, StreamDecoder, provider_for
+from .providers import ChatRequest, EmbeddingsRequest, NativeStream, Provider, StreamDecoder, provider_for
 from .router import LLMRouter, Route, RouteEndpoint
 from .sse import SseError, SseEvent
+from .state import Store
+from .state.holder import StateHolder
 
 JSON: Final = "application/json"
 # A failure that never reached the upstream may try the same endpoint again, this often, after
@@ -80,7 +82,7 @@ class Table:
 
 @dataclass(slots=True)
 class Gateway:
-    """Process-wide state: the current table, endpoint health, the upstream session."""
+    """Process-wide state: the current table, endpoint health, the upstream session, the state store."""
 
     table: Table
     health: HealthBook = field(default_factory=HealthBook)
@@ -97,10 +99,16 @@ class Gateway:
     busy: set[object] = field(default_factory=set)
     draining: bool = False
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    # The state store, opened by the first request that needs it (``store()``).
+    state: StateHolder = field(default_factory=StateHolder)
     ledger: Ledger = field(init=False)
 
     def __post_init__(self) -> None:
         self.ledger = Ledger(self.metrics, lambda: self.in_flight)
+
+    async def store(self) -> Store:
+        """The process's state store, opened on first use; StoreError when it cannot be opened."""
+        return await self.state.store()
 
     def release(self, connection: Any) -> None:
         """A request on ``connection`` is done. While draining the connection closes after it,
@@ -193,18 +201,41 @@ class Flow(Generic[Req, Call]):
 class ChatFlow(Flow[ChatRequest, UpstreamCall]):
     """A request in the pivot (``/v1/chat/completions`` and the dialects on it), streamed or not;
     ``dialect`` (the one it came in) makes what the caller receives, answers, events and errors
-    past the commit point alike."""
+    past the commit point alike.
 
-    __slots__ = ("dialect",)
+    Native per attempt (DESIGN §12): when the dialect made a native body (``req.native``) and the
+    attempt's provider speaks the dialect itself (``Provider.native``), that attempt sends the
+    caller's body with only ``model`` rewritten and relays the provider's answer as it came;
+    otherwise it translates through the pivot. A route may mix both: each attempt decides, and
+    fallback between them is the same loop. ``upstream_id`` is the provider's id for the answer a
+    native attempt relayed, known before its first byte reaches the caller (``relayed``).
+    """
+
+    __slots__ = ("dialect", "native", "upstream_id")
 
     def __init__(self, gateway: Gateway, request: web.Request, req: ChatRequest, dialect: Dialect,
                  caller: Secret | None, request_id: str) -> None:
         super().__init__(gateway, request, req, caller, request_id)
         self.dialect = dialect
+        self.native = False  # the current attempt passes the caller's body through
+        self.upstream_id: str | None = None
 
     def build(self, credential: Credential) -> UpstreamCall:
-        attempt = self.attempt
-        return self.impl.build_request(self.req, attempt.provider, attempt.model, credential)
+        attempt, req, name = self.attempt, self.req, self.dialect.name
+        self.native = req.native is not None and self.impl.native(name, attempt.provider, attempt.model)
+        if self.native:
+            return self.impl.build_native_request(name, req, attempt.provider, attempt.model, credential)
+        call = self.impl.build_request(req, attempt.provider, attempt.model, credential)
+        # No chat translator keeps cache breakpoints yet: each one the caller marked is dropped.
+        self.record.cache_markers_dropped = req.cache_markers
+        return call
+
+    def relayed(self, upstream_id: str | None) -> None:
+        """A native attempt is committed to an answer the provider knows by ``upstream_id`` (a
+        Response's id, read from ``response.created`` or the body): called once, before the
+        caller receives its first byte, so what must be recorded of it (Responses' affinity:
+        DESIGN §14) is recorded first."""
+        self.upstream_id = upstream_id
 
     async def execute(self, call: UpstreamCall) -> web.StreamResponse:
         if self.req.stream:
@@ -396,8 +427,10 @@ def _not_configured(table: Table, provider: str, detail: str) -> ProviderNotConf
 
 
 def _response_headers(request_id: str, provider: str, upstream_headers: Mapping[str, str] | None,
-                      content_type: str) -> dict[str, str]:
+                      content_type: str, id_headers: tuple[str, ...] = ()) -> dict[str, str]:
     headers = {"Content-Type": content_type, "x-request-id": request_id, "x-tensorwall-provider": provider}
+    for name in id_headers:  # the dialect's own names for the request id
+        headers[name] = request_id
     if upstream_headers is not None:
         get = upstream_headers.get
         for name in PASSED_HEADERS:
@@ -485,6 +518,16 @@ async def _answer(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
     provider = flow.attempt.provider
     body, headers = await _unary(flow, call, flow.table.config.server.max_upstream_body_bytes)
     name = provider.name
+    if flow.native:
+        # The provider's own answer, as it came: read for its usage and id, never re-encoded.
+        try:
+            answer = flow.impl.read_native_answer(flow.dialect.name, provider, body)
+        except MALFORMED as exc:
+            raise _malformed(name, "an answer", exc) from None
+        flow.record.count(answer.usage)
+        flow.relayed(answer.response_id)
+        flow.record.committed()
+        return web.Response(body=body, headers=_response_headers(flow.request_id, name, headers, JSON))
     try:
         out = flow.impl.parse_response(flow.req, provider, body)
     except MALFORMED as exc:
@@ -497,7 +540,8 @@ async def _answer(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
         except MALFORMED as exc:
             raise _malformed(name, "an answer", exc) from None
     flow.record.committed()
-    return web.Response(body=out, headers=_response_headers(flow.request_id, name, headers, JSON))
+    return web.Response(body=out, headers=_response_headers(flow.request_id, name, headers, JSON,
+                                                            dialect.request_id_headers))
 
 
 async def _stream(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
@@ -523,9 +567,15 @@ async def _stream(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
-    decoder = flow.impl.stream_decoder(flow.req, provider)
-    if not dialect.is_pivot:
-        decoder = dialect.encode_stream(flow.req, decoder)  # the pivot's chunks, as the caller's dialect's events
+    decoder: StreamDecoder
+    if flow.native:
+        native = flow.impl.native_decoder(dialect.name, flow.req, provider)  # the provider's events, as they came
+        decoder = native
+    else:
+        native = None
+        decoder = flow.impl.stream_decoder(flow.req, provider)
+        if not dialect.is_pivot:
+            decoder = dialect.encode_stream(flow.req, decoder)  # the pivot's chunks, as the caller's dialect's events
     events = flow.impl.framer()
     # Events decoded but not yet written: everything before the commit point, and after it what
     # one upstream read produced, sent in one write (fewer syscalls than one write per event).
@@ -563,7 +613,7 @@ async def _stream(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
             if plain:
                 pending.append(plain)
                 if client is None and decoder.visible:
-                    client = await _commit(flow, task, headers, pending)  # before the rest: it may fail
+                    client = await _commit(flow, task, headers, pending, native)  # before the rest: it may fail
             if rest or not data:
                 batch = events.feed(rest) if rest else events.flush()
                 # Event by event, so the commit happens at the first visible event even when
@@ -571,13 +621,13 @@ async def _stream(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
                 for event in batch:
                     pending.extend(decoder.feed(event))
                     if client is None and decoder.visible:
-                        client = await _commit(flow, task, headers, pending)
+                        client = await _commit(flow, task, headers, pending, native)
                     if decoder.done:
                         break
                 if not data:
                     pending.extend(decoder.close())  # raises when the upstream stopped short
                     if client is None:
-                        client = await _commit(flow, task, headers, pending)
+                        client = await _commit(flow, task, headers, pending, native)
             else:
                 batch = NO_EVENTS  # the read was all plain
             if client is not None and pending:
@@ -653,11 +703,15 @@ def _heard(clock: SilenceClock, heard: bool, timeouts: Timeouts) -> bool:
 
 
 async def _commit(flow: ChatFlow, task: asyncio.Task[Any], upstream_headers: Mapping[str, str],
-                  held: list[bytes]) -> web.StreamResponse:
+                  held: list[bytes], native: NativeStream | None) -> web.StreamResponse:
     """The commit point: send the status, the headers and everything held so far; from here the
-    flow's ``client`` is set, and a drain that runs out of time ends the stream in-band."""
+    flow's ``client`` is set, and a drain that runs out of time ends the stream in-band. A native
+    stream has named its answer by now (``response.created`` is held with the commit point)."""
+    if native is not None:
+        flow.relayed(native.response_id)
     client = web.StreamResponse(headers=_response_headers(flow.request_id, flow.attempt.provider.name,
-                                                          upstream_headers, "text/event-stream"))
+                                                          upstream_headers, "text/event-stream",
+                                                          flow.dialect.request_id_headers))
     client.headers["Cache-Control"] = "no-cache"
     flow.request[COMMITTED] = client
     flow.record.committed()

@@ -28,7 +28,8 @@ from ..providers import StreamDecoder as StreamDecoder
 #   model       one of them, named by the path's {model}
 #   upgrade     a WebSocket upgrade, answered 426 (clients then use HTTP); any other GET, 405
 #   stored      a stored object by the path's {id}: none is kept yet, so 404
-Operation = Literal["pivot", "embeddings", "models", "model", "upgrade", "stored"]
+#   count       the input tokens a body would use (Anthropic's count_tokens), estimated
+Operation = Literal["pivot", "embeddings", "models", "model", "upgrade", "stored", "count"]
 
 
 class DialectPath(NamedTuple):
@@ -49,6 +50,8 @@ class Dialect(Protocol):
     # True when the dialect's shape is the pivot's own (chat): answers and events go to the caller as
     # the provider translator made them, and the encode_* methods are never called.
     is_pivot: bool
+    # Headers besides x-request-id that carry the request id on every response of this door.
+    request_id_headers: tuple[str, ...]
 
     def parse(self, body: dict[str, Any], headers: Mapping[str, str]) -> ChatRequest:
         """A caller's JSON body → the pivot; 400 in this dialect's shape for what the gateway relies on."""
@@ -60,6 +63,10 @@ class Dialect(Protocol):
 
     def encode_stream(self, req: ChatRequest, decoder: StreamDecoder) -> StreamDecoder:
         """A decoder yielding this dialect's events from one yielding the pivot's chunks (one per attempt)."""
+        ...
+
+    def error_status(self, error: GatewayError) -> int:
+        """An error response's status on this door (most keep ``error.status``)."""
         ...
 
     def error_body(self, error: GatewayError) -> bytes:

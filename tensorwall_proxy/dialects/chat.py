@@ -16,6 +16,7 @@ module does no I/O.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, Final
 
 import orjson
@@ -23,8 +24,9 @@ import orjson
 from ..auth import FORWARDED_HEADERS
 from ..errors import GatewayError, bad_request
 from ..providers import ChatRequest, EmbeddingsRequest, StreamDecoder
-from ..sse import DONE_EVENT, SseEvent, encode
+from ..sse import DONE_EVENT, encode
 from . import Catalog, DialectPath
+from .streams import PivotStream
 
 _ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _FORWARDED: Final = tuple({name for names in FORWARDED_HEADERS.values() for name in names})
@@ -158,6 +160,7 @@ class Chat:
         DialectPath("GET", "/v1/models/{model:.+}", "model"),
     )
     is_pivot = True
+    request_id_headers: tuple[str, ...] = ()
 
     # The function itself, not a method calling it: the chat hot path pays no extra call.
     parse = staticmethod(parse_chat)
@@ -167,6 +170,9 @@ class Chat:
 
     def encode_stream(self, req: ChatRequest, decoder: StreamDecoder) -> StreamDecoder:
         return decoder
+
+    def error_status(self, error: GatewayError) -> int:
+        return error.status
 
     def error_body(self, error: GatewayError) -> bytes:
         return error.body()
@@ -205,7 +211,8 @@ def parse_completions(body: dict[str, Any], headers: Mapping[str, str]) -> ChatR
                           param="suffix")
     pivot = {name: value for name, value in body.items() if name not in _COMPLETIONS_ONLY}
     pivot["messages"] = [{"role": "user", "content": prompt}]
-    return parse_chat(pivot, headers)
+    # The body itself goes to a provider that takes legacy completions (`dialects: [chat, completions]`).
+    return replace(parse_chat(pivot, headers), native=body)
 
 
 def _choice(choice: Any, default_index: int, key: str) -> dict[str, Any]:
@@ -234,7 +241,7 @@ def completion_answer(answer: bytes) -> bytes:
     return orjson.dumps(_text_completion(parsed, [_choice(c, i, "message") for i, c in enumerate(choices)]))
 
 
-class CompletionStream:
+class CompletionStream(PivotStream):
     """Re-encodes the pivot's chunks, one attempt's stream, as ``text_completion`` chunks.
 
     The pivot decoder keeps the commit point, the end and the usage; a chunk that carries neither text,
@@ -242,22 +249,7 @@ class CompletionStream:
     Every event goes through ``feed``: none passes plain, since each one is rewritten.
     """
 
-    __slots__ = ("_inner", "done", "usage", "visible")
-
-    def __init__(self, inner: StreamDecoder) -> None:
-        self._inner = inner
-        self.visible = False
-        self.done = False
-        self.usage: Mapping[str, Any] | None = None
-
-    def feed(self, event: SseEvent) -> list[bytes]:
-        return self._out(self._inner.feed(event))
-
-    def close(self) -> list[bytes]:
-        return self._out(self._inner.close())
-
-    def split_plain(self, chunk: bytes) -> tuple[bytes, bytes]:
-        return b"", chunk
+    __slots__ = ()
 
     def _out(self, events: list[bytes]) -> list[bytes]:
         inner = self._inner
@@ -286,6 +278,7 @@ class Completions:
     prefixes = _OPENAI_PREFIXES
     paths: tuple[DialectPath, ...] = (DialectPath("POST", "/v1/completions", "pivot"),)
     is_pivot = False
+    request_id_headers: tuple[str, ...] = ()
 
     def parse(self, body: dict[str, Any], headers: Mapping[str, str]) -> ChatRequest:
         return parse_completions(body, headers)
@@ -295,6 +288,9 @@ class Completions:
 
     def encode_stream(self, req: ChatRequest, decoder: StreamDecoder) -> StreamDecoder:
         return CompletionStream(decoder)
+
+    def error_status(self, error: GatewayError) -> int:
+        return error.status
 
     def error_body(self, error: GatewayError) -> bytes:
         return error.body()

@@ -6,10 +6,14 @@ echo and name back); the pivot's answer becomes a Response object, and its strea
 ``sequence_number``s. ``response.created`` / ``in_progress`` come out with the first visible chunk,
 so they are held with the commit point like everything before it (DESIGN §14).
 
+A provider that speaks Responses itself gets the caller's body instead (``ChatRequest.native``,
+less the gateway's own state: ``native.py``) and its stream relayed as it came; past the commit
+point a broken native stream ends with ``native_failed``'s ``response.failed``.
+
 Not here yet: stored conversations (``previous_response_id`` is 400 ``previous_response_not_found``
-saying so; ``GET`` / ``DELETE`` of an id are 404), native passthrough to providers that speak
-Responses, reasoning items. Hosted tools (``web_search``, …) exist only at OpenAI: dropped when
-``tool_choice`` does not force them, 400 when it does. This module does no I/O.
+saying so; ``GET`` / ``DELETE`` of an id are 404), reasoning items. Hosted tools (``web_search``,
+…) exist only at OpenAI: dropped when ``tool_choice`` does not force them, 400 when it does. This
+module does no I/O.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ import orjson
 
 from ..errors import GatewayError, bad_request
 from ..providers import ChatRequest, StreamDecoder
-from ..sse import DONE_EVENT, SseEvent, encode
-from . import DialectPath
+from ..providers.contract import NativeStream
+from ..sse import encode
+from . import DialectPath, native
 from .chat import _OPENAI_PREFIXES, parse_chat
+from .streams import ChunkStream
 
 # Tools only OpenAI runs itself: no other provider has them.
 HOSTED_TOOLS: Final = frozenset({
@@ -335,7 +341,8 @@ def parse_responses(body: dict[str, Any], headers: Mapping[str, str]) -> Respons
         pivot["stream_options"] = {"include_usage": True}  # response.completed carries the usage
     checked = parse_chat(pivot, headers)
     return ResponsesRequest(checked.body, checked.stream, checked.wants_usage, checked.headers,
-                            echo=_echo(body), custom=custom, namespaced=namespaced)
+                            native=native.responses_body(body), echo=_echo(body), custom=custom,
+                            namespaced=namespaced)
 
 
 def new_id(prefix: str) -> str:
@@ -443,41 +450,24 @@ def response_answer(req: ChatRequest, answer: bytes) -> bytes:
         incomplete))
 
 
-class ResponsesStream:
+class ResponsesStream(ChunkStream):
     """Re-encodes the pivot's chunks, one attempt's stream, as OpenAI's Responses events (A.6, A.12).
 
-    The pivot decoder keeps the commit point, the end and the usage. Nothing comes out before the
-    first visible chunk: ``response.created`` and ``in_progress`` come with it, so they are held with
-    the commit point. A message item opens on the first text, a function call item on a call's first
-    fragment (closing the item before it); everything closes, and the one terminal event goes out,
-    when the pivot stream ends, after its usage chunk.
+    Nothing comes out before the first visible chunk: ``response.created`` and ``in_progress``
+    come with it, so they are held with the commit point. A message item opens on the first text, a
+    function call item on a call's first fragment (closing the item before it); everything closes,
+    and the one terminal event goes out, when the pivot stream ends, after its usage chunk.
     """
 
     def __init__(self, req: ResponsesRequest, inner: StreamDecoder) -> None:
-        self._inner = inner
+        super().__init__(req, inner)
         self._req = req
-        self.visible = False
-        self.done = False
-        self.usage: Mapping[str, Any] | None = None
         self.response_id = new_id("resp_")
         self.sequence = 0  # the next event's sequence_number
         self._created_at = int(time.time())
-        self._model = str(req.body.get("model"))
-        self._started = False
         self._output: list[dict[str, Any]] = []
         self._open: dict[str, Any] | None = None  # the item being streamed: its index and state
         self._calls: dict[int, dict[str, Any]] = {}  # pivot tool call index → its open state
-        self._finish: Any = None
-        self._pivot_usage: Any = None
-
-    def feed(self, event: SseEvent) -> list[bytes]:
-        return self._out(self._inner.feed(event))
-
-    def close(self) -> list[bytes]:
-        return self._out(self._inner.close())
-
-    def split_plain(self, chunk: bytes) -> tuple[bytes, bytes]:
-        return b"", chunk
 
     def _event(self, out: list[bytes], kind: str, **fields: Any) -> None:
         fields = {"type": kind, "sequence_number": self.sequence, **fields}
@@ -496,40 +486,13 @@ class ResponsesStream:
             self._event(out, "response.created", response=self.response("in_progress"))
             self._event(out, "response.in_progress", response=self.response("in_progress"))
 
-    def _out(self, events: list[bytes]) -> list[bytes]:
-        inner = self._inner
-        out: list[bytes] = []
-        for event in events:
-            if event == DONE_EVENT or not event.startswith(b"data: {"):
-                continue
-            chunk = orjson.loads(event[6:].rstrip(b"\n"))
-            if not isinstance(chunk, dict):
-                continue
-            if isinstance(chunk.get("model"), str) and chunk["model"]:
-                self._model = chunk["model"]
-            if chunk.get("usage") is not None:
-                self._pivot_usage = chunk["usage"]
-            for choice in chunk.get("choices") or ():
-                if isinstance(choice, dict) and choice.get("index", 0) == 0:
-                    self._choice(choice, out)
-        if inner.visible and not self._started:
-            self._start(out)
-        self.visible, self.usage = inner.visible, inner.usage
-        if inner.done and not self.done:
-            self._finish_stream(out)
-        return out
-
-    def _choice(self, choice: Mapping[str, Any], out: list[bytes]) -> None:
-        delta = choice.get("delta")
-        if isinstance(delta, dict):
-            text = delta.get("content")
-            if isinstance(text, str) and text:
-                self._text(text, out)
-            for call in delta.get("tool_calls") or ():
-                if isinstance(call, dict):
-                    self._call(call, out)
-        if choice.get("finish_reason") is not None:
-            self._finish = choice["finish_reason"]
+    def _choice(self, delta: Mapping[str, Any], out: list[bytes]) -> None:
+        text = delta.get("content")
+        if isinstance(text, str) and text:
+            self._text(text, out)
+        for call in delta.get("tool_calls") or ():
+            if isinstance(call, dict):
+                self._call(call, out)
 
     def _text(self, text: str, out: list[bytes]) -> None:
         self._start(out)
@@ -615,15 +578,13 @@ class ResponsesStream:
         status, incomplete = _status(self._finish)
         kind = "response.completed" if status == "completed" else "response.incomplete"
         self._event(out, kind, response=self.response(status, usage_of(self._pivot_usage), incomplete))
-        self.done = True
 
     def failed(self, error: GatewayError) -> bytes:
         """The terminal ``response.failed`` event for an error past the commit point."""
         out: list[bytes] = []
         self._start(out)
-        code = "rate_limit_exceeded" if error.status == 429 else "server_error"
         self._event(out, "response.failed", response=self.response(
-            "failed", usage_of(self._pivot_usage), None, {"code": code, "message": error.message}))
+            "failed", usage_of(self._pivot_usage), None, {"code": _failure_code(error), "message": error.message}))
         self.done = True
         return b"".join(out)
 
@@ -642,6 +603,7 @@ class Responses:
         DialectPath("GET", "/v1/responses/{id}/input_items", "stored"),
     )
     is_pivot = False
+    request_id_headers: tuple[str, ...] = ()
 
     def parse(self, body: dict[str, Any], headers: Mapping[str, str]) -> ChatRequest:
         return parse_responses(body, headers)
@@ -652,15 +614,37 @@ class Responses:
     def encode_stream(self, req: ChatRequest, decoder: StreamDecoder) -> StreamDecoder:
         return ResponsesStream(_request_of(req), decoder)
 
+    def error_status(self, error: GatewayError) -> int:
+        return error.status
+
     def error_body(self, error: GatewayError) -> bytes:
         return error.body()
 
     def error_event(self, error: GatewayError, stream: StreamDecoder | None = None) -> bytes:
         if isinstance(stream, ResponsesStream):
             return stream.failed(error)
+        if isinstance(stream, NativeStream):
+            return native_failed(stream, error)
         # No stream state to end (an error of the gateway's own): OpenAI's `error` event.
         return encode(orjson.dumps({"type": "error", "sequence_number": 0, "code": error.code,
                                     "message": error.message, "param": error.param}), "error")
+
+
+def native_failed(stream: NativeStream, error: GatewayError) -> bytes:
+    """A native stream broken past its commit point: ``response.failed`` with the upstream's Response
+    as ``response.created`` announced it (its id among it) and the next ``sequence_number``."""
+    response = {**(stream.opening or {}), "status": "failed", "completed_at": None,
+                "error": {"code": _failure_code(error), "message": error.message}}
+    response.setdefault("id", stream.response_id or new_id("resp_"))
+    event = {"type": "response.failed", "sequence_number": stream.sequence, "response": response}
+    stream.sequence += 1
+    stream.done = True
+    return encode(orjson.dumps(event), "response.failed")
+
+
+def _failure_code(error: GatewayError) -> str:
+    """A failed Response's ``error.code`` for the gateway's own failures (A.5's codes)."""
+    return "rate_limit_exceeded" if error.status == 429 else "server_error"
 
 
 def stored_missing(response_id: str) -> GatewayError:

@@ -15,14 +15,16 @@ from .contract import (
     ChatRequest,
     EmbeddingsRequest,
     Framer,
+    NativeAnswer,
+    NativeStream,
     Provider,
     StreamDecoder,
     UpstreamCall,
     path_segment,
 )
 
-__all__ = ["PROVIDERS", "TYPES", "ChatRequest", "EmbeddingsRequest", "Framer", "Provider", "ProviderType",
-           "StreamDecoder", "UpstreamCall", "path_segment", "provider_for"]
+__all__ = ["PROVIDERS", "TYPES", "ChatRequest", "EmbeddingsRequest", "Framer", "NativeAnswer", "NativeStream",
+           "Provider", "ProviderType", "StreamDecoder", "UpstreamCall", "path_segment", "provider_for"]
 
 # Handles for the Python API of llm-providers.md: `RouteEndpoint(provider=openai_provider, ...)`.
 openai_provider: Final = "openai"

@@ -28,7 +28,7 @@ from ..tokens import count_of
 from .anthropic_wire import JSON_OBJECT_INSTRUCTION, auth_header, claude_sampling, passed_betas
 from .blocks import BlockStream
 from .catalog import TYPES
-from .contract import ChatRequest, EmbeddingsRequest, UpstreamCall
+from .contract import ChatRequest, EmbeddingsRequest, Translated, UpstreamCall
 from .ids import attach, detach, for_upstream
 from .openai_wire import USER_AGENT, classify_openai_error, upstream_url
 from .policy import check, reasoning_budget
@@ -475,7 +475,7 @@ class AnthropicStream(BlockStream):
         return []
 
 
-class Anthropic:
+class Anthropic(Translated):
     """The Provider for Anthropic's Messages API."""
 
     type = "anthropic"

@@ -7,6 +7,10 @@ material). The body keeps the caller's ``model`` (Azure routes by deployment and
 removed, and usage cannot be asked for. The filter-only first chunk of an Azure stream holds no
 content, so the passthrough decoder holds it with the commit point.
 
+Responses are passed through natively on Azure's v1 API: ``POST {endpoint}/openai/v1/responses``,
+the same ``api-key`` header, no ``api-version`` (the v1 API takes none), and ``model`` in the body
+set to the deployment name, since the v1 path names no deployment (wire-formats-dialects A.10).
+
 Pure: no I/O, no aiohttp.
 """
 
@@ -20,12 +24,15 @@ import orjson
 from ..errors import UpstreamError
 from ..sse import SseDecoder
 from .catalog import TYPES
-from .contract import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
+from .contract import ChatRequest, EmbeddingsRequest, NativeAnswer, NativeStream, UpstreamCall, path_segment
 from .openai_wire import (
     USER_AGENT,
     PassthroughStream,
     adapt_chat_body,
     classify_openai_error,
+    native_body,
+    native_decoder,
+    read_native_answer,
     upstream_url,
 )
 
@@ -35,6 +42,8 @@ if TYPE_CHECKING:
 
 # The first GA api-version that accepts stream_options (and seed); see wire-formats §3.
 STREAM_OPTIONS_SINCE: Final = "2024-10-21"
+# The dialects Azure passes through, on its v1 API (no deployment segment, no api-version).
+V1_PATHS: Final = {"responses": "/openai/v1/responses"}
 
 
 def accepts_stream_options(api_version: str) -> bool:
@@ -87,3 +96,17 @@ class Azure:
     def parse_embeddings_response(self, req: EmbeddingsRequest, provider: ProviderConfig,
                                   bodies: list[bytes]) -> bytes:
         return bodies[0]
+
+    def native(self, dialect: str, provider: ProviderConfig, model: str) -> bool:
+        return dialect in provider.speaks and dialect in V1_PATHS
+
+    def build_native_request(self, dialect: str, req: ChatRequest, provider: ProviderConfig, model: str,
+                             credential: Credential) -> UpstreamCall:
+        url = upstream_url(provider.endpoint, V1_PATHS[dialect])
+        return UpstreamCall("POST", url, _headers(credential), native_body(req, model), req.stream)
+
+    def native_decoder(self, dialect: str, req: ChatRequest, provider: ProviderConfig) -> NativeStream:
+        return native_decoder(dialect, provider.name)
+
+    def read_native_answer(self, dialect: str, provider: ProviderConfig, body: bytes) -> NativeAnswer:
+        return read_native_answer(dialect, provider.name, body)

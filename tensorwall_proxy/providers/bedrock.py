@@ -37,7 +37,7 @@ from ..tokens import count_of
 from .anthropic_wire import JSON_OBJECT_INSTRUCTION, claude_sampling
 from .blocks import BlockStream
 from .catalog import TYPES
-from .contract import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
+from .contract import ChatRequest, EmbeddingsRequest, Translated, UpstreamCall, path_segment
 from .ids import attach, detach, for_upstream, unique_id
 from .openai_wire import USER_AGENT, upstream_url
 from .policy import check, reasoning_budget
@@ -552,7 +552,7 @@ class BedrockStream(BlockStream):
 # --- the provider -------------------------------------------------------------------------------
 
 
-class Bedrock:
+class Bedrock(Translated):
     """The Provider for AWS Bedrock Runtime."""
 
     type = "bedrock"

@@ -28,6 +28,10 @@ TypeName = Literal["openai", "anthropic", "azure", "vertex", "groq", "mistral", 
 AmbientKind = Literal["google", "aws"]
 # Which credentials a type accepts: a YAML api_key, the caller's key, the host's identity, YAML AWS keys, none.
 CredentialMode = Literal["key", "forward", "ambient", "sigv4", "none"]
+# The dialects the gateway knows (DESIGN §1, §12): what a provider's `dialects:` may name.
+DIALECT_NAMES: Final[tuple[str, ...]] = ("chat", "completions", "responses", "messages")
+# What a provider of OpenAI's wire can pass through when its YAML declares it (DESIGN §12, §14).
+_OPENAI_WIRE_DIALECTS: Final = ("chat", "completions", "responses")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +73,10 @@ class ProviderType:
     ambient_fills_required: bool = False
     key_prefixes: tuple[str, ...] = ()  # the vendor's well-known key prefixes (DESIGN §14)
     forwarded_headers: tuple[str, ...] = ()  # caller headers that cross with the caller's own key
-    dialects: tuple[str, ...] = ("chat",)  # the front doors it speaks natively
+    dialects: tuple[str, ...] = ("chat",)  # the front doors it speaks natively by default
+    # The front doors its wire can pass through natively when a provider's YAML declares them
+    # (`dialects: [chat, responses]`); `dialects` is always among them.
+    declarable: tuple[str, ...] = ("chat",)
     embeddings: bool = True
 
     @property
@@ -130,6 +137,7 @@ _TRANSLATED_REFUSED: Final = ("logprobs", "top_logprobs", "audio")
 TYPES: Final[Mapping[str, ProviderType]] = MappingProxyType({t.name: t for t in (
     ProviderType("openai", (_base_url("https://api.openai.com/v1", "OPENAI_API_URL"),), "base_url",
                  "Authorization: Bearer", forwarded_headers=("OpenAI-Organization", "OpenAI-Project"),
+                 dialects=("chat", "responses"), declarable=_OPENAI_WIRE_DIALECTS,
                  policy=FieldPolicy("provider type 'openai'")),
     ProviderType("anthropic", (
         _base_url("https://api.anthropic.com/v1", "ANTHROPIC_API_URL"), Setting("version", "2023-06-01"),
@@ -140,7 +148,8 @@ TYPES: Final[Mapping[str, ProviderType]] = MappingProxyType({t.name: t for t in 
                            temperature=(0.0, 1.0), reasoning_budgets=CLAUDE_THINKING)),
     ProviderType("azure", (
         Setting("endpoint", "", "AZURE_OPENAI_ENDPOINT"), Setting("api_version", "2024-10-21", "AZURE_OPENAI_API_VERSION"),
-    ), "endpoint", "api-key", policy=FieldPolicy("provider type 'azure'")),
+    ), "endpoint", "api-key", dialects=("chat", "responses"), declarable=("chat", "responses"),
+        policy=FieldPolicy("provider type 'azure'")),
     ProviderType("vertex", (
         Setting("project", "", "GOOGLE_CLOUD_PROJECT"), Setting("location", "us-central1", "VERTEX_AI_LOCATION"),
         Setting("base_url", "", "VERTEX_API_URL"),
@@ -148,12 +157,12 @@ TYPES: Final[Mapping[str, ProviderType]] = MappingProxyType({t.name: t for t in 
         key_prefixes=("AIza",),
         policy=FieldPolicy("the Gemini translation", refused=_TRANSLATED_REFUSED, reasoning_budgets=GEMINI_THINKING)),
     ProviderType("groq", (_base_url("https://api.groq.com/openai/v1", "GROQ_API_URL"),), "base_url",
-                 "Authorization: Bearer", key_prefixes=("gsk_",), embeddings=False,
+                 "Authorization: Bearer", key_prefixes=("gsk_",), embeddings=False, declarable=_OPENAI_WIRE_DIALECTS,
                  # Groq answers 400 to n > 1, logprobs, logit_bias and messages[].name (wire-formats §6.1).
                  policy=FieldPolicy("provider type 'groq'", max_n=1, refused=("logprobs", "top_logprobs"),
                                     dropped=("logit_bias", "metadata", "store"), strips_message_names=True)),
     ProviderType("mistral", (_base_url("https://api.mistral.ai/v1", "MISTRAL_API_URL"),), "base_url",
-                 "Authorization: Bearer",
+                 "Authorization: Bearer", declarable=_OPENAI_WIRE_DIALECTS,
                  # Mistral has no stream_options (422) and takes seed as random_seed and only max_tokens.
                  policy=FieldPolicy("provider type 'mistral'",
                                     dropped=("stream_options", "user", "metadata", "store", "service_tier",
@@ -168,10 +177,11 @@ TYPES: Final[Mapping[str, ProviderType]] = MappingProxyType({t.name: t for t in 
                            reasoning_budgets=CLAUDE_THINKING)),
     # Ollama never receives the caller's key, only a YAML api_key.
     ProviderType("ollama", (_base_url("http://localhost:11434", "OLLAMA_API_URL"),), "base_url",
-                 "Authorization: Bearer", forwards=False, policy=FieldPolicy("provider type 'ollama'", max_n=1)),
+                 "Authorization: Bearer", forwards=False, declarable=_OPENAI_WIRE_DIALECTS,
+                 policy=FieldPolicy("provider type 'ollama'", max_n=1)),
     # LM Studio wants a key only when its "Require Authentication" is on.
     ProviderType("lmstudio", (_base_url("http://localhost:1234/v1", "LMSTUDIO_API_URL"),), "base_url",
-                 "Authorization: Bearer", key_optional=True,
+                 "Authorization: Bearer", key_optional=True, declarable=_OPENAI_WIRE_DIALECTS,
                  policy=FieldPolicy("provider type 'lmstudio'", max_n=1, refused=("logprobs", "top_logprobs"))),
 )})
 TYPE_NAMES: Final[tuple[TypeName, ...]] = tuple(t.name for t in TYPES.values())

@@ -5,6 +5,13 @@ an OpenAI request, turn the upstream's answer (whole, or event by event) back in
 and classify its errors so retry, fallback and cooldown never depend on the provider. Modules
 under ``providers/`` do no I/O and import no aiohttp.
 
+The native half (DESIGN §12, §14): for a dialect the provider speaks itself, the caller's body is
+passed through with only ``model`` rewritten, and the answer comes back as the provider's own
+bytes. ``native`` says whether an attempt is one, ``build_native_request`` makes its call, a
+``NativeStream`` relays its events (deciding the commit point, reading the usage, raising in-band
+errors before it) and ``read_native_answer`` reads a whole answer's usage and id. A dialect is
+named by its string; only ``dialects/`` parses one's requests.
+
 ``config`` and ``auth`` are named here, and in every translator, for annotations only: config.py
 reads the type catalog, so a run-time import of either from this package would be a circle.
 """
@@ -13,17 +20,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 from ..calls import UpstreamCall
-from ..errors import GatewayError, UpstreamError
+from ..errors import GatewayError, UnsupportedField, UpstreamError
 from ..sse import SseEvent
 
 if TYPE_CHECKING:
     from ..auth import Credential
     from ..config import ProviderConfig
 
-__all__ = ["ChatRequest", "EmbeddingsRequest", "Framer", "Provider", "StreamDecoder", "UpstreamCall", "path_segment"]
+__all__ = ["ChatRequest", "EmbeddingsRequest", "Framer", "NativeAnswer", "NativeStream", "Provider", "StreamDecoder",
+           "Translated", "UpstreamCall", "path_segment"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +43,14 @@ class ChatRequest:
     wants_usage: bool = False  # the caller set stream_options.include_usage
     # Caller headers that may cross to an upstream (auth.FORWARDED_HEADERS), already filtered.
     headers: Mapping[str, str] = field(default_factory=dict)
+    # The caller's body in its own dialect, for a provider that speaks that dialect natively: as
+    # the caller sent it, less the state the gateway made (dialects/native.py). None where the
+    # dialect is the pivot's own (chat), whose translators are already the passthrough.
+    native: Mapping[str, Any] | None = None
+    # A pivot extension (DESIGN §12): the cache breakpoints the caller marked (Anthropic's
+    # `cache_control`). Chat has no field for them; a translator that cannot keep them drops them,
+    # and the relay counts what was dropped.
+    cache_markers: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +86,31 @@ class StreamDecoder(Protocol):
         client unchanged, neither framed nor fed, and the rest, to frame and feed. A translator's
         plain part is always empty."""
         ...
+
+
+@runtime_checkable
+class NativeStream(StreamDecoder, Protocol):
+    """A native passthrough's decoder: upstream events in, the same events out as the client's bytes.
+
+    Beside ``StreamDecoder``'s duties it keeps what the dialect needs to end the stream in its own
+    grammar after the commit point, and what the gateway records of the answer: ``response_id`` (the
+    upstream's id for it, once an event named it), ``opening`` (the upstream's first description of
+    the answer, e.g. the Response of ``response.created``) and ``sequence`` (the next event's
+    ``sequence_number``, for dialects that number their events). ``usage`` is in the pivot's shape.
+    """
+
+    response_id: str | None
+    opening: Mapping[str, Any] | None
+    sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class NativeAnswer:
+    """What the gateway reads of a whole native answer it relays as it came: the usage (in the
+    pivot's shape, for accounting) and the upstream's id for the answer."""
+
+    usage: Mapping[str, Any] | None
+    response_id: str | None
 
 
 class Framer(Protocol):
@@ -124,6 +165,43 @@ class Provider(Protocol):
                                   bodies: list[bytes]) -> bytes:
         """The successful upstream bodies, in call order → OpenAI's list, in the caller's encoding."""
         ...
+
+    def native(self, dialect: str, provider: ProviderConfig, model: str) -> bool:
+        """Whether a request in ``dialect`` is passed through to ``model`` at ``provider``, not translated."""
+        ...
+
+    def build_native_request(self, dialect: str, req: ChatRequest, provider: ProviderConfig, model: str,
+                             credential: Credential) -> UpstreamCall:
+        """The upstream call for a native attempt: ``req.native`` with ``model`` set to the endpoint's."""
+        ...
+
+    def native_decoder(self, dialect: str, req: ChatRequest, provider: ProviderConfig) -> NativeStream:
+        """A fresh decoder for one streamed native attempt."""
+        ...
+
+    def read_native_answer(self, dialect: str, provider: ProviderConfig, body: bytes) -> NativeAnswer:
+        """A successful non-streamed native body (relayed as it came) → its usage and id; raises
+        ValueError (or UpstreamError) when it is not an answer in the dialect's shape."""
+        ...
+
+
+class Translated:
+    """The native half for a type that passes no dialect through (yet): every request is translated."""
+
+    __slots__ = ()
+
+    def native(self, dialect: str, provider: ProviderConfig, model: str) -> bool:
+        return False
+
+    def build_native_request(self, dialect: str, req: ChatRequest, provider: ProviderConfig, model: str,
+                             credential: Credential) -> UpstreamCall:
+        raise UnsupportedField("model", f"Provider '{provider.name}' does not speak {dialect!r} natively.")
+
+    def native_decoder(self, dialect: str, req: ChatRequest, provider: ProviderConfig) -> NativeStream:
+        raise UnsupportedField("model", f"Provider '{provider.name}' does not speak {dialect!r} natively.")
+
+    def read_native_answer(self, dialect: str, provider: ProviderConfig, body: bytes) -> NativeAnswer:
+        raise UnsupportedField("model", f"Provider '{provider.name}' does not speak {dialect!r} natively.")
 
 
 _SEGMENT_SAFE: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")

@@ -93,6 +93,12 @@ def attach(tool_id: str, state: bytes) -> str:
     return tool_id + STATE_MARKER + base64.urlsafe_b64encode(state).rstrip(b"=").decode("ascii")
 
 
+def base_id(client_id: str) -> str:
+    """The id a client-facing id was made from, without the state it carries (none decoded)."""
+    base, marker, _ = client_id.rpartition(STATE_MARKER)
+    return base if marker else client_id
+
+
 def detach(client_id: str) -> tuple[str, bytes | None]:
     """``(id, state)`` from a client-facing id; state is None when the id carries none or is mangled."""
     # The last marker: the encoded state never holds "~", the id before it might.

@@ -1,5 +1,9 @@
 """OpenAI and every OpenAI-compatible type by parameters: openai, groq, mistral, lmstudio, ollama.
 
+Natively, each passes through the dialects its provider speaks (``ProviderConfig.speaks``: openai
+speaks responses by default, any of them what its YAML ``dialects:`` declares) at
+``{base_url}{api root}/responses`` and ``/completions``.
+
 What distinguishes the types is a ``Wire`` (where the API lives, whether it takes
 ``stream_options``, its tool call id form, its embeddings) and their catalog entry's field policy;
 the wire itself is ``openai_wire``.
@@ -18,14 +22,18 @@ import orjson
 from ..errors import UnsupportedField, UpstreamError
 from ..sse import SseDecoder
 from .catalog import TYPES
-from .contract import ChatRequest, EmbeddingsRequest, UpstreamCall
+from .contract import ChatRequest, EmbeddingsRequest, NativeAnswer, NativeStream, UpstreamCall
 from .ids import IdStyle
 from .openai_wire import (
+    NATIVE_PATHS,
     PassthroughStream,
     adapt_chat_body,
     auth_headers,
     classify_openai_error,
     embeddings_to_base64,
+    native_body,
+    native_decoder,
+    read_native_answer,
     upstream_url,
 )
 
@@ -111,3 +119,18 @@ class OpenAICompatible:
         if req.base64 and self.wire.embeddings_floats_only:
             return embeddings_to_base64(bodies[0])
         return bodies[0]
+
+    def native(self, dialect: str, provider: ProviderConfig, model: str) -> bool:
+        return dialect in provider.speaks and dialect in NATIVE_PATHS
+
+    def build_native_request(self, dialect: str, req: ChatRequest, provider: ProviderConfig, model: str,
+                             credential: Credential) -> UpstreamCall:
+        headers = auth_headers(self.kind.forwarded_headers, credential, req.headers)
+        url = upstream_url(provider.base_url, self.wire.api_root + NATIVE_PATHS[dialect])
+        return UpstreamCall("POST", url, headers, native_body(req, model), req.stream)
+
+    def native_decoder(self, dialect: str, req: ChatRequest, provider: ProviderConfig) -> NativeStream:
+        return native_decoder(dialect, provider.name)
+
+    def read_native_answer(self, dialect: str, provider: ProviderConfig, body: bytes) -> NativeAnswer:
+        return read_native_answer(dialect, provider.name, body)

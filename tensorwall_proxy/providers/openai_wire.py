@@ -7,6 +7,11 @@ the caller did not ask for is removed, and a usage that rides on the last chunk 
 into the separate chunk OpenAI clients expect. Also here: the JSON headers every translator sends,
 upstream URLs, OpenAI-shaped errors and base64 embeddings.
 
+The native half every type of this wire shares (DESIGN §12, §14): the dialects it passes through
+(``completions``, ``responses``) live at ``NATIVE_PATHS`` under the type's API root; the caller's
+body goes with only ``model`` set; answers come back as the upstream's bytes, read for their usage
+and id (the Responses wire in ``responses_wire``, the legacy completions wire here).
+
 Pure: no I/O, no aiohttp.
 """
 
@@ -21,9 +26,10 @@ from yarl import URL
 
 from ..errors import UpstreamError, caller_status, kind_for_status, openai_error_fields, retry_after_seconds
 from ..sse import DONE, DONE_EVENT, SseEvent, encode
-from .contract import ChatRequest
+from .contract import ChatRequest, NativeAnswer, NativeStream
 from .ids import IdStyle, for_upstream
 from .policy import FieldPolicy, adapt
+from .responses_wire import ResponsesPassthrough, read_answer
 from .shapes import embeddings_to_base64_list
 
 if TYPE_CHECKING:
@@ -146,7 +152,7 @@ def _visible(chunk: Mapping[str, Any]) -> bool:
     for choice in choices:
         if not isinstance(choice, dict):
             continue
-        if choice.get("finish_reason"):
+        if choice.get("finish_reason") or choice.get("text"):  # `text`: a legacy completions chunk
             return True
         delta = choice.get("delta")
         if isinstance(delta, dict) and (
@@ -171,6 +177,10 @@ class PassthroughStream:
     """
 
     __slots__ = ("_hide_usage", "_pending", "_provider", "_split_usage", "done", "usage", "visible")
+    # As a native decoder (legacy completions passed through): nothing kept of the answer's id.
+    response_id: str | None = None
+    opening: Mapping[str, Any] | None = None
+    sequence: int = 0
 
     def __init__(self, provider: str, *, hide_usage: bool, split_usage: bool) -> None:
         self._provider = provider
@@ -264,3 +274,34 @@ class PassthroughStream:
             raise UpstreamError("server", 502, f"Upstream '{self._provider}' ended the stream before [DONE].",
                                 provider=self._provider)
         return []
+
+
+# Where each dialect a type of OpenAI's wire can pass through lives, under the type's API root.
+NATIVE_PATHS: Final[Mapping[str, str]] = {"responses": "/responses", "completions": "/completions"}
+
+
+def native_body(req: ChatRequest, model: str) -> bytes:
+    """The caller's own body for a native attempt: every field as it came but ``model``."""
+    assert req.native is not None  # the relay asks for a native call only when the dialect made a body
+    body = dict(req.native)
+    body["model"] = model
+    return orjson.dumps(body)
+
+
+def native_decoder(dialect: str, provider: str) -> NativeStream:
+    """The decoder for a native stream: Responses events, or legacy completions chunks (which
+    carry usage only when the caller asked for it: the body is the caller's)."""
+    if dialect == "responses":
+        return ResponsesPassthrough(provider)
+    return PassthroughStream(provider, hide_usage=False, split_usage=False)
+
+
+def read_native_answer(dialect: str, provider: str, body: bytes) -> NativeAnswer:
+    """A whole native answer's usage (the pivot's shape) and id; ValueError when it is not one."""
+    if dialect == "responses":
+        return read_answer(provider, body)
+    parsed = orjson.loads(body)
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("choices"), list):
+        raise ValueError(f"upstream '{provider}' sent an answer that is not a completion")
+    usage, answer_id = parsed.get("usage"), parsed.get("id")
+    return NativeAnswer(usage if isinstance(usage, dict) else None, answer_id if isinstance(answer_id, str) else None)

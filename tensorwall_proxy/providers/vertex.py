@@ -37,7 +37,7 @@ from ..errors import (
 from ..sse import SseDecoder, SseEvent
 from ..tokens import count_of, token_count
 from .catalog import TYPES
-from .contract import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
+from .contract import ChatRequest, EmbeddingsRequest, Translated, UpstreamCall, path_segment
 from .ids import attach, detach, for_gemini, from_gemini, unique_id
 from .openai_wire import USER_AGENT, upstream_url
 from .policy import check, reasoning_budget
@@ -561,7 +561,7 @@ class VertexStream:
         return self._chunks.end(self.usage)
 
 
-class Vertex:
+class Vertex(Translated):
     """The Provider for Vertex AI's Gemini models."""
 
     type = "vertex"

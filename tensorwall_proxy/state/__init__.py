@@ -1,9 +1,11 @@
 """The state store (DESIGN §13, §14): the only state shared between processes and hosts.
 
-Two backends behind one contract: SQLite (the default; one host, shared by ``--workers``) and Redis
-(many hosts). The relay and the dialects see only ``Store``; which backend serves is the
-configuration's ``state.backend``. Keys are plain strings (``resp:<id>``, ``aff:<id>``); a backend
-adds its own namespace (the Redis key prefix, the SQLite file), so callers never do.
+Two backends behind one contract: SQLite (the default; one host, shared by ``--workers``; ``sqlite.py``)
+and Redis (many hosts; ``redis.py``). The relay and the dialects see only ``Store``, which they get
+from ``await gateway.store()`` (``holder.py`` opens it on the first call); which backend serves is
+the configuration's ``state.backend``. Keys are plain strings (``resp:<id>``, ``aff:<id>``; ``secret:``
+is the secrets' own); a backend adds its own namespace (the Redis key prefix, the SQLite file), so
+callers never do.
 
 Every call is bounded by ``state.timeout_ms``; a call that fails or runs past it raises
 ``StoreError`` (and is counted in ``tensorwall_state_errors_total``). What a failure means is the
@@ -13,8 +15,11 @@ served (DESIGN §14).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
+
+# Told of each failed call: (backend, operation); ``Metrics.state_error`` is the gateway's.
+ErrorCounter = Callable[[str, str], None]
 
 
 class StoreError(Exception):
@@ -51,3 +56,4 @@ class Store(Protocol):
     async def close(self) -> None:
         """Release the backend's connections and threads; the store is not used after it."""
         ...
+

@@ -6,38 +6,23 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from tensorwall_proxy import relay
-from tensorwall_proxy.dialects import Dialect, DialectPath, PathTable
+from tensorwall_proxy.dialects import Dialect, PathTable
 from tensorwall_proxy.dialects.chat import CHAT, COMPLETIONS
+from tensorwall_proxy.dialects.messages import MESSAGES
 from tensorwall_proxy.errors import GatewayError
 
 # --- the path table: which dialect's shape an unmatched path gets ------------------------------
 
 
-class _Messages:
-    """A dialect of another error shape under a longer prefix, as the messages dialect will be."""
-
-    name = "messages"
-    prefixes: tuple[str, ...] = ("/v1/messages",)
-    paths: tuple[DialectPath, ...] = (DialectPath("POST", "/v1/messages", "pivot"),
-                                      DialectPath("POST", "/v1/messages/count_tokens", "pivot"))
-    is_pivot = False
-    parse = encode_answer = encode_stream = None
-
-    def error_body(self, error: GatewayError) -> bytes:
-        return b"anthropic-shaped"
-
-    error_event = error_body
-
-
 def test_the_longest_prefix_picks_the_dialect_and_known_paths_say_their_methods() -> None:
-    messages: Any = _Messages()
+    messages = MESSAGES
     dialects: tuple[Dialect, ...] = (CHAT, COMPLETIONS, messages)
     table = PathTable(dialects, default=CHAT)
     assert table.dialect("/v1/messages/batches") is messages
     assert table.dialect("/v1/messages") is messages
+    assert table.dialect("/v1/messagesX") is not messages
     assert table.dialect("/v1/completions") is COMPLETIONS
     assert table.dialect("/v1/whatever") in (CHAT, COMPLETIONS)
     assert table.dialect("/elsewhere").error_body(GatewayError(404, "x")) == GatewayError(404, "x").body()
@@ -65,6 +50,7 @@ def test_the_relay_knows_no_dialect() -> None:
 
 def test_the_dialects_import_no_aiohttp() -> None:
     """Dialects are pure (DESIGN §2): imported alone, in a fresh interpreter, they load no aiohttp."""
-    code = "import sys, tensorwall_proxy.dialects.chat; print('aiohttp' in sys.modules)"
+    code = ("import sys, tensorwall_proxy.dialects.chat, tensorwall_proxy.dialects.messages; "
+            "print('aiohttp' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30)
     assert out.stdout.strip() == "False"

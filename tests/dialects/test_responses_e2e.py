@@ -20,6 +20,8 @@ WEATHER: list[Any] = [{"type": "function", "name": "get_weather", "description":
 # The types that take images: OpenAI's own and the translated ones, which turn the data: URL into
 # their own image blocks (the fake checks each type's shape).
 IMAGE_TYPES = [t for t in TYPES if t.name in {"openai", "azure", "anthropic", "vertex", "bedrock"}]
+# The types that speak Responses themselves by default: their requests are passed through.
+NATIVE = {"openai", "azure"}
 
 
 def _sse(body: bytes) -> list[dict[str, Any]]:
@@ -41,7 +43,10 @@ def test_text(proxy: Proxy, fake: FakeUpstream, kind: Type) -> None:
                                                            instructions="Be brief.", max_output_tokens=200)
     response = raw.parse()
     assert response.object == "response" and response.status == "completed" and response.error is None
-    assert response.id.startswith("resp_") and len(response.id) == len("resp_") + 24
+    if kind.name in NATIVE:
+        assert response.id in fake.responses  # the upstream's own Response, relayed as it came
+    else:
+        assert response.id.startswith("resp_") and len(response.id) == len("resp_") + 24
     assert response.output_text == f"[{kind.name}] hello there"
     (item,) = response.output
     assert item.type == "message" and item.id.startswith("msg_") and item.role == "assistant"
@@ -51,7 +56,8 @@ def test_text(proxy: Proxy, fake: FakeUpstream, kind: Type) -> None:
     assert usage.total_tokens == usage.input_tokens + usage.output_tokens
     assert usage.output_tokens_details.reasoning_tokens == 0 and usage.input_tokens_details.cached_tokens == 0
     assert response.instructions == "Be brief." and response.max_output_tokens == 200
-    assert response.store is False and response.incomplete_details is None
+    # Stored by the upstream when it speaks Responses itself (store defaults to true there).
+    assert response.store is (kind.name in NATIVE) and response.incomplete_details is None
     assert raw.headers["x-tensorwall-provider"] == kind.name
     body = raw.http_response.json()
     assert body["output"][0]["content"][0]["logprobs"] == []
@@ -59,13 +65,14 @@ def test_text(proxy: Proxy, fake: FakeUpstream, kind: Type) -> None:
 
 
 def test_the_pivot_request(proxy: Proxy, fake: FakeUpstream) -> None:
-    """What an OpenAI upstream receives: instructions first, the input items as chat messages."""
+    """What a translated OpenAI-compatible upstream receives: instructions first, the input items as
+    chat messages."""
     proxy.client().responses.create(
-        model="openai/gpt-4o", instructions="Be brief.", max_output_tokens=50, temperature=0.5,
+        model="lmstudio/qwen2.5-7b-instruct", instructions="Be brief.", max_output_tokens=50, temperature=0.5,
         metadata={"k": "v"}, store=True, prompt_cache_key="p", reasoning={"effort": "low"},
         input=[{"role": "developer", "content": "dev"},
                {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}])
-    sent = fake.last("openai").json
+    sent = fake.last("lmstudio").json
     assert sent["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "system", "content": "dev"},
                                 {"role": "user", "content": [{"type": "text", "text": "hi"}]}]
     assert sent["max_tokens"] == 50 and sent["temperature"] == 0.5 and sent["reasoning_effort"] == "low"
@@ -153,9 +160,9 @@ def test_json_schema_reaches_the_provider(proxy: Proxy, fake: FakeUpstream, mode
                                                      "strict": True}})
     assert response.status == "completed" and response.output_text
     assert response.text.format is not None and response.text.format.type == "json_schema"
-    if model.startswith("openai/"):
-        assert fake.last("openai").json["response_format"] == {
-            "type": "json_schema", "json_schema": {"name": "reply", "schema": SCHEMA, "strict": True}}
+    if model.startswith("openai/"):  # native: the caller's text.format as it came
+        assert fake.last("openai").json["text"] == {
+            "format": {"type": "json_schema", "name": "reply", "schema": SCHEMA, "strict": True}}
 
 
 @pytest.mark.parametrize("kind", IMAGE_TYPES, ids=[t.name for t in IMAGE_TYPES])

@@ -80,6 +80,16 @@ async def test_non_streamed_reply_and_usage(fake: FakeUpstream, http: aiohttp.Cl
     assert rec.disconnected_at is None
 
 
+@pytest.mark.parametrize(("stop", "text"), [("there", "[openai] Hello "), (["world", "Hello"], "[openai] "),
+                                           ("absent", "[openai] Hello there world")])
+async def test_stop_cuts_before_the_earliest_sequence(fake: FakeUpstream, http: aiohttp.ClientSession, stop: Any,
+                                                      text: str) -> None:
+    status, body = await post(http, fake.base_url + "/openai/v1/chat/completions",
+                              {"model": "gpt-4o", "messages": HELLO, "stop": stop}, BEARER)
+    assert status == 200
+    assert body["choices"][0]["message"]["content"] == text and body["choices"][0]["finish_reason"] == "stop"
+
+
 @pytest.mark.parametrize("flavor", list(CHAT))
 async def test_stream_reassembles_to_the_non_streamed_text(
     fake: FakeUpstream, http: aiohttp.ClientSession, flavor: str

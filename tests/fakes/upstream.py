@@ -14,7 +14,8 @@ What a chat request gets back: `"[<flavor>] <text of the last user message>"` (o
 `"[<flavor>] tool said: <content>"` after a tool message); one call to the first tool (or the
 named one) with `TOOL_ARGUMENTS` when `tools` is set, `tool_choice` is not "none" and the last
 message is not a tool result; usage counted in words; `max_tokens` / `max_completion_tokens`
-below the reply's word count truncates it to that many words with finish_reason "length".
+below the reply's word count truncates it to that many words with finish_reason "length"; a
+`stop` sequence in the reply cuts it before the earliest one (finish_reason "stop").
 
 Order of play for every request: record it, check auth (and Azure's api-version), validate the
 body as the real provider would, then `FakeUpstream.script`, then the fault words, then the normal
@@ -34,6 +35,12 @@ answer. Fault words, found anywhere in the model name or Azure deployment:
     fail-403, blocked, safety         the vertex flavor only (`VERTEX_FAULT_WORDS`)
     gzip-bomb         the OpenAI-style flavors only: a chat completion sent with `Content-Encoding:
                       gzip` that inflates to `gzip_bomb_mib` MiB (a thousandth of that on the wire)
+
+Every OpenAI-style flavor, and Azure on its v1 path (`/azure/openai/v1/responses`), also speaks
+OpenAI's Responses API: `POST …/responses` (JSON or SSE in its event grammar), stored responses for
+`previous_response_id`, `GET` / `DELETE …/responses/{id}` and `GET …/input_items`, and two more fault
+words (`RESPONSES_FAULT_WORDS`); the "OpenAI Responses" section says what it answers. They also
+serve legacy completions (`POST …/completions`, "Legacy completions" below).
 
 The `anthropic` flavor speaks Anthropic's Messages API instead (`POST /anthropic/v1/messages`,
 wire-formats §2): its own validation, named SSE events, error envelope and two more fault words;
@@ -402,6 +409,8 @@ class _Call:
     aws_credentials: Mapping[str, tuple[str, str | None]] | None = None
     aws_max_skew: float | None = None
     gzip_bomb_mib: int = 1
+    # The Responses store (`FakeUpstream.responses`): stored Response id → what it answered.
+    responses: dict[str, Json] | None = None
 
     @property
     def body(self) -> Json:
@@ -491,6 +500,8 @@ class FakeUpstream:
             BEDROCK_ACCESS_KEY: (BEDROCK_SECRET_KEY, None)
         }
         self.aws_max_skew: float | None = BEDROCK_MAX_CLOCK_SKEW
+        # OpenAI Responses stored by id, oldest first (bounded by RESPONSES_STORED).
+        self.responses: dict[str, Json] = {}
         self._add_routes()
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -665,6 +676,9 @@ class FakeUpstream:
             if flavor not in _NO_EMBEDDINGS:
                 router.add_post(f"{root}/embeddings", self._endpoint(flavor, _embeddings))
             router.add_get(f"{root}/models", self._endpoint(flavor, _models))
+            router.add_post(f"{root}/completions", self._endpoint(flavor, _legacy_completions))
+            for method, path, handle in _RESPONSES_ROUTES:
+                router.add_route(method, root + path, self._endpoint(flavor, handle))
         # Azure: the classic deployment paths (api-version required) and the v1 API (none).
         # aiohttp matches `{deployment}` against the path with %2F kept encoded and then decodes
         # the value, so `gpt%2F4` arrives as `gpt/4` while the record keeps the raw target.
@@ -675,6 +689,8 @@ class FakeUpstream:
         router.add_post("/azure/openai/v1/embeddings", self._endpoint("azure", _embeddings))
         router.add_get("/azure/openai/v1/models", self._endpoint("azure", _models))
         router.add_get("/azure/openai/models", self._endpoint("azure", _models))
+        for method, path, handle in _RESPONSES_ROUTES:
+            router.add_route(method, "/azure/openai/v1" + path, self._endpoint("azure", handle))
         router.add_post("/anthropic/v1/messages", self._endpoint("anthropic", _anthropic_messages))
         router.add_get("/anthropic/v1/models", self._endpoint("anthropic", _anthropic_models))
         # Vertex: `{target}` is `{model}:{method}`, one path segment (aiohttp decodes it).
@@ -715,6 +731,7 @@ class FakeUpstream:
                 aws_credentials=self.aws_credentials,
                 aws_max_skew=self.aws_max_skew,
                 gzip_bomb_mib=self.gzip_bomb_mib,
+                responses=self.responses,
             )
             task = asyncio.current_task()
             if task is not None:
@@ -1067,6 +1084,13 @@ def _forced_tool(body: Json) -> str | None:
     return str(name or "tool")
 
 
+def _cut_at_stop(text: str, stop: Any) -> str:
+    """The text before the earliest `stop` sequence in it (a string or a list), as OpenAI stops."""
+    stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
+    hits = [text.find(s) for s in stops if isinstance(s, str) and s and s in text]
+    return text[: min(hits)] if hits else text
+
+
 def _generate(call: _Call) -> _Reply:
     """The deterministic answer: echo the last user message, call a tool, or stop at the limit."""
     body = call.body
@@ -1081,7 +1105,7 @@ def _generate(call: _Call) -> _Reply:
                 _Choice(None, _ToolCall(call.flavor.tool_call_id(), tool, TOOL_ARGUMENTS), "tool_calls")
             )
             continue
-        text = _reply_text(call.flavor, messages)
+        text = _cut_at_stop(_reply_text(call.flavor, messages), body.get("stop"))
         if limit is not None and limit < _words(text):
             # Truncated to `limit` words: a limit of 1 leaves just "[flavor]".
             choices.append(_Choice(" ".join(text.split()[: max(limit, 0)]), None, "length"))
@@ -5303,6 +5327,342 @@ _BEDROCK_ACTIONS: Final[Mapping[str, Callable[[_Call, str], Awaitable[web.Stream
 }
 
 
+# --------------------------------------------------------------------------------------------------
+# Legacy completions (POST …/completions): what vLLM, LM Studio, Ollama and OpenAI's instruct models
+# still serve. The reply is `"[<flavor>] <prompt>"` (a string, or a list of one string), cut to
+# `max_tokens` words (finish_reason "length"); streamed as `text_completion` chunks, a usage chunk
+# when `stream_options.include_usage` asks for one, then `[DONE]`. Fields the fake does not know
+# are accepted (the gateway passes the caller's body through).
+
+
+async def _legacy_completions(call: _Call) -> web.StreamResponse:
+    refusal = _check_access(call)
+    if refusal is not None:
+        return refusal
+    body = call.body
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(body.get("model"), str) or not isinstance(prompt, str):
+        return _error(call.flavor, 400, "'model' and a string 'prompt' are required.", param="prompt")
+    faulted = await _pre_response_fault(call)
+    if faulted is not None:
+        return faulted
+    text, finish = f"[{call.flavor.name}] {prompt}", "stop"
+    limit = body.get("max_tokens")
+    if isinstance(limit, int) and limit < _words(text):
+        text, finish = " ".join(text.split()[: max(limit, 0)]), "length"
+    usage = {"prompt_tokens": _words(prompt), "completion_tokens": _words(text),
+             "total_tokens": _words(prompt) + _words(text)}
+    base: Json = {"id": "cmpl-" + _alnum(29), "object": "text_completion", "created": int(time.time()),
+                  "model": body["model"]}
+    if body.get("stream") is not True:
+        choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+        return await _answer(call, {**base, "choices": [choice], "usage": usage})
+    options = body.get("stream_options")
+    with_usage = isinstance(options, dict) and options.get("include_usage") is True
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await _prepare(response, call.request)
+    pieces = [*(_word_pieces(text)), ""]
+    for i, piece in enumerate(pieces):
+        choice = {"text": piece, "index": 0, "logprobs": None, "finish_reason": finish if i == len(pieces) - 1 else None}
+        await _send(response, _sse({**base, "choices": [choice], **({"usage": None} if with_usage else {})}))
+        if i == 1 and call.has_fault("cut-mid-stream"):
+            _cut(call)
+            return response
+    if with_usage:
+        await _send(response, _sse({**base, "choices": [], "usage": usage}))
+    await _send(response, b"data: [DONE]\n\n")
+    return response
+
+
+# --------------------------------------------------------------------------------------------------
+# OpenAI Responses (wire-formats-dialects A): POST /v1/responses, JSON or SSE, and the stored ones
+#
+# Served on every OpenAI-style root (`/openai/v1/responses`, `/groq/openai/v1/responses`, …) and on
+# Azure's v1 API (`/azure/openai/v1/responses`, no api-version). What a request gets back mirrors
+# the chat reply: `"[<flavor>] <text parts of the last user message, joined by a space>"`, or
+# `"[<flavor>] tool said: <output>"` when the last input item is a function_call_output; with tools
+# offered (and `tool_choice` not "none") one call to the first one the fake can call: a function
+# (with `TOOL_ARGUMENTS`), a namespace's first function (the call carries `namespace`), or a custom
+# tool (a `custom_tool_call` with `RESPONSES_CUSTOM_INPUT`); hosted tools are skipped. Usage counts
+# words, `max_output_tokens` below the reply's words cuts it (`incomplete`, `max_output_tokens`).
+#
+# Responses are stored (unless `store: false`), at most `RESPONSES_STORED` of them, oldest dropped:
+# `previous_response_id` continues one (400 `previous_response_not_found` otherwise), and `GET` /
+# `DELETE /v1/responses/{id}` and `GET …/input_items` answer from the store. Streams follow A.6's
+# grammar with an `event:` line and a `sequence_number` on every event. Besides `FAULT_WORDS`:
+#
+#     error-before-content    created, in_progress, then an `error` event (code server_error), no more
+#     failed-before-content   created, in_progress, then `response.failed` (code rate_limit_exceeded)
+
+RESPONSES_FAULT_WORDS: Final[tuple[str, ...]] = (*FAULT_WORDS, "error-before-content", "failed-before-content")
+RESPONSES_STORED: Final = 256
+RESPONSES_CUSTOM_INPUT: Final = "*** Begin Patch\n*** End Patch"
+
+
+def _responses_text(content: Any) -> str:
+    """An input message's text: the string, or its text parts joined by a space."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(part.get("text", "")) for part in content
+                        if isinstance(part, dict) and part.get("type") in ("input_text", "output_text"))
+    return ""
+
+
+def _responses_items(value: Any) -> list[Json]:
+    """`input` as a list of items, each with the `type` it stands for."""
+    if isinstance(value, str):
+        return [{"type": "message", "role": "user", "content": value}]
+    if not isinstance(value, list):
+        return []
+    return [{"type": "message", **item} if "type" not in item else item for item in value if isinstance(item, dict)]
+
+
+def _responses_tool(tools: Any, choice: Any) -> Json | None:
+    """The call the fake makes: the forced function, else the first function, namespaced function or
+    custom tool offered; None when there is nothing to call."""
+    if not isinstance(tools, list) or choice == "none":
+        return None
+    forced = choice.get("name") if isinstance(choice, dict) else None
+    for tool in tools:
+        if not isinstance(tool, dict):
+            continue
+        kind = tool.get("type")
+        if kind == "namespace" and isinstance(tool.get("tools"), list) and tool["tools"]:
+            inner = tool["tools"][0]
+            if forced is None or forced == inner.get("name"):
+                return {"type": "function_call", "name": inner.get("name"), "namespace": tool.get("name")}
+        elif kind in ("function", "custom") and (forced is None or forced == tool.get("name")):
+            return {"type": "function_call" if kind == "function" else "custom_tool_call", "name": tool.get("name")}
+    return None
+
+
+def _responses_error(call: _Call, status: int, message: str, *, param: str | None = None,
+                     code: str | None = None) -> web.Response:
+    return _error(call.flavor, status, message, param=param, code=code)
+
+
+def _responses_stored(call: _Call) -> dict[str, Json]:
+    assert call.responses is not None, "the Responses endpoints are given the store"
+    return call.responses
+
+
+async def _responses_create(call: _Call) -> web.StreamResponse:
+    """POST …/responses: checks, faults, then the deterministic answer, stored unless `store: false`."""
+    refusal = _check_access(call)
+    if refusal is not None:
+        return refusal
+    body = call.body
+    if not isinstance(call.rec.json, dict):
+        return _responses_error(call, 400, "The request body is not a JSON object.")
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return _responses_error(call, 400, "Missing required parameter: 'model'.", param="model",
+                                code="missing_required_parameter")
+    items = _responses_items(body.get("input"))
+    if not items:
+        return _responses_error(call, 400, "Missing required parameter: 'input'.", param="input",
+                                code="missing_required_parameter")
+    stored = _responses_stored(call)
+    previous_id = body.get("previous_response_id")
+    context: list[Json] = []
+    if previous_id is not None:
+        previous = stored.get(str(previous_id))
+        if previous is None:
+            return _responses_error(call, 400, f"Previous response with id '{previous_id}' not found.",
+                                    param="previous_response_id", code="previous_response_not_found")
+        context = [*previous["context"], *previous["input"], *previous["response"]["output"]]
+    faulted = await _pre_response_fault(call)
+    if faulted is not None:
+        return faulted
+    response = _responses_generate(call, body, items, context)
+    if body.get("store") is not False:
+        stored[response["id"]] = {"response": response, "context": context,
+                                  "input": [{"id": "item_" + _alnum(24), **item} for item in items]}
+        while len(stored) > RESPONSES_STORED:
+            stored.pop(next(iter(stored)))
+    if body.get("stream") is True:
+        return await _responses_stream(call, response)
+    if call.has_fault("error-mid-stream"):
+        return _error(call.flavor, 500, _server_error_body()["message"], type_="server_error")
+    if call.has_fault("slow-stream"):
+        await asyncio.sleep(call.delay)
+    return await _answer(call, response)
+
+
+def _responses_generate(call: _Call, body: Json, items: list[Json], context: list[Json]) -> Json:
+    last = items[-1]
+    tool = None if last.get("type") == "function_call_output" else _responses_tool(body.get("tools"),
+                                                                                  body.get("tool_choice"))
+    status, incomplete = "completed", None
+    output: list[Json] = []
+    if tool is not None:
+        item: Json = {"id": ("fc_" if tool["type"] == "function_call" else "ctc_") + _alnum(24),
+                      "type": tool["type"], "status": "completed", "call_id": "call_" + _alnum(24),
+                      "name": tool["name"]}
+        if tool["type"] == "function_call":
+            item["arguments"] = TOOL_ARGUMENTS
+        else:
+            item["input"] = RESPONSES_CUSTOM_INPUT
+        if tool.get("namespace") is not None:
+            item["namespace"] = tool["namespace"]
+        output.append(item)
+        produced = item.get("arguments") or item.get("input") or ""
+    else:
+        if last.get("type") == "function_call_output":
+            text = f"[{call.flavor.name}] tool said: {_responses_text(last.get('output'))}"
+        else:
+            user = next((i for i in reversed(items) if i.get("type") == "message" and i.get("role") == "user"), {})
+            text = f"[{call.flavor.name}] {_responses_text(user.get('content'))}"
+        limit = body.get("max_output_tokens")
+        if isinstance(limit, int) and limit < _words(text):
+            text = " ".join(text.split()[: max(limit, 0)])
+            status, incomplete = "incomplete", {"reason": "max_output_tokens"}
+        output.append({"id": "msg_" + _alnum(24), "type": "message", "status": status, "role": "assistant",
+                       "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]})
+        produced = text
+    words_in = sum(_words(_responses_text(i.get("content") or i.get("output"))) for i in [*context, *items])
+    if isinstance(body.get("instructions"), str):
+        words_in += _words(body["instructions"])
+    words_out = _words(produced)
+    tools = [{"parameters": None, "strict": None, **t} if isinstance(t, dict) and t.get("type") == "function" else t
+             for t in body.get("tools") or []]
+    now = int(time.time())
+    return {
+        "id": "resp_" + uuid.uuid4().hex + uuid.uuid4().hex[:16], "object": "response", "created_at": now,
+        "status": status, "completed_at": now if status == "completed" else None, "error": None,
+        "incomplete_details": incomplete, "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "model": AZURE_MODEL if call.flavor.name == "azure" else body["model"], "output": output,
+        "parallel_tool_calls": body.get("parallel_tool_calls", True),
+        "previous_response_id": body.get("previous_response_id"),
+        "reasoning": body.get("reasoning") or {"effort": None, "summary": None},
+        "store": body.get("store", True), "temperature": body.get("temperature", 1.0),
+        "text": body.get("text") or {"format": {"type": "text"}}, "tool_choice": body.get("tool_choice", "auto"),
+        "tools": tools, "top_p": body.get("top_p", 1.0), "truncation": body.get("truncation", "disabled"),
+        "metadata": body.get("metadata") or {}, "user": body.get("user"), "service_tier": "default",
+        "usage": {"input_tokens": words_in, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                  "output_tokens": words_out, "output_tokens_details": {"reasoning_tokens": 0},
+                  "total_tokens": words_in + words_out},
+    }
+
+
+def _responses_events(response: Json) -> list[_Event]:
+    """Every event of the stream in A.6's order, without sequence numbers (added as they are sent);
+    `content` marks the deltas, `finish` the terminal event."""
+    opening = {**response, "status": "in_progress", "completed_at": None, "incomplete_details": None,
+               "output": [], "usage": None}
+    events: list[_Event] = [("role", {"type": "response.created", "response": opening}),
+                            ("role", {"type": "response.in_progress", "response": opening})]
+    for index, item in enumerate(response["output"]):
+        at = {"item_id": item["id"], "output_index": index}
+        if item["type"] == "message":
+            text = item["content"][0]["text"]
+            empty = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            events.append(("role", {"type": "response.output_item.added", "output_index": index,
+                                    "item": {**item, "status": "in_progress", "content": []}}))
+            events.append(("role", {"type": "response.content_part.added", **at, "content_index": 0, "part": empty}))
+            events.extend(("content", {"type": "response.output_text.delta", **at, "content_index": 0,
+                                       "delta": piece, "logprobs": []}) for piece in _word_pieces(text))
+            events.append(("content", {"type": "response.output_text.done", **at, "content_index": 0, "text": text,
+                                       "logprobs": []}))
+            events.append(("content", {"type": "response.content_part.done", **at, "content_index": 0,
+                                       "part": item["content"][0]}))
+        else:
+            field, kind = ("arguments", "function_call_arguments") if item["type"] == "function_call" else \
+                ("input", "custom_tool_call_input")
+            events.append(("content", {"type": "response.output_item.added", "output_index": index,
+                                       "item": {**item, "status": "in_progress", field: ""}}))
+            events.extend(("content", {"type": f"response.{kind}.delta", **at, "delta": piece})
+                          for piece in _argument_pieces(item[field]))
+            done: Json = {"type": f"response.{kind}.done", **at, field: item[field]}
+            if field == "arguments":
+                done["name"] = item["name"]
+            events.append(("content", done))
+        events.append(("content", {"type": "response.output_item.done", "output_index": index, "item": item}))
+    terminal = "response.completed" if response["status"] == "completed" else "response.incomplete"
+    events.append(("finish", {"type": terminal, "response": response}))
+    return events
+
+
+def _responses_sse(event: Json) -> bytes:
+    return f"event: {event['type']}\n".encode() + b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+async def _responses_stream(call: _Call, response: Json) -> web.StreamResponse:
+    """Write the events one by one, with the streaming faults at their points."""
+    events = _responses_events(response)
+    stream = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await _prepare(stream, call.request)
+    cut = call.has_fault("cut-mid-stream")
+    deltas = 0
+    sequence = itertools.count()
+
+    async def send(event: Json) -> None:
+        await _send(stream, _responses_sse({**event, "sequence_number": next(sequence)}))
+
+    for kind, event in events:
+        if kind == "content" and deltas == 0:
+            if call.has_fault("error-before-content"):
+                await send({"type": "error", "code": "server_error", "message": _server_error_body()["message"],
+                            "param": None})
+                return stream
+            if call.has_fault("failed-before-content"):
+                failed = {**events[0][1]["response"], "status": "failed",
+                          "error": {"code": "rate_limit_exceeded", "message": "Rate limit reached. Try again in 7s."}}
+                await send({"type": "response.failed", "response": failed})
+                return stream
+        if cut and kind == "finish":
+            _cut(call)
+            return stream
+        await send(event)
+        if not event["type"].endswith(".delta"):
+            continue
+        deltas += 1
+        if deltas == 1 and call.has_fault("error-mid-stream"):
+            await send({"type": "error", "code": "server_error", "message": _server_error_body()["message"],
+                        "param": None})
+            return stream
+        if deltas == 1 and call.has_fault("slow-stream"):
+            await asyncio.sleep(call.delay)
+        if deltas == 2 and cut:
+            _cut(call)
+            return stream
+    return stream
+
+
+async def _responses_by_id(call: _Call) -> web.StreamResponse:
+    """GET …/responses/{id} (the stored Response), DELETE (forget it), GET …/input_items (the items
+    its request gave, newest first unless `order=asc`); 404 for an id not stored."""
+    refusal = _check_access(call)
+    if refusal is not None:
+        return refusal
+    response_id = call.request.match_info["response_id"]
+    stored = _responses_stored(call)
+    entry = stored.get(response_id)
+    if entry is None:
+        return _responses_error(call, 404, f"Response with id '{response_id}' not found.")
+    if call.request.method == "DELETE":
+        del stored[response_id]
+        return _json_response({"id": response_id, "object": "response.deleted", "deleted": True})
+    if not call.request.path.endswith("/input_items"):
+        return _json_response(entry["response"])
+    items = list(entry["input"])
+    if call.request.query.get("order", "desc") == "desc":
+        items.reverse()
+    return _json_response({"object": "list", "data": items, "first_id": items[0]["id"] if items else None,
+                           "last_id": items[-1]["id"] if items else None, "has_more": False})
+
+
+_RESPONSES_ROUTES: Final[tuple[tuple[str, str, _Handler], ...]] = (
+    ("POST", "/responses", _responses_create),
+    ("GET", "/responses/{response_id}", _responses_by_id),
+    ("DELETE", "/responses/{response_id}", _responses_by_id),
+    ("GET", "/responses/{response_id}/input_items", _responses_by_id),
+)
+
+
 __all__ = [
     "ANTHROPIC_CACHE_CREATION_TOKENS",
     "ANTHROPIC_CACHE_READ_TOKENS",
@@ -5335,6 +5695,9 @@ __all__ = [
     "GOOGLE_TOKEN_AUDIENCE",
     "GOOGLE_TOKEN_LIFETIME",
     "GZIP_BOMB",
+    "RESPONSES_CUSTOM_INPUT",
+    "RESPONSES_FAULT_WORDS",
+    "RESPONSES_STORED",
     "TOOL_ARGUMENTS",
     "VERTEX_API_VERSIONS",
     "VERTEX_FAULT_WORDS",

@@ -135,6 +135,17 @@ def test_route_with_azure_configured_shows_the_deployment_url() -> None:
         in result.stdout
 
 
+def test_route_shows_where_native_dialects_go() -> None:
+    env = {**CLEAN_ENV, "AZURE_OPENAI_ENDPOINT": "https://res.openai.azure.com"}
+    result = run("route", "azure/gpt-4", "--config", "config/tensorwall.yaml", env=env)
+    assert "responses: POST https://res.openai.azure.com/openai/v1/responses (passed through natively)" \
+        in result.stdout
+    result = run("route", "gpt-4o", "--config", "config/tensorwall.yaml")
+    assert "responses: POST https://api.openai.com/v1/responses (passed through natively)" in result.stdout
+    result = run("route", "groq/llama3-70b", "--config", "config/tensorwall.yaml")
+    assert "passed through natively" not in result.stdout
+
+
 def test_route_shows_the_fallback_order() -> None:
     result = run("route", "gpt-4", "--config", "config/demo.yaml")
     lines = result.stdout.splitlines()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tensorwall_proxy.config import ServerConfig
+from tensorwall_proxy.config import ServerConfig, parse_config
 from tensorwall_proxy.systemd import Notifier, watchdog_interval
 from tests.processes import CLEAN_ENV, ROOT, Proc, request, start_proxy, write_config
 
@@ -219,6 +219,15 @@ def test_unit_raises_the_descriptor_limit_above_max_connections() -> None:
     match = re.search(r"^\s*max_connections:\s*(\d+)", config, re.MULTILINE)
     max_connections = int(match.group(1)) if match else ServerConfig().max_connections
     assert int(unit_value("LimitNOFILE")) >= 2 * max_connections  # upstream connections need theirs too
+
+
+def test_unit_gives_the_state_store_the_one_directory_it_writes_in() -> None:
+    """ProtectSystem=strict makes the file system read-only: the SQLite store's default path is the
+    directory StateDirectory= makes writable, which systemd passes as $STATE_DIRECTORY."""
+    assert unit_value("ProtectSystem") == "strict"
+    directory = f"/var/lib/{unit_value('StateDirectory')}"
+    assert parse_config("gateway_keys: []\n", env={"STATE_DIRECTORY": directory}).state.path == directory
+    assert unit_value("StateDirectoryMode") == "0700"  # stored conversations are the callers' data
 
 
 @pytest.mark.slow

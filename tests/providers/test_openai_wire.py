@@ -323,3 +323,64 @@ def test_never_raises_on_a_valid_request_and_sends_valid_json(body: dict[str, An
             assert sent["stream_options"]["include_usage"] is True
     for tool_id in _tool_ids(sent):
         assert re.fullmatch(rule, tool_id), tool_id
+
+
+# --- the native half: where each dialect goes, the body as the caller sent it -------------------------
+
+NATIVE_BODY = {"model": "public", "input": [{"role": "user", "content": "hi"}], "x_unknown": {"a": [1, 2.5]},
+               "stream": True}
+
+
+@pytest.mark.parametrize(("settings", "dialect", "url"), [
+    ({"name": "openai", "type": "openai", "base_url": "https://api.openai.com/v1"}, "responses",
+     "https://api.openai.com/v1/responses"),
+    ({"name": "g", "type": "groq", "base_url": "https://api.groq.com/openai/v1", "dialects": ("chat", "responses")},
+     "responses", "https://api.groq.com/openai/v1/responses"),
+    ({"name": "o", "type": "ollama", "base_url": "http://localhost:11434", "dialects": ("chat", "completions")},
+     "completions", "http://localhost:11434/v1/completions"),
+    ({"name": "az", "type": "azure", "endpoint": "https://res.openai.azure.com", "api_version": "2024-10-21"},
+     "responses", "https://res.openai.azure.com/openai/v1/responses"),
+])
+def test_a_native_call_is_the_callers_body_at_the_dialects_path(settings: dict[str, Any], dialect: str,
+                                                                url: str) -> None:
+    provider = _provider(settings)
+    impl = provider_for(provider.type)
+    assert impl.native(dialect, provider, "upstream-model")
+    req = ChatRequest({"model": "public", "messages": []}, stream=True, native=NATIVE_BODY)
+    call = impl.build_native_request(dialect, req, provider, "upstream-model", CALLER)
+    assert str(call.url) == url and call.stream and call.method == "POST"
+    assert orjson.loads(call.body) == {**NATIVE_BODY, "model": "upstream-model"}
+    if provider.type == "azure":
+        assert call.headers["api-key"] == "sk-test" and "Authorization" not in call.headers
+    else:
+        assert call.headers["Authorization"] == "Bearer sk-test"
+
+
+@pytest.mark.parametrize(("settings", "dialect"), [
+    ({"name": "g", "type": "groq", "base_url": "https://g/v1"}, "responses"),  # not declared
+    ({"name": "openai", "type": "openai", "base_url": "https://o/v1"}, "completions"),  # not by default
+    ({"name": "openai", "type": "openai", "base_url": "https://o/v1", "dialects": ("chat",)}, "responses"),
+    ({"name": "az", "type": "azure", "endpoint": "https://a"}, "messages"),
+    ({"name": "an", "type": "anthropic", "base_url": "https://a/v1"}, "responses"),
+])
+def test_a_dialect_the_provider_does_not_speak_is_translated(settings: dict[str, Any], dialect: str) -> None:
+    provider = _provider(settings)
+    assert not provider_for(provider.type).native(dialect, provider, "m")
+    if provider.type == "anthropic":  # a type with no native half yet refuses to build one
+        with pytest.raises(UnsupportedField):
+            provider_for("anthropic").build_native_request(dialect, ChatRequest({}, native={}), provider, "m", CALLER)
+
+
+def test_a_native_legacy_completion_answer_gives_its_usage_and_id() -> None:
+    provider = _provider({"name": "o", "type": "ollama", "base_url": "http://x"})
+    answer = provider_for("ollama").read_native_answer("completions", provider, orjson.dumps(
+        {"id": "cmpl-1", "object": "text_completion", "choices": [{"text": "hi"}],
+         "usage": {"prompt_tokens": 1, "completion_tokens": 2}}))
+    assert answer.response_id == "cmpl-1" and answer.usage == {"prompt_tokens": 1, "completion_tokens": 2}
+    with pytest.raises(ValueError):
+        provider_for("ollama").read_native_answer("completions", provider, b'{"id": 1}')
+    decoder = provider_for("ollama").native_decoder("completions", ChatRequest({}), provider)
+    decoder.feed(SseEvent(None, b'{"choices":[{"text":"","index":0,"finish_reason":null}]}'))
+    assert not decoder.visible
+    decoder.feed(SseEvent(None, b'{"choices":[{"text":"Hi","index":0,"finish_reason":null}]}'))
+    assert decoder.visible

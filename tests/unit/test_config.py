@@ -20,6 +20,7 @@ from tensorwall_proxy.config import (
     EndpointConfig,
     RuleConfig,
     Secret,
+    StateConfig,
     Timeouts,
     default_config_path,
     is_loopback,
@@ -1125,3 +1126,120 @@ def test_invalid_yaml_names_the_position_and_never_the_line_that_may_hold_a_key(
     assert "FAKE0123456789abcdef" not in message
     assert "sk-live" not in message
     assert re.search(r"tw\.yaml: not valid YAML: line \d+, column \d+: \S", info.value.errors[0]), message
+
+
+# --- dialects a provider passes through natively (DESIGN §12, §14) ----------------------------------
+
+
+def test_openai_and_azure_speak_responses_by_default_and_the_others_only_chat() -> None:
+    providers = parse(auth_off()).providers
+    assert providers["openai"].speaks == {"chat", "responses"} == providers["azure"].speaks
+    assert all(providers[name].speaks == {"chat"} for name in PROVIDER_TYPES if name not in ("openai", "azure"))
+
+
+def test_a_providers_dialects_replace_its_types_and_chat_is_implied() -> None:
+    providers = parse(auth_off("""\
+        providers:
+          groq: {dialects: [responses, completions]}
+          openai: {dialects: [chat]}
+          lmstudio: {dialects: [completions, completions]}
+        """)).providers
+    assert providers["groq"].speaks == {"chat", "responses", "completions"}
+    assert providers["groq"].dialects == ("chat", "responses", "completions")
+    assert providers["openai"].speaks == {"chat"}
+    assert providers["lmstudio"].dialects == ("chat", "completions")
+
+
+def test_an_unknown_dialect_or_one_the_type_cannot_pass_through_is_an_error_at_its_path() -> None:
+    errors = errors_of(auth_off("""\
+        providers:
+          groq: {dialects: [chat, responsez]}
+          vertex: {dialects: [responses]}
+          azure: {dialects: chat}
+        """))
+    assert any(e.startswith("providers.groq.dialects[1]: unknown dialect 'responsez'") for e in errors)
+    assert any(e.startswith("providers.vertex.dialects[0]: provider type 'vertex' cannot pass 'responses' "
+                            "through natively") for e in errors)
+    assert any(e.startswith("providers.azure.dialects: expected a list of strings") for e in errors)
+
+
+# --- state ----------------------------------------------------------------------------------------
+
+
+def test_state_defaults_sqlite_in_the_working_directory_or_systemds_state_directory(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    state = parse(auth_off()).state
+    assert state == StateConfig(path=str(tmp_path / "tensorwall-state"))
+    assert (state.backend, state.key_prefix, state.timeout_ms, state.fail_mode) == ("sqlite", "tw:", 250.0, "open")
+    assert (state.responses, state.responses_ttl_seconds, state.secret, state.url) == (True, 604800, None, None)
+    # systemd's StateDirectory= (a unit may list several, colon-separated: the first is ours).
+    systemd = parse(auth_off(), env={"STATE_DIRECTORY": "/var/lib/tensorwall-proxy:/var/lib/other"}).state
+    assert systemd.path == "/var/lib/tensorwall-proxy"
+    given = parse(auth_off("state: {path: relative/dir}"), env={"STATE_DIRECTORY": "/var/lib/x"}).state
+    assert given.path == str(tmp_path / "relative" / "dir")
+
+
+def test_state_redis_takes_its_url_from_the_environment_and_a_shorter_default_timeout() -> None:
+    state = parse(auth_off("""\
+        state:
+          backend: redis
+          url: ${REDIS_URL}
+          key_prefix: "gw1:"
+          fail_mode: closed
+          responses: off
+          responses_ttl_seconds: 3600
+        """), env={"REDIS_URL": "rediss://:pw-in-url@redis.internal:6380/2"}).state
+    assert state.backend == "redis" and state.timeout_ms == 50.0 and state.timeout_seconds == 0.05
+    assert state.url == Secret("rediss://:pw-in-url@redis.internal:6380/2")
+    assert "pw-in-url" not in repr(state)
+    assert (state.key_prefix, state.fail_mode, state.responses, state.responses_ttl_seconds) == (
+        "gw1:", "closed", False, 3600)
+    assert parse(auth_off("state: {backend: redis, url: 'redis://r', timeout_ms: 20}")).state.timeout_ms == 20.0
+
+
+@pytest.mark.parametrize("value, expected", [("on", True), ("off", False), ("'on'", True), ("'off'", False),
+                                             ("true", True), ("false", False)])
+def test_state_responses_reads_on_and_off_quoted_or_not(value: str, expected: bool) -> None:
+    assert parse(auth_off(f"state: {{responses: {value}}}")).state.responses is expected
+
+
+def test_state_secret_comes_from_a_file(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("signing-secret-from-a-file\n")
+    state = parse(auth_off("state: {secret: '${file:secret}'}"), base_dir=tmp_path).state
+    assert state.secret == Secret("signing-secret-from-a-file")
+
+
+def test_state_errors_name_their_yaml_paths_and_never_the_url() -> None:
+    errors = errors_of(auth_off("""\
+        state:
+          backend: memcached
+          url: "redis:/no-host-here:pw"
+          timeout_ms: 600000
+          key_prefix: "has space"
+          fail_mode: maybe
+          responses: sometimes
+          responses_ttl_seconds: 0
+          secret: ""
+          extra: 1
+        """))
+    assert errors == [
+        "state.extra: unknown key (expected one of: backend, fail_mode, key_prefix, path, responses, "
+        "responses_ttl_seconds, secret, timeout_ms, url)",
+        "state.backend: expected sqlite or redis, got 'memcached'",
+        "state.url: expected a redis:// or rediss:// URL with a host (the value is not shown)",
+        "state.key_prefix: expected at most 64 printable characters without spaces",
+        "state.timeout_ms: must be at most 60000, got 600000",
+        "state.fail_mode: expected open or closed, got 'maybe'",
+        "state.responses: expected on or off, got 'sometimes'",
+        "state.responses_ttl_seconds: must be at least 1, got 0",
+        "state.secret: is empty (an unset ${VAR:-} default?); remove the key to send no credential",
+    ]
+    assert errors_of(auth_off("state: {backend: redis}")) == [
+        "state.url: required with `backend: redis` (redis://host:6379/0, or rediss:// for TLS)"]
+    assert errors_of(auth_off("state: {backend: redis, url: 'http://h:6379'}")) == [
+        "state.url: expected a redis:// or rediss:// URL with a host (the value is not shown)"]
+    # An unset variable is reported once, as itself.
+    assert errors_of(auth_off("state: {backend: redis, url: '${REDIS_URL}'}")) == [
+        "state.url: environment variable REDIS_URL is not set (use ${REDIS_URL:-} for an empty default)"]
+    assert errors_of(auth_off("state: [sqlite]")) == ["state: expected a mapping, got list"]

@@ -1,0 +1,80 @@
+"""How every door reads a request's credentials (DESIGN §14): ``GatewayKeys.admit`` over the headers
+as aiohttp holds them, with gateway keys on and off."""
+
+from __future__ import annotations
+
+import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from tensorwall_proxy.auth import GatewayKeys
+from tensorwall_proxy.config import key_digest
+from tensorwall_proxy.errors import GatewayError
+
+ON = GatewayKeys([key_digest("gw-one"), key_digest("gw-two")])
+OFF = GatewayKeys([])
+
+
+def _headers(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
+    return CIMultiDictProxy(CIMultiDict(pairs))
+
+
+def _caller(keys: GatewayKeys, *pairs: tuple[str, str]) -> str | None:
+    secret = keys.admit(_headers(*pairs))
+    return secret.reveal() if secret is not None else None
+
+
+def _refused(keys: GatewayKeys, *pairs: tuple[str, str]) -> GatewayError:
+    with pytest.raises(GatewayError) as caught:
+        keys.admit(_headers(*pairs))
+    return caught.value
+
+
+@pytest.mark.parametrize(("pairs", "caller"), [
+    ((("X-API-Key", "gw-one"),), None),
+    ((("x-api-key", "gw-one"), ("Authorization", "Bearer sk-provider")), "sk-provider"),
+    ((("Authorization", "Bearer gw-two"),), None),  # a Bearer that is a gateway key is consumed
+    ((("X-API-Key", "gw-one"), ("Authorization", "Bearer gw-one")), None),  # the same key in both
+    ((("X-API-Key", "gw-one"), ("X-API-Key", "gw-one")), None),  # sent twice, the same value
+    ((("X-API-Key", "gw-one"), ("Authorization", "Basic abc")), None),  # not a Bearer: no provider key
+])
+def test_keys_on(pairs: tuple[tuple[str, str], ...], caller: str | None) -> None:
+    assert _caller(ON, *pairs) == caller
+
+
+@pytest.mark.parametrize(("pairs", "header"), [
+    ((), "X-API-Key"),
+    ((("Authorization", "Bearer sk-provider"),), "X-API-Key"),
+    ((("X-API-Key", "wrong"),), "X-API-Key"),
+    ((("X-API-Key", ""), ("Authorization", "Bearer sk-provider")), "X-API-Key"),
+    ((("X-API-Key", key_digest("gw-one")),), "X-API-Key"),  # a digest is not the key
+    ((("X-API-Key", "gw-one"), ("Authorization", "Bearer gw-two")), "Authorization"),  # two different keys
+    ((("X-API-Key", "gw-one"), ("X-API-Key", "gw-two")), "X-API-Key"),
+    ((("X-API-Key", "gw-one"), ("Authorization", "Bearer a"), ("Authorization", "Bearer b")), "Authorization"),
+])
+def test_keys_on_refusals_name_the_header(pairs: tuple[tuple[str, str], ...], header: str) -> None:
+    error = _refused(ON, *pairs)
+    assert error.status == 401 and error.code == "invalid_gateway_key" and error.param == header
+    assert header in error.message and "sk-provider" not in error.message
+
+
+@pytest.mark.parametrize(("pairs", "caller"), [
+    ((), None),
+    ((("x-api-key", "sk-ant-key"),), "sk-ant-key"),
+    ((("Authorization", "Bearer sk-bearer"), ("x-api-key", "sk-ant-key")), "sk-bearer"),
+    ((("Authorization", "Bearer sk-bearer"),), "sk-bearer"),
+])
+def test_keys_off_the_bearer_else_x_api_key_is_the_provider_key(pairs: tuple[tuple[str, str], ...],
+                                                                 caller: str | None) -> None:
+    assert _caller(OFF, *pairs) == caller
+
+
+def test_keys_off_still_refuses_a_header_sent_twice_differently() -> None:
+    assert _refused(OFF, ("x-api-key", "a-key"), ("x-api-key", "b-key")).status == 401
+
+
+@pytest.mark.parametrize("keys", [ON, OFF])
+def test_a_key_that_is_not_visible_ascii_is_a_400(keys: GatewayKeys) -> None:
+    error = _refused(keys, ("X-API-Key", "gw-one"), ("Authorization", "Bearer sk-\udcff"))
+    assert error.status == 400 and error.code == "invalid_authorization_header"
+    if keys is OFF:
+        assert _refused(OFF, ("x-api-key", "k\u00e9y")).code == "invalid_authorization_header"
