@@ -11,18 +11,23 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, Final
+from urllib.parse import urlencode
 
 import orjson
 from aiohttp import web
 
-from . import relay
+from . import relay, stored
 from .bodies import MAX_DEPTH, Body, BodyBudget, read_body, too_deep
 from .config import Secret
-from .dialects import Dialect, Operation, PathTable, chat, messages, responses
+from .dialects import Dialect, Operation, PathTable, chat, conversations, messages, reasoning, responses
+from .dialects.conversations import Affinity, Chain, Owner
 from .errors import GatewayError, UpstreamError, bad_request, detach
 from .hosts import HostGuard
 from .observability import THROTTLE, RequestRecord, new_request_id
+from .providers.contract import path_segment
+from .state import Store, StoreError
 
 log = logging.getLogger("tensorwall_proxy")
 
@@ -103,7 +108,7 @@ def served(endpoint: Handler, *, dialect: Dialect = chat.CHAT, accounted: bool =
             if rule is not None and (refusal := rule.refusal(request.headers)) is not None:
                 raise refusal
             if keyed:
-                request[CALLER] = table.keys.admit(request.headers)
+                record.principal, request[CALLER] = table.keys.admit(request.headers)
             if keyed and request.can_read_body:
                 # Read whole before the request counts as in flight: a caller that trickles its body
                 # holds its own connection, not a slot everyone else needs.
@@ -223,6 +228,23 @@ def _pivot(dialect: Dialect) -> Handler:
     return endpoint
 
 
+# The name of the secret reasoning state is sealed with (state.secret, or the store's own).
+REASONING_SECRET: Final = "reasoning"
+
+
+async def _reasoning_key(gateway: relay.Gateway, body: dict[str, Any]) -> bytes | None:
+    """The key that seals and unseals reasoning state (DESIGN §14). When the store cannot give it, a
+    body that sends state back is 503 (it cannot be verified); one that only asks for state is
+    served without it (the store counted its failure)."""
+    try:
+        return await gateway.state.secret(REASONING_SECRET)
+    except StoreError:
+        if reasoning.carries_state(body):
+            raise GatewayError(503, "The state store is unavailable, so the reasoning items sent back cannot be "
+                                    "verified; retry later.", code="state_unavailable") from None
+        return None
+
+
 def _count(dialect: Dialect) -> Handler:
     """Anthropic's count_tokens: the body parsed as a Messages body, its model resolved (404 as on
     /v1/messages), and the input estimated, marked as an estimate (the providers' own counters
@@ -292,23 +314,151 @@ def _upgrade(dialect: Dialect) -> Handler:
     return endpoint
 
 
-def _stored(dialect: Dialect) -> Handler:
-    """A stored response by id (GET, DELETE, its input items): none is kept yet, so 404."""
+def _owner(request: web.Request, caller: Secret | None) -> Owner:
+    """Who a stored response belongs to: the principal and the caller key's digest (DESIGN §14)."""
+    return request[relay.RECORD].principal, caller.digest() if caller is not None else None
+
+
+def _respond(dialect: Dialect) -> Handler:
+    """POST /v1/responses: as a pivot path, with stored conversations. A follow-up's conversation
+    is read from the store and put in front of its input before the parse; a response to keep is
+    written by the relay before its end reaches the caller. The store is touched only by a
+    request that continues or keeps one (``store: false`` and ``state.responses: off`` keep none)."""
 
     async def endpoint(request: web.Request) -> web.StreamResponse:
-        raise responses.stored_missing(request.match_info["id"])
+        gateway = request.app[GATEWAY]
+        body = await read_json(request)
+        caller = request[CALLER]
+        state = gateway.state.config
+        keeping = state.responses
+        ttl = state.responses_ttl_seconds
+        keep = keeping and body.get("store") is not False
+        previous = body.get("previous_response_id")
+        items = stored.new_items(body.get("input")) if keep else []
+        owner = _owner(request, caller)
+        store = None
+        found = None
+        if previous is not None:
+            if keeping:
+                store = await stored.store_of(gateway)
+                found = await stored.previous(store, previous, owner, ttl)
+            if isinstance(found, Chain):
+                body = conversations.continued(body, found.items())
+        key = await _reasoning_key(gateway, body) if reasoning.needs_key(body) else None
+        req = responses.parse_responses(body, request.headers, key, previous=previous, stored=keep)
+        pinned = None
+        if previous is not None and not isinstance(found, Chain):
+            pinned = _pin(gateway, str(previous), str(req.body["model"]), found, keeping)
+        if keep and store is None:
+            store = await stored.store_for_keeping(gateway)
+            if store is None:  # the store is down: served, said so, not kept (and counted)
+                req = replace(req, echo={**req.echo, "store": False})
+        finish = stored.keeper(store, owner, previous, items, ttl) if keep and store is not None else None
+        return await relay.chat(gateway, request, req, dialect, caller, request[REQUEST_ID], finish, pinned)
 
     return endpoint
+
+
+def _pin(gateway: relay.Gateway, previous: str, model: str, found: Affinity | None, keeping: bool) -> relay.Pin:
+    """The one endpoint a follow-up to a response a provider stored may go to (DESIGN §14): the one
+    its affinity record names, or without a record the one native endpoint of the model's route;
+    400 ``previous_response_not_found`` when there is none."""
+    if found is not None:
+        return relay.Pin(found.provider, found.model, conversations.made_elsewhere(previous, found.provider, model))
+    natives = relay.native_endpoints(gateway.table, model, "responses")
+    if len(natives) != 1:
+        raise conversations.not_found(previous, "" if keeping else " (this gateway keeps no responses)")
+    provider, upstream_model = natives[0]
+    return relay.Pin(provider, upstream_model, conversations.not_found(previous))
+
+
+def _stored(dialect: Dialect) -> Handler:
+    """GET /v1/responses/{id}: a stored response, to its owner; from the provider that stored it
+    when a native attempt made it; 404 for any other id."""
+
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        response_id = request.match_info["id"]
+        found = await stored.locate(await _store_of(request), response_id, _request_owner(request))
+        if isinstance(found, Affinity):
+            return await _at_provider(request, found, "GET", "")
+        return web.Response(body=orjson.dumps(found.response),
+                            headers={"Content-Type": JSON, "x-request-id": request[REQUEST_ID]})
+
+    return endpoint
+
+
+def _forget(dialect: Dialect) -> Handler:
+    """DELETE /v1/responses/{id}: a stored response removed, by its owner (at the provider that
+    stored it, for a native one, and then its affinity record)."""
+
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        store = await _store_of(request)
+        response_id = request.match_info["id"]
+        owner = _request_owner(request)
+        found = await stored.locate(store, response_id, owner)
+        if isinstance(found, Affinity):
+            response = await _at_provider(request, found, "DELETE", "")
+            await stored.forget(store, conversations.affinity_key(response_id))
+            return response
+        body = await stored.remove(store, response_id, owner)
+        return web.Response(body=body, headers={"Content-Type": JSON, "x-request-id": request[REQUEST_ID]})
+
+    return endpoint
+
+
+def _stored_input(dialect: Dialect) -> Handler:
+    """GET /v1/responses/{id}/input_items: the input a stored response was made from, one page."""
+
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        store = await _store_of(request)
+        response_id = request.match_info["id"]
+        owner = _request_owner(request)
+        found = await stored.locate(store, response_id, owner)
+        if isinstance(found, Affinity):
+            return await _at_provider(request, found, "GET", "/input_items")
+        body = await stored.input_page(store, response_id, owner, request.query)
+        return web.Response(body=body, headers={"Content-Type": JSON, "x-request-id": request[REQUEST_ID]})
+
+    return endpoint
+
+
+# What a caller may ask of a stored Response's input items at a provider, passed on as given.
+_LOOKUP_QUERY: Final = ("limit", "order", "after", "include[]", "include")
+
+
+async def _at_provider(request: web.Request, found: Affinity, method: str, tail: str) -> web.StreamResponse:
+    """A stored Response a provider keeps: the same call at that provider, with the caller's credential there."""
+    query = [(name, value) for name, value in request.query.items() if name in _LOOKUP_QUERY]
+    path = "/" + path_segment(request.match_info["id"], "response id") + tail
+    if query:
+        path += "?" + urlencode(query)
+    return await relay.native_lookup(request.app[GATEWAY], found.provider, "responses", method, path,
+                                     request[CALLER], request[REQUEST_ID])
+
+
+def _request_owner(request: web.Request) -> Owner:
+    return _owner(request, request[CALLER])
+
+
+async def _store_of(request: web.Request) -> Store:
+    """The store a stored response is read from; with stored responses off, every id is unknown."""
+    gateway = request.app[GATEWAY]
+    if not gateway.state.config.responses:
+        raise conversations.stored_missing(request.match_info["id"])
+    return await stored.store_of(gateway)
 
 
 # What serves each operation a dialect's path names (dialects.Operation).
 _OPERATIONS: Final[dict[Operation, Callable[[Dialect], Handler]]] = {
     "pivot": _pivot,
+    "respond": _respond,
     "embeddings": _embeddings,
     "models": _models,
     "model": _model,
     "upgrade": _upgrade,
     "stored": _stored,
+    "forget": _forget,
+    "stored_input": _stored_input,
     "count": _count,
 }
 

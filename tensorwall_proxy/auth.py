@@ -88,8 +88,9 @@ class GatewayKeys:
             matched |= hmac.compare_digest(candidate, digest)
         return matched
 
-    def admit(self, headers: HeaderValues) -> Secret | None:
-        """Read a request's credentials the way every door reads them (DESIGN §14); the caller's
+    def admit(self, headers: HeaderValues) -> tuple[str | None, Secret | None]:
+        """Read a request's credentials the way every door reads them (DESIGN §14): the principal
+        (``sha256:<digest>`` of the gateway key; None with gateway keys off) and the caller's
         provider key, or None.
 
         While gateway keys are on, ``X-API-Key`` is the gateway key, and ``Authorization: Bearer`` is
@@ -103,9 +104,10 @@ class GatewayKeys:
         api_key = _single(headers, "X-API-Key")
         bearer = caller_key(_single(headers, "Authorization"))
         if not self._digests:
-            return bearer if bearer is not None else _provider_key(api_key, "X-API-Key")
+            return None, bearer if bearer is not None else _provider_key(api_key, "X-API-Key")
         bearer_digest = _sha256(bearer.reveal()) if bearer is not None else None
         bearer_is_key = bearer_digest is not None and self._holds(bearer_digest)
+        key_digest = None
         if api_key:
             key_digest = _sha256(api_key)
             if not self._holds(key_digest):
@@ -117,7 +119,9 @@ class GatewayKeys:
         elif not bearer_is_key:
             raise _refused("Missing gateway key: send it in the X-API-Key header (or as the Authorization Bearer).",
                            "X-API-Key")
-        return None if bearer_is_key else bearer
+        principal = key_digest or bearer_digest
+        assert principal is not None  # one of the two was a gateway key
+        return "sha256:" + principal.hex(), None if bearer_is_key else bearer
 
 
 def _sha256(key: str) -> bytes:

@@ -17,9 +17,9 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, NamedTuple, TypeVar
 
 import aiohttp
 import orjson
@@ -156,6 +156,14 @@ Req = TypeVar("Req", ChatRequest, EmbeddingsRequest)
 Call = TypeVar("Call")  # what one attempt sends: an UpstreamCall, or several for batched embeddings
 
 
+class Pin(NamedTuple):
+    """The one endpoint a request may be served by, and the error when its route has none such."""
+
+    provider: str
+    model: str
+    elsewhere: GatewayError
+
+
 class Flow(Generic[Req, Call]):
     """One request on its way through the relay, made once when it arrives (mitmproxy's HTTPFlow is
     the model): what was asked, the table it is served by, the plan and where the attempts are in
@@ -163,7 +171,7 @@ class Flow(Generic[Req, Call]):
     request's loose state, and its two kinds (chat, embeddings) say how an attempt is translated
     and executed in place of closures made per request."""
 
-    __slots__ = ("attempt", "attempts", "caller", "client", "gateway", "impl", "record", "req", "request",
+    __slots__ = ("attempt", "attempts", "caller", "client", "gateway", "impl", "pinned", "record", "req", "request",
                  "request_id", "route", "table", "timeouts")
 
     # The current attempt and its provider type's translator: set by run_attempts before a send.
@@ -186,6 +194,9 @@ class Flow(Generic[Req, Call]):
         self.attempts: list[Attempt] = []
         # The response the caller was committed to (a stream past its commit point), else None.
         self.client: web.StreamResponse | None = None
+        # The one endpoint that may serve (provider, upstream model), with the error when the route
+        # has no such endpoint: a follow-up to an answer only that provider holds (DESIGN §14).
+        self.pinned: Pin | None = None
 
     def build(self, credential: Credential) -> Call:
         """The current attempt's upstream call(s), translated from the request; raises
@@ -196,6 +207,13 @@ class Flow(Generic[Req, Call]):
         """Send the current attempt and answer the caller from it; raises UpstreamError before
         the commit point."""
         raise NotImplementedError
+
+
+# Work that must be done before the caller receives the end of an answer: a stored response is
+# written before its JSON body or its stream's terminal event goes out (DESIGN §14). Given the flow
+# (which attempt answered, natively or not) and the caller's whole body, or the stream's decoder
+# once it is done; it never raises.
+Finish = Callable[["ChatFlow", bytes | StreamDecoder], Awaitable[None]]
 
 
 class ChatFlow(Flow[ChatRequest, UpstreamCall]):
@@ -211,12 +229,13 @@ class ChatFlow(Flow[ChatRequest, UpstreamCall]):
     native attempt relayed, known before its first byte reaches the caller (``relayed``).
     """
 
-    __slots__ = ("dialect", "native", "upstream_id")
+    __slots__ = ("dialect", "finish", "native", "upstream_id")
 
     def __init__(self, gateway: Gateway, request: web.Request, req: ChatRequest, dialect: Dialect,
-                 caller: Secret | None, request_id: str) -> None:
+                 caller: Secret | None, request_id: str, finish: Finish | None = None) -> None:
         super().__init__(gateway, request, req, caller, request_id)
         self.dialect = dialect
+        self.finish = finish
         self.native = False  # the current attempt passes the caller's body through
         self.upstream_id: str | None = None
 
@@ -265,10 +284,13 @@ class EmbeddingsFlow(Flow[EmbeddingsRequest, list[UpstreamCall]]):
 
 
 async def chat(gateway: Gateway, request: web.Request, req: ChatRequest, dialect: Dialect, caller: Secret | None,
-               request_id: str) -> web.StreamResponse:
-    """Serve one request in the pivot, streamed or not, in ``dialect``."""
+               request_id: str, finish: Finish | None = None, pinned: Pin | None = None) -> web.StreamResponse:
+    """Serve one request in the pivot, streamed or not, in ``dialect``; ``finish`` runs before the
+    end of the answer reaches the caller; ``pinned`` names the one endpoint that may serve it."""
     request[RECORD].stream = req.stream
-    return await run_attempts(ChatFlow(gateway, request, req, dialect, caller, request_id))
+    flow = ChatFlow(gateway, request, req, dialect, caller, request_id, finish)
+    flow.pinned = pinned
+    return await run_attempts(flow)
 
 
 async def embeddings(gateway: Gateway, request: web.Request, req: EmbeddingsRequest, caller: Secret | None,
@@ -287,7 +309,13 @@ def plan(flow: Flow[Any, Any]) -> list[Attempt]:
     table, route, caller = flow.table, flow.route, flow.caller
     usable: list[Attempt] = []
     reason: GatewayError | None = None
-    for endpoint in route.endpoints:
+    endpoints = route.endpoints
+    if flow.pinned is not None:
+        pin = flow.pinned
+        endpoints = tuple(e for e in endpoints if e.provider == pin.provider and (e.model or route.name) == pin.model)
+        if not endpoints:
+            raise pin.elsewhere
+    for endpoint in endpoints:
         provider = table.config.providers[endpoint.provider]
         credential = credential_for(provider, endpoint.api_key, caller)
         # A provider without its required setting may still get it from its ambient credentials
@@ -392,6 +420,57 @@ async def run_attempts(flow: Flow[Any, Any]) -> web.StreamResponse:
         record.attempt(attempt.provider.name, "ok", response.status, started)
         return response
     raise detach(failure or skipped or missing_provider_key(route.endpoints[0].provider))
+
+
+async def native_lookup(gateway: Gateway, provider_name: str, dialect: str, method: str, path: str,
+                        caller: Secret | None, request_id: str) -> web.Response:
+    """``method`` on what a native answer left at the provider that made it (a stored Response),
+    with the credential the caller's requests carry there (DESIGN §12 "State"): its answer relayed
+    as it came; an error classified like any upstream error."""
+    table = gateway.table
+    provider = table.config.providers[provider_name]
+    credential = credential_for(provider, None, caller)
+    if credential is None:
+        raise missing_provider_key(provider, caller)
+    if credential.kind == "ambient":
+        credential = await gateway.ambient.resolve(provider)
+    impl = provider_for(provider.type)
+    call = impl.build_native_lookup(dialect, provider, method, path, credential)
+    timeouts = table.config.timeouts
+    assert gateway.session is not None
+    response = await upstream.send(gateway.session, call, timeouts.connect, timeouts.total, provider=provider.name)
+    try:
+        body = await (response.read(table.config.server.max_upstream_body_bytes) if response.status == 200
+                      else response.read_error())
+    except TimeoutError:
+        response.close()
+        raise UpstreamError("timeout", 504, f"Upstream '{provider.name}' did not answer within "
+                                            f"{timeouts.total:g}s.", provider=provider.name) from None
+    except BaseException:
+        response.close()
+        raise
+    response.release()
+    if response.status != 200:
+        error = impl.classify_error(provider, response.status, response.headers, body) if response.status >= 400 \
+            else _not_an_answer(provider.name, response.status)
+        error.provider = provider.name
+        error.redact(credential.secret.reveal() if credential.secret is not None else None)
+        raise error
+    return web.Response(body=body, headers=_response_headers(request_id, provider.name, None, JSON))
+
+
+def native_endpoints(table: Table, model: str, dialect: str) -> list[tuple[str, str]]:
+    """The endpoints of ``model``'s route whose provider speaks ``dialect`` itself, as (provider,
+    upstream model); raises the router's 404 for a model the gateway does not serve."""
+    route = table.router.resolve(model)
+    providers = table.config.providers
+    out = []
+    for endpoint in route.endpoints:
+        provider = providers[endpoint.provider]
+        upstream_model = endpoint.model or route.name
+        if provider_for(provider.type).native(dialect, provider, upstream_model):
+            out.append((provider.name, upstream_model))
+    return out
 
 
 def _scrub(exc: UpstreamError, attempt: Attempt, credential: Credential | None = None) -> None:
@@ -526,6 +605,8 @@ async def _answer(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
             raise _malformed(name, "an answer", exc) from None
         flow.record.count(answer.usage)
         flow.relayed(answer.response_id)
+        if flow.finish is not None:
+            await _finish(flow, body)
         flow.record.committed()
         return web.Response(body=body, headers=_response_headers(flow.request_id, name, headers, JSON))
     try:
@@ -539,6 +620,8 @@ async def _answer(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
             out = dialect.encode_answer(flow.req, out)
         except MALFORMED as exc:
             raise _malformed(name, "an answer", exc) from None
+    if flow.finish is not None:
+        await _finish(flow, out)
     flow.record.committed()
     return web.Response(body=out, headers=_response_headers(flow.request_id, name, headers, JSON,
                                                             dialect.request_id_headers))
@@ -612,6 +695,8 @@ async def _stream(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
                 plain, rest = b"", data
             if plain:
                 pending.append(plain)
+                if decoder.done and flow.finish is not None:
+                    await _finish(flow, decoder)
                 if client is None and decoder.visible:
                     client = await _commit(flow, task, headers, pending, native)  # before the rest: it may fail
             if rest or not data:
@@ -620,12 +705,16 @@ async def _stream(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
                 # a failure arrives in the same read: what the client saw decides fallback.
                 for event in batch:
                     pending.extend(decoder.feed(event))
+                    if decoder.done and flow.finish is not None:
+                        await _finish(flow, decoder)
                     if client is None and decoder.visible:
                         client = await _commit(flow, task, headers, pending, native)
                     if decoder.done:
                         break
                 if not data:
                     pending.extend(decoder.close())  # raises when the upstream stopped short
+                    if decoder.done and flow.finish is not None:
+                        await _finish(flow, decoder)
                     if client is None:
                         client = await _commit(flow, task, headers, pending, native)
             else:
@@ -691,6 +780,13 @@ async def _stream(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
     gateway.health.succeeded(flow.attempt.health_key)
     flow.record.count(decoder.usage)
     return flow.client
+
+
+async def _finish(flow: ChatFlow, answer: bytes | StreamDecoder) -> None:
+    """The answer is whole (a stream: done) and its end not yet sent: the flow's finishing work, once."""
+    finish, flow.finish = flow.finish, None
+    if finish is not None:
+        await finish(flow, answer)
 
 
 def _heard(clock: SilenceClock, heard: bool, timeouts: Timeouts) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import secrets
 import signal
 import socket
@@ -18,12 +19,13 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 from aiohttp import web
 from openai import AsyncOpenAI, OpenAI
 
@@ -35,6 +37,11 @@ from tests.processes import Proc
 from tests.rawtcp import RawServer, Script
 
 T = TypeVar("T")
+
+# Redis, shared with whatever else uses it: each test writes under a key prefix of its own and deletes
+# only its own keys; nothing here stops or flushes it. Without a Redis that answers, the tests that
+# need one are skipped, unless TENSORWALL_REQUIRE_REDIS=1 (CI), when they fail.
+REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 
 GATEWAY_KEY = "test-gateway-key"
 PROVIDER_KEY = "sk-caller-provider-key-0123456789"
@@ -92,11 +99,17 @@ class Proxy:
     url: str
     app: web.Application
     config: Config
+    # The synchronous clients made by `client`, closed when the proxy stops: a client left to the
+    # garbage collector leaves its socket to it too, and that ResourceWarning lands in whichever
+    # test the collection happens to run in.
+    clients: list[OpenAI] = field(default_factory=list)
 
     def client(self, api_key: str | None = PROVIDER_KEY, **kwargs: Any) -> OpenAI:
         """The official synchronous SDK pointed at the proxy, retries off so tests see each answer."""
-        return OpenAI(base_url=self.url + "/v1", api_key=api_key or "", max_retries=0,
-                      default_headers={"X-API-Key": GATEWAY_KEY}, **kwargs)
+        client = OpenAI(base_url=self.url + "/v1", api_key=api_key or "", max_retries=0,
+                        default_headers={"X-API-Key": GATEWAY_KEY}, **kwargs)
+        self.clients.append(client)
+        return client
 
     def async_client(self, api_key: str | None = PROVIDER_KEY, **kwargs: Any) -> AsyncOpenAI:
         """The official asynchronous SDK pointed at the proxy."""
@@ -200,19 +213,26 @@ def config_text(fake: FakeUpstream, extra: str = "", providers: str = "") -> str
 
 
 @pytest.fixture
-def make_proxy(servers: ServerThread, fake: FakeUpstream) -> Iterator[Callable[..., Proxy]]:
-    """Start a proxy on a config made from the base config plus extra YAML; stopped after the test."""
+def make_proxy(servers: ServerThread, fake: FakeUpstream, tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
+    """Start a proxy on a config made from the base config plus extra YAML; stopped after the test.
+    A state store it opens (SQLite, unless the YAML says otherwise) lives in the test's directory."""
     runners: list[web.AppRunner] = []
+    proxies: list[Proxy] = []
+    env = {**os.environ, "STATE_DIRECTORY": str(tmp_path / "state")}
 
     def start(extra: str = "", text: str | None = None) -> Proxy:
-        config = parse_config(text if text is not None else config_text(fake, extra))
+        config = parse_config(text if text is not None else config_text(fake, extra), env=env)
         app = build_app(config)
         runner, url = servers.run(_start_app(app, config))
         runners.append(runner)
         fake.clear()
-        return Proxy(url, app, config)
+        proxies.append(Proxy(url, app, config))
+        return proxies[-1]
 
     yield start
+    for proxy in proxies:
+        for client in proxy.clients:
+            client.close()
     for runner in runners:
         servers.run(runner.cleanup())
 
@@ -283,3 +303,44 @@ def raw_server(servers: ServerThread) -> Iterator[Callable[[Script | Callable[[i
     yield start
     for server in started:
         servers.run(server.stop())
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """REDIS_URL when a Redis answers there; else the test is skipped (failed under TENSORWALL_REQUIRE_REDIS=1)."""
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        message = f"no Redis answers at REDIS_URL ({type(exc).__name__}: {exc})"
+        if os.environ.get("TENSORWALL_REQUIRE_REDIS") == "1":
+            pytest.fail(message + " and TENSORWALL_REQUIRE_REDIS=1")
+        pytest.skip(message)
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def key_prefix(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A Redis key prefix of this test's own; its keys (and only they) are deleted after it."""
+    prefix = f"twtest:{secrets.token_hex(6)}:"
+    yield prefix
+    if "redis_url" not in request.fixturenames:
+        return  # a SQLite test: it never reached Redis
+    keys = redis_keys(prefix)
+    if keys:
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+        try:
+            client.delete(*keys)
+        finally:
+            client.close()
+
+
+def redis_keys(prefix: str) -> list[bytes]:
+    """The keys in the shared Redis under ``prefix`` (a test's own)."""
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        return sorted(client.scan_iter(match=prefix + "*", count=1000))
+    finally:
+        client.close()

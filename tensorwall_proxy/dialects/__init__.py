@@ -26,10 +26,16 @@ from ..providers import StreamDecoder as StreamDecoder
 #   embeddings  OpenAI's embeddings (the body parsed by the dialect, relayed as embeddings)
 #   models      the list of models the gateway serves, in the dialect's shape
 #   model       one of them, named by the path's {model}
+#   respond     as pivot, with Responses' state: the answer kept in the state store to be continued
+#               by its id (`store`, `previous_response_id`), and the body parsed with the gateway's
+#               reasoning key when it carries or asks for sealed reasoning state
 #   upgrade     a WebSocket upgrade, answered 426 (clients then use HTTP); any other GET, 405
-#   stored      a stored object by the path's {id}: none is kept yet, so 404
+#   stored      a kept answer by the path's {id}: GET
+#   forget      a kept answer by the path's {id}: DELETE
+#   stored_input  the input a kept answer by the path's {id} was made from, one page
 #   count       the input tokens a body would use (Anthropic's count_tokens), estimated
-Operation = Literal["pivot", "embeddings", "models", "model", "upgrade", "stored", "count"]
+Operation = Literal["pivot", "respond", "embeddings", "models", "model", "upgrade", "stored", "forget",
+                    "stored_input", "count"]
 
 
 class DialectPath(NamedTuple):

@@ -24,6 +24,7 @@ import orjson
 from ..auth import FORWARDED_HEADERS
 from ..errors import GatewayError, bad_request
 from ..providers import ChatRequest, EmbeddingsRequest, StreamDecoder
+from ..providers.reasoning import REASONING_STATE
 from ..sse import DONE_EVENT, encode
 from . import Catalog, DialectPath
 from .streams import PivotStream
@@ -89,6 +90,10 @@ def parse_chat(body: dict[str, Any], headers: Mapping[str, str]) -> ChatRequest:
         if content is not None and not isinstance(content, str | list):
             raise bad_request(f"'messages[{i}].content' must be a string or an array of parts.",
                               param=f"messages[{i}].content")
+        if REASONING_STATE in message:
+            # The pivot's extension: only a dialect restores it (from state it sealed), never a caller.
+            raise bad_request(f"'messages[{i}].{REASONING_STATE}' is not a Chat Completions field.",
+                              param=f"messages[{i}].{REASONING_STATE}")
     for name, (types, what) in _CHAT_TYPED.items():
         if name in body:
             _check_type(body, name, types, what)

@@ -6,8 +6,8 @@ the dialect itself, that state is removed — never forwarded to a provider that
 
 - tool call ids the gateway packed with provider state (``providers/ids.py``) go back to the id
   they were made from, in every item that names a call;
-- reasoning items whose ``encrypted_content`` is the gateway's own signed state (``twr1.``) are
-  dropped: only the gateway can read them.
+- reasoning items whose ``encrypted_content`` is the gateway's own signed state (``twr1.``, or any
+  version of it: ``sealed.ours``) are dropped: only the gateway can read them.
 
 Everything else, fields the gateway does not know included, is left as it is. A body with nothing
 to remove is returned as it is, not copied. Pure: no I/O.
@@ -19,9 +19,8 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from ..providers.ids import STATE_MARKER, base_id
+from .sealed import ours
 
-# What begins the `encrypted_content` of a reasoning item the gateway made itself.
-GATEWAY_REASONING_PREFIX: Final = "twr1."
 # Responses input items that name a tool call by `call_id`.
 _CALL_ITEMS: Final = frozenset({"function_call", "function_call_output", "custom_tool_call",
                                 "custom_tool_call_output"})
@@ -52,8 +51,7 @@ def _responses_item(item: Any) -> Any:
         return item
     kind = item.get("type")
     if kind == "reasoning":
-        content = item.get("encrypted_content")
-        return None if isinstance(content, str) and content.startswith(GATEWAY_REASONING_PREFIX) else item
+        return None if ours(item.get("encrypted_content")) else item
     if kind in _CALL_ITEMS:
         call_id = item.get("call_id")
         if isinstance(call_id, str) and STATE_MARKER in call_id:

@@ -10,10 +10,10 @@ A provider that speaks Responses itself gets the caller's body instead (``ChatRe
 less the gateway's own state: ``native.py``) and its stream relayed as it came; past the commit
 point a broken native stream ends with ``native_failed``'s ``response.failed``.
 
-Not here yet: stored conversations (``previous_response_id`` is 400 ``previous_response_not_found``
-saying so; ``GET`` / ``DELETE`` of an id are 404), reasoning items. Hosted tools (``web_search``,
-…) exist only at OpenAI: dropped when ``tool_choice`` does not force them, 400 when it does. This
-module does no I/O.
+Stored conversations are ``conversations.py``'s (the chain before a follow-up arrives here already
+in ``input``). Reasoning items, in answers, streams and input, are ``reasoning.py``'s (their state
+sealed by ``sealed.py``). Hosted tools (``web_search``, …) exist only at OpenAI: dropped when
+``tool_choice`` does not force them, 400 when it does. This module does no I/O.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from ..providers.contract import NativeStream
 from ..sse import encode
 from . import DialectPath, native
 from .chat import _OPENAI_PREFIXES, parse_chat
+from .reasoning import KeptReasoning, StreamedReasoning, answer_item, asks_state, stream_delta
 from .streams import ChunkStream
 
 # Tools only OpenAI runs itself: no other provider has them.
@@ -48,11 +49,12 @@ _ROLES: Final = {"user": "user", "assistant": "assistant", "system": "system",
                  "developer": "system"}
 # Fields with no pivot counterpart, dropped (the field policy, DESIGN §7): they change nothing the
 # caller gets back (metadata, caching hints, identifiers, what to include of state not kept here).
-# `store` is accepted and treated as false until the gateway stores conversations.
+# `store` is the HTTP layer's business (stored.py), `previous_response_id` too: by the parse, a
+# follow-up's conversation is in its input.
 _DROPPED: Final = frozenset({
     "metadata", "safety_identifier", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options",
     "include", "truncation", "client_metadata", "store", "service_tier", "max_tool_calls",
-    "stream_options", "context_management", "moderation",
+    "stream_options", "context_management", "moderation", "previous_response_id",
 })
 # The namespaced name a provider sees: joined so the pair comes back through the table, not by splitting.
 NAMESPACE_SEPARATOR: Final = "__"
@@ -61,11 +63,18 @@ NAMESPACE_SEPARATOR: Final = "__"
 @dataclass(frozen=True, slots=True)
 class ResponsesRequest(ChatRequest):
     """The pivot of a Responses body, with what its answer needs: the caller's fields to echo, the
-    function names that stand for custom tools, and the flattened names of namespaced tools."""
+    function names that stand for custom tools, the flattened names of namespaced tools, and the
+    key that seals and unseals reasoning state (when the body needs it)."""
 
     echo: Mapping[str, Any] = field(default_factory=dict)
     custom: frozenset[str] = frozenset()
     namespaced: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # flat name → (namespace, name)
+    reasoning_key: bytes | None = field(default=None, repr=False)
+
+    @property
+    def sealing_key(self) -> bytes | None:
+        """The key answers seal reasoning state with: only when the caller asked for that state."""
+        return self.reasoning_key if self.wants_reasoning_state else None
 
 
 def _text_of(content: Any, where: str) -> str:
@@ -132,8 +141,8 @@ def _flat_name(item: Mapping[str, Any]) -> str:
     return f"{namespace}{NAMESPACE_SEPARATOR}{name}" if isinstance(namespace, str) and namespace else name
 
 
-def _messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """``instructions`` and ``input`` → the pivot's messages."""
+def _messages(body: Mapping[str, Any], kept: KeptReasoning) -> list[dict[str, Any]]:
+    """``instructions`` and ``input`` → the pivot's messages; reasoning items with state go to ``kept``."""
     messages: list[dict[str, Any]] = []
     instructions = body.get("instructions")
     if instructions is not None:
@@ -177,10 +186,10 @@ def _messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
             messages.append({"role": "tool", "tool_call_id": call_id,
                              "content": _text_of(item.get("output", ""), f"{where}.output")})
         elif kind == "reasoning":
-            continue  # a provider's thinking from another turn: nothing a translated provider can read
+            kept.item(item, where, messages)
         elif kind == "item_reference":
-            raise bad_request(f"'{where}': item references need stored conversations, which this gateway does "
-                              "not keep yet; send the items themselves.", param=where)
+            raise bad_request(f"'{where}': item references are not supported; send the items themselves, or "
+                              "continue a stored response with 'previous_response_id'.", param=where)
         else:
             raise bad_request(f"'{where}': input items of type {kind!r} are not supported.", param=f"{where}.type")
     return messages
@@ -287,10 +296,10 @@ _ECHOED: Final[tuple[tuple[str, Any], ...]] = (
 )
 
 
-def _echo(body: Mapping[str, Any]) -> dict[str, Any]:
+def _echo(body: Mapping[str, Any], previous: str | None, stored: bool) -> dict[str, Any]:
     echo = {name: body[name] if body.get(name) is not None else default for name, default in _ECHOED}
-    echo["store"] = False  # nothing is stored yet, whatever the caller asked
-    echo["previous_response_id"] = None
+    echo["store"] = stored  # what the gateway does, whatever the caller asked
+    echo["previous_response_id"] = previous
     tools = []
     for tool in body.get("tools") or ():
         if isinstance(tool, dict) and tool.get("type") == "function":
@@ -300,16 +309,15 @@ def _echo(body: Mapping[str, Any]) -> dict[str, Any]:
     return echo
 
 
-def parse_responses(body: dict[str, Any], headers: Mapping[str, str]) -> ResponsesRequest:
-    """A ``POST /v1/responses`` body → the pivot, with what its answer echoes; 400 in OpenAI's shape."""
-    previous = body.get("previous_response_id")
-    if previous is not None:
-        raise GatewayError(400, f"Previous response with id {previous!r} not found: this gateway does not store "
-                                "conversations yet; send the whole conversation in 'input'.",
-                           param="previous_response_id", code="previous_response_not_found")
+def parse_responses(body: dict[str, Any], headers: Mapping[str, str], key: bytes | None = None, *,
+                    previous: str | None = None, stored: bool = False) -> ResponsesRequest:
+    """A ``POST /v1/responses`` body → the pivot, with what its answer echoes; 400 in OpenAI's shape.
+    ``key`` seals and unseals reasoning state (``reasoning.needs_key`` says when the body needs it);
+    ``previous``: the stored response a follow-up continues (its conversation already in ``input``);
+    ``stored``: whether the answer will be stored."""
     if body.get("conversation") is not None:
-        raise bad_request("'conversation' is not supported: this gateway does not store conversations yet.",
-                          param="conversation")
+        raise bad_request("'conversation' objects are not supported; continue a stored response with "
+                          "'previous_response_id'.", param="conversation")
     if body.get("background") is True:
         raise bad_request("'background' responses are not supported.", param="background")
     if body.get("top_logprobs"):
@@ -318,7 +326,8 @@ def parse_responses(body: dict[str, Any], headers: Mapping[str, str]) -> Respons
     if not isinstance(stream, bool):
         raise bad_request("'stream' must be a boolean.", param="stream")
     tools, custom, namespaced = _tools(body)
-    pivot: dict[str, Any] = {"model": body.get("model"), "messages": _messages(body)}
+    kept = KeptReasoning(key)
+    pivot: dict[str, Any] = {"model": body.get("model"), "messages": _messages(body, kept)}
     for name in ("temperature", "top_p", "user"):
         if body.get(name) is not None:
             pivot[name] = body[name]
@@ -340,9 +349,11 @@ def parse_responses(body: dict[str, Any], headers: Mapping[str, str]) -> Respons
         pivot["stream"] = True
         pivot["stream_options"] = {"include_usage": True}  # response.completed carries the usage
     checked = parse_chat(pivot, headers)
+    kept.attach()  # after parse_chat, which refuses the pivot's extension from any caller
     return ResponsesRequest(checked.body, checked.stream, checked.wants_usage, checked.headers,
-                            native=native.responses_body(body), echo=_echo(body), custom=custom,
-                            namespaced=namespaced)
+                            native=native.responses_body(body), echo=_echo(body, previous, stored), custom=custom,
+                            namespaced=namespaced, wants_reasoning_state=key is not None and asks_state(body),
+                            reasoning_key=key)
 
 
 def new_id(prefix: str) -> str:
@@ -434,7 +445,8 @@ def response_answer(req: ChatRequest, answer: bytes) -> bytes:
     choice = choices[0] if choices and isinstance(choices[0], dict) else {}
     message = _obj(choice.get("message"))
     status, incomplete = _status(choice.get("finish_reason"))
-    output: list[dict[str, Any]] = []
+    reasoning = answer_item(message, new_id("rs_"), request.sealing_key)
+    output: list[dict[str, Any]] = [reasoning] if reasoning is not None else []
     content = message.get("content")
     if isinstance(content, str) and content:
         output.append(_text_item(new_id("msg_"), content, status))
@@ -468,6 +480,9 @@ class ResponsesStream(ChunkStream):
         self._output: list[dict[str, Any]] = []
         self._open: dict[str, Any] | None = None  # the item being streamed: its index and state
         self._calls: dict[int, dict[str, Any]] = {}  # pivot tool call index → its open state
+        self._finish: Any = None
+        self._pivot_usage: Any = None
+        self.final: dict[str, Any] | None = None  # the Response the terminal event carried
 
     def _event(self, out: list[bytes], kind: str, **fields: Any) -> None:
         fields = {"type": kind, "sequence_number": self.sequence, **fields}
@@ -487,6 +502,9 @@ class ResponsesStream(ChunkStream):
             self._event(out, "response.in_progress", response=self.response("in_progress"))
 
     def _choice(self, delta: Mapping[str, Any], out: list[bytes]) -> None:
+        thought, state = stream_delta(delta)
+        if thought or state:
+            self._reasoning(thought, state, out)
         text = delta.get("content")
         if isinstance(text, str) and text:
             self._text(text, out)
@@ -509,6 +527,17 @@ class ResponsesStream(ChunkStream):
         state["text"].append(text)
         self._event(out, "response.output_text.delta", item_id=state["id"], output_index=state["index"],
                     content_index=0, delta=text, logprobs=[])
+
+    def _reasoning(self, text: str, state: list[Any], out: list[bytes]) -> None:
+        self._start(out)
+        if self._open is None or self._open["kind"] != "reasoning":
+            self._close_item(out)
+            item = StreamedReasoning(new_id("rs_"), len(self._output))
+            self._open = {"kind": "reasoning", "index": item.index, "id": item.id, "item": item}
+            self._output.append(item.added())
+            self._event(out, "response.output_item.added", output_index=item.index, item=item.added())
+        for kind, fields in self._open["item"].feed(text, state):
+            self._event(out, kind, **fields)
 
     def _call(self, call: Mapping[str, Any], out: list[bytes]) -> None:
         index = call.get("index", 0)
@@ -557,6 +586,11 @@ class ResponsesStream(ChunkStream):
             self._event(out, "response.content_part.done", item_id=item_id, output_index=index, content_index=0,
                         part=part)
             item = self._output[index] = _text_item(item_id, text, status)
+        elif state["kind"] == "reasoning":
+            events, item = state["item"].close(self._req.sealing_key)
+            for kind, fields in events:
+                self._event(out, kind, **fields)
+            self._output[index] = item
         else:
             arguments = "".join(state["arguments"])
             final = _call_item(self._req, state["call_id"], state["flat"], arguments)
@@ -577,7 +611,9 @@ class ResponsesStream(ChunkStream):
         self._close_item(out)  # every item before the open one was closed when the next opened
         status, incomplete = _status(self._finish)
         kind = "response.completed" if status == "completed" else "response.incomplete"
-        self._event(out, kind, response=self.response(status, usage_of(self._pivot_usage), incomplete))
+        self.final = self.response(status, usage_of(self._pivot_usage), incomplete)
+        self._event(out, kind, response=self.final)
+        self.done = True
 
     def failed(self, error: GatewayError) -> bytes:
         """The terminal ``response.failed`` event for an error past the commit point."""
@@ -596,11 +632,11 @@ class Responses:
     name = "responses"
     prefixes = _OPENAI_PREFIXES
     paths: tuple[DialectPath, ...] = (
-        DialectPath("POST", "/v1/responses", "pivot"),
+        DialectPath("POST", "/v1/responses", "respond"),
         DialectPath("GET", "/v1/responses", "upgrade"),
         DialectPath("GET", "/v1/responses/{id}", "stored"),
-        DialectPath("DELETE", "/v1/responses/{id}", "stored"),
-        DialectPath("GET", "/v1/responses/{id}/input_items", "stored"),
+        DialectPath("DELETE", "/v1/responses/{id}", "forget"),
+        DialectPath("GET", "/v1/responses/{id}/input_items", "stored_input"),
     )
     is_pivot = False
     request_id_headers: tuple[str, ...] = ()
@@ -645,12 +681,6 @@ def native_failed(stream: NativeStream, error: GatewayError) -> bytes:
 def _failure_code(error: GatewayError) -> str:
     """A failed Response's ``error.code`` for the gateway's own failures (A.5's codes)."""
     return "rate_limit_exceeded" if error.status == 429 else "server_error"
-
-
-def stored_missing(response_id: str) -> GatewayError:
-    """``GET`` / ``DELETE`` of a stored response: none is kept yet, so every id is unknown."""
-    return GatewayError(404, f"No response with id {response_id!r} is stored on this gateway (it does not store "
-                             "conversations yet).", param="response_id", code="not_found")
 
 
 def upgrade_refused() -> GatewayError:

@@ -10,7 +10,10 @@ stream side is a small state machine over Anthropic's named events.
 Thinking with tools: Anthropic wants the assistant's thinking block, with its signature, back on
 the tool-use turn. It travels inside the tool call id the client keeps (``ids.attach``,
 compressed) and is restored on the next turn; a turn whose history lacks it (the id came from
-another provider, or was rewritten) is sent with thinking off, which Anthropic accepts.
+another provider, or was rewritten) is sent with thinking off, which Anthropic accepts. When the
+request wants reasoning state (``providers/reasoning.py``), every answer's thinking blocks also
+come back as the pivot's ``reasoning_state``, and blocks a dialect restored there on an assistant
+message go first in that turn (before any carried by its tool call ids, which are then not read).
 
 Pure: no I/O, no aiohttp.
 """
@@ -32,6 +35,7 @@ from .contract import ChatRequest, EmbeddingsRequest, Translated, UpstreamCall
 from .ids import attach, detach, for_upstream
 from .openai_wire import USER_AGENT, classify_openai_error, upstream_url
 from .policy import check, reasoning_budget
+from .reasoning import REASONING_STATE, entries, restored
 from .shapes import (
     StateBudget,
     completion,
@@ -74,6 +78,14 @@ _STREAM_ERRORS: Final[dict[str, tuple[FailureKind, int]]] = {
 }
 # Marks thinking state in a tool call id, so state from another provider is never taken for ours.
 _STATE_TAG: Final = b"A1"
+_THINKING_TYPES: Final = ("thinking", "redacted_thinking")
+# What a thinking block is made of: what Anthropic needs back, nothing else (cache_control, …).
+_THINKING_KEYS: Final = ("type", "thinking", "signature", "data")
+
+
+def thinking_block(block: Mapping[str, Any]) -> dict[str, Any]:
+    """A thinking or redacted_thinking block as it goes back to Anthropic."""
+    return {k: v for k, v in block.items() if k in _THINKING_KEYS}
 
 
 # --- request ------------------------------------------------------------------------------------
@@ -129,14 +141,16 @@ def decode_thinking(state: bytes | None, param: str = "messages",
     """Thinking blocks from a tool call id's state; None when it holds none of ours, or is damaged;
     400 naming ``param`` when it inflates past its bound."""
     blocks = unpack_state(_STATE_TAG, state, param, budget)
-    if blocks is not None and all(b.get("type") in ("thinking", "redacted_thinking") for b in blocks):
+    if blocks is not None and all(b.get("type") in _THINKING_TYPES for b in blocks):
         return blocks
     return None
 
 
 def _assistant_blocks(message: Mapping[str, Any], where: str, budget: StateBudget) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
-    thinking: list[dict[str, Any]] | None = None
+    # Restored by the dialect: the turn's own thinking, so the ids' copy is not read.
+    thinking: list[dict[str, Any]] | None = [thinking_block(b) for b in restored(message, "anthropic")
+                                              if b.get("type") in _THINKING_TYPES] or None
     calls = items(message.get("tool_calls"))
     tool_blocks = []
     for k, call in enumerate(calls):
@@ -237,7 +251,7 @@ def _thinking_budget(body: Mapping[str, Any], turns: list[dict[str, Any]]) -> in
     last_assistant = next((t for t in reversed(turns) if t["role"] == "assistant"), None)
     if last_assistant is not None:
         content = last_assistant["content"]
-        if any(b["type"] == "tool_use" for b in content) and content[0]["type"] not in ("thinking", "redacted_thinking"):
+        if any(b["type"] == "tool_use" for b in content) and content[0]["type"] not in _THINKING_TYPES:
             return None  # the tool-use turn's thinking did not come back: Anthropic requires it
     return budget
 
@@ -334,8 +348,9 @@ def _usage(raw: Any) -> dict[str, Any]:
                  cached=read if cache_seen else None, cache_creation=created if cache_seen else None)
 
 
-def translate_response(message: Mapping[str, Any], created: int | None = None) -> bytes:
-    """An Anthropic message → an OpenAI ``chat.completion`` body."""
+def translate_response(message: Mapping[str, Any], created: int | None = None, keep_state: bool = False) -> bytes:
+    """An Anthropic message → an OpenAI ``chat.completion`` body; with ``keep_state``, its thinking
+    blocks as the pivot's ``reasoning_state`` too."""
     texts: list[str] = []
     reasoning: list[str] = []
     thinking: list[dict[str, Any]] = []
@@ -346,9 +361,9 @@ def translate_response(message: Mapping[str, Any], created: int | None = None) -
             texts.append(block.get("text") or "")
         elif kind == "thinking":
             reasoning.append(block.get("thinking") or "")
-            thinking.append(block)
+            thinking.append(thinking_block(block))
         elif kind == "redacted_thinking":
-            thinking.append(block)
+            thinking.append(thinking_block(block))
         elif kind == "tool_use":
             tool_id = str(block.get("id") or "")
             if not tool_calls and thinking:
@@ -359,6 +374,8 @@ def translate_response(message: Mapping[str, Any], created: int | None = None) -
                                    "refusal": None}
     if reasoning:
         out_message["reasoning_content"] = "".join(reasoning)
+    if keep_state and thinking:
+        out_message[REASONING_STATE] = entries("anthropic", thinking)
     if tool_calls:
         out_message["tool_calls"] = tool_calls
     finish = FINISH_REASONS.get(str(message.get("stop_reason")), "stop")
@@ -384,9 +401,10 @@ class AnthropicStream(BlockStream):
     """
 
     __slots__ = ("_usage",)
+    _wire = "anthropic"
 
-    def __init__(self, provider: str, wants_usage: bool) -> None:
-        super().__init__(provider, wants_usage)
+    def __init__(self, provider: str, wants_usage: bool, keep_state: bool = False) -> None:
+        super().__init__(provider, wants_usage, keep_state)
         self._usage: dict[str, Any] = {}
 
     def _pack(self, reasoning: list[dict[str, Any]]) -> bytes:
@@ -462,9 +480,9 @@ class AnthropicStream(BlockStream):
         if block is None:
             return []
         kind = block.get("type")
-        if kind in ("thinking", "redacted_thinking"):
-            self._reasoning.append({k: v for k, v in block.items() if k in ("type", "thinking", "signature", "data")})
-        elif kind == "tool_use":
+        if kind in _THINKING_TYPES:
+            return self._reasoning_done(thinking_block(block))
+        if kind == "tool_use":
             return self._tool_stop(block)
         return []
 
@@ -490,10 +508,10 @@ class Anthropic(Translated):
                             _headers(provider, credential, req.headers), orjson.dumps(body), req.stream)
 
     def parse_response(self, req: ChatRequest, provider: ProviderConfig, body: bytes) -> bytes:
-        return translate_response(load_object(body, provider.name))
+        return translate_response(load_object(body, provider.name), keep_state=req.wants_reasoning_state)
 
     def stream_decoder(self, req: ChatRequest, provider: ProviderConfig) -> AnthropicStream:
-        return AnthropicStream(provider.name, req.wants_usage)
+        return AnthropicStream(provider.name, req.wants_usage, req.wants_reasoning_state)
 
     def classify_error(self, provider: ProviderConfig, status: int, headers: Mapping[str, str],
                        body: bytes) -> UpstreamError:

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
 import orjson
+from yarl import URL
 
 from ..errors import UpstreamError
 from ..sse import SseDecoder
@@ -110,3 +111,8 @@ class Azure:
 
     def read_native_answer(self, dialect: str, provider: ProviderConfig, body: bytes) -> NativeAnswer:
         return read_native_answer(dialect, provider.name, body)
+
+    def build_native_lookup(self, dialect: str, provider: ProviderConfig, method: str, path: str,
+                            credential: Credential) -> UpstreamCall:
+        url = URL(provider.endpoint + V1_PATHS[dialect] + path, encoded=True)
+        return UpstreamCall(method, url, _headers(credential), b"")

@@ -5,7 +5,9 @@ tool results in user turns), images become bytes, sampling becomes ``inferenceCo
 ``toolConfig``, ``response_format`` ``outputConfig``, and ``reasoning_effort`` Claude's thinking in
 ``additionalModelRequestFields``. Tool call ids pass through the codec in Bedrock's form (at most
 64 of ``[a-zA-Z0-9_.:-]``); a reasoning block rides inside the first tool call's id, as for
-Anthropic, and a turn that lost it is sent with reasoning off.
+Anthropic, and a turn that lost it is sent with reasoning off. When the request wants reasoning
+state, answers carry their ``reasoningContent`` blocks as the pivot's ``reasoning_state`` (wire
+``converse``), and blocks restored there on an assistant message lead that turn.
 
 Streams: the binary AWS event stream is cut into messages by botocore's own parser as bytes
 arrive; events (and exceptions inside an HTTP 200) become OpenAI chunks. botocore is imported only
@@ -41,6 +43,7 @@ from .contract import ChatRequest, EmbeddingsRequest, Translated, UpstreamCall, 
 from .ids import attach, detach, for_upstream, unique_id
 from .openai_wire import USER_AGENT, upstream_url
 from .policy import check, reasoning_budget
+from .reasoning import REASONING_STATE, entries, restored
 from .shapes import (
     StateBudget,
     completion,
@@ -167,7 +170,9 @@ def decode_reasoning(state: bytes | None, param: str = "messages",
 
 def _assistant_blocks(message: Mapping[str, Any], where: str, budget: StateBudget) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
-    reasoning: list[dict[str, Any]] | None = None
+    # Restored by the dialect: the turn's own reasoning, so the ids' copy is not read.
+    reasoning: list[dict[str, Any]] | None = [b for b in restored(message, "converse")
+                                               if "reasoningText" in b or "redactedContent" in b] or None
     tool_blocks = []
     for k, call in enumerate(items(message.get("tool_calls"))):
         function = obj(obj(call).get("function"))
@@ -324,8 +329,10 @@ def _usage(raw: Any) -> dict[str, Any]:
                  cache_creation=write if cache_seen else None)
 
 
-def translate_response(response: Mapping[str, Any], model: str, created: int | None = None) -> bytes:
-    """A Converse response → an OpenAI ``chat.completion`` body."""
+def translate_response(response: Mapping[str, Any], model: str, created: int | None = None,
+                       keep_state: bool = False) -> bytes:
+    """A Converse response → an OpenAI ``chat.completion`` body; with ``keep_state``, its reasoning
+    blocks as the pivot's ``reasoning_state`` too."""
     texts: list[str] = []
     reasoning_text: list[str] = []
     reasoning: list[dict[str, Any]] = []
@@ -349,6 +356,8 @@ def translate_response(response: Mapping[str, Any], model: str, created: int | N
                                "refusal": None}
     if any(reasoning_text):
         message["reasoning_content"] = "".join(reasoning_text)
+    if keep_state and reasoning:
+        message[REASONING_STATE] = entries("converse", reasoning)
     if tool_calls:
         message["tool_calls"] = tool_calls
     finish = FINISH_REASONS.get(str(response.get("stopReason")), "stop")
@@ -466,9 +475,10 @@ class BedrockStream(BlockStream):
     """ConverseStream events → OpenAI chunks (the block bookkeeping is ``BlockStream``'s)."""
 
     __slots__ = ("_stopped",)
+    _wire = "converse"
 
-    def __init__(self, provider: str, model: str, wants_usage: bool) -> None:
-        super().__init__(provider, wants_usage)
+    def __init__(self, provider: str, model: str, wants_usage: bool, keep_state: bool = False) -> None:
+        super().__init__(provider, wants_usage, keep_state)
         self._chunks.model = model
         self._chunks.id = unique_id("chatcmpl-")
         self._stopped = False
@@ -533,11 +543,10 @@ class BedrockStream(BlockStream):
         block = self._block(data)
         if block.get("kind") == "reasoning":
             if "redacted" in block:
-                self._reasoning.append({"redactedContent": block["redacted"]})
-            else:
-                self._reasoning.append({"reasoningText": {"text": block.get("text", ""),
-                                                          "signature": block.get("signature", "")}})
-        elif block.get("kind") == "tool":
+                return self._reasoning_done({"redactedContent": block["redacted"]})
+            return self._reasoning_done({"reasoningText": {"text": block.get("text", ""),
+                                                           "signature": block.get("signature", "")}})
+        if block.get("kind") == "tool":
             return self._tool_stop(block)
         return []
 
@@ -566,10 +575,12 @@ class Bedrock(Translated):
         return _call(provider, credential, model, "converse-stream" if req.stream else "converse", body, req.stream)
 
     def parse_response(self, req: ChatRequest, provider: ProviderConfig, body: bytes) -> bytes:
-        return translate_response(load_object(body, provider.name), str(req.body.get("model") or ""))
+        return translate_response(load_object(body, provider.name), str(req.body.get("model") or ""),
+                                  keep_state=req.wants_reasoning_state)
 
     def stream_decoder(self, req: ChatRequest, provider: ProviderConfig) -> BedrockStream:
-        return BedrockStream(provider.name, str(req.body.get("model") or ""), req.wants_usage)
+        return BedrockStream(provider.name, str(req.body.get("model") or ""), req.wants_usage,
+                             req.wants_reasoning_state)
 
     def classify_error(self, provider: ProviderConfig, status: int, headers: Mapping[str, str],
                        body: bytes) -> UpstreamError:

@@ -5,8 +5,10 @@ Both stream an answer as content blocks by index (text, reasoning, tool use) bet
 start and a stop reason. What they share lives here once: the role chunk, text and reasoning
 deltas, tool calls numbered over tool calls only (the upstream's block index counts text and
 reasoning blocks too), the reasoning that preceded the first tool call packed into that call's id
-(``ids.attach``) so it can be restored on the next turn, a tool call that received no arguments
-closed with ``{}``, the finish chunk and the end. Each translator only reads its own events.
+(``ids.attach``) so it can be restored on the next turn, each finished reasoning block as a
+``reasoning_state`` chunk when the request wants it (``providers/reasoning.py``), a tool call that
+received no arguments closed with ``{}``, the finish chunk and the end. Each translator only reads
+its own events.
 
 Pure: no I/O.
 """
@@ -17,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .ids import attach
+from .reasoning import REASONING_STATE, Wire, entries
 from .shapes import ChunkEncoder
 
 
@@ -25,13 +28,17 @@ class BlockStream:
 
     A block is a dict the subclass keeps per upstream block index; a tool block gets
     ``tool_index`` and ``arguments_seen`` from ``_tool_start``. ``_reasoning`` holds the finished
-    reasoning blocks in the wire's own form, for ``_pack``.
+    reasoning blocks in the wire's own form, for ``_pack`` (and, when ``keep_state``, for the
+    ``reasoning_state`` chunks of the pivot's extension, under the subclass's ``_wire``).
     """
 
-    __slots__ = ("_blocks", "_chunks", "_provider", "_reasoning", "_tool_count", "done", "usage", "visible")
+    __slots__ = ("_blocks", "_chunks", "_keep_state", "_provider", "_reasoning", "_tool_count", "done", "usage",
+                 "visible")
+    _wire: Wire
 
-    def __init__(self, provider: str, wants_usage: bool) -> None:
+    def __init__(self, provider: str, wants_usage: bool, keep_state: bool = False) -> None:
         self._provider = provider
+        self._keep_state = keep_state
         self._chunks = ChunkEncoder(wants_usage)
         self._blocks: dict[int, dict[str, Any]] = {}  # upstream block index → what we know of it
         self._reasoning: list[dict[str, Any]] = []
@@ -58,6 +65,14 @@ class BlockStream:
             return []
         self.visible = True
         return [self._chunks.chunk({"reasoning_content": text})]
+
+    def _reasoning_done(self, block: dict[str, Any]) -> list[bytes]:
+        """A finished reasoning block: kept for the first tool call's id, and sent on as state when wanted.
+        Not visible by itself: the thinking text before it, or what follows, commits."""
+        self._reasoning.append(block)
+        if not self._keep_state:
+            return []
+        return [self._chunks.chunk({REASONING_STATE: entries(self._wire, [block])})]
 
     def _tool_start(self, block: dict[str, Any], tool_id: str, name: Any) -> list[bytes]:
         index = block["tool_index"] = self._tool_count

@@ -51,6 +51,9 @@ class ChatRequest:
     # `cache_control`). Chat has no field for them; a translator that cannot keep them drops them,
     # and the relay counts what was dropped.
     cache_markers: int = 0
+    # Set only by a dialect that keeps thinking state for its caller: translators then put the
+    # provider's state on the answer (the pivot extension of providers/reasoning.py).
+    wants_reasoning_state: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +187,12 @@ class Provider(Protocol):
         ValueError (or UpstreamError) when it is not an answer in the dialect's shape."""
         ...
 
+    def build_native_lookup(self, dialect: str, provider: ProviderConfig, method: str, path: str,
+                            credential: Credential) -> UpstreamCall:
+        """A call for what a native answer left at the provider (a stored Response): ``method`` on
+        ``path`` (already encoded, e.g. ``/resp_1/input_items?limit=5``) under the dialect's native path."""
+        ...
+
 
 class Translated:
     """The native half for a type that passes no dialect through (yet): every request is translated."""
@@ -201,6 +210,10 @@ class Translated:
         raise UnsupportedField("model", f"Provider '{provider.name}' does not speak {dialect!r} natively.")
 
     def read_native_answer(self, dialect: str, provider: ProviderConfig, body: bytes) -> NativeAnswer:
+        raise UnsupportedField("model", f"Provider '{provider.name}' does not speak {dialect!r} natively.")
+
+    def build_native_lookup(self, dialect: str, provider: ProviderConfig, method: str, path: str,
+                            credential: Credential) -> UpstreamCall:
         raise UnsupportedField("model", f"Provider '{provider.name}' does not speak {dialect!r} natively.")
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import orjson
+from yarl import URL
 
 from ..errors import UnsupportedField, UpstreamError
 from ..sse import SseDecoder
@@ -134,3 +135,8 @@ class OpenAICompatible:
 
     def read_native_answer(self, dialect: str, provider: ProviderConfig, body: bytes) -> NativeAnswer:
         return read_native_answer(dialect, provider.name, body)
+
+    def build_native_lookup(self, dialect: str, provider: ProviderConfig, method: str, path: str,
+                            credential: Credential) -> UpstreamCall:
+        url = URL(provider.base_url + self.wire.api_root + NATIVE_PATHS[dialect] + path, encoded=True)
+        return UpstreamCall(method, url, auth_headers((), credential, {}), b"")

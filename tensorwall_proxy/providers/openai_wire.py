@@ -29,6 +29,7 @@ from ..sse import DONE, DONE_EVENT, SseEvent, encode
 from .contract import ChatRequest, NativeAnswer, NativeStream
 from .ids import IdStyle, for_upstream
 from .policy import FieldPolicy, adapt
+from .reasoning import REASONING_STATE
 from .responses_wire import ResponsesPassthrough, read_answer
 from .shapes import embeddings_to_base64_list
 
@@ -69,13 +70,16 @@ def auth_headers(forwarded: tuple[str, ...], credential: Credential, req_headers
 
 
 def rewrite_tool_ids(messages: list[Any], style: IdStyle) -> list[Any] | None:
-    """Messages with every tool call id in the style's form, or None when none needed changing."""
+    """Messages with every tool call id in the style's form and without the pivot's reasoning-state
+    extension (no OpenAI-compatible upstream takes it), or None when none needed changing."""
     changed: list[Any] | None = None
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             continue
         role = message.get("role")
         new: dict[str, Any] | None = None
+        if role == "assistant" and REASONING_STATE in message:
+            new = {name: value for name, value in message.items() if name != REASONING_STATE}
         if role == "assistant" and isinstance(message.get("tool_calls"), list):
             calls = message["tool_calls"]
             new_calls = []
@@ -86,7 +90,7 @@ def rewrite_tool_ids(messages: list[Any], style: IdStyle) -> list[Any] | None:
                         call = {**call, "id": upstream_id}
                 new_calls.append(call)
             if any(a is not b for a, b in zip(new_calls, calls, strict=True)):
-                new = {**message, "tool_calls": new_calls}
+                new = {**(new or message), "tool_calls": new_calls}
         elif role == "tool" and isinstance(message.get("tool_call_id"), str):
             upstream_id = for_upstream(message["tool_call_id"], style)
             if upstream_id != message["tool_call_id"]:
@@ -157,7 +161,9 @@ def _visible(chunk: Mapping[str, Any]) -> bool:
         delta = choice.get("delta")
         if isinstance(delta, dict) and (
             delta.get("content") or delta.get("tool_calls") or delta.get("refusal")
-            or delta.get("reasoning_content") or delta.get("function_call") or delta.get("audio")
+            # Thinking commits (DESIGN §14), under either name the compatible servers give it.
+            or delta.get("reasoning_content") or delta.get("reasoning")
+            or delta.get("function_call") or delta.get("audio")
         ):
             return True
     return False

@@ -191,32 +191,43 @@ class StateBudget:
         self.left = left
 
 
-def unpack_state(tag: bytes, state: bytes | None, param: str = "messages",
-                 budget: StateBudget | None = None) -> list[dict[str, Any]] | None:
-    """The blocks packed under ``tag``; None for no state, another provider's, or a damaged one.
+def inflate(data: bytes, param: str, budget: StateBudget | None = None) -> bytes | None:
+    """Packed state the caller sent back, inflated under its bounds; None when it is damaged.
 
-    State that would inflate past its bound is a 400 naming ``param`` (the tool call id): it was
-    made to be a bomb, not damaged in transit.
+    Past ``MAX_STATE_BYTES`` (or what the request's ``budget`` has left) it is a 400 naming
+    ``param``: such state was made to be a bomb, not damaged in transit. Every packed state the
+    gateway inflates (tool call ids, sealed reasoning items) goes through here.
     """
-    if not state or not state.startswith(tag):
-        return None
     limit = MAX_STATE_BYTES if budget is None else min(MAX_STATE_BYTES, budget.left)
     inflater = zlib.decompressobj()
     try:
-        raw = inflater.decompress(state[len(tag):], limit)
+        raw = inflater.decompress(data, max(limit, 1))  # a max_length of 0 would mean no bound at all
     except zlib.error:
         return None
-    if inflater.unconsumed_tail:
+    if inflater.unconsumed_tail or len(raw) > limit or (not inflater.eof and len(raw) >= limit):
         if limit < MAX_STATE_BYTES:
-            raise bad_request(f"The tool call ids of this request carry more than {MAX_REQUEST_STATE_BYTES >> 20} "
-                              f"MiB of packed state; '{param}' is past it.", param=param,
-                              code="packed_state_too_large")
+            raise bad_request(f"This request carries more than {MAX_REQUEST_STATE_BYTES >> 20} MiB of packed "
+                              f"state; '{param}' is past it.", param=param, code="packed_state_too_large")
         raise bad_request(f"'{param}' carries packed state larger than {MAX_STATE_BYTES >> 20} MiB.", param=param,
                           code="packed_state_too_large")
     if budget is not None:
         budget.left -= len(raw)
-    if not inflater.eof:
-        return None  # truncated
+    if not inflater.eof or inflater.unused_data:
+        return None  # truncated, or something after the end
+    return raw
+
+
+def unpack_state(tag: bytes, state: bytes | None, param: str = "messages",
+                 budget: StateBudget | None = None) -> list[dict[str, Any]] | None:
+    """The blocks packed under ``tag``; None for no state, another provider's, or a damaged one.
+
+    State that would inflate past its bound is a 400 naming ``param`` (the tool call id).
+    """
+    if not state or not state.startswith(tag):
+        return None
+    raw = inflate(state[len(tag):], param, budget)
+    if raw is None:
+        return None
     try:
         blocks = orjson.loads(raw)
     except orjson.JSONDecodeError:

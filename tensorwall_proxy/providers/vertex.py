@@ -9,8 +9,11 @@ refuses travel under the prefix of ``ids.for_gemini`` and come back without it.
 
 Responses: candidates become choices (``n`` > 1 works); function calls get ids, and a Gemini 3
 ``thoughtSignature`` rides inside that id (``ids.attach``) to be restored on the ``functionCall``
-part when the conversation comes back, as Gemini requires. Streams are Gemini responses carrying
-new text only; function calls arrive whole.
+part when the conversation comes back, as Gemini requires. When the request wants reasoning
+state, every signature (a text answer's too, which has no id to ride in) also comes back as the
+pivot's ``reasoning_state`` (wire ``gemini``), and signatures restored there go back on the part
+of the kind they came on. Streams are Gemini responses carrying new text only; function calls
+arrive whole.
 
 Pure: no I/O, no aiohttp. Tokens come from upstream.py's google-auth hook.
 """
@@ -41,6 +44,7 @@ from .contract import ChatRequest, EmbeddingsRequest, Translated, UpstreamCall, 
 from .ids import attach, detach, for_gemini, from_gemini, unique_id
 from .openai_wire import USER_AGENT, upstream_url
 from .policy import check, reasoning_budget
+from .reasoning import REASONING_STATE, entries, restored
 from .shapes import (
     ChunkEncoder,
     convert_turns,
@@ -267,7 +271,29 @@ def _model_parts(message: Mapping[str, Any], names: dict[str, str], where: str) 
         if signature:
             part["thoughtSignature"] = signature  # Gemini 3 wants it back on the very same part
         parts.append(part)
+    for block in restored(message, "gemini"):
+        _restore_signature(parts, block)
     return parts
+
+
+def _restore_signature(parts: list[dict[str, Any]], block: Mapping[str, Any]) -> None:
+    """A signature the dialect kept, back where Gemini put it: a call's on the first functionCall
+    part, a text answer's on the last text part; never over one the part already has (its id's)."""
+    signature = block.get("thoughtSignature")
+    if type(signature) is not str or not signature:
+        return
+    kind = "functionCall" if block.get("on") == "functionCall" else "text"
+    target = next((part for part in (parts if kind == "functionCall" else reversed(parts)) if kind in part), None)
+    if target is not None and "thoughtSignature" not in target:
+        target["thoughtSignature"] = signature
+
+
+def _signature_block(part: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A part's thought signature as the pivot's reasoning state, with the kind of part it is on."""
+    signature = part.get("thoughtSignature")
+    if type(signature) is not str or not signature:
+        return None
+    return {"thoughtSignature": signature, "on": "functionCall" if "functionCall" in part else "text"}
 
 
 def _function_response(message: Mapping[str, Any], names: Mapping[str, str], where: str) -> dict[str, Any]:
@@ -418,15 +444,20 @@ def _finish(reason: Any, has_calls: bool) -> str:
     return "tool_calls" if has_calls and finish == "stop" else finish
 
 
-def translate_response(response: Mapping[str, Any], model: str, created: int | None = None) -> bytes:
-    """A Gemini response → an OpenAI ``chat.completion`` body with one choice per candidate."""
+def translate_response(response: Mapping[str, Any], model: str, created: int | None = None,
+                       keep_state: bool = False) -> bytes:
+    """A Gemini response → an OpenAI ``chat.completion`` body with one choice per candidate; with
+    ``keep_state``, each candidate's thought signatures as the pivot's ``reasoning_state`` too."""
     choices = []
     candidates = items(response.get("candidates"))
     for position, candidate in enumerate(candidates):
         candidate = obj(candidate)
-        texts, thoughts, calls = [], [], []
+        texts, thoughts, calls, signatures = [], [], [], []
         for part in items(obj(candidate.get("content")).get("parts")):
             part = obj(part)
+            signature = _signature_block(part) if keep_state else None
+            if signature is not None:
+                signatures.append(signature)
             if "functionCall" in part:
                 calls.append(_tool_call(part))
             elif part.get("thought") is True:
@@ -437,6 +468,8 @@ def translate_response(response: Mapping[str, Any], model: str, created: int | N
                                    "refusal": None}
         if thoughts:
             message["reasoning_content"] = "".join(thoughts)
+        if signatures:
+            message[REASONING_STATE] = entries("gemini", signatures)
         if calls:
             message["tool_calls"] = calls
         choices.append({"index": candidate.get("index", position), "message": message, "logprobs": None,
@@ -473,11 +506,12 @@ def classify(provider: ProviderConfig, status: int, headers: Mapping[str, str], 
 class VertexStream:
     """Gemini's SSE responses (new text only, calls whole) → OpenAI chunks; ends when the connection does."""
 
-    __slots__ = ("_chunks", "_finished", "_model", "_provider", "_started", "_tools", "_usage", "done", "usage",
-                 "visible")
+    __slots__ = ("_chunks", "_finished", "_keep_state", "_model", "_provider", "_started", "_tools", "_usage", "done",
+                 "usage", "visible")
 
-    def __init__(self, provider: str, model: str, wants_usage: bool) -> None:
+    def __init__(self, provider: str, model: str, wants_usage: bool, keep_state: bool = False) -> None:
         self._provider = provider
+        self._keep_state = keep_state
         self._model = model
         self._chunks = ChunkEncoder(wants_usage)
         self._chunks.model = model
@@ -536,19 +570,24 @@ class VertexStream:
         return [self._chunks.chunk({"role": "assistant", "content": ""}, index=index)]
 
     def _part(self, index: int, part: Mapping[str, Any]) -> list[bytes]:
+        # The signature as reasoning state, when wanted: before the call it signs, after the text
+        # it ends (Gemini streams a text answer's in a last, empty text part).
+        signature = _signature_block(part) if self._keep_state else None
+        state = [] if signature is None else [
+            self._chunks.chunk({REASONING_STATE: entries("gemini", [signature])}, index=index)]
         if "functionCall" in part:
             position = self._tools.get(index, 0)
             self._tools[index] = position + 1
             call = _tool_call(part)
             self.visible = True
-            return [self._chunks.chunk({"tool_calls": [{"index": position, **call}]}, index=index)]
+            return [*state, self._chunks.chunk({"tool_calls": [{"index": position, **call}]}, index=index)]
         text = part.get("text")
         if not isinstance(text, str) or not text:
-            return []
+            return state
         self.visible = True
         if part.get("thought") is True:
-            return [self._chunks.chunk({"reasoning_content": text}, index=index)]
-        return [self._chunks.content(text, index=index)]
+            return [self._chunks.chunk({"reasoning_content": text}, index=index), *state]
+        return [self._chunks.content(text, index=index), *state]
 
     def split_plain(self, chunk: bytes) -> tuple[bytes, bytes]:
         return b"", chunk  # every event is translated
@@ -577,10 +616,12 @@ class Vertex(Translated):
         return UpstreamCall("POST", url, _headers(credential), orjson.dumps(body), req.stream)
 
     def parse_response(self, req: ChatRequest, provider: ProviderConfig, body: bytes) -> bytes:
-        return translate_response(load_object(body, provider.name), str(req.body.get("model") or ""))
+        return translate_response(load_object(body, provider.name), str(req.body.get("model") or ""),
+                                  keep_state=req.wants_reasoning_state)
 
     def stream_decoder(self, req: ChatRequest, provider: ProviderConfig) -> VertexStream:
-        return VertexStream(provider.name, str(req.body.get("model") or ""), req.wants_usage)
+        return VertexStream(provider.name, str(req.body.get("model") or ""), req.wants_usage,
+                            req.wants_reasoning_state)
 
     def classify_error(self, provider: ProviderConfig, status: int, headers: Mapping[str, str],
                        body: bytes) -> UpstreamError:

@@ -62,6 +62,7 @@ class StateHolder:
         self._failed_at = -math.inf
         self._failure = ""
         self._closed = False
+        self._secrets: dict[str, bytes] = {}  # a secret never changes once made: asked once per process
 
     @property
     def opened(self) -> Store | None:
@@ -85,11 +86,17 @@ class StateHolder:
 
     async def secret(self, name: str) -> bytes:
         """The 32-byte secret under ``name``: derived from ``state.secret`` when the YAML sets one
-        (no store needed), else the store's shared, generated one."""
+        (no store needed), else the store's shared, generated one; kept once known."""
+        known = self._secrets.get(name)
+        if known is not None:
+            return known
         if self.config.secret is not None:
             key = self.config.secret.reveal().encode("utf-8")
-            return hmac.new(key, b"tensorwall-proxy secret " + name.encode("utf-8"), hashlib.sha256).digest()
-        return await (await self.store()).secret(name)
+            made = hmac.new(key, b"tensorwall-proxy secret " + name.encode("utf-8"), hashlib.sha256).digest()
+        else:
+            made = await (await self.store()).secret(name)
+        self._secrets[name] = made
+        return made
 
     async def close(self) -> None:
         """Close the store if it is open (an opening under way is waited for, within a bound)."""

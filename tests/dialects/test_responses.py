@@ -86,7 +86,6 @@ def test_tool_choice_text_format_reasoning_and_stream() -> None:
 
 
 @pytest.mark.parametrize(("body", "status", "param", "code"), [
-    ({"input": "x", "previous_response_id": "resp_1"}, 400, "previous_response_id", "previous_response_not_found"),
     ({}, 400, "input", None),
     ({"input": "x", "stream": "yes"}, 400, "stream", None),
     ({"input": [{"type": "item_reference", "id": "i"}]}, 400, "input[0]", None),

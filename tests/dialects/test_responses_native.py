@@ -96,9 +96,14 @@ def test_gateway_state_is_removed_before_sending(native: Proxy, fake: FakeUpstre
     was made from, the gateway's own reasoning item is dropped, the provider's own is kept."""
     packed = "call_abc123~tw1~c3RhdGUgZnJvbSBnZW1pbmk"
     theirs = {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAAAB-openai-own"}
+    # Reasoning state the gateway sealed for a translated provider (a forged one would be a 400).
+    sealed = native.client().responses.create(model="anthropic/claude-3-7-sonnet-20250219", input="hi",
+                                              reasoning={"effort": "low"}, include=["reasoning.encrypted_content"])
+    token = sealed.output[0].encrypted_content
+    assert token is not None and token.startswith("twr1.")
     body: dict[str, Any] = {"model": "openai/gpt-4o", "tools": WEATHER, "extra_body": {"x_keep": True}, "input": [
         {"role": "user", "content": "weather in Paris?"},
-        {"type": "reasoning", "id": "rs_gw", "summary": [], "encrypted_content": "twr1.signed-by-the-gateway"},
+        {"type": "reasoning", "id": "rs_gw", "summary": [], "encrypted_content": token},
         theirs,
         {"type": "function_call", "call_id": packed, "name": "get_weather", "arguments": TOOL_ARGUMENTS},
         {"type": "function_call_output", "call_id": packed, "output": "sunny"},

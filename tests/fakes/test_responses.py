@@ -92,7 +92,7 @@ async def test_stored_responses_continue_list_and_delete(fake: FakeUpstream, htt
     assert second["usage"]["input_tokens"] == 3 + 4 + 1  # the stored input and output count again
     assert await call(http, "GET", f"{url}/{first['id']}") == (200, first)
     status, items = await call(http, "GET", f"{url}/{first['id']}/input_items")
-    assert status == 200 and [i["content"] for i in items["data"]] == ["one two three"]
+    assert status == 200 and [i["content"] for i in items["data"]] == [[{"type": "input_text", "text": "one two three"}]]
     assert items["first_id"] == items["data"][0]["id"] and items["has_more"] is False
     assert await call(http, "DELETE", f"{url}/{first['id']}") == (200, {"id": first["id"], "object":
                                                                          "response.deleted", "deleted": True})

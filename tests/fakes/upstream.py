@@ -2443,7 +2443,8 @@ async def _anthropic_models(call: _Call) -> web.StreamResponse:
 #   VERTEX_TOOL_ARGS}`, no text and no id, finishReason STOP (Gemini says STOP for calls). A model
 #   whose name holds `gemini-3` signs the call with a sibling `thoughtSignature`
 #   (`vertex_thought_signature`) and demands it back (below); its text answers carry a signature on
-#   the last text part (streamed: a final empty text part holding it), as Gemini 3 does.
+#   the last text part (`vertex_text_signature`; streamed: a final empty text part holding it), as
+#   Gemini 3 does.
 # - `candidateCount` N: N candidates, the text of the second and later suffixed ` (2)`, ` (3)`, ...
 #   Candidate 0 has no `index` key: proto3 JSON leaves zero values out, and so does Vertex.
 # - `thinkingConfig.includeThoughts`: a first part `{"text": "Thinking about: <text>", "thought": true}`.
@@ -2675,7 +2676,8 @@ def vertex_function_call_part(name: str, args: Mapping[str, Any] | None = None) 
     }
 
 
-def _text_signature(text: str) -> str:
+def vertex_text_signature(text: str) -> str:
+    """The `thoughtSignature` the fake puts on the last text part of a gemini-3 text answer."""
     return base64.b64encode(b"fake-text:" + hashlib.sha256(text.encode()).digest()[:12]).decode()
 
 
@@ -3338,7 +3340,7 @@ def _gemini_candidate(request: Json, text: str, function: str | None, gemini_3: 
     if text:
         part = {"text": text}
         if gemini_3:
-            part["thoughtSignature"] = _text_signature(text)
+            part["thoughtSignature"] = vertex_text_signature(text)
         parts.append(part)
     return _GeminiCandidate(parts, finish)
 
@@ -5412,12 +5414,18 @@ def _responses_text(content: Any) -> str:
 
 
 def _responses_items(value: Any) -> list[Json]:
-    """`input` as a list of items, each with the `type` it stands for."""
+    """`input` as a list of items, each with the `type` it stands for, and a message's text as parts
+    (as OpenAI lists them back)."""
     if isinstance(value, str):
-        return [{"type": "message", "role": "user", "content": value}]
+        value = [{"role": "user", "content": value}]
     if not isinstance(value, list):
         return []
-    return [{"type": "message", **item} if "type" not in item else item for item in value if isinstance(item, dict)]
+    items = [{"type": "message", **item} for item in value if isinstance(item, dict)]  # copies: the body is recorded
+    for item in items:
+        if item["type"] == "message" and isinstance(item.get("content"), str):
+            part = "output_text" if item.get("role") == "assistant" else "input_text"
+            item["content"] = [{"type": part, "text": item["content"]}]
+    return items
 
 
 def _responses_tool(tools: Any, choice: Any) -> Json | None:
@@ -5721,5 +5729,6 @@ __all__ = [
     "embedding_vector",
     "service_account_private_key",
     "vertex_function_call_part",
+    "vertex_text_signature",
     "vertex_thought_signature",
 ]

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from tensorwall_proxy.config import key_digest
 from tests.conftest import (
     GATEWAY_KEY,
     PROVIDER_KEY,
@@ -135,7 +136,8 @@ def test_access_log_fields_and_redaction(make_proxy: Callable[..., Proxy], fake:
     assert [(a["provider"], a["outcome"], a["status"]) for a in line["attempt_log"]] == [
         ("openai", "5xx", 503), ("azure-eu", "ok", 200)]
     assert line["latency_ms"] > 0 and line["ttfb_ms"] is not None and line["tokens_in"] > 0
-    assert line["blame"] is None and line["principal"] is None
+    # The principal: the gateway key's digest (never the key), until principals have names.
+    assert line["blame"] is None and line["principal"] == key_digest(GATEWAY_KEY)
     assert next(iter(line)) == "ts" and RFC3339_MS.fullmatch(line["ts"]), line["ts"]
     raw = "\n".join(r.getMessage() for r in caplog.records)
     for secret in (secret_text, PROVIDER_KEY, GATEWAY_KEY, "server-side-azure-key"):
@@ -347,7 +349,8 @@ def test_the_access_log_is_json_lines_on_stdout_and_the_rest_on_stderr(tmp_path:
     served = {line["id"]: line for line in lines if line["path"] != "/readyz"}
     assert sorted(served) == ["line-0", "line-1", "line-2", "line-dead"]
     for line in lines:
-        assert list(line)[:2] == ["ts", "id"] and RFC3339_MS.fullmatch(line["ts"]) and line["principal"] is None
+        assert list(line)[:2] == ["ts", "id"] and RFC3339_MS.fullmatch(line["ts"])
+        assert line["principal"] == (None if line["path"] == "/readyz" else key_digest("k"))
     assert served["line-dead"]["status"] == 502 and served["line-dead"]["blame"] == "upstream"
     text = err.read_text()
     assert "listening on http" in text and "could not connect" in text and "drained; exiting" in text

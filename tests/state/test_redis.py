@@ -18,8 +18,9 @@ from tensorwall_proxy.config import Secret, StateConfig
 from tensorwall_proxy.observability import Metrics
 from tensorwall_proxy.state import Store, StoreError
 from tensorwall_proxy.state.holder import open_store
+from tests.conftest import redis_keys
 from tests.processes import CLEAN_ENV, ROOT
-from tests.state.conftest import Errors, redis_keys, state_errors
+from tests.state.conftest import Errors, state_errors
 from tests.state.relay import TcpRelay
 from tests.state.test_contract import LONG, eventually
 

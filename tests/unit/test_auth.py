@@ -19,7 +19,7 @@ def _headers(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
 
 
 def _caller(keys: GatewayKeys, *pairs: tuple[str, str]) -> str | None:
-    secret = keys.admit(_headers(*pairs))
+    _, secret = keys.admit(_headers(*pairs))
     return secret.reveal() if secret is not None else None
 
 
@@ -39,6 +39,18 @@ def _refused(keys: GatewayKeys, *pairs: tuple[str, str]) -> GatewayError:
 ])
 def test_keys_on(pairs: tuple[tuple[str, str], ...], caller: str | None) -> None:
     assert _caller(ON, *pairs) == caller
+
+
+@pytest.mark.parametrize(("pairs", "key"), [
+    ((("X-API-Key", "gw-one"),), "gw-one"),
+    ((("X-API-Key", "gw-one"), ("Authorization", "Bearer sk-provider")), "gw-one"),
+    ((("Authorization", "Bearer gw-two"),), "gw-two"),
+    ((("X-API-Key", "gw-two"), ("Authorization", "Bearer gw-two")), "gw-two"),
+])
+def test_the_principal_is_the_gateway_keys_digest(pairs: tuple[tuple[str, str], ...], key: str) -> None:
+    principal, _ = ON.admit(_headers(*pairs))
+    assert principal == key_digest(key)
+    assert OFF.admit(_headers(*pairs))[0] is None  # keys off: nobody in particular
 
 
 @pytest.mark.parametrize(("pairs", "header"), [
