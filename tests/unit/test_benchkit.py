@@ -30,7 +30,7 @@ from scripts.benchkit.paths import (
     path_names,
     proxy_config,
 )
-from scripts.benchkit.servers import Pinning, WindowCpu, bare_relay_app
+from scripts.benchkit.servers import Pinning, WindowCpu, bare_relay_app, http_request
 from scripts.benchkit.summary import SummaryRow, limit_notes, markdown_table, summary_lines, summary_rows
 from scripts.benchkit.targets import PACED, Measurement, Target, load_scenarios, percentile, sanity_check
 from scripts.benchkit.wrk import lua_script, lua_string, parse_done
@@ -332,10 +332,9 @@ def lean_url(servers: ServerThread) -> Iterator[str]:
 
 
 def test_every_paths_callers_requests_come_back_whole_through_the_proxy(
-        lean_url: str, make_proxy: Callable[..., Proxy], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        lean_url: str, make_proxy: Callable[..., Proxy]) -> None:
     # The proxy on the bench's own config in front of the lean upstream: each path's caller call, and
     # where the proxy sent it (the upstream's last URL), as the bench's sanity check reads them.
-    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path))  # where stored conversations go
     proxy = make_proxy(text=proxy_config(lean_url))
     upstream_port, proxy_port = (int(url.rsplit(":", 1)[1]) for url in (lean_url, proxy.url))
     targets = [Target(name, path.name, port, call, None) for path in PATHS.values()
@@ -345,6 +344,13 @@ def test_every_paths_callers_requests_come_back_whole_through_the_proxy(
     assert {chunks[name, "proxy"] for name in ("responses-openai", "responses-anthropic", "responses-stored")} == {26}
     assert chunks["openai", "proxy"] == chunks["anthropic", "proxy"] == STREAM_CHUNKS
     assert detours == []  # responses-openai included: the caller's body goes to OpenAI's /responses
+    # The stored variant's answers are kept (in STATE_DIRECTORY's SQLite files, where the bench's proxy
+    # keeps them: its temporary directory), the other's not.
+    for name, kept in (("responses-anthropic", False), ("responses-stored", True)):
+        caller = PATHS[name].caller
+        status, body = http_request(proxy_port, "POST", caller.path, caller.body(False), caller.headers)
+        assert status == 200 and orjson.loads(body)["store"] is kept
+    assert (Path(proxy.config.state.path) / "responses.db").is_file()
 
     async def aiohttp_generator_requests() -> list[tuple[str, str, int, str | None]]:
         # What the aiohttp load generator's workers send, one request each, through the proxy.
