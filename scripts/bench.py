@@ -1,6 +1,6 @@
 """Benchmark: what tensorwall-proxy costs compared with calling the upstream directly and with a bare relay.
 
-    python scripts/bench.py [--path openai,anthropic,vertex,bedrock] [--seconds 3] [--warmup 1]
+    python scripts/bench.py [--path openai,anthropic,…,responses-stored] [--seconds 3] [--warmup 1]
                             [--concurrency 50] [--generator auto|wrk|aiohttp] [--workers 2]
                             [--quick] [--no-paced] [--no-pin] [--json bench-results.json]
 
@@ -10,14 +10,21 @@ minute (0.75 s per run after 0.25 s of warm-up). The code is in scripts/benchkit
 It starts three servers on free 127.0.0.1 ports, pinned to CPUs (the proxy alone on one): a lean
 upstream answering from pre-built bytes (benchkit/lean_upstream.py; the test suite's fake would
 measure itself), the proxy (`python -m tensorwall_proxy serve`) and a bare aiohttp relay of about
-thirty lines (same path, same bytes, no parsing), the floor any aiohttp hop pays. In the same run it
-sends the same chat request direct, through the relay and through the proxy, for every path:
+thirty lines (same path, same bytes, no parsing), the floor any aiohttp hop pays. In the same run,
+for every path, it sends the provider's request direct and through the relay, and the caller's
+request (chat completions or Responses) through the proxy, which sends that same provider request:
 
-    openai     model gpt-4o, passed through
-    anthropic  model claude-3-5-sonnet-20241022, translated to Anthropic's Messages API
-    vertex     model gemini-2.5-flash, translated to Vertex AI's Gemini API
-    bedrock    model bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0, translated to Bedrock's
-               Converse API (streams as the binary AWS event stream), with a Bedrock API key
+    openai               chat, model gpt-4o, passed through (the baseline of every CPU target)
+    anthropic            chat, model claude-3-5-sonnet-20241022, translated to Anthropic's Messages API
+    vertex               chat, model gemini-2.5-flash, translated to Vertex AI's Gemini API
+    bedrock              chat, model bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0, translated to
+                         Bedrock's Converse API (streams as the binary AWS event stream), Bedrock API key
+    responses-openai     Responses (`POST /v1/responses`, store false), model gpt-4o, passed through to
+                         OpenAI's /responses (native); the proxy's CPU per request <= 1.1x openai's
+    responses-anthropic  Responses, store false, claude-3-5-sonnet-20241022, translated to Anthropic's
+                         Messages API; <= 1.5x openai's, like every translating path
+    responses-stored     the same with store true: the proxy keeps the conversation; it may add at
+                         most 0.2 ms to responses-anthropic's p50 at c=1
 
 in four scenarios (unary and 20-chunk streams, at c=1 and c=--concurrency), then a paced test: 100
 concurrent streams whose chunks come 10 ms apart, like a model's. The load is wrk when installed,
@@ -26,6 +33,10 @@ stream's first chunk). Each run warms up, then the CPU time of the upstream, the
 generator is read from /proc over exactly the measured window. Before anything is measured every
 target's answers are checked whole; a failure stops the run with the hop's log. SigV4 signing is
 timed alone (timeit) on the proxy's idle CPU.
+
+A path brings what it is compared with (openai, and responses-anthropic for responses-stored). The
+sanity check also reads which URL the proxy's request reached on the upstream: where that is not the
+direct call's (a native path the proxy translated), the summary says so under the table.
 
 How to read it: the summary table at the end (Markdown, to paste). A row per measurement; columns
 direct, relay, proxy, proxy/relay, the target and whether it was met (benchkit/summary.py). `CPU
@@ -60,7 +71,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Benchmark tensorwall-proxy against direct upstream calls and a bare aiohttp relay.")
     parser.add_argument("--path", type=path_names, default=path_names(",".join(PATHS)), metavar="PATH[,PATH]",
                         help=f"ways through the proxy to measure, of {', '.join(PATHS)} (default all); a "
-                             "translating path brings openai along as its baseline")
+                             "path brings what it is compared with (openai; responses-stored: responses-anthropic)")
     parser.add_argument("--seconds", type=float, help="measured seconds per run (default 3; --quick 0.75)")
     parser.add_argument("--warmup", type=float, help="unmeasured seconds before each run (default 1; --quick 0.25)")
     parser.add_argument("--quick", action="store_true",
@@ -95,7 +106,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve_lean_upstream is not None:
-        return run_app(lean_app([PATHS[name] for name in args.path]), args.serve_lean_upstream)
+        return run_app(lean_app(), args.serve_lean_upstream)
     if args.serve_relay is not None:
         return run_app(bare_relay_app(args.relay_to), args.serve_relay)
     # SIGTERM ends us like Ctrl-C does, so the finally blocks stop the servers and workers.

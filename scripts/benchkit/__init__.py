@@ -1,6 +1,6 @@
 """The parts of scripts/bench.py (the command line, and in its docstring how to read the output).
 
-    common, paths  constants; the ways through the proxy, their requests and the checks of answers
+    paths          the ways through the proxy: what the caller and a direct call send, the checks of answers
     lean_upstream  the fast upstream (and its paced model)
     servers        pinning, the servers (and the bare relay's app), CPU and RSS from /proc
     targets        direct / relay / proxy, the scenarios, the sanity check, one run's Measurement

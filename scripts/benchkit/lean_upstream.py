@@ -1,15 +1,17 @@
-"""The lean upstream: every path's provider API answered from bytes built once, as cheaply as it can.
+"""The lean upstream: every provider API a path calls, answered from bytes built once, as cheaply as it can.
 
 The test suite's fake (tests/fakes) validates and records every request: a direct run would measure
 it. Here a request without its key is refused, any other answered from pre-built bytes, a stream one
 event per write (the proxy sees real framing), 18 words the proxy turns into the caller's 20 chunks;
 Bedrock's frames come from the fake's encoder. PACED_MODEL streams its chunks PACE_SECONDS apart.
+`GET /last` says which URL (path and query, as sent) the last request came to: the sanity check
+reads from it what the proxy called for the caller's request.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote
@@ -19,10 +21,8 @@ from aiohttp import web
 
 from tests.fakes.eventstream import encode_event
 
-from .common import EVENTSTREAM, Json
-from .paths import ANTHROPIC_MODEL, VERTEX_MODEL, BenchPath
+from .paths import ANTHROPIC_MODEL, EVENTSTREAM, OPENAI_MODEL, PACED_MODEL, PATHS, VERTEX_MODEL, Json
 
-PACED_MODEL: Final = "gpt-4o-paced"
 PACE_SECONDS: Final = 0.010  # between one chunk of a paced stream and the next
 
 _WORDS: Final = ("Hello", "there,", "this", "is", "a", "fixed", "answer", "from", "the", "lean",
@@ -38,8 +38,6 @@ class Shape:
 
     unary: bytes
     events: list[bytes]
-    key_header: str  # a request without it gets a 401
-    stream_suffix: str = ""  # a stream is asked for by the URL (vertex, bedrock); else by `"stream": true`
     content_type: str = "text/event-stream"
     usage: bytes = b""  # sent after the events when the body asks for it (stream_options.include_usage)
     end: tuple[bytes, ...] = ()
@@ -47,6 +45,11 @@ class Shape:
 
 def _sse(data: Json | str) -> bytes:
     return b"data: " + (data.encode() if isinstance(data, str) else orjson.dumps(data)) + b"\n\n"
+
+
+def _named(event: str, data: Json) -> bytes:
+    """An event with its name, as Anthropic and OpenAI's Responses send them: also its data's `type`."""
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps({"type": event, **data}) + b"\n\n"
 
 
 def openai_shape() -> Shape:
@@ -61,27 +64,48 @@ def openai_shape() -> Shape:
     return Shape(orjson.dumps({**base, "object": "chat.completion", "usage": usage, "choices": [
         {"index": 0, "message": {"role": "assistant", "content": _TEXT}, "finish_reason": "stop"}]}),
         [chunk({"role": "assistant", "content": ""}), *(chunk({"content": p}) for p in _PIECES), chunk({}, "stop")],
-        "Authorization", usage=_sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}),
+        usage=_sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}),
         end=(_sse("[DONE]"),))
 
 
 def anthropic_shape() -> Shape:
     """Messages: 23 named events (message_start, a text block of 18 deltas, the ends)."""
-    def named(event: str, data: Json) -> bytes:
-        return b"event: " + event.encode() + b"\ndata: " + orjson.dumps({"type": event, **data}) + b"\n\n"
-
     message: Json = {"id": "msg_bench0000", "type": "message", "role": "assistant", "model": ANTHROPIC_MODEL,
                      "stop_sequence": None}
     return Shape(orjson.dumps({**message, "content": [{"type": "text", "text": _TEXT}], "stop_reason": "end_turn",
                                "usage": {"input_tokens": _IN, "output_tokens": _OUT}}), [
-        named("message_start", {"message": {**message, "content": [], "stop_reason": None,
+        _named("message_start", {"message": {**message, "content": [], "stop_reason": None,
                                             "usage": {"input_tokens": _IN, "output_tokens": 1}}}),
-        named("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
-        *(named("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": p}}) for p in _PIECES),
-        named("content_block_stop", {"index": 0}),
-        named("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+        _named("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+        *(_named("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": p}}) for p in _PIECES),
+        _named("content_block_stop", {"index": 0}),
+        _named("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
                                 "usage": {"output_tokens": _OUT}}),
-        named("message_stop", {})], "x-api-key")
+        _named("message_stop", {})])
+
+
+def responses_shape() -> Shape:
+    """OpenAI's Responses: created, in_progress, a message item (added, its part added, 18 output_text
+    deltas, the dones), completed with the whole Response and its usage; 26 named events."""
+    part: Json = {"type": "output_text", "text": _TEXT, "annotations": [], "logprobs": []}
+    item: Json = {"id": "msg_bench0000", "type": "message", "status": "completed", "role": "assistant", "content": [part]}
+    response: Json = {"id": "resp_bench0000", "object": "response", "created_at": 1715367049, "model": OPENAI_MODEL,
+                      "error": None, "incomplete_details": None, "instructions": None, "tools": [],
+                      "tool_choice": "auto", "parallel_tool_calls": True, "temperature": 1.0, "top_p": 1.0,
+                      "metadata": {}, "store": False, "max_output_tokens": 64}
+    usage = {"input_tokens": _IN, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+             "output_tokens": _OUT, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": _IN + _OUT}
+    running = {"response": {**response, "status": "in_progress", "output": [], "usage": None}}
+    done = {**response, "status": "completed", "completed_at": 1715367050, "output": [item], "usage": usage}
+    at = {"item_id": item["id"], "output_index": 0, "content_index": 0}
+    steps: list[tuple[str, Json]] = [("response.created", running), ("response.in_progress", running),
+             ("response.output_item.added", {"output_index": 0, "item": {**item, "status": "in_progress", "content": []}}),
+             ("response.content_part.added", {**at, "part": {**part, "text": ""}}),
+             *(("response.output_text.delta", {**at, "delta": p, "logprobs": []}) for p in _PIECES),
+             ("response.output_text.done", {**at, "text": _TEXT, "logprobs": []}),
+             ("response.content_part.done", {**at, "part": part}),
+             ("response.output_item.done", {"output_index": 0, "item": item}), ("response.completed", {"response": done})]
+    return Shape(orjson.dumps(done), [_named(kind, {"sequence_number": i, **data}) for i, (kind, data) in enumerate(steps)])
 
 
 def vertex_shape() -> Shape:
@@ -95,7 +119,7 @@ def vertex_shape() -> Shape:
         return {"candidates": [{**candidate, "finishReason": "STOP"}], "usageMetadata": usage, "modelVersion": VERTEX_MODEL}
 
     events = [b"data: " + orjson.dumps(gemini(p, i == len(_PIECES) - 1)) + b"\r\n\r\n" for i, p in enumerate(_PIECES)]
-    return Shape(orjson.dumps(gemini(_TEXT, True)), events, "Authorization", ":streamGenerateContent")
+    return Shape(orjson.dumps(gemini(_TEXT, True)), events)
 
 
 def bedrock_shape() -> Shape:
@@ -108,20 +132,24 @@ def bedrock_shape() -> Shape:
         *(encode_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": p}}) for p in _PIECES),
         encode_event("contentBlockStop", {"contentBlockIndex": 0}), encode_event("messageStop", {"stopReason": "end_turn"}),
         encode_event("metadata", {"usage": usage, "metrics": {"latencyMs": 1}})],
-        "Authorization", "/converse-stream", EVENTSTREAM)
+        EVENTSTREAM)
 
 
-SHAPES: Final[dict[str, Callable[[], Shape]]] = {
-    "openai": openai_shape, "anthropic": anthropic_shape, "vertex": vertex_shape, "bedrock": bedrock_shape}
+SHAPES: Final[dict[str, Callable[[], Shape]]] = {"openai": openai_shape, "responses": responses_shape,
+                                                  "anthropic": anthropic_shape, "vertex": vertex_shape, "bedrock": bedrock_shape}
 
 
-def handler(shape: Shape) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def handler(shape: Shape, key: str, url_stream: bool | None,
+            last: list[str]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """A route's answers: 401 without the `key` header; a stream when the URL is a stream's (`url_stream`)
+    or, where the URL does not say (None), when the body asks for one."""
     async def answer(request: web.Request) -> web.StreamResponse:
         raw = await request.read()
-        if not request.headers.get(shape.key_header):
+        last[0] = request.raw_path
+        if not request.headers.get(key):
             return web.Response(status=401, body=b'{"error": "no key"}', content_type="application/json")
-        body: Json = {} if shape.stream_suffix else orjson.loads(raw)
-        if not (request.path.endswith(shape.stream_suffix) if shape.stream_suffix else body.get("stream") is True):
+        body: Json = {} if url_stream is not None else orjson.loads(raw)
+        if not (url_stream if url_stream is not None else body.get("stream") is True):
             return web.Response(body=shape.unary, content_type="application/json")
         options = body.get("stream_options")
         usage = [shape.usage] if shape.usage and isinstance(options, dict) and options.get("include_usage") else []
@@ -139,11 +167,20 @@ def handler(shape: Shape) -> Callable[[web.Request], Awaitable[web.StreamRespons
     return answer
 
 
-def lean_app(paths: Sequence[BenchPath]) -> web.Application:
-    """One upstream for every path: its direct URLs (as aiohttp routes them: decoded, no query)."""
+def lean_app() -> web.Application:
+    """One upstream for every path's direct URLs (as aiohttp routes them: decoded, no query), and `GET /last`.
+    Each wants the direct call's key header (its first but Content-Type)."""
+    last = [""]
+    shapes = {api: make() for api, make in SHAPES.items()}
+    routes = {unquote(path.direct.url_path(stream).partition("?")[0]): handler(
+        shapes[path.upstream], next(h for h in path.direct.headers if h != "Content-Type"),
+        stream if path.direct.stream_path else None, last) for path in PATHS.values() for stream in (False, True)}
     app = web.Application()
-    for path in paths:
-        answer = handler(SHAPES[path.name]())
-        for target in {path.direct_target(False), path.direct_target(True)}:
-            app.router.add_post(unquote(target.partition("?")[0]), answer)
+    for route, answer in routes.items():
+        app.router.add_post(route, answer)
+
+    async def seen(_request: web.Request) -> web.Response:
+        return web.Response(text=last[0])
+
+    app.router.add_get("/last", seen)
     return app

@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import gc
 import multiprocessing as mp
-import os
+import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -24,11 +24,13 @@ from typing import Final
 import aiohttp
 from yarl import URL
 
-from .common import REQUEST_TIMEOUT, STREAM_CHUNKS, percentile, uvloop
-from .lean_upstream import PACE_SECONDS, PACED_MODEL
-from .paths import FIRST_WORD, Check, openai_body
-from .servers import CpuWindow, Server, rss_mib
-from .targets import Measurement, RunSettings, Scenario, Target
+from .lean_upstream import PACE_SECONDS
+from .paths import STREAM_CHUNKS, Check
+from .servers import Server, uvloop, watch
+from .targets import REQUEST_TIMEOUT, Measurement, RunSettings, Scenario, Target, percentile
+
+# The paced test's first chunk in an OpenAI stream: the first word (the role chunk's "" is none).
+FIRST_WORD: Final = re.compile(rb'"content":"[^"]')
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,6 @@ class LoadSpec:
     delays: tuple[float, ...]
     warmup: float
     seconds: float
-    cpus: frozenset[int] | None
     ttfc: bool = False  # read streams as they arrive and time the first content chunk
 
 
@@ -120,14 +121,12 @@ async def run_worker(spec: LoadSpec, barrier: Barrier) -> WorkerResult:
 
 
 def worker_main(spec: LoadSpec, barrier: Barrier, results: mp.Queue[WorkerResult]) -> None:
-    """Entry point of a load worker process."""
+    """Entry point of a load worker process (forked: on the load generator's CPUs, like its parent)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C, and terminates us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # What was forked from the parent out of the collector's sight: its full collections otherwise
     # walk it all, and their pauses showed up as the paced test's TTFC p99 (15 ms -> 150 ms).
     gc.freeze()
-    if spec.cpus is not None:
-        os.sched_setaffinity(0, spec.cpus)
     try:
         run = uvloop.run if uvloop is not None else asyncio.run
         result = run(run_worker(spec, barrier))
@@ -137,27 +136,32 @@ def worker_main(spec: LoadSpec, barrier: Barrier, results: mp.Queue[WorkerResult
     results.put(result)
 
 
-def split(total: int, parts: int) -> list[int]:
-    """`total` connections over at most `parts` workers, as evenly as possible, none empty."""
-    parts = max(1, min(parts, total))
-    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+def spread(total: int, workers: int, stagger: float) -> list[tuple[float, ...]]:
+    """`total` connections over at most `workers` processes, as evenly as possible and none empty, as each
+    one's connection delays: interleaved across workers and covering `stagger` evenly, so that 100 paced
+    streams that start together stay in step (a burst every 200 ms, not 100 concurrent streams)."""
+    parts = max(1, min(workers, total))
+    return [tuple((w + j * parts) / total * stagger for j in range(total // parts + (w < total % parts)))
+            for w in range(parts)]
 
 
-def spread(counts: list[int], stagger: float) -> list[tuple[float, ...]]:
-    """Each worker's connection delays, interleaved across workers and covering `stagger` evenly: 100
-    paced streams that start together stay in step (a burst every 200 ms, not 100 concurrent streams)."""
-    total = sum(counts)
-    return [tuple((w + j * len(counts)) / total * stagger for j in range(n)) for w, n in enumerate(counts)]
+STREAM_SECONDS: Final = (STREAM_CHUNKS - 1) * PACE_SECONDS  # the upstream's own pacing, per stream
 
 
-def run_aiohttp(target: Target, scenario: Scenario, upstream: Server, settings: RunSettings,
-                stagger: float = 0.0) -> Measurement:
-    """One scenario against one target; with `stagger`, the CPU window opens once all connections started."""
-    counts = split(scenario.concurrency, settings.workers)
-    specs = [LoadSpec(target.url(scenario.stream), target.headers, target.body(scenario.stream), scenario.stream,
-                      target.check, delays, settings.warmup, settings.seconds, settings.pinning.generator,
-                      ttfc=scenario.paced)
-             for delays in spread(counts, stagger)]
+def load_specs(target: Target, scenario: Scenario, workers: int, warmup: float, seconds: float) -> list[LoadSpec]:
+    """What each worker sends: the target's call. A paced stream's start is spread over a stream's time."""
+    return [LoadSpec(target.url(scenario.stream), target.call.headers, target.call.body(scenario.stream),
+                     scenario.stream, target.call.check, delays, warmup, seconds, scenario.paced)
+            for delays in spread(scenario.concurrency, workers, STREAM_SECONDS if scenario.paced else 0.0)]
+
+
+def run_aiohttp(target: Target, scenario: Scenario, upstream: Server, settings: RunSettings) -> Measurement:
+    """One scenario against one target. The paced one runs at least 1 s (enough streams for a p99), and
+    its CPU window opens once all its streams have started."""
+    stagger = STREAM_SECONDS if scenario.paced else 0.0
+    if scenario.paced:
+        settings = dataclasses.replace(settings, seconds=max(settings.seconds, 1.0))
+    specs = load_specs(target, scenario, settings.workers, settings.warmup, settings.seconds)
     ctx = mp.get_context("fork")  # the parent runs no event loop, so forking it is safe
     barrier = ctx.Barrier(len(specs) + 1)
     queue: mp.Queue[WorkerResult] = ctx.Queue()
@@ -168,11 +172,7 @@ def run_aiohttp(target: Target, scenario: Scenario, upstream: Server, settings: 
         barrier.wait(timeout=REQUEST_TIMEOUT + settings.warmup + 30)
         ramp = min(stagger, settings.seconds / 2)
         time.sleep(ramp)
-        window = CpuWindow([upstream.pid] + ([target.hop.pid] if target.hop else []))
-        time.sleep((settings.seconds - ramp) / 2)
-        hop_rss = rss_mib(target.hop.pid) if target.hop else None
-        time.sleep((settings.seconds - ramp) / 2)
-        cpu = window.close()
+        cpu, hop_rss = watch(upstream, target.hop, settings.seconds - ramp)
         results = [queue.get(timeout=REQUEST_TIMEOUT + 30) for _ in specs]  # before joining: pipes must drain
     finally:  # an error, a Ctrl-C: no worker is left behind
         for process in processes:
@@ -182,32 +182,12 @@ def run_aiohttp(target: Target, scenario: Scenario, upstream: Server, settings: 
     failures = [r.failure for r in results if r.failure]
     if failures:
         raise RuntimeError(f"load worker failed ({target.bench_path} {target.name} {scenario.name}): {failures[0]}")
-    latencies = sorted(x for r in results for x in r.latencies)
+    latencies, ttfc = (sorted(x for r in results for x in getattr(r, name)) for name in ("latencies", "ttfc"))
+    ttfc_p50, ttfc_p99 = (percentile(ttfc, q) * 1000 if ttfc else None for q in (50, 99))
     shares = [r.cpu / r.wall for r in results if r.wall]  # each worker's window is the whole measured one
     m = Measurement(target.bench_path, target.name, scenario.name, "aiohttp", sum(r.requests for r in results),
                     sum(r.chunks for r in results), sum(r.errors for r in results),
                     [s for r in results for s in r.error_samples][:5], settings.seconds,
                     percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000, sum(shares),
-                    max(shares, default=0.0), sorted(x * 1000 for r in results for x in r.ttfc))
+                    max(shares, default=0.0), ttfc_p50, ttfc_p99)
     return m.with_window(cpu, hop_rss)
-
-
-PACED_STREAMS: Final = 100
-PACED: Final = Scenario(f"paced stream c={PACED_STREAMS}", True, PACED_STREAMS, paced=True)
-STREAM_SECONDS: Final = (STREAM_CHUNKS - 1) * PACE_SECONDS  # the upstream's own pacing, per stream
-
-
-def paced_targets(openai_targets: list[Target]) -> list[Target]:
-    """The openai path's targets, asking for the paced model."""
-    return [dataclasses.replace(t, body=lambda stream: openai_body(stream, PACED_MODEL)) for t in openai_targets]
-
-
-def run_paced(targets: list[Target], upstream: Server, settings: RunSettings) -> dict[str, Measurement]:
-    """The paced scenario against every target, by target name."""
-    paced = dataclasses.replace(settings, seconds=max(settings.seconds, 1.0))  # enough streams for a p99
-    results: dict[str, Measurement] = {}
-    for target in targets:
-        m = results[target.name] = run_aiohttp(target, PACED, upstream, paced, stagger=STREAM_SECONDS)
-        print(f"  paced  {target.name:<6} TTFC p50 {m.ttfc_p50_ms or 0:7.3f} ms  p99 {m.ttfc_p99_ms or 0:7.3f} ms  "
-              f"stream p50 {m.p50_ms:7.1f} ms  hop CPU {m.hop_cpu or 0:.0%}  errors {m.errors}", flush=True)
-    return results

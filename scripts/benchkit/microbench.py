@@ -3,12 +3,12 @@ proxy's idle CPU, for one representative Converse call, in microseconds per sign
 
 from __future__ import annotations
 
-import os
 import timeit
 
 from yarl import URL
 
-from .paths import BEDROCK_MODEL_SEGMENT, BEDROCK_REGION, bedrock_body
+from .paths import BEDROCK_REGION, PATHS
+from .servers import pin_self
 
 
 def sigv4_microbench(cpus: frozenset[int] | None, batches: int = 5) -> tuple[float, float]:
@@ -20,19 +20,14 @@ def sigv4_microbench(cpus: frozenset[int] | None, batches: int = 5) -> tuple[flo
     from tensorwall_proxy.providers import UpstreamCall
     from tensorwall_proxy.upstream import sign_sigv4
 
-    url = URL(f"https://bedrock-runtime.{BEDROCK_REGION}.amazonaws.com/model/{BEDROCK_MODEL_SEGMENT}/converse",
-              encoded=True)
-    call = UpstreamCall("POST", url, {"Content-Type": "application/json"}, bedrock_body(False))
+    direct = PATHS["bedrock"].direct  # the lean upstream's /bedrock prefix stands for Bedrock's host
+    url = URL(f"https://bedrock-runtime.{BEDROCK_REGION}.amazonaws.com{direct.path.removeprefix('/bedrock')}", encoded=True)
+    call = UpstreamCall("POST", url, {"Content-Type": "application/json"}, direct.body(False))
     credentials = Credentials("AKID", "secret")
     if not sign_sigv4(credentials, BEDROCK_REGION, call).headers.get("Authorization", "").startswith("AWS4-HMAC"):
         raise RuntimeError("sign_sigv4 signed nothing")
-    before = os.sched_getaffinity(0)
-    try:
-        if cpus is not None:
-            os.sched_setaffinity(0, cpus)
+    with pin_self(cpus):
         timer = timeit.Timer(lambda: sign_sigv4(credentials, BEDROCK_REGION, call))
         calls, _ = timer.autorange()
         per_call = sorted(t / calls * 1e6 for t in timer.repeat(repeat=batches, number=calls))
-    finally:
-        os.sched_setaffinity(0, before)
     return per_call[0], per_call[len(per_call) // 2]

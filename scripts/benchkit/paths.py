@@ -1,28 +1,35 @@
-"""Paths: the ways through the proxy, what each provider's API gets, and the checks that answers are whole.
+"""Paths: the ways through the proxy, what the caller sends, what the provider's API gets, the checks.
 
-A path is which model the caller asks for, how the proxy's provider is configured, and the URL,
-headers and body of a direct call, which is what the proxy itself sends its provider for the
-caller's request (so direct and proxied runs ask the upstream for the same answer). A caller always
-speaks OpenAI to the proxy (`openai_body`, `check_openai`). A check returns (chunks counted, problem
-or None); it counts markers instead of parsing, so the load generator spends its CPU on the load.
-`proxy_config` writes the one YAML that configures every path's provider in one proxy process.
+A path is two calls that ask the upstream for the same answer: the caller's to the proxy (chat
+completions or Responses, a model, `store`) and the direct one to the provider's API, which is what
+the proxy itself sends its provider for that request (a native path: the caller's body, on the
+provider's URL). A check returns (chunks counted, problem or None); it counts markers instead of
+parsing, so the load generator spends its CPU on the load. `proxy_config` writes the one YAML that
+configures every provider in one proxy process.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 from urllib.parse import quote
 
 import orjson
 
-from .common import CALLER_KEY, CONTENT_CHUNKS, GATEWAY_KEY, PROMPT, STREAM_CHUNKS, Json
+Json = dict[str, Any]
 
+GATEWAY_KEY: Final = "bench-key"
+CALLER_KEY: Final = "sk-bench"
+PROMPT: Final = ("please answer with a short friendly benchmark greeting so that every run sends "
+                 "exactly the same text")
+STREAM_CHUNKS: Final = 20  # what a chat caller gets: role chunk, 18 content chunks, finish chunk
+CONTENT_CHUNKS: Final = STREAM_CHUNKS - 2
+EVENTSTREAM: Final = "application/vnd.amazon.eventstream"  # Bedrock's stream content type
 OPENAI_MODEL: Final = "gpt-4o"
+PACED_MODEL: Final = "gpt-4o-paced"  # the lean upstream paces its streams; `gpt-*` routes it to openai
 ANTHROPIC_MODEL: Final = "claude-3-5-sonnet-20241022"
 ANTHROPIC_VERSION: Final = "2023-06-01"  # the version the proxy pins
 VERTEX_PROJECT: Final = "bench-project"
@@ -32,14 +39,16 @@ VERTEX_MODEL_PATH: Final = (f"/vertex/v1/projects/{VERTEX_PROJECT}/locations/{VE
                             f"/publishers/google/models/{VERTEX_MODEL}")
 BEDROCK_REGION: Final = "us-east-1"
 BEDROCK_MODEL: Final = "anthropic.claude-3-5-sonnet-20240620-v1:0"
-BEDROCK_MODEL_SEGMENT: Final = quote(BEDROCK_MODEL, safe="")  # `…v1%3A0`, as the proxy sends it
+# Targets: the proxy's CPU per request on a path <= this x the chat passthrough's, in the same run.
+NATIVE: Final = 1.1  # a body passed through to a provider that speaks the caller's dialect
+TRANSLATED: Final = 1.5  # a body translated to the provider's API and its answer back
 
 
 @dataclass(frozen=True)
 class Check:
     """Whether an answer is whole: a JSON body holding the `unary` markers, or a stream holding
-    `deltas` (CONTENT_CHUNKS by default) `delta` markers and ending with `end`. It counts the stream's
-    chunks by `event` markers (less `uncounted`: [DONE] is no chunk)."""
+    `deltas` (CONTENT_CHUNKS by default) `delta` markers whose last event (from the last `event`
+    marker, which counts the chunks, less `uncounted`: [DONE] is no chunk) holds `end`."""
 
     unary: tuple[bytes, ...]
     event: bytes
@@ -54,111 +63,135 @@ class Check:
             ok = data.startswith(b"{") and all(marker in data for marker in self.unary)
             return 0, None if ok else f"unexpected body {data[:200]!r}"
         chunks, deltas = data.count(self.event) - self.uncounted, data.count(self.delta)
-        if deltas != self.deltas or self.end not in data[-300:]:
+        if deltas != self.deltas or self.end not in data[data.rfind(self.event):]:
             return chunks, f"stream of {chunks} chunks, {deltas} {self.delta!r}, ending {data[-60:]!r}"
         return chunks, None
 
 
 check_openai: Final = Check((b'"choices"',), b"data: ", b"data: ", b"data: [DONE]\n\n", STREAM_CHUNKS + 1, 1)
+check_responses: Final = Check((b'"object":"response"', b'"output"'), b"data: ", b'"response.output_text.delta"',
+                               b'"response.completed"')
 # Event-stream messages are counted by their encoded headers, not parsed: the proxy checks every CRC.
-_BEDROCK_EVENT: Final = b"\x0d:message-type\x07\x00\x05event"
-check_bedrock: Final = Check((b'"output"', b'"stopReason"'), _BEDROCK_EVENT,
-                             b"\x0b:event-type\x07\x00\x11contentBlockDelta", b"\x0b:event-type\x07\x00\x08metadata")
+_BEDROCK_EVENT: Final = b"\x0b:event-type\x07"
+check_bedrock: Final = Check((b'"output"', b'"stopReason"'), _BEDROCK_EVENT, _BEDROCK_EVENT + b"\x00\x11contentBlockDelta",
+                             _BEDROCK_EVENT + b"\x00\x08metadata")
 
 
-# The paced test's first chunk in an OpenAI stream: the first word (the role chunk's "" is none).
-FIRST_WORD: Final = re.compile(rb'"content":"[^"]')
+def json_body(fields: Json, by_body: bool = True) -> Callable[[bool], bytes]:
+    """stream? -> the request's JSON, encoded once; a stream's with `"stream": true` unless the URL asks for
+    one instead (vertex's method, bedrock's operation)."""
+    unary = orjson.dumps(fields)
+    streamed = orjson.dumps({**fields, "stream": True}) if by_body else unary
+    return lambda stream: streamed if stream else unary
 
 
-def openai_body(stream: bool, model: str = OPENAI_MODEL) -> bytes:
-    """The chat request every caller sends the proxy: OpenAI's shape, one short user message."""
-    return orjson.dumps({"model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 64,
-                         **({"stream": True} if stream else {})})
+@dataclass(frozen=True)
+class Call:
+    """One side's request: its URL path (and query, percent-encoded; a stream's own where the API
+    streams elsewhere), headers and body (stream? -> bytes), and the check of its answer."""
 
+    path: str
+    headers: dict[str, str]
+    body: Callable[[bool], bytes]
+    check: Check
+    stream_path: str | None = None
 
-def anthropic_body(stream: bool) -> bytes:
-    return orjson.dumps({"model": ANTHROPIC_MODEL, "max_tokens": 64, **({"stream": True} if stream else {}),
-                         "messages": [{"role": "user", "content": [{"type": "text", "text": PROMPT}]}]})
-
-
-def vertex_body(_stream: bool) -> bytes:
-    """The method in the URL makes a stream of it."""
-    return orjson.dumps({"contents": [{"role": "user", "parts": [{"text": PROMPT}]}],
-                         "generationConfig": {"maxOutputTokens": 64}})
-
-
-def bedrock_body(_stream: bool) -> bytes:
-    """The operation in the URL (converse-stream) makes a stream of it."""
-    return orjson.dumps({"messages": [{"role": "user", "content": [{"text": PROMPT}]}],
-                         "inferenceConfig": {"maxTokens": 64}})
+    def url_path(self, stream: bool) -> str:
+        return self.stream_path if stream and self.stream_path else self.path
 
 
 @dataclass(frozen=True)
 class BenchPath:
-    """What one path needs: the caller's model, the proxy's provider, the direct call."""
+    """One way through the proxy: the caller's call to it, and the direct call to the provider's API
+    (`upstream` names that API: a lean_upstream.SHAPES key)."""
 
     name: str
     model: str
-    provider_config: Callable[[str], Json]  # upstream base URL -> this path's `providers:` entries
-    direct_path: str  # the upstream URL path a direct call uses (the one the proxy calls)
-    direct_headers: dict[str, str]
-    direct_body: Callable[[bool], bytes]  # stream? -> the body a direct call sends
-    direct_check: Check
-    direct_stream_path: str | None = None  # a stream's URL path (and query), when not direct_path
-
-    def direct_target(self, stream: bool) -> str:
-        """The URL path (and query) a direct call, unary or streamed, sends its request to."""
-        return self.direct_stream_path if stream and self.direct_stream_path else self.direct_path
+    caller: Call
+    upstream: str
+    direct: Call
+    cpu_ratio: float | None = TRANSLATED  # the target against the passthrough; None: reported only
+    p50_base: str | None = None  # a path whose proxy p50 at c=1 this one's is judged against
 
 
 _BEARER: Final = {"Authorization": f"Bearer {CALLER_KEY}", "Content-Type": "application/json"}
-_BEDROCK_PATH: Final = f"/bedrock/model/{BEDROCK_MODEL_SEGMENT}"
+_PROXY: Final = {"X-API-Key": GATEWAY_KEY, **_BEARER}  # the caller's key goes on to the provider
+_BEDROCK_PATH: Final = f"/bedrock/model/{quote(BEDROCK_MODEL, safe='')}"  # `…v1%3A0`, as the proxy sends it
 
-PATHS: Final[dict[str, BenchPath]] = {
-    # The built-in patterns (gpt-*, claude-*, gemini-*, provider/model) pick each path's provider.
-    "openai": BenchPath("openai", OPENAI_MODEL, lambda base: {"openai": {"base_url": f"{base}/openai/v1"}},
-                        "/openai/v1/chat/completions", _BEARER, openai_body, check_openai),
-    # The proxy forwards the caller's Bearer key as Anthropic's x-api-key, with a pinned version.
-    "anthropic": BenchPath(
-        "anthropic", ANTHROPIC_MODEL, lambda base: {"anthropic": {"base_url": f"{base}/anthropic/v1"}},
-        "/anthropic/v1/messages",
-        {"x-api-key": CALLER_KEY, "anthropic-version": ANTHROPIC_VERSION, "Content-Type": "application/json"},
-        anthropic_body, Check((b'"content"', b'"stop_reason"'), b"event: ", b"text_delta", b"event: message_stop")),
+
+def chat_call(model: str) -> Call:
+    """A chat request: OpenAI's shape, one short user message."""
+    body = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 64}
+    return Call("/v1/chat/completions", _PROXY, json_body(body), check_openai)
+
+
+def responses_call(path: str, headers: dict[str, str], model: str, store: bool) -> Call:
+    """A Responses request: the same message as `input`, `store` said (OpenAI's default is true)."""
+    body = {"model": model, "input": PROMPT, "max_output_tokens": 64, "store": store}
+    return Call(path, headers, json_body(body), check_responses)
+
+
+def openai_path(model: str) -> BenchPath:
+    """The chat passthrough (also the paced test's, with PACED_MODEL)."""
+    direct = Call("/openai/v1/chat/completions", _BEARER, chat_call(model).body, check_openai)
+    return BenchPath("openai", model, chat_call(model), "openai", direct, None)
+
+
+# The proxy forwards the caller's Bearer key as Anthropic's x-api-key, with a pinned version.
+_ANTHROPIC: Final = Call(
+    "/anthropic/v1/messages", {"x-api-key": CALLER_KEY, "anthropic-version": ANTHROPIC_VERSION,
+                               "Content-Type": "application/json"},
+    json_body({"model": ANTHROPIC_MODEL, "max_tokens": 64,
+               "messages": [{"role": "user", "content": [{"type": "text", "text": PROMPT}]}]}),
+    Check((b'"content"', b'"stop_reason"'), b"event: ", b"text_delta", b"event: message_stop"))
+
+
+# The built-in patterns (gpt-*, claude-*, gemini-*, provider/model) pick each path's provider.
+PATHS: Final[dict[str, BenchPath]] = {p.name: p for p in (
+    openai_path(OPENAI_MODEL),
+    BenchPath("anthropic", ANTHROPIC_MODEL, chat_call(ANTHROPIC_MODEL), "anthropic", _ANTHROPIC),
     # The caller's Bearer key goes on as the OAuth access token.
-    "vertex": BenchPath(
-        "vertex", VERTEX_MODEL,
-        lambda base: {"vertex": {"project": VERTEX_PROJECT, "location": VERTEX_LOCATION, "base_url": f"{base}/vertex"}},
-        f"{VERTEX_MODEL_PATH}:generateContent", _BEARER, vertex_body,
+    BenchPath("vertex", VERTEX_MODEL, chat_call(VERTEX_MODEL), "vertex", Call(
+        f"{VERTEX_MODEL_PATH}:generateContent", _BEARER, json_body({
+            "contents": [{"role": "user", "parts": [{"text": PROMPT}]}], "generationConfig": {"maxOutputTokens": 64}},
+            by_body=False),
         Check((b'"candidates"', b'"finishReason"'), b"data: ", b"data: ", b'"finishReason"'),
-        f"{VERTEX_MODEL_PATH}:streamGenerateContent?alt=sse"),
+        f"{VERTEX_MODEL_PATH}:streamGenerateContent?alt=sse")),
     # The caller's Bearer key goes on as a Bedrock API key; the model id is percent-encoded.
-    "bedrock": BenchPath(
-        "bedrock", f"bedrock/{BEDROCK_MODEL}",
-        lambda base: {"bedrock": {"region": BEDROCK_REGION, "base_url": f"{base}/bedrock"}},
-        f"{_BEDROCK_PATH}/converse", _BEARER, bedrock_body, check_bedrock, f"{_BEDROCK_PATH}/converse-stream"),
-}
-BASELINE: Final = "openai"  # the passthrough every translating path is compared with
+    BenchPath("bedrock", f"bedrock/{BEDROCK_MODEL}", chat_call(f"bedrock/{BEDROCK_MODEL}"), "bedrock", Call(
+        f"{_BEDROCK_PATH}/converse", _BEARER, json_body({
+            "messages": [{"role": "user", "content": [{"text": PROMPT}]}], "inferenceConfig": {"maxTokens": 64}},
+            by_body=False), check_bedrock, f"{_BEDROCK_PATH}/converse-stream")),
+    # Native: the caller's body (stateless, like the chat passthrough) on OpenAI's /responses.
+    BenchPath("responses-openai", OPENAI_MODEL, responses_call("/v1/responses", _PROXY, OPENAI_MODEL, False),
+              "responses", responses_call("/openai/v1/responses", _BEARER, OPENAI_MODEL, False), NATIVE),
+    # Translated to Anthropic's Messages API; stored conversations: their added p50 is the target.
+    BenchPath("responses-anthropic", ANTHROPIC_MODEL, responses_call("/v1/responses", _PROXY, ANTHROPIC_MODEL, False),
+              "anthropic", _ANTHROPIC),
+    BenchPath("responses-stored", ANTHROPIC_MODEL, responses_call("/v1/responses", _PROXY, ANTHROPIC_MODEL, True),
+              "anthropic", _ANTHROPIC, None, "responses-anthropic"),
+)}
+BASELINE: Final = "openai"  # the passthrough every other path's CPU is compared with
 
 
-def proxy_config(paths: Sequence[BenchPath], upstream_base: str) -> str:
-    """The proxy's YAML (JSON is YAML): one gateway key, every path's provider, short timeouts.
-
-    The paced model (`gpt-4o-paced`) needs nothing of its own: `gpt-*` sends it to openai.
-    """
-    providers: Json = {}
-    for path in paths:
-        providers.update(path.provider_config(upstream_base))
+def proxy_config(upstream_base: str) -> str:
+    """The proxy's YAML (JSON is YAML): one gateway key, every path's provider, short timeouts."""
+    providers = {"openai": {"base_url": f"{upstream_base}/openai/v1"},
+                 "anthropic": {"base_url": f"{upstream_base}/anthropic/v1"},
+                 "vertex": {"project": VERTEX_PROJECT, "location": VERTEX_LOCATION, "base_url": f"{upstream_base}/vertex"},
+                 "bedrock": {"region": BEDROCK_REGION, "base_url": f"{upstream_base}/bedrock"}}
     return json.dumps({"gateway_keys": [GATEWAY_KEY], "providers": providers,
                        "timeouts": {"connect": 5, "first_byte": 30, "idle": 30, "total": 60},
                        "server": {"drain_seconds": 1}}, indent=2)
 
 
 def path_names(text: str) -> list[str]:
-    """`--path`: comma-separated names, the openai baseline first when a translating path is asked for
-    (a translation's cost reads only next to the passthrough's)."""
+    """`--path`: comma-separated names, each after what it is compared with (the openai baseline first;
+    responses-stored's unstored twin): a path's cost reads only next to its reference's."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in PATHS]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown path {', '.join(unknown) or repr(text)}; "
                                          f"choose from {', '.join(PATHS)}")
-    return list(dict.fromkeys(([BASELINE] if any(n != BASELINE for n in names) else []) + names))
+    wanted = [ref for n in names for ref in (PATHS[n].p50_base, n) if ref]
+    return list(dict.fromkeys(([BASELINE] if any(n != BASELINE for n in names) else []) + wanted))

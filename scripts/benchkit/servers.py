@@ -25,8 +25,17 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from .common import BENCH_SCRIPT, CLK_TCK, EVENTSTREAM, HOST, REPO, uvloop
-from .paths import BenchPath, proxy_config
+from .paths import EVENTSTREAM, proxy_config
+
+try:  # the proxy runs on uvloop when it is installed: so do our servers and the aiohttp load generator
+    import uvloop as uvloop  # (the explicit re-export: load and session read it from here)
+except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+    uvloop = None  # type: ignore[assignment]
+
+HOST: Final = "127.0.0.1"
+REPO: Final = Path(__file__).resolve().parent.parent.parent
+BENCH_SCRIPT: Final = REPO / "scripts" / "bench.py"  # also how the lean upstream and the relay start
+CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -96,13 +105,15 @@ class Server:
 
 def start_server(name: str, argv: Sequence[str], cpus: frozenset[int] | None, log_dir: Path,
                  ready: Callable[[int], bool]) -> Server:
-    """Start a server in its own session on a free port (its argv ends with it); wait until `ready`."""
+    """Start a server in its own session on a free port (its argv ends with it); wait until `ready`.
+    It runs in `log_dir`, which is also its STATE_DIRECTORY: what the proxy stores is gone after the run."""
     port = free_port()
     log = open(log_dir / f"{name}.log", "w+b")  # noqa: SIM115 - closed by stop_server
-    process = subprocess.Popen([*argv, str(port)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                               start_new_session=True)
-    if cpus is not None:  # right after exec the interpreter has no other thread yet; threads inherit it
-        os.sched_setaffinity(process.pid, cpus)
+    env = {**os.environ, "STATE_DIRECTORY": str(log_dir),
+           "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))}
+    with pin_self(cpus):  # inherited by the server and every thread it starts
+        process = subprocess.Popen([*argv, str(port)], stdout=log, stderr=subprocess.STDOUT, cwd=log_dir, env=env,
+                                   start_new_session=True)
     server = Server(name, process, port, log)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -145,25 +156,25 @@ def http_request(port: int, method: str, path: str, body: bytes | None = None,
         conn.close()
 
 
-def start_servers(paths: Sequence[BenchPath], pinning: Pinning, log_dir: Path) -> list[Server]:
-    """The lean upstream, the relay and the proxy, in that order (the caller stops them)."""
+@contextlib.contextmanager
+def running_servers(pinning: Pinning, log_dir: Path) -> Iterator[list[Server]]:
+    """The lean upstream, the relay and the proxy, in that order; whatever started is stopped on the way out."""
     bench = [sys.executable, str(BENCH_SCRIPT)]
-    servers = [start_server("upstream", [*bench, "--path", ",".join(p.name for p in paths), "--serve-lean-upstream"],
-                            pinning.upstream, log_dir, tcp_accepts)]
+    servers: list[Server] = []
     try:
+        servers.append(start_server("upstream", [*bench, "--serve-lean-upstream"], pinning.upstream, log_dir, tcp_accepts))
         upstream = f"http://{HOST}:{servers[0].port}"
         servers.append(start_server("relay", [*bench, "--relay-to", upstream, "--serve-relay"], pinning.proxy,
                                     log_dir, tcp_accepts))
         config = log_dir / "bench-config.yaml"
-        config.write_text(proxy_config(paths, upstream))
+        config.write_text(proxy_config(upstream))
         servers.append(start_server(
             "proxy", [sys.executable, "-m", "tensorwall_proxy", "serve", "--config", str(config), "--host", HOST,
                       "--port"], pinning.proxy, log_dir, lambda port: http_request(port, "GET", "/healthz")[0] == 200))
-    except BaseException:
-        for server in servers:
+        yield servers
+    finally:
+        for server in reversed(servers):
             stop_server(server)
-        raise
-    return servers
 
 
 # The bare relay, the yardstick of the proxy's targets: any POST on with the same path, headers and bytes
@@ -235,7 +246,7 @@ def machine_cpu_seconds() -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class WindowCpu:
-    """What a `CpuWindow` saw: each watched process's CPU seconds, the wall seconds, and the machine's."""
+    """What `watch` saw: each watched process's CPU seconds, the wall seconds, and the machine's."""
 
     used: list[float]
     wall: float
@@ -243,16 +254,13 @@ class WindowCpu:
     steal: float
 
 
-class CpuWindow:
-    """The CPU seconds of some processes and of the machine, and the wall time, from here to `close`."""
-
-    def __init__(self, pids: Sequence[int]) -> None:
-        self.pids = list(pids)
-        self.cpu0 = [cpu_seconds(pid) for pid in self.pids]
-        self.machine0 = machine_cpu_seconds()
-        self.wall0 = time.perf_counter()
-
-    def close(self) -> WindowCpu:
-        used = [cpu_seconds(pid) - before for pid, before in zip(self.pids, self.cpu0, strict=True)]
-        busy, steal = machine_cpu_seconds()
-        return WindowCpu(used, time.perf_counter() - self.wall0, busy - self.machine0[0], steal - self.machine0[1])
+def watch(upstream: Server, hop: Server | None, seconds: float) -> tuple[WindowCpu, float | None]:
+    """The upstream's and the hop's CPU over the next `seconds`, and the hop's RSS (MiB) halfway through."""
+    pids = [upstream.pid] + ([hop.pid] if hop else [])
+    cpu0, (busy0, steal0), wall0 = [cpu_seconds(pid) for pid in pids], machine_cpu_seconds(), time.perf_counter()
+    time.sleep(seconds / 2)
+    rss = rss_mib(hop.pid) if hop else None
+    time.sleep(seconds / 2)
+    used = [cpu_seconds(pid) - before for pid, before in zip(pids, cpu0, strict=True)]
+    busy, steal = machine_cpu_seconds()
+    return WindowCpu(used, time.perf_counter() - wall0, busy - busy0, steal - steal0), rss

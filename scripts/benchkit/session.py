@@ -16,13 +16,12 @@ from pathlib import Path
 
 import aiohttp
 
-from .common import Json, uvloop
-from .load import STREAM_SECONDS, paced_targets, run_aiohttp, run_paced
+from .load import STREAM_SECONDS, run_aiohttp
 from .microbench import sigv4_microbench
-from .paths import PATHS
-from .servers import Server, pin_self, plan_pinning, rss_mib, start_servers, stop_server
-from .summary import PathResults, Rss, limit_notes, summary_lines, summary_rows
-from .targets import RunSettings, StreamChunks, Target, load_scenarios, make_targets, sanity_check
+from .paths import PACED_MODEL, PATHS, Json, openai_path
+from .servers import Server, pin_self, plan_pinning, rss_mib, running_servers, uvloop
+from .summary import PathResults, Rss, every_run, limit_notes, summary_lines, summary_rows
+from .targets import PACED, RunSettings, StreamChunks, Target, load_scenarios, make_targets, sanity_check
 from .wrk import run_wrk
 
 
@@ -40,17 +39,12 @@ def run(options: argparse.Namespace) -> int:
     print(f"{machine_line()}\npinning: {pinning.description}\npaths: {', '.join(options.path)}; load generator: "
           f"{options.generator}; {options.seconds:g} s per run after {options.warmup:g} s warm-up, concurrency "
           f"{options.concurrency}; {runs} runs, about {(runs * (options.warmup + options.seconds) + 15) / 60:.1f} min",
-          flush=True)
-    with tempfile.TemporaryDirectory(prefix="tw-bench-") as tmp:
-        servers = start_servers([PATHS[p] for p in options.path], pinning, Path(tmp))
-        try:
-            settings = RunSettings(options.seconds, options.warmup, options.workers, options.generator, pinning,
-                                   Path(tmp))
-            with pin_self(pinning.generator):
-                return measure_all(options, settings, servers, started)
-        finally:
-            for server in reversed(servers):
-                stop_server(server)
+          *(f"  {p}: the caller sends {PATHS[p].caller.path} ({PATHS[p].model}), a direct call "
+            f"{PATHS[p].direct.path}" for p in options.path), sep="\n", flush=True)
+    with tempfile.TemporaryDirectory(prefix="tw-bench-") as tmp, running_servers(pinning, Path(tmp)) as servers:
+        settings = RunSettings(options.seconds, options.warmup, options.workers, options.generator, pinning, Path(tmp))
+        with pin_self(pinning.generator):
+            return measure_all(options, settings, servers, started)
 
 
 def measure_all(options: argparse.Namespace, settings: RunSettings, servers: list[Server], started: float) -> int:
@@ -58,9 +52,9 @@ def measure_all(options: argparse.Namespace, settings: RunSettings, servers: lis
     upstream, relay, proxy = servers
     targets = {p: make_targets(PATHS[p], upstream, relay, proxy) for p in options.path}
     rss: Rss = {hop.name: {"idle": rss_mib(hop.pid)} for hop in (relay, proxy)}
-    problems, chunks = sanity_check([t for path_targets in targets.values() for t in path_targets])
-    paced = paced_targets(targets[options.path[0]]) if not options.no_paced else []
-    problems += sanity_check(paced, (True,), 0.9 * STREAM_SECONDS)[0]
+    problems, chunks, detours = sanity_check([t for path_targets in targets.values() for t in path_targets], upstream.port)
+    paced = make_targets(openai_path(PACED_MODEL), upstream, relay, proxy) if not options.no_paced else []
+    problems += sanity_check(paced, upstream.port, (True,), 0.9 * STREAM_SECONDS)[0]
     if problems:
         print("sanity check failed, nothing measured:\n  " + "\n  ".join(problems))
         for hop in (relay, proxy):
@@ -68,9 +62,8 @@ def measure_all(options: argparse.Namespace, settings: RunSettings, servers: lis
         return 1
     sigv4, sigv4_median = sigv4_microbench(settings.pinning.proxy)
     print(f"SigV4: sign_sigv4 {sigv4:.1f} us per signature (median of five batches {sigv4_median:.1f})", flush=True)
-    by_path = run_scenarios(options, settings, targets, upstream, chunks)
-    paced_results = run_paced(paced, upstream, settings) if paced else None
-    everything = [m for results in by_path.values() for m in results.values()] + list((paced_results or {}).values())
+    by_path = run_scenarios(options, settings, targets, paced, upstream, chunks)
+    everything = every_run(by_path)
     for hop in (relay, proxy):
         rss[hop.name]["loaded"] = max((m.hop_rss_mib or 0.0 for m in everything if m.target == hop.name), default=0.0)
     failed = [m for m in everything if m.errors]
@@ -78,14 +71,15 @@ def measure_all(options: argparse.Namespace, settings: RunSettings, servers: lis
         print(f"ERRORS: {m.path} {m.target} {m.scenario}: {m.errors} failed, e.g. {m.error_samples[:2]}")
     if failed:
         print("\n".join(f"{hop.name} log tail:\n{hop.log_tail()}" for hop in (relay, proxy)))
-    rows = summary_rows(by_path, paced_results, rss, sigv4, options.concurrency)
-    notes = limit_notes(by_path, paced_results, settings.pinning, options.concurrency)
-    print("\n".join(summary_lines(rows, notes, options.generator)))
+    rows = summary_rows(by_path, rss, sigv4, options.concurrency)
+    notes = limit_notes(by_path, settings.pinning, options.concurrency)
+    print("\n".join(summary_lines(rows, notes, options.generator, detours)))
     total = time.monotonic() - started
     document: Json = {
-        "summary": {"rows": [row.as_json() for row in rows], "notes": notes},
+        "summary": {"rows": [row.as_json() for row in rows], "notes": notes, "detours": detours},
         "machine": machine_line(), "pinning": settings.pinning.description, "generator": options.generator,
-        "paths": {p: {"model": PATHS[p].model, "direct_path": PATHS[p].direct_path} for p in options.path},
+        "paths": {p: {"model": PATHS[p].model, "caller_path": PATHS[p].caller.path,
+                      "direct_path": PATHS[p].direct.path} for p in options.path},
         "seconds": options.seconds, "warmup": options.warmup, "workers": options.workers,
         "concurrency": options.concurrency, "total_seconds": round(total, 1), "rss_mib": rss,
         "runs": [m.as_json() for m in everything], "sigv4_us": {"best": sigv4, "median": sigv4_median},
@@ -95,21 +89,22 @@ def measure_all(options: argparse.Namespace, settings: RunSettings, servers: lis
     return 1 if failed else 0
 
 
-def run_scenarios(options: argparse.Namespace, settings: RunSettings, targets: dict[str, list[Target]], upstream: Server,
-                  chunks: StreamChunks) -> PathResults:
-    """Every scenario against every path's targets, back to back."""
+def run_scenarios(options: argparse.Namespace, settings: RunSettings, targets: dict[str, list[Target]],
+                  paced: list[Target], upstream: Server, chunks: StreamChunks) -> PathResults:
+    """Every scenario against every path's targets, back to back; then the paced test (aiohttp only), whose
+    runs are the baseline's."""
     by_path: PathResults = {path: {} for path in targets}
     width = max(map(len, targets))
-    for scenario in load_scenarios(options.concurrency):
-        for path, path_targets in targets.items():
-            for target in path_targets:
-                if settings.generator == "wrk":
-                    m = run_wrk(target, scenario, upstream, settings, chunks.get((path, target.name), 0))
-                else:
-                    m = run_aiohttp(target, scenario, upstream, settings)
-                by_path[path][target.name, scenario.name] = m
-                cpu = f"  hop CPU {m.hop_cpu_ms_per_req:.3f} ms/req" if m.hop_cpu_ms_per_req is not None else ""
-                print(f"  {path:<{width}} {target.name:<6} {scenario.name:<12} {m.rps:>9,.0f}/s  p50 {m.p50_ms:7.3f} ms  "
-                      f"p99 {m.p99_ms:7.3f} ms{cpu}  errors {m.errors}", flush=True)
+    runs = [(s, t) for s in load_scenarios(options.concurrency) for path_targets in targets.values() for t in path_targets]
+    for scenario, target in runs + [(PACED, t) for t in paced]:
+        if settings.generator == "wrk" and not scenario.paced:
+            m = run_wrk(target, scenario, upstream, settings, chunks.get((target.bench_path, target.name), 0))
+        else:
+            m = run_aiohttp(target, scenario, upstream, settings)
+        by_path[target.bench_path][target.name, scenario.name] = m
+        cpu = f"  hop CPU {m.hop_cpu_ms_per_req:.3f} ms/req" if m.hop_cpu_ms_per_req is not None else ""
+        ttfc = f"  TTFC p50 {m.ttfc_p50_ms:7.3f} ms  p99 {m.ttfc_p99_ms or 0:7.3f} ms" if m.ttfc_p50_ms else ""
+        print(f"  {target.bench_path:<{width}} {target.name:<6} {scenario.name:<12} {m.rps:>9,.0f}/s  p50 "
+              f"{m.p50_ms:7.3f} ms  p99 {m.p99_ms:7.3f} ms{ttfc}{cpu}  errors {m.errors}", flush=True)
     return by_path
 

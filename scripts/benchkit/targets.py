@@ -1,24 +1,35 @@
 """Targets, scenarios and runs: where a run's requests go, what load it is, what it measured.
 
-A target is direct (the upstream's URL, its provider's request), relay (the same, to the bare relay)
-or proxy (`/v1/chat/completions`, OpenAI's shape on every path; only the model differs). The sanity
-check runs before anything is measured: wrk reads answers without looking at them. A `Measurement`
-comes from the load generator and a `servers.CpuWindow` on the upstream and the hop; `other_cpu` is
-the machine's busy time no process of the benchmark accounts for: that run was disturbed.
+A target is direct or relay (the path's direct call, to the upstream or the bare relay) or proxy
+(the caller's call). The sanity check runs before anything is measured: wrk reads answers without
+looking at them. A `Measurement` comes from the load generator and `servers.watch` on the
+upstream and the hop; `other_cpu` is the machine's busy time no process of the benchmark accounts
+for: that run was disturbed.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Final
 
 from yarl import URL
 
-from .common import CALLER_KEY, GATEWAY_KEY, HOST, Json, percentile
-from .paths import BenchPath, Check, check_openai, openai_body
-from .servers import Pinning, Server, WindowCpu, http_request
+from .paths import PATHS, BenchPath, Call, Json
+from .servers import HOST, Pinning, Server, WindowCpu, http_request
+
+REQUEST_TIMEOUT: Final = 15.0  # per request: a hung proxy fails the run instead of hanging it
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending sequence (0.0 when empty): the smallest value with at
+    least q % of them at or below it."""
+    if not ordered:
+        return 0.0
+    return ordered[max(1, min(len(ordered), math.ceil(q * len(ordered) / 100))) - 1]
 
 
 @dataclass(frozen=True)
@@ -26,15 +37,12 @@ class Target:
     name: str  # direct, relay or proxy
     bench_path: str  # which way through the proxy
     port: int
-    path: Callable[[bool], str]  # stream? -> the URL path (and query), percent-encoded
-    headers: dict[str, str]
-    body: Callable[[bool], bytes]
-    check: Check
+    call: Call
     hop: Server | None  # the process between client and upstream, whose CPU is the hop's cost
 
     def url(self, stream: bool) -> URL:
         # Written encoded: yarl would otherwise decode `%3A` to `:` on the wire.
-        return URL(f"http://{HOST}:{self.port}{self.path(stream)}", encoded=True)
+        return URL(f"http://{HOST}:{self.port}{self.call.url_path(stream)}", encoded=True)
 
 
 @dataclass(frozen=True)
@@ -52,40 +60,44 @@ def load_scenarios(concurrency: int) -> list[Scenario]:
             Scenario("stream c=1", True, 1), Scenario(f"stream c={n}", True, n)]
 
 
+PACED: Final = Scenario("paced stream c=100", True, 100, paced=True)  # the baseline's, with the paced model
+
+
 def make_targets(path: BenchPath, upstream: Server, relay: Server, proxy: Server) -> list[Target]:
     """direct, relay and proxy: the same request, each the way its receiver wants it."""
-    direct = (path.direct_target, path.direct_headers, path.direct_body, path.direct_check)
-    proxy_headers = {"X-API-Key": GATEWAY_KEY, "Authorization": f"Bearer {CALLER_KEY}",
-                     "Content-Type": "application/json"}
-    return [Target("direct", path.name, upstream.port, *direct, None),
-            Target("relay", path.name, relay.port, *direct, relay),  # the relay forwards bytes unchanged
-            Target("proxy", path.name, proxy.port, lambda _stream: "/v1/chat/completions", proxy_headers,
-                   lambda stream: openai_body(stream, path.model), check_openai, proxy)]
+    return [Target("direct", path.name, upstream.port, path.direct, None),
+            Target("relay", path.name, relay.port, path.direct, relay),  # the relay forwards bytes unchanged
+            Target("proxy", path.name, proxy.port, path.caller, proxy)]
 
 
 StreamChunks = dict[tuple[str, str], int]  # chunks in one stream, by (path, target)
 
 
-def sanity_check(targets: list[Target], kinds: tuple[bool, ...] = (False, True),
-                 slowest: float = 0.0) -> tuple[list[str], StreamChunks]:
-    """A request per target and kind (stream?): the problems found, and each stream's chunks. A stream
-    faster than `slowest` seconds is one too (the paced test's: the upstream did not pace it)."""
+def sanity_check(targets: list[Target], upstream_port: int, kinds: tuple[bool, ...] = (False, True),
+                 slowest: float = 0.0) -> tuple[list[str], StreamChunks, list[str]]:
+    """A request per target and kind (stream?): the problems found, each stream's chunks, and where
+    the proxy called the upstream elsewhere than its path's direct call (it translated a native path).
+    A stream faster than `slowest` seconds is a problem too (the paced test's: the upstream did not pace it)."""
     problems: list[str] = []
     chunks: StreamChunks = {}
+    detours: list[str] = []
     for target in targets:
         for stream in kinds:
             start = time.perf_counter()
-            status, data = http_request(target.port, "POST", target.path(stream), target.body(stream),
-                                        target.headers)
+            status, data = http_request(target.port, "POST", target.call.url_path(stream), target.call.body(stream),
+                                        target.call.headers)
             kind = f"{target.bench_path} {target.name} {'stream' if stream else 'unary'}"
-            count, problem = target.check(data, stream) if status == 200 else (0, f"HTTP {status}: {data[:300]!r}")
+            count, problem = target.call.check(data, stream) if status == 200 else (0, f"HTTP {status}: {data[:300]!r}")
             if problem is None and time.perf_counter() - start < slowest:
                 problem = f"faster than {slowest:g} s: not paced"
             if problem is not None:
                 problems.append(f"{kind}: {problem}")
             elif stream:
                 chunks[target.bench_path, target.name] = count
-    return problems, chunks
+            direct = PATHS[target.bench_path].direct.url_path(stream)
+            if target.name == "proxy" and (called := http_request(upstream_port, "GET", "/last")[1].decode()) != direct:
+                detours.append(f"{kind}: the proxy called the upstream's {called}, not the direct call's {direct}")
+    return problems, chunks, detours
 
 
 @dataclass(frozen=True)
@@ -115,7 +127,8 @@ class Measurement:
     p99_ms: float
     generator_cpu: float  # all of the load generator
     generator_busiest: float  # its busiest worker process (wrk: thread)
-    ttfc_ms: list[float] = field(default_factory=list)  # the paced test's times to the first word, ascending
+    ttfc_p50_ms: float | None = None  # the paced test's time to the first word
+    ttfc_p99_ms: float | None = None
     upstream_cpu: float = 0.0
     hop_cpu: float | None = None  # the proxy's (or relay's); None for direct runs
     hop_rss_mib: float | None = None  # sampled halfway through the window, under load
@@ -135,14 +148,6 @@ class Measurement:
         """(share of a core) / (requests a second): valid when the CPU window is a little shorter."""
         return None if self.hop_cpu is None or not self.rps else self.hop_cpu * 1000 / self.rps
 
-    @property
-    def ttfc_p50_ms(self) -> float | None:
-        return percentile(self.ttfc_ms, 50) if self.ttfc_ms else None
-
-    @property
-    def ttfc_p99_ms(self) -> float | None:
-        return percentile(self.ttfc_ms, 99) if self.ttfc_ms else None
-
     def with_window(self, window: WindowCpu, hop_rss: float | None) -> Measurement:
         """The upstream's and the hop's CPU (`window.used`, in that order) and the machine's added."""
         self.upstream_cpu = window.used[0] / window.wall
@@ -154,6 +159,5 @@ class Measurement:
         return self
 
     def as_json(self) -> Json:
-        fields = {k: v for k, v in asdict(self).items() if k != "ttfc_ms"}
-        return {**fields, "rps": self.rps, "chunks_per_s": self.chunks_per_s, "ttfc_p50_ms": self.ttfc_p50_ms,
-                "ttfc_p99_ms": self.ttfc_p99_ms, "hop_cpu_ms_per_req": self.hop_cpu_ms_per_req}
+        return {**asdict(self), "rps": self.rps, "chunks_per_s": self.chunks_per_s,
+                "hop_cpu_ms_per_req": self.hop_cpu_ms_per_req}

@@ -3,14 +3,13 @@
 It reads answers without looking at them (the sanity check does, and counts each stream's chunks
 for chunks/s). The request is a Lua script whose `done` hook prints wrk's exact numbers as a JSON
 line. wrk takes whole seconds only, so it runs with a long `-d` and is stopped by SIGINT after
-`--warmup` (unmeasured) and after `--seconds`; its CPU is read before it is reaped (WNOWAIT).
+`--warmup` (unmeasured) and after `--seconds`, its CPU read over exactly the measured window.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 import shutil
 import signal
 import subprocess
@@ -21,9 +20,8 @@ from typing import Final
 
 import orjson
 
-from .common import HOST, REQUEST_TIMEOUT
-from .servers import CpuWindow, Pinning, Server, cpu_seconds, pin_self, rss_mib
-from .targets import Measurement, RunSettings, Scenario, Target
+from .servers import HOST, Pinning, Server, cpu_seconds, watch
+from .targets import REQUEST_TIMEOUT, Measurement, RunSettings, Scenario, Target
 
 _MARK: Final = "WRKJSON "
 _DONE_HOOK: Final = r"""
@@ -49,9 +47,10 @@ def lua_string(data: bytes) -> str:
 
 def lua_script(target: Target, stream: bool) -> str:
     """The static request (built once by wrk, reused for every request) and the done hook."""
-    lines = ['wrk.method = "POST"', f"wrk.path = {lua_string(target.path(stream).encode())}",
-             f"wrk.body = {lua_string(target.body(stream))}"]
-    lines += [f"wrk.headers[{lua_string(k.encode())}] = {lua_string(v.encode())}" for k, v in target.headers.items()]
+    call = target.call
+    lines = ['wrk.method = "POST"', f"wrk.path = {lua_string(call.url_path(stream).encode())}",
+             f"wrk.body = {lua_string(call.body(stream))}"]
+    lines += [f"wrk.headers[{lua_string(k.encode())}] = {lua_string(v.encode())}" for k, v in call.headers.items()]
     return "\n".join(lines) + "\n" + _DONE_HOOK
 
 
@@ -71,27 +70,20 @@ def parse_done(output: str) -> dict[str, int]:
 
 
 @contextlib.contextmanager
-def wrk_process(argv: list[str], output: Path, cpus: frozenset[int] | None) -> Iterator[subprocess.Popen[bytes]]:
-    """wrk started on `cpus`, killed if still running on the way out."""
-    with output.open("wb") as out, pin_self(cpus):
+def wrk_process(argv: list[str], output: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """wrk started (on the load generator's CPUs, like this process); on the way out stopped by SIGINT,
+    on which it prints its numbers, or killed when it has not stopped 5 s later (it then printed none)."""
+    with output.open("wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     try:
         yield process
     finally:
-        if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
             process.kill()
-        process.wait()
-
-
-def stop_wrk(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    """SIGINT, then wait until wrk has exited without reaping it: its /proc/PID/stat stays readable."""
-    process.send_signal(signal.SIGINT)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
-            return
-        time.sleep(0.002)
-    raise RuntimeError(f"wrk did not stop within {grace:g} s of SIGINT")
+            process.wait()
 
 
 def run_wrk(target: Target, scenario: Scenario, upstream: Server, settings: RunSettings,
@@ -107,21 +99,14 @@ def run_wrk(target: Target, scenario: Scenario, upstream: Server, settings: RunS
     backstop = math.ceil(max(settings.seconds, settings.warmup)) + 30  # -d only backs SIGINT up
     argv = [wrk, "-t", str(threads), "-c", str(scenario.concurrency), "-d", f"{backstop}s",
             "--timeout", f"{math.ceil(REQUEST_TIMEOUT)}s", "-s", str(script), f"http://{HOST}:{target.port}/"]
-    cpus = settings.pinning.generator
     if settings.warmup > 0:
-        with wrk_process(argv, settings.tmp / f"{stem}-warmup.out", cpus) as process:
+        with wrk_process(argv, settings.tmp / f"{stem}-warmup.out"):
             time.sleep(settings.warmup)
-            stop_wrk(process)
     output = settings.tmp / f"{stem}.out"
-    with wrk_process(argv, output, cpus) as process:
-        window = CpuWindow([upstream.pid] + ([target.hop.pid] if target.hop else []))
+    with wrk_process(argv, output) as process:
         generator0 = cpu_seconds(process.pid)
-        time.sleep(settings.seconds / 2)
-        hop_rss = rss_mib(target.hop.pid) if target.hop else None
-        time.sleep(settings.seconds / 2)
-        stop_wrk(process)
+        cpu, hop_rss = watch(upstream, target.hop, settings.seconds)
         generator = cpu_seconds(process.pid) - generator0
-        cpu = window.close()
     text = output.read_text(errors="replace")
     if process.returncode != 0:
         raise RuntimeError(f"wrk exited with {process.returncode} ({stem}):\n{text[-1500:]}")

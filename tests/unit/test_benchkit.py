@@ -1,26 +1,40 @@
-"""The benchmark kit's pure parts, which every number of `make bench`'s summary goes through.
+"""The benchmark kit's parts, which every number of `make bench`'s summary goes through.
 
-The kit runs servers and load generators only under scripts/bench.py; what is tested here is what
-turns their counts into the summary: percentiles, per-request CPU, the answer checks, the targets'
-judgements and the table.
+The kit runs its load generators only under scripts/bench.py; what is tested here is what turns
+their counts into the summary (percentiles, per-request CPU, the targets' judgements, the table),
+the answer checks, the requests wrk and the aiohttp workers send, and every path's requests answered
+whole by the lean upstream, through the bare relay and through the proxy itself.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 from yarl import URL
 
-from scripts.benchkit.common import CONTENT_CHUNKS, STREAM_CHUNKS, percentile
 from scripts.benchkit.lean_upstream import SHAPES, lean_app
-from scripts.benchkit.load import split, spread
+from scripts.benchkit.load import load_specs, one_request, spread
 from scripts.benchkit.microbench import sigv4_microbench
-from scripts.benchkit.paths import PATHS, check_openai, path_names
-from scripts.benchkit.servers import Pinning, WindowCpu, bare_relay_app
+from scripts.benchkit.paths import (
+    CONTENT_CHUNKS,
+    PATHS,
+    STREAM_CHUNKS,
+    check_openai,
+    check_responses,
+    path_names,
+    proxy_config,
+)
+from scripts.benchkit.servers import Pinning, WindowCpu, bare_relay_app, http_request
 from scripts.benchkit.summary import SummaryRow, limit_notes, markdown_table, summary_lines, summary_rows
-from scripts.benchkit.targets import Measurement
-from scripts.benchkit.wrk import lua_string, parse_done
+from scripts.benchkit.targets import PACED, Measurement, Target, load_scenarios, percentile, sanity_check
+from scripts.benchkit.wrk import lua_script, lua_string, parse_done
+from tests.conftest import Proxy, ServerThread
 
 C = 50
 NO_PIN = Pinning(None, None, None, "none")
@@ -30,8 +44,9 @@ def run(path: str, target: str, scenario: str, rps: float, *, p50: float = 1.0, 
         errors: int = 0, ttfc: list[float] | None = None) -> Measurement:
     """A one-second run of `rps` requests whose hop spent `cpu_ms` of CPU on each."""
     hop_cpu = None if cpu_ms is None else cpu_ms * rps / 1000
+    ttfc_p50, ttfc_p99 = (percentile(ttfc, q) if ttfc else None for q in (50, 99))
     return Measurement(path, target, scenario, "wrk -t2", int(rps), int(rps) * 20, errors, [], 1.0, p50, p50 * 2,
-                       0.5, 0.3, ttfc or [], hop_cpu=hop_cpu)
+                       0.5, 0.3, ttfc_p50, ttfc_p99, hop_cpu=hop_cpu)
 
 
 def path_results(path: str, relay_rps: float, proxy_rps: float, proxy_cpu_ms: float,
@@ -45,8 +60,8 @@ def path_results(path: str, relay_rps: float, proxy_rps: float, proxy_cpu_ms: fl
 
 
 def rows_by_key(by_path: dict[str, dict[tuple[str, str], Measurement]],
-                paced: dict[str, Measurement] | None = None, sigv4: float | None = None) -> dict[str, SummaryRow]:
-    rows = summary_rows(by_path, paced, {"relay": {"idle": 40.0}, "proxy": {"idle": 45.0}}, sigv4, C)
+                sigv4: float | None = None) -> dict[str, SummaryRow]:
+    rows = summary_rows(by_path, {"relay": {"idle": 40.0}, "proxy": {"idle": 45.0}}, sigv4, C)
     return {row.key: row for row in rows}
 
 
@@ -70,21 +85,38 @@ def test_measurement_rates_and_cpu_per_request() -> None:
     direct = run("openai", "direct", "paced stream c=100", 500, ttfc=[10.0, 11.0, 30.0]).with_window(
         WindowCpu([0.5], wall=1.0, machine_busy=1.0, steal=0.0), None)
     assert direct.hop_cpu is None and direct.hop_cpu_ms_per_req is None
-    assert (direct.ttfc_p50_ms, direct.ttfc_p99_ms) == (11.0, 30.0)
 
 
 @pytest.mark.parametrize("name", list(PATHS))
 def test_each_lean_stream_passes_its_paths_check(name: str) -> None:
     # The lean upstream's answers (Bedrock's framed by the fake's event-stream encoder) read back whole.
-    shape = SHAPES[name]()
-    check = PATHS[name].direct_check
+    shape = SHAPES[PATHS[name].upstream]()
+    check = PATHS[name].direct.check
     assert check(shape.unary, False) == (0, None)
     stream = b"".join([*shape.events, *shape.end])
     chunks, problem = check(stream, True)
     assert problem is None
-    assert chunks == {"openai": STREAM_CHUNKS, "anthropic": 23, "vertex": CONTENT_CHUNKS, "bedrock": 22}[name]
+    assert chunks == {"openai": STREAM_CHUNKS, "responses": 26, "anthropic": 23, "vertex": CONTENT_CHUNKS,
+                      "bedrock": 22}[PATHS[name].upstream]
     assert check(stream[: len(stream) // 2], True)[1] is not None
+    assert check(stream[: stream.rfind(shape.events[-1][:14])], True)[1] is not None  # all but the last event
     assert check(b"<html>busy</html>", False)[1] is not None
+
+
+def test_the_lean_responses_stream_follows_openais_grammar() -> None:
+    shape = SHAPES["responses"]()
+    events = [orjson.loads(e.split(b"\ndata: ", 1)[1]) for e in shape.events]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert [e["type"].removeprefix("response.") for e in events] == [
+        "created", "in_progress", "output_item.added", "content_part.added", *["output_text.delta"] * CONTENT_CHUNKS,
+        "output_text.done", "content_part.done", "output_item.done", "completed"]
+    assert all(e.startswith(b"event: " + orjson.loads(e.split(b"\ndata: ", 1)[1])["type"].encode() + b"\n")
+               for e in shape.events)
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    completed = events[-1]["response"]
+    assert completed["output"][0]["content"][0]["text"] == text == events[-4]["text"]
+    assert completed["usage"]["total_tokens"] == completed["usage"]["input_tokens"] + completed["usage"]["output_tokens"]
+    assert orjson.loads(shape.unary) == completed
 
 
 def test_the_callers_stream_check_wants_twenty_chunks_and_done() -> None:
@@ -94,10 +126,55 @@ def test_the_callers_stream_check_wants_twenty_chunks_and_done() -> None:
     assert check_openai(chunk * 20, True)[1] is not None
 
 
-def test_a_translating_path_brings_the_baseline() -> None:
+def test_a_path_brings_what_it_is_compared_with() -> None:
     assert path_names("vertex") == ["openai", "vertex"]
     assert path_names("openai") == ["openai"]
     assert path_names("bedrock,openai,bedrock") == ["openai", "bedrock"]
+    assert path_names("responses-stored") == ["openai", "responses-anthropic", "responses-stored"]
+
+
+def test_each_path_says_what_the_caller_sends_beside_the_direct_call() -> None:
+    chat, native = PATHS["anthropic"], PATHS["responses-openai"]
+    translated, stored = PATHS["responses-anthropic"], PATHS["responses-stored"]
+    assert chat.caller.path == "/v1/chat/completions" and chat.caller.check is check_openai
+    assert {p.caller.path for p in (native, translated, stored)} == {"/v1/responses"}
+    assert {p.caller.check for p in (native, translated, stored)} == {check_responses}
+    assert orjson.loads(translated.caller.body(True)) == {
+        "model": "claude-3-5-sonnet-20241022", "input": orjson.loads(chat.caller.body(False))["messages"][0]["content"],
+        "max_output_tokens": 64, "store": False, "stream": True}
+    assert orjson.loads(stored.caller.body(False))["store"] is True
+    # Native: the proxy sends the caller's body on OpenAI's own URL; translated: Anthropic's call.
+    assert native.direct.path == "/openai/v1/responses" and native.upstream == "responses"
+    assert native.direct.body(True) == native.caller.body(True)
+    assert translated.direct == stored.direct == chat.direct
+    assert (native.cpu_ratio, translated.cpu_ratio, stored.cpu_ratio, stored.p50_base) == (
+        1.1, 1.5, None, "responses-anthropic")
+
+
+def test_the_responses_check_wants_every_delta_and_completed_last() -> None:
+    def stream(*kinds: str, named: bool = True) -> bytes:
+        return b"".join((f"event: {k}\n" if named else "").encode() + b'data: {"type":"' + k.encode() + b'"}\n\n'
+                        for k in kinds)
+
+    kinds = ["response.created", *["response.output_text.delta"] * CONTENT_CHUNKS, "response.completed"]
+    assert check_responses(stream(*kinds), True) == (CONTENT_CHUNKS + 2, None)
+    assert check_responses(stream(*kinds, named=False), True) == (CONTENT_CHUNKS + 2, None)  # data lines only
+    assert check_responses(stream(*kinds, "response.failed"), True)[1] is not None
+    assert check_responses(stream(*kinds[1:]), True) == (CONTENT_CHUNKS + 1, None)
+    assert check_responses(stream(*kinds[2:]), True)[1] is not None  # a delta short
+    assert check_responses(b'{"object":"response","output":[]}', False) == (0, None)
+    assert check_responses(b'{"object":"chat.completion","choices":[]}', False)[1] is not None
+
+
+@pytest.mark.parametrize("name", ["responses-openai", "responses-stored"])
+def test_wrk_sends_the_callers_body_to_the_callers_url(name: str) -> None:
+    path = PATHS[name]
+    proxy = lua_script(Target("proxy", name, 1, path.caller, None), True)
+    direct = lua_script(Target("direct", name, 1, path.direct, None), False)
+    assert 'wrk.path = "/v1/responses"' in proxy and '\\"stream\\":true' in proxy
+    assert f'\\"store\\":{str(name == "responses-stored").lower()}' in proxy
+    assert '"X-API-Key"' in proxy and '"X-API-Key"' not in direct
+    assert f"wrk.path = {lua_string(path.direct.path.encode())}" in direct
 
 
 def test_throughput_target_is_nine_tenths_of_the_relay() -> None:
@@ -117,6 +194,25 @@ def test_added_latency_is_judged_against_the_relays() -> None:
     assert late["openai.unary c=1.added_p50"].met is False
 
 
+def test_responses_paths_are_judged_against_the_chat_passthrough_and_their_unstored_twin() -> None:
+    by_path = {"openai": path_results("openai", 1000, 900, proxy_cpu_ms=0.2),
+               "responses-openai": path_results("responses-openai", 1000, 880, proxy_cpu_ms=0.23),
+               "responses-anthropic": path_results("responses-anthropic", 1000, 800, proxy_cpu_ms=0.29, proxy_p50=0.6),
+               "responses-stored": path_results("responses-stored", 1000, 700, proxy_cpu_ms=0.4, proxy_p50=0.85)}
+    rows = rows_by_key(by_path=by_path)
+    assert rows[f"responses-openai.unary c={C}.cpu_ms"].met is False  # 1.15x: native is held to 1.1x
+    assert rows[f"responses-anthropic.stream c={C}.cpu_ms"].met is True  # 1.45x of 1.5x
+    stored_cpu = rows[f"responses-stored.unary c={C}.cpu_ms"]
+    assert stored_cpu.met_text() == "" and "is 2.00x" in stored_cpu.target  # reported, not judged
+    added = rows["responses-stored.unary c=1.added_p50"]
+    assert added.proxy == pytest.approx(0.25) and added.met is False
+    assert added.target == "proxy <= 0.2 ms (relay: 0.000)"  # the same direct call on both paths
+    by_path["responses-stored"] = path_results("responses-stored", 1000, 700, proxy_cpu_ms=0.4, proxy_p50=0.79)
+    assert rows_by_key(by_path=by_path)["responses-stored.stream c=1.added_p50"].met is True
+    assert "responses-stored.unary c=1.added_p50" not in rows_by_key(by_path={
+        p: r for p, r in by_path.items() if p != "responses-anthropic"})
+
+
 def test_translation_cpu_is_judged_against_the_passthrough() -> None:
     by_path = {"openai": path_results("openai", 1000, 900, proxy_cpu_ms=0.2),
                "anthropic": path_results("anthropic", 1000, 800, proxy_cpu_ms=0.3),
@@ -130,11 +226,13 @@ def test_translation_cpu_is_judged_against_the_passthrough() -> None:
 
 
 def test_paced_rss_and_failed_requests() -> None:
-    paced = {"direct": run("openai", "direct", "paced", 500, ttfc=[10.0, 12.0]),
-             "relay": run("openai", "relay", "paced", 500, ttfc=[10.5, 12.0], cpu_ms=0.6),
-             "proxy": run("openai", "proxy", "paced", 500, ttfc=[14.0, 16.0], cpu_ms=1.2, errors=2)}
     by_path = {"openai": path_results("openai", 1000, 950, 0.2)}
-    rows = rows_by_key(by_path=by_path, paced=paced)
+    assert "paced.ttfc_p50" not in rows_by_key(by_path=by_path)
+    by_path["openai"].update({("direct", PACED.name): run("openai", "direct", PACED.name, 500, ttfc=[10.0, 12.0]),
+                              ("relay", PACED.name): run("openai", "relay", PACED.name, 500, ttfc=[10.5, 12.0], cpu_ms=0.6),
+                              ("proxy", PACED.name): run("openai", "proxy", PACED.name, 500, ttfc=[14.0, 16.0],
+                                                         cpu_ms=1.2, errors=2)})
+    rows = rows_by_key(by_path=by_path)
     assert rows["paced.ttfc_p50"].met is True  # 14 <= 10 + 5
     assert rows["paced.hop_cpu"].met is False  # 0.6 of a core
     assert rows["rss.idle"].met is True
@@ -147,12 +245,12 @@ def test_targets_without_their_reference_are_not_judged() -> None:
     rows = rows_by_key(by_path={"openai": results})
     assert rows[f"openai.unary c={C}.rps"].met is None
     assert rows[f"openai.unary c={C}.rps"].met_text() == "n/a"
-    lines = summary_lines(list(summary_rows({"openai": results}, None, {}, None, C)), [], "wrk")
+    lines = summary_lines(list(summary_rows({"openai": results}, {}, None, C)), [], "wrk")
     assert any(line.startswith("targets met: ") and "n/a" in line for line in lines)
 
 
 def test_markdown_table_is_aligned() -> None:
-    rows = summary_rows({"openai": path_results("openai", 1000, 900, 0.2)}, None, {}, None, C)
+    rows = summary_rows({"openai": path_results("openai", 1000, 900, 0.2)}, {}, None, C)
     table = markdown_table(rows)
     assert len(table) == len(rows) + 2
     assert len({len(line) for line in table}) == 1
@@ -163,7 +261,7 @@ def test_notes_name_capped_and_disturbed_runs() -> None:
     results = path_results("openai", 1000, 900, 0.2)
     results["proxy", f"unary c={C}"].generator_busiest = 0.95
     results["relay", "unary c=1"].other_cpu = 0.4
-    notes = limit_notes({"openai": results}, None, NO_PIN, C)
+    notes = limit_notes({"openai": results}, NO_PIN, C)
     assert any("openai proxy unary c=50: the load side was the limit" in note for note in notes)
     assert any("1 of 12 runs disturbed" in note for note in notes)
 
@@ -183,19 +281,19 @@ def test_the_sigv4_micro_benchmark_signs_with_the_proxys_own_function() -> None:
 
 
 def test_connections_split_and_spread_over_workers() -> None:
-    assert split(50, 2) == [25, 25]
-    assert split(5, 2) == [3, 2]
-    assert split(1, 4) == [1]
-    delays = spread([2, 2], 0.2)
-    assert sorted(d for worker in delays for d in worker) == pytest.approx([0.0, 0.05, 0.1, 0.15])
-    assert spread([3], 0.0) == [(0.0, 0.0, 0.0)]
+    assert [len(d) for d in spread(50, 2, 0.0)] == [25, 25]
+    assert [len(d) for d in spread(5, 2, 0.0)] == [3, 2]
+    assert spread(1, 4, 0.0) == [(0.0,)]
+    first, second = spread(4, 2, 0.2)
+    assert (first, second) == (pytest.approx((0.0, 0.1)), pytest.approx((0.05, 0.15)))  # interleaved
+    assert spread(3, 1, 0.0) == [(0.0, 0.0, 0.0)]
 
 
 async def test_the_lean_upstream_answers_every_path_through_the_bare_relay() -> None:
     # Real servers on loopback: the lean upstream, the relay in front of it, each path's direct requests.
     runners = []
     try:
-        upstream = web.AppRunner(lean_app(list(PATHS.values())))
+        upstream = web.AppRunner(lean_app())
         runners.append(upstream)
         await upstream.setup()
         await web.TCPSite(upstream, "127.0.0.1", 0).start()
@@ -207,13 +305,66 @@ async def test_the_lean_upstream_answers_every_path_through_the_bare_relay() -> 
         async with aiohttp.ClientSession() as session:
             for path in PATHS.values():
                 for stream in (False, True):
-                    url = URL(f"http://127.0.0.1:{port}{path.direct_target(stream)}", encoded=True)
-                    async with session.post(url, data=path.direct_body(stream), headers=path.direct_headers) as resp:
+                    url = URL(f"http://127.0.0.1:{port}{path.direct.url_path(stream)}", encoded=True)
+                    async with session.post(url, data=path.direct.body(stream), headers=path.direct.headers) as resp:
                         assert resp.status == 200, (path.name, stream)
-                        assert path.direct_check(await resp.read(), stream)[1] is None, (path.name, stream)
-                async with session.post(URL(f"http://127.0.0.1:{port}{path.direct_path}", encoded=True),
-                                        data=path.direct_body(False)) as resp:
+                        assert path.direct.check(await resp.read(), stream)[1] is None, (path.name, stream)
+                async with session.post(URL(f"http://127.0.0.1:{port}{path.direct.path}", encoded=True),
+                                        data=path.direct.body(False)) as resp:
                     assert resp.status == 401  # no key: refused, as a real API does first
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
+
+
+@pytest.fixture
+def lean_url(servers: ServerThread) -> Iterator[str]:
+    """The lean upstream on the test servers' loop."""
+    async def start() -> web.AppRunner:
+        runner = web.AppRunner(lean_app())
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return runner
+
+    runner = servers.run(start())
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    servers.run(runner.cleanup())
+
+
+def test_every_paths_callers_requests_come_back_whole_through_the_proxy(
+        lean_url: str, make_proxy: Callable[..., Proxy]) -> None:
+    # The proxy on the bench's own config in front of the lean upstream: each path's caller call, and
+    # where the proxy sent it (the upstream's last URL), as the bench's sanity check reads them.
+    proxy = make_proxy(text=proxy_config(lean_url))
+    upstream_port, proxy_port = (int(url.rsplit(":", 1)[1]) for url in (lean_url, proxy.url))
+    targets = [Target(name, path.name, port, call, None) for path in PATHS.values()
+               for name, port, call in (("direct", upstream_port, path.direct), ("proxy", proxy_port, path.caller))]
+    problems, chunks, detours = sanity_check(targets, upstream_port)
+    assert problems == []
+    assert {chunks[name, "proxy"] for name in ("responses-openai", "responses-anthropic", "responses-stored")} == {26}
+    assert chunks["openai", "proxy"] == chunks["anthropic", "proxy"] == STREAM_CHUNKS
+    assert detours == []  # responses-openai included: the caller's body goes to OpenAI's /responses
+    # The stored variant's answers are kept (in STATE_DIRECTORY's SQLite files, where the bench's proxy
+    # keeps them: its temporary directory), the other's not.
+    for name, kept in (("responses-anthropic", False), ("responses-stored", True)):
+        caller = PATHS[name].caller
+        status, body = http_request(proxy_port, "POST", caller.path, caller.body(False), caller.headers)
+        assert status == 200 and orjson.loads(body)["store"] is kept
+    assert (Path(proxy.config.state.path) / "responses.db").is_file()
+
+    async def aiohttp_generator_requests() -> list[tuple[str, str, int, str | None]]:
+        # What the aiohttp load generator's workers send, one request each, through the proxy.
+        sent = []
+        async with aiohttp.ClientSession() as session:
+            for target in (t for t in targets if t.name == "proxy"):
+                for scenario in load_scenarios(1)[::2]:
+                    spec, = load_specs(target, scenario, workers=2, warmup=0.0, seconds=0.0)
+                    chunks, problem, _ = await one_request(session, spec, 0.0)
+                    sent.append((target.bench_path, spec.url.path, chunks, problem))
+        return sent
+
+    sent = asyncio.run(aiohttp_generator_requests())
+    assert [problem for *_, problem in sent] == [None] * len(sent)
+    assert {(path, url, chunks) for path, url, chunks, _ in sent if path.startswith("responses-")} == {
+        (name, "/v1/responses", chunks) for name in ("responses-openai", "responses-anthropic", "responses-stored")
+        for chunks in (0, 26)}
