@@ -432,6 +432,8 @@ async def native_lookup(gateway: Gateway, provider_name: str, dialect: str, meth
     if provider is None:  # the provider that made it left the configuration since
         raise GatewayError(404, f"The provider that stored this response ('{provider_name}') is no longer "
                                 "configured.", code="not_found")
+    if provider.unconfigured is not None:
+        raise _not_configured(table, provider.name, provider.unconfigured)
     credential = credential_for(provider, None, caller)
     if credential is None:
         raise missing_provider_key(provider, caller)

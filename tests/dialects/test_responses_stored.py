@@ -267,3 +267,21 @@ def test_two_instances_share_conversations_through_redis(spawn: Callable[..., Pr
     status, body = request(ports[1], f"/v1/responses/{first}", None, HEADERS)
     assert status == 200 and json.loads(body)["id"] == first
     assert redis_keys(prefix)  # the conversation is in Redis, under this test's prefix
+
+
+def test_a_response_whose_provider_left_the_configuration(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> None:
+    """Two gateways on one state directory: the second no longer configures the provider that kept it."""
+    kept = make_proxy().client().responses.create(model="azure/gpt-4o", input="kept at azure")
+    without = make_proxy(text=config_text(fake).replace("  azure:    {endpoint:", "  other:    {type: azure, endpoint:"))
+    fake.clear()
+    with pytest.raises(openai.InternalServerError) as caught:  # azure is still a type, now without a setting
+        without.client().responses.retrieve(kept.id)
+    assert caught.value.status_code == 503 and caught.value.code == "provider_not_configured"
+    with pytest.raises(openai.BadRequestError) as refused:
+        without.client().responses.create(model="other/gpt-4o", input="x", previous_response_id=kept.id)
+    assert refused.value.code == "previous_response_not_found" and not fake.requests
+    named = make_proxy().client().responses.create(model="azure-eu/gpt-4o-eu", input="kept at azure-eu")
+    gone = make_proxy(text=config_text(fake).replace("  azure-eu:\n", "  azure-gone:\n"))
+    with pytest.raises(openai.NotFoundError) as missing:
+        gone.client().responses.retrieve(named.id)
+    assert "no longer configured" in missing.value.message
