@@ -22,7 +22,7 @@ from . import relay, stored
 from .bodies import MAX_DEPTH, Body, BodyBudget, read_body, too_deep
 from .config import Secret
 from .dialects import Dialect, Operation, PathTable, chat, conversations, messages, reasoning, responses
-from .dialects.conversations import Affinity, Chain, Owner
+from .dialects.conversations import Affinity, Chain, Owner, Turn
 from .errors import GatewayError, UpstreamError, bad_request, detach
 from .hosts import HostGuard
 from .observability import THROTTLE, RequestRecord, new_request_id
@@ -377,12 +377,10 @@ def _stored(dialect: Dialect) -> Handler:
     when a native attempt made it; 404 for any other id."""
 
     async def endpoint(request: web.Request) -> web.StreamResponse:
-        response_id = request.match_info["id"]
-        found = await stored.locate(await _store_of(request), response_id, _request_owner(request))
+        _, found = await _located(request)
         if isinstance(found, Affinity):
             return await _at_provider(request, found, "GET", "")
-        return web.Response(body=orjson.dumps(found.response),
-                            headers={"Content-Type": JSON, "x-request-id": request[REQUEST_ID]})
+        return _json(request, orjson.dumps(found.response))
 
     return endpoint
 
@@ -392,16 +390,14 @@ def _forget(dialect: Dialect) -> Handler:
     stored it, for a native one, and then its affinity record)."""
 
     async def endpoint(request: web.Request) -> web.StreamResponse:
-        store = await _store_of(request)
+        store, found = await _located(request)
         response_id = request.match_info["id"]
-        owner = _request_owner(request)
-        found = await stored.locate(store, response_id, owner)
         if isinstance(found, Affinity):
             response = await _at_provider(request, found, "DELETE", "")
             await stored.forget(store, conversations.affinity_key(response_id))
             return response
-        body = await stored.remove(store, response_id, owner)
-        return web.Response(body=body, headers={"Content-Type": JSON, "x-request-id": request[REQUEST_ID]})
+        await stored.forget(store, conversations.key(response_id))
+        return _json(request, conversations.deleted(response_id))
 
     return endpoint
 
@@ -410,16 +406,26 @@ def _stored_input(dialect: Dialect) -> Handler:
     """GET /v1/responses/{id}/input_items: the input a stored response was made from, one page."""
 
     async def endpoint(request: web.Request) -> web.StreamResponse:
-        store = await _store_of(request)
-        response_id = request.match_info["id"]
-        owner = _request_owner(request)
-        found = await stored.locate(store, response_id, owner)
+        store, found = await _located(request)
         if isinstance(found, Affinity):
             return await _at_provider(request, found, "GET", "/input_items")
-        body = await stored.input_page(store, response_id, owner, request.query)
-        return web.Response(body=body, headers={"Content-Type": JSON, "x-request-id": request[REQUEST_ID]})
+        return _json(request, await stored.input_page(store, found, request.query))
 
     return endpoint
+
+
+async def _located(request: web.Request) -> tuple[Store, Turn | Affinity]:
+    """The store and where the caller's response of the path's {id} is (404 for any other id)."""
+    gateway = request.app[GATEWAY]
+    response_id = request.match_info["id"]
+    if not gateway.state.config.responses:
+        raise conversations.stored_missing(response_id)  # none is kept
+    store = await stored.store_of(gateway)
+    return store, await stored.locate(store, response_id, _owner(request, request[CALLER]))
+
+
+def _json(request: web.Request, body: bytes) -> web.Response:
+    return web.Response(body=body, headers={"Content-Type": JSON, "x-request-id": request[REQUEST_ID]})
 
 
 # What a caller may ask of a stored Response's input items at a provider, passed on as given.
@@ -434,18 +440,6 @@ async def _at_provider(request: web.Request, found: Affinity, method: str, tail:
         path += "?" + urlencode(query)
     return await relay.native_lookup(request.app[GATEWAY], found.provider, "responses", method, path,
                                      request[CALLER], request[REQUEST_ID])
-
-
-def _request_owner(request: web.Request) -> Owner:
-    return _owner(request, request[CALLER])
-
-
-async def _store_of(request: web.Request) -> Store:
-    """The store a stored response is read from; with stored responses off, every id is unknown."""
-    gateway = request.app[GATEWAY]
-    if not gateway.state.config.responses:
-        raise conversations.stored_missing(request.match_info["id"])
-    return await stored.store_of(gateway)
 
 
 # What serves each operation a dialect's path names (dialects.Operation).

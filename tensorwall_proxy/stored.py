@@ -174,21 +174,6 @@ async def locate(store: Store, response_id: str, owner: Owner) -> Turn | Affinit
     return found
 
 
-async def fetch(store: Store, response_id: str, owner: Owner) -> Turn:
-    """The turn the gateway kept of ``owner``'s ``response_id``; 404 otherwise."""
-    found = await locate(store, response_id, owner)
-    if not isinstance(found, Turn):
-        raise conversations.stored_missing(response_id)
-    return found
-
-
-async def remove(store: Store, response_id: str, owner: Owner) -> bytes:
-    """``DELETE``: the turn the gateway kept of ``owner``'s ``response_id`` removed; its body."""
-    await fetch(store, response_id, owner)
-    await forget(store, conversations.key(response_id))
-    return conversations.deleted(response_id)
-
-
 async def forget(store: Store, key: str) -> None:
     """``key`` removed from the store; 503 when it cannot be."""
     try:
@@ -197,14 +182,13 @@ async def forget(store: Store, key: str) -> None:
         raise unavailable() from None
 
 
-async def input_page(store: Store, response_id: str, owner: Owner, query: Mapping[str, str]) -> bytes:
-    """``GET …/input_items``: the input the model saw for that response (its conversation before
+async def input_page(store: Store, turn: Turn, query: Mapping[str, str]) -> bytes:
+    """``GET …/input_items``: the input the model saw for a kept response (its conversation before
     it, then its own input), one page."""
-    turn = await fetch(store, response_id, owner)
     items: list[dict[str, Any]] = []
     if turn.parent is not None:
         try:
-            items = (await _read(store, turn.parent, owner)).items()  # a read: no renewal
+            items = (await _read(store, turn.parent, turn.owner)).items()  # a read: no renewal
         except GatewayError as exc:
             if exc.status == 503:
                 raise

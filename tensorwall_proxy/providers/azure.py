@@ -25,15 +25,14 @@ from yarl import URL
 from ..errors import UpstreamError
 from ..sse import SseDecoder
 from .catalog import TYPES
-from .contract import ChatRequest, EmbeddingsRequest, NativeAnswer, NativeStream, UpstreamCall, path_segment
+from .contract import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
 from .openai_wire import (
     USER_AGENT,
+    NativeReading,
     PassthroughStream,
     adapt_chat_body,
     classify_openai_error,
     native_body,
-    native_decoder,
-    read_native_answer,
     upstream_url,
 )
 
@@ -59,7 +58,7 @@ def _headers(credential: Credential) -> dict[str, str]:
     return headers
 
 
-class Azure:
+class Azure(NativeReading):
     """The Provider for Azure OpenAI deployments."""
 
     type = "azure"
@@ -105,12 +104,6 @@ class Azure:
                              credential: Credential) -> UpstreamCall:
         url = upstream_url(provider.endpoint, V1_PATHS[dialect])
         return UpstreamCall("POST", url, _headers(credential), native_body(req, model), req.stream)
-
-    def native_decoder(self, dialect: str, req: ChatRequest, provider: ProviderConfig) -> NativeStream:
-        return native_decoder(dialect, provider.name)
-
-    def read_native_answer(self, dialect: str, provider: ProviderConfig, body: bytes) -> NativeAnswer:
-        return read_native_answer(dialect, provider.name, body)
 
     def build_native_lookup(self, dialect: str, provider: ProviderConfig, method: str, path: str,
                             credential: Credential) -> UpstreamCall:

@@ -23,18 +23,17 @@ from yarl import URL
 from ..errors import UnsupportedField, UpstreamError
 from ..sse import SseDecoder
 from .catalog import TYPES
-from .contract import ChatRequest, EmbeddingsRequest, NativeAnswer, NativeStream, UpstreamCall
+from .contract import ChatRequest, EmbeddingsRequest, UpstreamCall
 from .ids import IdStyle
 from .openai_wire import (
     NATIVE_PATHS,
+    NativeReading,
     PassthroughStream,
     adapt_chat_body,
     auth_headers,
     classify_openai_error,
     embeddings_to_base64,
     native_body,
-    native_decoder,
-    read_native_answer,
     upstream_url,
 )
 
@@ -68,7 +67,7 @@ WIRE: Final[dict[str, Wire]] = {
 }
 
 
-class OpenAICompatible:
+class OpenAICompatible(NativeReading):
     """The Provider for openai, groq, mistral, lmstudio and ollama, parameterised by ``Wire``."""
 
     def __init__(self, provider_type: str) -> None:
@@ -129,12 +128,6 @@ class OpenAICompatible:
         headers = auth_headers(self.kind.forwarded_headers, credential, req.headers)
         url = upstream_url(provider.base_url, self.wire.api_root + NATIVE_PATHS[dialect])
         return UpstreamCall("POST", url, headers, native_body(req, model), req.stream)
-
-    def native_decoder(self, dialect: str, req: ChatRequest, provider: ProviderConfig) -> NativeStream:
-        return native_decoder(dialect, provider.name)
-
-    def read_native_answer(self, dialect: str, provider: ProviderConfig, body: bytes) -> NativeAnswer:
-        return read_native_answer(dialect, provider.name, body)
 
     def build_native_lookup(self, dialect: str, provider: ProviderConfig, method: str, path: str,
                             credential: Credential) -> UpstreamCall:

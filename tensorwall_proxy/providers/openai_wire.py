@@ -294,6 +294,19 @@ def native_body(req: ChatRequest, model: str) -> bytes:
     return orjson.dumps(body)
 
 
+class NativeReading:
+    """What every type of this wire does alike with a native answer: read it (its stream, or its
+    whole body) as the dialect's own. The types differ only in where they send the call."""
+
+    __slots__ = ()
+
+    def native_decoder(self, dialect: str, req: ChatRequest, provider: ProviderConfig) -> NativeStream:
+        return native_decoder(dialect, provider.name)
+
+    def read_native_answer(self, dialect: str, provider: ProviderConfig, body: bytes) -> NativeAnswer:
+        return read_native_answer(dialect, provider.name, body)
+
+
 def native_decoder(dialect: str, provider: str) -> NativeStream:
     """The decoder for a native stream: Responses events, or legacy completions chunks (which
     carry usage only when the caller asked for it: the body is the caller's)."""
