@@ -413,7 +413,7 @@ def test_load_config_resolves_file_references_next_to_the_yaml(tmp_path: Path) -
     path = tmp_path / "tensorwall.yaml"
     path.write_text('gateway_keys: ["${file:gateway.key}"]\n', encoding="utf-8")
     config = load_config(path, env={})
-    assert config.gateway_keys == (TEST_DIGEST,)
+    assert tuple(p.digest for p in config.gateway_keys) == (TEST_DIGEST,)
     assert config.source == str(path)
 
 
@@ -439,7 +439,7 @@ def test_a_plain_gateway_key_becomes_its_sha256_digest() -> None:
     config = parse("""
         gateway_keys: [test, "${TENSORWALL_KEY}"]
     """, {"TENSORWALL_KEY": "from-env"})
-    assert config.gateway_keys == (
+    assert tuple(p.digest for p in config.gateway_keys) == (
         TEST_DIGEST,
         "sha256:" + hashlib.sha256(b"from-env").hexdigest(),
     )
@@ -450,7 +450,7 @@ def test_a_digest_is_kept_and_lowercased() -> None:
     config = parse(f"""
         gateway_keys: ["{upper}", "{TEST_DIGEST}"]
     """)
-    assert config.gateway_keys == (TEST_DIGEST, TEST_DIGEST)
+    assert tuple(p.digest for p in config.gateway_keys) == (TEST_DIGEST, TEST_DIGEST)
 
 
 @pytest.mark.parametrize("digest", ["sha256:abc", "sha256:" + "g" * 64, "sha256:" + "a" * 65, "sha256:"])
