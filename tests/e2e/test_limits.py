@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -161,12 +162,14 @@ def test_the_fourth_request_of_three_a_minute_is_429_with_the_headers(keyed: Pro
     assert "x-ratelimit-limit-requests" not in headers
 
 
-def test_a_principal_without_limits_touches_no_store(keyed: Proxy) -> None:
+def test_a_principal_without_limits_touches_no_store(keyed: Proxy, tmp_path: Path) -> None:
     client = _openai(keyed, TEAM_KEY)
     raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=USER)  # type: ignore[arg-type]
     assert "x-ratelimit-limit-requests" not in raw.headers
     assert keyed.app[api.GATEWAY].limits.local.counters == {}
-    assert keyed.app[api.GATEWAY].state.opened is None
+    assert not (tmp_path / "state" / "limits.db").exists()  # never opened
+    post_json(keyed, "/v1/chat/completions", {"model": "gpt-4o", "messages": USER})  # a limited principal
+    assert (tmp_path / "state" / "limits.db").is_file()
 
 
 # --- tokens ------------------------------------------------------------------------------------
