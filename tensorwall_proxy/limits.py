@@ -221,6 +221,26 @@ def renew(counters: Counters, leases: Sequence[str], now: float) -> None:
             counters.leases[lease] = now + LEASE_SECONDS
 
 
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """A principal's counters as ``keys`` shows them: what is left of each limit now."""
+
+    requests: Quota | None
+    tokens_per_minute: Quota | None
+    tokens_today: float  # used on the current UTC day
+    leases: int  # requests in flight (live leases)
+
+
+def standing(counters: Counters, limits: Limits, now: float) -> Standing:
+    """What ``counters`` leave of ``limits`` at ``now``; changes nothing."""
+    day = int(now // DAY)
+    used = counters.used if counters.day == day else 0.0
+    tpm = limits.tokens_per_minute
+    level = _refill(counters, tpm, now) if tpm is not None else 0.0
+    quotas = verdict(Limits(limits.requests_per_minute, tpm), True, 0.0, "", now, counters.tat, level, used)
+    return Standing(quotas.requests, quotas.tokens, used, sum(1 for expiry in counters.leases.values() if expiry > now))
+
+
 # --- the reservation ------------------------------------------------------------------------------
 
 _CAPS: Final = ("max_tokens", "max_completion_tokens", "max_output_tokens")
@@ -344,6 +364,10 @@ class LimitStore(Protocol):
         """``renew`` the principal's leases this process holds."""
         ...
 
+    async def counters(self, principal: str) -> tuple[Counters, float]:
+        """The principal's counters and the store's time, read without a change."""
+        ...
+
     async def close(self) -> None:
         """Release the backend's connections and threads."""
         ...
@@ -357,22 +381,26 @@ class MemoryLimits:
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
-        self.counters: dict[str, Counters] = {}
+        self.kept: dict[str, Counters] = {}
 
     async def check(self, principal: str, limits: Limits, ask: Ask) -> Verdict:
         """``decide`` on this process's counters."""
-        return decide(self.counters.setdefault(principal, Counters()), limits, ask, self.clock())
+        return decide(self.kept.setdefault(principal, Counters()), limits, ask, self.clock())
 
     async def settle(self, principal: str, limits: Limits, reserved: int, used: int | None, day: int,
                      lease: str | None) -> None:
         """``settle`` on this process's counters."""
-        settle(self.counters.setdefault(principal, Counters()), limits, reserved, used, day, lease, self.clock())
+        settle(self.kept.setdefault(principal, Counters()), limits, reserved, used, day, lease, self.clock())
 
     async def renew(self, principal: str, leases: Sequence[str]) -> None:
         """``renew`` on this process's counters."""
-        counters = self.counters.get(principal)
+        counters = self.kept.get(principal)
         if counters is not None:
             renew(counters, leases, self.clock())
+
+    async def counters(self, principal: str) -> tuple[Counters, float]:
+        """This process's counters of ``principal``."""
+        return self.kept.get(principal, Counters()), self.clock()
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -26,7 +26,17 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from ..limits import CONCURRENT_RETRY, DAY, LEASE_SECONDS, MINUTE, TOKEN_SLACK, Ask, Verdict, verdict
+from ..limits import (
+    CONCURRENT_RETRY,
+    DAY,
+    LEASE_SECONDS,
+    MINUTE,
+    TOKEN_SLACK,
+    Ask,
+    Counters,
+    Verdict,
+    verdict,
+)
 from . import ErrorCounter
 from .guard import CallGuard
 
@@ -227,6 +237,13 @@ redis.call('PEXPIRE', KEYS[2], math.ceil(LEASE * 1000))
 return 1
 """
 
+# The counters as they are, read on Redis's clock: the hash's fields, the live leases, the time.
+_READ_LUA: Final = _COMMON_LUA + """
+local h = redis.call('HMGET', KEYS[1], 't', 'l', 'u', 'd', 's')
+local leases = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. f(now), '+inf', 'WITHSCORES')
+return {h[1] or '', h[2] or '', h[3] or '', h[4] or '', h[5] or '', f(now), leases}
+"""
+
 # Appended to every script's ARGV: the constants the Lua shares with limits.py.
 _CONSTANTS: Final = (MINUTE, DAY, TOKEN_SLACK)
 
@@ -248,6 +265,7 @@ class RedisLimits:
         self._check = client.register_script(_CHECK_LUA)
         self._settle = client.register_script(_SETTLE_LUA)
         self._renew = client.register_script(_RENEW_LUA)
+        self._read = client.register_script(_READ_LUA)
 
     @classmethod
     async def open(cls, config: StateConfig, on_error: ErrorCounter | None = None) -> RedisLimits:
@@ -278,6 +296,15 @@ class RedisLimits:
         """``limits.renew`` in one script."""
         args: tuple[str | float, ...] = (LEASE_SECONDS, *leases, *_CONSTANTS)
         await self._guard.run("limit_renew", self._renew(keys=self._keys(principal), args=args))
+
+    async def counters(self, principal: str) -> tuple[Counters, float]:
+        """The principal's counters as they are, and Redis's time, in one script."""
+        answer = await self._guard.run("limit_read", self._read(keys=self._keys(principal), args=_CONSTANTS))
+        tat, level, updated, day, used, now = (_text(v) for v in answer[:6])
+        pairs = [_text(v) for v in answer[6]]
+        return Counters(int(float(tat or 0)), float(level) if level else None, float(updated or 0),
+                        int(float(day or 0)), float(used or 0),
+                        {pairs[i]: float(pairs[i + 1]) for i in range(0, len(pairs), 2)}), float(now)
 
     async def close(self) -> None:
         """Close the pool's connections; every call after this fails."""

@@ -332,10 +332,9 @@ def _counted(connection: sqlite3.Connection, principal: str, change: Callable[[C
     principal follow one another and every one sees the last one's result (exact across --workers)."""
     connection.execute("BEGIN IMMEDIATE")
     try:
-        row = connection.execute("SELECT state FROM counters WHERE principal = ?", (principal,)).fetchone()
-        counters = Counters.loads(None if row is None else bytes(row[0]))
+        counters, now = _read_counters(connection, principal)
         before = counters.dumps()
-        outcome = change(counters, time.time())
+        outcome = change(counters, now)
         after = counters.dumps()
         if after != before:
             connection.execute("INSERT INTO counters (principal, state) VALUES (?, ?) "
@@ -346,6 +345,11 @@ def _counted(connection: sqlite3.Connection, principal: str, change: Callable[[C
             connection.execute("ROLLBACK")
         raise
     return outcome
+
+
+def _read_counters(connection: sqlite3.Connection, principal: str) -> tuple[Counters, float]:
+    row = connection.execute("SELECT state FROM counters WHERE principal = ?", (principal,)).fetchone()
+    return Counters.loads(None if row is None else bytes(row[0])), time.time()
 
 
 class SqliteLimits:
@@ -377,6 +381,10 @@ class SqliteLimits:
         """``limits.renew`` on the principal's row, in one transaction."""
         await self._guard.run("limit_renew", self._database.run(
             lambda c: _counted(c, principal, lambda counters, now: renew(counters, leases, now))))
+
+    async def counters(self, principal: str) -> tuple[Counters, float]:
+        """The principal's row as it is, and the host's time."""
+        return await self._guard.run("limit_read", self._database.run(lambda c: _read_counters(c, principal)))
 
     async def close(self) -> None:
         """Let the calls queued finish, close the file and end its thread."""

@@ -166,7 +166,7 @@ def test_a_principal_without_limits_touches_no_store(keyed: Proxy, tmp_path: Pat
     client = _openai(keyed, TEAM_KEY)
     raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=USER)  # type: ignore[arg-type]
     assert "x-ratelimit-limit-requests" not in raw.headers
-    assert keyed.app[api.GATEWAY].limits.local.counters == {}
+    assert keyed.app[api.GATEWAY].limits.local.kept == {}
     assert not (tmp_path / "state" / "limits.db").exists()  # never opened
     post_json(keyed, "/v1/chat/completions", {"model": "gpt-4o", "messages": USER})  # a limited principal
     assert (tmp_path / "state" / "limits.db").is_file()

@@ -119,3 +119,22 @@ async def test_redis_keys_share_the_principals_hash_tag(redis_url: str, key_pref
         await _close(stores)
     keys = [key.decode() for key in redis_keys(key_prefix)]
     assert keys == [f"{key_prefix}{{tw:team-a}}", f"{key_prefix}{{tw:team-a}}:leases"]
+
+
+async def test_the_counters_read_back_as_they_stand(state_config: StateConfig) -> None:
+    from tensorwall_proxy.limits import standing
+
+    stores = await _open(state_config)
+    try:
+        limits = Limits(requests_per_minute=10, tokens_per_minute=1000, tokens_per_day=5000, concurrent=4)
+        for i in range(3):
+            assert (await stores[0].check("team-a", limits, Ask(tokens=100, lease=f"l{i}"))).admitted
+        counters, now = await stores[0].counters("team-a")
+        now_standing = standing(counters, limits, now)
+        assert now_standing.requests is not None and now_standing.requests.remaining == 7
+        assert now_standing.tokens_per_minute is not None and 700 <= now_standing.tokens_per_minute.remaining <= 705
+        assert now_standing.tokens_today == 300 and now_standing.leases == 3
+        fresh, _ = await stores[0].counters("nobody")
+        assert standing(fresh, limits, now).leases == 0 and fresh.tat == 0
+    finally:
+        await _close(stores)

@@ -63,7 +63,7 @@ def test_two_instances_on_one_redis_admit_exactly_the_limit(
     assert statuses.count(200) == LIMIT, statuses
     assert statuses.count(429) == CALLERS - LIMIT
     for proxy in instances:
-        assert proxy.app[api.GATEWAY].limits.local.counters == {}  # no fallback: every check in Redis
+        assert proxy.app[api.GATEWAY].limits.local.kept == {}  # no fallback: every check in Redis
 
 
 @pytest.fixture

@@ -265,5 +265,5 @@ def test_the_limiter_releases_leases_and_corrects_tokens() -> None:
         await limiter.close()
 
     asyncio.run(run())
-    counters = store.counters[principal.id]
+    counters = store.kept[principal.id]
     assert counters.leases == {} and counters.level == pytest.approx(899.0)
