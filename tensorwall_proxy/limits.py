@@ -497,6 +497,12 @@ class Limiter:
         task.add_done_callback(self._releasing.discard)
         await asyncio.shield(task)
 
+    async def standing(self, principal: Principal, limits: Limits) -> Standing:
+        """What the shared store's counters leave of ``principal``'s limits now (StoreError when it
+        cannot say); changes nothing."""
+        counters, now = await (await self._opener.store()).counters(principal.id)
+        return standing(counters, limits, now)
+
     def _fell_back(self, exc: StoreError) -> None:
         if self._on_fallback is not None:
             self._on_fallback(self.fail_mode)

@@ -21,6 +21,7 @@ from tests.conftest import (
     PROVIDER_KEY,
     USER,
     Proxy,
+    ServerThread,
     config_text,
     open_request,
     post_json,
@@ -184,7 +185,8 @@ def _remaining(headers: Any) -> int:
     return int(headers["x-ratelimit-remaining-tokens"])
 
 
-def test_tokens_are_reserved_and_corrected_after_a_stream(make_proxy: Callable[..., Proxy], fake: FakeUpstream) -> None:
+def test_tokens_are_reserved_and_corrected_after_a_stream(make_proxy: Callable[..., Proxy], fake: FakeUpstream,
+                                                          servers: ServerThread) -> None:
     proxy = _day_proxy(make_proxy, fake)
     client = proxy.client()
     messages = [{"role": "user", "content": "one two three four"}]  # 18 characters: 5 tokens estimated
@@ -193,8 +195,13 @@ def test_tokens_are_reserved_and_corrected_after_a_stream(make_proxy: Callable[.
         assert _remaining(streamed.headers) == 100000 - 105
         chunks = list(streamed.parse())
     assert chunks
-    # The fake counts words: 4 in, 5 out ("[openai] one two three four"). The next request's own
-    # reservation (100 + 5) is the only other charge.
+    # The fake counts words: 4 in, 5 out ("[openai] one two three four"). The correction comes once
+    # the stream has ended, a moment after its last byte.
+    main = proxy.config.gateway_keys[0]
+    assert main.limits is not None
+    limiter = proxy.app[api.GATEWAY].limits
+    assert wait_for(lambda: servers.run(limiter.standing(main, main.limits)).tokens_today == 9)
+    # The next request's own reservation (100 + 5) is the only other charge.
     raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=messages,  # type: ignore[arg-type]
                                                            max_tokens=100)
     assert _remaining(raw.headers) == 100000 - 9 - 105
@@ -273,3 +280,32 @@ def test_the_access_log_and_metrics_name_the_principal_never_the_key(
     scrape = raw_request(keyed.url + "/metrics", method="GET").text
     assert 'principal="team-a"' in scrape and 'principal="main"' in scrape
     assert TEAM_KEY not in scrape and GATEWAY_KEY not in scrape and PROVIDER_KEY not in scrape
+
+
+def test_a_limited_principals_headers_replace_the_upstreams_on_a_success(
+        keyed: Proxy, scripted: Callable[[str, Any], str]) -> None:
+    answer = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+    model = scripted("gpt-4o-scripted", (200, {"x-ratelimit-remaining-requests": "99",
+                                               "x-ratelimit-limit-requests": "100",
+                                               "x-ratelimit-remaining-tokens": "5000"}, answer))
+    raw = keyed.client().chat.completions.with_raw_response.create(model=model, messages=USER)  # type: ignore[arg-type]
+    assert raw.headers["x-ratelimit-limit-requests"] == "3"
+    assert raw.headers["x-ratelimit-remaining-requests"] == "2"
+    assert raw.headers["x-ratelimit-remaining-tokens"] == "5000"  # a dimension this principal has no limit on
+    # Without limits, the upstream's pass as before.
+    team = _openai(keyed, TEAM_KEY).chat.completions.with_raw_response.create(model=model, messages=USER)  # type: ignore[arg-type]
+    assert team.headers["x-ratelimit-remaining-requests"] == "99"
+
+
+def test_a_messages_answer_carries_anthropics_rate_limit_headers(keyed: Proxy) -> None:
+    # The caller's own Anthropic key as the SDK's key (sent as the Bearer), the gateway key beside it.
+    with anthropic.Anthropic(base_url=keyed.url, api_key=PROVIDER_KEY, max_retries=0,
+                             default_headers={"X-API-Key": GATEWAY_KEY}) as sdk:
+        raw = sdk.messages.with_raw_response.create(model="claude-3-5-sonnet", max_tokens=5,
+                                                    messages=USER)  # type: ignore[arg-type]
+    assert raw.headers["anthropic-ratelimit-requests-limit"] == "3"
+    assert raw.headers["anthropic-ratelimit-requests-remaining"] == "2"
+    assert raw.headers["anthropic-ratelimit-requests-reset"].endswith("Z")
+    assert raw.parse().content
