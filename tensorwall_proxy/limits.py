@@ -416,6 +416,7 @@ class Admission:
     reserved: int
     lease: str | None
     store: LimitStore  # where it was counted: the shared store, or this process's fallback
+    settled: bool = False  # released already (once per admission, however the request ends)
 
 
 class StoreOpener(Protocol):
@@ -475,7 +476,10 @@ class Limiter:
 
     async def release(self, admission: Admission, used: int | None) -> None:
         """The request has ended: its tokens corrected to ``used`` (None: unknown, the reservation
-        stands) and its lease released. A failure is counted and logged; the lease then expires."""
+        stands) and its lease released, once. A failure is counted and logged; the lease then expires."""
+        if admission.settled:
+            return
+        admission.settled = True
         if admission.lease is not None:
             held = self._held.get((admission.principal, id(admission.store)))
             if held is not None:

@@ -39,13 +39,14 @@ from .errors import (
     detach,
 )
 from .health import HealthBook, HealthKey, RetryBudget, when_all_blocked
-from .limits import Limiter, RateLimited, Verdict, reservation
+from .limits import Admission, Limiter, RateLimited, Verdict, reservation
 from .observability import THROTTLE, Ledger, Metrics, RequestRecord, outcome_of
 from .providers import ChatRequest, EmbeddingsRequest, NativeStream, Provider, StreamDecoder, provider_for
 from .router import LLMRouter, Route, RouteEndpoint
 from .sse import SseError, SseEvent
 from .state import Store
 from .state.holder import Opening, StateHolder, open_limits
+from .tokens import count_of
 
 JSON: Final = "application/json"
 # A failure that never reached the upstream may try the same endpoint again, this often, after
@@ -329,6 +330,11 @@ async def limited(flow: Flow[Any, Any], dialect: Dialect, *, output: bool) -> we
     if isinstance(admitted, Verdict):
         raise RateLimited(admitted, dialect.rate_limit_headers(admitted))
     flow.rate_headers = dialect.rate_limit_headers(admitted.verdict)
+    limiter = flow.gateway.limits
+    if isinstance(flow, ChatFlow):
+        # Released before the end of the answer goes out, so a caller that sends its next request
+        # the moment this one ends finds its lease free and its tokens corrected.
+        flow.finish = _released_first(flow.finish, limiter, admitted)
     try:
         return await run_attempts(flow)
     finally:
@@ -338,7 +344,23 @@ async def limited(flow: Flow[Any, Any], dialect: Dialect, *, output: bool) -> we
             # No usage: nothing reached the caller (refunded whole), or an answer whose usage never
             # came (a disconnect, a stream cut short): the reservation stands.
             used = None if record.first_byte is not None else 0
-        await flow.gateway.limits.finish(admitted, used)
+        await limiter.finish(admitted, used)  # once: a no-op when the answer's end released it
+
+
+def _released_first(finish: Finish | None, limiter: Limiter, admission: Admission) -> Finish:
+    """``finish`` (a stored response's write), then the admission released with the answer's usage."""
+
+    async def done(flow: ChatFlow, answer: bytes | StreamDecoder) -> None:
+        if finish is not None:
+            await finish(flow, answer)
+        if isinstance(answer, bytes):
+            used = flow.record.prompt_tokens + flow.record.completion_tokens
+        else:
+            usage = answer.usage
+            used = count_of(usage, "prompt_tokens") + count_of(usage, "completion_tokens") if usage else 0
+        await limiter.finish(admission, used or None)
+
+    return done
 
 
 def plan(flow: Flow[Any, Any]) -> list[Attempt]:

@@ -195,12 +195,12 @@ def test_tokens_are_reserved_and_corrected_after_a_stream(make_proxy: Callable[.
         assert _remaining(streamed.headers) == 100000 - 105
         chunks = list(streamed.parse())
     assert chunks
-    # The fake counts words: 4 in, 5 out ("[openai] one two three four"). The correction comes once
-    # the stream has ended, a moment after its last byte.
+    # The fake counts words: 4 in, 5 out ("[openai] one two three four"). The correction is made
+    # before the stream's end goes out, and its lease released.
     main = proxy.config.gateway_keys[0]
     assert main.limits is not None
-    limiter = proxy.app[api.GATEWAY].limits
-    assert wait_for(lambda: servers.run(limiter.standing(main, main.limits)).tokens_today == 9)
+    now = servers.run(proxy.app[api.GATEWAY].limits.standing(main, main.limits))
+    assert (now.tokens_today, now.leases) == (9, 0)
     # The next request's own reservation (100 + 5) is the only other charge.
     raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=messages,  # type: ignore[arg-type]
                                                            max_tokens=100)
