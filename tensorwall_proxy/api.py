@@ -19,9 +19,20 @@ import orjson
 from aiohttp import web
 
 from . import relay, stored
+from .auth import check_model, may_use
 from .bodies import MAX_DEPTH, Body, BodyBudget, read_body, too_deep
 from .config import Secret
-from .dialects import Dialect, Operation, PathTable, chat, conversations, messages, reasoning, responses
+from .dialects import (
+    Catalog,
+    Dialect,
+    Operation,
+    PathTable,
+    chat,
+    conversations,
+    messages,
+    reasoning,
+    responses,
+)
 from .dialects.conversations import Affinity, Chain, Owner, Turn
 from .errors import GatewayError, UpstreamError, bad_request, detach
 from .hosts import HostGuard
@@ -108,7 +119,9 @@ def served(endpoint: Handler, *, dialect: Dialect = chat.CHAT, accounted: bool =
             if rule is not None and (refusal := rule.refusal(request.headers)) is not None:
                 raise refusal
             if keyed:
-                record.principal, request[CALLER] = table.keys.admit(request.headers)
+                principal, request[CALLER] = table.keys.admit(request.headers)
+                request[relay.PRINCIPAL] = principal
+                record.principal = principal.id if principal is not None else None
             if keyed and request.can_read_body:
                 # Read whole before the request counts as in flight: a caller that trickles its body
                 # holds its own connection, not a slot everyone else needs.
@@ -253,6 +266,7 @@ def _count(dialect: Dialect) -> Handler:
     async def endpoint(request: web.Request) -> web.StreamResponse:
         gateway = request.app[GATEWAY]
         req = messages.parse_messages(await read_json(request), request.headers, counting=True)
+        check_model(request.get(relay.PRINCIPAL), str(req.body["model"]))
         gateway.table.router.resolve(req.body["model"])
         headers = {"Content-Type": JSON, "x-tensorwall-estimate": "true"}
         _name_request(headers, request[REQUEST_ID], dialect)
@@ -268,7 +282,7 @@ def _embeddings(dialect: Dialect) -> Handler:
         gateway = request.app[GATEWAY]
         req = chat.parse_embeddings(await read_json(request))
         return await relay.embeddings(gateway, request, req, request[CALLER],
-                                      request[REQUEST_ID])
+                                      request[REQUEST_ID], dialect)
 
     return endpoint
 
@@ -277,7 +291,7 @@ def _models(dialect: Dialect) -> Handler:
     """GET /v1/models: route names, then <provider>/<model> for every provider's `models:`."""
 
     async def endpoint(request: web.Request) -> web.StreamResponse:
-        body = chat.models_body(request.app[GATEWAY].table.catalog)
+        body = chat.models_body(_visible(request))
         return web.Response(body=body, headers={"Content-Type": JSON, "x-request-id": request[REQUEST_ID]})
 
     return endpoint
@@ -289,10 +303,21 @@ def _model(dialect: Dialect) -> Handler:
     aiohttp's match_info has both decoded alike."""
 
     async def endpoint(request: web.Request) -> web.StreamResponse:
-        body = chat.model_body(request.app[GATEWAY].table.catalog, request.match_info["model"])
+        body = chat.model_body(_visible(request), request.match_info["model"])
         return web.Response(body=body, headers={"Content-Type": JSON, "x-request-id": request[REQUEST_ID]})
 
     return endpoint
+
+
+def _visible(request: web.Request) -> Catalog:
+    """The catalog as the request's principal sees it: only the models it may use (DESIGN §13), so
+    one it may not use is as unknown as one that does not exist."""
+    catalog = request.app[GATEWAY].table.catalog
+    principal = request.get(relay.PRINCIPAL)
+    if principal is None or principal.models is None:
+        return catalog
+    return Catalog({model: owner for model, owner in catalog.owners.items() if may_use(principal, model)},
+                   catalog.created)
 
 
 def _upgrade(dialect: Dialect) -> Handler:
@@ -346,6 +371,7 @@ def _respond(dialect: Dialect) -> Handler:
                 body = conversations.continued(body, found.items())
         key = await _reasoning_key(gateway, body) if reasoning.needs_key(body) else None
         req = responses.parse_responses(body, request.headers, key, previous=previous, stored=keep)
+        check_model(request.get(relay.PRINCIPAL), str(req.body["model"]))
         pinned = None
         if previous is not None and not isinstance(found, Chain):
             pinned = _pin(gateway, str(previous), str(req.body["model"]), found, keeping)

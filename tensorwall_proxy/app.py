@@ -19,10 +19,11 @@ from .config import Config
 from .dialects import catalog
 from .health import RetryBudget
 from .hosts import HostGuard
+from .limits import Limiter
 from .observability import metrics_from_environment
 from .relay import Gateway, Table
 from .router import LLMRouter
-from .state.holder import StateHolder
+from .state.holder import Opening, StateHolder, open_limits
 
 
 def build_table(config: Config) -> Table:
@@ -58,7 +59,9 @@ async def _session_context(app: web.Application) -> AsyncIterator[None]:
 async def _state_context(app: web.Application) -> AsyncIterator[None]:
     # Nothing opens here (the first request that needs the store does); closed last, after the drain.
     yield
-    await app[api.GATEWAY].state.close()
+    gateway = app[api.GATEWAY]
+    await gateway.limits.close()
+    await gateway.state.close()
 
 
 def build_app(config: Config, bind: str | None = None) -> web.Application:
@@ -71,7 +74,9 @@ def build_app(config: Config, bind: str | None = None) -> web.Application:
     metrics = metrics_from_environment()
     app[api.GATEWAY] = Gateway(build_table(config),
                                budget=RetryBudget(retries.budget_ratio, retries.budget_min_per_second),
-                               metrics=metrics, state=StateHolder(config.state, metrics.state_error))
+                               metrics=metrics, state=StateHolder(config.state, metrics.state_error),
+                               limits=Limiter(Opening(config.state, metrics.state_error, open_limits),
+                                              config.state.fail_mode, metrics.limit_fallback))
     app[api.METRICS_ELSEWHERE] = config.server.metrics_port is not None
     app.cleanup_ctx.append(_state_context)  # cleanup contexts close in reverse: the store after the session
     app.cleanup_ctx.append(_session_context)

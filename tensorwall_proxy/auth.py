@@ -11,16 +11,18 @@ in ``Secret`` and compared only as digests.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import hmac
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal, Protocol
 
 from .calls import UpstreamCall
-from .config import ProviderConfig, Secret
+from .config import Principal, ProviderConfig, Secret
 from .errors import GatewayError
 from .providers.catalog import TYPES
 
@@ -68,30 +70,38 @@ class HeaderValues(Protocol):
 
 
 class GatewayKeys:
-    """The accepted gateway keys, as digests. Empty: gateway auth is off."""
+    """The accepted gateway keys as digests, each with its principal (DESIGN §13). Empty: gateway
+    auth is off."""
 
-    __slots__ = ("_digests",)
+    __slots__ = ("_clock", "_digests", "_principals")
 
-    def __init__(self, digests: Iterable[str]) -> None:
-        self._digests = tuple(bytes.fromhex(d.removeprefix("sha256:")) for d in digests)
+    def __init__(self, principals: Iterable[Principal | str], clock: Callable[[], float] = time.time) -> None:
+        held = tuple(p if isinstance(p, Principal) else Principal(p) for p in principals)
+        self._principals = held
+        self._digests = tuple(bytes.fromhex(p.digest.removeprefix("sha256:")) for p in held)
+        self._clock = clock
 
     @property
     def enabled(self) -> bool:
         """Whether a key is required at all."""
         return bool(self._digests)
 
-    def _holds(self, candidate: bytes) -> bool:
-        """Whether ``candidate`` (a SHA-256 digest) is one of the keys', compared with every digest in
-        constant time, so neither the key's length nor which digest nearly matched shows in the timing."""
-        matched = False
-        for digest in self._digests:
-            matched |= hmac.compare_digest(candidate, digest)
-        return matched
+    def _holder(self, candidate: bytes) -> Principal | None:
+        """The principal whose key has the SHA-256 digest ``candidate``, compared with every digest in
+        constant time, so neither the key's length nor which digest nearly matched shows in the
+        timing; an expired key is nobody's (refused like a wrong one)."""
+        found: Principal | None = None
+        for digest, principal in zip(self._digests, self._principals, strict=True):
+            if hmac.compare_digest(candidate, digest):
+                found = principal
+        if found is not None and found.expires_at is not None and self._clock() >= found.expires_at:
+            return None
+        return found
 
-    def admit(self, headers: HeaderValues) -> tuple[str | None, Secret | None]:
+    def admit(self, headers: HeaderValues) -> tuple[Principal | None, Secret | None]:
         """Read a request's credentials the way every door reads them (DESIGN §14): the principal
-        (``sha256:<digest>`` of the gateway key; None with gateway keys off) and the caller's
-        provider key, or None.
+        whose gateway key it carries (None with gateway keys off) and the caller's provider key, or
+        None. The principal's ``id`` is its name, or ``sha256:<digest>`` of a key without one.
 
         While gateway keys are on, ``X-API-Key`` is the gateway key, and ``Authorization: Bearer`` is
         the gateway key when its digest is one of the keys (then nothing of it is forwarded), otherwise
@@ -99,29 +109,45 @@ class GatewayKeys:
         provider key is the Bearer when there is one, else ``X-API-Key``. Two different gateway keys
         in one request, or one credential header sent twice with different values, is 401
         ``invalid_gateway_key`` naming the header. A digest sent as a key is hashed like any other
-        string, so it never matches.
+        string, so it never matches; a key past its ``expires`` is refused like a wrong one.
         """
         api_key = _single(headers, "X-API-Key")
         bearer = caller_key(_single(headers, "Authorization"))
         if not self._digests:
             return None, bearer if bearer is not None else _provider_key(api_key, "X-API-Key")
         bearer_digest = _sha256(bearer.reveal()) if bearer is not None else None
-        bearer_is_key = bearer_digest is not None and self._holds(bearer_digest)
-        key_digest = None
+        bearer_holder = self._holder(bearer_digest) if bearer_digest is not None else None
         if api_key:
             key_digest = _sha256(api_key)
-            if not self._holds(key_digest):
+            holder = self._holder(key_digest)
+            if holder is None:
                 raise _refused("Missing or invalid gateway key: send one of the configured keys in the X-API-Key "
                                "header.", "X-API-Key")
-            if bearer_is_key and bearer_digest is not None and not hmac.compare_digest(key_digest, bearer_digest):
+            if bearer_holder is not None and bearer_holder is not holder:
                 raise _refused("Two different gateway keys in one request: X-API-Key and the Authorization Bearer "
                                "name different keys; send one.", "Authorization")
-        elif not bearer_is_key:
+        elif bearer_holder is None:
             raise _refused("Missing gateway key: send it in the X-API-Key header (or as the Authorization Bearer).",
                            "X-API-Key")
-        principal = key_digest or bearer_digest
-        assert principal is not None  # one of the two was a gateway key
-        return "sha256:" + principal.hex(), None if bearer_is_key else bearer
+        else:
+            holder = bearer_holder
+        return holder, None if bearer_holder is not None else bearer
+
+
+def may_use(principal: Principal | None, model: str) -> bool:
+    """Whether ``principal`` may use the public model name ``model``: its ``models`` globs, or every
+    model when it lists none (and with gateway keys off)."""
+    if principal is None or principal.models is None:
+        return True
+    return any(fnmatch.fnmatchcase(model, glob) for glob in principal.models)
+
+
+def check_model(principal: Principal | None, model: str) -> None:
+    """403 ``model_not_allowed`` (DESIGN §13) unless ``principal`` may use ``model``; before any
+    upstream call, whether the model exists or not (a refusal tells nothing of what the gateway serves)."""
+    if not may_use(principal, model):
+        raise GatewayError(403, f"This gateway key may not use the model '{model}'.", type="permission_error",
+                           code="model_not_allowed", param="model")
 
 
 def _sha256(key: str) -> bytes:

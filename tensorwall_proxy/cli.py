@@ -1,15 +1,25 @@
-"""The command line: ``serve``, ``check``, ``route MODEL`` and ``hash-key``."""
+"""The command line: ``serve``, ``check``, ``route MODEL``, ``keys`` and ``hash-key``."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import datetime
 import logging
 import secrets
 import sys
 from collections.abc import Sequence
 
 from .auth import NO_CREDENTIAL, ambient_warnings, credential_for
-from .config import Config, ProviderConfig, default_config_path, is_loopback, key_digest, load_config
+from .config import (
+    Config,
+    Principal,
+    ProviderConfig,
+    default_config_path,
+    is_loopback,
+    key_digest,
+    load_config,
+)
 from .errors import ConfigError, GatewayError
 from .observability import LOG_FORMAT, configure_logging
 from .providers import ChatRequest, provider_for
@@ -145,6 +155,75 @@ def cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
+def describe_principal(principal: Principal) -> list[str]:
+    """Lines naming a principal (never its key): its models, its expiry and its limits."""
+    lines = [f"{principal.id}" + ("" if principal.name is None else f" (key {principal.digest[:19]}…)")]
+    lines.append(f"  models:  {', '.join(principal.models) if principal.models is not None else 'all'}")
+    if principal.expires_at is not None:
+        at = datetime.datetime.fromtimestamp(principal.expires_at, datetime.UTC)
+        lines.append(f"  expires: {at.strftime('%Y-%m-%dT%H:%M:%SZ')} (refused from then on)")
+    limits = principal.limits
+    if limits is None:
+        lines.append("  limits:  none")
+    else:
+        given = [f"{name}={getattr(limits, name)}" for name in limits.__slots__ if getattr(limits, name) is not None]
+        lines.append(f"  limits:  {', '.join(given)}")
+    return lines
+
+
+async def _usage(config: Config) -> dict[str, list[str]]:
+    """Each limited principal's standing in the state store, as lines; StoreError when it is unreachable."""
+    from .limits import standing
+    from .state.holder import open_limits
+
+    store = await open_limits(config.state)
+    try:
+        out: dict[str, list[str]] = {}
+        for principal in config.gateway_keys:
+            if principal.limits is None:
+                continue
+            counters, now = await store.counters(principal.id)
+            now_standing = standing(counters, principal.limits, now)
+            lines = []
+            if now_standing.requests is not None:
+                lines.append(f"requests left now {now_standing.requests.remaining}")
+            if now_standing.tokens_per_minute is not None:
+                lines.append(f"tokens left this minute {now_standing.tokens_per_minute.remaining}")
+            if principal.limits.tokens_per_day is not None:
+                lines.append(f"tokens used today {now_standing.tokens_today:.0f}")
+            if principal.limits.concurrent is not None:
+                lines.append(f"in flight {now_standing.leases}")
+            out[principal.id] = lines
+        return out
+    finally:
+        await store.close()
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from .state import StoreError
+
+    config = _load(args.config)
+    if config is None:
+        return 1
+    if not config.gateway_keys:
+        print("gateway auth is off (gateway_keys: []): no principals")
+        return 0
+    usage: dict[str, list[str]] = {}
+    note = ""
+    if any(p.limits is not None for p in config.gateway_keys):
+        try:
+            usage = asyncio.run(_usage(config))
+        except StoreError as exc:
+            note = f"usage unknown: {exc}"
+    for principal in config.gateway_keys:
+        print("\n".join(describe_principal(principal)))
+        if principal.id in usage:
+            print(f"  usage:   {'; '.join(usage[principal.id]) or 'none yet'}")
+    if note:
+        print(note)
+    return 0
+
+
 def cmd_hash_key(args: argparse.Namespace) -> int:
     if args.key is None:
         key = "tw_" + secrets.token_urlsafe(32)
@@ -188,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("model")
     route.add_argument("--config", default=default_config_path(), help=config_help)
     route.set_defaults(func=cmd_route)
+
+    keys = sub.add_parser("keys", help="list the principals, their models and limits, and their usage "
+                                       "(when the state store is reachable)")
+    keys.add_argument("--config", default=default_config_path(), help=config_help)
+    keys.set_defaults(func=cmd_keys)
 
     hash_key = sub.add_parser("hash-key", help="make a new gateway key and its digest, or digest a given key")
     hash_key.add_argument("key", nargs="?", help="the key to digest, or - to read it from stdin")

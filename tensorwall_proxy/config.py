@@ -1,6 +1,6 @@
 """The YAML route table → frozen dataclasses, validated, with every error named by its YAML path.
 
-Owns: the schema (server, gateway_keys, providers, routes, rules, timeouts, retries, state), the nine
+Owns: the schema (server, gateway_keys, providers, routes, rules, timeouts, retries, state, limits), the nine
 default providers and how the YAML merges over them (what a type's keys and defaults are is the
 type's own, in ``providers/catalog.py``), ``${VAR}`` / ``${VAR:-default}`` / ``${file:PATH}``
 interpolation, and ``Secret``, the masked type credentials travel in.
@@ -230,6 +230,48 @@ class RouteConfig:
     endpoints: tuple[EndpointConfig, ...]
     strategy: Strategy = "weighted"
     timeouts: Timeouts | None = None
+    # The output cap reserved for a request to this route that names none (DESIGN §14).
+    max_output_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A principal's limits (DESIGN §13); None: not limited in that dimension."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    tokens_per_day: int | None = None
+    concurrent: int | None = None
+
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether a request must reserve tokens (and be reconciled to its usage)."""
+        return self.tokens_per_minute is not None or self.tokens_per_day is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """One ``gateway_keys`` entry: who is calling (DESIGN §13). ``id`` is what logs, metrics, stored
+    responses' owners and the limit counters name it by: its ``name``, or the key's digest."""
+
+    digest: str  # sha256:<hex> of the key
+    name: str | None = None
+    models: tuple[str, ...] | None = None  # globs over public model names; None: every model
+    expires_at: float | None = None  # Unix seconds; from then on the key is refused like a wrong one
+    limits: Limits | None = None
+
+    @property
+    def id(self) -> str:
+        """The principal's name, or the digest of a key that has none."""
+        return self.name if self.name is not None else self.digest
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSettings:
+    """The top-level ``limits:`` section: what applies to every principal's limits."""
+
+    # Tokens reserved for the output of a request that names no cap and whose route sets none.
+    default_output_reservation: int = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,13 +322,14 @@ class StateConfig:
 @dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig
-    gateway_keys: tuple[str, ...]  # sha256 digests; empty = gateway auth off
+    gateway_keys: tuple[Principal, ...]  # empty = gateway auth off
     providers: Mapping[str, ProviderConfig]
     routes: Mapping[str, RouteConfig]
     rules: tuple[RuleConfig, ...] | None  # None: the built-in pattern table
     timeouts: Timeouts = field(default_factory=Timeouts)
     retries: Retries = field(default_factory=Retries)
     state: StateConfig = field(default_factory=StateConfig)
+    limits: LimitSettings = field(default_factory=LimitSettings)
     source: str = "<memory>"
 
 
@@ -624,7 +667,13 @@ def _read_state(raw: Any, env: Mapping[str, str], errors: _Errors) -> StateConfi
     )
 
 
-def _read_gateway_keys(raw: Any, present: bool, errors: _Errors) -> tuple[str, ...]:
+# A principal's name: it labels metrics and is a Redis hash tag (`{tw:<name>}`), so no braces,
+# spaces or colons (a name never looks like a digest).
+_PRINCIPAL_NAME_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}")
+_PRINCIPAL_KEYS: Final = frozenset({"name", "key", "models", "expires", "limits"})
+
+
+def _read_gateway_keys(raw: Any, present: bool, errors: _Errors) -> tuple[Principal, ...]:
     if not present:
         errors.add("gateway_keys", "missing: list the accepted X-API-Key values, or write `gateway_keys: []` "
                                    "to turn gateway auth off")
@@ -633,20 +682,112 @@ def _read_gateway_keys(raw: Any, present: bool, errors: _Errors) -> tuple[str, .
         # Only an explicit [] turns auth off: `gateway_keys:` with nothing after it is a mistake.
         errors.add("gateway_keys", f"expected a list (use [] to turn gateway auth off), got {type(raw).__name__}")
         return ()
-    digests: list[str] = []
+    principals: list[Principal] = []
+    # digest or name → the path that first had it, and whether that entry was a mapping. A plain key
+    # listed twice is harmless; a key shared with a principal would make the principal ambiguous.
+    seen: dict[str, tuple[str, bool]] = {}
     for i, item in enumerate(raw):
         path = _join("gateway_keys", i)
-        value = _string(item, path, errors)
-        if not value:
-            errors.add(path, "is empty (an unset ${VAR:-} default?); an empty key never turns auth off")
-        elif value[:len(SHA256_PREFIX)].lower() == SHA256_PREFIX:
-            if not _DIGEST_RE.fullmatch(value):
-                errors.add(path, "a digest is `sha256:` followed by 64 hex digits (see `tensorwall-proxy hash-key`)")
+        mapped = isinstance(item, dict)
+        principal = _read_principal(item, path, errors) if mapped else _read_key(item, path, errors)
+        if principal is None:
+            continue
+        for what, value in (("key", principal.digest), ("name", principal.name)):
+            if value is None:
+                continue
+            if value in seen and (mapped or seen[value][1]):
+                errors.add(path, f"the same {what} as {seen[value][0]}: each principal has a key and a name of "
+                                 "its own")
+            seen.setdefault(value, (path, mapped))
+        principals.append(principal)
+    return tuple(principals)
+
+
+def _read_key(raw: Any, path: str, errors: _Errors) -> Principal | None:
+    """A key as the YAML gives it (plain, or a ``sha256:`` digest) as a principal of its digest."""
+    value = _string(raw, path, errors)
+    if not value:
+        errors.add(path, "is empty (an unset ${VAR:-} default?); an empty key never turns auth off")
+        return None
+    if value[:len(SHA256_PREFIX)].lower() == SHA256_PREFIX:
+        if not _DIGEST_RE.fullmatch(value):
+            errors.add(path, "a digest is `sha256:` followed by 64 hex digits (see `tensorwall-proxy hash-key`)")
+            return None
+        return Principal(value.lower())
+    return Principal(key_digest(value))
+
+
+def _read_principal(raw: Mapping[str, Any], path: str, errors: _Errors) -> Principal | None:
+    """A mapping entry of ``gateway_keys``: name, key, models, expires, limits (DESIGN §13)."""
+    data = _mapping(raw, path, errors)
+    _check_keys(data, _PRINCIPAL_KEYS, path, errors)
+    name = None
+    if data.get("name") is not None:
+        name = _string(data["name"], _join(path, "name"), errors)
+        if not _PRINCIPAL_NAME_RE.fullmatch(name):
+            errors.add(_join(path, "name"), "a principal's name is 1 to 64 of letters, digits, '_', '.', '@' and "
+                                            "'-', starting with a letter, a digit or '_'")
+            name = None
+    if data.get("key") is None:
+        errors.add(_join(path, "key"), "required: the key (plain, from ${ENV} or ${file:...}) or its sha256: digest")
+        return None
+    keyed = _read_key(data["key"], _join(path, "key"), errors)
+    models = None
+    if data.get("models") is not None:
+        models = _strings(data["models"], _join(path, "models"), errors)
+    expires_at = _expiry(data.get("expires"), _join(path, "expires"), errors)
+    limits = _read_limits(data["limits"], _join(path, "limits"), errors) if data.get("limits") is not None else None
+    if keyed is None:
+        return None
+    return Principal(keyed.digest, name=name, models=models, expires_at=expires_at, limits=limits)
+
+
+def _expiry(raw: Any, path: str, errors: _Errors) -> float | None:
+    """``expires``: a date (the key serves through that UTC day) or a date-time (with its zone,
+    else UTC), as Unix seconds from which the key is refused."""
+    if raw is None:
+        return None
+    moment: datetime.datetime | None = None
+    if isinstance(raw, datetime.datetime):
+        moment = raw
+    elif isinstance(raw, datetime.date):
+        moment = datetime.datetime.combine(raw + datetime.timedelta(days=1), datetime.time())
+    elif isinstance(raw, str):
+        with contextlib.suppress(ValueError):
+            if len(raw.strip()) == 10:
+                day = datetime.date.fromisoformat(raw.strip())
+                moment = datetime.datetime.combine(day + datetime.timedelta(days=1), datetime.time())
             else:
-                digests.append(value.lower())
-        else:
-            digests.append(key_digest(value))
-    return tuple(digests)
+                moment = datetime.datetime.fromisoformat(raw.strip())
+    if moment is None:
+        errors.add(path, f"expected a date (2027-06-30) or a date-time (2027-06-30T18:00:00Z), got {raw!r}")
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
+
+
+def _read_limits(raw: Any, path: str, errors: _Errors) -> Limits | None:
+    data = _mapping(raw, path, errors)
+    _check_keys(data, frozenset(Limits.__slots__), path, errors)
+
+    def one(key: str) -> int | None:
+        if data.get(key) is None:
+            return None
+        return _integer(data[key], _join(path, key), errors, 1, minimum=1, maximum=10**12)
+
+    limits = Limits(requests_per_minute=one("requests_per_minute"), tokens_per_minute=one("tokens_per_minute"),
+                    tokens_per_day=one("tokens_per_day"), concurrent=one("concurrent"))
+    return limits if limits != Limits() else None
+
+
+def _read_limit_settings(raw: Any, errors: _Errors) -> LimitSettings:
+    data = _mapping(raw, "limits", errors)
+    _check_keys(data, frozenset(LimitSettings.__slots__), "limits", errors)
+    d = LimitSettings()
+    return LimitSettings(default_output_reservation=_integer(
+        data.get("default_output_reservation"), "limits.default_output_reservation", errors,
+        d.default_output_reservation, minimum=0, maximum=10**9))
 
 
 def _read_provider(name: str, raw: Mapping[str, Any], errors: _Errors) -> ProviderConfig | None:
@@ -792,7 +933,7 @@ def _read_routes(raw: Any, providers: Mapping[str, ProviderConfig], base: Timeou
     for name, value in data.items():
         path = _join("routes", name)
         route = _mapping(value, path, errors)
-        _check_keys(route, frozenset({"strategy", "endpoints", "timeouts"}), path, errors)
+        _check_keys(route, frozenset({"strategy", "endpoints", "timeouts", "max_output_tokens"}), path, errors)
         strategy = _choice(route.get("strategy"), _join(path, "strategy"), errors, ("weighted", "priority"),
                            "weighted")
         raw_endpoints = route.get("endpoints")
@@ -811,6 +952,8 @@ def _read_routes(raw: Any, providers: Mapping[str, ProviderConfig], base: Timeou
             endpoints=tuple(e for e in endpoints if e is not None),
             strategy=strategy,  # type: ignore[arg-type]  # checked above
             timeouts=timeouts,
+            max_output_tokens=None if route.get("max_output_tokens") is None else _integer(
+                route["max_output_tokens"], _join(path, "max_output_tokens"), errors, 1, minimum=1, maximum=10**9),
         )
     return routes
 
@@ -867,7 +1010,7 @@ def _check_key_scopes(routes: Mapping[str, RouteConfig], providers: Mapping[str,
 
 
 _TOP_KEYS: Final = frozenset({"server", "gateway_keys", "providers", "routes", "rules", "timeouts", "retries",
-                              "state"})
+                              "state", "limits"})
 
 
 # The quoted pieces of PyYAML's problems that are its own words: a token name like '<block end>',
@@ -934,11 +1077,12 @@ def parse_config(text: str, *, env: Mapping[str, str] | None = None, source: str
     routes = _read_routes(raw.get("routes"), providers, timeouts, errors)
     rules = _read_rules(raw.get("rules"), "rules" in raw, providers, errors)
     state = _read_state(raw.get("state"), environ, errors)
+    limits = _read_limit_settings(raw.get("limits"), errors)
     _check_key_scopes(routes, providers, errors)
     if errors.items:
         raise ConfigError(errors.items)
     return Config(server=server, gateway_keys=gateway_keys, providers=providers, routes=routes, rules=rules,
-                  timeouts=timeouts, retries=retries, state=state, source=source)
+                  timeouts=timeouts, retries=retries, state=state, limits=limits, source=source)
 
 
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:

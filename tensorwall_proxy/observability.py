@@ -269,9 +269,9 @@ class Metrics:
 
         self.multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("tensorwall_requests", "Requests served, by route, provider, status class and "
-                                "whether they streamed.", ["route", "provider", "status_class", "stream"],
-                                registry=self.registry)
+        self.requests = Counter("tensorwall_requests", "Requests served, by route, provider, status class, "
+                                "whether they streamed and principal.",
+                                ["route", "provider", "status_class", "stream", "principal"], registry=self.registry)
         self.duration = Histogram("tensorwall_request_duration_seconds", "Time from request to last byte.",
                                   ["route", "provider", "stream"], buckets=DURATION_BUCKETS, registry=self.registry)
         self.first_byte = Histogram("tensorwall_time_to_first_byte_seconds", "Time from request to the commit "
@@ -281,8 +281,8 @@ class Metrics:
                                 ["provider", "outcome"], registry=self.registry)
         self.fallbacks = Counter("tensorwall_fallbacks", "Requests that needed more than one attempt.", ["route"],
                                  registry=self.registry)
-        self.tokens = Counter("tensorwall_tokens", "Tokens by provider, model and direction (in, out), from "
-                              "the providers' own usage.", ["provider", "model", "direction"],
+        self.tokens = Counter("tensorwall_tokens", "Tokens by provider, model, direction (in, out) and "
+                              "principal, from the providers' own usage.", ["provider", "model", "direction", "principal"],
                               registry=self.registry)
         self.errors = Counter("tensorwall_errors", "Error responses by whom they blame.", ["blame"],
                               registry=self.registry)
@@ -297,6 +297,9 @@ class Metrics:
         self.state_errors = Counter("tensorwall_state_errors", "State store calls that failed or ran past "
                                     "state.timeout_ms, by backend and operation.", ["backend", "operation"],
                                     registry=self.registry)
+        self.limit_fallbacks = Counter("tensorwall_limit_fallbacks", "Limit checks the state store could not "
+                                       "answer, by state.fail_mode: open (counted in the process, served) or "
+                                       "closed (503).", ["fail_mode"], registry=self.registry)
         self.health = Gauge("tensorwall_endpoint_health", "Endpoints (server-side credentials) by state.",
                             ["provider", "model", "state"], registry=self.registry, multiprocess_mode="livemax")
         # Label values are bounded by the configuration, so this cache is too.
@@ -329,7 +332,10 @@ class Metrics:
         route = record.route or "none"
         provider = record.provider or "none"
         child = self._child
-        counts[self.requests, (route, provider, _STATUS_CLASSES.get(record.status // 100, "other"), stream)] += 1
+        # Principals come from the configuration (a name, or a configured key's digest): bounded.
+        principal = record.principal or "none"
+        counts[self.requests, (route, provider, _STATUS_CLASSES.get(record.status // 100, "other"), stream,
+                               principal)] += 1
         child(self.duration, route, provider, stream).observe(record.latency)
         if record.first_byte is not None:
             child(self.first_byte, route, provider, stream).observe(record.first_byte)
@@ -340,8 +346,8 @@ class Metrics:
         if record.prompt_tokens > 0 or record.completion_tokens > 0:
             # Upstream numbers: a negative one would make the counter refuse the whole batch.
             model = record.model_label or "other"
-            counts[self.tokens, (provider, model, "in")] += max(record.prompt_tokens, 0)
-            counts[self.tokens, (provider, model, "out")] += max(record.completion_tokens, 0)
+            counts[self.tokens, (provider, model, "in", principal)] += max(record.prompt_tokens, 0)
+            counts[self.tokens, (provider, model, "out", principal)] += max(record.completion_tokens, 0)
         if record.cache_markers_dropped:
             counts[self.cache_markers_dropped, (provider,)] += record.cache_markers_dropped
         who = blame(record.status, record.provider)
@@ -384,6 +390,11 @@ class Metrics:
         name and the store method, so they stay few."""
         self._changes += 1
         self._child(self.state_errors, backend, operation).inc()
+
+    def limit_fallback(self, fail_mode: str) -> None:
+        """A limit check fell back because the store failed (``state.fail_mode`` says how)."""
+        self._changes += 1
+        self._child(self.limit_fallbacks, fail_mode).inc()
 
     def render(self) -> tuple[bytes, str]:
         """The exposition and its content type; every worker's together in multiprocess mode."""

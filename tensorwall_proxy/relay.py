@@ -26,10 +26,10 @@ import orjson
 from aiohttp import web
 
 from . import upstream
-from .auth import Credential, GatewayKeys, credential_for, missing_provider_key
+from .auth import Credential, GatewayKeys, check_model, credential_for, missing_provider_key
 from .calls import UpstreamCall
 from .clock import SilenceClock
-from .config import Config, ProviderConfig, Secret, Timeouts
+from .config import Config, Principal, ProviderConfig, Secret, Timeouts
 from .dialects import Catalog, Dialect
 from .errors import (
     GatewayError,
@@ -39,12 +39,14 @@ from .errors import (
     detach,
 )
 from .health import HealthBook, HealthKey, RetryBudget, when_all_blocked
+from .limits import Admission, Limiter, RateLimited, Verdict, reservation
 from .observability import THROTTLE, Ledger, Metrics, RequestRecord, outcome_of
 from .providers import ChatRequest, EmbeddingsRequest, NativeStream, Provider, StreamDecoder, provider_for
 from .router import LLMRouter, Route, RouteEndpoint
 from .sse import SseError, SseEvent
 from .state import Store
-from .state.holder import StateHolder
+from .state.holder import Opening, StateHolder, open_limits
+from .tokens import count_of
 
 JSON: Final = "application/json"
 # A failure that never reached the upstream may try the same endpoint again, this often, after
@@ -101,6 +103,8 @@ class Gateway:
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     # The state store, opened by the first request that needs it (``store()``).
     state: StateHolder = field(default_factory=StateHolder)
+    # The principals' limits, their counters opened beside the state store on first need.
+    limits: Limiter = field(default_factory=lambda: Limiter(Opening(None, None, open_limits)))
     ledger: Ledger = field(init=False)
 
     def __post_init__(self) -> None:
@@ -122,6 +126,8 @@ class Gateway:
 
 # The request's record for the access log and the metrics, made by the HTTP layer.
 RECORD: Final = web.RequestKey("record", RequestRecord)
+# Who is calling (auth.GatewayKeys.admit), set by the HTTP layer; None with gateway keys off.
+PRINCIPAL: Final[web.RequestKey[Principal | None]] = web.RequestKey("principal")
 # The response a request committed to, so the HTTP layer never starts a second one after it.
 COMMITTED: Final = web.RequestKey("committed", web.StreamResponse)
 # The cancel message that tells a committed stream the gateway is shutting down.
@@ -171,8 +177,8 @@ class Flow(Generic[Req, Call]):
     request's loose state, and its two kinds (chat, embeddings) say how an attempt is translated
     and executed in place of closures made per request."""
 
-    __slots__ = ("attempt", "attempts", "caller", "client", "gateway", "impl", "pinned", "record", "req", "request",
-                 "request_id", "route", "table", "timeouts")
+    __slots__ = ("attempt", "attempts", "caller", "client", "gateway", "impl", "pinned", "principal", "rate_headers",
+                 "record", "req", "request", "request_id", "route", "table", "timeouts")
 
     # The current attempt and its provider type's translator: set by run_attempts before a send.
     attempt: Attempt
@@ -181,9 +187,15 @@ class Flow(Generic[Req, Call]):
     def __init__(self, gateway: Gateway, request: web.Request, req: Req, caller: Secret | None,
                  request_id: str) -> None:
         table = gateway.table  # requests in flight keep the table they started with
+        principal = request.get(PRINCIPAL)
+        if principal is not None and principal.models is not None:
+            check_model(principal, str(req.body["model"]))  # 403 before the name is even resolved
         route = table.router.resolve(req.body["model"])
         self.gateway = gateway
         self.table = table
+        self.principal = principal
+        # The principal's rate-limit headers (DESIGN §13), on every answer when it has limits.
+        self.rate_headers: dict[str, str] | None = None
         self.request = request
         self.req: Req = req
         self.caller = caller
@@ -280,7 +292,8 @@ class EmbeddingsFlow(Flow[EmbeddingsRequest, list[UpstreamCall]]):
             raise _malformed(name, "an answer", exc) from None
         self.record.count(_usage_of(out, "data", name))
         self.record.committed()
-        return web.Response(body=out, headers=_response_headers(self.request_id, name, headers, JSON))
+        return web.Response(body=out, headers=_response_headers(self.request_id, name, headers, JSON,
+                                                                rate=self.rate_headers))
 
 
 async def chat(gateway: Gateway, request: web.Request, req: ChatRequest, dialect: Dialect, caller: Secret | None,
@@ -290,13 +303,64 @@ async def chat(gateway: Gateway, request: web.Request, req: ChatRequest, dialect
     request[RECORD].stream = req.stream
     flow = ChatFlow(gateway, request, req, dialect, caller, request_id, finish)
     flow.pinned = pinned
-    return await run_attempts(flow)
+    return await limited(flow, dialect, output=True)
 
 
 async def embeddings(gateway: Gateway, request: web.Request, req: EmbeddingsRequest, caller: Secret | None,
-                     request_id: str) -> web.StreamResponse:
-    """Serve one ``/v1/embeddings`` request."""
-    return await run_attempts(EmbeddingsFlow(gateway, request, req, caller, request_id))
+                     request_id: str, dialect: Dialect) -> web.StreamResponse:
+    """Serve one ``/v1/embeddings`` request (``dialect``: the door's, for its rate-limit headers)."""
+    return await limited(EmbeddingsFlow(gateway, request, req, caller, request_id), dialect, output=False)
+
+
+async def limited(flow: Flow[Any, Any], dialect: Dialect, *, output: bool) -> web.StreamResponse:
+    """``run_attempts`` under the principal's limits (DESIGN §13): checked before the first attempt
+    (429 ``gateway_rate_limited`` costs no upstream call), and when the request ends, however it
+    ends, its tokens corrected to the provider's usage and its lease released. A principal without
+    limits touches no store. ``output`` is whether the request reserves output tokens."""
+    principal = flow.principal
+    if principal is None or principal.limits is None:
+        return await run_attempts(flow)
+    limits, table = principal.limits, flow.table
+    tokens = 0
+    if limits.counts_tokens:
+        route = table.config.routes.get(flow.route.name)
+        tokens = reservation(flow.req.body, route.max_output_tokens if route is not None else None,
+                             table.config.limits.default_output_reservation, output=output)
+    admitted = await flow.gateway.limits.admit(principal, limits, tokens)
+    if isinstance(admitted, Verdict):
+        raise RateLimited(admitted, dialect.rate_limit_headers(admitted))
+    flow.rate_headers = dialect.rate_limit_headers(admitted.verdict)
+    limiter = flow.gateway.limits
+    if isinstance(flow, ChatFlow):
+        # Released before the end of the answer goes out, so a caller that sends its next request
+        # the moment this one ends finds its lease free and its tokens corrected.
+        flow.finish = _released_first(flow.finish, limiter, admitted)
+    try:
+        return await run_attempts(flow)
+    finally:
+        record = flow.record
+        used: int | None = record.prompt_tokens + record.completion_tokens
+        if not used:
+            # No usage: nothing reached the caller (refunded whole), or an answer whose usage never
+            # came (a disconnect, a stream cut short): the reservation stands.
+            used = None if record.first_byte is not None else 0
+        await limiter.finish(admitted, used)  # once: a no-op when the answer's end released it
+
+
+def _released_first(finish: Finish | None, limiter: Limiter, admission: Admission) -> Finish:
+    """``finish`` (a stored response's write), then the admission released with the answer's usage."""
+
+    async def done(flow: ChatFlow, answer: bytes | StreamDecoder) -> None:
+        if finish is not None:
+            await finish(flow, answer)
+        if isinstance(answer, bytes):
+            used = flow.record.prompt_tokens + flow.record.completion_tokens
+        else:
+            usage = answer.usage
+            used = count_of(usage, "prompt_tokens") + count_of(usage, "completion_tokens") if usage else 0
+        await limiter.finish(admission, used or None)
+
+    return done
 
 
 def plan(flow: Flow[Any, Any]) -> list[Attempt]:
@@ -511,7 +575,10 @@ def _not_configured(table: Table, provider: str, detail: str) -> ProviderNotConf
 
 
 def _response_headers(request_id: str, provider: str, upstream_headers: Mapping[str, str] | None,
-                      content_type: str, id_headers: tuple[str, ...] = ()) -> dict[str, str]:
+                      content_type: str, id_headers: tuple[str, ...] = (),
+                      rate: Mapping[str, str] | None = None) -> dict[str, str]:
+    """An answer's headers: ours, the upstream's rate-limit headers worth passing, and the
+    principal's own rate-limit headers (``rate``), which replace the upstream's of the same name."""
     headers = {"Content-Type": content_type, "x-request-id": request_id, "x-tensorwall-provider": provider}
     for name in id_headers:  # the dialect's own names for the request id
         headers[name] = request_id
@@ -521,6 +588,8 @@ def _response_headers(request_id: str, provider: str, upstream_headers: Mapping[
             value = get(name)
             if value is not None and len(value) <= MAX_PASSED_VALUE and value.isascii() and value.isprintable():
                 headers[name] = value
+    if rate:
+        headers.update(rate)
     return headers
 
 
@@ -613,7 +682,8 @@ async def _answer(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
         if flow.finish is not None:
             await _finish(flow, body)
         flow.record.committed()
-        return web.Response(body=body, headers=_response_headers(flow.request_id, name, headers, JSON))
+        return web.Response(body=body, headers=_response_headers(flow.request_id, name, headers, JSON,
+                                                                rate=flow.rate_headers))
     try:
         out = flow.impl.parse_response(flow.req, provider, body)
     except MALFORMED as exc:
@@ -629,7 +699,7 @@ async def _answer(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
         await _finish(flow, out)
     flow.record.committed()
     return web.Response(body=out, headers=_response_headers(flow.request_id, name, headers, JSON,
-                                                            dialect.request_id_headers))
+                                                            dialect.request_id_headers, flow.rate_headers))
 
 
 async def _stream(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
@@ -812,7 +882,7 @@ async def _commit(flow: ChatFlow, task: asyncio.Task[Any], upstream_headers: Map
         flow.relayed(native.response_id)
     client = web.StreamResponse(headers=_response_headers(flow.request_id, flow.attempt.provider.name,
                                                           upstream_headers, "text/event-stream",
-                                                          flow.dialect.request_id_headers))
+                                                          flow.dialect.request_id_headers, flow.rate_headers))
     client.headers["Cache-Control"] = "no-cache"
     flow.request[COMMITTED] = client
     flow.record.committed()

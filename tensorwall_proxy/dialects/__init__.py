@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, NamedTuple, Protocol
 
 from ..errors import GatewayError
+from ..limits import Verdict
 from ..providers import ChatRequest
 from ..providers import StreamDecoder as StreamDecoder
 
@@ -82,6 +83,10 @@ class Dialect(Protocol):
     def error_event(self, error: GatewayError, stream: StreamDecoder | None = None) -> bytes:
         """An error past the commit point: the one stream event that ends the stream. ``stream`` is
         the decoder ``encode_stream`` made for the attempt, when there is one (its events so far)."""
+        ...
+
+    def rate_limit_headers(self, verdict: Verdict) -> dict[str, str]:
+        """A principal's limits as the rate-limit headers this door's clients read (DESIGN §13)."""
         ...
 
 

@@ -21,6 +21,7 @@ from typing import Any, Final
 
 import orjson
 
+from .. import limits
 from ..auth import FORWARDED_HEADERS
 from ..errors import GatewayError, bad_request
 from ..providers import ChatRequest, EmbeddingsRequest, StreamDecoder
@@ -182,6 +183,9 @@ class Chat:
     def error_body(self, error: GatewayError) -> bytes:
         return error.body()
 
+    # The rate-limit headers its clients read, as the function itself (no call per answer).
+    rate_limit_headers = staticmethod(limits.openai_headers)
+
     def error_event(self, error: GatewayError, stream: StreamDecoder | None = None) -> bytes:
         return _openai_error_event(error)
 
@@ -299,6 +303,9 @@ class Completions:
 
     def error_body(self, error: GatewayError) -> bytes:
         return error.body()
+
+    # The rate-limit headers its clients read, as the function itself (no call per answer).
+    rate_limit_headers = staticmethod(limits.openai_headers)
 
     def error_event(self, error: GatewayError, stream: StreamDecoder | None = None) -> bytes:
         return _openai_error_event(error)

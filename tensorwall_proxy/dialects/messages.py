@@ -32,6 +32,7 @@ from typing import Any, Final
 
 import orjson
 
+from .. import limits
 from ..errors import GatewayError, UpstreamError, bad_request
 from ..providers import ChatRequest, StreamDecoder
 from ..providers.shapes import obj
@@ -682,6 +683,9 @@ class Messages:
 
     def error_body(self, error: GatewayError) -> bytes:
         return orjson.dumps(error_object(error))
+
+    # The rate-limit headers its clients read, as the function itself (no call per answer).
+    rate_limit_headers = staticmethod(limits.anthropic_headers)
 
     def error_event(self, error: GatewayError, stream: StreamDecoder | None = None) -> bytes:
         return encode(orjson.dumps(error_object(error)), "error")

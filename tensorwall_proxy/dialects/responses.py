@@ -26,6 +26,7 @@ from typing import Any, Final
 
 import orjson
 
+from .. import limits
 from ..errors import GatewayError, bad_request
 from ..providers import ChatRequest, StreamDecoder
 from ..providers.contract import NativeStream
@@ -655,6 +656,9 @@ class Responses:
 
     def error_body(self, error: GatewayError) -> bytes:
         return error.body()
+
+    # The rate-limit headers its clients read, as the function itself (no call per answer).
+    rate_limit_headers = staticmethod(limits.openai_headers)
 
     def error_event(self, error: GatewayError, stream: StreamDecoder | None = None) -> bytes:
         if isinstance(stream, ResponsesStream):

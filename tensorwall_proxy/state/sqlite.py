@@ -1,7 +1,8 @@
 """The SQLite backend of the state store: one host, shared by every ``--workers`` process (DESIGN §14).
 
 Files, in the directory ``state.path``: ``responses.db`` holds values with their expiry and the
-shared secrets; ``limits.db`` beside it belongs to the principals' limits and is not opened here.
+shared secrets (``SqliteStore``); ``limits.db`` beside it holds the principals' limit counters
+(``SqliteLimits``), one row per principal, each check-and-update one transaction.
 Each file is served by one thread of its own per process (``Database``): a call is queued to that
 thread and its answer comes back through the event loop, which never waits on SQLite. WAL mode lets
 readers go on while another process writes; the busy timeout makes a writer wait for another
@@ -29,18 +30,19 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 import orjson
 
+from ..limits import Ask, Counters, Verdict, decide, renew, settle
 from . import ErrorCounter, StoreError
 from .guard import CallGuard
 
 if TYPE_CHECKING:
-    from ..config import StateConfig
+    from ..config import Limits, StateConfig
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 RESPONSES_FILE: Final = "responses.db"
 # The principals' limits keep their counters here (a file of their own, so a burst of stored
-# responses never waits behind a limit check, nor the reverse): reserved, not opened by this module.
+# responses never waits behind a limit check, nor the reverse).
 LIMITS_FILE: Final = "limits.db"
 # Calls waiting for a file's thread; past it a call fails at once rather than queue behind a thread
 # that is that far behind (each call is bounded, so the queue drains within a few timeouts).
@@ -223,6 +225,20 @@ def _expiry(now: float, ttl_seconds: float) -> float:
     return now + ttl_seconds
 
 
+async def _open_file(backend: str, config: StateConfig, name: str, schema: str,
+                     on_error: ErrorCounter | None) -> tuple[Database, CallGuard]:
+    """One of the directory's files, opened (and made, with its tables) by its thread, with the
+    guard its calls go through; StoreError when it cannot be."""
+    guard = CallGuard(backend, config.timeout_seconds, (sqlite3.Error, OSError), on_error)
+    database = Database(Path(config.path) / name, config.timeout_seconds, schema)
+    try:
+        await guard.run("open", database.run(_nothing), seconds=max(OPEN_SECONDS, config.timeout_seconds))
+    except BaseException:
+        await database.close()
+        raise
+    return database, guard
+
+
 class SqliteStore:
     """The state store in ``<state.path>/responses.db`` (see the module's docstring)."""
 
@@ -238,13 +254,7 @@ class SqliteStore:
     async def open(cls, config: StateConfig, on_error: ErrorCounter | None = None) -> SqliteStore:
         """Open (creating them when needed) the directory and ``responses.db``; StoreError when it
         cannot (a read-only filesystem, a path that is not a directory)."""
-        guard = CallGuard(cls.backend, config.timeout_seconds, (sqlite3.Error, OSError), on_error)
-        database = Database(Path(config.path) / RESPONSES_FILE, config.timeout_seconds, _SCHEMA)
-        try:
-            await guard.run("open", database.run(_nothing), seconds=max(OPEN_SECONDS, config.timeout_seconds))
-        except BaseException:
-            await database.close()
-            raise
+        database, guard = await _open_file(cls.backend, config, RESPONSES_FILE, _SCHEMA, on_error)
         store = cls(database, guard)
         store._sweeper = asyncio.create_task(store._sweep_now_and_then(), name="tensorwall-state-sweep")
         return store
@@ -309,3 +319,74 @@ class SqliteStore:
                 continue
             if removed:
                 log.debug("state store: %d expired entries removed", removed)
+
+
+# --- the principals' limit counters -------------------------------------------------------------
+
+_LIMITS_SCHEMA: Final = "CREATE TABLE IF NOT EXISTS counters (principal TEXT PRIMARY KEY, state BLOB NOT NULL);"
+
+
+def _counted(connection: sqlite3.Connection, principal: str, change: Callable[[Counters, float], T]) -> T:
+    """``change`` applied to a principal's counters in one write transaction, at the host's clock as
+    read inside it: BEGIN IMMEDIATE takes the file's write lock first, so the workers' checks of one
+    principal follow one another and every one sees the last one's result (exact across --workers)."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        counters, now = _read_counters(connection, principal)
+        before = counters.dumps()
+        outcome = change(counters, now)
+        after = counters.dumps()
+        if after != before:
+            connection.execute("INSERT INTO counters (principal, state) VALUES (?, ?) "
+                               "ON CONFLICT (principal) DO UPDATE SET state = excluded.state", (principal, after))
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+    return outcome
+
+
+def _read_counters(connection: sqlite3.Connection, principal: str) -> tuple[Counters, float]:
+    row = connection.execute("SELECT state FROM counters WHERE principal = ?", (principal,)).fetchone()
+    return Counters.loads(None if row is None else bytes(row[0])), time.time()
+
+
+class SqliteLimits:
+    """The limit counters in ``<state.path>/limits.db`` (see the module's docstring)."""
+
+    backend = "sqlite"
+
+    def __init__(self, database: Database, guard: CallGuard) -> None:
+        self._database = database
+        self._guard = guard
+
+    @classmethod
+    async def open(cls, config: StateConfig, on_error: ErrorCounter | None = None) -> SqliteLimits:
+        """Open (creating them when needed) the directory and ``limits.db``; StoreError when it cannot."""
+        return cls(*await _open_file(cls.backend, config, LIMITS_FILE, _LIMITS_SCHEMA, on_error))
+
+    async def check(self, principal: str, limits: Limits, ask: Ask) -> Verdict:
+        """``limits.decide`` on the principal's row, in one transaction."""
+        return await self._guard.run("limit_check", self._database.run(
+            lambda c: _counted(c, principal, lambda counters, now: decide(counters, limits, ask, now))))
+
+    async def settle(self, principal: str, limits: Limits, reserved: int, used: int | None, day: int,
+                     lease: str | None) -> None:
+        """``limits.settle`` on the principal's row, in one transaction."""
+        await self._guard.run("limit_settle", self._database.run(lambda c: _counted(
+            c, principal, lambda counters, now: settle(counters, limits, reserved, used, day, lease, now))))
+
+    async def renew(self, principal: str, leases: Sequence[str]) -> None:
+        """``limits.renew`` on the principal's row, in one transaction."""
+        await self._guard.run("limit_renew", self._database.run(
+            lambda c: _counted(c, principal, lambda counters, now: renew(counters, leases, now))))
+
+    async def counters(self, principal: str) -> tuple[Counters, float]:
+        """The principal's row as it is, and the host's time."""
+        return await self._guard.run("limit_read", self._database.run(lambda c: _read_counters(c, principal)))
+
+    async def close(self) -> None:
+        """Let the calls queued finish, close the file and end its thread."""
+        self._guard.closed = True
+        await self._database.close()

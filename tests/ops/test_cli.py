@@ -242,3 +242,42 @@ def test_check_shows_where_the_yaml_is_broken_but_not_the_line(tmp_path: Path) -
     assert result.returncode == 1
     assert "line 4, column" in result.stderr and "mapping values are not allowed here" in result.stderr
     assert "FAKE0123456789abcdef" not in result.stdout + result.stderr
+
+
+def test_keys_lists_principals_with_their_usage_and_never_a_key(tmp_path: Path) -> None:
+    import asyncio
+
+    from tensorwall_proxy.config import load_config
+    from tensorwall_proxy.limits import Ask
+    from tensorwall_proxy.state.holder import open_limits
+
+    config = tmp_path / "tensorwall.yaml"
+    config.write_text(f"""gateway_keys:
+  - plain-secret-key
+  - name: team-a
+    key: team-a-secret-key
+    models: ["gpt-4*", fast]
+    expires: 2027-06-30
+    limits: {{requests_per_minute: 6, tokens_per_day: 1000, concurrent: 2}}
+state: {{path: {tmp_path / 'state'}}}
+""")
+    loaded = load_config(config)
+    team = loaded.gateway_keys[1]
+    assert team.limits is not None
+
+    async def use() -> None:
+        store = await open_limits(loaded.state)
+        try:
+            await store.check("team-a", team.limits, Ask(tokens=120, lease="x"))  # type: ignore[arg-type]
+        finally:
+            await store.close()
+
+    asyncio.run(use())
+    result = run("keys", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert key_digest("plain-secret-key") in out and "team-a (key sha256:" in out
+    assert "models:  gpt-4*, fast" in out and "expires: 2027-07-01T00:00:00Z" in out
+    assert "limits:  requests_per_minute=6, tokens_per_day=1000, concurrent=2" in out
+    assert "usage:   requests left now 5; tokens used today 120; in flight 1" in out
+    assert "secret-key" not in out  # the keys themselves never appear

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from tensorwall_proxy.auth import GatewayKeys
-from tensorwall_proxy.config import key_digest
+from tensorwall_proxy.auth import GatewayKeys, check_model, may_use
+from tensorwall_proxy.config import Principal, key_digest
 from tensorwall_proxy.errors import GatewayError
 
 ON = GatewayKeys([key_digest("gw-one"), key_digest("gw-two")])
@@ -49,7 +49,7 @@ def test_keys_on(pairs: tuple[tuple[str, str], ...], caller: str | None) -> None
 ])
 def test_the_principal_is_the_gateway_keys_digest(pairs: tuple[tuple[str, str], ...], key: str) -> None:
     principal, _ = ON.admit(_headers(*pairs))
-    assert principal == key_digest(key)
+    assert principal is not None and principal.id == key_digest(key)
     assert OFF.admit(_headers(*pairs))[0] is None  # keys off: nobody in particular
 
 
@@ -90,3 +90,38 @@ def test_a_key_that_is_not_visible_ascii_is_a_400(keys: GatewayKeys) -> None:
     assert error.status == 400 and error.code == "invalid_authorization_header"
     if keys is OFF:
         assert _refused(OFF, ("x-api-key", "k\u00e9y")).code == "invalid_authorization_header"
+
+
+def test_a_named_principal_is_its_name_and_an_expired_key_is_refused_like_a_wrong_one() -> None:
+    now = [1_000.0]
+    keys = GatewayKeys([Principal(key_digest("gw-named"), name="team-a", expires_at=2_000.0),
+                        key_digest("gw-plain")], clock=lambda: now[0])
+    principal, _ = keys.admit(_headers(("Authorization", "Bearer gw-named")))
+    assert principal is not None and principal.id == "team-a"
+    now[0] = 2_000.0
+    for pairs in ((("X-API-Key", "gw-named"),), (("Authorization", "Bearer gw-named"),)):
+        error = _refused(keys, *pairs)
+        assert error.status == 401 and error.code == "invalid_gateway_key"
+    # An expired Bearer is not a gateway key any more: with a valid X-API-Key it is the caller's key.
+    assert _caller(keys, ("X-API-Key", "gw-plain"), ("Authorization", "Bearer gw-named")) == "gw-named"
+
+
+@pytest.mark.parametrize(("models", "model", "allowed"), [
+    (None, "anything", True),
+    (("gpt-4*", "fast"), "gpt-4o", True),
+    (("gpt-4*", "fast"), "fast", True),
+    (("gpt-4*", "fast"), "faster", False),
+    (("gpt-4*",), "GPT-4o", False),  # globs are case-sensitive, as model names are
+    ((), "gpt-4o", False),
+])
+def test_the_allowlist_is_globs_over_public_names(models: tuple[str, ...] | None, model: str, allowed: bool) -> None:
+    principal = Principal(key_digest("k"), models=models)
+    assert may_use(principal, model) is allowed
+    if allowed:
+        check_model(principal, model)
+    else:
+        with pytest.raises(GatewayError) as refused:
+            check_model(principal, model)
+        assert (refused.value.status, refused.value.type, refused.value.code) == \
+            (403, "permission_error", "model_not_allowed")
+    assert may_use(None, model)  # keys off: every model

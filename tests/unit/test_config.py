@@ -6,6 +6,7 @@ machine's own variables never leak in.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import re
 import textwrap
@@ -18,6 +19,7 @@ from tensorwall_proxy.config import (
     PROVIDER_TYPES,
     Config,
     EndpointConfig,
+    Limits,
     RuleConfig,
     Secret,
     StateConfig,
@@ -413,7 +415,7 @@ def test_load_config_resolves_file_references_next_to_the_yaml(tmp_path: Path) -
     path = tmp_path / "tensorwall.yaml"
     path.write_text('gateway_keys: ["${file:gateway.key}"]\n', encoding="utf-8")
     config = load_config(path, env={})
-    assert config.gateway_keys == (TEST_DIGEST,)
+    assert tuple(p.digest for p in config.gateway_keys) == (TEST_DIGEST,)
     assert config.source == str(path)
 
 
@@ -439,7 +441,7 @@ def test_a_plain_gateway_key_becomes_its_sha256_digest() -> None:
     config = parse("""
         gateway_keys: [test, "${TENSORWALL_KEY}"]
     """, {"TENSORWALL_KEY": "from-env"})
-    assert config.gateway_keys == (
+    assert tuple(p.digest for p in config.gateway_keys) == (
         TEST_DIGEST,
         "sha256:" + hashlib.sha256(b"from-env").hexdigest(),
     )
@@ -450,7 +452,7 @@ def test_a_digest_is_kept_and_lowercased() -> None:
     config = parse(f"""
         gateway_keys: ["{upper}", "{TEST_DIGEST}"]
     """)
-    assert config.gateway_keys == (TEST_DIGEST, TEST_DIGEST)
+    assert tuple(p.digest for p in config.gateway_keys) == (TEST_DIGEST, TEST_DIGEST)
 
 
 @pytest.mark.parametrize("digest", ["sha256:abc", "sha256:" + "g" * 64, "sha256:" + "a" * 65, "sha256:"])
@@ -1243,3 +1245,66 @@ def test_state_errors_name_their_yaml_paths_and_never_the_url() -> None:
     assert errors_of(auth_off("state: {backend: redis, url: '${REDIS_URL}'}")) == [
         "state.url: environment variable REDIS_URL is not set (use ${REDIS_URL:-} for an empty default)"]
     assert errors_of(auth_off("state: [sqlite]")) == ["state: expected a mapping, got list"]
+
+
+# --- principals (DESIGN §13) ---------------------------------------------------------------------
+
+
+def test_a_principal_has_a_name_a_key_models_an_expiry_and_limits() -> None:
+    config = parse("""
+        gateway_keys:
+          - test
+          - name: team-a
+            key: ${TEAM_A_KEY}
+            models: ["gpt-4*", claude-*, fast]
+            expires: 2027-06-30
+            limits: {requests_per_minute: 600, tokens_per_minute: 200000, tokens_per_day: 5000000, concurrent: 20}
+          - {name: ops, key: "sha256:%s", expires: "2027-06-30T18:00:00+02:00"}
+        routes:
+          fast: {max_output_tokens: 512, endpoints: [{provider: openai, model: gpt-4o-mini}]}
+        limits: {default_output_reservation: 1000}
+    """ % ("b" * 64), {"TEAM_A_KEY": "team-a-secret"})
+    plain, team, ops = config.gateway_keys
+    assert plain.id == TEST_DIGEST and plain.limits is None and plain.models is None
+    assert team.id == "team-a" and team.digest == key_digest("team-a-secret")
+    assert team.models == ("gpt-4*", "claude-*", "fast")
+    # A date: the key serves through that UTC day.
+    assert team.expires_at == datetime.datetime(2027, 7, 1, tzinfo=datetime.UTC).timestamp()
+    assert team.limits == Limits(600, 200000, 5000000, 20)
+    assert ops.digest == "sha256:" + "b" * 64 and ops.limits is None
+    assert ops.expires_at == datetime.datetime(2027, 6, 30, 16, tzinfo=datetime.UTC).timestamp()
+    assert config.routes["fast"].max_output_tokens == 512
+    assert config.limits.default_output_reservation == 1000
+
+
+def test_the_output_reservation_defaults_to_4096() -> None:
+    assert parse("gateway_keys: []").limits.default_output_reservation == 4096
+
+
+@pytest.mark.parametrize(("entry", "error"), [
+    ("{name: a}", "gateway_keys[1].key: required"),
+    ("{name: 'bad name', key: k2}", "gateway_keys[1].name: a principal's name is 1 to 64"),
+    ("{name: 'sha256:x', key: k2}", "gateway_keys[1].name: a principal's name is 1 to 64"),
+    ("{key: k2, expires: soon}", "gateway_keys[1].expires: expected a date"),
+    ("{key: k2, limits: {requests_per_minute: 0}}", "gateway_keys[1].limits.requests_per_minute: must be between 1"),
+    ("{key: k2, limits: {rpm: 5}}", "gateway_keys[1].limits.rpm: unknown key"),
+    ("{key: k2, models: gpt-4}", "gateway_keys[1].models: expected a list"),
+    ("{key: k2, colour: red}", "gateway_keys[1].colour: unknown key"),
+    ("{key: test}", "gateway_keys[1]: the same key as gateway_keys[0]"),
+    ("{name: x, key: k2}\n  - {name: x, key: k3}", "gateway_keys[2]: the same name as gateway_keys[1]"),
+])
+def test_principal_errors_name_their_yaml_path(entry: str, error: str) -> None:
+    errors = errors_of(f"gateway_keys:\n  - test\n  - {entry}\n")
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(error), errors
+
+
+def test_route_caps_and_limit_settings_are_checked() -> None:
+    errors = errors_of("""
+        routes:
+          fast: {max_output_tokens: 0, endpoints: [{provider: openai}]}
+        limits: {default_output_reservation: -1, other: 1}
+    """)
+    assert any(e.startswith("routes.fast.max_output_tokens: must be between 1") for e in errors), errors
+    assert any(e.startswith("limits.default_output_reservation: must be between 0") for e in errors), errors
+    assert any(e.startswith("limits.other: unknown key") for e in errors), errors
