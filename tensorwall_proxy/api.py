@@ -222,6 +222,8 @@ def _pivot(dialect: Dialect) -> Handler:
     async def endpoint(request: web.Request) -> web.StreamResponse:
         gateway = request.app[GATEWAY]
         req = parse(await read_json(request), request.headers)
+        if req.native is not None and request.query_string:
+            req = replace(req, native_query=request.query_string)  # Messages' `?beta=true`, kept natively
         return await relay.chat(gateway, request, req, dialect, request[CALLER],
                                 request[REQUEST_ID])
 

@@ -41,6 +41,7 @@ from .errors import (
 from .health import HealthBook, HealthKey, RetryBudget, when_all_blocked
 from .observability import THROTTLE, Ledger, Metrics, RequestRecord, outcome_of
 from .providers import ChatRequest, EmbeddingsRequest, NativeStream, Provider, StreamDecoder, provider_for
+from .providers.anthropic_wire import beta_label
 from .router import LLMRouter, Route, RouteEndpoint
 from .sse import SseError, SseEvent
 from .state import Store
@@ -243,10 +244,15 @@ class ChatFlow(Flow[ChatRequest, UpstreamCall]):
         attempt, req, name = self.attempt, self.req, self.dialect.name
         self.native = req.native is not None and self.impl.native(name, attempt.provider, attempt.model)
         if self.native:
-            return self.impl.build_native_request(name, req, attempt.provider, attempt.model, credential)
-        call = self.impl.build_request(req, attempt.provider, attempt.model, credential)
-        # No chat translator keeps cache breakpoints yet: each one the caller marked is dropped.
-        self.record.cache_markers_dropped = req.cache_markers
+            call = self.impl.build_native_request(name, req, attempt.provider, attempt.model, credential)
+        else:
+            call = self.impl.build_request(req, attempt.provider, attempt.model, credential)
+            # No chat translator keeps cache breakpoints yet: each one the caller marked is dropped.
+            self.record.cache_markers_dropped = req.cache_markers
+        self.record.betas_stripped = tuple(beta_label(beta) for beta in call.stripped)
+        if call.stripped:
+            log.debug("request %s: betas not passed to provider %s: %s", self.request_id, attempt.provider.name,
+                      ", ".join(call.stripped))
         return call
 
     def relayed(self, upstream_id: str | None) -> None:
@@ -608,7 +614,8 @@ async def _answer(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
         if flow.finish is not None:
             await _finish(flow, body)
         flow.record.committed()
-        return web.Response(body=body, headers=_response_headers(flow.request_id, name, headers, JSON))
+        return web.Response(body=body, headers=_response_headers(flow.request_id, name, headers, JSON,
+                                                                flow.dialect.request_id_headers))
     try:
         out = flow.impl.parse_response(flow.req, provider, body)
     except MALFORMED as exc:

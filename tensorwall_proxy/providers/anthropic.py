@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
 
 import orjson
 
@@ -16,12 +17,15 @@ from ..sse import SseDecoder
 from .anthropic_wire import (
     DEFAULT_VERSION,
     AnthropicStream,
+    Betas,
     auth_header,
+    native_messages,
     passed_betas,
     translate_request,
     translate_response,
 )
-from .contract import ChatRequest, EmbeddingsRequest, Translated, UpstreamCall
+from .contract import ChatRequest, EmbeddingsRequest, UpstreamCall
+from .messages_wire import NativeMessages
 from .openai_wire import USER_AGENT, classify_openai_error, upstream_url
 from .shapes import load_object
 
@@ -30,23 +34,18 @@ if TYPE_CHECKING:
     from ..config import ProviderConfig
 
 
-def _headers(provider: ProviderConfig, credential: Credential, req_headers: Mapping[str, str]) -> dict[str, str]:
-    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
-               "anthropic-version": provider.version or DEFAULT_VERSION}
+def _headers(provider: ProviderConfig, credential: Credential, version: str, betas: Betas) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, "anthropic-version": version}
     if credential.secret is not None:
         name, value = auth_header(credential.secret.reveal())
         headers[name] = value
-    beta = req_headers.get("anthropic-beta")
-    if beta:
-        passed = passed_betas(beta, provider, credential)
-        if passed:
-            headers["anthropic-beta"] = passed
+    if betas.kept:
+        headers["anthropic-beta"] = ",".join(betas.kept)
     return headers
 
 
-
-class Anthropic(Translated):
-    """The Provider for Anthropic's Messages API."""
+class Anthropic(NativeMessages):
+    """The Provider for Anthropic's Messages API: chat translated, Messages passed through."""
 
     type = "anthropic"
 
@@ -56,8 +55,10 @@ class Anthropic(Translated):
     def build_request(self, req: ChatRequest, provider: ProviderConfig, model: str,
                       credential: Credential) -> UpstreamCall:
         body = translate_request(req, provider, model)
-        return UpstreamCall("POST", upstream_url(provider.base_url, "/messages"),
-                            _headers(provider, credential, req.headers), orjson.dumps(body), req.stream)
+        betas = passed_betas(req.headers.get("anthropic-beta") or "", provider, credential)
+        headers = _headers(provider, credential, provider.version or DEFAULT_VERSION, betas)
+        return UpstreamCall("POST", upstream_url(provider.base_url, "/messages"), headers, orjson.dumps(body),
+                            req.stream, betas.stripped)
 
     def parse_response(self, req: ChatRequest, provider: ProviderConfig, body: bytes) -> bytes:
         return translate_response(load_object(body, provider.name), keep_state=req.wants_reasoning_state)
@@ -77,3 +78,19 @@ class Anthropic(Translated):
     def parse_embeddings_response(self, req: EmbeddingsRequest, provider: ProviderConfig,
                                   bodies: list[bytes]) -> bytes:
         raise GatewayError(500, "Anthropic has no embeddings.")  # never called: no request is built
+
+    def native(self, dialect: str, provider: ProviderConfig, model: str) -> bool:
+        return dialect == "messages" and dialect in provider.speaks
+
+    def build_native_request(self, dialect: str, req: ChatRequest, provider: ProviderConfig, model: str,
+                             credential: Credential) -> UpstreamCall:
+        """The caller's body with ``model`` set; the caller's ``anthropic-version`` and ``?beta=true``
+        kept, its betas as ``split_betas`` says."""
+        body, betas = native_messages(req, provider, credential)
+        body["model"] = model
+        version = req.headers.get("anthropic-version") or provider.version or DEFAULT_VERSION
+        url = upstream_url(provider.base_url, "/messages")
+        if parse_qs(req.native_query).get("beta") == ["true"]:
+            url = url.with_query(beta="true")
+        return UpstreamCall("POST", url, _headers(provider, credential, version, betas), orjson.dumps(body),
+                            req.stream, betas.stripped)

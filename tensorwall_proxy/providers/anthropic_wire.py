@@ -1,16 +1,31 @@
-"""Anthropic's wire as every type that carries Claude uses it: how a key travels, which betas cross,
+"""Anthropic's Messages wire as every type that carries Claude uses it: the chat translators (request,
+answer, the stream state machine), how a key travels, which betas cross, which models are Claude,
 and Claude's own rules for a request (sampling fields, the JSON-mode instruction).
 
-``anthropic`` (Anthropic's API) and ``bedrock`` (Claude models) both read it; it is the one shared
-wire module of DESIGN §14, so neither translator imports the other.
+``anthropic`` (Anthropic's API), ``bedrock`` (Claude models) and ``vertex`` (Claude models, in
+Vertex's envelope) all read it; it is the one shared wire module of DESIGN §14, so no translator
+imports another.
+
+Chat translation: the request side hoists system and developer messages into ``system``, merges
+consecutive same-role turns (tool results first), turns images, tools, tool choice, stop, user and
+response_format into Anthropic's forms, and ``reasoning_effort`` into extended thinking. The answer
+side puts text, tool calls, thinking (``reasoning_content``), the stop reason and the usage where the
+OpenAI SDK looks. Thinking with tools: Anthropic wants the assistant's thinking block, with its
+signature, back on the tool-use turn; it travels inside the tool call id the client keeps
+(``ids.attach``, compressed), and a turn whose history lacks it is sent with thinking off. When the
+request wants reasoning state (``providers/reasoning.py``), thinking blocks also come back as the
+pivot's ``reasoning_state``.
 
 The key: an API key goes as ``x-api-key``; a token that is not an API key (an OAuth token
 ``sk-ant-oat…``, or a JWT-shaped value) goes as ``Authorization: Bearer`` (DESIGN §14).
 
-Betas: with the caller's own key every beta passes, since the caller pays. Under a server-side key
-only the provider's ``betas:`` globs pass (default: the behavioural betas, never the billed ones
-such as ``context-1m-*``), so a gateway key cannot switch on paid features on the operator's
-account. Either way the value sent is capped at ``MAX_BETA_HEADER`` bytes, whole entries only.
+Betas: with the caller's own key every beta passes to Anthropic, since the caller pays. Under a
+server-side key only the provider's ``betas:`` globs pass (default: the behavioural betas, never the
+billed ones such as ``context-1m-*``), so a gateway key cannot switch on paid features on the
+operator's account. Bedrock and Vertex refuse betas they do not know: only those of their type's
+versioned table (``TYPE_BETAS``) reach them. Either way the value sent is capped at
+``MAX_BETA_HEADER`` bytes, whole entries only; every beta stripped is reported with the call
+(``UpstreamCall.stripped``), and one whose body field is present is refused (``require_pairs``).
 
 Pure: no I/O.
 """
@@ -21,7 +36,8 @@ import functools
 import re
 from collections.abc import Callable, Mapping
 from fnmatch import translate
-from typing import TYPE_CHECKING, Any, Final
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import orjson
 
@@ -68,6 +84,29 @@ BILLED_BETAS: Final[tuple[str, ...]] = (
     "mcp-client-*", "files-api-*", "skills-*",
 )
 MAX_BETA_HEADER: Final = 1024
+# The versioned table of which betas a type that carries Claude accepts at all (wire-formats-dialects
+# C.6, D.4; version 2026-06): Bedrock and Vertex refuse a request with a beta they do not know, so
+# only these reach them; Anthropic's own API takes every beta (None). Dates are left to the globs.
+BETA_TABLE_VERSION: Final = "2026-06"
+TYPE_BETAS: Final[Mapping[str, tuple[str, ...] | None]] = MappingProxyType({
+    "anthropic": None,
+    "bedrock": ("computer-use-*", "context-1m-*", "context-management-*", "compact-*", "effort-*",
+                "fine-grained-tool-streaming-*", "tool-search-tool-*", "thinking-binding-controls-*",
+                "thinking-display-updates-*", "mid-conversation-output-config-*",
+                "mid-conversation-tool-changes-*", "dangerous-tool-use-*"),
+    "vertex": ("computer-use-*", "context-1m-*", "context-management-*", "interleaved-thinking-*", "compact-*",
+               "tool-search-tool-*", "web-search-*", "per-turn-control-*", "thinking-binding-controls-*",
+               "thinking-display-updates-*", "dangerous-tool-use-*"),
+})
+# Betas the tables know by name beside those: what Bedrock and Vertex strip (the metric's labels).
+_STRIPPED_BETAS: Final = ("output-128k-*", "structured-outputs-*", "fast-mode-*", "advisor-tool-*",
+                          "advanced-tool-use-*", "thinking-token-count-*", "oauth-*")
+KNOWN_BETAS: Final[tuple[str, ...]] = tuple(dict.fromkeys((
+    *DEFAULT_BETAS, *BILLED_BETAS, *(g for table in TYPE_BETAS.values() for g in table or ()), *_STRIPPED_BETAS)))
+# A beta and the top-level body field it enables: one without the other is refused upstream.
+BETA_FIELDS: Final[tuple[tuple[str, str], ...]] = (
+    ("context-management-*", "context_management"), ("mcp-client-*", "mcp_servers"), ("compact-*", "compaction"),
+)
 
 # The version in a Claude model id: claude-opus-4-1-20250805, claude-3-7-sonnet, claude-2.1, claude-v2, and the
 # same inside Bedrock (anthropic.claude-…-v1:0) and Vertex (claude-…@date) ids. A minor version is
@@ -97,21 +136,95 @@ def _matcher(globs: tuple[str, ...]) -> Callable[[str], bool]:
     return lambda beta: pattern.match(beta) is not None
 
 
-def passed_betas(value: str, provider: ProviderConfig, credential: Credential) -> str | None:
-    """The ``anthropic-beta`` value to send for the caller's ``value``, or None to send none."""
-    allowed = None if credential.kind == "caller" else _matcher(
+class Betas(NamedTuple):
+    """The caller's betas split for one attempt: what is sent, and what is stripped (counted, logged)."""
+
+    kept: tuple[str, ...]
+    stripped: tuple[str, ...]
+
+
+def caller_betas(header: str | None, listed: Any = None) -> list[str]:
+    """The betas a caller asked for: the ``anthropic-beta`` header's entries, then a body's
+    ``anthropic_beta`` list (Bedrock's form), each once."""
+    out: list[str] = []
+    for beta in [*(header or "").split(","), *(listed if isinstance(listed, list) else ())]:
+        beta = beta.strip() if isinstance(beta, str) else ""
+        if beta and beta not in out:
+            out.append(beta)
+    return out
+
+
+def split_betas(betas: list[str], provider: ProviderConfig, credential: Credential) -> Betas:
+    """Which of ``betas`` reach ``provider``: those its type accepts (``TYPE_BETAS``) and, under a
+    server-side credential, those its ``betas:`` globs name (default ``DEFAULT_BETAS``). The
+    whole list is capped at ``MAX_BETA_HEADER`` bytes; what does not fit is stripped too."""
+    accepted = TYPE_BETAS.get(provider.type)
+    by_type = _matcher(accepted) if accepted is not None else None
+    by_key = None if credential.kind == "caller" else _matcher(
         DEFAULT_BETAS if provider.betas is None else provider.betas)
     kept: list[str] = []
+    stripped: list[str] = []
     size = -1  # the first entry needs no comma
-    for entry in value.split(","):
-        beta = entry.strip()
-        if not beta or (allowed is not None and not allowed(beta)):
+    for beta in betas:
+        if (by_type is not None and not by_type(beta)) or (by_key is not None and not by_key(beta)) \
+                or size + len(beta) + 1 > MAX_BETA_HEADER:
+            stripped.append(beta)
             continue
         size += len(beta) + 1
-        if size > MAX_BETA_HEADER:
-            break
         kept.append(beta)
-    return ",".join(kept) or None
+    return Betas(tuple(kept), tuple(stripped))
+
+
+def passed_betas(value: str, provider: ProviderConfig, credential: Credential) -> Betas:
+    """The caller's ``anthropic-beta`` value split for ``provider`` (``split_betas``)."""
+    return split_betas(caller_betas(value), provider, credential)
+
+
+def beta_label(beta: str) -> str:
+    """A stripped beta as the metric names it: its family in the tables (``context-1m``), else ``other``."""
+    for glob in KNOWN_BETAS:
+        if _matcher((glob,))(beta):
+            return glob.removesuffix("-*")
+    return "other"
+
+
+def require_pairs(stripped: tuple[str, ...], body: Mapping[str, Any], provider: ProviderConfig) -> None:
+    """A stripped beta whose field is in the body would be sent half-paired (a sure 400 upstream, or
+    the field silently ignored): refused here, naming both (DESIGN §14)."""
+    for beta in stripped:
+        for glob, field_name in BETA_FIELDS:
+            if field_name in body and _matcher((glob,))(beta):
+                raise UnsupportedField(field_name, f"'{field_name}' needs the beta '{beta}', which provider "
+                                                   f"'{provider.name}' does not pass; send neither or use a "
+                                                   "provider that takes both.")
+
+
+# A Bedrock model id's own name: after an ARN's last `/`, without a cross-region profile's prefix.
+_BEDROCK_ANTHROPIC: Final = re.compile(r"(?:[a-z]{2,7}(?:-[a-z]+)?\.)?anthropic\.")
+
+
+def anthropic_family(provider: ProviderConfig, model: str) -> bool:
+    """Whether a bedrock or vertex ``model`` is Claude, spoken to in Anthropic's Messages wire (DESIGN
+    §14): a Bedrock id (after an ARN's last ``/``, past a region prefix) starting ``anthropic.``, a
+    Vertex id starting ``claude-``, or one the provider's ``anthropic_models:`` globs name."""
+    if provider.anthropic_models and _matcher(provider.anthropic_models)(model):
+        return True
+    if provider.type == "bedrock":
+        return _BEDROCK_ANTHROPIC.match(model.rpartition("/")[2]) is not None
+    return provider.type == "vertex" and model.startswith("claude-")
+
+
+def native_messages(req: ChatRequest, provider: ProviderConfig, credential: Credential,
+                    betas_in_body: bool = False) -> tuple[dict[str, Any], Betas]:
+    """The caller's Messages body for a native attempt, as it came (the carrier sets ``model``),
+    and the caller's betas split for ``provider``; with ``betas_in_body`` (Bedrock), a body's own
+    ``anthropic_beta`` list is read and taken out, to be written back as what is kept."""
+    assert req.native is not None  # the relay asks for a native call only when the dialect made a body
+    body = dict(req.native)
+    listed = body.pop("anthropic_beta", None) if betas_in_body else None
+    betas = split_betas(caller_betas(req.headers.get("anthropic-beta"), listed), provider, credential)
+    require_pairs(betas.stripped, body, provider)
+    return body, betas
 
 
 @functools.lru_cache(maxsize=256)  # bounded: with the prefix form the model id is the caller's

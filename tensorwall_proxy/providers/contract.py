@@ -47,6 +47,8 @@ class ChatRequest:
     # the caller sent it, less the state the gateway made (dialects/native.py). None where the
     # dialect is the pivot's own (chat), whose translators are already the passthrough.
     native: Mapping[str, Any] | None = None
+    # The caller's query string, for a native passthrough that keeps part of it (Messages' `?beta=true`).
+    native_query: str = ""
     # A pivot extension (DESIGN §12): the cache breakpoints the caller marked (Anthropic's
     # `cache_control`). Chat has no field for them; a translator that cannot keep them drops them,
     # and the relay counts what was dropped.
