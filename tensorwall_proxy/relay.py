@@ -428,6 +428,46 @@ async def run_attempts(flow: Flow[Any, Any]) -> web.StreamResponse:
     raise detach(failure or skipped or missing_provider_key(route.endpoints[0].provider))
 
 
+# A counter's answer is a few bytes of JSON; more is not one.
+COUNT_BODY_BYTES: Final = 64 * 1024
+
+
+async def count_tokens(gateway: Gateway, request: web.Request, req: ChatRequest, dialect: Dialect,
+                       caller: Secret | None, request_id: str) -> int | None:
+    """``req``'s input tokens by a provider's own counter (DESIGN §12): the route's endpoints in the
+    plan's order, the first whose provider has a counter for its model and answers; None when none
+    does (the caller then gets the estimate). The caller's key goes to one key scope, as for any
+    request; a counter that fails leaves the next endpoint, and in the end the estimate."""
+    flow = ChatFlow(gateway, request, req, dialect, caller, request_id)
+    try:
+        attempts = plan(flow)
+    except GatewayError:
+        return None  # no endpoint can be called (no key, not configured): nothing to ask
+    caller_scope: str | None = None
+    for attempt in attempts[:flow.table.config.retries.attempts]:
+        if attempt.credential.kind == "caller" and caller_scope not in (None, attempt.provider.scope):
+            continue
+        flow.attempt = attempt
+        flow.impl = provider_for(attempt.provider.type)
+        try:
+            credential = attempt.credential
+            if credential.kind == "ambient":
+                credential = await gateway.ambient.resolve(attempt.provider)
+            call = flow.impl.build_count_tokens_request(req, attempt.provider, attempt.model, credential)
+            if call is None:
+                continue
+            if attempt.credential.kind == "caller":
+                caller_scope = attempt.provider.scope
+            flow.record.provider = attempt.provider.name
+            body, _ = await _unary(flow, call, COUNT_BODY_BYTES)
+            return flow.impl.read_count_tokens(attempt.provider, body)
+        except (GatewayError, *MALFORMED) as exc:
+            # Never the exception itself: an upstream's text may carry what it was sent.
+            log.debug("request %s: provider %s could not count tokens (%s)", request_id, attempt.provider.name,
+                      type(exc).__name__)
+    return None
+
+
 async def native_lookup(gateway: Gateway, provider_name: str, dialect: str, method: str, path: str,
                         caller: Secret | None, request_id: str) -> web.Response:
     """``method`` on what a native answer left at the provider that made it (a stored Response),

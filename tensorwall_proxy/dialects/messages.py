@@ -461,9 +461,9 @@ def parse_messages(body: dict[str, Any], headers: Mapping[str, str], *, counting
                            estimate=estimate_tokens(pivot["messages"]))
 
 
-def count_tokens_body(req: MessagesRequest) -> bytes:
-    """``POST /v1/messages/count_tokens`` answered by the estimate, in Anthropic's shape."""
-    return orjson.dumps({"input_tokens": req.estimate})
+def count_tokens_body(req: MessagesRequest, counted: int | None = None) -> bytes:
+    """``POST /v1/messages/count_tokens`` answered in Anthropic's shape: a provider's count, else the estimate."""
+    return orjson.dumps({"input_tokens": req.estimate if counted is None else counted})
 
 
 # --- answer -------------------------------------------------------------------------------------

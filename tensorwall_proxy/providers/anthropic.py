@@ -24,7 +24,7 @@ from .anthropic_wire import (
     translate_request,
     translate_response,
 )
-from .contract import ChatRequest, EmbeddingsRequest, UpstreamCall
+from .contract import ChatRequest, EmbeddingsRequest, UpstreamCall, read_input_tokens
 from .messages_wire import NativeMessages
 from .openai_wire import USER_AGENT, classify_openai_error, upstream_url
 from .shapes import load_object
@@ -86,11 +86,24 @@ class Anthropic(NativeMessages):
                              credential: Credential) -> UpstreamCall:
         """The caller's body with ``model`` set; the caller's ``anthropic-version`` and ``?beta=true``
         kept, its betas as ``split_betas`` says."""
+        return self._native_call(req, provider, model, credential, "/messages")
+
+    def _native_call(self, req: ChatRequest, provider: ProviderConfig, model: str, credential: Credential,
+                     path: str) -> UpstreamCall:
         body, betas = native_messages(req, provider, credential)
         body["model"] = model
         version = req.headers.get("anthropic-version") or provider.version or DEFAULT_VERSION
-        url = upstream_url(provider.base_url, "/messages")
+        url = upstream_url(provider.base_url, path)
         if parse_qs(req.native_query).get("beta") == ["true"]:
             url = url.with_query(beta="true")
         return UpstreamCall("POST", url, _headers(provider, credential, version, betas), orjson.dumps(body),
                             req.stream, betas.stripped)
+
+    def build_count_tokens_request(self, req: ChatRequest, provider: ProviderConfig, model: str,
+                                   credential: Credential) -> UpstreamCall | None:
+        if req.native is None or "messages" not in provider.speaks:
+            return None
+        return self._native_call(req, provider, model, credential, "/messages/count_tokens")
+
+    def read_count_tokens(self, provider: ProviderConfig, body: bytes) -> int:
+        return read_input_tokens(body, "input_tokens")

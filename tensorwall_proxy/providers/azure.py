@@ -25,7 +25,15 @@ from yarl import URL
 from ..errors import UpstreamError
 from ..sse import SseDecoder
 from .catalog import TYPES
-from .contract import ChatRequest, EmbeddingsRequest, NativeAnswer, NativeStream, UpstreamCall, path_segment
+from .contract import (
+    ChatRequest,
+    EmbeddingsRequest,
+    NativeAnswer,
+    NativeStream,
+    Uncounted,
+    UpstreamCall,
+    path_segment,
+)
 from .openai_wire import (
     USER_AGENT,
     PassthroughStream,
@@ -59,7 +67,7 @@ def _headers(credential: Credential) -> dict[str, str]:
     return headers
 
 
-class Azure:
+class Azure(Uncounted):
     """The Provider for Azure OpenAI deployments."""
 
     type = "azure"

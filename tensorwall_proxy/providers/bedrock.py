@@ -39,10 +39,17 @@ from ..errors import (
 )
 from ..sse import SseEvent
 from ..tokens import count_of
-from .anthropic_wire import JSON_OBJECT_INSTRUCTION, anthropic_family, claude_sampling, native_messages
+from .anthropic_wire import JSON_OBJECT_INSTRUCTION, Betas, anthropic_family, claude_sampling, native_messages
 from .blocks import BlockStream
 from .catalog import TYPES
-from .contract import ChatRequest, EmbeddingsRequest, NativeStream, UpstreamCall, path_segment
+from .contract import (
+    ChatRequest,
+    EmbeddingsRequest,
+    NativeStream,
+    UpstreamCall,
+    path_segment,
+    read_input_tokens,
+)
 from .ids import attach, detach, for_upstream, unique_id
 from .messages_wire import MessagesPassthrough, NativeMessages
 from .openai_wire import USER_AGENT, upstream_url
@@ -564,6 +571,18 @@ class BedrockStream(BlockStream):
         raise UpstreamError("server", 502, "Bedrock ended the stream before messageStop.", provider=self._provider)
 
 
+def _invoke_body(req: ChatRequest, provider: ProviderConfig, credential: Credential) -> tuple[dict[str, Any], Betas]:
+    """The caller's Messages body as InvokeModel takes it: no ``model`` (the URL names it), no
+    ``stream`` (the operation says it), ``anthropic_version``, and the betas that pass in the body."""
+    body, betas = native_messages(req, provider, credential, betas_in_body=True)
+    body.pop("model", None)
+    body.pop("stream", None)
+    body.setdefault("anthropic_version", ANTHROPIC_VERSION)
+    if betas.kept:
+        body["anthropic_beta"] = list(betas.kept)
+    return body, betas
+
+
 class InvokeStream(MessagesPassthrough):
     """InvokeModelWithResponseStream for a Claude model: each ``chunk`` frame's base64 ``bytes`` is one
     Anthropic event, relayed as SSE (``event: <type>``); an exception frame is the failure it names."""
@@ -635,14 +654,23 @@ class Bedrock(NativeMessages):
 
     def build_native_request(self, dialect: str, req: ChatRequest, provider: ProviderConfig, model: str,
                              credential: Credential) -> UpstreamCall:
-        body, betas = native_messages(req, provider, credential, betas_in_body=True)
-        body.pop("model", None)
-        body.pop("stream", None)  # the operation says it
-        body.setdefault("anthropic_version", ANTHROPIC_VERSION)
-        if betas.kept:
-            body["anthropic_beta"] = list(betas.kept)
+        body, betas = _invoke_body(req, provider, credential)
         operation = "invoke-with-response-stream" if req.stream else "invoke"
         return replace(_call(provider, credential, model, operation, body, req.stream), stripped=betas.stripped)
+
+    def build_count_tokens_request(self, req: ChatRequest, provider: ProviderConfig, model: str,
+                                   credential: Credential) -> UpstreamCall | None:
+        """CountTokens with the InvokeModel body, base64 in its envelope (it wants ``max_tokens``,
+        which a count_tokens body has not: the provider's default stands in)."""
+        if req.native is None or not self.native("messages", provider, model):
+            return None
+        body, betas = _invoke_body(req, provider, credential)
+        body.setdefault("max_tokens", provider.default_max_tokens or DEFAULT_MAX_TOKENS)
+        wrapped = {"input": {"invokeModel": {"body": base64.b64encode(orjson.dumps(body)).decode()}}}
+        return replace(_call(provider, credential, model, "count-tokens", wrapped), stripped=betas.stripped)
+
+    def read_count_tokens(self, provider: ProviderConfig, body: bytes) -> int:
+        return read_input_tokens(body, "inputTokens")
 
     def native_decoder(self, dialect: str, req: ChatRequest, provider: ProviderConfig) -> NativeStream:
         return InvokeStream(provider.name)

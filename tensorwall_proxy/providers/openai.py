@@ -23,7 +23,7 @@ from yarl import URL
 from ..errors import UnsupportedField, UpstreamError
 from ..sse import SseDecoder
 from .catalog import TYPES
-from .contract import ChatRequest, EmbeddingsRequest, NativeAnswer, NativeStream, UpstreamCall
+from .contract import ChatRequest, EmbeddingsRequest, NativeAnswer, NativeStream, Uncounted, UpstreamCall
 from .ids import IdStyle
 from .openai_wire import (
     NATIVE_PATHS,
@@ -68,7 +68,7 @@ WIRE: Final[dict[str, Wire]] = {
 }
 
 
-class OpenAICompatible:
+class OpenAICompatible(Uncounted):
     """The Provider for openai, groq, mistral, lmstudio and ollama, parameterised by ``Wire``."""
 
     def __init__(self, provider_type: str) -> None:

@@ -43,7 +43,7 @@ from .anthropic_wire import AnthropicStream, anthropic_family, native_messages
 from .anthropic_wire import translate_request as claude_request
 from .anthropic_wire import translate_response as claude_response
 from .catalog import TYPES
-from .contract import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
+from .contract import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment, read_input_tokens
 from .ids import attach, detach, for_gemini, from_gemini, unique_id
 from .messages_wire import NativeMessages
 from .openai_wire import USER_AGENT, upstream_url
@@ -693,6 +693,30 @@ class Vertex(NativeMessages):
                              credential: Credential) -> UpstreamCall:
         body, betas = native_messages(req, provider, credential)
         return _claude_call(provider, credential, model, body, req.stream, betas.kept, betas.stripped)
+
+    def build_count_tokens_request(self, req: ChatRequest, provider: ProviderConfig, model: str,
+                                   credential: Credential) -> UpstreamCall | None:
+        """Claude: ``count-tokens:rawPredict`` with the Messages body, ``model`` in it; Gemini:
+        ``countTokens`` with the contents, system instruction and tools of the translated request."""
+        if anthropic_family(provider, model):
+            if req.native is None:
+                return None
+            body, betas = native_messages(req, provider, credential)
+            body["model"] = model
+            body.setdefault("anthropic_version", ANTHROPIC_VERSION)
+            url = upstream_url(base_url(provider), model_path(provider, _project(provider, credential), "count-tokens",
+                                                              "rawPredict", "anthropic"))
+            headers = _headers(credential)
+            if betas.kept:
+                headers["anthropic-beta"] = ",".join(betas.kept)
+            return UpstreamCall("POST", url, headers, orjson.dumps(body), False, betas.stripped)
+        counted = {k: v for k, v in translate_request(req).items() if k in ("contents", "systemInstruction", "tools")}
+        url = upstream_url(base_url(provider), model_path(provider, _project(provider, credential), model,
+                                                          "countTokens"))
+        return UpstreamCall("POST", url, _headers(credential), orjson.dumps(counted))
+
+    def read_count_tokens(self, provider: ProviderConfig, body: bytes) -> int:
+        return read_input_tokens(body, "input_tokens", "totalTokens")
 
     def classify_error(self, provider: ProviderConfig, status: int, headers: Mapping[str, str],
                        body: bytes) -> UpstreamError:

@@ -3940,7 +3940,27 @@ async def _vertex_embed_content(call: _Call, model: str) -> web.StreamResponse:
     return await _answer(call, body, indent=True)
 
 
+def _texts(value: Any) -> list[str]:
+    """Every `text` string anywhere in a JSON value."""
+    if isinstance(value, dict):
+        own = [value["text"]] if isinstance(value.get("text"), str) else []
+        return own + [text for key, item in value.items() if key != "text" for text in _texts(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in _texts(item)]
+    return []
+
+
+async def _vertex_count_tokens(call: _Call, model: str) -> web.StreamResponse:
+    """POST …/models/{model}:countTokens: the words of every text in `contents` and `systemInstruction`."""
+    body = call.body
+    if not isinstance(body.get("contents"), list) or not body["contents"]:
+        return _google_error(400, "contents is not specified")
+    words = sum(_words(text) for text in _texts([body["contents"], body.get("systemInstruction")]))
+    return await _answer(call, {"totalTokens": words, "totalBillableCharacters": words * 5}, {})
+
+
 _VERTEX_METHODS: Final[Mapping[str, Callable[[_Call, str], Awaitable[web.StreamResponse]]]] = {
+    "countTokens": _vertex_count_tokens,
     "generateContent": _vertex_generate_content,
     "streamGenerateContent": _vertex_stream_generate_content,
     "predict": _vertex_predict,
