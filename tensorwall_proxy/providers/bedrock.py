@@ -14,6 +14,12 @@ arrive; events (and exceptions inside an HTTP 200) become OpenAI chunks. botocor
 when a Bedrock stream first needs it. Signing (SigV4) is not done here: an ambient credential
 carries a signer from upstream.py, which build_request applies to the finished call.
 
+Messages for Claude (``anthropic.`` ids, also behind a region prefix or an ARN, or the provider's
+``anthropic_models:``) pass through natively: InvokeModel / InvokeModelWithResponseStream with the
+caller's Messages body (no ``model``, no ``stream``, ``anthropic_version`` and the betas that pass as
+``anthropic_beta``), the stream's ``chunk`` frames unwrapped into Anthropic's SSE events; CountTokens
+counts the same body.
+
 Pure: no I/O, no aiohttp.
 """
 

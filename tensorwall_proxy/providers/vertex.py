@@ -15,6 +15,12 @@ pivot's ``reasoning_state`` (wire ``gemini``), and signatures restored there go 
 of the kind they came on. Streams are Gemini responses carrying new text only; function calls
 arrive whole.
 
+Claude models (``claude-…`` ids, or the provider's ``anthropic_models:``) are Anthropic's Messages
+wire in Vertex's envelope: ``publishers/anthropic/models/{model}:rawPredict`` / ``:streamRawPredict``
+with ``anthropic_version`` in the body and no ``model``. Chat (and the dialects on the pivot) goes
+through ``anthropic_wire``'s translator; ``/v1/messages`` passes through natively. Token counts come
+from ``count-tokens:rawPredict`` (Claude) and ``:countTokens`` (Gemini).
+
 Pure: no I/O, no aiohttp. Tokens come from upstream.py's google-auth hook.
 """
 

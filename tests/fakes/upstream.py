@@ -44,7 +44,12 @@ serve legacy completions (`POST …/completions`, "Legacy completions" below).
 
 The `anthropic` flavor speaks Anthropic's Messages API instead (`POST /anthropic/v1/messages`,
 wire-formats §2): its own validation, named SSE events, error envelope and two more fault words;
-the "Anthropic Messages" section near the end of this module says what it answers.
+the "Anthropic Messages" section near the end of this module says what it answers. It also counts
+tokens (`POST /anthropic/v1/messages/count_tokens`) and opens beta-gated body fields only with their
+`anthropic-beta` (`ANTHROPIC_BETA_FIELDS`). Claude on Bedrock (InvokeModel with a Messages body,
+`invoke-with-response-stream`, `count-tokens`) and on Vertex (`publishers/anthropic/models/…:rawPredict`,
+`:streamRawPredict`, `count-tokens:rawPredict`) refuse betas those services do not know; the "Claude on
+Bedrock and Vertex" section says what they answer. Vertex's Gemini models also answer `:countTokens`.
 
 The `vertex` flavor speaks Vertex AI's native Gemini API (wire-formats §4): generateContent,
 streamGenerateContent (`alt=sse`, CRLF-separated events), predict and embedContent under
