@@ -402,3 +402,20 @@ def test_the_recorded_claude_code_request_natively(proxy: Proxy, fake: FakeUpstr
     # Everything Claude Code sent reached the provider as it was: system blocks, tools, context_management.
     assert {k: sent[k] for k in recorded} == recorded
     declared_only(anthropic.types.Message.model_validate({**events[0]["message"], "content": []}))
+
+
+@BY_NATIVE
+def test_the_beta_client_natively(proxy: Proxy, fake: FakeUpstream, model: str, flavor: str, path: str) -> None:
+    sdk = client(proxy)
+    message = sdk.beta.messages.create(model=model, max_tokens=50, betas=["context-management-2025-06-27"],
+                                       context_management={"edits": [{"type": "clear_thinking_20251015",
+                                                                      "keep": "all"}]},
+                                       messages=[{"role": "user", "content": "beta words"}])
+    assert text_of(message) == f"[{flavor}] beta words"
+    sent = fake.last(flavor)
+    assert upstream_betas(flavor, sent) == ["context-management-2025-06-27"]
+    assert upstream_body(flavor, sent)["context_management"] == {"edits": [{"type": "clear_thinking_20251015",
+                                                                            "keep": "all"}]}
+    with sdk.beta.messages.stream(model=model, max_tokens=50, betas=["context-management-2025-06-27"],
+                                  messages=[{"role": "user", "content": "beta stream"}]) as stream:
+        assert text_of(stream.get_final_message()) == f"[{flavor}] beta stream"
