@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from ..errors import UnsupportedField, UpstreamError
-from ..sse import SseEvent, encode
+from ..sse import SseEvent, encode, plain_run
 from ..tokens import count_of
 from .contract import ChatRequest, NativeAnswer, NativeStream, UpstreamCall
 from .responses_wire import in_band_error
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 _HELD_BLOCKS: Final = frozenset({"text", "thinking"})
 # Events that show the client nothing: held before the commit point.
 _HELD: Final = frozenset({"message_start", "ping", "content_block_stop"})
+# Markers of the events that need a look after the commit point: the usage, the end, an error.
+_MARKERS: Final = (b"message_delta", b"message_stop", b"error")
 
 
 def pivot_usage(usage: Mapping[str, Any]) -> dict[str, Any]:
@@ -95,7 +97,13 @@ class MessagesPassthrough:
         return [encode(data, kind)]
 
     def split_plain(self, chunk: bytes) -> tuple[bytes, bytes]:
-        return b"", chunk  # every event is read: the usage and the commit point are in them
+        """Past the commit point, the leading whole events of ``chunk`` that hold no usage, no end and
+        no error: they go out as the upstream sent them, unparsed (content deltas, block starts and
+        stops). A marker inside content is only a false alarm: that event takes the parsed path."""
+        end = plain_run(chunk, _MARKERS) if self.visible and not self.done else 0
+        if not end:
+            return b"", chunk
+        return (chunk[:end], chunk[end:]) if end < len(chunk) else (chunk, b"")
 
     def close(self) -> list[bytes]:
         if not self.done:

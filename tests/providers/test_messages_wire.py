@@ -178,3 +178,16 @@ def test_gateway_state_is_removed_and_nothing_else() -> None:
     assert sent["messages"][2]["content"][0]["tool_use_id"] == "toolu_1"
     clean = {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}]}
     assert messages_body(clean) is clean
+
+
+def test_past_the_commit_point_content_events_go_out_unparsed() -> None:
+    decoder = MessagesPassthrough("a")
+    assert decoder.split_plain(b"event: ping\ndata: {}\n\n") == (b"", b"event: ping\ndata: {}\n\n")  # held
+    decoder.feed(_event(START))
+    decoder.feed(_event({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "a"}}))
+    delta = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"b"}}\n\n'
+    end = b'event: message_delta\ndata: {"type":"message_delta","delta":{},"usage":{"output_tokens":2}}\n\n'
+    assert decoder.split_plain(delta + delta[:20]) == (delta, delta[:20])
+    assert decoder.split_plain(delta + end) == (delta, end)
+    assert decoder.split_plain(b"event: x\r\ndata: {}\r\n\r\n") == (b"", b"event: x\r\ndata: {}\r\n\r\n")
+    assert decoder.usage is None  # nothing of the plain run was read
