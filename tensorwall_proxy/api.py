@@ -235,6 +235,8 @@ def _pivot(dialect: Dialect) -> Handler:
     async def endpoint(request: web.Request) -> web.StreamResponse:
         gateway = request.app[GATEWAY]
         req = parse(await read_json(request), request.headers)
+        if req.native is not None and request.query_string:
+            req = replace(req, native_query=request.query_string)  # Messages' `?beta=true`, kept natively
         return await relay.chat(gateway, request, req, dialect, request[CALLER],
                                 request[REQUEST_ID])
 
@@ -260,17 +262,22 @@ async def _reasoning_key(gateway: relay.Gateway, body: dict[str, Any]) -> bytes 
 
 def _count(dialect: Dialect) -> Handler:
     """Anthropic's count_tokens: the body parsed as a Messages body, its model resolved (404 as on
-    /v1/messages), and the input estimated, marked as an estimate (the providers' own counters
-    answer through their native paths)."""
+    /v1/messages), and the input counted by the provider's own counter where the route's provider
+    has one (Anthropic, Bedrock and Vertex), else estimated and marked as an estimate."""
 
     async def endpoint(request: web.Request) -> web.StreamResponse:
         gateway = request.app[GATEWAY]
         req = messages.parse_messages(await read_json(request), request.headers, counting=True)
         check_model(request.get(relay.PRINCIPAL), str(req.body["model"]))
+        if request.query_string:
+            req = replace(req, native_query=request.query_string)
         gateway.table.router.resolve(req.body["model"])
-        headers = {"Content-Type": JSON, "x-tensorwall-estimate": "true"}
+        counted = await relay.count_tokens(gateway, request, req, dialect, request[CALLER], request[REQUEST_ID])
+        headers = {"Content-Type": JSON}
+        if counted is None:
+            headers["x-tensorwall-estimate"] = "true"
         _name_request(headers, request[REQUEST_ID], dialect)
-        return web.Response(body=messages.count_tokens_body(req), headers=headers)
+        return web.Response(body=messages.count_tokens_body(req, counted), headers=headers)
 
     return endpoint
 

@@ -21,3 +21,6 @@ class UpstreamCall:
     headers: Mapping[str, str]
     body: bytes
     stream: bool = False
+    # Caller betas (Anthropic's `anthropic-beta`) the provider's rules kept from this call: counted and
+    # logged by the relay, never lost silently (DESIGN §12).
+    stripped: tuple[str, ...] = ()

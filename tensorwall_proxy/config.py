@@ -164,6 +164,9 @@ class ProviderConfig:
     # Anthropic betas (globs) passed from callers under a server-side credential; None: the default
     # table of behavioural betas (DESIGN §14).
     betas: tuple[str, ...] | None = None
+    # Bedrock and Vertex model ids (globs) that are Claude whatever their name says (application
+    # inference profile ARNs): spoken to in Anthropic's Messages wire (DESIGN §14).
+    anthropic_models: tuple[str, ...] = ()
     # The dialects passed through natively (DESIGN §12, §14), `chat` always among them; None: the
     # type's default (`openai` and `azure` speak chat and responses).
     dialects: tuple[str, ...] | None = None
@@ -852,6 +855,7 @@ def _read_provider(name: str, raw: Mapping[str, Any], errors: _Errors) -> Provid
         profile=text("profile"),
         key_scope=text("key_scope") or name,
         betas=_strings(raw["betas"], _join(path, "betas"), errors) if raw.get("betas") is not None else None,
+        anthropic_models=_strings(raw.get("anthropic_models"), _join(path, "anthropic_models"), errors),
         dialects=_dialects(raw["dialects"], _join(path, "dialects"), kind, errors)
         if raw.get("dialects") is not None else None,
     )

@@ -112,6 +112,7 @@ class RequestRecord:
     completion_tokens: int = 0
     principal: str | None = None  # who called, once principals exist (DESIGN §13); null until then
     cache_markers_dropped: int = 0  # cache_control breakpoints the answering attempt's translator dropped
+    betas_stripped: tuple[str, ...] = ()  # the caller's betas the answering attempt's provider did not get (labels)
 
     def attempt(self, provider: str, outcome: str, status: int, started: float) -> None:
         """Note one upstream attempt: ok, connect, timeout, 429, 5xx or 4xx."""
@@ -289,6 +290,9 @@ class Metrics:
         self.cache_markers_dropped = Counter("tensorwall_cache_markers_dropped", "Cache breakpoints "
                                              "(cache_control) a caller marked that the provider's translator "
                                              "could not keep, by provider.", ["provider"], registry=self.registry)
+        self.betas_stripped = Counter("tensorwall_betas_stripped", "Anthropic betas a caller sent that the "
+                                      "provider's rules kept from it, by provider and beta family ('other' "
+                                      "outside the tables).", ["provider", "beta"], registry=self.registry)
         self.in_flight = Gauge("tensorwall_requests_in_flight", "Requests being served.",
                                registry=self.registry, multiprocess_mode="livesum")
         self.connections_closed = Counter("tensorwall_connections_closed", "Connections the listener closed "
@@ -350,6 +354,8 @@ class Metrics:
             counts[self.tokens, (provider, model, "out", principal)] += max(record.completion_tokens, 0)
         if record.cache_markers_dropped:
             counts[self.cache_markers_dropped, (provider,)] += record.cache_markers_dropped
+        for beta in record.betas_stripped:
+            counts[self.betas_stripped, (provider, beta)] += 1
         who = blame(record.status, record.provider)
         if who is not None:
             counts[self.errors, (who,)] += 1

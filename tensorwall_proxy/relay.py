@@ -42,6 +42,7 @@ from .health import HealthBook, HealthKey, RetryBudget, when_all_blocked
 from .limits import Admission, Limiter, RateLimited, Verdict, reservation
 from .observability import THROTTLE, Ledger, Metrics, RequestRecord, outcome_of
 from .providers import ChatRequest, EmbeddingsRequest, NativeStream, Provider, StreamDecoder, provider_for
+from .providers.anthropic_wire import beta_label
 from .router import LLMRouter, Route, RouteEndpoint
 from .sse import SseError, SseEvent
 from .state import Store
@@ -255,10 +256,15 @@ class ChatFlow(Flow[ChatRequest, UpstreamCall]):
         attempt, req, name = self.attempt, self.req, self.dialect.name
         self.native = req.native is not None and self.impl.native(name, attempt.provider, attempt.model)
         if self.native:
-            return self.impl.build_native_request(name, req, attempt.provider, attempt.model, credential)
-        call = self.impl.build_request(req, attempt.provider, attempt.model, credential)
-        # No chat translator keeps cache breakpoints yet: each one the caller marked is dropped.
-        self.record.cache_markers_dropped = req.cache_markers
+            call = self.impl.build_native_request(name, req, attempt.provider, attempt.model, credential)
+        else:
+            call = self.impl.build_request(req, attempt.provider, attempt.model, credential)
+            # No chat translator keeps cache breakpoints yet: each one the caller marked is dropped.
+            self.record.cache_markers_dropped = req.cache_markers
+        self.record.betas_stripped = tuple(beta_label(beta) for beta in call.stripped)
+        if call.stripped:
+            log.debug("request %s: betas not passed to provider %s: %s", self.request_id, attempt.provider.name,
+                      ", ".join(call.stripped))
         return call
 
     def relayed(self, upstream_id: str | None) -> None:
@@ -486,6 +492,46 @@ async def run_attempts(flow: Flow[Any, Any]) -> web.StreamResponse:
     raise detach(failure or skipped or missing_provider_key(route.endpoints[0].provider))
 
 
+# A counter's answer is a few bytes of JSON; more is not one.
+COUNT_BODY_BYTES: Final = 64 * 1024
+
+
+async def count_tokens(gateway: Gateway, request: web.Request, req: ChatRequest, dialect: Dialect,
+                       caller: Secret | None, request_id: str) -> int | None:
+    """``req``'s input tokens by a provider's own counter (DESIGN §12): the route's endpoints in the
+    plan's order, the first whose provider has a counter for its model and answers; None when none
+    does (the caller then gets the estimate). The caller's key goes to one key scope, as for any
+    request; a counter that fails leaves the next endpoint, and in the end the estimate."""
+    flow = ChatFlow(gateway, request, req, dialect, caller, request_id)
+    try:
+        attempts = plan(flow)
+    except GatewayError:
+        return None  # no endpoint can be called (no key, not configured): nothing to ask
+    caller_scope: str | None = None
+    for attempt in attempts[:flow.table.config.retries.attempts]:
+        if attempt.credential.kind == "caller" and caller_scope not in (None, attempt.provider.scope):
+            continue
+        flow.attempt = attempt
+        flow.impl = provider_for(attempt.provider.type)
+        try:
+            credential = attempt.credential
+            if credential.kind == "ambient":
+                credential = await gateway.ambient.resolve(attempt.provider)
+            call = flow.impl.build_count_tokens_request(req, attempt.provider, attempt.model, credential)
+            if call is None:
+                continue
+            if attempt.credential.kind == "caller":
+                caller_scope = attempt.provider.scope
+            flow.record.provider = attempt.provider.name
+            body, _ = await _unary(flow, call, COUNT_BODY_BYTES)
+            return flow.impl.read_count_tokens(attempt.provider, body)
+        except (GatewayError, *MALFORMED) as exc:
+            # Never the exception itself: an upstream's text may carry what it was sent.
+            log.debug("request %s: provider %s could not count tokens (%s)", request_id, attempt.provider.name,
+                      type(exc).__name__)
+    return None
+
+
 async def native_lookup(gateway: Gateway, provider_name: str, dialect: str, method: str, path: str,
                         caller: Secret | None, request_id: str) -> web.Response:
     """``method`` on what a native answer left at the provider that made it (a stored Response),
@@ -683,7 +729,7 @@ async def _answer(flow: ChatFlow, call: UpstreamCall) -> web.StreamResponse:
             await _finish(flow, body)
         flow.record.committed()
         return web.Response(body=body, headers=_response_headers(flow.request_id, name, headers, JSON,
-                                                                rate=flow.rate_headers))
+                                                                flow.dialect.request_id_headers, flow.rate_headers))
     try:
         out = flow.impl.parse_response(flow.req, provider, body)
     except MALFORMED as exc:

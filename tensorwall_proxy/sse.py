@@ -122,3 +122,16 @@ def encode(data: bytes, event: str | None = None) -> bytes:
     if event is None:
         return b"data: " + data + b"\n\n"
     return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
+
+
+def plain_run(chunk: bytes, markers: tuple[bytes, ...]) -> int:
+    """How many leading bytes of ``chunk`` are whole LF-separated events none of which holds one of
+    ``markers`` (0 when none is, or when ``chunk`` holds a CR): a passthrough relays them unread."""
+    if b"\r" in chunk:
+        return 0
+    end = chunk.rfind(b"\n\n") + 2
+    for marker in markers:
+        at = chunk.find(marker, 0, end)
+        if at >= 0:
+            end = min(end, chunk.rfind(b"\n\n", 0, at) + 2)  # where that event begins
+    return end if end >= 2 else 0

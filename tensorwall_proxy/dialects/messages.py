@@ -19,6 +19,10 @@ extensions of the request, which today's translators drop (the relay counts the 
 Field policy (DESIGN §7): 400 where ignoring a field would change the result's count or shape
 (a forced server tool, a file the pivot cannot carry); hints dropped.
 
+A provider that speaks Messages itself (anthropic; bedrock and vertex for Claude) gets the caller's
+body instead (``ChatRequest.native``, less the gateway's own state: ``native.py``), the caller's
+``anthropic-version`` and betas as its rules allow, and its answer and stream relayed as it came.
+
 Errors take Anthropic's shape ``{"type": "error", "error": {"type", "message"}}``, with ``code`` for
 the gateway's own errors, and overload as 529 ``overloaded_error``. This module does no I/O.
 """
@@ -37,7 +41,7 @@ from ..errors import GatewayError, UpstreamError, bad_request
 from ..providers import ChatRequest, StreamDecoder
 from ..providers.shapes import obj
 from ..sse import encode
-from . import DialectPath
+from . import DialectPath, native
 from .chat import parse_chat
 from .responses import new_id
 from .streams import ChunkStream
@@ -449,13 +453,18 @@ def parse_messages(body: dict[str, Any], headers: Mapping[str, str], *, counting
         pivot["stream"] = True
         pivot["stream_options"] = {"include_usage": True}  # message_delta carries the usage
     checked = parse_chat(pivot, headers)
-    return MessagesRequest(checked.body, checked.stream, checked.wants_usage, checked.headers,
-                           cache_markers=markers.count, top_k=top_k, estimate=estimate_tokens(pivot["messages"]))
+    forwarded = dict(checked.headers)
+    version = headers.get("anthropic-version")
+    if version:
+        forwarded["anthropic-version"] = version  # for a native attempt only; translators send their own
+    return MessagesRequest(checked.body, checked.stream, checked.wants_usage, forwarded,
+                           native=native.messages_body(body), cache_markers=markers.count, top_k=top_k,
+                           estimate=estimate_tokens(pivot["messages"]))
 
 
-def count_tokens_body(req: MessagesRequest) -> bytes:
-    """``POST /v1/messages/count_tokens`` answered by the estimate, in Anthropic's shape."""
-    return orjson.dumps({"input_tokens": req.estimate})
+def count_tokens_body(req: MessagesRequest, counted: int | None = None) -> bytes:
+    """``POST /v1/messages/count_tokens`` answered in Anthropic's shape: a provider's count, else the estimate."""
+    return orjson.dumps({"input_tokens": req.estimate if counted is None else counted})
 
 
 # --- answer -------------------------------------------------------------------------------------

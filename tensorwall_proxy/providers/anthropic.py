@@ -1,19 +1,5 @@
-"""Anthropic's Messages API: request, response and stream translators.
-
-An OpenAI client must not be able to tell that Anthropic is behind the proxy. The request side
-hoists system and developer messages into ``system``, merges consecutive same-role turns (tool
-results first), turns images, tools, tool choice, stop, user and response_format into Anthropic's
-forms, and ``reasoning_effort`` into extended thinking. The response side puts text, tool calls,
-thinking (``reasoning_content``), the stop reason and the usage where the OpenAI SDK looks; the
-stream side is a small state machine over Anthropic's named events.
-
-Thinking with tools: Anthropic wants the assistant's thinking block, with its signature, back on
-the tool-use turn. It travels inside the tool call id the client keeps (``ids.attach``,
-compressed) and is restored on the next turn; a turn whose history lacks it (the id came from
-another provider, or was rewritten) is sent with thinking off, which Anthropic accepts. When the
-request wants reasoning state (``providers/reasoning.py``), every answer's thinking blocks also
-come back as the pivot's ``reasoning_state``, and blocks a dialect restored there on an assistant
-message go first in that turn (before any carried by its tool call ids, which are then not read).
+"""Anthropic's Messages API as a provider type: the chat translators of ``anthropic_wire`` on
+Anthropic's own URL and headers, and the Messages dialect passed through natively.
 
 Pure: no I/O, no aiohttp.
 """
@@ -21,480 +7,45 @@ Pure: no I/O, no aiohttp.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
 
 import orjson
 
-from ..errors import FailureKind, GatewayError, UnsupportedField, UpstreamError, bad_request
-from ..sse import SseDecoder, SseEvent
-from ..tokens import count_of
-from .anthropic_wire import JSON_OBJECT_INSTRUCTION, auth_header, claude_sampling, passed_betas
-from .blocks import BlockStream
-from .catalog import TYPES
-from .contract import ChatRequest, EmbeddingsRequest, Translated, UpstreamCall
-from .ids import attach, detach, for_upstream
-from .openai_wire import USER_AGENT, classify_openai_error, upstream_url
-from .policy import check, reasoning_budget
-from .reasoning import REASONING_STATE, entries, restored
-from .shapes import (
-    StateBudget,
-    completion,
-    convert_turns,
-    data_url,
-    image_url,
-    items,
-    load_object,
-    obj,
-    pack_state,
-    stop_sequences,
-    text_of,
-    tool_input,
-    tool_name,
-    unpack_state,
-    usage,
+from ..errors import GatewayError, UnsupportedField, UpstreamError
+from ..sse import SseDecoder
+from .anthropic_wire import (
+    DEFAULT_VERSION,
+    AnthropicStream,
+    Betas,
+    auth_header,
+    native_messages,
+    passed_betas,
+    translate_request,
+    translate_response,
 )
+from .contract import ChatRequest, EmbeddingsRequest, UpstreamCall, read_input_tokens
+from .messages_wire import NativeMessages
+from .openai_wire import USER_AGENT, classify_openai_error, upstream_url
+from .shapes import load_object
 
 if TYPE_CHECKING:
     from ..auth import Credential
     from ..config import ProviderConfig
 
-# The catalog's defaults, for a provider whose YAML emptied them.
-DEFAULT_VERSION: Final = str(TYPES["anthropic"].default("version"))
-DEFAULT_MAX_TOKENS: Final = int(TYPES["anthropic"].default("default_max_tokens"))
-# From this API version on Anthropic refuses temperature, top_p and top_k for every model.
-SAMPLING_DROPPED_SINCE: Final = "2026-10-21"
-FINISH_REASONS: Final[dict[str, str]] = {
-    "end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop",
-    "max_tokens": "length", "model_context_window_exceeded": "length",
-    "tool_use": "tool_calls", "refusal": "content_filter",
-}
 
-# What Anthropic refuses, clamps and maps of a chat body: its catalog entry's field policy.
-POLICY: Final = TYPES["anthropic"].policy
-# Anthropic error types met mid-stream → (failure kind, status the caller sees).
-_STREAM_ERRORS: Final[dict[str, tuple[FailureKind, int]]] = {
-    "overloaded_error": ("overloaded", 503), "rate_limit_error": ("rate_limited", 429),
-    "timeout_error": ("timeout", 504),
-}
-# Marks thinking state in a tool call id, so state from another provider is never taken for ours.
-_STATE_TAG: Final = b"A1"
-_THINKING_TYPES: Final = ("thinking", "redacted_thinking")
-# What a thinking block is made of: what Anthropic needs back, nothing else (cache_control, …).
-_THINKING_KEYS: Final = ("type", "thinking", "signature", "data")
-
-
-def thinking_block(block: Mapping[str, Any]) -> dict[str, Any]:
-    """A thinking or redacted_thinking block as it goes back to Anthropic."""
-    return {k: v for k, v in block.items() if k in _THINKING_KEYS}
-
-
-# --- request ------------------------------------------------------------------------------------
-
-
-def _image_block(url: str, param: str) -> dict[str, Any]:
-    if url.startswith("data:"):
-        parsed = data_url(url)
-        if parsed is None or not parsed[0].startswith("image/"):
-            raise UnsupportedField(param, f"'{param}' must be a base64 data: URL of an image or an https: URL.")
-        return {"type": "image", "source": {"type": "base64", "media_type": parsed[0], "data": parsed[1]}}
-    if url.startswith(("https://", "http://")):
-        return {"type": "image", "source": {"type": "url", "url": url}}
-    raise UnsupportedField(param, f"'{param}': Anthropic takes images as data: or https: URLs.")
-
-
-def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    blocks: list[dict[str, Any]] = []
-    for j, part in enumerate(content if isinstance(content, list) else []):
-        if not isinstance(part, dict):
-            continue
-        kind = part.get("type")
-        param = f"{where}.content[{j}]"
-        if kind == "text":
-            if part.get("text"):
-                blocks.append({"type": "text", "text": str(part["text"])})
-        elif kind == "image_url":
-            blocks.append(_image_block(image_url(part), f"{param}.image_url.url"))
-        elif kind == "file":
-            blocks.append(_document_block(part.get("file"), param))
-        else:
-            raise UnsupportedField(param, f"Content parts of type '{kind}' are not supported by Anthropic.")
-    return blocks
-
-
-def _document_block(file: Any, param: str) -> dict[str, Any]:
-    data = file.get("file_data") if isinstance(file, dict) else None
-    parsed = data_url(data) if isinstance(data, str) else None
-    if parsed is not None and parsed[0] == "application/pdf":
-        return {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": parsed[1]}}
-    raise UnsupportedField(param, f"'{param}': Anthropic takes files as base64 PDF data (file_data).")
-
-
-def encode_thinking(blocks: list[dict[str, Any]]) -> bytes:
-    """Thinking blocks as compact state for a tool call id."""
-    return pack_state(_STATE_TAG, blocks)
-
-
-def decode_thinking(state: bytes | None, param: str = "messages",
-                    budget: StateBudget | None = None) -> list[dict[str, Any]] | None:
-    """Thinking blocks from a tool call id's state; None when it holds none of ours, or is damaged;
-    400 naming ``param`` when it inflates past its bound."""
-    blocks = unpack_state(_STATE_TAG, state, param, budget)
-    if blocks is not None and all(b.get("type") in _THINKING_TYPES for b in blocks):
-        return blocks
-    return None
-
-
-def _assistant_blocks(message: Mapping[str, Any], where: str, budget: StateBudget) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = []
-    # Restored by the dialect: the turn's own thinking, so the ids' copy is not read.
-    thinking: list[dict[str, Any]] | None = [thinking_block(b) for b in restored(message, "anthropic")
-                                              if b.get("type") in _THINKING_TYPES] or None
-    calls = items(message.get("tool_calls"))
-    tool_blocks = []
-    for k, call in enumerate(calls):
-        if not isinstance(call, dict):
-            continue
-        function = obj(call.get("function"))
-        client_id = str(call.get("id") or f"call_{k}")
-        if thinking is None:
-            thinking = decode_thinking(detach(client_id)[1], f"{where}.tool_calls[{k}].id", budget)
-        name = tool_name(function.get("name"), f"{where}.tool_calls[{k}].function.name")
-        tool_blocks.append({"type": "tool_use", "id": for_upstream(client_id, "anthropic"), "name": name,
-                            "input": tool_input(function.get("arguments"))})
-    if thinking:
-        blocks.extend(thinking)  # the thinking comes first on a tool-use turn, as Anthropic sent it
-    text = text_of(message.get("content"))
-    if text:
-        blocks.append({"type": "text", "text": text})
-    blocks.extend(tool_blocks)
-    return blocks
-
-
-def _tool_result(message: Mapping[str, Any], where: str) -> dict[str, Any]:
-    tool_call_id = message.get("tool_call_id")
-    if not isinstance(tool_call_id, str) or not tool_call_id:
-        raise bad_request(f"'{where}.tool_call_id' is required.", param=f"{where}.tool_call_id")
-    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": for_upstream(tool_call_id, "anthropic")}
-    text = text_of(message.get("content"))
-    if text:
-        block["content"] = text
-    return block
-
-
-def convert_messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """OpenAI messages → (Anthropic ``system`` blocks, Anthropic ``messages``), merged and ordered."""
-    budget = StateBudget()
-    texts, turns = convert_turns(messages, "Anthropic",
-                                 lambda message, where: _user_blocks(message.get("content"), where),
-                                 lambda message, where: _assistant_blocks(message, where, budget),
-                                 lambda message, where: [_tool_result(message, where)])
-    system = [{"type": "text", "text": text} for text in texts if text]
-    for turn in turns:
-        if turn["role"] == "user" and len(turn["content"]) > 1:
-            # Tool results must lead the user turn that answers a tool use.
-            turn["content"].sort(key=lambda block: block["type"] != "tool_result")
-    return system, turns
-
-
-def _tools(body: Mapping[str, Any], turns: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-    tools: list[dict[str, Any]] = []
-    for i, tool in enumerate(items(body.get("tools"))):
-        function = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(function, dict) or not function.get("name"):
-            raise UnsupportedField(f"tools[{i}]", f"'tools[{i}]': only function tools are supported by Anthropic.")
-        spec: dict[str, Any] = {"name": tool_name(function["name"], f"tools[{i}].function.name"),
-                                "input_schema": function.get("parameters") or {"type": "object", "properties": {}}}
-        if function.get("description"):
-            spec["description"] = function["description"]
-        tools.append(spec)
-    # A history with tool use must come with tool definitions; an OpenAI client may omit them once
-    # it stops offering tools, so the names the history uses are declared with an open schema.
-    declared = {t["name"] for t in tools}
-    for turn in turns:
-        for block in turn["content"]:
-            if block["type"] == "tool_use" and block["name"] not in declared:
-                declared.add(block["name"])
-                tools.append({"name": block["name"], "input_schema": {"type": "object"}})
-    return tools or None
-
-
-def _tool_choice(body: Mapping[str, Any]) -> dict[str, Any] | None:
-    choice = body.get("tool_choice")
-    result: dict[str, Any] | None
-    if choice is None:
-        result = None
-    elif choice == "auto":
-        result = {"type": "auto"}
-    elif choice == "none":
-        result = {"type": "none"}
-    elif choice == "required":
-        result = {"type": "any"}
-    elif isinstance(choice, dict) and choice.get("type") == "function":
-        function = obj(choice.get("function"))
-        result = {"type": "tool", "name": tool_name(function.get("name"), "tool_choice.function.name")}
-    elif isinstance(choice, dict) and choice.get("type") == "allowed_tools":
-        allowed = obj(choice.get("allowed_tools"))
-        result = {"type": "any" if allowed.get("mode") == "required" else "auto"}
-    else:
-        raise UnsupportedField("tool_choice", "'tool_choice' has a form Anthropic does not support.")
-    if body.get("parallel_tool_calls") is False and (result is None or result["type"] != "none"):
-        result = {**(result or {"type": "auto"}), "disable_parallel_tool_use": True}
-    return result
-
-
-def _thinking_budget(body: Mapping[str, Any], turns: list[dict[str, Any]]) -> int | None:
-    budget = reasoning_budget(body, POLICY)
-    if budget is None:
-        return None
-    last_assistant = next((t for t in reversed(turns) if t["role"] == "assistant"), None)
-    if last_assistant is not None:
-        content = last_assistant["content"]
-        if any(b["type"] == "tool_use" for b in content) and content[0]["type"] not in _THINKING_TYPES:
-            return None  # the tool-use turn's thinking did not come back: Anthropic requires it
-    return budget
-
-
-def sampling(body: Mapping[str, Any], version: str, model: str) -> dict[str, Any]:
-    """``temperature`` (clamped to Anthropic's 0 to 1) and ``top_p`` as the API version and the model
-    take them (DESIGN §14): none from 2026-10-21 on; one of them, temperature first, for Claude 4.1
-    and later; both for older models."""
-    if version[:10] >= SAMPLING_DROPPED_SINCE:
-        return {}
-    out: dict[str, Any] = {}
-    temperature, top_p = claude_sampling(body, POLICY, model)
-    if temperature is not None:
-        out["temperature"] = temperature
-    if top_p is not None:
-        out["top_p"] = top_p
-    return out
-
-
-def translate_request(req: ChatRequest, provider: ProviderConfig, model: str) -> dict[str, Any]:
-    """The Anthropic Messages body for an OpenAI chat request."""
-    body = req.body
-    check(body, POLICY)
-    system, turns = convert_messages(body["messages"])
-    if not turns:
-        raise bad_request("Anthropic needs at least one user or assistant message with content.", param="messages")
-
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") \
-        or provider.default_max_tokens or DEFAULT_MAX_TOKENS
-    out: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": turns}
-    tools = _tools(body, turns)
-    choice = _tool_choice(body) if tools else None
-    budget = _thinking_budget(body, turns)
-    if choice is not None and choice["type"] in ("any", "tool"):
-        budget = None  # Anthropic refuses thinking with forced tool use; the caller's tool_choice wins
-    if budget is not None:
-        out["thinking"] = {"type": "enabled", "budget_tokens": budget}
-        if max_tokens <= budget:
-            out["max_tokens"] = budget + max_tokens  # the caller's limit stays for the visible answer
-
-    response_format = body.get("response_format")
-    if isinstance(response_format, dict):
-        if response_format.get("type") == "json_schema":
-            spec = obj(response_format.get("json_schema"))
-            schema = spec.get("schema") or {"type": "object"}
-            out["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
-        elif response_format.get("type") == "json_object":
-            system.append({"type": "text", "text": JSON_OBJECT_INSTRUCTION})
-    if system:
-        out["system"] = system
-
-    stop = stop_sequences(body)
-    if stop:
-        out["stop_sequences"] = stop
-    if tools:
-        out["tools"] = tools
-        if choice is not None:
-            out["tool_choice"] = choice
-    user = body.get("user")
-    if isinstance(user, str) and user:
-        out["metadata"] = {"user_id": user}
-    if budget is None:  # thinking takes no sampling parameters
-        out.update(sampling(body, provider.version or DEFAULT_VERSION, model))
-    if req.stream:
-        out["stream"] = True
-    return out
-
-
-def _headers(provider: ProviderConfig, credential: Credential, req_headers: Mapping[str, str]) -> dict[str, str]:
-    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
-               "anthropic-version": provider.version or DEFAULT_VERSION}
+def _headers(provider: ProviderConfig, credential: Credential, version: str, betas: Betas) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, "anthropic-version": version}
     if credential.secret is not None:
         name, value = auth_header(credential.secret.reveal())
         headers[name] = value
-    beta = req_headers.get("anthropic-beta")
-    if beta:
-        passed = passed_betas(beta, provider, credential)
-        if passed:
-            headers["anthropic-beta"] = passed
+    if betas.kept:
+        headers["anthropic-beta"] = ",".join(betas.kept)
     return headers
 
 
-# --- response -----------------------------------------------------------------------------------
-
-
-def _usage(raw: Any) -> dict[str, Any]:
-    raw = raw if isinstance(raw, dict) else {}
-    read = count_of(raw, "cache_read_input_tokens")
-    created = count_of(raw, "cache_creation_input_tokens")
-    # Anthropic's input_tokens leave the cached ones out; OpenAI's prompt_tokens count them.
-    prompt = count_of(raw, "input_tokens") + read + created
-    cache_seen = "cache_read_input_tokens" in raw or "cache_creation_input_tokens" in raw
-    return usage(prompt, count_of(raw, "output_tokens"),
-                 cached=read if cache_seen else None, cache_creation=created if cache_seen else None)
-
-
-def translate_response(message: Mapping[str, Any], created: int | None = None, keep_state: bool = False) -> bytes:
-    """An Anthropic message → an OpenAI ``chat.completion`` body; with ``keep_state``, its thinking
-    blocks as the pivot's ``reasoning_state`` too."""
-    texts: list[str] = []
-    reasoning: list[str] = []
-    thinking: list[dict[str, Any]] = []
-    tool_calls: list[dict[str, Any]] = []
-    for block in message.get("content") or []:
-        kind = block.get("type")
-        if kind == "text":
-            texts.append(block.get("text") or "")
-        elif kind == "thinking":
-            reasoning.append(block.get("thinking") or "")
-            thinking.append(thinking_block(block))
-        elif kind == "redacted_thinking":
-            thinking.append(thinking_block(block))
-        elif kind == "tool_use":
-            tool_id = str(block.get("id") or "")
-            if not tool_calls and thinking:
-                tool_id = attach(tool_id, encode_thinking(thinking))
-            tool_calls.append({"id": tool_id, "type": "function", "function": {
-                "name": block.get("name"), "arguments": orjson.dumps(block.get("input") or {}).decode()}})
-    out_message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not tool_calls else None,
-                                   "refusal": None}
-    if reasoning:
-        out_message["reasoning_content"] = "".join(reasoning)
-    if keep_state and thinking:
-        out_message[REASONING_STATE] = entries("anthropic", thinking)
-    if tool_calls:
-        out_message["tool_calls"] = tool_calls
-    finish = FINISH_REASONS.get(str(message.get("stop_reason")), "stop")
-    return completion(str(message.get("id") or "msg"), str(message.get("model") or ""), out_message, finish,
-                      _usage(message.get("usage")), created)
-
-
-# --- stream -------------------------------------------------------------------------------------
-
-
-def stream_error(provider: str, data: Mapping[str, Any]) -> UpstreamError:
-    """An Anthropic ``error`` event → the failure it stands for."""
-    error = obj(data.get("error"))
-    kind, status = _STREAM_ERRORS.get(str(error.get("type")), ("server", 502))
-    return UpstreamError(kind, status, str(error.get("message") or "Anthropic stream error"),
-                         provider=provider, type=str(error.get("type") or "api_error"))
-
-
-class AnthropicStream(BlockStream):
-    """Anthropic's named SSE events → OpenAI chunks (the block bookkeeping is ``BlockStream``'s).
-
-    The first tool call's id carries the thinking that preceded it.
-    """
-
-    __slots__ = ("_usage",)
-    _wire = "anthropic"
-
-    def __init__(self, provider: str, wants_usage: bool, keep_state: bool = False) -> None:
-        super().__init__(provider, wants_usage, keep_state)
-        self._usage: dict[str, Any] = {}
-
-    def _pack(self, reasoning: list[dict[str, Any]]) -> bytes:
-        return encode_thinking(reasoning)
-
-    def feed(self, event: SseEvent) -> list[bytes]:
-        data = load_object(event.data, self._provider, "an event")
-        kind = event.event or data.get("type")
-        if kind == "content_block_delta":
-            delta = data.get("delta")
-            if type(delta) is dict and delta.get("type") == "text_delta":  # the common event, first
-                text = delta.get("text")
-                if not text or type(text) is not str:
-                    return []
-                self.visible = True
-                return [self._chunks.content(text)]
-            return self._delta(data)
-        if kind == "content_block_start":
-            return self._start(data)
-        if kind == "content_block_stop":
-            return self._stop(data)
-        if kind == "message_start":
-            message = obj(data.get("message"))
-            self._chunks.id = str(message.get("id") or "")
-            self._chunks.model = str(message.get("model") or "")
-            self._usage.update(obj(message.get("usage")))
-            return self._role()
-        if kind == "message_delta":
-            delta = obj(data.get("delta"))
-            self._usage.update(obj(data.get("usage")))  # output_tokens is a running total
-            return self._finish(FINISH_REASONS.get(str(delta.get("stop_reason")), "stop"))
-        if kind == "message_stop":
-            self.visible = True
-            return self._end(_usage(self._usage))
-        if kind == "error":
-            raise stream_error(self._provider, data)
-        return []  # ping, and event types newer than this translator
-
-    def _start(self, data: Mapping[str, Any]) -> list[bytes]:
-        index = data.get("index")
-        block = dict(data.get("content_block") or {})
-        kind = block.get("type")
-        if not isinstance(index, int):
-            return []
-        self._blocks[index] = block
-        if kind == "text" and block.get("text"):
-            self.visible = True
-            return [self._chunks.chunk({"content": block["text"]})]
-        if kind == "tool_use":
-            return self._tool_start(block, str(block.get("id") or ""), block.get("name"))
-        if kind == "thinking":
-            block.setdefault("thinking", "")
-            block.setdefault("signature", "")
-        return []
-
-    def _delta(self, data: Mapping[str, Any]) -> list[bytes]:
-        delta = obj(data.get("delta"))
-        block = self._blocks.get(data.get("index"))  # type: ignore[arg-type]
-        kind = delta.get("type")
-        if kind == "input_json_delta" and block is not None and block.get("type") == "tool_use":
-            return self._tool_arguments(block, delta.get("partial_json") or "")
-        if kind == "thinking_delta":
-            text = delta.get("thinking") or ""
-            if block is not None:
-                block["thinking"] = block.get("thinking", "") + text
-            return self._reasoning_text(text)
-        if kind == "signature_delta" and block is not None:
-            block["signature"] = block.get("signature", "") + (delta.get("signature") or "")
-        return []
-
-    def _stop(self, data: Mapping[str, Any]) -> list[bytes]:
-        block = self._blocks.get(data.get("index"))  # type: ignore[arg-type]
-        if block is None:
-            return []
-        kind = block.get("type")
-        if kind in _THINKING_TYPES:
-            return self._reasoning_done(thinking_block(block))
-        if kind == "tool_use":
-            return self._tool_stop(block)
-        return []
-
-    def close(self) -> list[bytes]:
-        if not self.done:
-            raise UpstreamError("server", 502, "Anthropic ended the stream before message_stop.",
-                                provider=self._provider)
-        return []
-
-
-class Anthropic(Translated):
-    """The Provider for Anthropic's Messages API."""
+class Anthropic(NativeMessages):
+    """The Provider for Anthropic's Messages API: chat translated, Messages passed through."""
 
     type = "anthropic"
 
@@ -504,8 +55,10 @@ class Anthropic(Translated):
     def build_request(self, req: ChatRequest, provider: ProviderConfig, model: str,
                       credential: Credential) -> UpstreamCall:
         body = translate_request(req, provider, model)
-        return UpstreamCall("POST", upstream_url(provider.base_url, "/messages"),
-                            _headers(provider, credential, req.headers), orjson.dumps(body), req.stream)
+        betas = passed_betas(req.headers.get("anthropic-beta") or "", provider, credential)
+        headers = _headers(provider, credential, provider.version or DEFAULT_VERSION, betas)
+        return UpstreamCall("POST", upstream_url(provider.base_url, "/messages"), headers, orjson.dumps(body),
+                            req.stream, betas.stripped)
 
     def parse_response(self, req: ChatRequest, provider: ProviderConfig, body: bytes) -> bytes:
         return translate_response(load_object(body, provider.name), keep_state=req.wants_reasoning_state)
@@ -525,3 +78,32 @@ class Anthropic(Translated):
     def parse_embeddings_response(self, req: EmbeddingsRequest, provider: ProviderConfig,
                                   bodies: list[bytes]) -> bytes:
         raise GatewayError(500, "Anthropic has no embeddings.")  # never called: no request is built
+
+    def native(self, dialect: str, provider: ProviderConfig, model: str) -> bool:
+        return dialect == "messages" and dialect in provider.speaks
+
+    def build_native_request(self, dialect: str, req: ChatRequest, provider: ProviderConfig, model: str,
+                             credential: Credential) -> UpstreamCall:
+        """The caller's body with ``model`` set; the caller's ``anthropic-version`` and ``?beta=true``
+        kept, its betas as ``split_betas`` says."""
+        return self._native_call(req, provider, model, credential, "/messages")
+
+    def _native_call(self, req: ChatRequest, provider: ProviderConfig, model: str, credential: Credential,
+                     path: str) -> UpstreamCall:
+        body, betas = native_messages(req, provider, credential)
+        body["model"] = model
+        version = req.headers.get("anthropic-version") or provider.version or DEFAULT_VERSION
+        url = upstream_url(provider.base_url, path)
+        if parse_qs(req.native_query).get("beta") == ["true"]:
+            url = url.with_query(beta="true")
+        return UpstreamCall("POST", url, _headers(provider, credential, version, betas), orjson.dumps(body),
+                            req.stream, betas.stripped)
+
+    def build_count_tokens_request(self, req: ChatRequest, provider: ProviderConfig, model: str,
+                                   credential: Credential) -> UpstreamCall | None:
+        if req.native is None or "messages" not in provider.speaks:
+            return None
+        return self._native_call(req, provider, model, credential, "/messages/count_tokens")
+
+    def read_count_tokens(self, provider: ProviderConfig, body: bytes) -> int:
+        return read_input_tokens(body, "input_tokens")

@@ -25,7 +25,7 @@ from yarl import URL
 from ..errors import UpstreamError
 from ..sse import SseDecoder
 from .catalog import TYPES
-from .contract import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment
+from .contract import ChatRequest, EmbeddingsRequest, Uncounted, UpstreamCall, path_segment
 from .openai_wire import (
     USER_AGENT,
     NativeReading,
@@ -58,7 +58,7 @@ def _headers(credential: Credential) -> dict[str, str]:
     return headers
 
 
-class Azure(NativeReading):
+class Azure(NativeReading, Uncounted):
     """The Provider for Azure OpenAI deployments."""
 
     type = "azure"

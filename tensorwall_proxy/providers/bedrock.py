@@ -14,14 +14,23 @@ arrive; events (and exceptions inside an HTTP 200) become OpenAI chunks. botocor
 when a Bedrock stream first needs it. Signing (SigV4) is not done here: an ambient credential
 carries a signer from upstream.py, which build_request applies to the finished call.
 
+Messages for Claude (``anthropic.`` ids, also behind a region prefix or an ARN, or the provider's
+``anthropic_models:``) pass through natively: InvokeModel / InvokeModelWithResponseStream with the
+caller's Messages body (no ``model``, no ``stream``, ``anthropic_version`` and the betas that pass as
+``anthropic_beta``), the stream's ``chunk`` frames unwrapped into Anthropic's SSE events; CountTokens
+counts the same body.
+
 Pure: no I/O, no aiohttp.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -36,11 +45,19 @@ from ..errors import (
 )
 from ..sse import SseEvent
 from ..tokens import count_of
-from .anthropic_wire import JSON_OBJECT_INSTRUCTION, claude_sampling
+from .anthropic_wire import JSON_OBJECT_INSTRUCTION, Betas, anthropic_family, claude_sampling, native_messages
 from .blocks import BlockStream
 from .catalog import TYPES
-from .contract import ChatRequest, EmbeddingsRequest, Translated, UpstreamCall, path_segment
+from .contract import (
+    ChatRequest,
+    EmbeddingsRequest,
+    NativeStream,
+    UpstreamCall,
+    path_segment,
+    read_input_tokens,
+)
 from .ids import attach, detach, for_upstream, unique_id
+from .messages_wire import MessagesPassthrough, NativeMessages
 from .openai_wire import USER_AGENT, upstream_url
 from .policy import check, reasoning_budget
 from .reasoning import REASONING_STATE, entries, restored
@@ -69,6 +86,8 @@ if TYPE_CHECKING:
     from ..config import ProviderConfig
 
 DEFAULT_MAX_TOKENS: Final = 4096
+# The `anthropic_version` InvokeModel wants in a Messages body (wire-formats-dialects C.1).
+ANTHROPIC_VERSION: Final = "bedrock-2023-05-31"
 FINISH_REASONS: Final[dict[str, str]] = {
     "end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
     "model_context_window_exceeded": "length", "tool_use": "tool_calls",
@@ -558,11 +577,47 @@ class BedrockStream(BlockStream):
         raise UpstreamError("server", 502, "Bedrock ended the stream before messageStop.", provider=self._provider)
 
 
+def _invoke_body(req: ChatRequest, provider: ProviderConfig, credential: Credential) -> tuple[dict[str, Any], Betas]:
+    """The caller's Messages body as InvokeModel takes it: no ``model`` (the URL names it), no
+    ``stream`` (the operation says it), ``anthropic_version``, and the betas that pass in the body."""
+    body, betas = native_messages(req, provider, credential, betas_in_body=True)
+    body.pop("model", None)
+    body.pop("stream", None)
+    body.setdefault("anthropic_version", ANTHROPIC_VERSION)
+    if betas.kept:
+        body["anthropic_beta"] = list(betas.kept)
+    return body, betas
+
+
+class InvokeStream(MessagesPassthrough):
+    """InvokeModelWithResponseStream for a Claude model: each ``chunk`` frame's base64 ``bytes`` is one
+    Anthropic event, relayed as SSE (``event: <type>``); an exception frame is the failure it names."""
+
+    __slots__ = ()
+
+    def feed(self, event: SseEvent) -> list[bytes]:
+        name = event.event or ""
+        if name.startswith("exception:"):
+            data = load_object(event.data, self._provider, "an event") if event.data else {}
+            raise exception_error(self._provider, name.partition(":")[2], str(data.get("message") or ""))
+        if name != "chunk":
+            return []  # an event type newer than this decoder
+        raw = load_object(event.data, self._provider, "an event").get("bytes")
+        try:
+            decoded = base64.b64decode(raw if isinstance(raw, str) else "", validate=True)
+        except (binascii.Error, ValueError):
+            raise UpstreamError("server", 502, f"Bedrock sent a chunk that is not base64 ({self._provider}).",
+                                provider=self._provider) from None
+        return self.relay(decoded)
+
+
 # --- the provider -------------------------------------------------------------------------------
 
 
-class Bedrock(Translated):
-    """The Provider for AWS Bedrock Runtime."""
+class Bedrock(NativeMessages):
+    """The Provider for AWS Bedrock Runtime: chat through Converse, Messages for Claude through
+    InvokeModel (the Messages body without ``model`` and ``stream``, ``anthropic_version`` and the
+    betas that pass in the body)."""
 
     type = "bedrock"
 
@@ -599,6 +654,32 @@ class Bedrock(Translated):
                                                                    "input_type": input_type})
                     for i in range(0, len(texts), COHERE_BATCH)]
         raise UnsupportedField("model", f"Bedrock embeddings are served for Titan and Cohere models, not '{model}'.")
+
+    def native(self, dialect: str, provider: ProviderConfig, model: str) -> bool:
+        return dialect == "messages" and dialect in provider.speaks and anthropic_family(provider, model)
+
+    def build_native_request(self, dialect: str, req: ChatRequest, provider: ProviderConfig, model: str,
+                             credential: Credential) -> UpstreamCall:
+        body, betas = _invoke_body(req, provider, credential)
+        operation = "invoke-with-response-stream" if req.stream else "invoke"
+        return replace(_call(provider, credential, model, operation, body, req.stream), stripped=betas.stripped)
+
+    def build_count_tokens_request(self, req: ChatRequest, provider: ProviderConfig, model: str,
+                                   credential: Credential) -> UpstreamCall | None:
+        """CountTokens with the InvokeModel body, base64 in its envelope (it wants ``max_tokens``,
+        which a count_tokens body has not: the provider's default stands in)."""
+        if req.native is None or not self.native("messages", provider, model):
+            return None
+        body, betas = _invoke_body(req, provider, credential)
+        body.setdefault("max_tokens", provider.default_max_tokens or DEFAULT_MAX_TOKENS)
+        wrapped = {"input": {"invokeModel": {"body": base64.b64encode(orjson.dumps(body)).decode()}}}
+        return replace(_call(provider, credential, model, "count-tokens", wrapped), stripped=betas.stripped)
+
+    def read_count_tokens(self, provider: ProviderConfig, body: bytes) -> int:
+        return read_input_tokens(body, "inputTokens")
+
+    def native_decoder(self, dialect: str, req: ChatRequest, provider: ProviderConfig) -> NativeStream:
+        return InvokeStream(provider.name)
 
     def parse_embeddings_response(self, req: EmbeddingsRequest, provider: ProviderConfig,
                                   bodies: list[bytes]) -> bytes:

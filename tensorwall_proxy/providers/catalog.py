@@ -143,7 +143,8 @@ TYPES: Final[Mapping[str, ProviderType]] = MappingProxyType({t.name: t for t in 
         _base_url("https://api.anthropic.com/v1", "ANTHROPIC_API_URL"), Setting("version", "2023-06-01"),
         Setting("default_max_tokens", 4096), Setting("betas"),
     ), "base_url", "x-api-key (a token: Authorization: Bearer)", key_prefixes=("sk-ant-",),
-        forwarded_headers=("anthropic-beta",), embeddings=False,
+        forwarded_headers=("anthropic-beta",), embeddings=False, dialects=("chat", "messages"),
+        declarable=("chat", "messages"),
         policy=FieldPolicy("Anthropic", max_n=1, refused=_TRANSLATED_REFUSED, refused_modalities=("audio",),
                            temperature=(0.0, 1.0), reasoning_budgets=CLAUDE_THINKING)),
     ProviderType("azure", (
@@ -152,9 +153,9 @@ TYPES: Final[Mapping[str, ProviderType]] = MappingProxyType({t.name: t for t in 
         policy=FieldPolicy("provider type 'azure'")),
     ProviderType("vertex", (
         Setting("project", "", "GOOGLE_CLOUD_PROJECT"), Setting("location", "us-central1", "VERTEX_AI_LOCATION"),
-        Setting("base_url", "", "VERTEX_API_URL"),
+        Setting("base_url", "", "VERTEX_API_URL"), Setting("betas"), Setting("anthropic_models"),
     ), "project", "Authorization: Bearer (an OAuth token)", ambient="google", ambient_fills_required=True,
-        key_prefixes=("AIza",),
+        key_prefixes=("AIza",), dialects=("chat", "messages"), declarable=("chat", "messages"),
         policy=FieldPolicy("the Gemini translation", refused=_TRANSLATED_REFUSED, reasoning_budgets=GEMINI_THINKING)),
     ProviderType("groq", (_base_url("https://api.groq.com/openai/v1", "GROQ_API_URL"),), "base_url",
                  "Authorization: Bearer", key_prefixes=("gsk_",), embeddings=False, declarable=_OPENAI_WIRE_DIALECTS,
@@ -171,8 +172,9 @@ TYPES: Final[Mapping[str, ProviderType]] = MappingProxyType({t.name: t for t in 
     ProviderType("bedrock", (
         Setting("region", "us-east-1", "AWS_REGION", env_for_all=True), Setting("base_url", "", "BEDROCK_API_URL"),
         Setting("aws_access_key_id"), Setting("aws_secret_access_key"), Setting("aws_session_token"),
-        Setting("profile"),
+        Setting("profile"), Setting("betas"), Setting("anthropic_models"),
     ), "region", "Authorization: Bearer (a Bedrock API key), else SigV4", ambient="aws", sigv4=True,
+        dialects=("chat", "messages"), declarable=("chat", "messages"),
         policy=FieldPolicy("Bedrock", max_n=1, refused=_TRANSLATED_REFUSED, temperature=(0.0, 1.0),
                            reasoning_budgets=CLAUDE_THINKING)),
     # Ollama never receives the caller's key, only a YAML api_key.

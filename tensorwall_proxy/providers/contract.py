@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
+import orjson
+
 from ..calls import UpstreamCall
 from ..errors import GatewayError, UnsupportedField, UpstreamError
 from ..sse import SseEvent
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
     from ..config import ProviderConfig
 
 __all__ = ["ChatRequest", "EmbeddingsRequest", "Framer", "NativeAnswer", "NativeStream", "Provider", "StreamDecoder",
-           "Translated", "UpstreamCall", "path_segment"]
+           "Translated", "Uncounted", "UpstreamCall", "path_segment", "read_input_tokens"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,8 @@ class ChatRequest:
     # the caller sent it, less the state the gateway made (dialects/native.py). None where the
     # dialect is the pivot's own (chat), whose translators are already the passthrough.
     native: Mapping[str, Any] | None = None
+    # The caller's query string, for a native passthrough that keeps part of it (Messages' `?beta=true`).
+    native_query: str = ""
     # A pivot extension (DESIGN §12): the cache breakpoints the caller marked (Anthropic's
     # `cache_control`). Chat has no field for them; a translator that cannot keep them drops them,
     # and the relay counts what was dropped.
@@ -193,8 +197,31 @@ class Provider(Protocol):
         ``path`` (already encoded, e.g. ``/resp_1/input_items?limit=5``) under the dialect's native path."""
         ...
 
+    def build_count_tokens_request(self, req: ChatRequest, provider: ProviderConfig, model: str,
+                                   credential: Credential) -> UpstreamCall | None:
+        """The call that counts ``req``'s input tokens with the provider's own counter (Anthropic's
+        count_tokens, Bedrock's CountTokens, Vertex's), or None where the type has none for ``model``."""
+        ...
 
-class Translated:
+    def read_count_tokens(self, provider: ProviderConfig, body: bytes) -> int:
+        """The input tokens in a counter's successful answer; ValueError when it holds none."""
+        ...
+
+
+class Uncounted:
+    """The counter half for a type without a token counter: callers get the gateway's estimate."""
+
+    __slots__ = ()
+
+    def build_count_tokens_request(self, req: ChatRequest, provider: ProviderConfig, model: str,
+                                   credential: Credential) -> UpstreamCall | None:
+        return None
+
+    def read_count_tokens(self, provider: ProviderConfig, body: bytes) -> int:
+        raise ValueError(f"provider '{provider.name}' has no token counter")
+
+
+class Translated(Uncounted):
     """The native half for a type that passes no dialect through (yet): every request is translated."""
 
     __slots__ = ()
@@ -235,3 +262,14 @@ def path_segment(value: str, what: str) -> str:
     if all(c in _SEGMENT_SAFE for c in value):
         return value
     return "".join(c if c in _SEGMENT_SAFE else "".join(f"%{b:02X}" for b in c.encode("utf-8")) for c in value)
+
+
+def read_input_tokens(body: bytes, *names: str) -> int:
+    """A counter's answer (a JSON object) → the count under the first of ``names`` it holds;
+    ValueError when it holds none."""
+    parsed = orjson.loads(body)
+    for name in names:
+        value = parsed.get(name) if isinstance(parsed, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    raise ValueError(f"a token count answer without {' or '.join(names)}")

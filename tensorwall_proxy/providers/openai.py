@@ -23,7 +23,7 @@ from yarl import URL
 from ..errors import UnsupportedField, UpstreamError
 from ..sse import SseDecoder
 from .catalog import TYPES
-from .contract import ChatRequest, EmbeddingsRequest, UpstreamCall
+from .contract import ChatRequest, EmbeddingsRequest, Uncounted, UpstreamCall
 from .ids import IdStyle
 from .openai_wire import (
     NATIVE_PATHS,
@@ -67,7 +67,7 @@ WIRE: Final[dict[str, Wire]] = {
 }
 
 
-class OpenAICompatible(NativeReading):
+class OpenAICompatible(NativeReading, Uncounted):
     """The Provider for openai, groq, mistral, lmstudio and ollama, parameterised by ``Wire``."""
 
     def __init__(self, provider_type: str) -> None:

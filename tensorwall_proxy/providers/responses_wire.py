@@ -22,7 +22,7 @@ from typing import Any, Final
 import orjson
 
 from ..errors import FailureKind, UpstreamError, openai_error_fields
-from ..sse import SseEvent, encode
+from ..sse import SseEvent, encode, plain_run
 from .contract import NativeAnswer
 from .shapes import load_object
 
@@ -124,14 +124,8 @@ class ResponsesPassthrough:
         """Past the commit point, the leading whole events of ``chunk`` that hold no terminal event
         and no error: they go out as the upstream sent them, and only their last sequence number
         is read."""
-        if not self.visible or self.done or b"\r" in chunk:
-            return b"", chunk
-        end = chunk.rfind(b"\n\n") + 2
-        for marker in _MARKERS:
-            at = chunk.find(marker, 0, end)
-            if at >= 0:
-                end = min(end, chunk.rfind(b"\n\n", 0, at) + 2)  # where that event begins
-        if end < 2:
+        end = plain_run(chunk, _MARKERS) if self.visible and not self.done else 0
+        if not end:
             return b"", chunk
         plain = chunk[:end] if end < len(chunk) else chunk
         at = plain.rfind(b'"sequence_number"')

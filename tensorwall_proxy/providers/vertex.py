@@ -15,6 +15,12 @@ pivot's ``reasoning_state`` (wire ``gemini``), and signatures restored there go 
 of the kind they came on. Streams are Gemini responses carrying new text only; function calls
 arrive whole.
 
+Claude models (``claude-…`` ids, or the provider's ``anthropic_models:``) are Anthropic's Messages
+wire in Vertex's envelope: ``publishers/anthropic/models/{model}:rawPredict`` / ``:streamRawPredict``
+with ``anthropic_version`` in the body and no ``model``. Chat (and the dialects on the pivot) goes
+through ``anthropic_wire``'s translator; ``/v1/messages`` passes through natively. Token counts come
+from ``count-tokens:rawPredict`` (Claude) and ``:countTokens`` (Gemini).
+
 Pure: no I/O, no aiohttp. Tokens come from upstream.py's google-auth hook.
 """
 
@@ -39,9 +45,13 @@ from ..errors import (
 )
 from ..sse import SseDecoder, SseEvent
 from ..tokens import count_of, token_count
+from .anthropic_wire import AnthropicStream, anthropic_family, native_messages
+from .anthropic_wire import translate_request as claude_request
+from .anthropic_wire import translate_response as claude_response
 from .catalog import TYPES
-from .contract import ChatRequest, EmbeddingsRequest, Translated, UpstreamCall, path_segment
+from .contract import ChatRequest, EmbeddingsRequest, UpstreamCall, path_segment, read_input_tokens
 from .ids import attach, detach, for_gemini, from_gemini, unique_id
+from .messages_wire import NativeMessages
 from .openai_wire import USER_AGENT, upstream_url
 from .policy import check, reasoning_budget
 from .reasoning import REASONING_STATE, entries, restored
@@ -93,6 +103,8 @@ SCHEMA_KEYS: Final = frozenset({
 # Marks a thought signature in a tool call id, so another provider's state is never taken for it.
 _STATE_TAG: Final = b"G1"
 _LOCATION: Final = str(TYPES["vertex"].default("location"))
+# The `anthropic_version` rawPredict wants in a Messages body (wire-formats-dialects D.1).
+ANTHROPIC_VERSION: Final = "vertex-2023-10-16"
 # What the Gemini translation refuses and maps of a chat body: its catalog entry's field policy.
 POLICY: Final = TYPES["vertex"].policy
 
@@ -110,12 +122,27 @@ def base_url(provider: ProviderConfig) -> str:
     return f"https://{location}-aiplatform.googleapis.com"
 
 
-def model_path(provider: ProviderConfig, project: str, model: str, method: str) -> str:
-    """``/v1/projects/…/publishers/google/models/{model}:{method}``, every segment encoded."""
+def model_path(provider: ProviderConfig, project: str, model: str, method: str, publisher: str = "google") -> str:
+    """``/v1/projects/…/publishers/{publisher}/models/{model}:{method}``, every segment encoded."""
     location = provider.location or _LOCATION
     return (f"/{API_VERSION}/projects/{path_segment(project, 'Vertex project')}"
             f"/locations/{path_segment(location, 'Vertex location')}"
-            f"/publishers/google/models/{path_segment(model, 'Vertex model id')}:{method}")
+            f"/publishers/{publisher}/models/{path_segment(model, 'Vertex model id')}:{method}")
+
+
+def _claude_call(provider: ProviderConfig, credential: Credential, model: str, body: dict[str, Any],
+                 stream: bool, betas: tuple[str, ...] = (), stripped: tuple[str, ...] = ()) -> UpstreamCall:
+    """A Messages body for Claude in Vertex's envelope: ``rawPredict`` / ``streamRawPredict`` under the
+    anthropic publisher, ``anthropic_version`` in the body and no ``model``; betas as a header."""
+    body.pop("model", None)
+    body.setdefault("anthropic_version", ANTHROPIC_VERSION)
+    method = "streamRawPredict" if stream else "rawPredict"
+    url = upstream_url(base_url(provider), model_path(provider, _project(provider, credential), model, method,
+                                                      "anthropic"))
+    headers = _headers(credential)
+    if betas:
+        headers["anthropic-beta"] = ",".join(betas)
+    return UpstreamCall("POST", url, headers, orjson.dumps(body), stream, stripped)
 
 
 def _project(provider: ProviderConfig, credential: Credential) -> str:
@@ -600,8 +627,45 @@ class VertexStream:
         return self._chunks.end(self.usage)
 
 
-class Vertex(Translated):
-    """The Provider for Vertex AI's Gemini models."""
+class ClaudeOrGemini:
+    """A streamed answer from Vertex, which is Gemini's or, for a Claude model, Anthropic's: the
+    first event says which (Anthropic's are named, Gemini's are not), and the matching decoder
+    reads the rest."""
+
+    __slots__ = ("_claude", "_gemini", "_inner", "done", "usage", "visible")
+
+    def __init__(self, gemini: VertexStream, claude: AnthropicStream) -> None:
+        self._gemini = gemini
+        self._claude = claude
+        self._inner: VertexStream | AnthropicStream | None = None
+        self.visible = False
+        self.done = False
+        self.usage: Mapping[str, Any] | None = None
+
+    def feed(self, event: SseEvent) -> list[bytes]:
+        if self._inner is None:
+            self._inner = self._claude if event.event else self._gemini
+        return self._mirror(self._inner.feed(event))
+
+    def split_plain(self, chunk: bytes) -> tuple[bytes, bytes]:
+        return b"", chunk  # every event is translated
+
+    def close(self) -> list[bytes]:
+        if self._inner is None:
+            self._inner = self._gemini
+        return self._mirror(self._inner.close())
+
+    def _mirror(self, out: list[bytes]) -> list[bytes]:
+        inner = self._inner
+        assert inner is not None
+        self.visible, self.done, self.usage = inner.visible, inner.done, inner.usage
+        return out
+
+
+class Vertex(NativeMessages):
+    """The Provider for Vertex AI: Gemini models through their own API; Claude models through
+    Anthropic's Messages wire in Vertex's envelope (rawPredict), chat translated by
+    ``anthropic_wire`` and Messages passed through."""
 
     type = "vertex"
 
@@ -610,18 +674,55 @@ class Vertex(Translated):
 
     def build_request(self, req: ChatRequest, provider: ProviderConfig, model: str,
                       credential: Credential) -> UpstreamCall:
+        if anthropic_family(provider, model):
+            return _claude_call(provider, credential, model, claude_request(req, provider, model), req.stream)
         body = translate_request(req)
         method = "streamGenerateContent?alt=sse" if req.stream else "generateContent"
         url = upstream_url(base_url(provider), model_path(provider, _project(provider, credential), model, method))
         return UpstreamCall("POST", url, _headers(credential), orjson.dumps(body), req.stream)
 
     def parse_response(self, req: ChatRequest, provider: ProviderConfig, body: bytes) -> bytes:
-        return translate_response(load_object(body, provider.name), str(req.body.get("model") or ""),
-                                  keep_state=req.wants_reasoning_state)
+        parsed = load_object(body, provider.name)
+        if parsed.get("type") == "message":  # a Claude model's answer
+            return claude_response(parsed, keep_state=req.wants_reasoning_state)
+        return translate_response(parsed, str(req.body.get("model") or ""), keep_state=req.wants_reasoning_state)
 
-    def stream_decoder(self, req: ChatRequest, provider: ProviderConfig) -> VertexStream:
-        return VertexStream(provider.name, str(req.body.get("model") or ""), req.wants_usage,
-                            req.wants_reasoning_state)
+    def stream_decoder(self, req: ChatRequest, provider: ProviderConfig) -> ClaudeOrGemini:
+        return ClaudeOrGemini(VertexStream(provider.name, str(req.body.get("model") or ""), req.wants_usage,
+                                           req.wants_reasoning_state),
+                              AnthropicStream(provider.name, req.wants_usage, req.wants_reasoning_state))
+
+    def native(self, dialect: str, provider: ProviderConfig, model: str) -> bool:
+        return dialect == "messages" and dialect in provider.speaks and anthropic_family(provider, model)
+
+    def build_native_request(self, dialect: str, req: ChatRequest, provider: ProviderConfig, model: str,
+                             credential: Credential) -> UpstreamCall:
+        body, betas = native_messages(req, provider, credential)
+        return _claude_call(provider, credential, model, body, req.stream, betas.kept, betas.stripped)
+
+    def build_count_tokens_request(self, req: ChatRequest, provider: ProviderConfig, model: str,
+                                   credential: Credential) -> UpstreamCall | None:
+        """Claude: ``count-tokens:rawPredict`` with the Messages body, ``model`` in it; Gemini:
+        ``countTokens`` with the contents, system instruction and tools of the translated request."""
+        if anthropic_family(provider, model):
+            if req.native is None:
+                return None
+            body, betas = native_messages(req, provider, credential)
+            body["model"] = model
+            body.setdefault("anthropic_version", ANTHROPIC_VERSION)
+            url = upstream_url(base_url(provider), model_path(provider, _project(provider, credential), "count-tokens",
+                                                              "rawPredict", "anthropic"))
+            headers = _headers(credential)
+            if betas.kept:
+                headers["anthropic-beta"] = ",".join(betas.kept)
+            return UpstreamCall("POST", url, headers, orjson.dumps(body), False, betas.stripped)
+        counted = {k: v for k, v in translate_request(req).items() if k in ("contents", "systemInstruction", "tools")}
+        url = upstream_url(base_url(provider), model_path(provider, _project(provider, credential), model,
+                                                          "countTokens"))
+        return UpstreamCall("POST", url, _headers(credential), orjson.dumps(counted))
+
+    def read_count_tokens(self, provider: ProviderConfig, body: bytes) -> int:
+        return read_input_tokens(body, "input_tokens", "totalTokens")
 
     def classify_error(self, provider: ProviderConfig, status: int, headers: Mapping[str, str],
                        body: bytes) -> UpstreamError:

@@ -519,9 +519,9 @@ BAD_REQUESTS: dict[str, tuple[Any, str]] = {
     "string max_tokens": (request(max_tokens="5"), "max_tokens: Input should be a valid integer"),
     "missing messages": (request(messages=None), "messages: Field required"),
     "empty messages": (request(messages=[]), "messages: at least one message is required"),
-    "system role": (
-        request(messages=[{"role": "system", "content": "Be brief"}, *HELLO]),
-        "messages.0.role: Input should be 'user' or 'assistant'",
+    "tool role": (
+        request(messages=[{"role": "tool", "content": "Be brief"}, *HELLO]),
+        "messages.0.role: Input should be 'user', 'assistant' or 'system'",
     ),
     "system an object": (request(system={"text": "x"}), "system"),
     "empty system block": (request(system=[{"type": "text", "text": ""}]), "system.0: text content blocks"),

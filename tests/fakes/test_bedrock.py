@@ -1156,7 +1156,7 @@ async def test_streamed_and_whole_answers_agree(fake: FakeUpstream, http: aiohtt
         ),
         (COHERE, {"texts": "a", "input_type": "search_query"}, "#/texts"),
         (COHERE, {"texts": ["a"], "input_type": "search_query", "truncate": "MIDDLE"}, "#/truncate"),
-        (CLAUDE, {"inputText": "a"}, "InvokeModel for"),
+        (CLAUDE, {"inputText": "a"}, "anthropic_version"),
     ],
 )
 async def test_invoke_refusals(

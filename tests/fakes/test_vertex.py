@@ -1068,7 +1068,7 @@ async def test_strict_tokens_accept_only_issued_unexpired_ones(
 
 async def test_unknown_methods_and_paths(fake: FakeUpstream, http: aiohttp.ClientSession) -> None:
     for url in (
-        path(method="countTokens"),
+        path(method="computeTokens"),
         path(method="batchEmbedContents"),
         path().replace(":generateContent", ""),
     ):

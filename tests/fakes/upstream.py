@@ -44,7 +44,12 @@ serve legacy completions (`POST …/completions`, "Legacy completions" below).
 
 The `anthropic` flavor speaks Anthropic's Messages API instead (`POST /anthropic/v1/messages`,
 wire-formats §2): its own validation, named SSE events, error envelope and two more fault words;
-the "Anthropic Messages" section near the end of this module says what it answers.
+the "Anthropic Messages" section near the end of this module says what it answers. It also counts
+tokens (`POST /anthropic/v1/messages/count_tokens`) and opens beta-gated body fields only with their
+`anthropic-beta` (`ANTHROPIC_BETA_FIELDS`). Claude on Bedrock (InvokeModel with a Messages body,
+`invoke-with-response-stream`, `count-tokens`) and on Vertex (`publishers/anthropic/models/…:rawPredict`,
+`:streamRawPredict`, `count-tokens:rawPredict`) refuse betas those services do not know; the "Claude on
+Bedrock and Vertex" section says what they answer. Vertex's Gemini models also answer `:countTokens`.
 
 The `vertex` flavor speaks Vertex AI's native Gemini API (wire-formats §4): generateContent,
 streamGenerateContent (`alt=sse`, CRLF-separated events), predict and embedContent under
@@ -72,6 +77,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import datetime
 import functools
 import hashlib
@@ -692,12 +698,17 @@ class FakeUpstream:
         for method, path, handle in _RESPONSES_ROUTES:
             router.add_route(method, "/azure/openai/v1" + path, self._endpoint("azure", handle))
         router.add_post("/anthropic/v1/messages", self._endpoint("anthropic", _anthropic_messages))
+        router.add_post("/anthropic/v1/messages/count_tokens", self._endpoint("anthropic", _anthropic_count_tokens))
         router.add_get("/anthropic/v1/models", self._endpoint("anthropic", _anthropic_models))
         # Vertex: `{target}` is `{model}:{method}`, one path segment (aiohttp decodes it).
         for version in VERTEX_API_VERSIONS:
             router.add_post(
                 f"/vertex/{version}/projects/{{project}}/locations/{{location}}/publishers/google/models/{{target}}",
                 self._endpoint("vertex", _vertex),
+            )
+            router.add_post(
+                f"/vertex/{version}/projects/{{project}}/locations/{{location}}/publishers/anthropic/models/{{target}}",
+                self._endpoint("vertex", _vertex_claude),
             )
         router.add_post("/oauth2/token", self._oauth_token)
         # Bedrock: the model id is percent-encoded, `/` as %2F included, so the handler reads the
@@ -1567,6 +1578,28 @@ ANTHROPIC_CACHE_READ_TOKENS: Final = 7
 ANTHROPIC_CACHE_CREATION_TOKENS: Final = 3
 
 ANTHROPIC_THINKING_PREFIX: Final = "Thinking about: "
+
+ANTHROPIC_BETA_FIELDS: Final[tuple[tuple[str, str], ...]] = (
+    ("context-management-", "context_management"),
+    ("mcp-client-", "mcp_servers"),
+)
+"""A beta (by prefix) and the body field it opens: without the beta the field is an extra input."""
+
+BEDROCK_BETAS: Final[tuple[str, ...]] = (
+    "computer-use-", "context-1m-", "context-management-", "compact-", "effort-", "fine-grained-tool-streaming-",
+    "tool-search-tool-", "thinking-binding-controls-", "thinking-display-updates-",
+    "mid-conversation-output-config-", "mid-conversation-tool-changes-", "dangerous-tool-use-",
+)
+"""The `anthropic_beta` values (by prefix) the fake's InvokeModel accepts; any other is 400 `invalid beta
+flag`, as Bedrock answers (wire-formats-dialects C.4, C.6)."""
+
+VERTEX_BETAS: Final[tuple[str, ...]] = (
+    "computer-use-", "context-1m-", "context-management-", "interleaved-thinking-", "compact-",
+    "tool-search-tool-", "web-search-", "per-turn-control-", "thinking-binding-controls-",
+    "thinking-display-updates-", "dangerous-tool-use-",
+)
+"""The `anthropic-beta` values (by prefix) the fake's rawPredict accepts; any other is 400 naming it
+(wire-formats-dialects D.4)."""
 """The fake's thinking text is this prefix and the reply text it is about to give."""
 
 _ANTHROPIC_DOCS: Final = "https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
@@ -1697,6 +1730,8 @@ def _turns(messages: list[Json]) -> list[_Turn]:
             if isinstance(content, str)
             else [(f"messages.{i}.content.{j}", block) for j, block in enumerate(content)]
         )
+        if message["role"] == "system":
+            continue
         if turns and turns[-1].role == message["role"]:
             turns[-1].blocks.extend(blocks)
         else:
@@ -1707,10 +1742,12 @@ def _turns(messages: list[Json]) -> list[_Turn]:
 # -- checking the body -----------------------------------------------------------------------------
 
 
-def _check_anthropic_body(body: Any) -> None:
-    """Raise `_Refused` for what the real Messages API refuses with a 400."""
+def _check_anthropic_body(body: Any, betas: tuple[str, ...] = ()) -> None:
+    """Raise `_Refused` for what the real Messages API refuses with a 400; `betas` (as sent) open the
+    body fields they enable (`ANTHROPIC_BETA_FIELDS`)."""
     _require(isinstance(body, dict), "The request body is not a valid JSON object.")
-    _no_extra("", body, _ANTHROPIC_KEYS)
+    opened = {name for prefix, name in ANTHROPIC_BETA_FIELDS if any(b.startswith(prefix) for b in betas)}
+    _no_extra("", body, _ANTHROPIC_KEYS | opened)
     model = body.get("model")
     _require("model" in body, "model: Field required")
     _require(isinstance(model, str) and bool(model), "model: Input should be a non-empty string")
@@ -1741,7 +1778,12 @@ def _check_message(i: int, message: Any, *, final: bool) -> None:
     _require(isinstance(message, dict), f"{where}: Input should be a valid dictionary")
     _no_extra(where, message, frozenset({"role", "content"}))
     role = message.get("role")
-    _require(role in ("user", "assistant"), f"{where}.role: Input should be 'user' or 'assistant'")
+    _require(role in ("user", "assistant", "system"), f"{where}.role: Input should be 'user', 'assistant' or 'system'")
+    if role == "system":  # an instruction mid-conversation: text only, not part of the turns
+        content = message.get("content")
+        _require((isinstance(content, str) and bool(content.strip())) or isinstance(content, list),
+                 f"{where}.content: a system message takes text")
+        return
     _require("content" in message, f"{where}.content: Field required")
     content = message["content"]
     prefill = final and role == "assistant"
@@ -2188,16 +2230,18 @@ def _anthropic_stop(text: str, body: Json) -> tuple[str, str, str | None]:
     return text, reason, sequence
 
 
-def _anthropic_generate(call: _Call) -> _AnthropicReply:
-    body = call.body
+def _anthropic_generate(call: _Call, body: Json | None = None, label: str = "anthropic") -> _AnthropicReply:
+    """The answer to a Messages body (the call's, or one unwrapped from Bedrock's or Vertex's
+    envelope), its text marked with `label`."""
+    body = call.body if body is None else body
     turns = _turns(body["messages"])
     last_user = next((turn for turn in reversed(turns) if turn.role == "user"), None)
     blocks = [block for _, block in last_user.blocks] if last_user else []
     answered = bool(blocks) and blocks[0].get("type") == "tool_result"
     if answered:
-        reply = "[anthropic] tool said: " + _anthropic_text_of(blocks[0].get("content", ""))
+        reply = f"[{label}] tool said: " + _anthropic_text_of(blocks[0].get("content", ""))
     else:
-        reply = "[anthropic] " + _anthropic_text_of(blocks)
+        reply = f"[{label}] " + _anthropic_text_of(blocks)
     system = _system_text(body.get("system"))
     if _SHOUT.search(system):
         reply = reply.upper()
@@ -2264,7 +2308,7 @@ async def _anthropic_messages(call: _Call) -> web.StreamResponse:
     if refusal is not None:
         return refusal
     try:
-        _check_anthropic_body(call.rec.json)
+        _check_anthropic_body(call.rec.json, _header_betas(call))
     except _Refused as refused:
         return _anthropic_error(400, refused.message)
     faulted = await _anthropic_fault(call)
@@ -2412,6 +2456,168 @@ async def _anthropic_models(call: _Call) -> web.StreamResponse:
     ]
     body = {"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]}
     return _json_response(body, headers=_anthropic_headers())
+
+
+# --------------------------------------------------------------------------------------------------
+# Claude on Bedrock and Vertex (wire-formats-dialects C, D)
+#
+# Bedrock's InvokeModel / InvokeModelWithResponseStream for an `anthropic.` model id, and Vertex's
+# rawPredict / streamRawPredict under `publishers/anthropic/models/{model}`: the Messages body without
+# `model` (Bedrock: without `stream` too), with `anthropic_version` (`bedrock-2023-05-31`,
+# `vertex-2023-10-16`); betas in the body's `anthropic_beta` list (Bedrock) or the `anthropic-beta`
+# header (Vertex), each unknown one refused as those services refuse it (`BEDROCK_BETAS`,
+# `VERTEX_BETAS`). The body is then checked and answered as the anthropic flavor does, the text marked
+# `[bedrock]` / `[vertex]`; Bedrock's stream is its event stream of `chunk` frames, each carrying one
+# Anthropic event as base64 `bytes` (the last, `message_stop`, with Bedrock's invocation metrics);
+# Vertex's is Anthropic's SSE. Fault words: the flavor's own, and `error-before-content` (an in-band
+# overload after `ping`: Bedrock's `serviceUnavailableException` frame, Vertex's `event: error`).
+# Count-tokens: Bedrock's `/model/{id}/count-tokens` (`{"input":{"invokeModel":{"body":<base64>}}}` →
+# `{"inputTokens"}`) and Vertex's `count-tokens:rawPredict` (the body with `model` → `{"input_tokens"}`).
+
+BEDROCK_ANTHROPIC_VERSION: Final = "bedrock-2023-05-31"
+VERTEX_ANTHROPIC_VERSION: Final = "vertex-2023-10-16"
+
+
+def _header_betas(call: _Call) -> tuple[str, ...]:
+    value = call.request.headers.get("anthropic-beta", "")
+    return tuple(beta.strip() for beta in value.split(",") if beta.strip())
+
+
+def _claude_body(body: Json, model: str, version: str, betas: tuple[str, ...]) -> Json:
+    """The Messages body inside a Bedrock or Vertex envelope, checked as Anthropic checks it."""
+    _require(body.get("anthropic_version") == version, f"anthropic_version: Input should be '{version}'")
+    _require("model" not in body, "model: Extra inputs are not permitted")
+    inner = {k: v for k, v in body.items() if k not in ("anthropic_version", "anthropic_beta")}
+    inner["model"] = model
+    _check_anthropic_body(inner, betas)
+    return inner
+
+
+def claude_input_tokens(body: Json) -> int:
+    """What the fake's count-tokens endpoints answer: the words of the system prompt and every block."""
+    return _words(_system_text(body.get("system"))) + sum(
+        _anthropic_block_words(block) for turn in _turns(body.get("messages") or []) for _, block in turn.blocks
+    )
+
+
+def _bedrock_chunk(event: Json) -> bytes:
+    return encode_event("chunk", {"bytes": base64.b64encode(orjson.dumps(event)).decode(), "p": "abcdefgh"})
+
+
+async def _bedrock_claude(call: _Call, model: str, *, streamed: bool) -> web.StreamResponse:
+    """InvokeModel(WithResponseStream) with a Messages body for an `anthropic.` model."""
+    listed = call.body.get("anthropic_beta", [])
+    if not isinstance(listed, list) or not all(isinstance(b, str) and b.startswith(BEDROCK_BETAS) for b in listed):
+        return _bedrock_validation("invalid beta flag")
+    try:
+        _require("stream" not in call.body, "stream: Extra inputs are not permitted")
+        inner = _claude_body(call.body, model, BEDROCK_ANTHROPIC_VERSION, tuple(listed))
+    except _Refused as refused:
+        return _bedrock_validation(refused.message)
+    faulted = await _bedrock_fault(call)
+    if faulted is not None:
+        return faulted
+    reply = _anthropic_generate(call, inner, "bedrock")
+    reply = dataclasses.replace(reply, id="msg_bdrk_" + _alnum(24))
+    if not streamed:
+        late = await _bedrock_late_fault(call)
+        if late is not None:
+            return late
+        return await _answer(call, _anthropic_message(reply), _bedrock_headers())
+    events = _anthropic_events(reply)
+    metrics = {"inputTokenCount": reply.usage["input_tokens"], "outputTokenCount": reply.usage["output_tokens"],
+               "invocationLatency": BEDROCK_LATENCY_MS, "firstByteLatency": BEDROCK_LATENCY_MS}
+    events[-1] = ("message_stop", {"type": "message_stop", "amazon-bedrock-invocationMetrics": metrics})
+    response = web.StreamResponse(
+        headers={"Content-Type": "application/vnd.amazon.eventstream", **_bedrock_headers()}
+    )
+    await _prepare(response, call.request)
+    cut = call.has_fault("cut-mid-stream")
+    deltas = 0
+    for name, event in events:
+        if cut and name == "message_delta":
+            _cut(call)
+            return response
+        await _send(response, _bedrock_chunk(event))
+        if name == "ping" and call.has_fault("error-before-content"):
+            await _send(response, encode_exception("serviceUnavailableException", "Bedrock is unavailable."))
+            return response
+        if name != "content_block_delta":
+            continue
+        deltas += 1
+        if call.has_fault("error-mid-stream"):
+            await _send(response, encode_exception("internalServerException", "The model failed mid-stream."))
+            return response
+        if deltas == 2 and cut:
+            _cut(call)
+            return response
+    return response
+
+
+async def _bedrock_invoke_stream(call: _Call, model: str) -> web.StreamResponse:
+    return await _bedrock_claude(call, model, streamed=True)
+
+
+async def _bedrock_count_tokens(call: _Call, model: str) -> web.StreamResponse:
+    """POST /bedrock/model/{id}/count-tokens: the wrapped InvokeModel body's input tokens."""
+    wrapped = ((call.body.get("input") or {}).get("invokeModel") or {}).get("body")
+    try:
+        body = orjson.loads(base64.b64decode(wrapped or "", validate=True))
+        _require(isinstance(body, dict) and "max_tokens" in body, "max_tokens: Field required")
+        _claude_body(body, model, BEDROCK_ANTHROPIC_VERSION, tuple(body.get("anthropic_beta") or ()))
+    except (binascii.Error, orjson.JSONDecodeError):
+        return _bedrock_validation("input.invokeModel.body must be base64 JSON.")
+    except _Refused as refused:
+        return _bedrock_validation(refused.message)
+    return await _answer(call, {"inputTokens": claude_input_tokens(body)}, _bedrock_headers())
+
+
+async def _vertex_claude(call: _Call) -> web.StreamResponse:
+    """POST /vertex/{version}/projects/…/publishers/anthropic/models/{model}:{rawPredict|streamRawPredict}."""
+    target = call.request.match_info["target"]
+    model, _, method = target.rpartition(":")
+    if not model or method not in ("rawPredict", "streamRawPredict"):
+        return _google_error(404, f"Method not found: {target!r} names no method this fake serves.")
+    refusal = _check_access(call)
+    if refusal is not None:
+        return refusal
+    betas = _header_betas(call)
+    unknown = [beta for beta in betas if not beta.startswith(VERTEX_BETAS)]
+    if unknown:
+        return _anthropic_error(400, f"Unexpected value(s) `{','.join(unknown)}` for the `anthropic-beta` header. "
+                                     "Please consult our documentation at docs.claude.com or try again without the header.")
+    try:
+        if model == "count-tokens":
+            counted = {k: v for k, v in call.body.items() if k != "model"}
+            _claude_body({**counted, "max_tokens": 1}, str(call.body.get("model")), VERTEX_ANTHROPIC_VERSION, betas)
+            return await _answer(call, {"input_tokens": claude_input_tokens(call.body)}, _anthropic_headers())
+        inner = _claude_body(call.body, model, VERTEX_ANTHROPIC_VERSION, betas)
+    except _Refused as refused:
+        return _anthropic_error(400, refused.message)
+    faulted = await _vertex_fault(call, model)
+    if faulted is not None:
+        return faulted
+    reply = _anthropic_generate(call, inner, "vertex")
+    if method == "streamRawPredict" and inner.get("stream") is True:
+        return await _anthropic_stream(call, reply)
+    late = await _vertex_late_fault(call)
+    if late is not None:
+        return late
+    return await _answer(call, _anthropic_message(reply), _anthropic_headers())
+
+
+async def _anthropic_count_tokens(call: _Call) -> web.StreamResponse:
+    """POST /anthropic/v1/messages/count_tokens: the body's input tokens (no `max_tokens`)."""
+    refusal = _check_access(call)
+    if refusal is not None:
+        return refusal
+    body = call.body
+    try:
+        _require("max_tokens" not in body, "max_tokens: Extra inputs are not permitted")
+        _check_anthropic_body({**body, "max_tokens": 1}, _header_betas(call))
+    except _Refused as refused:
+        return _anthropic_error(400, refused.message)
+    return await _answer(call, {"input_tokens": claude_input_tokens(body)}, _anthropic_headers())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -3739,7 +3945,27 @@ async def _vertex_embed_content(call: _Call, model: str) -> web.StreamResponse:
     return await _answer(call, body, indent=True)
 
 
+def _texts(value: Any) -> list[str]:
+    """Every `text` string anywhere in a JSON value."""
+    if isinstance(value, dict):
+        own = [value["text"]] if isinstance(value.get("text"), str) else []
+        return own + [text for key, item in value.items() if key != "text" for text in _texts(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in _texts(item)]
+    return []
+
+
+async def _vertex_count_tokens(call: _Call, model: str) -> web.StreamResponse:
+    """POST …/models/{model}:countTokens: the words of every text in `contents` and `systemInstruction`."""
+    body = call.body
+    if not isinstance(body.get("contents"), list) or not body["contents"]:
+        return _google_error(400, "contents is not specified")
+    words = sum(_words(text) for text in _texts([body["contents"], body.get("systemInstruction")]))
+    return await _answer(call, {"totalTokens": words, "totalBillableCharacters": words * 5}, {})
+
+
 _VERTEX_METHODS: Final[Mapping[str, Callable[[_Call, str], Awaitable[web.StreamResponse]]]] = {
+    "countTokens": _vertex_count_tokens,
     "generateContent": _vertex_generate_content,
     "streamGenerateContent": _vertex_stream_generate_content,
     "predict": _vertex_predict,
@@ -5297,7 +5523,10 @@ def _cohere_embedding(body: Any) -> tuple[Json, int]:
 
 
 async def _bedrock_invoke(call: _Call, model: str) -> web.StreamResponse:
-    """POST /bedrock/model/{id}/invoke: the embedding models' native bodies (wire-formats §5.7)."""
+    """POST /bedrock/model/{id}/invoke: the embedding models' native bodies (wire-formats §5.7), and
+    Claude's Messages body for an `anthropic.` model (wire-formats-dialects C)."""
+    if "anthropic." in model:
+        return await _bedrock_claude(call, model, streamed=False)
     if "amazon.titan-embed-text-v2" in model:
         embed = _titan_embedding
     elif any(name in model for name in BEDROCK_COHERE_EMBED_MODELS):
@@ -5326,6 +5555,8 @@ _BEDROCK_ACTIONS: Final[Mapping[str, Callable[[_Call, str], Awaitable[web.Stream
     "converse": _bedrock_converse_once,
     "converse-stream": _bedrock_converse_stream,
     "invoke": _bedrock_invoke,
+    "invoke-with-response-stream": _bedrock_invoke_stream,
+    "count-tokens": _bedrock_count_tokens,
 }
 
 

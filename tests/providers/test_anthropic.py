@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from tensorwall_proxy.config import ProviderConfig
 from tensorwall_proxy.errors import GatewayError, UnsupportedField, UpstreamError
 from tensorwall_proxy.providers import ChatRequest
-from tensorwall_proxy.providers.anthropic import (
+from tensorwall_proxy.providers.anthropic_wire import (
     AnthropicStream,
     decode_thinking,
     encode_thinking,

@@ -366,9 +366,8 @@ def test_a_native_call_is_the_callers_body_at_the_dialects_path(settings: dict[s
 def test_a_dialect_the_provider_does_not_speak_is_translated(settings: dict[str, Any], dialect: str) -> None:
     provider = _provider(settings)
     assert not provider_for(provider.type).native(dialect, provider, "m")
-    if provider.type == "anthropic":  # a type with no native half yet refuses to build one
-        with pytest.raises(UnsupportedField):
-            provider_for("anthropic").build_native_request(dialect, ChatRequest({}, native={}), provider, "m", CALLER)
+    if provider.type == "anthropic":  # it speaks Messages, and nothing else natively
+        assert provider_for("anthropic").native("messages", provider, "m")
 
 
 def test_a_native_legacy_completion_answer_gives_its_usage_and_id() -> None:

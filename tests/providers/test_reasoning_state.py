@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from tensorwall_proxy.config import ProviderConfig
-from tensorwall_proxy.providers import ChatRequest, anthropic, bedrock, vertex
+from tensorwall_proxy.providers import ChatRequest, bedrock, vertex
+from tensorwall_proxy.providers import anthropic_wire as anthropic
 from tensorwall_proxy.providers.catalog import TYPES
 from tensorwall_proxy.providers.ids import attach
 from tensorwall_proxy.providers.openai_wire import PassthroughStream, adapt_chat_body

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from tensorwall_proxy.config import ProviderConfig
 from tensorwall_proxy.errors import GatewayError
-from tensorwall_proxy.providers import ChatRequest, anthropic, bedrock, vertex
+from tensorwall_proxy.providers import ChatRequest, bedrock, vertex
+from tensorwall_proxy.providers import anthropic_wire as anthropic
 from tensorwall_proxy.providers.shapes import (
     MAX_REQUEST_STATE_BYTES,
     ChunkEncoder,

@@ -1133,10 +1133,12 @@ def test_invalid_yaml_names_the_position_and_never_the_line_that_may_hold_a_key(
 # --- dialects a provider passes through natively (DESIGN §12, §14) ----------------------------------
 
 
-def test_openai_and_azure_speak_responses_by_default_and_the_others_only_chat() -> None:
+def test_openai_and_azure_speak_responses_by_default_the_claude_carriers_messages_and_the_others_only_chat() -> None:
     providers = parse(auth_off()).providers
     assert providers["openai"].speaks == {"chat", "responses"} == providers["azure"].speaks
-    assert all(providers[name].speaks == {"chat"} for name in PROVIDER_TYPES if name not in ("openai", "azure"))
+    claude = ("anthropic", "bedrock", "vertex")
+    assert all(providers[name].speaks == {"chat", "messages"} for name in claude)
+    assert all(providers[name].speaks == {"chat"} for name in PROVIDER_TYPES if name not in ("openai", "azure", *claude))
 
 
 def test_a_providers_dialects_replace_its_types_and_chat_is_implied() -> None:
