@@ -111,6 +111,21 @@ class NativeStream(StreamDecoder, Protocol):
     sequence: int
 
 
+class NativeState:
+    """The state every native stream decoder keeps (``NativeStream``'s fields), fresh per attempt."""
+
+    __slots__ = ("_provider", "done", "opening", "response_id", "sequence", "usage", "visible")
+
+    def __init__(self, provider: str) -> None:
+        self._provider = provider
+        self.visible = False
+        self.done = False
+        self.usage: Mapping[str, Any] | None = None
+        self.response_id: str | None = None
+        self.opening: Mapping[str, Any] | None = None
+        self.sequence = 0  # the next event's sequence_number, for dialects that number them
+
+
 @dataclass(frozen=True, slots=True)
 class NativeAnswer:
     """What the gateway reads of a whole native answer it relays as it came: the usage (in the

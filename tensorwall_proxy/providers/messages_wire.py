@@ -24,7 +24,7 @@ import orjson
 from ..errors import UnsupportedField, UpstreamError
 from ..sse import SseEvent, encode, plain_run
 from ..tokens import count_of
-from .contract import ChatRequest, NativeAnswer, NativeStream, UpstreamCall
+from .contract import ChatRequest, NativeAnswer, NativeState, NativeStream, UpstreamCall
 from .responses_wire import in_band_error
 from .shapes import load_object, obj
 
@@ -48,19 +48,14 @@ def pivot_usage(usage: Mapping[str, Any]) -> dict[str, Any]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-class MessagesPassthrough:
-    """The native decoder for a Messages stream: each upstream event goes to the client unchanged."""
+class MessagesPassthrough(NativeState):
+    """The native decoder for a Messages stream: each upstream event goes to the client unchanged
+    (Messages events are not numbered: ``sequence`` stays 0)."""
 
-    __slots__ = ("_counts", "_provider", "done", "opening", "response_id", "sequence", "usage", "visible")
+    __slots__ = ("_counts",)
 
     def __init__(self, provider: str) -> None:
-        self._provider = provider
-        self.visible = False
-        self.done = False
-        self.usage: Mapping[str, Any] | None = None
-        self.response_id: str | None = None
-        self.opening: Mapping[str, Any] | None = None
-        self.sequence = 0  # Messages events are not numbered
+        super().__init__(provider)
         self._counts: dict[str, Any] = {}
 
     def feed(self, event: SseEvent) -> list[bytes]:

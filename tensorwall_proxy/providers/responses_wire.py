@@ -23,7 +23,7 @@ import orjson
 
 from ..errors import FailureKind, UpstreamError, openai_error_fields
 from ..sse import SseEvent, encode, plain_run
-from .contract import NativeAnswer
+from .contract import NativeAnswer, NativeState
 from .shapes import load_object
 
 # Events held with the commit point: the Response announced, an empty part opened.
@@ -70,7 +70,7 @@ def in_band_error(provider: str, error: Any, fallback_message: str) -> UpstreamE
                          type=type_ if status < 500 else None)
 
 
-class ResponsesPassthrough:
+class ResponsesPassthrough(NativeState):
     """The native decoder for a Responses stream: each upstream event goes to the client unchanged.
 
     Before the commit point every event is parsed (a handful: the Response announced, an item and
@@ -78,16 +78,7 @@ class ResponsesPassthrough:
     own bytes, and only the terminal events and errors are parsed, for the usage and the failure.
     """
 
-    __slots__ = ("_provider", "done", "opening", "response_id", "sequence", "usage", "visible")
-
-    def __init__(self, provider: str) -> None:
-        self._provider = provider
-        self.visible = False
-        self.done = False
-        self.usage: Mapping[str, Any] | None = None
-        self.response_id: str | None = None
-        self.opening: Mapping[str, Any] | None = None
-        self.sequence = 0  # the next event's sequence_number
+    __slots__ = ()
 
     def feed(self, event: SseEvent) -> list[bytes]:
         parsed = load_object(event.data, self._provider, "an event")
