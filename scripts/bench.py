@@ -1,6 +1,6 @@
 """Benchmark: what tensorwall-proxy costs compared with calling the upstream directly and with a bare relay.
 
-    python scripts/bench.py [--path openai,anthropic,…,responses-stored] [--seconds 3] [--warmup 1]
+    python scripts/bench.py [--path openai,anthropic,…,limits-redis] [--seconds 3] [--warmup 1]
                             [--concurrency 50] [--generator auto|wrk|aiohttp] [--workers 2]
                             [--quick] [--no-paced] [--no-pin] [--json bench-results.json]
 
@@ -12,7 +12,7 @@ upstream answering from pre-built bytes (benchkit/lean_upstream.py; the test sui
 measure itself), the proxy (`python -m tensorwall_proxy serve`) and a bare aiohttp relay of about
 thirty lines (same path, same bytes, no parsing), the floor any aiohttp hop pays. In the same run,
 for every path, it sends the provider's request direct and through the relay, and the caller's
-request (chat completions or Responses) through the proxy, which sends that same provider request:
+request (chat completions, Responses or Messages) through the proxy, which sends that same provider request:
 
     openai               chat, model gpt-4o, passed through (the baseline of every CPU target)
     anthropic            chat, model claude-3-5-sonnet-20241022, translated to Anthropic's Messages API
@@ -25,6 +25,16 @@ request (chat completions or Responses) through the proxy, which sends that same
                          Messages API; <= 1.5x openai's, like every translating path
     responses-stored     the same with store true: the proxy keeps the conversation; it may add at
                          most 0.2 ms to responses-anthropic's p50 at c=1
+    messages-anthropic   Messages (`POST /v1/messages`, the gateway key as X-API-Key, the provider key as
+                         a Bearer), claude-3-5-sonnet-20241022, passed through to Anthropic's /messages
+                         (native); <= 1.1x openai's CPU per request
+    messages-openai      Messages, gpt-4o, translated to OpenAI's chat; <= 1.5x openai's
+    limits-sqlite        openai's request under a principal's key with limits never reached: every
+                         request checked and settled in SQLite; requests/s at c=N >= 0.8x openai's, p50
+                         at c=1 <= openai's + 0.1 ms
+    limits-redis         the same through a second proxy whose state store is Redis ($REDIS_URL, default
+                         redis://127.0.0.1:6379/0; a key prefix of the run's own, deleted at the end;
+                         skipped with a line saying so when no Redis answers); p50 <= openai's + 0.3 ms
 
 in four scenarios (unary and 20-chunk streams, at c=1 and c=--concurrency), then a paced test: 100
 concurrent streams whose chunks come 10 ms apart, like a model's. The load is wrk when installed,
@@ -49,6 +59,7 @@ disturbed is named. `--json` keeps the summary and every run.
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import sys
 from collections.abc import Sequence
@@ -61,7 +72,6 @@ from benchkit.lean_upstream import lean_app
 from benchkit.paths import PATHS, path_names
 from benchkit.servers import bare_relay_app, run_app
 from benchkit.session import run
-from benchkit.wrk import find_wrk
 
 QUICK_SECONDS, QUICK_WARMUP = 0.75, 0.25
 
@@ -98,7 +108,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.warmup = QUICK_WARMUP if args.quick else 1.0
     if args.seconds <= 0 or args.warmup < 0 or args.concurrency < 1 or args.workers < 1:
         parser.error("--seconds must be > 0, --warmup >= 0, --concurrency and --workers >= 1")
-    if args.generator == "wrk" and find_wrk() is None:
+    if args.generator == "wrk" and shutil.which("wrk") is None:
         parser.error("--generator wrk: wrk is not on PATH")
     return args
 
@@ -112,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM ends us like Ctrl-C does, so the finally blocks stop the servers and workers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        args.generator = args.generator if args.generator != "auto" else ("wrk" if find_wrk() else "aiohttp")
+        args.generator = args.generator if args.generator != "auto" else ("wrk" if shutil.which("wrk") else "aiohttp")
         return run(args)
     except KeyboardInterrupt:
         print("interrupted; servers and workers stopped", file=sys.stderr)

@@ -43,13 +43,13 @@ class Shape:
     end: tuple[bytes, ...] = ()
 
 
-def _sse(data: Json | str) -> bytes:
-    return b"data: " + (data.encode() if isinstance(data, str) else orjson.dumps(data)) + b"\n\n"
+def _sse(data: Json | str, end: bytes = b"\n\n") -> bytes:
+    return b"data: " + (data.encode() if isinstance(data, str) else orjson.dumps(data)) + end
 
 
 def _named(event: str, data: Json) -> bytes:
     """An event with its name, as Anthropic and OpenAI's Responses send them: also its data's `type`."""
-    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps({"type": event, **data}) + b"\n\n"
+    return b"event: " + event.encode() + b"\n" + _sse({"type": event, **data})
 
 
 def openai_shape() -> Shape:
@@ -118,7 +118,7 @@ def vertex_shape() -> Shape:
         usage = {"promptTokenCount": _IN, "candidatesTokenCount": _OUT, "totalTokenCount": _IN + _OUT}
         return {"candidates": [{**candidate, "finishReason": "STOP"}], "usageMetadata": usage, "modelVersion": VERTEX_MODEL}
 
-    events = [b"data: " + orjson.dumps(gemini(p, i == len(_PIECES) - 1)) + b"\r\n\r\n" for i, p in enumerate(_PIECES)]
+    events = [_sse(gemini(p, i == len(_PIECES) - 1), b"\r\n\r\n") for i, p in enumerate(_PIECES)]
     return Shape(orjson.dumps(gemini(_TEXT, True)), events)
 
 

@@ -2,10 +2,8 @@
 session), and the paced test it alone can run, since it sees when a stream's first word arrives.
 
 Each connection sends request after request, every answer read whole and checked; after the warm-up
-all workers start their window at one barrier, and only requests completed inside it count.
-
-The paced test: 100 connections read streams of 20 chunks 10 ms apart (model `gpt-4o-paced`) for
-`--seconds` (at least 1 s): time to first chunk (the first word), stream time, the hop's CPU share.
+all workers start their window at one barrier, and only requests completed inside it count. The paced
+test: 100 connections read streams of 20 chunks 10 ms apart (`gpt-4o-paced`), timing the first word.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ import aiohttp
 from yarl import URL
 
 from .lean_upstream import PACE_SECONDS
-from .paths import STREAM_CHUNKS, Check
+from .paths import STREAM_CHUNKS, Call
 from .servers import Server, uvloop, watch
 from .targets import REQUEST_TIMEOUT, Measurement, RunSettings, Scenario, Target, percentile
 
@@ -35,17 +33,15 @@ FIRST_WORD: Final = re.compile(rb'"content":"[^"]')
 
 @dataclass(frozen=True)
 class LoadSpec:
-    """What one worker does: `delays` connections (each waits its delay first) against one URL."""
+    """What one worker does: `delays` connections (each waits its delay first) sending `call` to one URL,
+    as `scenario` says (paced: streams read as they arrive, timing the first content chunk)."""
 
     url: URL
-    headers: dict[str, str]
-    body: bytes
-    stream: bool
-    check: Check
+    call: Call
+    scenario: Scenario
     delays: tuple[float, ...]
     warmup: float
     seconds: float
-    ttfc: bool = False  # read streams as they arrive and time the first content chunk
 
 
 @dataclass
@@ -66,8 +62,8 @@ async def one_request(session: aiohttp.ClientSession, spec: LoadSpec,
     """One request read to the end: (chunks, problem or None, seconds to the first content chunk)."""
     first: float | None = None
     try:
-        async with session.post(spec.url, data=spec.body, headers=spec.headers) as response:
-            if spec.ttfc:
+        async with session.post(spec.url, data=spec.call.body(spec.scenario.stream), headers=spec.call.headers) as response:
+            if spec.scenario.paced:
                 parts: list[bytes] = []
                 async for piece in response.content.iter_any():
                     parts.append(piece)
@@ -80,8 +76,8 @@ async def one_request(session: aiohttp.ClientSession, spec: LoadSpec,
                 return 0, f"HTTP {response.status}: {data[:300]!r}", None
     except (aiohttp.ClientError, TimeoutError) as exc:
         return 0, f"{type(exc).__name__}: {exc}", None
-    chunks, problem = spec.check(data, spec.stream)
-    if problem is None and spec.ttfc and first is None:
+    chunks, problem = spec.call.check(data, spec.scenario.stream)
+    if problem is None and spec.scenario.paced and first is None:
         problem = "a stream without a content-bearing event"
     return chunks, problem, first
 
@@ -150,15 +146,13 @@ STREAM_SECONDS: Final = (STREAM_CHUNKS - 1) * PACE_SECONDS  # the upstream's own
 
 def load_specs(target: Target, scenario: Scenario, workers: int, warmup: float, seconds: float) -> list[LoadSpec]:
     """What each worker sends: the target's call. A paced stream's start is spread over a stream's time."""
-    return [LoadSpec(target.url(scenario.stream), target.call.headers, target.call.body(scenario.stream),
-                     scenario.stream, target.call.check, delays, warmup, seconds, scenario.paced)
+    return [LoadSpec(target.url(scenario.stream), target.call, scenario, delays, warmup, seconds)
             for delays in spread(scenario.concurrency, workers, STREAM_SECONDS if scenario.paced else 0.0)]
 
 
 def run_aiohttp(target: Target, scenario: Scenario, upstream: Server, settings: RunSettings) -> Measurement:
     """One scenario against one target. The paced one runs at least 1 s (enough streams for a p99), and
     its CPU window opens once all its streams have started."""
-    stagger = STREAM_SECONDS if scenario.paced else 0.0
     if scenario.paced:
         settings = dataclasses.replace(settings, seconds=max(settings.seconds, 1.0))
     specs = load_specs(target, scenario, settings.workers, settings.warmup, settings.seconds)
@@ -170,7 +164,7 @@ def run_aiohttp(target: Target, scenario: Scenario, upstream: Server, settings: 
         process.start()
     try:
         barrier.wait(timeout=REQUEST_TIMEOUT + settings.warmup + 30)
-        ramp = min(stagger, settings.seconds / 2)
+        ramp = min(max(d for spec in specs for d in spec.delays), settings.seconds / 2)  # the last one's start
         time.sleep(ramp)
         cpu, hop_rss = watch(upstream, target.hop, settings.seconds - ramp)
         results = [queue.get(timeout=REQUEST_TIMEOUT + 30) for _ in specs]  # before joining: pipes must drain

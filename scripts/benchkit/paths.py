@@ -1,11 +1,10 @@
 """Paths: the ways through the proxy, what the caller sends, what the provider's API gets, the checks.
 
 A path is two calls that ask the upstream for the same answer: the caller's to the proxy (chat
-completions or Responses, a model, `store`) and the direct one to the provider's API, which is what
-the proxy itself sends its provider for that request (a native path: the caller's body, on the
-provider's URL). A check returns (chunks counted, problem or None); it counts markers instead of
-parsing, so the load generator spends its CPU on the load. `proxy_config` writes the one YAML that
-configures every provider in one proxy process.
+completions, Responses or Messages, a model, `store`, a gateway key) and the direct one to the
+provider's API, which is what the proxy itself sends its provider for that request (a native path:
+the caller's body, on the provider's URL). A check counts markers instead of parsing, so the load
+generator spends its CPU on the load. `proxy_config` writes the one YAML of every proxy process.
 """
 
 from __future__ import annotations
@@ -21,7 +20,9 @@ import orjson
 
 Json = dict[str, Any]
 
-GATEWAY_KEY: Final = "bench-key"
+GATEWAY_KEY: Final = "bench-key"  # a plain key: no limits, no state store
+LIMITED_KEY: Final = "bench-limited-key"  # a principal's, whose limits are checked and settled, never reached
+NEVER_REACHED: Final = {"requests_per_minute": 10**12, "tokens_per_minute": 10**12, "concurrent": 10**6}
 CALLER_KEY: Final = "sk-bench"
 PROMPT: Final = ("please answer with a short friendly benchmark greeting so that every run sends "
                  "exactly the same text")
@@ -39,6 +40,7 @@ VERTEX_MODEL_PATH: Final = (f"/vertex/v1/projects/{VERTEX_PROJECT}/locations/{VE
                             f"/publishers/google/models/{VERTEX_MODEL}")
 BEDROCK_REGION: Final = "us-east-1"
 BEDROCK_MODEL: Final = "anthropic.claude-3-5-sonnet-20240620-v1:0"
+REDIS_URL: Final = "redis://127.0.0.1:6379/0"  # limits-redis's store unless $REDIS_URL says otherwise
 # Targets: the proxy's CPU per request on a path <= this x the chat passthrough's, in the same run.
 NATIVE: Final = 1.1  # a body passed through to a provider that speaks the caller's dialect
 TRANSLATED: Final = 1.5  # a body translated to the provider's API and its answer back
@@ -58,7 +60,6 @@ class Check:
     uncounted: int = 0
 
     def __call__(self, data: bytes, stream: bool) -> tuple[int, str | None]:
-        """(chunks counted, problem or None)."""
         if not stream:
             ok = data.startswith(b"{") and all(marker in data for marker in self.unary)
             return 0, None if ok else f"unexpected body {data[:200]!r}"
@@ -73,6 +74,7 @@ check_responses: Final = Check((b'"object":"response"', b'"output"'), b"data: ",
                                b'"response.completed"')
 # Event-stream messages are counted by their encoded headers, not parsed: the proxy checks every CRC.
 _BEDROCK_EVENT: Final = b"\x0b:event-type\x07"
+check_messages: Final = Check((b'"content"', b'"stop_reason"'), b"event: ", b"text_delta", b"event: message_stop")
 check_bedrock: Final = Check((b'"output"', b'"stopReason"'), _BEDROCK_EVENT, _BEDROCK_EVENT + b"\x00\x11contentBlockDelta",
                              _BEDROCK_EVENT + b"\x00\x08metadata")
 
@@ -103,7 +105,7 @@ class Call:
 @dataclass(frozen=True)
 class BenchPath:
     """One way through the proxy: the caller's call to it, and the direct call to the provider's API
-    (`upstream` names that API: a lean_upstream.SHAPES key)."""
+    (`upstream` names that API: a lean_upstream.SHAPES key); its targets."""
 
     name: str
     model: str
@@ -111,24 +113,34 @@ class BenchPath:
     upstream: str
     direct: Call
     cpu_ratio: float | None = TRANSLATED  # the target against the passthrough; None: reported only
-    p50_base: str | None = None  # a path whose proxy p50 at c=1 this one's is judged against
+    reference: str | None = None  # a path whose proxy runs this one's are judged against, in the same run:
+    added_p50_ms: float = 0.0  # its p50 at c=1 may add this much to the reference's,
+    rps_ratio: float | None = None  # its requests/s at c=N be this x the reference's
+    proxy: str = "proxy"  # the server it goes through: proxy, or proxy-redis (state over Redis)
 
 
 _BEARER: Final = {"Authorization": f"Bearer {CALLER_KEY}", "Content-Type": "application/json"}
 _PROXY: Final = {"X-API-Key": GATEWAY_KEY, **_BEARER}  # the caller's key goes on to the provider
+_LIMITED: Final = {**_PROXY, "X-API-Key": LIMITED_KEY}
 _BEDROCK_PATH: Final = f"/bedrock/model/{quote(BEDROCK_MODEL, safe='')}"  # `…v1%3A0`, as the proxy sends it
 
 
-def chat_call(model: str) -> Call:
+def chat_call(model: str, headers: dict[str, str] = _PROXY) -> Call:
     """A chat request: OpenAI's shape, one short user message."""
     body = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 64}
-    return Call("/v1/chat/completions", _PROXY, json_body(body), check_openai)
+    return Call("/v1/chat/completions", headers, json_body(body), check_openai)
 
 
 def responses_call(path: str, headers: dict[str, str], model: str, store: bool) -> Call:
     """A Responses request: the same message as `input`, `store` said (OpenAI's default is true)."""
     body = {"model": model, "input": PROMPT, "max_output_tokens": 64, "store": store}
     return Call(path, headers, json_body(body), check_responses)
+
+
+def messages_call(path: str, headers: dict[str, str], model: str) -> Call:
+    """A Messages request: the same message as a text block, at the version the proxy pins."""
+    body = {"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": [{"type": "text", "text": PROMPT}]}]}
+    return Call(path, {**headers, "anthropic-version": ANTHROPIC_VERSION}, json_body(body), check_messages)
 
 
 def openai_path(model: str) -> BenchPath:
@@ -138,17 +150,13 @@ def openai_path(model: str) -> BenchPath:
 
 
 # The proxy forwards the caller's Bearer key as Anthropic's x-api-key, with a pinned version.
-_ANTHROPIC: Final = Call(
-    "/anthropic/v1/messages", {"x-api-key": CALLER_KEY, "anthropic-version": ANTHROPIC_VERSION,
-                               "Content-Type": "application/json"},
-    json_body({"model": ANTHROPIC_MODEL, "max_tokens": 64,
-               "messages": [{"role": "user", "content": [{"type": "text", "text": PROMPT}]}]}),
-    Check((b'"content"', b'"stop_reason"'), b"event: ", b"text_delta", b"event: message_stop"))
-
-
+_ANTHROPIC: Final = messages_call("/anthropic/v1/messages", {"x-api-key": CALLER_KEY, "Content-Type": "application/json"},
+                                  ANTHROPIC_MODEL)
+_OPENAI: Final = openai_path(OPENAI_MODEL)
+BASELINE: Final = "openai"  # the passthrough every other path's CPU is compared with
 # The built-in patterns (gpt-*, claude-*, gemini-*, provider/model) pick each path's provider.
 PATHS: Final[dict[str, BenchPath]] = {p.name: p for p in (
-    openai_path(OPENAI_MODEL),
+    _OPENAI,
     BenchPath("anthropic", ANTHROPIC_MODEL, chat_call(ANTHROPIC_MODEL), "anthropic", _ANTHROPIC),
     # The caller's Bearer key goes on as the OAuth access token.
     BenchPath("vertex", VERTEX_MODEL, chat_call(VERTEX_MODEL), "vertex", Call(
@@ -169,29 +177,40 @@ PATHS: Final[dict[str, BenchPath]] = {p.name: p for p in (
     BenchPath("responses-anthropic", ANTHROPIC_MODEL, responses_call("/v1/responses", _PROXY, ANTHROPIC_MODEL, False),
               "anthropic", _ANTHROPIC),
     BenchPath("responses-stored", ANTHROPIC_MODEL, responses_call("/v1/responses", _PROXY, ANTHROPIC_MODEL, True),
-              "anthropic", _ANTHROPIC, None, "responses-anthropic"),
+              "anthropic", _ANTHROPIC, None, "responses-anthropic", 0.2),
+    # Messages with the keys as the anthropic SDK sends them beside a gateway key (X-API-Key; the
+    # provider key as a Bearer): native, the body on Anthropic's /messages; translated, OpenAI's chat.
+    BenchPath("messages-anthropic", ANTHROPIC_MODEL, messages_call("/v1/messages", _PROXY, ANTHROPIC_MODEL),
+              "anthropic", _ANTHROPIC, NATIVE),
+    BenchPath("messages-openai", OPENAI_MODEL, messages_call("/v1/messages", _PROXY, OPENAI_MODEL), "openai",
+              _OPENAI.direct),
+    # The chat passthrough under the limited principal's key: every request is checked and settled.
+    *(BenchPath(f"limits-{store}", OPENAI_MODEL, chat_call(OPENAI_MODEL, _LIMITED), "openai", _OPENAI.direct,
+                None, BASELINE, added, 0.8, proxy) for store, added, proxy in (
+        ("sqlite", 0.1, "proxy"), ("redis", 0.3, "proxy-redis"))),
 )}
-BASELINE: Final = "openai"  # the passthrough every other path's CPU is compared with
 
 
-def proxy_config(upstream_base: str) -> str:
-    """The proxy's YAML (JSON is YAML): one gateway key, every path's provider, short timeouts."""
+def proxy_config(upstream_base: str, state: Json | None = None) -> str:
+    """The proxy's YAML (JSON is YAML): two gateway keys (a plain one; the limited principal's), every
+    path's provider, short timeouts, and `state` (the default: SQLite in STATE_DIRECTORY)."""
     providers = {"openai": {"base_url": f"{upstream_base}/openai/v1"},
                  "anthropic": {"base_url": f"{upstream_base}/anthropic/v1"},
                  "vertex": {"project": VERTEX_PROJECT, "location": VERTEX_LOCATION, "base_url": f"{upstream_base}/vertex"},
                  "bedrock": {"region": BEDROCK_REGION, "base_url": f"{upstream_base}/bedrock"}}
-    return json.dumps({"gateway_keys": [GATEWAY_KEY], "providers": providers,
+    keys = [GATEWAY_KEY, {"name": "bench-limited", "key": LIMITED_KEY, "limits": NEVER_REACHED}]
+    return json.dumps({"gateway_keys": keys, "providers": providers, **({"state": state} if state else {}),
                        "timeouts": {"connect": 5, "first_byte": 30, "idle": 30, "total": 60},
                        "server": {"drain_seconds": 1}}, indent=2)
 
 
 def path_names(text: str) -> list[str]:
     """`--path`: comma-separated names, each after what it is compared with (the openai baseline first;
-    responses-stored's unstored twin): a path's cost reads only next to its reference's."""
+    a path's reference): a path's cost reads only next to its reference's."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in PATHS]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown path {', '.join(unknown) or repr(text)}; "
                                          f"choose from {', '.join(PATHS)}")
-    wanted = [ref for n in names for ref in (PATHS[n].p50_base, n) if ref]
+    wanted = [ref for n in names for ref in (PATHS[n].reference, n) if ref]
     return list(dict.fromkeys(([BASELINE] if any(n != BASELINE for n in names) else []) + wanted))

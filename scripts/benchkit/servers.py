@@ -1,17 +1,14 @@
-"""The processes: pinning, the servers (and the bare relay's app), and CPU and memory from /proc.
-
-The proxy gets a CPU of its own whenever there are two (the relay shares it, never measured at the
-same time); the upstream gets the first, the load generator the rest or, on two CPUs, the upstream's.
-The servers run in their own sessions (a Ctrl-C reaches only us, and we stop them). CPU time is user
-+ system of all a process's threads, sampled at both ends of a window with the machine's busy and
-stolen time: what no process of the benchmark used, someone else did, and the run was disturbed.
-"""
+"""The processes: pinning, the servers (the bare relay's app; Redis for limits-redis), CPU and memory
+from /proc. The relay shares the proxy's CPU, never measured at the same time; the servers run in
+sessions of their own (a Ctrl-C reaches only us, and we stop them)."""
 
 from __future__ import annotations
 
 import contextlib
 import http.client
 import os
+import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +22,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from .paths import EVENTSTREAM, proxy_config
+from .paths import EVENTSTREAM, Json, proxy_config
 
 try:  # the proxy runs on uvloop when it is installed: so do our servers and the aiohttp load generator
     import uvloop as uvloop  # (the explicit re-export: load and session read it from here)
@@ -49,40 +46,27 @@ class Pinning:
 
 
 def plan_pinning(enabled: bool) -> Pinning:
-    """Give the proxy a CPU of its own whenever there are two; the load shares with the upstream."""
+    """Give the proxy a CPU of its own whenever there are two; the upstream the first, the load generator
+    the rest or, on two CPUs, the upstream's."""
     cpus = sorted(os.sched_getaffinity(0))
     if not enabled or len(cpus) < 2:
         why = "disabled by --no-pin" if not enabled else f"{len(cpus)} CPU"
         return Pinning(None, None, None, f"no pinning ({why}): all processes share every CPU")
     upstream, proxy, rest = cpus[0], cpus[1], cpus[2:]
-    if rest:
-        return Pinning(frozenset({upstream}), frozenset({proxy}), frozenset(rest),
-                       f"upstream on CPU {upstream}, proxy and relay on CPU {proxy}, load generator on CPUs "
-                       f"{','.join(map(str, rest))}")
-    return Pinning(frozenset({upstream}), frozenset({proxy}), frozenset({upstream}),
-                   f"upstream on CPU {upstream}, proxy and relay alone on CPU {proxy}, load generator shares "
-                   f"CPU {upstream} with the upstream (only 2 CPUs)")
+    load = f"on CPUs {','.join(map(str, rest))}" if rest else f"shares CPU {upstream} with the upstream (only 2 CPUs)"
+    return Pinning(frozenset({upstream}), frozenset({proxy}), frozenset(rest or [upstream]),
+                   f"upstream on CPU {upstream}, proxy and relay{'' if rest else ' alone'} on CPU {proxy}, load generator {load}")
 
 
 @contextlib.contextmanager
 def pin_self(cpus: frozenset[int] | None) -> Iterator[None]:
-    """Run this process (and what it starts meanwhile) on `cpus`, then restore its mask."""
-    if cpus is None:
-        yield
-        return
+    """Run this process (and what it starts meanwhile) on `cpus` (None: where it runs), then restore its mask."""
     before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, cpus)
+    os.sched_setaffinity(0, cpus or before)
     try:
         yield
     finally:
         os.sched_setaffinity(0, before)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -94,10 +78,6 @@ class Server:
     port: int
     log: IO[bytes]
 
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
     def log_tail(self, lines: int = 20) -> str:
         self.log.flush()
         return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-lines:])
@@ -107,7 +87,9 @@ def start_server(name: str, argv: Sequence[str], cpus: frozenset[int] | None, lo
                  ready: Callable[[int], bool]) -> Server:
     """Start a server in its own session on a free port (its argv ends with it); wait until `ready`.
     It runs in `log_dir`, which is also its STATE_DIRECTORY: what the proxy stores is gone after the run."""
-    port = free_port()
+    with socket.socket() as sock:  # a free port
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
     log = open(log_dir / f"{name}.log", "w+b")  # noqa: SIM115 - closed by stop_server
     env = {**os.environ, "STATE_DIRECTORY": str(log_dir),
            "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))}
@@ -127,15 +109,19 @@ def start_server(name: str, argv: Sequence[str], cpus: frozenset[int] | None, lo
     raise RuntimeError(f"{name} did not become ready within 20 s:\n{server.log_tail()}")
 
 
-def stop_server(server: Server) -> None:
-    """SIGTERM, a short grace period, then SIGKILL: never leave a server behind."""
-    if server.process.poll() is None:
-        server.process.terminate()
+def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """`sig`, a short grace period, then SIGKILL: never leave a process behind."""
+    if process.poll() is None:
+        process.send_signal(sig)
         try:
-            server.process.wait(timeout=5)
+            process.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
+            process.kill()
+            process.wait()
+
+
+def stop_server(server: Server) -> None:
+    stop_process(server.process)
     server.log.close()
 
 
@@ -157,23 +143,44 @@ def http_request(port: int, method: str, path: str, body: bytes | None = None,
 
 
 @contextlib.contextmanager
-def running_servers(pinning: Pinning, log_dir: Path) -> Iterator[list[Server]]:
-    """The lean upstream, the relay and the proxy, in that order; whatever started is stopped on the way out."""
+def redis_state(url: str | None) -> Iterator[Json | None]:
+    """A `state:` section over the Redis at `url` under a key prefix of this run's own (None: no `url`, or
+    no Redis answers there); the prefix's keys are deleted on the way out."""
+    import redis  # only a run with limits-redis needs it
+    prefix = f"tw-bench:{secrets.token_hex(6)}:"
+    with redis.Redis.from_url(url or "redis://", socket_connect_timeout=1, socket_timeout=5) as client:
+        try:
+            answers = url is not None and client.ping()
+        except (redis.RedisError, OSError):
+            answers = False
+        try:
+            yield {"backend": "redis", "url": url, "key_prefix": prefix} if answers else None
+        finally:
+            if answers and (keys := list(client.scan_iter(match=prefix + "*", count=1000))):
+                client.delete(*keys)
+
+
+@contextlib.contextmanager
+def running_servers(pinning: Pinning, log_dir: Path, redis: Json | None = None) -> Iterator[dict[str, Server]]:
+    """The lean upstream, the relay, the proxy and, with `redis` (a `state:` section), proxy-redis, by
+    name; whatever started is stopped on the way out. The proxies differ only in their state store."""
     bench = [sys.executable, str(BENCH_SCRIPT)]
-    servers: list[Server] = []
+    servers: dict[str, Server] = {}
     try:
-        servers.append(start_server("upstream", [*bench, "--serve-lean-upstream"], pinning.upstream, log_dir, tcp_accepts))
-        upstream = f"http://{HOST}:{servers[0].port}"
-        servers.append(start_server("relay", [*bench, "--relay-to", upstream, "--serve-relay"], pinning.proxy,
-                                    log_dir, tcp_accepts))
-        config = log_dir / "bench-config.yaml"
-        config.write_text(proxy_config(upstream))
-        servers.append(start_server(
-            "proxy", [sys.executable, "-m", "tensorwall_proxy", "serve", "--config", str(config), "--host", HOST,
-                      "--port"], pinning.proxy, log_dir, lambda port: http_request(port, "GET", "/healthz")[0] == 200))
+        servers["upstream"] = start_server("upstream", [*bench, "--serve-lean-upstream"], pinning.upstream, log_dir,
+                                           tcp_accepts)
+        upstream = f"http://{HOST}:{servers['upstream'].port}"
+        servers["relay"] = start_server("relay", [*bench, "--relay-to", upstream, "--serve-relay"], pinning.proxy,
+                                        log_dir, tcp_accepts)
+        for name, state in (("proxy", None), *((("proxy-redis", redis),) if redis else ())):
+            config = log_dir / f"{name}.yaml"
+            config.write_text(proxy_config(upstream, state))
+            servers[name] = start_server(
+                name, [sys.executable, "-m", "tensorwall_proxy", "serve", "--config", str(config), "--host", HOST,
+                       "--port"], pinning.proxy, log_dir, lambda port: http_request(port, "GET", "/healthz")[0] == 200)
         yield servers
     finally:
-        for server in reversed(servers):
+        for server in reversed(servers.values()):
             stop_server(server)
 
 
@@ -255,11 +262,13 @@ class WindowCpu:
 
 
 def watch(upstream: Server, hop: Server | None, seconds: float) -> tuple[WindowCpu, float | None]:
-    """The upstream's and the hop's CPU over the next `seconds`, and the hop's RSS (MiB) halfway through."""
-    pids = [upstream.pid] + ([hop.pid] if hop else [])
+    """The upstream's and the hop's CPU (user + system, all threads) over the next `seconds` with the
+    machine's busy and stolen time (what no process of ours used, someone else did: the run was
+    disturbed), and the hop's RSS (MiB) halfway through."""
+    pids = [upstream.process.pid] + ([hop.process.pid] if hop else [])
     cpu0, (busy0, steal0), wall0 = [cpu_seconds(pid) for pid in pids], machine_cpu_seconds(), time.perf_counter()
     time.sleep(seconds / 2)
-    rss = rss_mib(hop.pid) if hop else None
+    rss = rss_mib(hop.process.pid) if hop else None
     time.sleep(seconds / 2)
     used = [cpu_seconds(pid) - before for pid, before in zip(pids, cpu0, strict=True)]
     busy, steal = machine_cpu_seconds()

@@ -1,10 +1,6 @@
-"""Targets, scenarios and runs: where a run's requests go, what load it is, what it measured.
-
-A target is direct or relay (the path's direct call, to the upstream or the bare relay) or proxy
-(the caller's call). The sanity check runs before anything is measured: wrk reads answers without
-looking at them. A `Measurement` comes from the load generator and `servers.watch` on the
-upstream and the hop; `other_cpu` is the machine's busy time no process of the benchmark accounts
-for: that run was disturbed.
+"""Targets, scenarios and runs: where a run's requests go, what load it is, what it measured (from the
+load generator and `servers.watch`). The sanity check runs before anything is measured: wrk reads
+answers without looking at them.
 """
 
 from __future__ import annotations
@@ -27,9 +23,7 @@ REQUEST_TIMEOUT: Final = 15.0  # per request: a hung proxy fails the run instead
 def percentile(ordered: Sequence[float], q: float) -> float:
     """Nearest-rank percentile of an ascending sequence (0.0 when empty): the smallest value with at
     least q % of them at or below it."""
-    if not ordered:
-        return 0.0
-    return ordered[max(1, min(len(ordered), math.ceil(q * len(ordered) / 100))) - 1]
+    return ordered[max(1, min(len(ordered), math.ceil(q * len(ordered) / 100))) - 1] if ordered else 0.0
 
 
 @dataclass(frozen=True)
@@ -53,9 +47,8 @@ class Scenario:
     paced: bool = False  # the paced test: time to first chunk, aiohttp generator only
 
 
-def load_scenarios(concurrency: int) -> list[Scenario]:
-    """The four load scenarios every path and target runs."""
-    n = concurrency
+def load_scenarios(n: int) -> list[Scenario]:
+    """The four load scenarios every path and target runs, at c=1 and c=n."""
     return [Scenario("unary c=1", False, 1), Scenario(f"unary c={n}", False, n),
             Scenario("stream c=1", True, 1), Scenario(f"stream c={n}", True, n)]
 
@@ -63,9 +56,10 @@ def load_scenarios(concurrency: int) -> list[Scenario]:
 PACED: Final = Scenario("paced stream c=100", True, 100, paced=True)  # the baseline's, with the paced model
 
 
-def make_targets(path: BenchPath, upstream: Server, relay: Server, proxy: Server) -> list[Target]:
-    """direct, relay and proxy: the same request, each the way its receiver wants it."""
-    return [Target("direct", path.name, upstream.port, path.direct, None),
+def make_targets(path: BenchPath, servers: dict[str, Server]) -> list[Target]:
+    """direct, relay and the path's proxy (`servers` by name): the same request, each as its receiver wants it."""
+    relay, proxy = servers["relay"], servers[path.proxy]
+    return [Target("direct", path.name, servers["upstream"].port, path.direct, None),
             Target("relay", path.name, relay.port, path.direct, relay),  # the relay forwards bytes unchanged
             Target("proxy", path.name, proxy.port, path.caller, proxy)]
 

@@ -20,7 +20,7 @@ from typing import Final
 
 import orjson
 
-from .servers import HOST, Pinning, Server, cpu_seconds, watch
+from .servers import HOST, Pinning, Server, cpu_seconds, stop_process, watch
 from .targets import REQUEST_TIMEOUT, Measurement, RunSettings, Scenario, Target
 
 _MARK: Final = "WRKJSON "
@@ -33,10 +33,6 @@ done = function(summary, latency, requests)
     e.read, e.write, e.timeout, latency:percentile(50), latency:percentile(99)))
 end
 """
-
-
-def find_wrk() -> str | None:
-    return shutil.which("wrk")
 
 
 def lua_string(data: bytes) -> str:
@@ -78,20 +74,13 @@ def wrk_process(argv: list[str], output: Path) -> Iterator[subprocess.Popen[byte
     try:
         yield process
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, signal.SIGINT)
 
 
 def run_wrk(target: Target, scenario: Scenario, upstream: Server, settings: RunSettings,
             chunks_per_stream: int) -> Measurement:
     """Warm up, then one measured run; failed requests (status > 399, socket errors) are errors."""
-    wrk = find_wrk()
-    if wrk is None:
-        raise RuntimeError("wrk is not installed: use --generator aiohttp")
+    wrk = shutil.which("wrk") or "wrk"  # bench.py chose wrk only where it is on PATH
     stem = f"wrk-{target.bench_path}-{target.name}-{scenario.name.replace(' ', '-')}"
     script = settings.tmp / f"{stem}.lua"
     script.write_text(lua_script(target, scenario.stream))
@@ -115,9 +104,8 @@ def run_wrk(target: Target, scenario: Scenario, upstream: Server, settings: RunS
     samples = [f"wrk: {n['status']} responses with an HTTP status > 399"] if n["status"] else []
     samples += [f"wrk socket errors: {sockets}"] if sockets else []
     ok = n["requests"] - n["status"]
-    duration = n["duration_us"] / 1e6
     m = Measurement(target.bench_path, target.name, scenario.name, f"wrk -t{threads}", ok,
                     ok * chunks_per_stream if scenario.stream else 0, n["status"] + sum(sockets.values()), samples,
-                    duration, n["p50_us"] / 1000, n["p99_us"] / 1000, generator / cpu.wall,
+                    n["duration_us"] / 1e6, n["p50_us"] / 1000, n["p99_us"] / 1000, generator / cpu.wall,
                     generator / cpu.wall / threads)  # wrk splits the connections evenly between its threads
     return m.with_window(cpu, hop_rss)

@@ -9,6 +9,7 @@ whole by the lean upstream, through the bare relay and through the proxy itself.
 from __future__ import annotations
 
 import asyncio
+import http.client
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,19 +23,25 @@ from scripts.benchkit.lean_upstream import SHAPES, lean_app
 from scripts.benchkit.load import load_specs, one_request, spread
 from scripts.benchkit.microbench import sigv4_microbench
 from scripts.benchkit.paths import (
+    ANTHROPIC_VERSION,
+    CALLER_KEY,
     CONTENT_CHUNKS,
+    GATEWAY_KEY,
+    LIMITED_KEY,
     PATHS,
+    PROMPT,
     STREAM_CHUNKS,
+    check_messages,
     check_openai,
     check_responses,
     path_names,
     proxy_config,
 )
-from scripts.benchkit.servers import Pinning, WindowCpu, bare_relay_app, http_request
+from scripts.benchkit.servers import Pinning, WindowCpu, bare_relay_app, http_request, redis_state
 from scripts.benchkit.summary import SummaryRow, limit_notes, markdown_table, summary_lines, summary_rows
 from scripts.benchkit.targets import PACED, Measurement, Target, load_scenarios, percentile, sanity_check
 from scripts.benchkit.wrk import lua_script, lua_string, parse_done
-from tests.conftest import Proxy, ServerThread
+from tests.conftest import Proxy, ServerThread, redis_keys
 
 C = 50
 NO_PIN = Pinning(None, None, None, "none")
@@ -131,6 +138,7 @@ def test_a_path_brings_what_it_is_compared_with() -> None:
     assert path_names("openai") == ["openai"]
     assert path_names("bedrock,openai,bedrock") == ["openai", "bedrock"]
     assert path_names("responses-stored") == ["openai", "responses-anthropic", "responses-stored"]
+    assert path_names("limits-redis,messages-openai") == ["openai", "limits-redis", "messages-openai"]
 
 
 def test_each_path_says_what_the_caller_sends_beside_the_direct_call() -> None:
@@ -147,8 +155,56 @@ def test_each_path_says_what_the_caller_sends_beside_the_direct_call() -> None:
     assert native.direct.path == "/openai/v1/responses" and native.upstream == "responses"
     assert native.direct.body(True) == native.caller.body(True)
     assert translated.direct == stored.direct == chat.direct
-    assert (native.cpu_ratio, translated.cpu_ratio, stored.cpu_ratio, stored.p50_base) == (
+    assert (native.cpu_ratio, translated.cpu_ratio, stored.cpu_ratio, stored.reference) == (
         1.1, 1.5, None, "responses-anthropic")
+
+
+def test_messages_paths_send_anthropics_request_with_the_gateway_key_beside_the_provider_key() -> None:
+    native, translated = PATHS["messages-anthropic"], PATHS["messages-openai"]
+    for path, model in ((native, "claude-3-5-sonnet-20241022"), (translated, "gpt-4o")):
+        assert path.caller.path == "/v1/messages" and path.caller.check is check_messages
+        assert path.caller.headers == {"X-API-Key": GATEWAY_KEY, "Authorization": f"Bearer {CALLER_KEY}",
+                                       "Content-Type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
+        assert orjson.loads(path.caller.body(True)) == {
+            "model": model, "max_tokens": 64, "stream": True,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": PROMPT}]}]}
+    # Native: the caller's body as it came, on Anthropic's URL with the provider key as x-api-key.
+    assert native.direct == PATHS["anthropic"].direct and native.direct.body(True) == native.caller.body(True)
+    assert native.direct.headers["x-api-key"] == CALLER_KEY and "X-API-Key" not in native.direct.headers
+    assert translated.direct == PATHS["openai"].direct and translated.upstream == "openai"
+    assert (native.cpu_ratio, translated.cpu_ratio) == (1.1, 1.5)
+
+
+def test_limits_paths_are_the_chat_passthrough_under_a_limited_principals_key() -> None:
+    base = PATHS["openai"]
+    for name, added, proxy in (("limits-sqlite", 0.1, "proxy"), ("limits-redis", 0.3, "proxy-redis")):
+        path = PATHS[name]
+        assert path.caller.headers == {**base.caller.headers, "X-API-Key": LIMITED_KEY}
+        assert (path.caller.path, path.caller.body(True), path.direct) == (
+            base.caller.path, base.caller.body(True), base.direct)
+        assert (path.reference, path.added_p50_ms, path.rps_ratio, path.cpu_ratio, path.proxy) == (
+            "openai", added, 0.8, None, proxy)
+    config = orjson.loads(proxy_config("http://127.0.0.1:1", {"backend": "redis", "url": "redis://x"}))
+    assert config["gateway_keys"][0] == GATEWAY_KEY and config["state"]["backend"] == "redis"
+    limited = config["gateway_keys"][1]
+    assert limited["key"] == LIMITED_KEY and set(limited["limits"]) == {
+        "requests_per_minute", "tokens_per_minute", "concurrent"}
+    assert "state" not in orjson.loads(proxy_config("http://127.0.0.1:1"))  # SQLite in STATE_DIRECTORY
+
+
+def test_the_messages_check_wants_every_text_delta_and_message_stop_last() -> None:
+    def event(kind: str, delta: str = "") -> bytes:
+        data = {"type": kind, **({"delta": {"type": delta, "text": "x"}} if delta else {})}
+        return f"event: {kind}\n".encode() + b"data: " + orjson.dumps(data) + b"\n\n"
+
+    deltas = [event("content_block_delta", "text_delta")] * CONTENT_CHUNKS
+    whole = [event("message_start"), *deltas, event("message_delta"), event("message_stop")]
+    assert check_messages(b"".join(whole), True) == (CONTENT_CHUNKS + 3, None)
+    assert check_messages(b"".join(whole[:-1]), True)[1] is not None  # no message_stop
+    assert check_messages(b"".join([*whole, event("error")]), True)[1] is not None  # an in-band error last
+    assert check_messages(b"".join(whole[2:]), True)[1] is not None  # a delta short
+    assert check_messages(b'{"type":"message","content":[],"stop_reason":"end_turn"}', False) == (0, None)
+    assert check_messages(b'{"type":"error","error":{"type":"api_error"}}', False)[1] is not None
 
 
 def test_the_responses_check_wants_every_delta_and_completed_last() -> None:
@@ -211,6 +267,36 @@ def test_responses_paths_are_judged_against_the_chat_passthrough_and_their_unsto
     assert rows_by_key(by_path=by_path)["responses-stored.stream c=1.added_p50"].met is True
     assert "responses-stored.unary c=1.added_p50" not in rows_by_key(by_path={
         p: r for p, r in by_path.items() if p != "responses-anthropic"})
+
+
+def test_limits_are_judged_against_the_passthrough_without_them() -> None:
+    # openai: 900 requests/s at c=N, p50 0.5 ms at c=1. Limits on may cost a fifth of the rate and add
+    # 0.1 ms (SQLite) or 0.3 ms (Redis) to the p50, in the same run.
+    by_path = {"openai": path_results("openai", 1000, 900, proxy_cpu_ms=0.2),
+               "limits-sqlite": path_results("limits-sqlite", 1000, 720, proxy_cpu_ms=0.25, proxy_p50=0.6),
+               "limits-redis": path_results("limits-redis", 1000, 719, proxy_cpu_ms=0.3, proxy_p50=0.81)}
+    rows = rows_by_key(by_path=by_path)
+    assert rows[f"limits-sqlite.unary c={C}.rps"].met is True  # 0.8x exactly
+    assert rows[f"limits-redis.unary c={C}.rps"].met is False
+    assert rows[f"limits-redis.unary c={C}.rps"].target == "proxy >= 0.8x openai's 900"
+    assert rows["limits-sqlite.unary c=1.added_p50"].proxy == pytest.approx(0.1)
+    assert rows["limits-sqlite.unary c=1.added_p50"].met is True
+    assert rows["limits-redis.stream c=1.added_p50"].met is False  # 0.31 ms
+    assert rows["limits-redis.stream c=1.added_p50"].target.startswith("proxy <= 0.3 ms")
+    assert rows[f"limits-sqlite.unary c={C}.cpu_ms"].met_text() == ""  # reported, not judged
+    assert f"responses-stored.unary c={C}.rps" not in rows_by_key(by_path={  # no rate target of its own
+        "openai": by_path["openai"], "responses-anthropic": path_results("responses-anthropic", 1000, 800, 0.3),
+        "responses-stored": path_results("responses-stored", 1000, 100, 0.3)})
+
+
+def test_messages_cpu_is_judged_native_and_translated() -> None:
+    by_path = {"openai": path_results("openai", 1000, 900, proxy_cpu_ms=0.2),
+               "messages-anthropic": path_results("messages-anthropic", 1000, 880, proxy_cpu_ms=0.22),
+               "messages-openai": path_results("messages-openai", 1000, 800, proxy_cpu_ms=0.31)}
+    rows = rows_by_key(by_path=by_path)
+    assert rows[f"messages-anthropic.unary c={C}.cpu_ms"].met is True  # 1.1x exactly
+    assert rows[f"messages-openai.stream c={C}.cpu_ms"].met is False  # 1.55x of 1.5x
+    assert rows[f"messages-openai.stream c={C}.cpu_ms"].target.startswith("<= 1.5x openai's")
 
 
 def test_translation_cpu_is_judged_against_the_passthrough() -> None:
@@ -342,8 +428,21 @@ def test_every_paths_callers_requests_come_back_whole_through_the_proxy(
     problems, chunks, detours = sanity_check(targets, upstream_port)
     assert problems == []
     assert {chunks[name, "proxy"] for name in ("responses-openai", "responses-anthropic", "responses-stored")} == {26}
-    assert chunks["openai", "proxy"] == chunks["anthropic", "proxy"] == STREAM_CHUNKS
-    assert detours == []  # responses-openai included: the caller's body goes to OpenAI's /responses
+    assert chunks["openai", "proxy"] == chunks["anthropic", "proxy"] == chunks["limits-sqlite", "proxy"] == STREAM_CHUNKS
+    # Native: Anthropic's 23 events as they came; translated: the same grammar with the ping it sends.
+    assert (chunks["messages-anthropic", "proxy"], chunks["messages-openai", "proxy"]) == (23, 24)
+    assert detours == []  # responses-openai and messages-anthropic included: passed through, not translated
+    # The limited principal's requests are checked and settled (its budget in the answer's headers,
+    # counters in STATE_DIRECTORY's limits.db); the plain key's carry no limits.
+    for name, limited in (("openai", False), ("limits-sqlite", True)):
+        conn = http.client.HTTPConnection("127.0.0.1", proxy_port, timeout=10)
+        caller = PATHS[name].caller
+        conn.request("POST", caller.path, caller.body(False), caller.headers)
+        response = conn.getresponse()
+        assert response.status == 200 and caller.check(response.read(), False)[1] is None
+        assert (response.getheader("x-ratelimit-limit-requests") == str(10**12)) is limited
+        conn.close()
+    assert (Path(proxy.config.state.path) / "limits.db").is_file()
     # The stored variant's answers are kept (in STATE_DIRECTORY's SQLite files, where the bench's proxy
     # keeps them: its temporary directory), the other's not.
     for name, kept in (("responses-anthropic", False), ("responses-stored", True)):
@@ -364,7 +463,28 @@ def test_every_paths_callers_requests_come_back_whole_through_the_proxy(
         return sent
 
     sent = asyncio.run(aiohttp_generator_requests())
+    assert {(path, url) for path, url, *_ in sent if path.startswith("messages-")} == {
+        (name, "/v1/messages") for name in ("messages-anthropic", "messages-openai")}
     assert [problem for *_, problem in sent] == [None] * len(sent)
     assert {(path, url, chunks) for path, url, chunks, _ in sent if path.startswith("responses-")} == {
         (name, "/v1/responses", chunks) for name in ("responses-openai", "responses-anthropic", "responses-stored")
         for chunks in (0, 26)}
+
+
+def test_limits_redis_goes_through_a_proxy_over_redis_under_a_prefix_of_the_runs_own(
+        lean_url: str, make_proxy: Callable[..., Proxy], redis_url: str) -> None:
+    caller, plain = PATHS["limits-redis"].caller, PATHS["openai"].caller
+    with redis_state(redis_url) as state:
+        assert state is not None and state["url"] == redis_url
+        prefix = state["key_prefix"]
+        proxy = make_proxy(text=proxy_config(lean_url, state))
+        port = int(proxy.url.rsplit(":", 1)[1])
+        status, body = http_request(port, "POST", plain.path, plain.body(False), plain.headers)
+        assert status == 200 and redis_keys(prefix) == []  # a key without limits touches no store
+        for stream in (False, True):
+            status, body = http_request(port, "POST", caller.path, caller.body(stream), caller.headers)
+            assert status == 200 and caller.check(body, stream)[1] is None
+        assert any(b"{tw:bench-limited}" in key for key in redis_keys(prefix))  # the principal's counters
+    assert redis_keys(prefix) == []  # deleted on the way out
+    with redis_state("redis://127.0.0.1:1/0") as nothing, redis_state(None) as unasked:
+        assert nothing is None and unasked is None  # limits-redis is then skipped
