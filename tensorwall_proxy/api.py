@@ -366,6 +366,8 @@ def _respond(dialect: Dialect) -> Handler:
         ttl = state.responses_ttl_seconds
         keep = keeping and body.get("store") is not False
         previous = body.get("previous_response_id")
+        if previous is not None and not isinstance(previous, str):
+            raise bad_request("'previous_response_id' must be a string.", param="previous_response_id")
         items = stored.new_items(body.get("input")) if keep else []
         owner = _owner(request, caller)
         store = None
@@ -381,7 +383,7 @@ def _respond(dialect: Dialect) -> Handler:
         check_model(request.get(relay.PRINCIPAL), str(req.body["model"]))
         pinned = None
         if previous is not None and not isinstance(found, Chain):
-            pinned = _pin(gateway, str(previous), str(req.body["model"]), found, keeping)
+            pinned = _pin(gateway, previous, str(req.body["model"]), found, keeping)
         if keep and store is None:
             store = await stored.store_for_keeping(gateway)
             if store is None:  # the store is down: served, said so, not kept (and counted)

@@ -130,9 +130,10 @@ def unpack(data: bytes, limit: int = MAX_CHAIN_BYTES) -> tuple[Turn, int]:
                 response), len(raw)
 
 
-def _shown(response_id: str) -> str:
-    """An id as an error message quotes it: a caller's value, so bounded."""
-    return repr(response_id if len(response_id) <= 64 else response_id[:64] + "…")
+def _shown(response_id: object) -> str:
+    """An id as an error message quotes it: a caller's value, so bounded whatever its type."""
+    text = response_id if isinstance(response_id, str) else str(response_id)
+    return repr(text if len(text) <= 64 else text[:64] + "…")
 
 
 def not_found(response_id: str, why: str = "") -> GatewayError:

@@ -13,7 +13,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, config_text, raw_request, redis_keys
+from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Proxy, config_text, post_json, raw_request, redis_keys
 from tests.dialects.test_responses_e2e import NATIVE, WEATHER
 from tests.e2e.test_conformance import BY_TYPE, Type
 from tests.fakes import FakeUpstream
@@ -133,6 +133,14 @@ def test_unknown_ids(proxy: Proxy, fake: FakeUpstream, unknown: str) -> None:
     assert not fake.requests  # never a silent fresh start
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(unknown)
+
+
+@pytest.mark.parametrize("bad", [123, True, ["resp_1"], {"id": "resp_1"}])
+def test_a_previous_response_id_that_is_not_a_string_is_400(proxy: Proxy, fake: FakeUpstream, bad: object) -> None:
+    response = post_json(proxy, "/v1/responses", {"model": "anthropic/claude-3-5-sonnet-20241022", "input": "x",
+                                                  "previous_response_id": bad})
+    assert response.status == 400, response.text
+    assert response.json()["error"]["param"] == "previous_response_id" and not fake.requests
 
 
 def test_an_id_without_a_record_goes_to_the_one_native_endpoint(proxy: Proxy, fake: FakeUpstream) -> None:
