@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import itertools
 import logging
 import math
 import secrets
@@ -450,12 +451,16 @@ class Limiter:
         self._renewer: asyncio.Task[None] | None = None
         # Releases under way whose request has already gone (a caller that left): kept until done.
         self._releasing: set[asyncio.Task[None]] = set()
+        # Lease ids: this process's random prefix and a counter, unique among every process sharing
+        # the store without a call to the OS's random source per request.
+        self._lease_prefix = secrets.token_hex(6)
+        self._leases = itertools.count()
 
     async def admit(self, principal: Principal, limits: Limits, tokens: int) -> Admission | Verdict:
         """Admit one request of ``principal`` reserving ``tokens``: its Admission, or the refusing
         Verdict. 503 ``state_unavailable`` when the store fails and ``fail_mode`` is closed."""
         ask = Ask(tokens if limits.counts_tokens else 0,
-                  secrets.token_hex(8) if limits.concurrent is not None else None)
+                  f"{self._lease_prefix}{next(self._leases):x}" if limits.concurrent is not None else None)
         who = principal.id
         store: LimitStore
         try:
@@ -496,6 +501,8 @@ class Limiter:
 
     async def finish(self, admission: Admission, used: int | None) -> None:
         """``release`` that completes even when the request's own task is cancelled (its caller left)."""
+        if admission.settled:
+            return  # released already: the answer's end did it
         task = asyncio.ensure_future(self.release(admission, used))
         self._releasing.add(task)
         task.add_done_callback(self._releasing.discard)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Coroutine
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from . import ErrorCounter, StoreError
 
@@ -31,13 +31,16 @@ class CallGuard:
 
     async def run(self, operation: str, call: Awaitable[T], *, seconds: float | None = None) -> T:
         """``call``'s result, or StoreError when it fails or takes longer than the timeout (or
-        ``seconds``); past the bound the call is cancelled, which each backend makes safe."""
+        ``seconds``); past the bound a coroutine is cancelled and a future is failed with
+        TimeoutError, which each backend makes safe."""
         if self.closed:
             if isinstance(call, Coroutine):
                 call.close()  # never started: nothing to cancel, and no "never awaited" warning
             raise self.fail(operation, "the store is closed")
         bound = self.timeout_seconds if seconds is None else seconds
         try:
+            if isinstance(call, asyncio.Future):
+                return await _within(call, bound)
             async with asyncio.timeout(bound):
                 return await call
         except TimeoutError:
@@ -50,6 +53,23 @@ class CallGuard:
         if self.on_error is not None:
             self.on_error(self.backend, operation)
         return StoreError(f"state store ({self.backend}) {operation}: {message}")
+
+
+async def _within(future: asyncio.Future[T], seconds: float) -> T:
+    """``future``'s outcome, or TimeoutError set on it once ``seconds`` have passed: one timer, where
+    ``asyncio.timeout`` would arm a timer and cancel and uncancel the awaiting task (about 5 µs a call
+    on every limited request)."""
+    loop = future.get_loop()
+    handle = loop.call_at(loop.time() + seconds, _expire, future)
+    try:
+        return await future
+    finally:
+        handle.cancel()
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 def describe(exc: BaseException) -> str:

@@ -11,20 +11,27 @@ not be read as the answer to the next command on that connection); the next call
 The principals' limit counters (``RedisLimits``) are two keys per principal sharing the hash tag
 ``{tw:<principal>}`` under the prefix (a hash of the counters, a sorted set of leases by expiry), so
 a cluster keeps them on one shard; each check, settlement or renewal is one Lua script, atomic, its
-time read from Redis ``TIME`` inside it, so every instance counts on one clock.
+time read from Redis ``TIME`` inside it, so every instance counts on one clock. A process sends its
+scripts in batches (``ScriptBatches``): the calls made while one batch is on the wire go out
+together in the next, one pipeline on one connection, so under load a check costs a share of a
+round trip rather than one round trip and one pooled connection of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ..limits import (
     CONCURRENT_RETRY,
@@ -49,6 +56,11 @@ POOL_SIZE: Final = 32
 SECRET_BYTES: Final = 32
 # Keys renewed per pipeline round trip: a stored conversation's chain is at most 256 turns.
 TOUCH_CHUNK: Final = 512
+# Packed leads of script calls kept (a few per principal and script).
+MAX_LEADS: Final = 4096
+# Limit scripts per batch: Redis runs a batch's scripts one after another (some 20 µs each), so a
+# batch stays well inside the timeout; what is queued beyond it goes in the next.
+BATCH: Final = 128
 
 
 def _milliseconds(ttl_seconds: float) -> int:
@@ -138,26 +150,35 @@ class RedisStore:
 # time in microseconds, as limits.gcra_interval counts it, l/u: the minute bucket's level and when it was brought up to date, d/s: the UTC day and the
 # tokens used on it; the lease set scored by expiry). Numbers cross as '%.17g' strings, so no
 # rounding makes a request at the limit look early. ARGV: rpm, tpm, tpd, concurrent (0: not
-# limited), tokens, lease ('' for none), and the constants.
-_COMMON_LUA: Final = """
+# limited), tokens, lease ('' for none).
+
+
+def _with_constants(script: str) -> str:
+    """The constants the Lua shares with limits.py, written into a script (not sent with every call)."""
+    for name, value in (("MINUTE", MINUTE), ("DAY", DAY), ("EPS", TOKEN_SLACK), ("LEASE", LEASE_SECONDS),
+                        ("RETRY", CONCURRENT_RETRY)):
+        script = script.replace(f"@{name}@", repr(float(value)))
+    return script
+
+
+_COMMON_LUA: Final = _with_constants("""
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local clock = redis.call('TIME')
 local now_us = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local now = now_us / 1000000
 local function f(x) return string.format('%.17g', x) end
-local MINUTE, DAY = tonumber(ARGV[#ARGV - 2]), tonumber(ARGV[#ARGV - 1])
-local EPS = tonumber(ARGV[#ARGV])
+local MINUTE, DAY, EPS = @MINUTE@, @DAY@, @EPS@
+local LEASE, RETRY = @LEASE@, @RETRY@
 local function refill(tpm, h)
   local level, updated = tonumber(h[1]), tonumber(h[2]) or 0
   if level == nil then return tpm end
   return math.min(tpm, level + math.max(now - updated, 0) * tpm / MINUTE)
 end
-"""
+""")
 
 _CHECK_LUA: Final = _COMMON_LUA + """
 local rpm, tpm, tpd, conc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local tokens, lease = tonumber(ARGV[5]), ARGV[6]
-local LEASE, RETRY = tonumber(ARGV[7]), tonumber(ARGV[8])
 local h = redis.call('HMGET', KEYS[1], 't', 'l', 'u', 'd', 's')
 local tat0 = tonumber(h[1]) or 0
 local day = math.floor(now / DAY)
@@ -229,10 +250,9 @@ if lease ~= '' then redis.call('ZREM', KEYS[2], lease) end
 return 1
 """
 
-# limits.renew: ARGV: the lease seconds, then the lease ids; only leases still held are renewed.
+# limits.renew: ARGV: the lease ids; only leases still held are renewed.
 _RENEW_LUA: Final = _COMMON_LUA + """
-local LEASE = tonumber(ARGV[1])
-for i = 2, #ARGV - 3 do redis.call('ZADD', KEYS[2], 'XX', f(now + LEASE), ARGV[i]) end
+for i = 1, #ARGV do redis.call('ZADD', KEYS[2], 'XX', f(now + LEASE), ARGV[i]) end
 redis.call('PEXPIRE', KEYS[2], math.ceil(LEASE * 1000))
 return 1
 """
@@ -244,12 +264,131 @@ local leases = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. f(now), '+inf', 'WITH
 return {h[1] or '', h[2] or '', h[3] or '', h[4] or '', h[5] or '', f(now), leases}
 """
 
-# Appended to every script's ARGV: the constants the Lua shares with limits.py.
-_CONSTANTS: Final = (MINUTE, DAY, TOKEN_SLACK)
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _argument(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return value.encode() if isinstance(value, str) else repr(value).encode()
+
+
+def _bulk(values: Sequence[Any]) -> bytes:
+    """``values`` as RESP bulk strings, numbers as Python writes them (which Lua's tonumber reads)."""
+    return b"".join([b"$%d\r\n%b\r\n" % (len(v), v) for v in map(_argument, values)])
+
+
+Packed = tuple[int, bytes]  # arguments in Redis's protocol, and how many
+
+
+def packed(values: Sequence[Any]) -> Packed:
+    """``values`` packed once, to lead the arguments of many calls (``ScriptBatches.call``)."""
+    return len(values), _bulk(values)
+
+
+@dataclass(slots=True)
+class _Call:
+    """One script call waiting for its batch, its arguments already in Redis's protocol, and the
+    future its caller awaits."""
+
+    script: AsyncScript
+    count: int  # arguments after the script: numkeys, the keys, ARGV
+    packed: bytes  # those arguments as bulk strings
+    future: asyncio.Future[Any]
+
+    def command(self, by_sha: bool) -> bytes:
+        """EVALSHA (or EVAL with the script's text, which also loads it) with the call's arguments."""
+        word, script = (b"EVALSHA", _argument(self.script.sha)) if by_sha else (b"EVAL", _argument(self.script.script))
+        return b"*%d\r\n%b%b" % (self.count + 2, _bulk((word, script)), self.packed)
+
+
+class ScriptBatches:
+    """Lua scripts sent in batches: one batch at a time on one connection, carrying every call made
+    since the last one left, in the order they were made (so a settlement is always run before a
+    later check of the same process). A caller that gives up (its timeout) leaves its call behind:
+    not yet sent, it is dropped; sent, its answer is read in its place and thrown away, so no answer
+    is ever read as another's. A batch itself is bounded by the timeout: past it (or on any failure
+    of the connection) the connection is closed and the batch's calls fail, none retried."""
+
+    def __init__(self, client: Redis, guard: CallGuard) -> None:
+        self._pool = client.connection_pool
+        self._guard = guard
+        self._queued: list[_Call] = []
+        self._sender: asyncio.Task[None] | None = None
+
+    async def call(self, operation: str, script: AsyncScript, lead: Packed, args: Sequence[Any]) -> Any:
+        """``script`` run in the next batch on ``lead`` (numkeys, the keys, and the arguments every call
+        of a principal shares, packed once) then ``args``; its answer, or StoreError."""
+        if self._guard.closed:
+            raise self._guard.fail(operation, "the store is closed")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queued.append(_Call(script, lead[0] + len(args), lead[1] + _bulk(args), future))
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send(), name="tensorwall-redis-batches")
+        return await self._guard.run(operation, future)
+
+    async def _send(self) -> None:
+        try:
+            while self._queued:
+                batch = [call for call in self._queued[:BATCH] if not call.future.done()]
+                del self._queued[:BATCH]
+                if not batch:
+                    continue
+                try:
+                    async with asyncio.timeout(self._guard.timeout_seconds):
+                        replies = await self._execute(batch)
+                except (TimeoutError, RedisError, OSError) as exc:
+                    replies = [exc] * len(batch)
+                for call, reply in zip(batch, replies, strict=True):
+                    if call.future.done():
+                        continue
+                    if isinstance(reply, BaseException):
+                        call.future.set_exception(reply)
+                    else:
+                        call.future.set_result(reply)
+        finally:
+            self._sender = None
+
+    async def _execute(self, batch: list[_Call]) -> list[Any]:
+        """The batch as EVALSHA commands in one write, their answers read in order; a script Redis
+        does not know (restarted, flushed) is sent once more in full (EVAL), in a second write."""
+        replies = await self._round_trip([call.command(by_sha=True) for call in batch])
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            again = await self._round_trip([batch[i].command(by_sha=False) for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _round_trip(self, commands: list[bytes]) -> list[Any]:
+        connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.send_packed_command(b"".join(commands), check_health=False)
+            replies: list[Any] = []
+            for _ in commands:
+                try:  # bounded by the batch's own timeout, not one of redis-py's per read
+                    replies.append(await connection.read_response(timeout=math.inf))
+                except ResponseError as exc:  # the script's own error: the next answer follows it
+                    replies.append(exc)
+        except BaseException:
+            await connection.disconnect(nowait=True)  # its late answers must never be read as another's
+            raise
+        finally:
+            await self._pool.release(connection)
+        return replies
+
+    async def close(self) -> None:
+        """Let the batch on the wire end; calls still queued fail."""
+        if self._sender is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([self._sender], timeout=self._guard.timeout_seconds)
+        for call in self._queued:
+            if not call.future.done():
+                call.future.set_exception(RedisError("the store is closed"))
+        self._queued.clear()
 
 
 class RedisLimits:
@@ -266,21 +405,35 @@ class RedisLimits:
         self._settle = client.register_script(_SETTLE_LUA)
         self._renew = client.register_script(_RENEW_LUA)
         self._read = client.register_script(_READ_LUA)
+        self._batches = ScriptBatches(client, store._guard)
+        self._leads: dict[tuple[str, str, Limits | None], Packed] = {}
 
     @classmethod
     async def open(cls, config: StateConfig, on_error: ErrorCounter | None = None) -> RedisLimits:
         """A pool of its own on ``state.url``, checked with one PING; StoreError when Redis does not answer."""
         return cls(await RedisStore.open(config, on_error))
 
-    def _keys(self, principal: str) -> list[str]:
-        tagged = f"{self._prefix}{{tw:{principal}}}"
-        return [tagged, tagged + ":leases"]
+    def _lead(self, script: AsyncScript, principal: str, limits: Limits | None = None) -> Packed:
+        """numkeys, the principal's two keys and what of ``limits`` the script takes, packed once."""
+        key = (script.sha, principal, limits)
+        lead = self._leads.get(key)
+        if lead is None:
+            if len(self._leads) >= MAX_LEADS:
+                self._leads.clear()  # principals come from the configuration: only reloads grow it
+            tagged = f"{self._prefix}{{tw:{principal}}}"
+            values: list[Any] = [2, tagged, tagged + ":leases"]
+            if limits is not None and script is self._check:
+                values += [limits.requests_per_minute or 0, limits.tokens_per_minute or 0,
+                           limits.tokens_per_day or 0, limits.concurrent or 0]
+            elif limits is not None:
+                values += [limits.tokens_per_minute or 0, limits.tokens_per_day or 0]
+            lead = self._leads[key] = packed(values)
+        return lead
 
     async def check(self, principal: str, limits: Limits, ask: Ask) -> Verdict:
         """``limits.decide`` in one script: one round trip, atomic."""
-        args = (limits.requests_per_minute or 0, limits.tokens_per_minute or 0, limits.tokens_per_day or 0,
-                limits.concurrent or 0, ask.tokens, ask.lease or "", LEASE_SECONDS, CONCURRENT_RETRY, *_CONSTANTS)
-        answer = await self._guard.run("limit_check", self._check(keys=self._keys(principal), args=args))
+        answer = await self._batches.call("limit_check", self._check, self._lead(self._check, principal, limits),
+                                          (ask.tokens, ask.lease or ""))
         admitted, wait, reason, now, tat, level, used = (_text(v) for v in answer)
         return verdict(limits, admitted == "1", float(wait), reason, float(now), int(float(tat)), float(level),
                        float(used))
@@ -288,18 +441,16 @@ class RedisLimits:
     async def settle(self, principal: str, limits: Limits, reserved: int, used: int | None, day: int,
                      lease: str | None) -> None:
         """``limits.settle`` in one script."""
-        args = (limits.tokens_per_minute or 0, limits.tokens_per_day or 0, reserved, "" if used is None else used,
-                day, lease or "", *_CONSTANTS)
-        await self._guard.run("limit_settle", self._settle(keys=self._keys(principal), args=args))
+        await self._batches.call("limit_settle", self._settle, self._lead(self._settle, principal, limits),
+                                 (reserved, "" if used is None else used, day, lease or ""))
 
     async def renew(self, principal: str, leases: Sequence[str]) -> None:
         """``limits.renew`` in one script."""
-        args: tuple[str | float, ...] = (LEASE_SECONDS, *leases, *_CONSTANTS)
-        await self._guard.run("limit_renew", self._renew(keys=self._keys(principal), args=args))
+        await self._batches.call("limit_renew", self._renew, self._lead(self._renew, principal), leases)
 
     async def counters(self, principal: str) -> tuple[Counters, float]:
         """The principal's counters as they are, and Redis's time, in one script."""
-        answer = await self._guard.run("limit_read", self._read(keys=self._keys(principal), args=_CONSTANTS))
+        answer = await self._batches.call("limit_read", self._read, self._lead(self._read, principal), ())
         tat, level, updated, day, used, now = (_text(v) for v in answer[:6])
         pairs = [_text(v) for v in answer[6]]
         return Counters(int(float(tat or 0)), float(level) if level else None, float(updated or 0),
@@ -307,5 +458,7 @@ class RedisLimits:
                         {pairs[i]: float(pairs[i + 1]) for i in range(0, len(pairs), 2)}), float(now)
 
     async def close(self) -> None:
-        """Close the pool's connections; every call after this fails."""
+        """Let the batch on the wire end, then close the pool's connections; every call after this fails."""
+        self._guard.closed = True
+        await self._batches.close()
         await self._store.close()
