@@ -51,8 +51,6 @@ LEASE_SECONDS: Final = 60.0
 RENEW_SECONDS: Final = 20.0
 # A concurrency refusal cannot know when a lease frees: the client is told to come back in a second.
 CONCURRENT_RETRY: Final = 1.0
-# How long shutdown waits for releases still under way.
-CLOSE_SECONDS: Final = 5.0
 # Float slack in seconds, for rounding a wait up to whole seconds without float noise adding one.
 EPSILON: Final = 1e-6
 # Float slack in tokens, for "exactly at the limit" (a refill of exactly enough tokens lands a hair short).
@@ -358,7 +356,8 @@ class LimitStore(Protocol):
 
     async def settle(self, principal: str, limits: Limits, reserved: int, used: int | None, day: int,
                      lease: str | None) -> None:
-        """``settle`` on the principal's counters at the store's time, atomically."""
+        """``settle`` on the principal's counters at the store's time, atomically. Once called it
+        lands even if its caller is cancelled while it waits (the request's caller left)."""
         ...
 
     async def renew(self, principal: str, leases: Sequence[str]) -> None:
@@ -449,8 +448,6 @@ class Limiter:
         # Leases this process holds, by principal and the store they are counted in: renewed together.
         self._held: dict[tuple[str, int], tuple[LimitStore, Limits, set[str]]] = {}
         self._renewer: asyncio.Task[None] | None = None
-        # Releases under way whose request has already gone (a caller that left): kept until done.
-        self._releasing: set[asyncio.Task[None]] = set()
         # Lease ids: this process's random prefix and a counter, unique among every process sharing
         # the store without a call to the OS's random source per request.
         self._lease_prefix = secrets.token_hex(6)
@@ -500,13 +497,10 @@ class Limiter:
             log.debug("%s", exc)  # counted by the store's guard
 
     async def finish(self, admission: Admission, used: int | None) -> None:
-        """``release`` that completes even when the request's own task is cancelled (its caller left)."""
-        if admission.settled:
-            return  # released already: the answer's end did it
-        task = asyncio.ensure_future(self.release(admission, used))
-        self._releasing.add(task)
-        task.add_done_callback(self._releasing.discard)
-        await asyncio.shield(task)
+        """``release``, once; the settlement lands in the store even when the request's own task is
+        cancelled while it waits (its caller left): every store runs a settlement once called."""
+        if not admission.settled:
+            await self.release(admission, used)
 
     async def standing(self, principal: Principal, limits: Limits) -> Standing:
         """What the shared store's counters leave of ``principal``'s limits now (StoreError when it
@@ -536,6 +530,4 @@ class Limiter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
             self._renewer = None
-        if self._releasing:
-            await asyncio.wait(list(self._releasing), timeout=CLOSE_SECONDS)
         await self._opener.close()

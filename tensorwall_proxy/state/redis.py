@@ -298,6 +298,7 @@ class _Call:
     count: int  # arguments after the script: numkeys, the keys, ARGV
     packed: bytes  # those arguments as bulk strings
     future: asyncio.Future[Any]
+    keep: bool  # sent even when its caller has left (a settlement)
 
     def command(self, by_sha: bool) -> bytes:
         """EVALSHA (or EVAL with the script's text, which also loads it) with the call's arguments."""
@@ -319,13 +320,15 @@ class ScriptBatches:
         self._queued: list[_Call] = []
         self._sender: asyncio.Task[None] | None = None
 
-    async def call(self, operation: str, script: AsyncScript, lead: Packed, args: Sequence[Any]) -> Any:
+    async def call(self, operation: str, script: AsyncScript, lead: Packed, args: Sequence[Any], *,
+                   keep: bool = False) -> Any:
         """``script`` run in the next batch on ``lead`` (numkeys, the keys, and the arguments every call
-        of a principal shares, packed once) then ``args``; its answer, or StoreError."""
+        of a principal shares, packed once) then ``args``; its answer, or StoreError. ``keep``: sent
+        even if its caller gives up before its batch leaves."""
         if self._guard.closed:
             raise self._guard.fail(operation, "the store is closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queued.append(_Call(script, lead[0] + len(args), lead[1] + _bulk(args), future))
+        self._queued.append(_Call(script, lead[0] + len(args), lead[1] + _bulk(args), future, keep))
         if self._sender is None:
             self._sender = asyncio.create_task(self._send(), name="tensorwall-redis-batches")
         return await self._guard.run(operation, future)
@@ -333,7 +336,7 @@ class ScriptBatches:
     async def _send(self) -> None:
         try:
             while self._queued:
-                batch = [call for call in self._queued[:BATCH] if not call.future.done()]
+                batch = [call for call in self._queued[:BATCH] if call.keep or not call.future.done()]
                 del self._queued[:BATCH]
                 if not batch:
                     continue
@@ -442,7 +445,7 @@ class RedisLimits:
                      lease: str | None) -> None:
         """``limits.settle`` in one script."""
         await self._batches.call("limit_settle", self._settle, self._lead(self._settle, principal, limits),
-                                 (reserved, "" if used is None else used, day, lease or ""))
+                                 (reserved, "" if used is None else used, day, lease or ""), keep=True)
 
     async def renew(self, principal: str, leases: Sequence[str]) -> None:
         """``limits.renew`` in one script."""

@@ -72,16 +72,18 @@ CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 class _Job(Generic[T]):
     """One call queued for a file's thread, and the future its caller awaits on the loop.
     ``together``: a change that shares one write transaction with the others queued beside it, and
-    the turn's ``shared`` values (``fn(connection, shared)``)."""
+    the turn's ``shared`` values (``fn(connection, shared)``). ``keep``: run even when its caller has
+    left (a settlement that must land however its request ended)."""
 
-    __slots__ = ("fn", "future", "loop", "together")
+    __slots__ = ("fn", "future", "keep", "loop", "together")
 
     def __init__(self, fn: Callable[..., T], future: asyncio.Future[T],
-                 loop: asyncio.AbstractEventLoop, together: bool) -> None:
+                 loop: asyncio.AbstractEventLoop, together: bool, keep: bool) -> None:
         self.fn = fn
         self.future = future
         self.loop = loop
         self.together = together
+        self.keep = keep
 
 
 Outcome = tuple["asyncio.Future[Any]", bool, Any]
@@ -131,13 +133,15 @@ class Database:
         exception (which ``CallGuard.run`` bounds)."""
         return self._submit(fn, False)
 
-    def together(self, fn: Callable[[sqlite3.Connection, dict[str, Any]], T]) -> asyncio.Future[T]:
+    def together(self, fn: Callable[[sqlite3.Connection, dict[str, Any]], T], *,
+                 keep: bool = False) -> asyncio.Future[T]:
         """``fn(connection, shared)`` queued for the file's thread, to run inside the write transaction
         of its turn with the other ``together`` calls of the turn: ``shared`` holds what they read and
-        changed, for ``flush`` to write before the commit. The future of its result or its exception."""
-        return self._submit(fn, True)
+        changed, for ``flush`` to write before the commit. The future of its result or its exception.
+        ``keep``: it runs even if its caller gives up meanwhile."""
+        return self._submit(fn, True, keep)
 
-    def _submit(self, fn: Callable[..., T], together: bool) -> asyncio.Future[T]:
+    def _submit(self, fn: Callable[..., T], together: bool, keep: bool = False) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         if self._closed:
@@ -145,7 +149,7 @@ class Database:
         elif self._waiting >= MAX_QUEUED:
             future.set_exception(sqlite3.OperationalError(f"{MAX_QUEUED} calls already wait for {self.path.name}"))
         else:
-            job = _Job(fn, future, loop, together)
+            job = _Job(fn, future, loop, together, keep)
             with self._lock:
                 self._waiting += 1
             if not self._pending:
@@ -164,7 +168,7 @@ class Database:
         """A call's future is done; if its caller gave up (cancelled, or past its bound) while the
         thread runs its turn and nobody else waits on that turn any more, stop the statement, so the
         calls queued behind it are not held up."""
-        if not future.cancelled() and not isinstance(future.exception(), TimeoutError):
+        if job.keep or (not future.cancelled() and not isinstance(future.exception(), TimeoutError)):
             return
         with self._lock:
             running = self._running
@@ -199,7 +203,7 @@ class Database:
                 jobs += taken
             with self._lock:
                 self._waiting -= len(jobs)
-                jobs = [j for j in jobs if not j.future.done()]  # their callers left while they waited
+                jobs = [j for j in jobs if j.keep or not j.future.done()]  # their callers left while they waited
                 self._running = jobs
             try:
                 outcomes = self._turn(jobs)
@@ -481,7 +485,8 @@ class SqliteLimits:
                      lease: str | None) -> None:
         """``limits.settle`` on the principal's row, in one transaction."""
         await self._guard.run("limit_settle", self._database.together(lambda c, shared: _counted(
-            c, shared, principal, lambda counters, now: settle(counters, limits, reserved, used, day, lease, now))))
+            c, shared, principal, lambda counters, now: settle(counters, limits, reserved, used, day, lease, now)),
+            keep=True))
 
     async def renew(self, principal: str, leases: Sequence[str]) -> None:
         """``limits.renew`` on the principal's row, in one transaction."""

@@ -79,6 +79,42 @@ async def test_leases_are_exact_and_released(state_config: StateConfig) -> None:
         await _close(stores)
 
 
+async def test_a_settlement_lands_though_its_caller_leaves_while_it_waits(state_config: StateConfig) -> None:
+    stores = await _open(state_config, 2)
+    try:
+        limits = Limits(concurrent=1, tokens_per_minute=1000)
+        verdict = await stores[0].check("team-a", limits, Ask(tokens=600, lease="only"))
+        assert verdict.admitted
+        # The request's task is cancelled (its caller left) the moment the settlement is queued.
+        waiting = asyncio.ensure_future(stores[0].settle("team-a", limits, 600, 100, verdict.day, "only"))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        # The settlement still ran: the lease is free and 500 tokens came back, for the other store too.
+        after = await stores[1].check("team-a", limits, Ask(tokens=800, lease="next"))
+        assert after.admitted and after.tokens is not None
+        assert 99 <= after.tokens.remaining <= 102  # 1000 - 100 - 800, plus a few moments' refill
+    finally:
+        await _close(stores)
+
+
+async def test_calls_queued_together_are_decided_one_after_another(state_config: StateConfig) -> None:
+    # Checks and settlements queued in the same moment share one transaction (SQLite) or one batch
+    # (Redis); each still sees the ones before it: a lease settled in the batch frees its place.
+    stores = await _open(state_config, 1)
+    try:
+        limits = Limits(concurrent=2)
+        first = await _at_once(stores, "team-a", limits, [Ask(lease="a"), Ask(lease="b")])
+        assert all(v.admitted for v in first)
+        settled = stores[0].settle("team-a", limits, 0, 0, 0, "a")
+        verdicts = await asyncio.gather(settled, *(stores[0].check("team-a", limits, Ask(lease=f"c{i}"))
+                                                   for i in range(3)))
+        assert sum(v.admitted for v in verdicts[1:]) == 1  # "a" went first, so one of three gets its place
+    finally:
+        await _close(stores)
+
+
 async def test_the_day_budget_is_shared(state_config: StateConfig) -> None:
     stores = await _open(state_config, 2)
     try:
