@@ -301,12 +301,16 @@ def duration(seconds: float) -> str:
 def openai_headers(verdict: Verdict) -> dict[str, str]:
     """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``, as OpenAI sends them."""
     headers: dict[str, str] = {}
-    for name, quota in (("requests", verdict.requests), ("tokens", verdict.tokens)):
+    for (limit, remaining, reset), quota in zip(_OPENAI_NAMES, (verdict.requests, verdict.tokens), strict=True):
         if quota is not None:
-            headers[f"x-ratelimit-limit-{name}"] = str(quota.limit)
-            headers[f"x-ratelimit-remaining-{name}"] = str(quota.remaining)
-            headers[f"x-ratelimit-reset-{name}"] = duration(quota.reset)
+            headers[limit] = str(quota.limit)
+            headers[remaining] = str(quota.remaining)
+            headers[reset] = duration(quota.reset)
     return headers
+
+
+_OPENAI_NAMES: Final = tuple((f"x-ratelimit-limit-{name}", f"x-ratelimit-remaining-{name}", f"x-ratelimit-reset-{name}")
+                             for name in ("requests", "tokens"))
 
 
 def anthropic_headers(verdict: Verdict) -> dict[str, str]:

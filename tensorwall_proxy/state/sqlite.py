@@ -155,7 +155,8 @@ class Database:
             if not self._pending:
                 loop.call_soon(self._hand_over)
             self._pending.append(job)
-            future.add_done_callback(partial(self._left, job))
+            if not keep:  # a kept call runs to its end whatever its caller does: nothing to stop
+                future.add_done_callback(partial(self._left, job))
         return future
 
     def _hand_over(self) -> None:
@@ -168,7 +169,7 @@ class Database:
         """A call's future is done; if its caller gave up (cancelled, or past its bound) while the
         thread runs its turn and nobody else waits on that turn any more, stop the statement, so the
         calls queued behind it are not held up."""
-        if job.keep or (not future.cancelled() and not isinstance(future.exception(), TimeoutError)):
+        if not future.cancelled() and not isinstance(future.exception(), TimeoutError):
             return
         with self._lock:
             running = self._running
