@@ -159,7 +159,9 @@ def decide(counters: Counters, limits: Limits, ask: Ask, now: float) -> Verdict:
     used = counters.used if counters.day == day else 0.0
     if tpd is not None and used + ask.tokens > tpd + TOKEN_SLACK and used > 0:
         waits.append(((day + 1) * DAY - now, "tokens_per_day"))
-    live = {lease: expiry for lease, expiry in counters.leases.items() if expiry > now}
+    live = counters.leases
+    if live and min(live.values()) <= now:  # some expired: a process died holding them
+        live = {lease: expiry for lease, expiry in live.items() if expiry > now}
     if limits.concurrent is not None and ask.lease is not None and len(live) >= limits.concurrent:
         waits.append((CONCURRENT_RETRY, "concurrent"))
     admitted = not waits
@@ -475,7 +477,10 @@ class Limiter:
             return verdict
         admission = Admission(who, limits, verdict, ask.tokens, ask.lease, store)
         if ask.lease is not None:
-            self._held.setdefault((who, id(store)), (store, limits, set()))[2].add(ask.lease)
+            held = self._held.get((who, id(store)))
+            if held is None:
+                held = self._held[(who, id(store))] = (store, limits, set())
+            held[2].add(ask.lease)
             if self._renewer is None:
                 self._renewer = asyncio.create_task(self._renew_now_and_then(), name="tensorwall-lease-renewal")
         return admission

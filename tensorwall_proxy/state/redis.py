@@ -13,7 +13,7 @@ The principals' limit counters (``RedisLimits``) are two keys per principal shar
 a cluster keeps them on one shard; each check, settlement or renewal is one Lua script, atomic, its
 time read from Redis ``TIME`` inside it, so every instance counts on one clock. A process sends its
 scripts in batches (``ScriptBatches``): the calls made while one batch is on the wire go out
-together in the next, one pipeline on one connection, so under load a check costs a share of a
+together in the next, one write on one connection, so under load a check costs a share of a
 round trip rather than one round trip and one pooled connection of its own.
 """
 
@@ -146,13 +146,6 @@ class RedisStore:
         await self._client.connection_pool.disconnect()
 
 
-# limits.decide, in Lua: the same arithmetic over the same fields (t: GCRA's theoretical arrival
-# time in microseconds, as limits.gcra_interval counts it, l/u: the minute bucket's level and when it was brought up to date, d/s: the UTC day and the
-# tokens used on it; the lease set scored by expiry). Numbers cross as '%.17g' strings, so no
-# rounding makes a request at the limit look early. ARGV: rpm, tpm, tpd, concurrent (0: not
-# limited), tokens, lease ('' for none).
-
-
 def _with_constants(script: str) -> str:
     """The constants the Lua shares with limits.py, written into a script (not sent with every call)."""
     for name, value in (("MINUTE", MINUTE), ("DAY", DAY), ("EPS", TOKEN_SLACK), ("LEASE", LEASE_SECONDS),
@@ -161,6 +154,11 @@ def _with_constants(script: str) -> str:
     return script
 
 
+# limits.decide, in Lua: the same arithmetic over the same fields (t: GCRA's theoretical arrival
+# time in microseconds, as limits.gcra_interval counts it, l/u: the minute bucket's level and when it was brought up to date, d/s: the UTC day and the
+# tokens used on it; the lease set scored by expiry). Numbers cross as '%.17g' strings, so no
+# rounding makes a request at the limit look early. ARGV: rpm, tpm, tpd, concurrent (0: not
+# limited), tokens, lease ('' for none).
 _COMMON_LUA: Final = _with_constants("""
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local clock = redis.call('TIME')
@@ -263,7 +261,6 @@ local h = redis.call('HMGET', KEYS[1], 't', 'l', 'u', 'd', 's')
 local leases = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. f(now), '+inf', 'WITHSCORES')
 return {h[1] or '', h[2] or '', h[3] or '', h[4] or '', h[5] or '', f(now), leases}
 """
-
 
 
 def _text(value: Any) -> str:

@@ -5,6 +5,7 @@ counted, are not retried, and the store recovers when Redis is back."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import socket
 import subprocess
 import sys
@@ -12,12 +13,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from redis.exceptions import RedisError
 from yarl import URL
 
-from tensorwall_proxy.config import Secret, StateConfig
+from tensorwall_proxy.config import Limits, Secret, StateConfig
+from tensorwall_proxy.limits import Ask
 from tensorwall_proxy.observability import Metrics
 from tensorwall_proxy.state import Store, StoreError
+from tensorwall_proxy.state.guard import CallGuard
 from tensorwall_proxy.state.holder import open_store
+from tensorwall_proxy.state.redis import RedisLimits, RedisStore, ScriptBatches, packed
 from tests.conftest import redis_keys
 from tests.processes import CLEAN_ENV, ROOT
 from tests.state.conftest import Errors, state_errors
@@ -141,6 +146,53 @@ async def test_a_call_redis_never_answers_is_abandoned_at_the_timeout_not_retrie
         relay.stalled = False
         assert await store.get("resp:kept") == b"kept"  # the next call takes a new connection
         assert relay.accepted == 2
+    finally:
+        await store.close()
+
+
+async def test_a_limit_check_redis_never_answers_fails_at_the_timeout_its_batch_connection_closed(
+        relay: TcpRelay, redis_url: str, key_prefix: str) -> None:
+    metrics = Metrics()
+    limits_store = await RedisLimits.open(through(relay, redis_url, key_prefix), metrics.state_error)
+    try:
+        limits = Limits(requests_per_minute=100)
+        assert (await limits_store.check("team-a", limits, Ask())).admitted
+        assert relay.accepted == 1  # the pool's one connection, which the batches use too
+        relay.stalled = True
+
+        with pytest.raises(StoreError, match=rf"limit_check: no answer within {TIMEOUT_MS} ms"):
+            await asyncio.wait_for(limits_store.check("team-a", limits, Ask()), HANG)
+        assert state_errors(metrics, "redis", "limit_check") == 1
+
+        async def connection_closed() -> bool:
+            return relay.closed_by_client == 1
+
+        assert await eventually(connection_closed)  # its late answer can never be read as the next one's
+        assert bytes(relay.held).count(b"EVALSHA") == 1  # sent once: not retried
+
+        relay.stalled = False
+        assert (await limits_store.check("team-a", limits, Ask())).admitted
+        assert relay.accepted == 2  # on a new connection
+    finally:
+        await limits_store.close()
+
+
+async def test_a_batch_answers_each_call_in_its_place_a_failing_script_failing_alone(
+        redis_url: str, key_prefix: str) -> None:
+    store = await RedisStore.open(StateConfig(backend="redis", url=Secret(redis_url), key_prefix=key_prefix))
+    try:
+        batches = ScriptBatches(store._client, CallGuard("redis", 5.0, (RedisError, OSError)))
+        # A script this Redis has never seen (its text is new): the batch gets NOSCRIPT for each call
+        # and sends them once more in full; one call's own error fails that call alone.
+        script = store._client.register_script(
+            f"-- {secrets.token_hex(8)}\nif ARGV[1] == 'bad' then return redis.error_reply('refused') end "
+            "return ARGV[1] .. KEYS[1]")
+        calls = [batches.call("limit_read", script, packed([1, "k"]), [word]) for word in ("a", "bad", "c")]
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        assert outcomes[0] == b"ak" and outcomes[2] == b"ck"
+        assert isinstance(outcomes[1], StoreError) and "refused" in str(outcomes[1])
+        # Known now: the next batch needs no second write.
+        assert await batches.call("limit_read", script, packed([1, "k"]), ["d"]) == b"dk"
     finally:
         await store.close()
 
