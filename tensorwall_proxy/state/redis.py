@@ -340,7 +340,7 @@ class ScriptBatches:
                 try:
                     async with asyncio.timeout(self._guard.timeout_seconds):
                         replies = await self._execute(batch)
-                except (TimeoutError, RedisError, OSError) as exc:
+                except Exception as exc:  # the store's failure (or a bug): every call of the batch hears it
                     replies = [exc] * len(batch)
                 for call, reply in zip(batch, replies, strict=True):
                     if call.future.done():

@@ -50,7 +50,8 @@ LIMITS_FILE: Final = "limits.db"
 # Calls waiting for a file's thread; past it a call fails at once rather than queue behind a thread
 # that is that far behind (each call is bounded, so the queue drains within a few timeouts).
 MAX_QUEUED: Final = 1024
-# Calls one turn of the thread takes: one transaction holds the file's write lock no longer than this many changes.
+# Calls one turn of the thread takes: one transaction holds the file's write lock for no more
+# changes than this.
 BATCH: Final = 64
 # Opening creates the directory, the file and its tables, and switching to WAL may wait for another
 # worker doing the same at the same moment: a bound of its own, longer than one call's.
@@ -108,8 +109,9 @@ class Database:
     (up to BATCH): the ``together`` ones run in one write transaction, sharing what they read (a
     dict the turn's ``flush`` writes back before the commit), the others one by one; the answers go
     back to the loop in one hand-over. The loop hands its calls over once an iteration too, so the
-    thread is woken once for all the calls of one iteration, not once a call. A caller that gives up (its timeout) leaves: a call
-    still queued is then skipped, and a turn whose every caller has left is interrupted.
+    thread is woken once for all the calls of one iteration, not once a call. A caller that gives up
+    (its timeout) leaves: a call still queued is then skipped (unless it is kept), and a turn whose
+    every caller has left is interrupted.
     """
 
     def __init__(self, path: Path, busy_seconds: float, schema: str,
