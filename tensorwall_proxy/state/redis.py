@@ -406,34 +406,30 @@ class RedisLimits:
         self._renew = client.register_script(_RENEW_LUA)
         self._read = client.register_script(_READ_LUA)
         self._batches = ScriptBatches(client, store._guard)
-        self._leads: dict[tuple[str, str, Limits | None], Packed] = {}
+        self._leads: dict[tuple[str, str, tuple[int, ...]], Packed] = {}
 
     @classmethod
     async def open(cls, config: StateConfig, on_error: ErrorCounter | None = None) -> RedisLimits:
         """A pool of its own on ``state.url``, checked with one PING; StoreError when Redis does not answer."""
         return cls(await RedisStore.open(config, on_error))
 
-    def _lead(self, script: AsyncScript, principal: str, limits: Limits | None = None) -> Packed:
-        """numkeys, the principal's two keys and what of ``limits`` the script takes, packed once."""
-        key = (script.sha, principal, limits)
+    def _lead(self, script: AsyncScript, principal: str, *fixed: int) -> Packed:
+        """numkeys, the principal's two keys and the ``fixed`` arguments (what of its limits the script
+        takes), packed once."""
+        key = (script.sha, principal, fixed)
         lead = self._leads.get(key)
         if lead is None:
             if len(self._leads) >= MAX_LEADS:
                 self._leads.clear()  # principals come from the configuration: only reloads grow it
             tagged = f"{self._prefix}{{tw:{principal}}}"
-            values: list[Any] = [2, tagged, tagged + ":leases"]
-            if limits is not None and script is self._check:
-                values += [limits.requests_per_minute or 0, limits.tokens_per_minute or 0,
-                           limits.tokens_per_day or 0, limits.concurrent or 0]
-            elif limits is not None:
-                values += [limits.tokens_per_minute or 0, limits.tokens_per_day or 0]
-            lead = self._leads[key] = packed(values)
+            lead = self._leads[key] = packed((2, tagged, tagged + ":leases", *fixed))
         return lead
 
     async def check(self, principal: str, limits: Limits, ask: Ask) -> Verdict:
         """``limits.decide`` in one script: one round trip, atomic."""
-        answer = await self._batches.call("limit_check", self._check, self._lead(self._check, principal, limits),
-                                          (ask.tokens, ask.lease or ""))
+        lead = self._lead(self._check, principal, limits.requests_per_minute or 0, limits.tokens_per_minute or 0,
+                          limits.tokens_per_day or 0, limits.concurrent or 0)
+        answer = await self._batches.call("limit_check", self._check, lead, (ask.tokens, ask.lease or ""))
         admitted, wait, reason, now, tat, level, used = (_text(v) for v in answer)
         return verdict(limits, admitted == "1", float(wait), reason, float(now), int(float(tat)), float(level),
                        float(used))
@@ -441,7 +437,8 @@ class RedisLimits:
     async def settle(self, principal: str, limits: Limits, reserved: int, used: int | None, day: int,
                      lease: str | None) -> None:
         """``limits.settle`` in one script."""
-        await self._batches.call("limit_settle", self._settle, self._lead(self._settle, principal, limits),
+        lead = self._lead(self._settle, principal, limits.tokens_per_minute or 0, limits.tokens_per_day or 0)
+        await self._batches.call("limit_settle", self._settle, lead,
                                  (reserved, "" if used is None else used, day, lease or ""), keep=True)
 
     async def renew(self, principal: str, leases: Sequence[str]) -> None:
